@@ -1,0 +1,1 @@
+"""votemesh agent: per-node membership, votequorum and qdevice client (coming with issue 4)."""

@@ -1,0 +1,212 @@
+"""Sealed agent-to-agent datagrams: the versioned envelope, `Sealer` and `Opener`.
+
+Owns the byte layout of docs/design.md section 1.3, the per-sender key derivation and the replay
+windows. ChaCha20-Poly1305 from `cryptography`; the 36-byte header is the associated data.
+Must not read a clock, open a socket, log or draw random numbers: incarnations and keys come from
+the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from proto.errors import DecodeError, LocalProtocolError
+
+MAGIC = b"VM"
+ENVELOPE_VERSION = 1
+HEADER = struct.Struct(">2sBB8s4sIQQ")  # magic, version, kind, cluster id, key id, node, inc, ctr
+HEADER_SIZE = HEADER.size  # 36
+TAG_SIZE = 16  # Poly1305
+OVERHEAD = HEADER_SIZE + TAG_SIZE
+MIN_KEY_BYTES = 32
+MAX_KEYRING = 8
+REPLAY_WINDOW = 1024  # counters remembered behind the highest one (as WireGuard's 2048-bit ring)
+MAX_U32 = 0xFFFFFFFF
+MAX_U64 = 0xFFFFFFFFFFFFFFFF
+
+
+def cluster_id(cluster_name: str) -> bytes:
+    """8-byte id of a cluster name, carried in every datagram header."""
+    return hashlib.sha256(b"votemesh cluster id\0" + cluster_name.encode()).digest()[:8]
+
+
+@dataclass(frozen=True)
+class ClusterKey:
+    """The shared secret of a cluster, and its public 4-byte id."""
+
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.secret) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"cluster key has {len(self.secret)} bytes; it needs at least {MIN_KEY_BYTES} "
+                "random bytes (create one with `votemesh keygen`)"
+            )
+
+    @property
+    def key_id(self) -> bytes:
+        """4-byte id naming this key in datagram headers (reveals nothing usable)."""
+        return hashlib.sha256(b"votemesh key id\0" + self.secret).digest()[:4]
+
+    def sender_cipher(self, cid: bytes, node_id: int, incarnation: int) -> ChaCha20Poly1305:
+        """The AEAD for one sender incarnation: HKDF-SHA256 over the secret."""
+        info = b"votemesh seal v1" + cid + struct.pack(">IQ", node_id, incarnation)
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info)
+        return ChaCha20Poly1305(hkdf.derive(self.secret))
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeHeader:
+    """The clear-text, authenticated header of a sealed datagram."""
+
+    kind: int
+    cluster_id: bytes
+    key_id: bytes
+    sender: int
+    incarnation: int
+    counter: int
+
+    def pack(self) -> bytes:
+        """The 36 header bytes."""
+        return HEADER.pack(
+            MAGIC,
+            ENVELOPE_VERSION,
+            self.kind,
+            self.cluster_id,
+            self.key_id,
+            self.sender,
+            self.incarnation,
+            self.counter,
+        )
+
+
+def _nonce(counter: int) -> bytes:
+    return b"\0\0\0\0" + counter.to_bytes(8, "big")
+
+
+class Sealer:
+    """Seals this node's datagrams; one per (cluster, node, incarnation)."""
+
+    def __init__(self, cluster_name: str, key: ClusterKey, node_id: int, incarnation: int) -> None:
+        if not 0 < node_id <= MAX_U32:
+            raise LocalProtocolError(f"node id {node_id} is not a non-zero u32")
+        if not 0 < incarnation <= MAX_U64:
+            raise LocalProtocolError(f"incarnation {incarnation} is not a non-zero u64")
+        self.node_id = node_id
+        self.incarnation = incarnation
+        self._cid = cluster_id(cluster_name)
+        self._key_id = key.key_id
+        self._cipher = key.sender_cipher(self._cid, node_id, incarnation)
+        self.counter = 0
+        """Counter of the last datagram sealed (the next one uses counter + 1)."""
+
+    def seal(self, kind: int, payload: bytes) -> bytes:
+        """One datagram carrying `payload` as message kind `kind`."""
+        if self.counter >= MAX_U64:
+            raise LocalProtocolError("counter exhausted: restart with a new incarnation")
+        self.counter += 1
+        header = EnvelopeHeader(
+            kind, self._cid, self._key_id, self.node_id, self.incarnation, self.counter
+        ).pack()
+        return header + self._cipher.encrypt(_nonce(self.counter), payload, header)
+
+
+@dataclass(slots=True)
+class _ReplayWindow:
+    """Highest counter accepted for one sender incarnation, and a bitmap of the ones behind it."""
+
+    incarnation: int
+    highest: int = 0
+    bitmap: int = 0  # bit i set = counter (highest - i) was accepted
+
+    def check(self, counter: int) -> None:
+        if counter > self.highest:
+            return
+        behind = self.highest - counter
+        if behind >= REPLAY_WINDOW or self.bitmap >> behind & 1:
+            raise DecodeError("replayed", f"counter {counter}, highest {self.highest}")
+
+    def mark(self, counter: int) -> None:
+        if counter > self.highest:
+            shift = counter - self.highest
+            self.bitmap = (self.bitmap << shift | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self.highest = counter
+        else:
+            self.bitmap |= 1 << (self.highest - counter)
+
+
+class Opener:
+    """Checks and opens datagrams from the cluster's nodes; keeps one replay window per sender."""
+
+    def __init__(self, cluster_name: str, keys: list[ClusterKey]) -> None:
+        if not 0 < len(keys) <= MAX_KEYRING:
+            raise LocalProtocolError(f"keyring needs 1 to {MAX_KEYRING} keys, got {len(keys)}")
+        self._cid = cluster_id(cluster_name)
+        self._keys = {k.key_id: k for k in keys}
+        self._windows: dict[int, _ReplayWindow] = {}
+        self._ciphers: dict[tuple[bytes, int, int], ChaCha20Poly1305] = {}
+
+    def open(self, datagram: bytes) -> tuple[EnvelopeHeader, bytes]:
+        """(header, payload) of an authentic, fresh datagram; DecodeError with a reason if not."""
+        header = self._parse_header(datagram)
+        window = self._windows.get(header.sender)
+        if window is not None and header.incarnation < window.incarnation:
+            raise DecodeError("stale_incarnation", f"node {header.sender}")
+        if window is not None and header.incarnation == window.incarnation:
+            window.check(header.counter)
+        payload = self._decrypt(header, datagram)
+        if window is None or header.incarnation > window.incarnation:
+            window = self._windows[header.sender] = _ReplayWindow(header.incarnation)
+            self._forget_ciphers(header.sender, header.incarnation)
+        window.mark(header.counter)
+        return header, payload
+
+    def _parse_header(self, datagram: bytes) -> EnvelopeHeader:
+        if len(datagram) < OVERHEAD:
+            raise DecodeError("truncated", f"{len(datagram)} bytes")
+        magic, version, kind, cid, key_id, sender, incarnation, counter = HEADER.unpack_from(
+            datagram
+        )
+        if magic != MAGIC:
+            raise DecodeError("bad_magic")
+        if version != ENVELOPE_VERSION:
+            raise DecodeError("bad_version", f"envelope version {version}")
+        if cid != self._cid:
+            raise DecodeError("foreign_cluster", cid.hex())
+        if key_id not in self._keys:
+            raise DecodeError("unknown_key", key_id.hex())
+        if not (sender and incarnation and counter):
+            raise DecodeError("bad_header", "zero sender, incarnation or counter")
+        return EnvelopeHeader(kind, cid, key_id, sender, incarnation, counter)
+
+    def _decrypt(self, header: EnvelopeHeader, datagram: bytes) -> bytes:
+        slot = (header.key_id, header.sender, header.incarnation)
+        cipher = self._ciphers.get(slot)
+        if cipher is None:
+            key = self._keys[header.key_id]
+            cipher = key.sender_cipher(self._cid, header.sender, header.incarnation)
+        try:
+            payload = cipher.decrypt(
+                _nonce(header.counter), datagram[HEADER_SIZE:], datagram[:HEADER_SIZE]
+            )
+        except InvalidTag:
+            raise DecodeError("forged", f"node {header.sender}") from None
+        self._ciphers[slot] = cipher  # cached only once it proved itself
+        return payload
+
+    def _forget_ciphers(self, sender: int, incarnation: int) -> None:
+        stale = [s for s in self._ciphers if s[1] == sender and s[2] != incarnation]
+        for slot in stale:
+            del self._ciphers[slot]
+
+    def forget(self, sender: int) -> None:
+        """Drop a removed node's replay state (a node deleted from the cluster)."""
+        self._windows.pop(sender, None)
+        self._forget_ciphers(sender, -1)

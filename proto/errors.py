@@ -1,0 +1,30 @@
+"""The two error types of the wire layer.
+
+`DecodeError` means the peer sent something we cannot accept; it carries the qnetd reply code a
+server answers with and a short machine-readable reason for counters. `LocalProtocolError` means
+our own code asked for something impossible: a bug, raised loudly.
+"""
+
+from __future__ import annotations
+
+from proto.qnetd_enums import ReplyErrorCode
+
+
+class DecodeError(Exception):
+    """Bytes from a peer that do not form an acceptable message."""
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str = "",
+        *,
+        code: ReplyErrorCode = ReplyErrorCode.ERROR_DECODING_MSG,
+    ) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.code = code
+
+
+class LocalProtocolError(Exception):
+    """Our own misuse of the wire layer, e.g. a value too wide for its field."""

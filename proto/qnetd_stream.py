@@ -1,0 +1,113 @@
+"""Incremental decoder for a qnetd TCP stream: arbitrary chunks in, whole messages out.
+
+Reference sections 1.2, 1.5 and 4.4. It never consumes a byte past the message it returns, so an
+adapter can hand what follows a STARTTLS (the peer's TLS ClientHello) to the TLS layer with
+`take_buffered()`. Oversize and unknown-type messages are skipped whole, so the stream stays in
+frame after every error. Memory is bounded by `max_message_size`. No clock, sockets or logging.
+
+States: HEADER (collecting 6 header bytes) -> PAYLOAD (collecting `length` bytes) -> HEADER;
+HEADER -> SKIP (discarding an oversize payload) -> HEADER.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+
+from proto.errors import DecodeError, LocalProtocolError
+from proto.qnetd_enums import ReplyErrorCode
+from proto.qnetd_messages import DEFAULT_MAX_MESSAGE_SIZE, QnetdMessage, decode_payload
+from proto.tlv import MESSAGE_HEADER_SIZE, unpack_header
+
+MIN_MESSAGE_SIZE_LIMIT = 16  # qnetd refuses a smaller max_client_receive_size (reference 8.2)
+
+
+class _State(Enum):
+    HEADER = auto()
+    PAYLOAD = auto()
+    SKIP = auto()
+
+
+class StreamDecoder:
+    """Turns a byte stream into messages; call `feed()`, then `next_message()` until None."""
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.max_message_size = max_message_size
+        self._buffer = bytearray()
+        self._state = _State.HEADER
+        self._msg_type = 0
+        self._length = 0
+        self._skip_left = 0
+        self.last_raw = b""
+        """The whole bytes (header included) of the last message returned or rejected."""
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest whole message accepted (header included); may change between messages."""
+        return self._max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, value: int) -> None:
+        if value < MIN_MESSAGE_SIZE_LIMIT:
+            raise LocalProtocolError(f"max message size {value} < {MIN_MESSAGE_SIZE_LIMIT}")
+        self._max_message_size = value
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the peer."""
+        if self._state is _State.SKIP:
+            dropped = min(len(data), self._skip_left)
+            self._skip_left -= dropped
+            data = data[dropped:]
+            if self._skip_left == 0:
+                self._state = _State.HEADER
+        self._buffer += data
+
+    def bytes_wanted(self) -> int:
+        """How many more bytes complete the current header, payload or skip (never 0)."""
+        if self._state is _State.SKIP:
+            return self._skip_left
+        if self._state is _State.HEADER:
+            return max(1, MESSAGE_HEADER_SIZE - len(self._buffer))
+        return max(1, self._length - len(self._buffer))
+
+    def take_buffered(self) -> bytes:
+        """Hand over (and forget) the bytes received after the last whole message."""
+        if self._state is not _State.HEADER:
+            raise LocalProtocolError("take_buffered() in the middle of a message")
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+    def next_message(self) -> QnetdMessage | None:
+        """The next whole message, None if more bytes are needed; DecodeError for a bad one.
+
+        An error consumes exactly the offending message: call again to continue the stream.
+        """
+        if self._state is _State.HEADER:
+            if len(self._buffer) < MESSAGE_HEADER_SIZE:
+                return None
+            self._start_message()
+        if self._state is not _State.PAYLOAD or len(self._buffer) < self._length:
+            return None
+        payload = bytes(self._buffer[: self._length])
+        del self._buffer[: self._length]
+        self._state = _State.HEADER
+        self.last_raw = bytes(self._header) + payload
+        return decode_payload(self._msg_type, payload)
+
+    def _start_message(self) -> None:
+        self._header = bytes(self._buffer[:MESSAGE_HEADER_SIZE])
+        del self._buffer[:MESSAGE_HEADER_SIZE]
+        self._msg_type, self._length = unpack_header(self._header)
+        if MESSAGE_HEADER_SIZE + self._length <= self.max_message_size:
+            self._state = _State.PAYLOAD
+            return
+        self.last_raw = self._header
+        dropped = min(len(self._buffer), self._length)
+        del self._buffer[:dropped]
+        self._skip_left = self._length - dropped
+        self._state = _State.SKIP if self._skip_left else _State.HEADER
+        raise DecodeError(
+            "too_long",
+            f"type {self._msg_type}, {self._length} byte payload",
+            code=ReplyErrorCode.MESSAGE_TOO_LONG,
+        )

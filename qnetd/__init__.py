@@ -1,0 +1,1 @@
+"""votemesh qnetd: the standalone tie-breaking arbitrator (coming with issue 3)."""
