@@ -280,6 +280,11 @@ MESSAGE_CLASSES: dict[MessageType, type[QnetdMessage]] = {
     )
 }
 _REPEATED = frozenset({OptionType.NODE_INFO})
+_CLASS_BY_VALUE: dict[int, type[QnetdMessage]] = {int(t): c for t, c in MESSAGE_CLASSES.items()}
+_OPTION_BY_VALUE: dict[int, OptionType] = {int(o): o for o in OptionType}
+_ATTR_BY_OPTION: dict[type[QnetdMessage], dict[OptionType, str]] = {
+    cls: {option: attr for attr, option in cls.FIELDS} for cls in MESSAGE_CLASSES.values()
+}
 
 
 def encode_payload(msg: QnetdMessage) -> bytes:
@@ -303,21 +308,19 @@ def encode(msg: QnetdMessage) -> bytes:
 
 def decode_payload(msg_type: int, payload: bytes) -> QnetdMessage:
     """Typed message from a message type and its payload (the bytes after the header)."""
-    try:
-        cls = MESSAGE_CLASSES[MessageType(msg_type)]
-    except ValueError:
+    cls = _CLASS_BY_VALUE.get(msg_type)
+    if cls is None:
         raise DecodeError(
             "unknown_message_type", f"type {msg_type}", code=ReplyErrorCode.UNSUPPORTED_MESSAGE
-        ) from None
+        )
     if not payload:
         raise DecodeError("bad_message", f"{cls.__name__} with an empty payload")
-    by_option = {option: attr for attr, option in cls.FIELDS}
+    by_option = _ATTR_BY_OPTION[cls]
     values: dict[str, Any] = {}
     repeated: list[NodeInfo] = []
     for option, raw in iter_tlvs(payload):
-        try:
-            known = OptionType(option)
-        except ValueError:
+        known = _OPTION_BY_VALUE.get(option)
+        if known is None:
             continue  # unknown options are skipped (forward compatibility)
         value = CODECS[known].decode(raw)  # validated even if this type does not use it
         if known in _REPEATED:

@@ -92,12 +92,15 @@ def _uint(st: struct.Struct, what: str) -> OptionCodec:
 
 
 def _enum_u8(enum: type[IntEnum], what: str) -> OptionCodec:
+    members = {int(m): m for m in enum}
+
     def decode(raw: bytes) -> IntEnum:
-        (value,) = _fixed(_U8, what, raw)
-        try:
-            return enum(value)
-        except ValueError:
-            raise DecodeError("bad_message", f"{what}: value {value} out of range") from None
+        if len(raw) != 1:
+            raise DecodeError("bad_message", f"{what}: {len(raw)} bytes, expected 1")
+        member = members.get(raw[0])
+        if member is None:
+            raise DecodeError("bad_message", f"{what}: value {raw[0]} out of range")
+        return member
 
     return OptionCodec(decode=decode, encode=lambda value: _pack(_U8, what, int(value)))
 

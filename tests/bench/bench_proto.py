@@ -14,7 +14,7 @@ from proto.qnetd_options import NodeInfo, RingId
 from proto.qnetd_stream import StreamDecoder
 
 
-def rate(label: str, count: int, body: Callable[[], None], unit: str = "ops") -> float:
+def rate(label: str, count: int, body: Callable[[], object], unit: str = "ops") -> float:
     """Run `body` (which performs `count` operations), print and return operations per second."""
     start = time.perf_counter()
     body()
