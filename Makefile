@@ -1,0 +1,59 @@
+# votemesh — every target creates/uses .venv and installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice libnss3-tools iproute2 iptables
+
+.PHONY: help demo test lint format ci bench soak system-deps clean
+
+help:
+	@echo "make demo         wire tour: our proto/ speaks to Debian's corosync-qnetd (root)"
+	@echo "make test         the whole test suite (root runs the namespace and interop tests too)"
+	@echo "make lint         ruff format --check, ruff check, mypy --strict"
+	@echo "make ci           lint + test, as CI runs them"
+	@echo "make bench        benchmarks: print figures, never fail on timing"
+	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,dev]'
+	@touch $@
+
+# Installs Debian's corosync stack and mosquitto when we are root on Debian and they are missing;
+# otherwise says what the tests that need them will do.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing:$$missing"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } >/dev/null; \
+	else \
+	  echo "note: not installed:$$missing -- tests that need them will be skipped (run as root on Debian to install)"; \
+	fi
+
+demo: system-deps $(VENV)/.installed
+	$(PY) -m tests.interop.wire_tour
+
+test: system-deps $(VENV)/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+ci: lint test
+
+bench: $(VENV)/.installed
+	$(PY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
