@@ -1,0 +1,1 @@
+"""Decision algorithms of the arbitrator, one module each, behind `qnetd.model.Algorithm`."""
