@@ -1,0 +1,7 @@
+"""python -m qnetd == votemesh-qnetd."""
+
+import sys
+
+from qnetd.cli import main
+
+sys.exit(main())
