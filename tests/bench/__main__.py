@@ -1,13 +1,34 @@
-"""`make bench`: run every benchmark and print its figures. Benchmarks never fail on a timing."""
+"""`make bench`: run every tests/bench/bench_*.py module's main() and print its figures.
+
+Benchmarks never fail on a timing. `python -m tests.bench NAME...` runs only the named modules
+(e.g. `proto`, `qnetd_load`).
+"""
 
 from __future__ import annotations
 
-from tests.bench import bench_proto
+import importlib
+import pkgutil
+import sys
+
+import tests.bench
 
 
-def main() -> None:
-    bench_proto.main()
+def main(argv: list[str]) -> int:
+    names = sorted(
+        m.name.removeprefix("bench_")
+        for m in pkgutil.iter_modules(tests.bench.__path__)
+        if m.name.startswith("bench_")
+    )
+    chosen = argv or names
+    unknown = set(chosen) - set(names)
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; have: {', '.join(names)}")
+        return 2
+    for name in chosen:
+        print(f"=== bench {name}", flush=True)
+        importlib.import_module(f"tests.bench.bench_{name}").main()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))
