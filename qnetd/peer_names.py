@@ -1,0 +1,49 @@
+"""Does a client certificate name the cluster it claims? (reference 5.2, NSS CERT_VerifyCertName)
+
+Subject-alternative-name DNS entries are used when present, otherwise the subject common names;
+comparison is case-insensitive; a wildcard `*` may stand for the whole left-most label only.
+Pure: works on names extracted by the adapter (`from_der`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+
+@dataclass(frozen=True, slots=True)
+class PeerNames:
+    """The names a peer certificate carries."""
+
+    common_names: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_der(cls, der: bytes) -> PeerNames:
+        """Names from a DER certificate (as `SSLObject.getpeercert(binary_form=True)` gives)."""
+        cert = x509.load_der_x509_certificate(der)
+        cns = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            dns = tuple(san.value.get_values_for_type(x509.DNSName))
+        except x509.ExtensionNotFound:
+            dns = ()
+        return cls(cns, dns)
+
+
+def _label_match(pattern: str, name: str) -> bool:
+    if pattern == name:
+        return True
+    if not pattern.startswith("*."):
+        return False
+    head, sep, rest = name.partition(".")
+    return bool(sep and head) and rest == pattern[2:]
+
+
+def matches_cluster(names: PeerNames, cluster_name: bytes) -> bool:
+    """True when the certificate names the cluster (SAN DNS if any, else CN; no case)."""
+    wanted = cluster_name.decode("utf-8", "replace").lower()
+    candidates = names.dns_names or names.common_names
+    return any(_label_match(c.lower(), wanted) for c in candidates)

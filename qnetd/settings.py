@@ -1,0 +1,50 @@
+"""Server settings: one frozen object, validated at load time (reference section 8.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proto.qnetd_enums import TlsSupported
+
+
+@dataclass(frozen=True, slots=True)
+class QnetdSettings:
+    """Everything the arbitration core needs to know about its configuration."""
+
+    tls: TlsSupported = TlsSupported.SUPPORTED
+    """0 off, 1 on (optional for clients), 2 required."""
+    client_cert_required: bool = True
+    """Ask for (and require) a client certificate naming the cluster."""
+    max_clients: int = 0
+    """0 = unlimited; otherwise further connections are accepted and closed at once."""
+    heartbeat_min_ms: int = 1000
+    heartbeat_max_ms: int = 120000
+    dpd_enabled: bool = True
+    dpd_coefficient: float = 1.5
+    """Dead-peer timeout = coefficient x client heartbeat (reference 4.7)."""
+    max_receive_size: int = 32768
+    """Largest whole message accepted, header included; advertised as max request size."""
+    max_send_size: int = 32768
+    """Largest message sent; advertised as max reply size."""
+    max_send_buffers: int = 32
+    """Queued outgoing messages per client before it is dropped."""
+    keep_active_partition_default: bool = False
+    """Per-client KAP flag set at INIT (qdevice then sets its own via SET_OPTION)."""
+
+    @property
+    def pre_init_dpd_seconds(self) -> float:
+        """Dead-peer timeout before INIT: coefficient x heartbeat_max (1.5 x 120 s = 180 s)."""
+        return self.dpd_coefficient * self.heartbeat_max_ms / 1000
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line fix for an impossible setting."""
+        if not 1 <= self.heartbeat_min_ms <= self.heartbeat_max_ms:
+            raise ValueError("heartbeat range: need 1 <= --heartbeat-min <= --heartbeat-max")
+        if not 1.0 <= self.dpd_coefficient <= 1000:
+            raise ValueError("--dpd-coefficient must be between 1.0 and 1000")
+        if self.max_receive_size < 16 or self.max_send_size < 16:
+            raise ValueError("message size limits must be at least 16 bytes")
+        if self.max_send_buffers < 2:
+            raise ValueError("max send buffers must be at least 2")
+        if self.max_clients < 0:
+            raise ValueError("--max-clients must be 0 (unlimited) or positive")
