@@ -1,0 +1,86 @@
+"""Local control socket: the corosync-qnetd-tool protocol, plus `json`.
+
+One request per connection: a text line (`status [verbose]`, `list [verbose] [cluster NAME]`,
+`json`, `shutdown`), answered with `OK` or `Error` on the first line, then the text; the server
+closes the socket after answering (reference 9). `corosync-qnetd-tool -p SOCKET -l` works too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from qnetd import status
+
+MAX_REQUEST = 4096
+log = structlog.get_logger("votemesh.qnetd.control")
+
+
+def answer(line: str, snap: dict[str, Any]) -> tuple[bool, str]:
+    """(ok, text) for one request line."""
+    try:
+        words = shlex.split(line.replace("\0", " "))
+    except ValueError as exc:
+        return False, f"Can't parse command: {exc}\n"
+    if not words:
+        return False, "No command specified\n"
+    command, args = words[0].lower(), [w.lower() for w in words[1:]]
+    verbose = "verbose" in args
+    if command == "status":
+        return True, status.format_status(snap, verbose)
+    if command == "list":
+        cluster = words[words.index("cluster") + 1] if "cluster" in words[:-1] else None
+        return True, status.format_list(snap, verbose, cluster)
+    if command == "json":
+        return True, json.dumps(snap, indent=2, sort_keys=True) + "\n"
+    return False, f"Unknown command '{words[0]}'\n"
+
+
+async def serve_control(
+    path: Path, get_snapshot: Callable[[], dict[str, Any]], shutdown: Callable[[], None]
+) -> asyncio.AbstractServer:
+    """Listen on a unix socket (mode 0660) until the returned server is closed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = (await asyncio.wait_for(reader.readline(), 5.0))[:MAX_REQUEST].decode(
+                "utf-8", "replace"
+            )
+            stop = line.strip().lower() == "shutdown"
+            ok, text = (True, "") if stop else answer(line.strip(), get_snapshot())
+            writer.write((("OK" if ok else "Error") + "\n" + text).encode())
+            await writer.drain()
+            if stop:
+                log.info("shutdown requested", via="control socket")
+                shutdown()
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.debug("control request failed", error=str(exc))
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(handle, path=str(path))
+    path.chmod(0o660)
+    return server
+
+
+async def request(path: Path, line: str, timeout: float = 5.0) -> tuple[bool, str]:
+    """Client side: send one request line; (ok, text) of the answer."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    try:
+        writer.write(line.encode() + b"\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    head, _, text = data.decode("utf-8", "replace").partition("\n")
+    return head == "OK", text

@@ -1,0 +1,106 @@
+"""Local HTTP endpoint: `/healthz` (JSON) and `/metrics` (Prometheus text format).
+
+Plain HTTP on 127.0.0.1 by default. The metrics are read from the core's counters at scrape time
+by a custom collector, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from qnetd.arbitration import QnetdCore
+
+log = structlog.get_logger("votemesh.qnetd.http")
+PREFIX = "votemesh_qnetd"
+
+
+class CoreCollector(Collector):
+    """Exports `QnetdCore` state and counters."""
+
+    def __init__(self, core: QnetdCore, connections: Callable[[], int]) -> None:
+        self.core, self.connections = core, connections
+        self.extra: list[Callable[[], Iterator[Any]]] = []
+
+    def collect(self) -> Iterator[Any]:
+        core, stats = self.core, self.core.stats
+        yield GaugeMetricFamily(f"{PREFIX}_connections", "Open TCP connections", self.connections())
+        yield GaugeMetricFamily(
+            f"{PREFIX}_clients", "Clients that completed INIT", core.client_count()
+        )
+        yield GaugeMetricFamily(f"{PREFIX}_clusters", "Clusters with a client", len(core.clusters))
+        current = Counter(
+            c.last_vote.name for cl in core.clusters.values() for c in cl.clients if c.last_vote
+        )
+        yield _labelled(
+            GaugeMetricFamily, "votes", "Clients by the last vote sent", "vote", current
+        )
+        yield _labelled(CounterMetricFamily, "votes_sent", "Votes sent", "vote", stats.votes_sent)
+        yield CounterMetricFamily(f"{PREFIX}_decisions", "Algorithm decisions", stats.decisions)
+        yield CounterMetricFamily(f"{PREFIX}_connections_accepted", "Accepted", stats.accepted)
+        yield _labelled(CounterMetricFamily, "connections_closed", "Closed", "reason", stats.closed)
+        yield _labelled(
+            CounterMetricFamily,
+            "decode_errors",
+            "Undecodable messages",
+            "reason",
+            stats.decode_errors,
+        )
+        errors = Counter({str(k): v for k, v in stats.server_errors.items()})
+        yield _labelled(CounterMetricFamily, "server_errors", "SERVER_ERRORs sent", "code", errors)
+        yield _labelled(
+            CounterMetricFamily, "tls_failures", "TLS failures", "reason", stats.tls_failures
+        )
+        for extra in self.extra:
+            yield from extra()
+
+
+def _labelled(kind: Any, name: str, doc: str, label: str, values: Counter[str]) -> Any:
+    family = kind(f"{PREFIX}_{name}", doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+async def serve_http(
+    host: str, port: int, registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+) -> asyncio.AbstractServer:
+    """Serve /healthz and /metrics until the returned server is closed."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            status, ctype, body = _route(method, path, registry, health)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError, OSError, asyncio.IncompleteReadError):
+            log.debug("bad http request")
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port, limit=8192)
+
+
+def _route(
+    method: str, path: str, registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+) -> tuple[str, str, bytes]:
+    if method != "GET":
+        return "405 Method Not Allowed", "text/plain", b"GET only\n"
+    if path == "/metrics":
+        return "200 OK", "text/plain; version=0.0.4", generate_latest(registry)
+    if path == "/healthz":
+        return "200 OK", "application/json", json.dumps(health()).encode() + b"\n"
+    return "404 Not Found", "text/plain", b"try /healthz or /metrics\n"

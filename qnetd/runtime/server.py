@@ -1,0 +1,359 @@
+"""asyncio adapter of the arbitrator: sockets, STARTTLS, timers and logging around `QnetdCore`.
+
+Each connection starts in *exact-read* mode: the socket is read with `sock_recv` for exactly the
+bytes the stream decoder still wants, so nothing past a STARTTLS is ever consumed and the TLS
+handshake can take the socket over cleanly (`loop.connect_accepted_socket(ssl=...)`). After the
+upgrade (or after INIT on a plain connection) it switches to an `asyncio.Protocol` transport.
+This module owns sockets and the clock; every decision is the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from proto.errors import DecodeError
+from proto.qnetd_stream import StreamDecoder
+from qnetd.arbitration import QnetdCore
+from qnetd.core_events import (
+    Accepted,
+    ConnectionClosed,
+    Disconnect,
+    Effect,
+    Event,
+    Log,
+    Received,
+    Send,
+    Shutdown,
+    StartTls,
+    Tick,
+    TlsEstablished,
+    Undecodable,
+)
+from qnetd.peer_names import PeerNames
+
+LISTEN_BACKLOG = 512  # corosync-qnetd uses 10; thousands of reconnecting clients need more
+TLS_HANDSHAKE_TIMEOUT = 10.0
+MAX_READ = 65536
+
+
+def tune_tls_memory() -> None:
+    """Shrink asyncio's per-connection TLS read buffer from 256 KiB to 16 KiB.
+
+    Measured (shared/ref/platform-facts.md): 295 KiB -> 55 KiB per idle TLS connection.
+    """
+    from asyncio import sslproto  # noqa: PLC0415 (a deliberate, documented tweak)
+
+    sslproto.SSLProtocol.max_size = 16384
+
+
+@dataclass
+class _Conn:
+    conn_id: int
+    sock: socket.socket
+    address: str
+    decoder: StreamDecoder
+    transport: asyncio.Transport | None = None
+    want_tls: bool = False
+    closed: bool = False
+    pending: list[bytes] = field(default_factory=list)
+    """Replies queued while the connection is in exact-read mode or upgrading."""
+    task: asyncio.Task[Any] | None = None
+
+
+def _is_open(conn: _Conn) -> bool:
+    return not conn.closed
+
+
+class _StreamProtocol(asyncio.Protocol):
+    def __init__(self, server: QnetdServer, conn: _Conn) -> None:
+        self.server, self.conn = server, conn
+
+    def data_received(self, data: bytes) -> None:
+        self.server.on_data(self.conn, data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.on_closed(self.conn, "peer_closed" if exc is None else "socket_error")
+
+
+class QnetdServer:
+    """Runs a `QnetdCore` on listening sockets until `stop()`."""
+
+    def __init__(
+        self,
+        core: QnetdCore,
+        ssl_context: ssl.SSLContext | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.core = core
+        self.ssl_context = ssl_context
+        self.clock = clock
+        self.log = structlog.get_logger("votemesh.qnetd")
+        self.listeners: list[socket.socket] = []
+        self._conns: dict[int, _Conn] = {}
+        self._next_id = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer_wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self, sockets: list[socket.socket]) -> None:
+        """Serve on already-bound listening sockets."""
+        self.listeners = sockets
+        for lsock in sockets:
+            lsock.setblocking(False)
+            lsock.listen(LISTEN_BACKLOG)
+            self._spawn(self._accept_loop(lsock), "qnetd-accept")
+        self._spawn(self._timer_loop(), "qnetd-timers")
+
+    async def stop(self) -> None:
+        """Graceful shutdown: drop every client (no vote recomputation), close listeners."""
+        self._execute(self.core.handle(Shutdown(), self.clock()))
+        for lsock in self.listeners:
+            lsock.close()
+        self._stopped.set()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(lsock)
+            except OSError as exc:  # EMFILE and friends: keep serving the others
+                self.log.warning("accept failed", error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            self._next_id += 1
+            host, port = addr[0], addr[1]
+            conn = _Conn(self._next_id, sock, f"{host}:{port}", self._new_decoder())
+            self._conns[conn.conn_id] = conn
+            self._feed(Accepted(conn.conn_id, conn.address))
+            if not conn.closed:
+                conn.task = self._spawn(self._exact_reads(conn), f"qnetd-conn-{conn.conn_id}")
+
+    def _new_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self.core.settings.max_receive_size)
+
+    # ------------------------------------------------------------ reading
+    async def _exact_reads(self, conn: _Conn) -> None:
+        """Plain-text phase: read exactly what the decoder wants, until TLS or INIT."""
+        loop = asyncio.get_running_loop()
+        while not conn.closed:
+            try:
+                data = await loop.sock_recv(conn.sock, min(conn.decoder.bytes_wanted(), MAX_READ))
+            except OSError:
+                data = b""
+            if not data:
+                self._lost(conn, "peer_closed")
+                return
+            self.on_data(conn, data)
+            await self._flush(conn)
+            if not _is_open(conn):  # the core may have dropped it while handling the data
+                return
+            if conn.want_tls:
+                await self._upgrade(conn, self.ssl_context)
+                return
+            if self._initialised(conn):
+                await self._upgrade(conn, None)
+                return
+
+    async def _flush(self, conn: _Conn) -> None:
+        loop = asyncio.get_running_loop()
+        while conn.pending and not conn.closed:
+            data = conn.pending.pop(0)
+            try:
+                await loop.sock_sendall(conn.sock, data)
+            except OSError:
+                self._lost(conn, "socket_error")
+
+    def _initialised(self, conn: _Conn) -> bool:
+        state = self.core.connections.get(conn.conn_id)
+        return state is not None and state.client is not None
+
+    async def _upgrade(self, conn: _Conn, context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: _StreamProtocol(self, conn),
+                sock=conn.sock,
+                ssl=context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
+            )
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+            reason = "tls_handshake_failed" if context else "socket_error"
+            if context is not None:
+                self.core.stats.tls_failures["handshake"] += 1
+            self.log.warning("connection failed", conn=conn.conn_id, reason=reason, error=str(exc))
+            self._lost(conn, reason)
+            return
+        if conn.closed:  # dropped by the core while the handshake ran
+            transport.abort()
+            return
+        conn.transport = transport
+        if context is not None:
+            self._feed(TlsEstablished(conn.conn_id, self._peer_names(transport)))
+        for data in conn.pending:
+            transport.write(data)
+        conn.pending.clear()
+
+    @staticmethod
+    def _peer_names(transport: asyncio.BaseTransport) -> PeerNames | None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        return PeerNames.from_der(der) if der else None
+
+    def on_data(self, conn: _Conn, data: bytes) -> None:
+        """Bytes from the peer: decode every whole message and hand it to the core."""
+        if conn.closed:
+            return
+        conn.decoder.feed(data)
+        while not conn.closed and not conn.want_tls:
+            try:
+                msg = conn.decoder.next_message()
+            except DecodeError as exc:
+                self._feed(Undecodable(conn.conn_id, exc))
+                continue
+            if msg is None:
+                return
+            self._feed(Received(conn.conn_id, msg, conn.decoder.last_raw))
+
+    def on_closed(self, conn: _Conn, reason: str) -> None:
+        """The transport reports the connection ended."""
+        self._lost(conn, reason)
+
+    def _lost(self, conn: _Conn, reason: str) -> None:
+        """Tell the core (once) and release the socket."""
+        if conn.closed:
+            return
+        self._feed(ConnectionClosed(conn.conn_id, reason))
+        self._release(conn)
+
+    # ------------------------------------------------------------ effects
+    def _feed(self, event: Event) -> None:
+        before = self.core.next_deadline()
+        self._execute(self.core.handle(event, self.clock()))
+        after = self.core.next_deadline()
+        if after is not None and (before is None or after < before):
+            self._timer_wake.set()
+
+    def _execute(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                self._write(effect.conn_id, effect.data)
+            elif isinstance(effect, StartTls):
+                conn = self._conns.get(effect.conn_id)
+                if conn is not None and conn.transport is None:
+                    conn.want_tls = True
+                elif conn is not None:  # STARTTLS after the stream switched: cannot be safe
+                    self._lost(conn, "late_starttls")
+            elif isinstance(effect, Disconnect):
+                self._close(effect.conn_id)
+            elif isinstance(effect, Log):
+                getattr(self.log, effect.level)(effect.event, **effect.fields)
+
+    def _write(self, conn_id: int, data: bytes) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.closed:
+            return
+        if conn.transport is None:
+            conn.pending.append(data)
+            return
+        limit = self.core.settings.max_send_buffers * self.core.settings.max_send_size
+        if conn.transport.get_write_buffer_size() > limit:
+            self.log.warning("client dropped", conn=conn_id, reason="send_queue_full")
+            self._lost(conn, "send_queue_full")
+            return
+        conn.transport.write(data)
+
+    def _close(self, conn_id: int) -> None:
+        """The core dropped this connection: release it (the core already forgot it)."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._release(conn)
+
+    def _release(self, conn: _Conn) -> None:
+        conn.closed = True
+        self._conns.pop(conn.conn_id, None)
+        if conn.transport is not None:
+            conn.transport.abort()
+        else:
+            if conn.task is not None and conn.task is not asyncio.current_task():
+                conn.task.cancel()
+            with contextlib.suppress(OSError):
+                conn.sock.close()
+
+    # ------------------------------------------------------------ timers
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            self._timer_wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._timer_wake.wait(), timeout)
+            if deadline is not None and self.clock() >= deadline:
+                self._feed(Tick())
+
+    @property
+    def connection_count(self) -> int:
+        """Open TCP connections (INIT-ed or not)."""
+        return len(self._conns)
+
+
+def bind_listeners(host: str | None, port: int, family: str = "any") -> list[socket.socket]:
+    """Listening sockets: dual-stack `::` by default (IPv4 peers as ::ffff:a.b.c.d), like qnetd.
+
+    family: "any" (dual stack, falling back to IPv4), "4" or "6".
+    """
+    if host is None:
+        host = "0.0.0.0" if family == "4" else "::"  # noqa: S104 (listening on all is the default)
+    af = {"4": socket.AF_INET, "6": socket.AF_INET6}.get(family, socket.AF_UNSPEC)
+    infos = socket.getaddrinfo(host, port, af, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    last: OSError | None = None
+    for fam, kind, proto, _, addr in infos:
+        sock = socket.socket(fam, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(addr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        return [sock]
+    raise OSError(f"cannot listen on {host}:{port}: {last}")
+
+
+def server_ssl_context(
+    ca_pem: str, cert_pem: str, key_pem: str, client_cert_required: bool
+) -> ssl.SSLContext:
+    """TLS server context: our certificate; client certificates required and checked if asked."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_pem, key_pem)
+    if client_cert_required:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=ca_pem)
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
