@@ -40,7 +40,7 @@ from proto.qnetd_messages import (
     encode,
 )
 from proto.qnetd_options import NodeInfo, RingId, TieBreaker
-from qnetd.core_events import ConnectionClosed, Disconnect, Shutdown, Tick, Undecodable
+from qnetd.core_events import ConnectionClosed, Disconnect, Send, Shutdown, Tick, Undecodable
 from qnetd.core_events import StartTls as StartTlsEffect
 from qnetd.model import (
     AlgoResult,
