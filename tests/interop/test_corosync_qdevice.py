@@ -1,0 +1,221 @@
+"""Real corosync clusters use a qnetd: Debian's corosync + corosync-qdevice in a namespace lab.
+
+Each scenario runs once against Debian's corosync-qnetd and once against ours (skipped until
+`votemesh-qnetd run` exists). Every node and the qnetd get their own network namespace on a
+bridge the test creates, with no route out; certificates come from the qnetd's own tooling.
+Splits are iptables DROP rules between nodes only, so both halves keep reaching the qnetd.
+
+What is asserted, and how: quorumtool snapshots must show each side's membership (one agreed ring
+id per side), the winners Quorate with the device vote, the losers inquorate without it, and that
+picture must hold for a while; corosync's own log must show that the winners never left the
+primary component during the split and that every loser did.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.lab import corosync, netns
+from tests.lab.corosync import (
+    COROSYNC_PRIVATE_DIRS,
+    CorosyncCluster,
+    Expectation,
+    QdeviceConfig,
+    all_of,
+    inquorate_without_device,
+    quorate_with_device,
+    sides,
+    votes,
+)
+from tests.lab.netns import Lab, LabFactory
+from tests.lab.qnetd_under_test import IMPLEMENTATIONS, QnetdUnderTest
+
+RecordProperty = Callable[[str, object], None]
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: network and mount namespaces, iptables inside them"
+    return netns.missing_reason() or corosync.missing_reason()
+
+
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.root,
+    pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+]
+
+#: Every check must hold this long once met: more than one qdevice vote cast (every 2.5 s with
+#: the lab's 5 s device timeout) and one qnetd decision round, so a flapping vote shows up.
+SPLIT_HOLD = 4.0
+HEAL_HOLD = 3.0
+#: Deadlines: a lab split settles in about 2.5 s (token 1 s + consensus 1.2 s + a vote round).
+SETTLE_TIMEOUT = 30.0
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, ids=[impl.name for impl in IMPLEMENTATIONS])
+def qnetd_impl(request: pytest.FixtureRequest) -> type[QnetdUnderTest]:
+    """The qnetd implementation under test; skipped when it cannot run here."""
+    impl: type[QnetdUnderTest] = request.param
+    reason = impl.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return impl
+
+
+@pytest.fixture
+def lab_factory(tmp_path: Path) -> Iterator[LabFactory]:
+    """Labs for one test; every namespace and process is gone after it, pass or fail."""
+    with LabFactory(tmp_path) as factory:
+        yield factory
+
+
+@dataclass
+class QuorumLab:
+    """A running qnetd and cluster in one lab, with the timings measured so far."""
+
+    lab: Lab
+    qnetd: QnetdUnderTest
+    cluster: CorosyncCluster
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def node_names(self, nodeids: Sequence[int]) -> list[str]:
+        """Host names of node ids."""
+        return [self.cluster.name_of(i) for i in nodeids]
+
+    def healthy(self) -> Expectation:
+        """One membership of every node, all quorate with the device, every vote counted."""
+        ids = sorted(self.cluster.nodeids.values())
+        assert self.cluster.qdevice is not None
+        device_votes = 1 if self.cluster.qdevice.algorithm == "ffsplit" else len(ids) - 1
+        every_vote = len(ids) + device_votes
+        return all_of(
+            sides(self.cluster, [ids]),
+            quorate_with_device(self.cluster, ids),
+            votes(self.cluster, ids, total=every_vote, expected=every_vote),
+        )
+
+    def wait_healthy(self, phase: str) -> None:
+        """Wait until healthy and record how long it took under `phase`."""
+        self.timings[phase], _ = self.cluster.wait_for(
+            self.healthy(), timeout=SETTLE_TIMEOUT, what=f"{phase}: healthy", hold=HEAL_HOLD
+        )
+
+    def split(self, phase: str, groups: Sequence[Sequence[int]], winners: Sequence[int]) -> None:
+        """Partition the nodes into `groups`; only `winners` keep quorum, and never lose it."""
+        losers = [i for group in groups for i in group if i not in winners]
+        marks = self.cluster.log_marks()
+        self.lab.partition(*[self.node_names(group) for group in groups])
+        self.timings[phase], _ = self.cluster.wait_for(
+            all_of(
+                sides(self.cluster, groups),
+                quorate_with_device(self.cluster, winners),
+                inquorate_without_device(self.cluster, losers),
+            ),
+            timeout=SETTLE_TIMEOUT,
+            what=f"{phase}: {groups}, quorate {list(winners)}",
+            hold=SPLIT_HOLD,
+        )
+        assert sorted(self.cluster.lost_quorum_since(marks)) == sorted(self.node_names(losers))
+
+    def heal(self, phase: str) -> None:
+        """Remove the partition; everyone is quorate again and nobody lost quorum on the way."""
+        marks = self.cluster.log_marks()
+        self.lab.heal()
+        self.wait_healthy(phase)
+        assert self.cluster.lost_quorum_since(marks) == []
+
+    def report(self, record_property: RecordProperty) -> None:
+        """Timings into the junit properties and stdout (shown with -s or -rP)."""
+        for phase, seconds in self.timings.items():
+            record_property(f"{self.qnetd.name}:{phase}", round(seconds, 2))
+        print(
+            f"\n[{self.qnetd.name} {self.cluster.cluster_name}] "
+            + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.timings.items())
+        )
+
+
+def start_quorum_lab(
+    lab_factory: LabFactory,
+    impl: type[QnetdUnderTest],
+    workdir: Path,
+    *,
+    cluster_name: str,
+    nodes: int,
+    algorithm: str,
+) -> QuorumLab:
+    """A lab with a qnetd host and `nodes` corosync nodes using it; waits until healthy."""
+    started = time.monotonic()
+    names = [f"n{i}" for i in range(1, nodes + 1)]
+    lab = lab_factory(["qnetd", *names], private_dirs=COROSYNC_PRIVATE_DIRS)
+    qnetd = impl(workdir / f"qnetd-{impl.name}")
+    qnetd.start(lab["qnetd"])
+    credentials = qnetd.client_credentials(cluster_name)
+    device = QdeviceConfig(lab["qnetd"].address, qnetd.port, algorithm, tie_breaker="lowest")
+    cluster = CorosyncCluster([lab[name] for name in names], cluster_name, device)
+    cluster.configure(credentials)
+    setup = time.monotonic() - started
+    cluster.start()
+    running = QuorumLab(lab, qnetd, cluster, {"setup": setup})
+    running.wait_healthy("start")
+    return running
+
+
+@pytest.mark.timeout(120)
+def test_two_nodes_ffsplit_tie_breaker_side_keeps_quorum(
+    lab_factory: LabFactory,
+    qnetd_impl: type[QnetdUnderTest],
+    tmp_path: Path,
+    record_property: RecordProperty,
+) -> None:
+    """2 nodes + qnetd (ffsplit, lowest): both Quorate with the Qdevice vote (3/3 votes); split
+    1|1 with both reaching qnetd: node 1 stays quorate, node 2 loses quorum; heal: both again."""
+    run = start_quorum_lab(
+        lab_factory, qnetd_impl, tmp_path, cluster_name="vmlab2", nodes=2, algorithm="ffsplit"
+    )
+    run.split("split 1|1", [[1], [2]], winners=[1])
+    run.heal("heal")
+    run.report(record_property)
+
+
+@pytest.mark.timeout(150)
+def test_four_nodes_ffsplit_half_with_lowest_node_keeps_quorum(
+    lab_factory: LabFactory,
+    qnetd_impl: type[QnetdUnderTest],
+    tmp_path: Path,
+    record_property: RecordProperty,
+) -> None:
+    """4 nodes + qnetd (ffsplit, lowest): all Quorate with the Qdevice vote (5/5 votes); split
+    2|2: {1,2} stays quorate, {3,4} lose quorum; heal: all quorate again."""
+    run = start_quorum_lab(
+        lab_factory, qnetd_impl, tmp_path, cluster_name="vmlab4", nodes=4, algorithm="ffsplit"
+    )
+    run.split("split 2|2", [[1, 2], [3, 4]], winners=[1, 2])
+    run.heal("heal")
+    run.report(record_property)
+
+
+@pytest.mark.timeout(150)
+def test_three_nodes_lms_majority_keeps_quorum_and_last_man_stands(
+    lab_factory: LabFactory,
+    qnetd_impl: type[QnetdUnderTest],
+    tmp_path: Path,
+    record_property: RecordProperty,
+) -> None:
+    """3 nodes + qnetd (lms, 2 device votes): all Quorate (5/5 votes); isolating node 3 keeps
+    {1,2} quorate and node 3 not; after healing, a 1|1|1 split leaves node 1 (the tie-breaker)
+    quorate on its own thanks to the device's 2 votes, nodes 2 and 3 not; heal: all again."""
+    run = start_quorum_lab(
+        lab_factory, qnetd_impl, tmp_path, cluster_name="vmlab3", nodes=3, algorithm="lms"
+    )
+    run.split("split 2|1", [[1, 2], [3]], winners=[1, 2])
+    run.heal("heal 2|1")
+    run.split("split 1|1|1", [[1], [2], [3]], winners=[1])
+    run.heal("heal 1|1|1")
+    run.report(record_property)

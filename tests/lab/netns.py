@@ -1,0 +1,466 @@
+"""Hosts in network namespaces on a private bridge: run commands, partition, heal, clean up.
+
+One lab (every name carries a per-run random suffix, so two runs never collide)::
+
+    vm-<hex>-br     holds only the bridge "br0" and one veth port per host
+    vm-<hex>-n1     a host: "lo" and "eth0" (veth to the bridge), one address on the lab subnet
+    vm-<hex>-qnetd  ...any number of hosts, named by the caller
+
+The bridge lives in a namespace of its own, never in the root namespace (where the host's
+br_netfilter would send bridged frames through the host's FORWARD chain). Hosts get no default
+route and nothing links the lab to the host's interfaces: traffic stays on the lab subnet.
+
+Each host also has a private mount namespace, held open by an anchor process (`sleep infinity`,
+started through nsenter + unshare). Empty per-host directories are bind-mounted over the paths in
+`private_dirs` so daemons with compiled-in paths (corosync's /etc/corosync, /run, ...) do not
+collide; `Host.host_path()` maps such a path back to the host side. Every command in a host runs
+through `nsenter -t <anchor> -n -m`.
+
+Partitions are iptables DROP rules in a chain of our own (`VMLAB-IN`, jumped to from INPUT) inside
+the receiving host's namespace: a rule in B dropping A's address makes A -> B one-way silent.
+The host's own rules are never touched.
+
+Cleanup (`Lab.close()`, the context manager, `LabFactory`) stops only the processes the lab
+started, by PID (SIGTERM, then SIGKILL), then the anchors, then deletes the namespaces; deleting
+the bridge namespace deletes every veth pair. Long-lived processes are started under
+`setpriv --pdeathsig KILL`, so they die with the test process even when it is killed outright.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import os
+import secrets
+import select
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+#: RFC 2544 benchmarking range: never routed, so it cannot shadow a real network.
+DEFAULT_SUBNET = ipaddress.IPv4Network("198.18.0.0/24")
+PARTITION_CHAIN = "VMLAB-IN"
+BRIDGE = "br0"
+LINK = "eth0"
+REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "setpriv", "iptables", "sleep")
+
+T = TypeVar("T")
+
+
+class LabError(RuntimeError):
+    """The lab could not be set up, a command in a host failed, or cleanup left something."""
+
+
+class NotYetError(LabError):
+    """Raised by a `wait_until` probe to say why its condition is not met yet."""
+
+
+def missing_reason() -> str | None:
+    """Why a lab cannot run here, or None if it can."""
+    for tool in REQUIRED_TOOLS:
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (apt-get install iproute2 iptables util-linux)"
+    if os.geteuid() != 0:
+        return "needs root: creates network and mount namespaces"
+    return None
+
+
+def _run(args: Sequence[str], *, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        list(args), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        raise LabError(
+            f"{shlex.join(args)} exited {result.returncode}: "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+    return result
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the process we started, SIGKILL it after `grace` seconds, and reap it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=grace)
+
+
+def wait_until(
+    probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.25
+) -> T:
+    """Poll `probe` until it returns something other than None; LabError after `timeout` s.
+
+    A probe may raise NotYetError to say why it is not there yet; the timeout message names
+    `what` and carries the last such reason, so a failed wait says what it was waiting for. Any
+    other error (a daemon died, a command failed) ends the wait at once.
+    """
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while True:
+        try:
+            value = probe()
+        except NotYetError as exc:
+            value, last_error = None, str(exc)
+        if value is not None:
+            return value
+        if time.monotonic() >= deadline:
+            raise LabError(f"timed out after {timeout:.1f} s waiting for {what}: {last_error}")
+        time.sleep(interval)
+
+
+@dataclass
+class TrackedProcess:
+    """A long-lived process the lab started in one of its hosts."""
+
+    host: str
+    label: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        """The PID of the program itself (nsenter and setpriv exec into it)."""
+        return self.process.pid
+
+    def alive(self) -> bool:
+        """Still running."""
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of its output, for error messages."""
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Host:
+    """One network namespace + private mount namespace in a lab, with one address."""
+
+    name: str
+    netns: str
+    address: str
+    root: Path
+    private_dirs: tuple[str, ...]
+    lab: Lab = field(repr=False)
+    anchor: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def nsenter(self) -> list[str]:
+        """Command prefix entering this host's network and mount namespaces."""
+        if self.anchor is None or self.anchor.poll() is not None:
+            raise LabError(f"host {self.name}: anchor process is not running")
+        return ["nsenter", "-t", str(self.anchor.pid), "-n", "-m", "--"]
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60.0,
+        input_text: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command to completion inside the host; LabError on failure when `check`."""
+        full = [*self.nsenter(), *args]
+        result = subprocess.run(
+            full, capture_output=True, text=True, timeout=timeout, check=False, input=input_text
+        )
+        if check and result.returncode != 0:
+            raise LabError(
+                f"[{self.name}] {shlex.join(args)} exited {result.returncode}: "
+                f"{(result.stderr.strip() or result.stdout.strip())[-2000:]}"
+            )
+        return result
+
+    def start(self, args: Sequence[str], *, label: str) -> TrackedProcess:
+        """Start a long-lived process inside the host; the lab stops it on close."""
+        return self.lab.track(self, args, label=label)
+
+    def host_path(self, inside: str) -> Path:
+        """Where a path under one of the host's private directories lives on the real host."""
+        for private in sorted(self.private_dirs, key=len, reverse=True):
+            if inside == private or inside.startswith(private.rstrip("/") + "/"):
+                return self.root / inside.lstrip("/")
+        raise LabError(f"{inside} is not under a private directory of {self.name}")
+
+
+class Lab:
+    """A bridge and hosts in network namespaces; `close()` removes everything it created."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        host_names: Sequence[str],
+        *,
+        private_dirs: Sequence[str] = (),
+        subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
+    ) -> None:
+        if len(set(host_names)) != len(host_names) or not host_names:
+            raise LabError(f"host names must be unique and non-empty: {host_names}")
+        if len(host_names) + 2 > subnet.num_addresses - 2:
+            raise LabError(f"{subnet} is too small for {len(host_names)} hosts")
+        for private in private_dirs:
+            if not Path(private).is_dir():
+                # The mount point must exist; creating it would change the real host.
+                raise LabError(f"cannot make {private} private: it does not exist on this host")
+        self.lab_id = f"vm-{secrets.token_hex(3)}"
+        self.workdir = workdir
+        self.subnet = subnet
+        self.private_dirs = tuple(private_dirs)
+        self.bridge_netns = f"{self.lab_id}-br"
+        self.hosts: dict[str, Host] = {}
+        self.processes: list[TrackedProcess] = []
+        self._netns_created: list[str] = []
+        self._closed = False
+        addresses = subnet.hosts()
+        next(addresses)  # .1 stays free (a gateway address, by habit; there is no gateway)
+        for name in host_names:
+            self.hosts[name] = Host(
+                name=name,
+                netns=f"{self.lab_id}-{name}",
+                address=str(next(addresses)),
+                root=workdir / name,
+                private_dirs=self.private_dirs,
+                lab=self,
+            )
+        _OPEN_LABS.append(self)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _add_netns(self, name: str) -> None:
+        _run(["ip", "netns", "add", name])
+        self._netns_created.append(name)
+
+    def _build(self) -> None:
+        self._add_netns(self.bridge_netns)
+        br = ["ip", "-n", self.bridge_netns]
+        _run([*br, "link", "add", BRIDGE, "type", "bridge"])
+        _run([*br, "link", "set", BRIDGE, "up"])
+        for index, host in enumerate(self.hosts.values(), start=1):
+            self._add_netns(host.netns)
+            port = f"port{index}"
+            # Created inside the bridge namespace with the peer placed straight into the host's:
+            # no lab interface ever appears in the root namespace.
+            _run([*br, "link", "add", port, "type", "veth", "peer", "name", LINK,
+                  "netns", host.netns])  # fmt: skip
+            _run([*br, "link", "set", port, "master", BRIDGE, "up"])
+            inside = ["ip", "-n", host.netns]
+            _run([*inside, "addr", "add", f"{host.address}/{self.subnet.prefixlen}", "dev", LINK])
+            _run([*inside, "link", "set", LINK, "up"])
+            _run([*inside, "link", "set", "lo", "up"])
+            self._start_anchor(host)
+            host.run(["iptables", "-w", "-N", PARTITION_CHAIN])
+            host.run(["iptables", "-w", "-I", "INPUT", "-j", PARTITION_CHAIN])
+
+    def _start_anchor(self, host: Host) -> None:
+        mounts = []
+        for private in self.private_dirs:
+            source = host.root / private.lstrip("/")
+            source.mkdir(parents=True, exist_ok=True)
+            mounts.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(private)}")
+        script = "set -e; " + "; ".join([*mounts, "echo ready", "exec sleep infinity"])
+        host.root.mkdir(parents=True, exist_ok=True)
+        args = ["setpriv", "--pdeathsig", "KILL", "nsenter", f"--net=/run/netns/{host.netns}",
+                "--", "unshare", "--mount", "--propagation", "private", "--",
+                "sh", "-c", script]  # fmt: skip
+        with (host.root / "anchor.log").open("wb") as log:
+            anchor = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        host.anchor = anchor
+        assert anchor.stdout is not None
+        ready, _, _ = select.select([anchor.stdout], [], [], 10.0)
+        line = anchor.stdout.readline() if ready else b""
+        anchor.stdout.close()
+        if line.strip() != b"ready":
+            stop_process(anchor)
+            log_text = (host.root / "anchor.log").read_text(errors="replace")
+            raise LabError(f"host {host.name}: anchor did not start: {log_text.strip()}")
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def track(self, host: Host, args: Sequence[str], *, label: str) -> TrackedProcess:
+        """Start `args` in `host` under pdeathsig, output to <host root>/<label>.log."""
+        log_path = host.root / f"{label}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                ["setpriv", "--pdeathsig", "KILL", *host.nsenter(), *args],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        tracked = TrackedProcess(host.name, label, process, log_path)
+        self.processes.append(tracked)
+        return tracked
+
+    # -- hosts -------------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Host:
+        return self.hosts[name]
+
+    def _resolve(self, host: Host | str) -> Host:
+        return host if isinstance(host, Host) else self.hosts[host]
+
+    # -- partitions --------------------------------------------------------------------------
+
+    def block(self, source: Host | str, destination: Host | str) -> None:
+        """One-way: `destination` drops everything `source` sends it."""
+        src, dst = self._resolve(source), self._resolve(destination)
+        dst.run(["iptables", "-w", "-A", PARTITION_CHAIN, "-s", src.address, "-j", "DROP"])
+
+    def partition(self, *groups: Iterable[Host | str]) -> None:
+        """Hosts in different groups stop hearing each other; hosts in no group are untouched."""
+        resolved = [[self._resolve(h) for h in group] for group in groups]
+        for i, group in enumerate(resolved):
+            for other in resolved[i + 1 :]:
+                for a in group:
+                    for b in other:
+                        self.block(a, b)
+                        self.block(b, a)
+
+    def heal(self) -> None:
+        """Remove every partition rule in every host."""
+        for host in self.hosts.values():
+            host.run(["iptables", "-w", "-F", PARTITION_CHAIN])
+
+    # -- cleanup -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop our processes (by PID), the anchors, delete our namespaces. Idempotent.
+
+        Tries every step even when one fails; raises LabError at the end if anything is left.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        problems: list[str] = []
+        for tracked in reversed(self.processes):
+            try:
+                stop_process(tracked.process)
+            except (OSError, subprocess.SubprocessError) as exc:
+                problems.append(f"{tracked.label}@{tracked.host} pid {tracked.pid}: {exc}")
+        for host in self.hosts.values():
+            if host.anchor is not None:
+                try:
+                    stop_process(host.anchor)
+                except (OSError, subprocess.SubprocessError) as exc:
+                    problems.append(f"anchor of {host.name}: {exc}")
+        for name in reversed(self._netns_created):
+            try:
+                _run(["ip", "netns", "del", name])
+            except (LabError, OSError, subprocess.SubprocessError) as exc:
+                problems.append(str(exc))
+        with contextlib.suppress(ValueError):
+            _OPEN_LABS.remove(self)
+        if problems:
+            raise LabError("lab cleanup incomplete: " + "; ".join(problems))
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_OPEN_LABS: list[Lab] = []
+
+
+@atexit.register
+def _close_forgotten_labs() -> None:
+    """Last resort when a lab was never closed (e.g. the interpreter exits on an error)."""
+    while _OPEN_LABS:
+        with contextlib.suppress(LabError):
+            _OPEN_LABS.pop().close()
+
+
+def lab_namespaces(lab_id: str) -> list[str]:
+    """Namespaces named for `lab_id` that `ip netns list` shows right now."""
+    listing = _run(["ip", "netns", "list"]).stdout
+    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
+    return [name for name in names if name.startswith(f"{lab_id}-")]
+
+
+class LabFactory:
+    """Creates labs under one directory and closes all of them; for pytest fixtures.
+
+    ```python
+    @pytest.fixture
+    def lab_factory(tmp_path: Path) -> Iterator[LabFactory]:
+        with LabFactory(tmp_path) as factory:
+            yield factory
+    ```
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.labs: list[Lab] = []
+
+    def __call__(
+        self,
+        host_names: Sequence[str],
+        *,
+        private_dirs: Sequence[str] = (),
+        subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
+    ) -> Lab:
+        lab = Lab(
+            self.workdir / f"lab{len(self.labs)}",
+            host_names,
+            private_dirs=private_dirs,
+            subnet=subnet,
+        )
+        self.labs.append(lab)
+        return lab
+
+    def close(self) -> None:
+        """Close every lab; checks that none of their namespaces is left."""
+        problems = []
+        for lab in reversed(self.labs):
+            try:
+                lab.close()
+            except LabError as exc:
+                problems.append(str(exc))
+            left = lab_namespaces(lab.lab_id)
+            if left:
+                problems.append(f"namespaces left behind: {left}")
+        if problems:
+            raise LabError("; ".join(problems))
+
+    def __enter__(self) -> LabFactory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def running_lab(
+    workdir: Path, host_names: Sequence[str], *, private_dirs: Sequence[str] = ()
+) -> Iterator[Lab]:
+    """A lab that is closed on exit whatever happens."""
+    with Lab(workdir, host_names, private_dirs=private_dirs) as lab:
+        yield lab
