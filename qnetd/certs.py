@@ -1,0 +1,527 @@
+"""The arbitrator's certificates with `cryptography`: CA, server, cluster client certificates.
+
+Owns the certificate files of the state directory (docs/design.md 2.1) and nothing else: no
+sockets, no TLS contexts, no logging. Parameters mirror what corosync-qnetd-certutil makes with
+NSS (reference 5.3): RSA 2048, sha256WithRSAEncryption, X.509 v3, 1200 months of validity, the CA
+`CN=QNet CA` with basicConstraints CA:TRUE pathlen 0 (critical), the server `CN=Qnetd Server`,
+serial numbers from a counter that starts at 100 (so the CA is 101, the server 102). On top of NSS
+we add subject/authority key identifiers (strict X.509 verifiers want them), keyUsage on the CA,
+and a SAN DNS name "Qnetd Server" on the server certificate; NSS's host-name check, which qdevice
+uses, matches SAN names first and accepts that one (tests/interop/test_nss_cert_tools.py).
+
+Writes are atomic (temp file + rename), keys are 0600, the directory 0700, and a flock on
+`.lock` serialises the CLI and the server process. Existing files are never overwritten unless the
+caller says `force`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+CA_NAME = "QNet CA"  # corosync-qnetd-certutil CA_SUBJECT
+SERVER_NAME = "Qnetd Server"  # what qdevice expects (net_nss_qnetd_cn), reference 5.1
+CLIENT_NICKNAME = "Cluster Cert"  # qdevice's net_nss_client_cert_nickname, reference 5.1
+KEY_BITS = 2048  # NSS certutil default on Debian 12
+VALIDITY = datetime.timedelta(days=36525)  # 1200 months, as certutil -v 1200
+FIRST_SERIAL = 100  # serial.txt starts at 100; every certificate takes the next number
+BACKDATE = datetime.timedelta(minutes=5)  # tolerate small clock skew between nodes
+PUBLIC_MODE = 0o644
+PRIVATE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+class CertError(Exception):
+    """A certificate problem the operator can fix; the message is one line that says how."""
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Where the certificate files of a state directory live (docs/design.md 2.1)."""
+
+    root: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        """CA certificate, PEM, 0644."""
+        return self.root / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        """CA private key, PEM PKCS#8, 0600."""
+        return self.root / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        """Server certificate `CN=Qnetd Server`, PEM, 0644."""
+        return self.root / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        """Server private key, PEM PKCS#8, 0600."""
+        return self.root / "server.key"
+
+    @property
+    def serial(self) -> Path:
+        """The last serial number handed out, as decimal text."""
+        return self.root / "serial"
+
+    @property
+    def tokens(self) -> Path:
+        """Enrollment tokens (qnetd/enrollment.py)."""
+        return self.root / "tokens.json"
+
+    @property
+    def issued(self) -> Path:
+        """A copy of every certificate signed."""
+        return self.root / "issued"
+
+    @property
+    def lock(self) -> Path:
+        """flock target shared by every writer of this directory."""
+        return self.root / ".lock"
+
+
+@dataclass(frozen=True)
+class ServerPki:
+    """What the TLS server needs: the CA to trust and the server's own certificate and key."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+@dataclass(frozen=True)
+class ClientBundle:
+    """Files written for a cluster node by `client_bundle`."""
+
+    ca_pem: Path
+    client_pem: Path
+    client_key: Path
+    client_p12: Path
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to a temp file in the same directory, fsync, chmod, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def locked(paths: StatePaths) -> Iterator[None]:
+    """Hold the state directory's exclusive flock (the CLI and the server both write it)."""
+    make_dir(paths.root)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def make_dir(path: Path) -> None:
+    """Create `path` (and parents) as 0700 if it is missing; leave an existing one alone."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+
+def key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    """Unencrypted PKCS#8 PEM, the form both OpenSSL and our loaders read."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    """PEM encoding of a certificate."""
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_cert(path: Path) -> x509.Certificate:
+    """A PEM or DER certificate from a file, or a one-line CertError."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CertError(f"cannot read certificate {path}: {exc.strerror}") from exc
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise CertError(f"{path} is not a PEM or DER X.509 certificate") from exc
+
+
+def load_key(path: Path) -> rsa.RSAPrivateKey:
+    """An unencrypted RSA private key from a PEM file, or a one-line CertError."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise CertError(f"cannot read private key {path}: {exc.strerror}") from exc
+    except (ValueError, TypeError) as exc:
+        raise CertError(f"{path} is not an unencrypted PEM private key") from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CertError(f"{path} is not an RSA key (NSS-based qdevice peers expect RSA)")
+    return key
+
+
+def next_serial(paths: StatePaths) -> int:
+    """Take the next serial number (caller holds the lock); the file keeps the last one used."""
+    try:
+        last = int(paths.serial.read_text().strip())
+    except FileNotFoundError:
+        last = FIRST_SERIAL
+    except ValueError as exc:
+        raise CertError(
+            f"{paths.serial} is corrupt; write the last used serial number in it"
+        ) from exc
+    write_atomic(paths.serial, f"{last + 1}\n".encode(), PRIVATE_MODE)
+    return last + 1
+
+
+# --- certificates ------------------------------------------------------------------------------
+
+
+def _utcnow(now: datetime.datetime | None) -> datetime.datetime:
+    return now if now is not None else datetime.datetime.now(datetime.UTC)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    """A fresh RSA key with NSS's default size."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: rsa.RSAPublicKey,
+    serial: int,
+    now: datetime.datetime,
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def make_ca(key: rsa.RSAPrivateKey, serial: int, now: datetime.datetime) -> x509.Certificate:
+    """Self-signed `CN=QNet CA`, CA:TRUE pathlen 0 critical, as corosync-qnetd-certutil -i."""
+    return (
+        _builder(_name(CA_NAME), _name(CA_NAME), key.public_key(), serial, now)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def issue(
+    ca_cert: x509.Certificate,
+    ca_key: rsa.RSAPrivateKey,
+    subject: x509.Name,
+    public_key: rsa.RSAPublicKey,
+    *,
+    serial: int,
+    now: datetime.datetime,
+    dns_names: tuple[str, ...] = (),
+) -> x509.Certificate:
+    """An end-entity certificate for `subject` signed by the CA (SAN DNS names if given)."""
+    builder = _builder(subject, ca_cert.subject, public_key, serial, now).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(_rsa_public(ca_key.public_key())),
+        critical=False,
+    )
+    if dns_names:
+        san = x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _rsa_public(key: object) -> rsa.RSAPublicKey:
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise CertError("only RSA keys are supported (NSS-based qdevice peers expect RSA)")
+    return key
+
+
+def _record_issued(paths: StatePaths, cert: x509.Certificate, label: str) -> None:
+    make_dir(paths.issued)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    write_atomic(paths.issued / f"{cert.serial_number}-{safe}.pem", cert_pem(cert), PUBLIC_MODE)
+
+
+def _create_ca(paths: StatePaths, now: datetime.datetime) -> None:
+    key = new_key()
+    cert = make_ca(key, next_serial(paths), now)
+    write_atomic(paths.ca_key, key_pem(key), PRIVATE_MODE)
+    write_atomic(paths.ca_cert, cert_pem(cert), PUBLIC_MODE)
+    _record_issued(paths, cert, CA_NAME)
+
+
+def _create_server(paths: StatePaths, now: datetime.datetime) -> None:
+    ca_cert, ca_key = load_cert(paths.ca_cert), load_key(paths.ca_key)
+    key = new_key()
+    cert = issue(
+        ca_cert,
+        ca_key,
+        _name(SERVER_NAME),
+        key.public_key(),
+        serial=next_serial(paths),
+        now=now,
+        dns_names=(SERVER_NAME,),
+    )
+    write_atomic(paths.server_key, key_pem(key), PRIVATE_MODE)
+    write_atomic(paths.server_cert, cert_pem(cert), PUBLIC_MODE)
+    _record_issued(paths, cert, SERVER_NAME)
+
+
+def _complete(cert: Path, key: Path) -> bool:
+    """True when the pair exists; False when the certificate is missing (create it).
+
+    A key without its certificate is what a crash between the two writes leaves (the key is
+    written first), so it is replaced; a certificate without its key cannot be repaired.
+    """
+    if cert.exists() and not key.exists():
+        raise CertError(
+            f"{cert} exists but {key} is missing; restore it or run 'certs init --force'"
+        )
+    return cert.exists()
+
+
+def ensure_state(state_dir: Path, *, now: datetime.datetime | None = None) -> StatePaths:
+    """Create the CA and server certificate if missing; never overwrite; fine on an empty dir."""
+    paths = StatePaths(state_dir)
+    with locked(paths):
+        if not _complete(paths.ca_cert, paths.ca_key):
+            _create_ca(paths, _utcnow(now))
+        if not _complete(paths.server_cert, paths.server_key):
+            _create_server(paths, _utcnow(now))
+    return paths
+
+
+def init(state_dir: Path, force: bool, *, now: datetime.datetime | None = None) -> StatePaths:
+    """`certs init`: a new CA and server certificate; replaces existing ones only when forced."""
+    paths = StatePaths(state_dir)
+    with locked(paths):
+        existing = [
+            p
+            for p in (paths.ca_cert, paths.ca_key, paths.server_cert, paths.server_key)
+            if p.exists()
+        ]
+        if existing and not force:
+            raise CertError(
+                f"{existing[0]} already exists; use --force to replace the CA "
+                "(every issued client certificate becomes invalid)"
+            )
+        _create_ca(paths, _utcnow(now))
+        _create_server(paths, _utcnow(now))
+    return paths
+
+
+def load_ca(paths: StatePaths) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """The CA certificate and key of a state directory."""
+    if not (paths.ca_cert.exists() and paths.ca_key.exists()):
+        raise CertError(f"no CA in {paths.root}; run 'votemesh-qnetd certs init' first")
+    return load_cert(paths.ca_cert), load_key(paths.ca_key)
+
+
+def ca_fingerprint(cert: x509.Certificate) -> bytes:
+    """SHA-256 over the CA certificate's DER encoding (what enrollment tokens carry)."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
+def state_ca_fingerprint(state_dir: Path) -> bytes:
+    """SHA-256 fingerprint of the state directory's CA certificate."""
+    return ca_fingerprint(load_cert(StatePaths(state_dir).ca_cert))
+
+
+def common_name(name: x509.Name) -> str | None:
+    """The subject's (last) CN as text, or None."""
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not attrs:
+        return None
+    value = attrs[-1].value
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def parse_request(csr_bytes: bytes) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request in PEM or DER with a valid self-signature, or a one-line CertError."""
+    try:
+        if b"-----BEGIN" in csr_bytes:
+            csr = x509.load_pem_x509_csr(csr_bytes)
+        else:
+            csr = x509.load_der_x509_csr(csr_bytes)
+    except ValueError as exc:
+        raise CertError("not a PKCS#10 certificate request (PEM or DER)") from exc
+    if not csr.is_signature_valid:
+        raise CertError("the certificate request's signature does not verify; make a new request")
+    return csr
+
+
+def sign_request(
+    state_dir: Path, csr_bytes: bytes, cluster: str, *, now: datetime.datetime | None = None
+) -> x509.Certificate:
+    """Sign a cluster's request like `corosync-qnetd-certutil -s`: the CN comes from the request.
+
+    qnetd checks the client certificate's name against the cluster name, so a request whose CN is
+    not exactly `cluster` is refused here rather than producing a certificate that cannot work.
+    Requested extensions are not copied.
+    """
+    csr = parse_request(csr_bytes)
+    cn = common_name(csr.subject)
+    if cn != cluster:
+        raise CertError(
+            f"the request is for CN={cn!r}, not cluster {cluster!r}; "
+            f"make it with: corosync-qdevice-net-certutil -r -n {cluster}"
+        )
+    public_key = _rsa_public(csr.public_key())
+    paths = StatePaths(state_dir)
+    with locked(paths):
+        ca_cert, ca_key = load_ca(paths)
+        serial = next_serial(paths)
+        cert = issue(ca_cert, ca_key, _name(cluster), public_key, serial=serial, now=_utcnow(now))
+        _record_issued(paths, cert, cluster)
+    return cert
+
+
+def make_request(key: rsa.RSAPrivateKey, cluster: str) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request `CN=<cluster>` as `corosync-qdevice-net-certutil -r` makes."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(cluster))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def p12_bytes(key: rsa.RSAPrivateKey, cert: x509.Certificate) -> bytes:
+    """PKCS#12 with friendly name `Cluster Cert` and no password, imported by `pk12util -W ""`."""
+    return pkcs12.serialize_key_and_certificates(
+        CLIENT_NICKNAME.encode(), key, cert, None, serialization.NoEncryption()
+    )
+
+
+def client_bundle(
+    state_dir: Path,
+    cluster: str,
+    out_dir: Path,
+    force: bool,
+    *,
+    now: datetime.datetime | None = None,
+) -> ClientBundle:
+    """Write ca.pem, client.pem, client.key, client.p12 for a node of `cluster` to `out_dir`."""
+    bundle = ClientBundle(
+        out_dir / "ca.pem", out_dir / "client.pem", out_dir / "client.key", out_dir / "client.p12"
+    )
+    refuse_overwrite(bundle, force)
+    key = new_key()
+    csr = make_request(key, cluster)
+    cert = sign_request(state_dir, csr.public_bytes(serialization.Encoding.DER), cluster, now=now)
+    ca_pem = StatePaths(state_dir).ca_cert.read_bytes()
+    write_bundle(bundle, ca_pem, key, cert)
+    return bundle
+
+
+def refuse_overwrite(bundle: ClientBundle, force: bool) -> None:
+    """CertError if any bundle file exists and the caller did not say --force."""
+    for path in (bundle.ca_pem, bundle.client_pem, bundle.client_key, bundle.client_p12):
+        if path.exists() and not force:
+            raise CertError(f"{path} already exists; use --force to replace it")
+
+
+def write_bundle(
+    bundle: ClientBundle, ca_pem: bytes, key: rsa.RSAPrivateKey, cert: x509.Certificate
+) -> None:
+    """Write the four client files (keys and the PKCS#12 0600)."""
+    make_dir(bundle.client_key.parent)
+    write_atomic(bundle.client_key, key_pem(key), PRIVATE_MODE)
+    write_atomic(bundle.client_p12, p12_bytes(key, cert), PRIVATE_MODE)
+    write_atomic(bundle.client_pem, cert_pem(cert), PUBLIC_MODE)
+    write_atomic(bundle.ca_pem, ca_pem, PUBLIC_MODE)
+
+
+# --- operator-provided PKI ---------------------------------------------------------------------
+
+
+def names_of(cert: x509.Certificate) -> list[str]:
+    """The names NSS host-name matching looks at: SAN DNS names if present, else the CN."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        cn = common_name(cert.subject)
+        return [cn] if cn is not None else []
+    return list(san.get_values_for_type(x509.DNSName))
+
+
+def has_server_name(cert: x509.Certificate) -> bool:
+    """True when qdevice would accept `cert` as `Qnetd Server` (case-insensitive, SAN else CN)."""
+    return any(n.lower() == SERVER_NAME.lower() for n in names_of(cert))
+
+
+def load_operator_pki(ca: Path, cert: Path, key: Path) -> ServerPki:
+    """Validate --ca-cert/--server-cert/--server-key: chain, name `Qnetd Server`, matching key."""
+    ca_cert, server_cert, server_key = load_cert(ca), load_cert(cert), load_key(key)
+    try:
+        server_cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise CertError(
+            f"{cert} is not signed by the CA in {ca}; pass the CA that issued it"
+        ) from exc
+    if not has_server_name(server_cert):
+        raise CertError(
+            f"{cert} is not named 'Qnetd Server' (CN, or a SAN DNS name); qdevice would refuse it"
+        )
+    if (
+        server_key.public_key().public_numbers()
+        != _rsa_public(server_cert.public_key()).public_numbers()
+    ):
+        raise CertError(f"{key} is not the private key of {cert}")
+    return ServerPki(ca, cert, key)
+
+
+def state_pki(paths: StatePaths) -> ServerPki:
+    """The CA and server files of a state directory, as the TLS server loads them."""
+    return ServerPki(paths.ca_cert, paths.server_cert, paths.server_key)
