@@ -15,7 +15,7 @@ empty config list, which is "not better" here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from proto.qnetd_enums import DecisionAlgorithm, Heuristics, ReplyErrorCode, TieBreakerMode, Vote
@@ -94,11 +94,23 @@ class Verdict:
 
 
 def _cluster(cluster: Cluster) -> FfsplitCluster:
+    """The cluster's ffsplit record."""
     return private(cluster.algo, FfsplitCluster)
 
 
 def _client(client: ClientState) -> FfsplitClient:
+    """The client's ffsplit record."""
     return private(client.algo, FfsplitClient)
+
+
+def _anyone_in(cluster: Cluster, phase: ClientPhase) -> bool:
+    """Whether some client of the cluster is still in `phase`."""
+    return any(_client(c).phase is phase for c in cluster.clients)
+
+
+def stored_view(c: ClientState) -> View:
+    """A client's stored values as a *Decide* input."""
+    return View(c, c.ring_id, c.config_node_ids, c.membership_nodes, c.last_heuristics)
 
 
 # ---------------------------------------------------------------- stability check (step 2)
@@ -112,8 +124,7 @@ def _views(cluster: Cluster, trigger: View, leaving: bool) -> list[View]:
             if not leaving:
                 views.append(trigger)
         else:
-            stored = View(c, c.ring_id, c.config_node_ids, c.membership_nodes, c.last_heuristics)
-            views.append(stored)
+            views.append(stored_view(c))
     return views
 
 
@@ -340,8 +351,7 @@ class Ffsplit(AlgorithmDefaults):
             return AlgoResult(error=ReplyErrorCode.INVALID_CONFIG_NODE_LIST)
         if initial or not client.membership_nodes:
             return AlgoResult(reply_vote=Vote.ASK_LATER)
-        view = View(client, client.ring_id, ids, client.membership_nodes, client.last_heuristics)
-        return decide(cluster, view, leaving=False)
+        return decide(cluster, replace(stored_view(client), config=ids), leaving=False)
 
     def membership_node_list(
         self,
@@ -365,10 +375,7 @@ class Ffsplit(AlgorithmDefaults):
         """ASK_LATER until both lists are stored; else *Decide* with the new heuristics."""
         if not client.config_nodes or not client.membership_nodes:
             return AlgoResult(reply_vote=Vote.ASK_LATER)
-        view = View(
-            client, client.ring_id, client.config_node_ids, client.membership_nodes, heuristics
-        )
-        return decide(cluster, view, leaving=False)
+        return decide(cluster, replace(stored_view(client), heuristics=heuristics), leaving=False)
 
     def ask_for_vote(
         self,
@@ -401,18 +408,7 @@ class Ffsplit(AlgorithmDefaults):
         """*Decide* without the leaving client (skipped when the server shuts down)."""
         if server_going_down:
             return ()
-        view = View(
-            client,
-            client.ring_id,
-            client.config_node_ids,
-            client.membership_nodes,
-            client.last_heuristics,
-        )
-        return decide(cluster, view, leaving=True).sends
-
-
-def _anyone_in(cluster: Cluster, phase: ClientPhase) -> bool:
-    return any(_client(c).phase is phase for c in cluster.clients)
+        return decide(cluster, stored_view(client), leaving=True).sends
 
 
 def phase_of(cluster: Cluster) -> ClusterPhase:
