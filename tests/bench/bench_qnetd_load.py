@@ -269,6 +269,10 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else value * 1000
 
 
+def _mb(kb: int | None) -> float | None:
+    return None if kb is None else kb / 1024
+
+
 ROWS: tuple[Row, ...] = (
     ("clients connected (INIT done)", lambda r: r.connected, "{:.0f}"),
     ("time to connect all (s)", lambda r: r.time_to_connect_all(), "{:.1f}"),
@@ -280,6 +284,7 @@ ROWS: tuple[Row, ...] = (
     ("clients dropped by server", lambda r: r.dropped, "{:.0f}"),
     ("membership changes started", lambda r: r.changes_started, "{:.0f}"),
     ("decisions/s", lambda r: r.decisions_per_s(), "{:.1f}"),
+    ("decisions", lambda r: len(r.latencies_s), "{:.0f}"),
     ("decision latency p50 (ms)", lambda r: _ms(percentile(r.latencies_s, 50)), "{:.1f}"),
     ("decision latency p99 (ms)", lambda r: _ms(percentile(r.latencies_s, 99)), "{:.1f}"),
     ("decision latency max (ms)", lambda r: _ms(percentile(r.latencies_s, 100)), "{:.1f}"),
@@ -288,9 +293,9 @@ ROWS: tuple[Row, ...] = (
     ("votes not as ffsplit predicts", lambda r: r.wrong_outcomes, "{:.0f}"),
     ("server CPU while connecting (%)", lambda r: r.server_cpu_connect_pct, "{:.0f}"),
     ("server CPU during churn (%)", lambda r: r.server_cpu_pct, "{:.0f}"),
-    ("server RSS idle (MB)", lambda r: r.rss_idle_kb / 1024, "{:.1f}"),
-    ("server RSS connected (MB)", lambda r: r.rss_connected_kb / 1024, "{:.1f}"),
-    ("server RSS after churn (MB)", lambda r: r.rss_after_churn_kb / 1024, "{:.1f}"),
+    ("server RSS idle (MB)", lambda r: _mb(r.rss_idle_kb), "{:.1f}"),
+    ("server RSS connected (MB)", lambda r: _mb(r.rss_connected_kb), "{:.1f}"),
+    ("server RSS after churn (MB)", lambda r: _mb(r.rss_after_churn_kb), "{:.1f}"),
     ("server RSS per connection (KB)", lambda r: r.rss_per_connection_kb(), "{:.1f}"),
     ("server errors / garbage received", lambda r: r.server_errors + r.garbage, "{:.0f}"),
     ("echo replies late", lambda r: r.echo_replies_late, "{:.0f}"),
@@ -335,6 +340,8 @@ def print_notes(label: str, result: LoadResult | None, config: LoadConfig) -> No
             f"  note: {label}: connect budget of {config.connect_budget_s:.0f} s ran out at "
             f"{result.connected}/{result.clients} clients; churn used the complete clusters"
         )
+    if result.last_connect_error:
+        print(f"  note: {label}: last connect error: {result.last_connect_error[:200]}")
     if result.initial_votes < result.connected:
         print(f"  note: {label}: {result.initial_votes} clients got a first vote while settling")
 

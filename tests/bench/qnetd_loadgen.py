@@ -173,6 +173,7 @@ class LoadResult:
     connect_failures: int = 0
     connect_budget_ran_out: bool = False
     connect_gave_up: bool = False
+    last_connect_error: str = ""
     initial_votes: int = 0
     dropped: int = 0
     dropped_during_connect: int = 0
@@ -188,9 +189,9 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     churn_s: float = 0.0
     loop_lag_s: list[float] = field(default_factory=list)
-    rss_idle_kb: int = 0
-    rss_connected_kb: int = 0
-    rss_after_churn_kb: int = 0
+    rss_idle_kb: int | None = None
+    rss_connected_kb: int | None = None
+    rss_after_churn_kb: int | None = None
     server_cpu_connect_pct: float | None = None
     server_cpu_pct: float | None = None
     loadgen_cpu_pct: float | None = None
@@ -218,7 +219,7 @@ class LoadResult:
 
     def rss_per_connection_kb(self) -> float | None:
         """Server RSS growth from idle to all connected, per connected client."""
-        if self.connected == 0:
+        if self.connected == 0 or self.rss_connected_kb is None or self.rss_idle_kb is None:
             return None
         return (self.rss_connected_kb - self.rss_idle_kb) / self.connected
 
@@ -513,8 +514,9 @@ class LoadRun:
                 try:
                     async with asyncio.timeout(min(cfg.connect_timeout_s, left)):
                         await client.connect(self.port, self.tls, cfg.heartbeat_ms)
-                except (OSError, EOFError, TimeoutError, DecodeError, HandshakeError):
+                except (OSError, EOFError, TimeoutError, DecodeError, HandshakeError) as exc:
                     result.connect_failures += 1
+                    result.last_connect_error = f"{type(exc).__name__}: {exc}"
                     client.abort()
                     client.closing, client.decoder = False, StreamDecoder()
                     client.last_seq, client.writer, client.reader = 1, None, None
