@@ -1,0 +1,369 @@
+"""Enrollment: token text, the hashed single-use store, and the TLS endpoint with a real node."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import ssl
+import stat
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+
+from agent.runtime import enroll as node
+from proto.enrollment import EnrollRequest, EnrollResponse, ErrorResponse, Token
+from proto.errors import DecodeError
+from qnetd import certs
+from qnetd.cli import main
+from qnetd.enrollment import TokenRejectedError, TokenStore
+from qnetd.runtime import enroll_server
+from qnetd.runtime.enroll_server import EnrollmentStats, start_enrollment_server
+
+CLUSTER = "testcluster"
+FP = bytes(range(32))
+T0 = 1_800_000_000.0
+
+
+# --- token text (proto) ------------------------------------------------------------------------
+
+
+def test_token_round_trip() -> None:
+    """encode/parse are inverse, whatever the cluster name's characters (dots included)."""
+    token = Token("my.cluster-ü", b"s" * 32, FP)
+    text = token.encode()
+    assert text.startswith("vmq1.")
+    assert text.count(".") == 3
+    assert Token.parse(text) == token
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "vmq1.YQ.YQ",
+        "vmq2.YQ.c3Nzc3Nzc3Nzc3Nzc3Nzc3Nz.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        "vmq1.YQ.c3Nz.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",  # secret too short
+        "vmq1.YQ.c3Nzc3Nzc3Nzc3Nzc3Nzc3Nz.AAEC",  # fingerprint not 32 bytes
+        "vmq1.Y+Q.c3Nzc3Nzc3Nzc3Nzc3Nzc3Nz.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        "vmq1..c3Nzc3Nzc3Nzc3Nzc3Nzc3Nz.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        "vmq1.__8.c3Nzc3Nzc3Nzc3Nzc3Nzc3Nz.AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+    ],
+)
+def test_malformed_token_text(text: str) -> None:
+    """Wrong prefix, field count, base64, lengths or UTF-8 raise DecodeError('malformed')."""
+    with pytest.raises(DecodeError) as info:
+        Token.parse(text)
+    assert info.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b"{", b'{"token": 1, "csr": "x"}', b'{"csr": "x"}'])
+def test_enroll_request_shape(body: bytes) -> None:
+    """A request body that is not {token: str, csr: str} raises DecodeError('bad_request')."""
+    with pytest.raises(DecodeError) as info:
+        EnrollRequest.from_json(body)
+    assert info.value.reason == "bad_request"
+
+
+def test_response_shapes_round_trip() -> None:
+    """Response and error bodies parse back to what was encoded."""
+    response = EnrollResponse("CERT", "CA", CLUSTER)
+    assert EnrollResponse.from_json(response.to_json()) == response
+    error = ErrorResponse("used", "token already used")
+    assert ErrorResponse.from_json(error.to_json()) == error
+
+
+# --- the store ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TokenStore:
+    return TokenStore(tmp_path / "tokens.json")
+
+
+def _reason(store: TokenStore, text: str, now: float, cluster: str | None = None) -> str:
+    with pytest.raises(TokenRejectedError) as info:
+        store.redeem(text, now=now, cluster=cluster)
+    return info.value.reason
+
+
+def test_stored_hashed_never_plaintext(store: TokenStore) -> None:
+    """tokens.json (0600) holds SHA-256(secret) and no form of the secret itself."""
+    text = store.create(CLUSTER, FP, ttl=60, now=T0)
+    secret = Token.parse(text).secret
+    raw = store.path.read_bytes()
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    for form in (secret, secret.hex().encode(), base64.urlsafe_b64encode(secret).rstrip(b"=")):
+        assert form not in raw
+    assert text.encode() not in raw
+    (record,) = json.loads(raw)["tokens"]
+    assert record["sha256"] == hashlib.sha256(secret).hexdigest()
+
+
+def test_single_use(store: TokenStore) -> None:
+    """The first redeem returns the cluster; the second is refused as 'used'."""
+    text = store.create(CLUSTER, FP, ttl=60, now=T0)
+    assert store.redeem(text, now=T0 + 1).cluster == CLUSTER
+    assert _reason(store, text, T0 + 2) == "used"
+
+
+def test_expiry_boundary(store: TokenStore) -> None:
+    """Valid strictly before created + ttl, 'expired' from then on."""
+    text = store.create(CLUSTER, FP, ttl=60, now=T0)
+    assert _reason(store, text, T0 + 60) == "expired"
+    other = store.create(CLUSTER, FP, ttl=60, now=T0)
+    assert store.redeem(other, now=T0 + 59.9).cluster == CLUSTER
+
+
+def test_unknown_malformed_and_wrong_cluster(store: TokenStore) -> None:
+    """Each refusal has its own reason; a wrong-cluster attempt does not use the token up."""
+    text = store.create(CLUSTER, FP, ttl=60, now=T0)
+    forged = Token(CLUSTER, b"x" * 32, FP).encode()
+    assert _reason(store, forged, T0) == "unknown"
+    assert _reason(store, "not-a-token", T0) == "malformed"
+    assert _reason(store, text, T0, cluster="other") == "wrong_cluster"
+    relabelled = Token("other", Token.parse(text).secret, FP).encode()
+    assert _reason(store, relabelled, T0) == "wrong_cluster"
+    assert store.redeem(text, now=T0, cluster=CLUSTER).cluster == CLUSTER
+
+
+def test_purge_expired(store: TokenStore) -> None:
+    """purge_expired drops exactly the records whose expiry has passed."""
+    store.create(CLUSTER, FP, ttl=10, now=T0)
+    keep = store.create(CLUSTER, FP, ttl=100, now=T0)
+    assert store.purge_expired(now=T0 + 50) == 1
+    assert len(store.list()) == 1
+    assert store.redeem(keep, now=T0 + 50).cluster == CLUSTER
+
+
+def test_concurrent_writers_lose_nothing(store: TokenStore) -> None:
+    """Writers serialised by flock: 8 threads x 10 creates leave exactly 80 records."""
+
+    def work() -> None:
+        for _ in range(10):
+            store.create(CLUSTER, FP, ttl=60, now=T0)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.list()) == 80
+
+
+def test_cli_token_create_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`token create` prints a token carrying the state CA's fingerprint; `token list` shows it."""
+    sd = str(tmp_path / "s")
+    assert main(["token", "create", "--cluster", CLUSTER, "--ttl", "15m", "--state-dir", sd]) == 0
+    token = Token.parse(capsys.readouterr().out.strip())
+    assert token.cluster == CLUSTER
+    assert token.ca_sha256 == certs.state_ca_fingerprint(tmp_path / "s")
+    assert main(["token", "list", "--state-dir", sd]) == 0
+    assert f"{CLUSTER}  " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["token", "create", "--cluster", CLUSTER, "--ttl", "soon", "--state-dir", sd])
+
+
+# --- the TLS endpoint with a real node ---------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    state: Path
+    port: int
+    stats: EnrollmentStats
+    clock: list[float]
+
+    def token(self, ttl: float = 600, cluster: str = CLUSTER) -> str:
+        fp = certs.state_ca_fingerprint(self.state)
+        return TokenStore(self.state / "tokens.json").create(
+            cluster, fp, ttl=ttl, now=self.clock[0]
+        )
+
+
+@pytest_asyncio.fixture
+async def endpoint(tmp_path: Path) -> AsyncIterator[Endpoint]:
+    clock = [T0]
+    server, stats = await start_enrollment_server(
+        tmp_path / "state", "127.0.0.1", 0, now=lambda: clock[0]
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield Endpoint(tmp_path / "state", port, stats, clock)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _enroll(ep: Endpoint, token: str, out: Path) -> node.EnrolledFiles:
+    return await asyncio.to_thread(node.enroll, "127.0.0.1", ep.port, token, out)
+
+
+async def _raw(ep: Endpoint, data: bytes) -> tuple[int, bytes]:
+    """Send raw bytes over TLS (no verification) and parse the status line and body."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", ep.port, ssl=context)
+    writer.write(data)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+@pytest.mark.asyncio
+async def test_enroll_writes_working_client_files(endpoint: Endpoint, tmp_path: Path) -> None:
+    """A node enrolls: client cert for CN=cluster signed by the CA, key 0600, p12 `Cluster Cert`."""
+    with structlog.testing.capture_logs() as logs:
+        files = await _enroll(endpoint, endpoint.token(), tmp_path / "node")
+    ca = certs.load_cert(endpoint.state / "ca.pem")
+    cert = certs.load_cert(files.client_pem)
+    cert.verify_directly_issued_by(ca)
+    assert certs.common_name(cert.subject) == CLUSTER
+    assert cert.public_key() == certs.load_key(files.client_key).public_key()
+    assert files.ca_pem.read_bytes() == (endpoint.state / "ca.pem").read_bytes()
+    for private in (files.client_key, files.client_p12):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    p12 = pkcs12.load_pkcs12(files.client_p12.read_bytes(), None)
+    assert p12.cert is not None
+    assert p12.cert.friendly_name == b"Cluster Cert"
+    assert endpoint.stats.issued == 1
+    assert [e["event"] for e in logs if e["log_level"] == "info"] == ["enrollment issued"]
+
+
+@pytest.mark.asyncio
+async def test_token_is_single_use_over_the_wire(endpoint: Endpoint, tmp_path: Path) -> None:
+    """The second enrollment with the same token is refused as 'used' and counted."""
+    token = endpoint.token()
+    await _enroll(endpoint, token, tmp_path / "a")
+    with pytest.raises(node.EnrollError, match=r"\(used\)"):
+        await _enroll(endpoint, token, tmp_path / "b")
+    assert endpoint.stats.rejected == {"used": 1}
+    assert not (tmp_path / "b" / "client.key").exists()
+
+
+@pytest.mark.asyncio
+async def test_expired_token_refused(endpoint: Endpoint, tmp_path: Path) -> None:
+    """With the server's clock past the expiry the token is refused as 'expired'."""
+    token = endpoint.token(ttl=60)
+    endpoint.clock[0] = T0 + 61
+    with pytest.raises(node.EnrollError, match=r"\(expired\)"):
+        await _enroll(endpoint, token, tmp_path / "n")
+    assert endpoint.stats.rejected == {"expired": 1}
+
+
+@pytest.mark.asyncio
+async def test_wrong_fingerprint_sends_nothing_secret(endpoint: Endpoint, tmp_path: Path) -> None:
+    """A token pinning another CA makes the node stop after GET /v1/ca: no POST, token unused."""
+    good = Token.parse(endpoint.token())
+    bad = Token(good.cluster, good.secret, bytes(32)).encode()
+    with pytest.raises(node.EnrollError, match="fingerprint"):
+        await _enroll(endpoint, bad, tmp_path / "n")
+    assert endpoint.stats.ca_served == 1
+    assert endpoint.stats.issued == 0
+    assert endpoint.stats.rejected == {}
+    assert not (tmp_path / "n").exists()
+    await _enroll(endpoint, good.encode(), tmp_path / "n")  # the secret was never spent
+
+
+def test_node_refuses_server_not_named_qnetd_server(tmp_path: Path) -> None:
+    """The node's own name check refuses a CA-signed server certificate with another name."""
+    state = certs.ensure_state(tmp_path / "s")
+    key = certs.new_key()
+    cert = certs.sign_request(
+        state.root,
+        certs.make_request(key, "impostor").public_bytes(Encoding.DER),
+        "impostor",
+    )
+    with pytest.raises(node.EnrollError, match="not 'Qnetd Server'"):
+        node.check_server_name(cert.public_bytes(Encoding.DER))
+    node.check_server_name(certs.load_cert(state.server_cert).public_bytes(Encoding.DER))
+
+
+@pytest.mark.asyncio
+async def test_node_refuses_to_overwrite(endpoint: Endpoint, tmp_path: Path) -> None:
+    """Existing client files are kept unless force; the token is not spent by the refusal."""
+    out = tmp_path / "n"
+    out.mkdir()
+    (out / "client.key").write_text("keep")
+    token = endpoint.token()
+    with pytest.raises(node.EnrollError, match="--force"):
+        await _enroll(endpoint, token, out)
+    assert (out / "client.key").read_text() == "keep"
+    await asyncio.to_thread(node.enroll, "127.0.0.1", endpoint.port, token, out, True)
+    assert (out / "client.key").read_text() != "keep"
+
+
+@pytest.mark.asyncio
+async def test_csr_for_another_cluster_refused_token_kept(endpoint: Endpoint) -> None:
+    """A request whose CN is not the token's cluster is 'wrong_cluster' and spends nothing."""
+    token = endpoint.token()
+    csr = certs.make_request(certs.new_key(), "other").public_bytes(Encoding.PEM)
+    body = EnrollRequest(token, csr.decode()).to_json()
+    status, answer = await _raw(endpoint, _post(body))
+    assert (status, ErrorResponse.from_json(answer).error) == (403, "wrong_cluster")
+    assert TokenStore(endpoint.state / "tokens.json").redeem(token, now=T0).cluster == CLUSTER
+
+
+def _post(body: bytes, path: str = "/v1/enroll") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "reason"),
+    [
+        (_post(b"{not json"), 400, "bad_request"),
+        (_post(b'{"token": "x", "csr": "y"}'), 400, "bad_csr"),
+        (_post(b"x" * 20000), 413, "too_large"),
+        (b"GET /v1/secrets HTTP/1.1\r\n\r\n", 404, "not_found"),
+        (b"GET /v1/enroll HTTP/1.1\r\n\r\n", 405, "bad_method"),
+        (b"BREW\r\n\r\n", 400, "bad_http"),
+        (b"GET /v1/ca HTTP/1.1\r\n" + b"X: y\r\n" * 2000 + b"\r\n", 431, "too_large"),
+        (b"POST /v1/enroll HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "bad_http"),
+        (b"POST /v1/enroll HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411, "bad_http"),
+    ],
+)
+async def test_bad_requests_answered_4xx_and_counted(
+    endpoint: Endpoint, request_bytes: bytes, status: int, reason: str
+) -> None:
+    """Garbage gets a 4xx with a JSON reason, is counted, and the server keeps serving."""
+    with structlog.testing.capture_logs() as logs:
+        got, body = await _raw(endpoint, request_bytes)
+    assert (got, ErrorResponse.from_json(body).error) == (status, reason)
+    assert endpoint.stats.rejected == {reason: 1}
+    assert any(e["event"] == "enrollment refused" and e["reason"] == reason for e in logs)
+    got, body = await _raw(endpoint, b"GET /v1/ca HTTP/1.1\r\n\r\n")
+    assert got == 200
+    assert x509.load_pem_x509_certificate(body).fingerprint(hashes.SHA256()) == (
+        certs.state_ca_fingerprint(endpoint.state)
+    )
+
+
+@pytest.mark.asyncio
+async def test_slow_and_plaintext_peers_do_not_hurt(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent TLS peer gets 408 after the request timeout; plaintext garbage is dropped."""
+    monkeypatch.setattr(enroll_server, "REQUEST_TIMEOUT", 0.3)
+    got, _ = await _raw(endpoint, b"GET /v1/ca HTTP/1.1\r\n")  # head never completes
+    assert got == 408
+    reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+    writer.write(b"GET /v1/ca HTTP/1.1\r\n\r\n")  # no TLS at all
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert endpoint.stats.rejected == {"timeout": 1}
+    got, _ = await _raw(endpoint, b"GET /v1/ca HTTP/1.1\r\n\r\n")
+    assert got == 200
