@@ -27,6 +27,16 @@ from agent.runtime.enroll import enroll
 from qnetd import certs
 from qnetd.enrollment import TokenStore
 from qnetd.runtime.enroll_server import start_enrollment_server
+from tests.lab.corosync import (
+    COROSYNC_PRIVATE_DIRS,
+    CorosyncCluster,
+    QdeviceConfig,
+    QdeviceCredentials,
+    quorate_with_device,
+)
+from tests.lab.corosync import missing_reason as lab_missing_reason
+from tests.lab.netns import LabFactory
+from tests.lab.qnetd_under_test import VotemeshQnetd
 
 NODE_CERTUTIL = "corosync-qdevice-net-certutil"
 TOOLS = (NODE_CERTUTIL, "certutil", "pk12util", "tstclnt", "unshare")
@@ -42,6 +52,9 @@ def tools_missing() -> str | None:
         return f"needs root: {NODE_CERTUTIL} must run in a private mount namespace"
     return None
 
+
+# our `run` and the namespace lab (tests/lab) too, for the real corosync-qdevice test
+LAB_MISSING = tools_missing() or lab_missing_reason() or VotemeshQnetd.unavailable_reason()
 
 pytestmark = [
     pytest.mark.interop,
@@ -168,22 +181,28 @@ def test_client_bundle_p12_imports_as_cluster_cert(
     node.verify_client_cert()
 
 
-def test_enrolled_p12_imports_as_cluster_cert(state: certs.StatePaths, tmp_path: Path) -> None:
-    """The node side of enrollment writes files NSS takes: `-i -c ca.pem`, `-m -c client.p12`."""
+@contextlib.contextmanager
+def enrollment_endpoint(state_dir: Path) -> Iterator[int]:
+    """Our enrollment server on 127.0.0.1 in a thread of its own; yields its port."""
     loop = asyncio.new_event_loop()
-    server, _ = loop.run_until_complete(start_enrollment_server(state.root, "127.0.0.1", 0))
-    port = server.sockets[0].getsockname()[1]
+    server, _ = loop.run_until_complete(start_enrollment_server(state_dir, "127.0.0.1", 0))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        fp = certs.state_ca_fingerprint(state.root)
-        token = TokenStore(state.tokens).create(CLUSTER, fp, ttl=600, now=time.time())
-        files = enroll("127.0.0.1", port, token, tmp_path / "enrolled")
+        yield server.sockets[0].getsockname()[1]
     finally:
         loop.call_soon_threadsafe(server.close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def test_enrolled_p12_imports_as_cluster_cert(state: certs.StatePaths, tmp_path: Path) -> None:
+    """The node side of enrollment writes files NSS takes: `-i -c ca.pem`, `-m -c client.p12`."""
+    with enrollment_endpoint(state.root) as port:
+        fp = certs.state_ca_fingerprint(state.root)
+        token = TokenStore(state.tokens).create(CLUSTER, fp, ttl=600, now=time.time())
+        files = enroll("127.0.0.1", port, token, tmp_path / "enrolled")
     db = NodeDb(tmp_path / "n")
     db.certutil_script("-i", "-c", str(files.ca_pem))
     db.certutil_script("-m", "-c", str(files.client_p12))
@@ -248,3 +267,38 @@ def test_nss_accepts_server_cert_with_san_as_qnetd_server(
         wrong = _tstclnt(node, port, "Wrong Name", tmp_path)
     assert wrong.returncode != 0
     assert "SSL_ERROR_BAD_CERT_DOMAIN" in wrong.stderr
+
+
+# --- a real corosync-qdevice against our qnetd with these certificates ------------------------
+
+
+@pytest.mark.skipif(LAB_MISSING is not None, reason=str(LAB_MISSING))
+@pytest.mark.parametrize("source", ["certs-client", "enroll"])
+def test_real_qdevice_accepts_our_server_and_client_certs(tmp_path: Path, source: str) -> None:
+    """corosync-qdevice 3.0.3 connects over TLS to our qnetd: it accepts our server certificate
+    (CN and SAN DNS `Qnetd Server`) and our client PKCS#12, from `certs client` or from
+    enrollment, and both nodes get the device's vote."""
+    with LabFactory(tmp_path / "labs") as factory:
+        lab = factory(["qnetd", "n1", "n2"], private_dirs=COROSYNC_PRIVATE_DIRS)
+        qnetd = VotemeshQnetd(tmp_path / "qnetd")
+        qnetd.start(lab["qnetd"])
+        try:
+            if source == "enroll":
+                with enrollment_endpoint(qnetd.state_dir) as port:
+                    fp = certs.state_ca_fingerprint(qnetd.state_dir)
+                    store = TokenStore(qnetd.state_dir / "tokens.json")
+                    token = store.create(CLUSTER, fp, ttl=600, now=time.time())
+                    files = enroll("127.0.0.1", port, token, tmp_path / "enrolled")
+                creds = QdeviceCredentials(files.ca_pem, files.client_p12)
+            else:
+                creds = qnetd.client_credentials(CLUSTER)
+            config = QdeviceConfig(lab["qnetd"].address, algorithm="ffsplit")
+            cluster = CorosyncCluster([lab["n1"], lab["n2"]], CLUSTER, config)
+            cluster.configure(creds)
+            cluster.start()
+            try:
+                cluster.wait_for(quorate_with_device(cluster, [1, 2]), timeout=60, what="votes")
+            finally:
+                cluster.stop()
+        finally:
+            qnetd.stop()
