@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lab.netns import Host, LabError, NotYetError, TrackedProcess, stop_process, wait_until
+from tests.lab.netns import Host, LabError, NotYetError, TrackedProcess, stop_processes, wait_until
 
 #: What a corosync node needs private (see the module docstring); pass to `Lab(private_dirs=)`.
 COROSYNC_PRIVATE_DIRS = ("/etc/corosync", "/var/lib/corosync", "/run")
@@ -295,6 +295,11 @@ class CorosyncCluster:
         qdevice: QdeviceConfig | None = None,
         timings: Timings = LAB_TIMINGS,
     ) -> None:
+        for host in hosts:
+            missing = set(COROSYNC_PRIVATE_DIRS) - set(host.private_dirs)
+            if missing:
+                # Without them corosync would use (and we would write) the real host's files.
+                raise LabError(f"host {host.name} needs private {sorted(missing)} for corosync")
         self.hosts = {host.name: host for host in hosts}
         self.nodeids = {host.name: index for index, host in enumerate(hosts, start=1)}
         self.cluster_name = cluster_name
@@ -390,8 +395,8 @@ class CorosyncCluster:
 
     def stop(self) -> None:
         """Stop qdevice, then corosync, on every node (the lab would do it on close anyway)."""
-        for tracked in [*self.qdevices.values(), *self.corosync.values()]:
-            stop_process(tracked.process)
+        stop_processes([t.process for t in self.qdevices.values()])
+        stop_processes([t.process for t in self.corosync.values()])
 
     # -- queries -----------------------------------------------------------------------------
 

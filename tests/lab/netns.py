@@ -23,7 +23,9 @@ The host's own rules are never touched.
 Cleanup (`Lab.close()`, the context manager, `LabFactory`) stops only the processes the lab
 started, by PID (SIGTERM, then SIGKILL), then the anchors, then deletes the namespaces; deleting
 the bridge namespace deletes every veth pair. Long-lived processes are started under
-`setpriv --pdeathsig KILL`, so they die with the test process even when it is killed outright.
+`setpriv --pdeathsig KILL`, so they die with the test process even when it is killed outright;
+only the (empty) namespaces of such a lab stay: `python -m tests.lab.netns` lists them and
+`python -m tests.lab.netns remove vm-XXXXXX` deletes them.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ import atexit
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 import select
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -86,14 +90,21 @@ def _run(args: Sequence[str], *, timeout: float = 30.0) -> subprocess.CompletedP
 
 def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM the process we started, SIGKILL it after `grace` seconds, and reap it."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=grace)
+    stop_processes([process], grace)
+
+
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+    """SIGTERM all of them at once, SIGKILL those still running after `grace` s, reap all."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
 
 
 def wait_until(
@@ -349,17 +360,12 @@ class Lab:
             return
         self._closed = True
         problems: list[str] = []
-        for tracked in reversed(self.processes):
+        anchors = [h.anchor for h in self.hosts.values() if h.anchor is not None]
+        for group in ([t.process for t in reversed(self.processes)], anchors):
             try:
-                stop_process(tracked.process)
+                stop_processes(group)
             except (OSError, subprocess.SubprocessError) as exc:
-                problems.append(f"{tracked.label}@{tracked.host} pid {tracked.pid}: {exc}")
-        for host in self.hosts.values():
-            if host.anchor is not None:
-                try:
-                    stop_process(host.anchor)
-                except (OSError, subprocess.SubprocessError) as exc:
-                    problems.append(f"anchor of {host.name}: {exc}")
+                problems.append(f"stopping pids {[p.pid for p in group]}: {exc}")
         for name in reversed(self._netns_created):
             try:
                 _run(["ip", "netns", "del", name])
@@ -464,3 +470,51 @@ def running_lab(
     """A lab that is closed on exit whatever happens."""
     with Lab(workdir, host_names, private_dirs=private_dirs) as lab:
         yield lab
+
+
+LAB_ID = re.compile(r"^(vm-[0-9a-f]{6})-")
+
+
+def leftover_labs() -> dict[str, list[str]]:
+    """Lab ids whose namespaces exist right now (e.g. after a test process was SIGKILLed)."""
+    listing = _run(["ip", "netns", "list"]).stdout
+    labs: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if (match := LAB_ID.match(name)) is not None:
+            labs.setdefault(match.group(1), []).append(name)
+    return labs
+
+
+def remove_leftover_lab(lab_id: str) -> list[str]:
+    """Delete the namespaces of one dead lab; refuses while any process still runs in one."""
+    names = lab_namespaces(lab_id)
+    for name in names:
+        pids = _run(["ip", "netns", "pids", name]).stdout.split()
+        if pids:
+            raise LabError(f"{name} still has processes {pids}: is that lab's test still running?")
+    for name in names:
+        _run(["ip", "netns", "del", name])
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tests.lab.netns [remove LAB_ID]`: list leftover labs, or remove one."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        for lab_id, names in sorted(leftover_labs().items()):
+            print(f"{lab_id}: {' '.join(sorted(names))}")
+        return 0
+    if len(args) == 2 and args[0] == "remove" and LAB_ID.match(args[1] + "-"):
+        try:
+            print("removed:", " ".join(remove_leftover_lab(args[1])) or "nothing")
+        except LabError as exc:
+            print(f"netns: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    print("usage: python -m tests.lab.netns [remove vm-XXXXXX]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,6 +34,8 @@ class QnetdUnderTest(abc.ABC):
 
     #: Short id for test parametrization.
     name: ClassVar[str]
+    #: Paths the host must have private (see `Lab(private_dirs=)`).
+    private_dirs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -49,6 +51,10 @@ class QnetdUnderTest(abc.ABC):
 
     def start(self, host: Host, *, address: str | None = None, port: int = DEFAULT_PORT) -> None:
         """Start listening on `address` (default: the host's) and `port` inside `host`."""
+        missing = set(self.private_dirs) - set(host.private_dirs)
+        if missing:
+            # Without them the server's tooling would write the real host's /etc/corosync.
+            raise LabError(f"host {host.name} needs private {sorted(missing)} for {self.name}")
         self.host, self.address, self.port = host, address or host.address, port
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._prepare(host)
@@ -89,6 +95,7 @@ class DebianQnetdInNetns(QnetdUnderTest):
     """Debian's corosync-qnetd; certificates from its corosync-*-certutil NSS tooling."""
 
     name = "debian"
+    private_dirs = QNETD_PRIVATE_DIRS
     SERVER_DB = "/etc/corosync/qnetd/nssdb"
     SCRATCH_NODE_DB = "/etc/corosync/qdevice/net/nssdb"
     CA_EXPORT = f"{SERVER_DB}/qnetd-cacert.crt"
@@ -147,17 +154,23 @@ class VotemeshQnetd(QnetdUnderTest):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """`python -m qnetd run --help` must succeed."""
-        try:
-            result = subprocess.run(
-                [cls.PYTHON, "-m", "qnetd", "run", "--help"],
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return "votemesh-qnetd run not available yet"
-        return None if result.returncode == 0 else "votemesh-qnetd run not available yet"
+        """`python -m qnetd run --help` (and `certs client --help`, also needed) must succeed."""
+        for command, reason in (
+            (["run"], "votemesh-qnetd run not available yet"),
+            (["certs", "client"], "votemesh-qnetd certs client not available yet"),
+        ):
+            try:
+                result = subprocess.run(
+                    [cls.PYTHON, "-m", "qnetd", *command, "--help"],
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                )
+            except (OSError, subprocess.SubprocessError):
+                return reason
+            if result.returncode != 0:
+                return reason
+        return None
 
     @property
     def state_dir(self) -> Path:
