@@ -21,6 +21,7 @@ from qnetd import certs, enrollment
 DEFAULT_STATE_DIR = Path("/var/lib/votemesh-qnetd")
 TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_REQUEST_BYTES = 65536
+MAX_CLUSTER_BYTES = 255
 
 
 def parse_ttl(text: str) -> float:
@@ -29,6 +30,15 @@ def parse_ttl(text: str) -> float:
     if match is None or int(match.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"bad --ttl {text!r}; use e.g. 90s, 15m, 1h or 7d")
     return float(int(match.group(1)) * TTL_UNITS[match.group(2) or "s"])
+
+
+def cluster_name(text: str) -> str:
+    """A cluster name as corosync's totem.cluster_name: 1-255 bytes, printable, no '/'."""
+    if not text or len(text.encode()) > MAX_CLUSTER_BYTES:
+        raise argparse.ArgumentTypeError("a cluster name has 1 to 255 bytes")
+    if not text.isprintable() or "/" in text:
+        raise argparse.ArgumentTypeError(f"bad cluster name {text!r}: use totem.cluster_name")
+    return text
 
 
 def _user_error(message: str) -> Exception:
@@ -58,7 +68,9 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
 
     p = certs_sub.add_parser("sign", help="sign a cluster's certificate request")
     p.add_argument("request", type=Path, help="PKCS#10 request, PEM or DER (qdevice-net-node.crq)")
-    p.add_argument("--cluster", required=True, help="cluster name; must be the request's CN")
+    p.add_argument(
+        "--cluster", required=True, type=cluster_name, help="cluster name; must be the request's CN"
+    )
     p.add_argument(
         "--out", type=Path, help="certificate file (default ./cluster-NAME.crt, DER; .pem: PEM)"
     )
@@ -66,7 +78,9 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=cmd_certs_sign)
 
     p = certs_sub.add_parser("client", help="key and certificate files for a cluster's nodes")
-    p.add_argument("--cluster", required=True, help="cluster name (totem.cluster_name)")
+    p.add_argument(
+        "--cluster", required=True, type=cluster_name, help="cluster name (totem.cluster_name)"
+    )
     p.add_argument("--out", type=Path, required=True, help="directory to write into")
     p.add_argument("--force", action="store_true", help="replace existing files")
     _state_dir(p)
@@ -75,7 +89,9 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
     token_parser = sub.add_parser("token", help="one-time enrollment tokens")
     token_sub = token_parser.add_subparsers(dest="token_command", required=True)
     p = token_sub.add_parser("create", help="print a new one-time token for a cluster")
-    p.add_argument("--cluster", required=True, help="cluster name (totem.cluster_name)")
+    p.add_argument(
+        "--cluster", required=True, type=cluster_name, help="cluster name (totem.cluster_name)"
+    )
     p.add_argument("--ttl", type=parse_ttl, default=enrollment.DEFAULT_TTL, help="e.g. 15m, 1h")
     _state_dir(p)
     p.set_defaults(func=cmd_token_create)

@@ -46,6 +46,7 @@ log = structlog.get_logger("qnetd.enroll")
 MAX_HEAD_BYTES = 8192
 REQUEST_TIMEOUT = 10.0  # seconds for the whole request after the handshake
 HANDSHAKE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64  # enrollment is rare; more at once is a flood, refused and counted as busy
 STATUS_TEXT = {
     200: "OK",
     400: "Bad Request",
@@ -134,10 +135,30 @@ class EnrollmentHandler:
         self.stats = stats
         self.now = now
         self.tokens = TokenStore(paths.tokens)
+        self.active = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Handle one request and close; every failure is answered or dropped, and counted."""
+        """Handle one request and close, at most `MAX_CONNECTIONS` at a time."""
         peer = writer.get_extra_info("peername")
+        if self.active >= MAX_CONNECTIONS:
+            self.stats.reject("busy")
+            log.warning("enrollment refused", reason="busy", peer=peer)
+            await _close(writer)
+            return
+        self.active += 1
+        try:
+            await self._serve(reader, writer, peer)
+        except asyncio.CancelledError:
+            # Server shutdown. Ending normally: Python 3.11's start_server callback logs an error
+            # for a handler task that ends cancelled.
+            await _close(writer)
+        finally:
+            self.active -= 1
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
+    ) -> None:
+        """Every failure is answered with a 4xx/5xx or dropped, and counted."""
         try:
             reply = await asyncio.wait_for(self._answer(reader, peer), REQUEST_TIMEOUT)
         except HttpError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import ssl
@@ -19,6 +20,8 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.runtime import enroll as node
 from proto.enrollment import EnrollRequest, EnrollResponse, ErrorResponse, Token
@@ -44,6 +47,34 @@ def test_token_round_trip() -> None:
     assert text.startswith("vmq1.")
     assert text.count(".") == 3
     assert Token.parse(text) == token
+
+
+@given(
+    cluster=st.text(min_size=1, max_size=60).filter(
+        lambda c: len(c.encode("utf-8", "replace")) < 256
+    ),
+    secret=st.binary(min_size=16, max_size=64),
+    fp=st.binary(min_size=32, max_size=32),
+)
+def test_token_round_trip_property(cluster: str, secret: bytes, fp: bytes) -> None:
+    """Any valid cluster name, secret and fingerprint survive encode -> parse unchanged."""
+    try:
+        cluster.encode()
+    except UnicodeEncodeError:
+        return  # lone surrogates are not cluster names
+    token = Token(cluster, secret, fp)
+    assert Token.parse(token.encode()) == token
+
+
+@given(st.text(max_size=200))
+def test_token_parse_garbage(text: str) -> None:
+    """Random text either parses or raises DecodeError('malformed'), nothing else."""
+    reasons = []
+    try:
+        Token.parse(text)
+    except DecodeError as exc:
+        reasons.append(exc.reason)
+    assert set(reasons) <= {"malformed"}
 
 
 @pytest.mark.parametrize(
@@ -171,6 +202,9 @@ def test_cli_token_create_and_list(tmp_path: Path, capsys: pytest.CaptureFixture
     assert f"{CLUSTER}  " in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["token", "create", "--cluster", CLUSTER, "--ttl", "soon", "--state-dir", sd])
+    for bad in ("", "a/b", "x" * 256, "tab\there"):
+        with pytest.raises(SystemExit):
+            main(["token", "create", "--cluster", bad, "--state-dir", sd])
 
 
 # --- the TLS endpoint with a real node ---------------------------------------------------------
@@ -349,6 +383,31 @@ async def test_bad_requests_answered_4xx_and_counted(
     assert x509.load_pem_x509_certificate(body).fingerprint(hashes.SHA256()) == (
         certs.state_ca_fingerprint(endpoint.state)
     )
+
+
+@pytest.mark.asyncio
+async def test_connection_flood_refused_as_busy(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond MAX_CONNECTIONS concurrent peers, new ones are closed at once and counted 'busy'."""
+    monkeypatch.setattr(enroll_server, "MAX_CONNECTIONS", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    _, holder = await asyncio.open_connection("127.0.0.1", endpoint.port, ssl=context)
+    holder.write(b"GET /v1/ca HTTP/1.1\r\n")  # holds its slot: the head never completes
+    await holder.drain()
+    await asyncio.sleep(0.1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port, ssl=context)
+    writer.write(b"GET /v1/ca HTTP/1.1\r\n\r\n")
+    with contextlib.suppress(ConnectionError):
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed without an answer
+    writer.close()
+    assert endpoint.stats.rejected == {"busy": 1}
+    holder.close()
+    await asyncio.sleep(0.1)
+    got, _ = await _raw(endpoint, b"GET /v1/ca HTTP/1.1\r\n\r\n")
+    assert got == 200
 
 
 @pytest.mark.asyncio
