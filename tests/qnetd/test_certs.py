@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,21 @@ def test_cli_user_mistakes_are_one_line_exit_2(
     assert message in err
     assert err.count("\n") == 1
     assert "Traceback" not in err
+
+
+def test_concurrent_first_starts_make_one_ca(tmp_path: Path) -> None:
+    """CLI and server starting together on an empty dir: one CA, one server cert (flock)."""
+    results: list[bytes] = []
+
+    def start() -> None:
+        paths = certs.ensure_state(tmp_path / "s")
+        results.append(paths.ca_cert.read_bytes())
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1
+    assert (tmp_path / "s" / "serial").read_text().strip() == "102"
+    assert len(list((tmp_path / "s" / "issued").iterdir())) == 2

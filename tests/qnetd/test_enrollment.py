@@ -7,9 +7,11 @@ import base64
 import contextlib
 import hashlib
 import json
+import socket
 import ssl
 import stat
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,3 +428,45 @@ async def test_slow_and_plaintext_peers_do_not_hurt(
     assert endpoint.stats.rejected == {"timeout": 1}
     got, _ = await _raw(endpoint, b"GET /v1/ca HTTP/1.1\r\n\r\n")
     assert got == 200
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("qnetd.example", ("qnetd.example", 5404)),
+        ("10.0.0.1:6000", ("10.0.0.1", 6000)),
+        ("[::1]", ("::1", 5404)),
+        ("[::1]:6000", ("::1", 6000)),
+        ("fe80::1", ("fe80::1", 5404)),
+    ],
+)
+def test_node_server_argument(text: str, expected: tuple[str, int]) -> None:
+    """--server takes HOST, HOST:PORT and bracketed IPv6; the port defaults to 5404."""
+    assert node.split_server(text) == expected
+
+
+def _no_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(_no_ipv6(), reason="no IPv6 loopback (::1) here")
+@pytest.mark.asyncio
+async def test_enroll_over_ipv6_loopback(tmp_path: Path) -> None:
+    """The endpoint and the node work on ::1 too."""
+    server, stats = await start_enrollment_server(tmp_path / "s", "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        fp = certs.state_ca_fingerprint(tmp_path / "s")
+        token = TokenStore(tmp_path / "s" / "tokens.json").create(
+            CLUSTER, fp, ttl=60, now=time.time()
+        )
+        await asyncio.to_thread(node.enroll, "::1", port, token, tmp_path / "n")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert stats.issued == 1
