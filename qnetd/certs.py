@@ -336,11 +336,23 @@ def ensure_state(state_dir: Path, *, now: datetime.datetime | None = None) -> St
     """Create the CA and server certificate if missing; never overwrite; fine on an empty dir."""
     paths = StatePaths(state_dir)
     with locked(paths):
-        if not _complete(paths.ca_cert, paths.ca_key):
+        new_ca = not _complete(paths.ca_cert, paths.ca_key)
+        if new_ca:
             _create_ca(paths, _utcnow(now))
-        if not _complete(paths.server_cert, paths.server_key):
-            _create_server(paths, _utcnow(now))
+        if new_ca or not _complete(paths.server_cert, paths.server_key):
+            _create_server(paths, _utcnow(now))  # a server cert of a lost CA is worthless
+        _check_chain(paths)
     return paths
+
+
+def _check_chain(paths: StatePaths) -> None:
+    try:
+        load_cert(paths.server_cert).verify_directly_issued_by(load_cert(paths.ca_cert))
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise CertError(
+            f"{paths.server_cert} is not signed by {paths.ca_cert}; "
+            "restore the matching files or run 'certs init --force'"
+        ) from exc
 
 
 def init(state_dir: Path, force: bool, *, now: datetime.datetime | None = None) -> StatePaths:

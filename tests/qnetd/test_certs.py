@@ -316,3 +316,21 @@ def test_concurrent_first_starts_make_one_ca(tmp_path: Path) -> None:
     assert len(set(results)) == 1
     assert (tmp_path / "s" / "serial").read_text().strip() == "102"
     assert len(list((tmp_path / "s" / "issued").iterdir())) == 2
+
+
+def test_lost_ca_gets_a_new_server_cert_too(tmp_path: Path) -> None:
+    """If the CA pair is gone, the next start makes a new CA and a server cert under it."""
+    paths = certs.ensure_state(tmp_path / "s")
+    paths.ca_cert.unlink()
+    paths.ca_key.unlink()
+    certs.ensure_state(paths.root)
+    certs.load_cert(paths.server_cert).verify_directly_issued_by(certs.load_cert(paths.ca_cert))
+
+
+def test_server_cert_of_another_ca_is_a_clear_error(tmp_path: Path) -> None:
+    """A server certificate that does not chain to the state CA stops the start with a fix."""
+    paths = certs.ensure_state(tmp_path / "a")
+    other = certs.ensure_state(tmp_path / "b")
+    paths.server_cert.write_bytes(other.server_cert.read_bytes())
+    with pytest.raises(certs.CertError, match="is not signed by"):
+        certs.ensure_state(paths.root)
