@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import re
 import sys
 import time
@@ -109,6 +110,9 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
         raise _user_error(str(exc)) from exc
     fingerprint = certs.state_ca_fingerprint(paths.root).hex(":")
     print(f"CA {paths.ca_cert} (SHA-256 {fingerprint}), server certificate {paths.server_cert}")
+    if args.force:  # tokens pin the old CA: nodes would refuse them anyway
+        dropped = enrollment.TokenStore(paths.tokens).purge_expired(now=math.inf)
+        print(f"dropped {dropped} enrollment token(s) made for the old CA")
     return 0
 
 

@@ -470,3 +470,11 @@ async def test_enroll_over_ipv6_loopback(tmp_path: Path) -> None:
         server.close()
         await server.wait_closed()
     assert stats.issued == 1
+
+
+def test_init_force_drops_tokens_of_the_old_ca(tmp_path: Path) -> None:
+    """`certs init --force` forgets every token: they pin the replaced CA's fingerprint."""
+    sd = str(tmp_path / "s")
+    assert main(["token", "create", "--cluster", CLUSTER, "--state-dir", sd]) == 0
+    assert main(["certs", "init", "--force", "--state-dir", sd]) == 0
+    assert TokenStore(tmp_path / "s" / "tokens.json").list() == []
