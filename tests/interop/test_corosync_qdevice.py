@@ -5,6 +5,8 @@ Each scenario runs once against Debian's corosync-qnetd and once against ours (s
 bridge the test creates, with no route out; certificates come from the qnetd's own tooling.
 Splits are iptables DROP rules between nodes only, so both halves keep reaching the qnetd.
 
+The parser of `corosync-quorumtool -s` is pinned on captured output (no root needed).
+
 What is asserted, and how: quorumtool snapshots must show each side's membership (one agreed ring
 id per side), the winners Quorate with the device vote, the losers inquorate without it, and that
 picture must hold for a while; corosync's own log must show that the winners never left the
@@ -27,8 +29,10 @@ from tests.lab.corosync import (
     CorosyncCluster,
     Expectation,
     QdeviceConfig,
+    QuorumtoolParseError,
     all_of,
     inquorate_without_device,
+    parse_quorumtool,
     quorate_with_device,
     sides,
     votes,
@@ -45,11 +49,7 @@ def _missing() -> str | None:
     return netns.missing_reason() or corosync.missing_reason()
 
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.root,
-    pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
-]
+needs_lab = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 #: Every check must hold this long once met: more than one qdevice vote cast (every 2.5 s with
 #: the lab's 5 s device timeout) and one qnetd decision round, so a flapping vote shows up.
@@ -171,6 +171,9 @@ def start_quorum_lab(
     return running
 
 
+@pytest.mark.interop
+@pytest.mark.root
+@needs_lab
 @pytest.mark.timeout(120)
 def test_two_nodes_ffsplit_tie_breaker_side_keeps_quorum(
     lab_factory: LabFactory,
@@ -188,6 +191,9 @@ def test_two_nodes_ffsplit_tie_breaker_side_keeps_quorum(
     run.report(record_property)
 
 
+@pytest.mark.interop
+@pytest.mark.root
+@needs_lab
 @pytest.mark.timeout(150)
 def test_four_nodes_ffsplit_half_with_lowest_node_keeps_quorum(
     lab_factory: LabFactory,
@@ -205,6 +211,9 @@ def test_four_nodes_ffsplit_half_with_lowest_node_keeps_quorum(
     run.report(record_property)
 
 
+@pytest.mark.interop
+@pytest.mark.root
+@needs_lab
 @pytest.mark.timeout(150)
 def test_three_nodes_lms_majority_keeps_quorum_and_last_man_stands(
     lab_factory: LabFactory,
@@ -223,3 +232,84 @@ def test_three_nodes_lms_majority_keeps_quorum_and_last_man_stands(
     run.split("split 1|1|1", [[1], [2], [3]], winners=[1])
     run.heal("heal 1|1|1")
     run.report(record_property)
+
+
+# Captured from Debian's corosync-quorumtool 3.1.7 -s in the lab (2 nodes + ffsplit qnetd).
+HEALTHY_NODE_1 = """\
+Quorum information
+------------------
+Date:             Wed Nov 25 03:11:09 2026
+Quorum provider:  corosync_votequorum
+Nodes:            2
+Node ID:          1
+Ring ID:          1.9
+Quorate:          Yes
+
+Votequorum information
+----------------------
+Expected votes:   3
+Highest expected: 3
+Total votes:      3
+Quorum:           2  
+Flags:            Quorate Qdevice 
+
+Membership information
+----------------------
+    Nodeid      Votes    Qdevice Name
+         1          1    A,V,NMW n1 (local)
+         2          1    A,V,NMW n2
+         0          1            Qdevice
+"""  # noqa: W291 - the tool's trailing blanks, verbatim
+
+SPLIT_LOSER_NODE_2 = """\
+Quorum information
+------------------
+Date:             Wed Nov 25 03:11:18 2026
+Quorum provider:  corosync_votequorum
+Nodes:            1
+Node ID:          2
+Ring ID:          2.d
+Quorate:          No
+
+Votequorum information
+----------------------
+Expected votes:   3
+Highest expected: 3
+Total votes:      1
+Quorum:           2 Activity blocked
+Flags:            Qdevice 
+
+Membership information
+----------------------
+    Nodeid      Votes    Qdevice Name
+         2          1   A,NV,NMW n2 (local)
+         0          0            Qdevice (votes 1)
+"""  # noqa: W291
+
+
+def test_quorumtool_parser_reads_a_quorate_node_with_the_device_vote() -> None:
+    """A healthy node: quorate, 3/3 votes, both members with A,V,NMW, device row voting 1."""
+    status = parse_quorumtool(HEALTHY_NODE_1)
+    assert (status.node_id, status.ring_id, status.quorate) == (1, "1.9", True)
+    assert (status.total_votes, status.expected_votes, status.quorum) == (3, 3, 2)
+    assert status.flags == {"Quorate", "Qdevice"}
+    assert status.member_ids == {1, 2}
+    assert [m.qdevice_flags for m in status.members] == [{"A", "V", "NMW"}] * 2
+    assert [(m.name, m.local) for m in status.members] == [("n1", True), ("n2", False)]
+    assert status.qdevice_votes == 1
+    assert status.has_qdevice_vote
+
+
+def test_quorumtool_parser_reads_an_inquorate_node_the_device_refuses() -> None:
+    """The losing side of a split: not quorate, 1/3 votes, NV, device row 0 ("votes 1")."""
+    status = parse_quorumtool(SPLIT_LOSER_NODE_2)
+    assert (status.node_id, status.quorate, status.quorum) == (2, False, 2)
+    assert status.member_ids == {2}
+    assert status.qdevice_votes == 0
+    assert not status.has_qdevice_vote
+
+
+def test_quorumtool_parser_rejects_output_without_the_quorum_fields() -> None:
+    """Anything but quorumtool's report (e.g. "Cannot initialize QUORUM service") is an error."""
+    with pytest.raises(QuorumtoolParseError):
+        parse_quorumtool("Cannot initialize QUORUM service\n")
