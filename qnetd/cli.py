@@ -1,21 +1,170 @@
 """`votemesh-qnetd`: run the arbitrator, show its status, manage certificates and tokens.
 
-Adapter ring: parses arguments, turns user mistakes into one-line errors with a non-zero exit.
+Adapter ring: parses arguments, turns user mistakes into one-line errors with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from proto.qnetd_enums import TlsSupported
 from qnetd import cli_certs
 
 DEFAULT_STATE_DIR = "/var/lib/votemesh-qnetd"
+DEFAULT_CONTROL_SOCKET = "/run/votemesh-qnetd/qnetd.sock"
+ON_OFF = {"on": True, "yes": True, "1": True, "off": False, "no": False, "0": False}
+TLS_MODES = {"on": TlsSupported.SUPPORTED, "off": TlsSupported.UNSUPPORTED}
+TLS_MODES |= {"required": TlsSupported.REQUIRED, "req": TlsSupported.REQUIRED}
 
 
 class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit status 2."""
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int] | None:
+    if text.lower() == "off":
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    if not port.isdigit():
+        raise UserError(f"'{text}' is not HOST:PORT (or 'off')")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _choice(table: dict[str, Any], what: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return table[text.lower()]
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"{what} must be one of {', '.join(table)}") from None
+
+    return parse
+
+
+def add_run(sub: Any) -> None:
+    """`run`: the server."""
+    p = sub.add_parser("run", help="run the arbitrator (foreground)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="CA, certificates, tokens")
+    p.add_argument("--listen", "-l", default=None, help="listen address (default: all)")
+    p.add_argument("--port", "-p", type=int, default=5403)
+    family = p.add_mutually_exclusive_group()
+    family.add_argument("-4", dest="family", action="store_const", const="4", help="IPv4 only")
+    family.add_argument("-6", dest="family", action="store_const", const="6", help="IPv6 socket")
+    p.add_argument("--tls", "-s", type=_choice(TLS_MODES, "--tls"), default="on")
+    p.add_argument(
+        "--client-cert-required", "-c", type=_choice(ON_OFF, "--client-cert-required"), default="on"
+    )
+    p.add_argument("--max-clients", "-m", type=int, default=0, help="0 = unlimited")
+    p.add_argument("--ca-cert", type=Path, help="operator PKI: CA certificate (PEM)")
+    p.add_argument("--server-cert", type=Path, help="operator PKI: 'Qnetd Server' certificate")
+    p.add_argument("--server-key", type=Path, help="operator PKI: its private key")
+    p.add_argument("--http-listen", default="127.0.0.1:9403", help="/healthz, /metrics or 'off'")
+    p.add_argument("--enroll-listen", default="off", help="enrollment endpoint HOST:PORT or 'off'")
+    p.add_argument("--control-socket", default=DEFAULT_CONTROL_SOCKET)
+    p.add_argument("--heartbeat-min", type=int, default=1000, help="ms")
+    p.add_argument("--heartbeat-max", type=int, default=120000, help="ms")
+    p.add_argument("--dpd-coefficient", type=float, default=1.5)
+    p.add_argument(
+        "--keep-active-partition-default",
+        type=_choice(ON_OFF, "--keep-active-partition-default"),
+        default="off",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run, family="any")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the server until stopped."""
+    from qnetd.runtime.app import RunOptions, run_server  # noqa: PLC0415 (heavy imports)
+    from qnetd.runtime.observability import configure_logging  # noqa: PLC0415
+    from qnetd.settings import QnetdSettings  # noqa: PLC0415
+
+    pki = (args.ca_cert, args.server_cert, args.server_key)
+    if any(pki) and not all(pki):
+        raise UserError("give all three of --ca-cert, --server-cert and --server-key, or none")
+    settings = QnetdSettings(
+        tls=args.tls,
+        client_cert_required=args.client_cert_required,
+        max_clients=args.max_clients,
+        heartbeat_min_ms=args.heartbeat_min,
+        heartbeat_max_ms=args.heartbeat_max,
+        dpd_coefficient=args.dpd_coefficient,
+        keep_active_partition_default=args.keep_active_partition_default,
+    )
+    try:
+        settings.validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    options = RunOptions(
+        settings=settings,
+        state_dir=Path(args.state_dir),
+        listen=args.listen,
+        port=args.port,
+        family=args.family,
+        control_socket=Path(args.control_socket),
+        http_listen=_host_port(args.http_listen, 9403),
+        enroll_listen=_host_port(args.enroll_listen, 5404),
+        ca_cert=args.ca_cert,
+        server_cert=args.server_cert,
+        server_key=args.server_key,
+    )
+    configure_logging(args.log_level)
+    try:
+        asyncio.run(run_server(options))
+    except PermissionError as exc:
+        raise UserError(
+            f"{exc.filename}: permission denied; run as the service user or root"
+        ) from None
+    except OSError as exc:
+        raise UserError(f"cannot start: {exc}") from None
+    return 0
+
+
+def add_status(sub: Any) -> None:
+    """`status`: what the running server sees."""
+    p = sub.add_parser("status", help="clusters, clients and votes of the running server")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--cluster", "-c", help="only this cluster")
+    p.add_argument("--control-socket", default=DEFAULT_CONTROL_SOCKET)
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Query the control socket and print status + list (text) or the snapshot (JSON)."""
+    from qnetd.runtime.control import request  # noqa: PLC0415
+
+    path = Path(args.control_socket)
+    verbose = " verbose" if args.verbose else ""
+    cluster = f' cluster "{args.cluster}"' if args.cluster else ""
+    try:
+        if args.json:
+            ok, text = asyncio.run(request(path, "json"))
+            if ok and args.cluster:
+                snap = json.loads(text)
+                snap["clusters"] = [c for c in snap["clusters"] if c["name"] == args.cluster]
+                text = json.dumps(snap, indent=2, sort_keys=True) + "\n"
+        else:
+            ok, head = asyncio.run(request(path, f"status{verbose}"))
+            ok2, body = asyncio.run(request(path, f"list{verbose}{cluster}"))
+            ok, text = ok and ok2, head + body
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise UserError(
+            f"no qnetd is listening on {path}; is it running? (--control-socket)"
+        ) from None
+    except PermissionError:
+        raise UserError(
+            f"{path}: permission denied; run as root or the votemesh-qnetd group"
+        ) from None
+    sys.stdout.write(text)
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="votemesh-qnetd", description="votemesh quorum arbitrator (corosync-qnetd compatible)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    add_run(sub)
+    add_status(sub)
     cli_certs.add_commands(sub)
     return parser
 
@@ -37,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"votemesh-qnetd: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -76,6 +76,11 @@ def _is_open(conn: _Conn) -> bool:
 class _StreamProtocol(asyncio.Protocol):
     def __init__(self, server: QnetdServer, conn: _Conn) -> None:
         self.server, self.conn = server, conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called after the TLS handshake and before any data_received: the right moment to
+        # tell the core who the peer is.
+        self.server.on_stream(self.conn, transport)
 
     def data_received(self, data: bytes) -> None:
         self.server.on_data(self.conn, data)
@@ -192,6 +197,11 @@ class QnetdServer:
 
     async def _upgrade(self, conn: _Conn, context: ssl.SSLContext | None) -> None:
         loop = asyncio.get_running_loop()
+        started = self.clock()
+        self.log.debug("stream switch", conn=conn.conn_id, tls=context is not None)
+        # From here on bytes arrive through the protocol, possibly before the await below
+        # returns (TLS 1.3 lets the client's first record ride on its last handshake flight).
+        conn.want_tls = False
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: _StreamProtocol(self, conn),
@@ -209,11 +219,16 @@ class QnetdServer:
         if conn.closed:  # dropped by the core while the handshake ran
             transport.abort()
             return
-        conn.transport = transport
-        if context is not None:
+        self.log.debug("stream switched", conn=conn.conn_id, seconds=self.clock() - started)
+        self.on_data(conn, b"")  # anything decoded-but-unprocessed while switching
+
+    def on_stream(self, conn: _Conn, transport: asyncio.BaseTransport) -> None:
+        """The switched stream is up: flush queued replies, report the TLS peer."""
+        conn.transport = cast(asyncio.Transport, transport)
+        if transport.get_extra_info("ssl_object") is not None:
             self._feed(TlsEstablished(conn.conn_id, self._peer_names(transport)))
         for data in conn.pending:
-            transport.write(data)
+            conn.transport.write(data)
         conn.pending.clear()
 
     @staticmethod

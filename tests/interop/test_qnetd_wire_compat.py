@@ -1,7 +1,8 @@
-"""proto/ against the real thing: Debian's corosync-qnetd 3.0.3 on 127.0.0.1.
+"""One qdevice-style walk, two servers: Debian's corosync-qnetd 3.0.3 and votemesh's qnetd.
 
-Every message is built and parsed with proto/ only; every reply of the real server must decode,
-re-encode to the same bytes, and carry the values the reference says.
+Every message is built and parsed with proto/ only; every reply must decode, re-encode to the same
+bytes, and carry the values the reference says; the same assertions hold for both servers, which
+is what "drop-in replacement" means on the wire.
 """
 
 from __future__ import annotations
@@ -28,22 +29,37 @@ from proto.tlv import pack_header, pack_tlv
 from tests.interop.debian_qnetd import DebianQnetd, missing_reason, running_qnetd
 from tests.interop.wire_walk import RING, Transcript, WireClient, full_walk, walk_into
 from tests.proto import vectors as tv
+from tests.qnetd.our_qnetd import OurQnetd, running_our_qnetd
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.root,
-    pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
-]
+pytestmark = [pytest.mark.interop]
 CLUSTER = "testcluster"
+Server = DebianQnetd | OurQnetd
+SERVERS = [
+    pytest.param(
+        "debian",
+        marks=[
+            pytest.mark.root,
+            pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason())),
+        ],
+    ),
+    "votemesh",
+]
 
 
-@pytest.fixture(scope="module")
-def qnetd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebianQnetd]:
-    with running_qnetd(tmp_path_factory.mktemp("qnetd")) as server:
-        yield server
+@pytest.fixture(scope="module", params=SERVERS)
+def qnetd(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp(f"qnetd-{request.param}")
+    if request.param == "debian":
+        with running_qnetd(workdir) as debian:
+            yield debian
+    else:
+        with running_our_qnetd(workdir) as ours:
+            yield ours
 
 
-def test_full_walk_over_tls(qnetd: DebianQnetd) -> None:
+def test_full_walk_over_tls(qnetd: Server) -> None:
     """PREINIT, STARTTLS, TLS, INIT, SET_OPTION, ECHO, NODE_LISTs: values as the reference."""
     creds = qnetd.client_credentials(CLUSTER)
     t = full_walk(qnetd.port, CLUSTER, creds)
@@ -68,7 +84,7 @@ def test_full_walk_over_tls(qnetd: DebianQnetd) -> None:
     assert t.server_subject == "Qnetd Server"
 
 
-def test_every_reply_reencodes_byte_exactly(qnetd: DebianQnetd) -> None:
+def test_every_reply_reencodes_byte_exactly(qnetd: Server) -> None:
     """Our encoding of each decoded reply equals the bytes the C server sent (TV7 included)."""
     t = full_walk(qnetd.port, CLUSTER, qnetd.client_credentials(CLUSTER))
     received = [(m, raw) for d, m, raw in t.entries if d == "<-"]
@@ -81,11 +97,11 @@ def test_every_reply_reencodes_byte_exactly(qnetd: DebianQnetd) -> None:
     assert tv.unhex(tv.TV7_NODE_LIST_REPLY) in raws
 
 
-def _plain_client(qnetd: DebianQnetd) -> WireClient:
+def _plain_client(qnetd: Server) -> WireClient:
     return WireClient(qnetd.port, Transcript())
 
 
-def test_error_replies_decode_and_keep_the_connection(qnetd: DebianQnetd) -> None:
+def test_error_replies_decode_and_keep_the_connection(qnetd: Server) -> None:
     """Protocol errors get SERVER_ERROR with the reference's codes; the stream stays usable."""
     c = _plain_client(qnetd)
     try:
@@ -111,7 +127,7 @@ def test_error_replies_decode_and_keep_the_connection(qnetd: DebianQnetd) -> Non
         c.close()
 
 
-def test_certificate_for_another_cluster_is_refused(qnetd: DebianQnetd) -> None:
+def test_certificate_for_another_cluster_is_refused(qnetd: Server) -> None:
     """A CA-signed certificate whose CN is another cluster's name: the server closes silently."""
     creds = qnetd.client_credentials("othercluster")
     t = Transcript()

@@ -1,0 +1,140 @@
+"""Assemble and run the arbitrator: PKI, core, TLS server, control socket, HTTP, enrollment.
+
+Named tasks under one event loop; SIGTERM/SIGINT and the control socket's `shutdown` stop it
+gracefully. Tells systemd when it is ready (Type=notify).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from proto.qnetd_enums import TlsSupported
+from qnetd import certs, status
+from qnetd.algorithms.registry import ALGORITHMS
+from qnetd.arbitration import QnetdCore
+from qnetd.runtime.control import serve_control
+from qnetd.runtime.http import CoreCollector, serve_http
+from qnetd.runtime.observability import sd_notify
+from qnetd.runtime.server import QnetdServer, bind_listeners, server_ssl_context, tune_tls_memory
+from qnetd.settings import QnetdSettings
+
+log = structlog.get_logger("votemesh.qnetd")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `votemesh-qnetd run` was told."""
+
+    settings: QnetdSettings
+    state_dir: Path
+    listen: str | None = None
+    port: int = 5403
+    family: str = "any"
+    control_socket: Path = Path("/run/votemesh-qnetd/qnetd.sock")
+    http_listen: tuple[str, int] | None = ("127.0.0.1", 9403)
+    enroll_listen: tuple[str, int] | None = None
+    ca_cert: Path | None = None
+    server_cert: Path | None = None
+    server_key: Path | None = None
+
+
+def _pki(options: RunOptions) -> tuple[str, str, str] | None:
+    """(ca, cert, key) PEM paths; creates the state-dir PKI on first start."""
+    if options.settings.tls is TlsSupported.UNSUPPORTED:
+        return None
+    if options.ca_cert and options.server_cert and options.server_key:
+        certs.load_operator_pki(options.ca_cert, options.server_cert, options.server_key)
+        return str(options.ca_cert), str(options.server_cert), str(options.server_key)
+    paths = certs.ensure_state(options.state_dir)
+    return str(paths.ca_cert), str(paths.server_cert), str(paths.server_key)
+
+
+async def run_server(options: RunOptions) -> None:
+    """Serve until a signal or a `shutdown` request; then stop gracefully."""
+    pki = _pki(options)
+    tune_tls_memory()
+    context = server_ssl_context(*pki, options.settings.client_cert_required) if pki else None
+    core = QnetdCore(options.settings, ALGORITHMS)
+    server = QnetdServer(core, context)
+    listeners = bind_listeners(options.listen, options.port, options.family)
+    address = listeners[0].getsockname()
+    listen_text = f"{options.listen or '*'}:{address[1]}"
+    await server.start(listeners)
+    started = time.monotonic()
+    stop = asyncio.Event()
+
+    def snap() -> dict[str, Any]:
+        return status.snapshot(core, listen_text, server.connection_count)
+
+    closers: list[asyncio.AbstractServer] = [
+        await serve_control(options.control_socket, snap, stop.set)
+    ]
+    collector = CoreCollector(core, lambda: server.connection_count)
+    if options.enroll_listen is not None:
+        closers.append(await _start_enrollment(options, collector))
+    if options.http_listen is not None:
+        registry = CollectorRegistry()
+        registry.register(collector)
+
+        def health() -> dict[str, Any]:
+            return {
+                "status": "ok",
+                "clients": core.client_count(),
+                "clusters": len(core.clusters),
+                "connections": server.connection_count,
+                "uptime_seconds": round(time.monotonic() - started, 1),
+            }
+
+        closers.append(await serve_http(*options.http_listen, registry, health))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "qnetd started",
+        listen=listen_text,
+        tls=options.settings.tls.name,
+        client_cert_required=options.settings.client_cert_required,
+        control_socket=str(options.control_socket),
+        http=options.http_listen,
+        enroll=options.enroll_listen,
+    )
+    sd_notify("READY=1")
+    await stop.wait()
+    sd_notify("STOPPING=1")
+    log.info("qnetd stopping", clients=core.client_count())
+    await server.stop()
+    for closer in closers:
+        closer.close()
+    log.info("qnetd stopped")
+
+
+async def _start_enrollment(
+    options: RunOptions, collector: CoreCollector
+) -> asyncio.AbstractServer:
+    from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
+
+    from qnetd.runtime.enroll_server import start_enrollment_server  # noqa: PLC0415
+
+    assert options.enroll_listen is not None  # noqa: S101 (checked by the caller)
+    host, port = options.enroll_listen
+    enroll_server, stats = await start_enrollment_server(options.state_dir, host, port)
+
+    def metrics() -> Any:
+        family = CounterMetricFamily(
+            "votemesh_qnetd_enrollments", "Enrollment requests", labels=["result"]
+        )
+        family.add_metric(["issued"], stats.issued)
+        for reason, count in sorted(stats.rejected.items()):
+            family.add_metric([reason], count)
+        yield family
+
+    collector.extra.append(metrics)
+    return enroll_server
