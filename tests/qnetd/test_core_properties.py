@@ -12,7 +12,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qnetd.algorithms.registry import ALGORITHMS
 
 from proto.qnetd_enums import (
     DecisionAlgorithm,
@@ -35,6 +34,7 @@ from proto.qnetd_messages import (
     decode,
 )
 from proto.qnetd_options import NodeInfo, RingId, TieBreaker
+from qnetd.algorithms.registry import ALGORITHMS
 from qnetd.arbitration import QnetdCore
 from qnetd.core_events import (
     Accepted,
