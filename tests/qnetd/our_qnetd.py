@@ -48,6 +48,7 @@ class OurQnetd:
 
     def start(self) -> None:
         """Start and wait until the qnetd port and the control socket answer."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "qnetd", "run", "--state-dir", str(self.state_dir)]
         args += ["--listen", "127.0.0.1", "--port", str(self.port), "--tls", self.tls]
         args += ["--client-cert-required", "on" if self.client_cert_required else "off"]
