@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.bench.qnetd_loadgen import (
+    GIVE_UP_AFTER_FAILURES,
     LoadConfig,
     LoadResult,
     ProcessSample,
@@ -273,6 +274,10 @@ def _mb(kb: int | None) -> float | None:
     return None if kb is None else kb / 1024
 
 
+def _first_vote_ms(result: LoadResult, pct: float) -> float | None:
+    return _ms(percentile(result.first_vote_latencies_s, pct))
+
+
 ROWS: tuple[Row, ...] = (
     ("clients connected (INIT done)", lambda r: r.connected, "{:.0f}"),
     ("time to connect all (s)", lambda r: r.time_to_connect_all(), "{:.1f}"),
@@ -288,6 +293,8 @@ ROWS: tuple[Row, ...] = (
     ("decision latency p50 (ms)", lambda r: _ms(percentile(r.latencies_s, 50)), "{:.1f}"),
     ("decision latency p99 (ms)", lambda r: _ms(percentile(r.latencies_s, 99)), "{:.1f}"),
     ("decision latency max (ms)", lambda r: _ms(percentile(r.latencies_s, 100)), "{:.1f}"),
+    ("first vote of a change p50 (ms)", lambda r: _first_vote_ms(r, 50), "{:.1f}"),
+    ("first vote of a change p99 (ms)", lambda r: _first_vote_ms(r, 99), "{:.1f}"),
     ("changes undecided", lambda r: r.changes_undecided, "{:.0f}"),
     ("changes skipped (cluster busy)", lambda r: r.changes_skipped_busy, "{:.0f}"),
     ("votes not as ffsplit predicts", lambda r: r.wrong_outcomes, "{:.0f}"),
@@ -299,6 +306,7 @@ ROWS: tuple[Row, ...] = (
     ("server RSS per connection (KB)", lambda r: r.rss_per_connection_kb(), "{:.1f}"),
     ("server errors / garbage received", lambda r: r.server_errors + r.garbage, "{:.0f}"),
     ("echo replies late", lambda r: r.echo_replies_late, "{:.0f}"),
+    ("load generator CPU connecting (%)", lambda r: r.loadgen_cpu_connect_pct, "{:.0f}"),
     ("load generator CPU in churn (%)", lambda r: r.loadgen_cpu_pct, "{:.0f}"),
     ("load generator loop lag p99 (ms)", lambda r: _ms(percentile(r.loop_lag_s, 99)), "{:.1f}"),
     ("other processes' CPU in churn (%)", lambda r: r.others_cpu_pct, "{:.0f}"),
@@ -334,7 +342,10 @@ def print_notes(label: str, result: LoadResult | None, config: LoadConfig) -> No
     if result is None:
         return
     if result.connect_gave_up:
-        print(f"  note: {label}: gave up connecting, {result.connect_failures} handshakes failed")
+        print(
+            f"  note: {label}: gave up connecting after {GIVE_UP_AFTER_FAILURES} failed "
+            f"handshakes in a row ({result.connect_failures} failed in all)"
+        )
     elif result.connect_budget_ran_out:
         print(
             f"  note: {label}: connect budget of {config.connect_budget_s:.0f} s ran out at "

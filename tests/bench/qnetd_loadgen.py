@@ -68,7 +68,7 @@ SPLIT_SIDES = ((1, 2), (3, 4))
 INITIAL_RING_SEQ = 1
 CHURN_PER_CLUSTER = 0.086  # 86 membership changes/s at 1,000 clusters: the reference load
 EXPIRE_EVERY_S = 0.5  # how often the churn loop looks for changes past change_timeout_s
-GIVE_UP_AFTER_FAILURES = 100  # connect phase ends early when this many fail and none succeeded
+GIVE_UP_AFTER_FAILURES = 100  # connect phase ends early after this many failures in a row
 ECHO_TICK_S = 0.1  # echoes are spread over heartbeat / ECHO_TICK_S slots
 LAG_PROBE_S = 0.02  # the event-loop lag probe sleeps this long and records the overshoot
 READ_CHUNK = 65536
@@ -187,12 +187,14 @@ class LoadResult:
     changes_undecided: int = 0
     wrong_outcomes: int = 0
     latencies_s: list[float] = field(default_factory=list)
+    first_vote_latencies_s: list[float] = field(default_factory=list)
     churn_s: float = 0.0
     loop_lag_s: list[float] = field(default_factory=list)
     rss_idle_kb: int | None = None
     rss_connected_kb: int | None = None
     rss_after_churn_kb: int | None = None
     server_cpu_connect_pct: float | None = None
+    loadgen_cpu_connect_pct: float | None = None
     server_cpu_pct: float | None = None
     loadgen_cpu_pct: float | None = None
     others_cpu_pct: float | None = None
@@ -425,6 +427,8 @@ class ClusterDriver:
         if change is None or ring != client.ring or client.node_id in change.votes:
             return
         change.votes[client.node_id] = vote
+        if len(change.votes) == 1:
+            self.result.first_vote_latencies_s.append(time.monotonic() - change.sent_at)
         if len(change.votes) == NODES_PER_CLUSTER:
             self.result.latencies_s.append(time.monotonic() - change.sent_at)
             if change.votes != change.expected:
@@ -501,13 +505,16 @@ class LoadRun:
     async def _connect_phase(self) -> None:
         result, cfg = self.result, self.config
         queue = deque(self.clients)
-        before = self.probe()
+        before, lg_before = self.probe(), os.times()
         result.connect_started_at = time.monotonic()
         deadline = result.connect_started_at + cfg.connect_budget_s
 
+        failures_in_a_row = 0
+
         async def connector() -> None:
+            nonlocal failures_in_a_row
             while queue and (left := deadline - time.monotonic()) > 0:
-                if result.connected == 0 and result.connect_failures >= GIVE_UP_AFTER_FAILURES:
+                if failures_in_a_row >= GIVE_UP_AFTER_FAILURES:
                     result.connect_gave_up = True
                     return
                 client = queue.popleft()
@@ -517,11 +524,13 @@ class LoadRun:
                 except (OSError, EOFError, TimeoutError, DecodeError, HandshakeError) as exc:
                     result.connect_failures += 1
                     result.last_connect_error = f"{type(exc).__name__}: {exc}"
+                    failures_in_a_row += 1
                     client.abort()
                     client.closing, client.decoder = False, StreamDecoder()
                     client.last_seq, client.writer, client.reader = 1, None, None
                     queue.append(client)  # retried while the budget lasts, as qdevice would
                     continue
+                failures_in_a_row = 0
                 result.connected_at.append(time.monotonic())
                 result.connected += 1
                 self._spawn(client.receive_loop(), f"recv-{client.cluster.name.decode()}")
@@ -534,7 +543,10 @@ class LoadRun:
         finally:
             progress.cancel()
         wall = time.monotonic() - result.connect_started_at
+        lg_after = os.times()
+        lg_cpu = lg_after.user + lg_after.system - lg_before.user - lg_before.system
         result.server_cpu_connect_pct = 100 * (self.probe().cpu_s - before.cpu_s) / wall
+        result.loadgen_cpu_connect_pct = 100 * lg_cpu / wall
         result.connect_budget_ran_out = result.connected < result.clients
 
     async def _progress(self) -> None:
