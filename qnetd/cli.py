@@ -89,6 +89,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     pki = (args.ca_cert, args.server_cert, args.server_key)
     if any(pki) and not all(pki):
         raise UserError("give all three of --ca-cert, --server-cert and --server-key, or none")
+    if all(pki) and args.enroll_listen.lower() != "off":
+        raise UserError(
+            "--enroll-listen signs with the state-directory CA, which your --ca-cert does not "
+            "trust; issue node certificates with your own PKI and drop --enroll-listen"
+        )
     settings = QnetdSettings(
         tls=args.tls,
         client_cert_required=args.client_cert_required,
