@@ -59,9 +59,8 @@ def test_token_enrollment_gives_a_working_single_use_certificate(
 
     creds = ClientCredentials(node / "ca.pem", node / "client.pem", node / "client.key")
     transcript = full_walk(qnetd.port, "alpha", creds)
-    assert VoteInfo(seq=1, vote=Vote.ACK, ring_id=transcript.received()[5].ring_id) in (
-        transcript.received()
-    )
+    votes = [m.vote for m in transcript.received() if isinstance(m, VoteInfo)]
+    assert votes == [Vote.ACK]
     assert transcript.server_subject == "Qnetd Server"
 
     again = enroll(enroll_port, token, tmp_path / "node2")
