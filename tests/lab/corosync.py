@@ -13,6 +13,7 @@ both halves of a split can still print "Quorate: Yes". Waits therefore ask for t
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import time
@@ -350,7 +351,7 @@ class CorosyncCluster:
             self.corosync[name] = host.start(["corosync", "-f"], label="corosync")
         for name in self.hosts:
             wait_until(
-                lambda name=name: self._answering(name),  # type: ignore[misc]
+                functools.partial(self._answering, name),
                 timeout=timeout,
                 what=f"corosync on {name} to answer corosync-quorumtool",
             )

@@ -53,6 +53,7 @@ DEFAULT_SUBNET = ipaddress.IPv4Network("198.18.0.0/24")
 PARTITION_CHAIN = "VMLAB-IN"
 BRIDGE = "br0"
 LINK = "eth0"
+HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,19}")
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "setpriv", "iptables", "iptables-restore", "sleep")
 
 T = TypeVar("T")
@@ -218,6 +219,9 @@ class Lab:
     ) -> None:
         if len(set(host_names)) != len(host_names) or not host_names:
             raise LabError(f"host names must be unique and non-empty: {host_names}")
+        for name in host_names:
+            if HOST_NAME.fullmatch(name) is None:
+                raise LabError(f"host name {name!r}: use 1-20 of a-z, 0-9 and '-'")
         if len(host_names) + 2 > subnet.num_addresses - 2:
             raise LabError(f"{subnet} is too small for {len(host_names)} hosts")
         for private in private_dirs:
