@@ -15,6 +15,7 @@ import abc
 import asyncio
 import contextlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from tests.interop import debian_qnetd
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+FD_SLACK = 200  # files besides the client sockets: logs, NSS DB, pipes, the interpreter
 
 
 class ServerUnderTest(abc.ABC):
@@ -357,6 +359,18 @@ def print_notes(label: str, result: LoadResult | None, config: LoadConfig) -> No
         print(f"  note: {label}: {result.initial_votes} clients got a first vote while settling")
 
 
+def raise_fd_limit(clients: int) -> None:
+    """Lift the soft open-files limit (inherited by the servers) toward clients + slack."""
+    needed = clients + FD_SLACK
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        print(f"  note: open files limited to {target}; {clients} clients need about {needed}")
+
+
 def main() -> None:
     """Run the load against every available server and print the comparison."""
     try:
@@ -372,6 +386,7 @@ def main() -> None:
         f"flight, churn {config.rate:.1f} changes/s for {config.churn_s:.0f} s",
         flush=True,
     )
+    raise_fd_limit(config.clients)
     results: dict[str, LoadResult | None] = {}
     ran: set[str] = set()
     for server in servers:
