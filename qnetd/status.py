@@ -106,7 +106,7 @@ def format_status(snap: dict[str, Any], verbose: bool) -> str:
 def _vote_text(c: dict[str, Any]) -> str:
     vote = VOTE_TEXT[c["vote"]]
     ack_nack = c["last_ack_nack"]
-    return f"{vote} ({ack_nack})" if ack_nack and ack_nack != c["vote"] else vote
+    return f"{vote} ({ack_nack})" if ack_nack else vote  # "ACK (ACK)" too, as 3.0.3 prints
 
 
 def _client_lines(c: dict[str, Any], verbose: bool) -> list[str]:
