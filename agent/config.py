@@ -1,0 +1,238 @@
+"""Agent configuration: one frozen object, validated at load time, with the timing formulas.
+
+Core ring: pure data. TOML parsing lives in the runtime (`agent/runtime/config_file.py`); this
+module only defines and validates. Every field has a docstring; every derived timeout states its
+formula next to it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+MAX_LINKS = 8
+MAX_NODE_ID = 0xFFFFFFFF
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Failure detection and agreement timing.
+
+    Defaults (`lan()`): 10 heartbeats a second; a peer is lost after 6 missed heartbeats in a
+    row. At 5 % random loss the chance of 6 losses in a row is 0.05**6 = 1.6e-8 per window, i.e.
+    about one false suspicion per 10 years per pair at 10 Hz, while a dead peer is noticed within
+    0.6 s (target: re-formation p50 <= 1.0 s after kill -9).
+    """
+
+    heartbeat_interval: float = 0.1
+    """Seconds between heartbeats to each peer on its active link."""
+    missed_heartbeats: int = 6
+    """Consecutive missed heartbeats after which a peer (or a link) is down."""
+    jitter_allowance: float = 0.05
+    """Extra seconds of silence tolerated on top, for delay jitter and late timers."""
+    probe_interval: float = 1.0
+    """Seconds between probes on links that do not carry heartbeats (failover candidates)."""
+    agreement_rounds: int = 3
+    """Heartbeat rounds a proposal may wait for the others' matching proposals before the node
+    re-evaluates (it keeps proposing; this only bounds how stale a matching proposal may be)."""
+
+    @property
+    def failure_timeout(self) -> float:
+        """missed_heartbeats x heartbeat_interval + jitter_allowance (0.65 s by default)."""
+        return self.missed_heartbeats * self.heartbeat_interval + self.jitter_allowance
+
+    @property
+    def link_timeout(self) -> float:
+        """A probed (inactive) link is down after 3 missed probes: 3 x probe_interval + jitter."""
+        return 3 * self.probe_interval + self.jitter_allowance
+
+    @property
+    def proposal_ttl(self) -> float:
+        """A peer's proposal counts for agreement this long: failure_timeout (a peer whose
+        proposal is older than that is not heard any more anyway)."""
+        return self.failure_timeout
+
+    @classmethod
+    def lan(cls) -> Timing:
+        """Default for a LAN: 100 ms heartbeats, lost after 0.65 s."""
+        return cls()
+
+    @classmethod
+    def lab(cls) -> Timing:
+        """For a loaded lab machine or the netem lab (+-20 ms jitter, 5 % loss, CPU contention):
+        200 ms heartbeats, lost after 8 misses + 0.2 s = 1.8 s."""
+        return cls(heartbeat_interval=0.2, missed_heartbeats=8, jitter_allowance=0.2)
+
+    def validate(self) -> None:
+        """Raise ConfigError for impossible timing."""
+        if not 0.01 <= self.heartbeat_interval <= 10:
+            raise ConfigError("timing.heartbeat_interval must be between 0.01 and 10 seconds")
+        if not 2 <= self.missed_heartbeats <= 100:
+            raise ConfigError("timing.missed_heartbeats must be between 2 and 100")
+        if self.jitter_allowance < 0 or self.probe_interval <= 0 or self.agreement_rounds < 1:
+            raise ConfigError("timing: jitter_allowance >= 0, probe_interval > 0, rounds >= 1")
+
+
+class TieBreaker(StrEnum):
+    """auto_tie_breaker_node: which half of an even split keeps quorum."""
+
+    LOWEST = "lowest"
+    HIGHEST = "highest"
+    LIST = "list"
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumOptions:
+    """votequorum options, as corosync's votequorum(5) names them."""
+
+    votes: int = 1
+    """This node's votes."""
+    expected_votes: int | None = None
+    """Expected votes; None = the sum of the configured nodes' votes. The highest value any
+    member reports wins; `votemesh expected N` overrides it at run time."""
+    two_node: bool = False
+    """Two nodes with one vote each: quorum is 1 (needs fencing); implies wait_for_all."""
+    wait_for_all: bool | None = None
+    """After a cold start, quorate only once all nodes were seen together. None = two_node."""
+    last_man_standing: bool = False
+    """Lower expected votes to the current total after the view was stable for the window."""
+    last_man_standing_window: float = 10.0
+    """Seconds a view must stay unchanged before last_man_standing recalculates."""
+    auto_tie_breaker: bool = False
+    """In an even split, the half containing the tie-breaker node keeps quorum."""
+    auto_tie_breaker_node: TieBreaker = TieBreaker.LOWEST
+    tie_breaker_nodes: tuple[int, ...] = ()
+    """With auto_tie_breaker_node = list: node ids in order of preference."""
+
+    @property
+    def effective_wait_for_all(self) -> bool:
+        """wait_for_all, defaulting to two_node as votequorum does."""
+        return self.two_node if self.wait_for_all is None else self.wait_for_all
+
+    def validate(self) -> None:
+        """Raise ConfigError for contradictory options."""
+        if not 0 <= self.votes <= 1000:
+            raise ConfigError("quorum.votes must be between 0 and 1000")
+        if self.expected_votes is not None and self.expected_votes < 1:
+            raise ConfigError("quorum.expected_votes must be at least 1")
+        if self.last_man_standing_window <= 0:
+            raise ConfigError("quorum.last_man_standing_window must be positive")
+        if self.auto_tie_breaker_node is TieBreaker.LIST and not self.tie_breaker_nodes:
+            raise ConfigError("quorum.auto_tie_breaker_node = 'list' needs tie_breaker_nodes")
+        if self.two_node and self.auto_tie_breaker:
+            raise ConfigError("quorum: two_node and auto_tie_breaker exclude each other")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """One local link (knet-like): where this node listens for mesh datagrams."""
+
+    index: int
+    """0..7: link0 .. link7."""
+    address: str
+    """Local address to bind (IPv4 or IPv6)."""
+    port: int = 5407
+    priority: int = 0
+    """Higher wins: traffic uses the highest-priority link that is up."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """A statically configured cluster member (works without multicast)."""
+
+    node_id: int
+    name: str = ""
+    addresses: tuple[tuple[int, str, int], ...] = ()
+    """(link index, address, port) per link."""
+    votes: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class QdeviceConfig:
+    """The qnetd this node's qdevice client talks to (reference section 8.1 names)."""
+
+    host: str
+    port: int = 5403
+    algorithm: str = "ffsplit"
+    """ffsplit (device votes 1, even clusters) or lms (device votes N-1)."""
+    tie_breaker: str = "lowest"
+    """lowest, highest, or a node id."""
+    tls: str = "on"
+    """on, off or required."""
+    ca_pem: str = ""
+    cert_pem: str = ""
+    key_pem: str = ""
+    votes: int | None = None
+    """Device votes; None = 1 for ffsplit, (sum of node votes) - 1 for lms."""
+    heartbeat_interval: float = 8.0
+    """Seconds between ECHO_REQUESTs; also the echo timeout."""
+    heuristics: tuple[str, ...] = ()
+    """Commands run on membership change; all exit 0 = pass."""
+    heuristics_timeout: float = 5.0
+
+    def validate(self) -> None:
+        """Raise ConfigError for unusable settings."""
+        if self.algorithm not in {"ffsplit", "lms"}:
+            raise ConfigError("qdevice.algorithm must be ffsplit or lms")
+        if self.tls not in {"on", "off", "required"}:
+            raise ConfigError("qdevice.tls must be on, off or required")
+        if self.tie_breaker not in {"lowest", "highest"} and not self.tie_breaker.isdigit():
+            raise ConfigError("qdevice.tie_breaker must be lowest, highest or a node id")
+        if self.tls != "off" and not (self.ca_pem and self.cert_pem and self.key_pem):
+            raise ConfigError("qdevice with TLS needs ca_pem, cert_pem and key_pem")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything one agent needs to know."""
+
+    cluster_name: str
+    node_id: int
+    node_name: str = ""
+    links: tuple[LinkConfig, ...] = ()
+    peers: tuple[PeerConfig, ...] = ()
+    """Static peers; discovery (zeroconf) may add more at run time."""
+    timing: Timing = field(default_factory=Timing)
+    quorum: QuorumOptions = field(default_factory=QuorumOptions)
+    qdevice: QdeviceConfig | None = None
+    clock_skew_bound: float = 1.0
+    """Seconds of wall-clock difference to a peer that raise a ClockSkew event."""
+    key_files: tuple[str, ...] = ()
+    """Cluster key files (32+ random bytes each); the first seals, all open (rotation)."""
+    state_dir: str = "/var/lib/votemesh"
+    control_socket: str = "/run/votemesh/agent.sock"
+    discovery: bool = True
+    """Announce and browse `_votemesh._udp.local.` on the links' interfaces."""
+
+    def configured_votes(self) -> dict[int, int]:
+        """Votes of every configured node, this one included."""
+        votes = {p.node_id: p.votes for p in self.peers}
+        votes[self.node_id] = self.quorum.votes
+        return votes
+
+    def validate(self) -> None:
+        """Raise ConfigError (one line: what to change) for a configuration that cannot work."""
+        if not self.cluster_name or len(self.cluster_name) > 64:
+            raise ConfigError("cluster_name must be 1-64 characters")
+        if not 0 < self.node_id <= MAX_NODE_ID:
+            raise ConfigError("node_id must be between 1 and 4294967295")
+        if not self.links or len(self.links) > MAX_LINKS:
+            raise ConfigError(f"configure 1 to {MAX_LINKS} links ([[link]] entries)")
+        if len({link.index for link in self.links}) != len(self.links):
+            raise ConfigError("link indexes must be unique")
+        if any(not 0 <= link.index < MAX_LINKS for link in self.links):
+            raise ConfigError("link index must be 0..7")
+        ids = [p.node_id for p in self.peers]
+        if len(set(ids)) != len(ids) or self.node_id in ids:
+            raise ConfigError("peer node ids must be unique and differ from node_id")
+        if not math.isfinite(self.clock_skew_bound) or self.clock_skew_bound <= 0:
+            raise ConfigError("clock_skew_bound must be a positive number of seconds")
+        self.timing.validate()
+        self.quorum.validate()
+        if self.qdevice is not None:
+            self.qdevice.validate()
