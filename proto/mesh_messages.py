@@ -49,11 +49,17 @@ class Heartbeat:
     """Periodic liveness and membership gossip, sent to every peer on its best link."""
 
     link: int = tagged(1)
+    """Link index the datagram was sent on."""
     stamp_us: int = tagged(2)
+    """Sender's monotonic clock in microseconds (echoed back for RTT)."""
     wall_ms: int = tagged(3)
+    """Sender's wall clock in ms since the epoch (clock-skew check)."""
     heard: tuple[int, ...] = tagged(4, ())
+    """Nodes whose heartbeats the sender received within its failure timeout."""
     view: View | None = tagged(5, None)
-    proposal: tuple[int, ...] = tagged(6, ())
+    """The sender's installed view."""
+    proposal: View | None = tagged(6, None)
+    """The view the sender proposes (members and the ring id it would get)."""
     echoes: tuple[Echo, ...] = tagged(7, ())
     votes: int = tagged(8, 1)
     expected_votes: int = tagged(9, 0)

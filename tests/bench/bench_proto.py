@@ -32,7 +32,7 @@ def heartbeat(nodes: int) -> Heartbeat:
         wall_ms=1_764_000_000_000,
         heard=members,
         view=View(1, 42, members),
-        proposal=members,
+        proposal=View(1, 43, members),
         echoes=tuple(Echo(n, 123_456_000 + n, 150) for n in members[1:]),
         expected_votes=nodes,
         node_name="node-01",

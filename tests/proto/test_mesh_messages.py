@@ -109,7 +109,7 @@ def test_heartbeat_for_100_nodes_fits_one_datagram() -> None:
         wall_ms=2**41,
         heard=nodes,
         view=View(1, 2**33, nodes),
-        proposal=nodes,
+        proposal=View(1, 2**33 + 1, nodes),
         node_name="node-001",
     )
     sealed = seal_message(Sealer("c", KEY, 1, 1), hb)
