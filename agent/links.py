@@ -1,0 +1,377 @@
+"""Per peer, per link liveness, RTT and loss; which link carries the heartbeats (knet-like).
+
+Owns: for every peer and every link both ends have (link0..link7), whether the link is up, its
+smoothed RTT and loss estimate, the active link (heartbeats every `heartbeat_interval`) and the
+probe schedule of the others (every `probe_interval`), failover and failback, and the peer's
+reachability (reachable / suspected / unreachable). Must not touch: sockets, clocks, messages
+(the node builds and sends them), membership. Time is passed in as float seconds.
+
+Semantics (docs/design.md 3, "links"):
+
+* **Lease.** Every datagram keeps its link up for a lease from its arrival:
+  `max(failure_timeout, LEASE_INTERVALS x interval + jitter_allowance)`, where `interval` is the
+  sender's announced cadence (`expected_interval`), or if unannounced the cadence of the link's
+  role here when it arrived (heartbeat_interval on the active link, probe_interval on the
+  others). With the defaults that is `failure_timeout` (0.65 s) for heartbeats and
+  `link_timeout` (3.05 s) for probes. Keying on the sender's cadence, not our role, keeps a
+  freshly failed-over link up while the peer still only probes it.
+* **Active link**: the highest-priority up link (ties: lowest index). Failover (the active link
+  went down) is immediate. Failback to a higher-priority link that went down before needs
+  FAILBACK_ROUNDS consecutive answered rounds (a round = the time between two of our sends on
+  the link; answered = at least one datagram heard in it), so a flapping link does not pull
+  traffic back and forth. A link's first up (it never failed) is taken at once.
+* **Peer**: reachable once a link is up; suspected once after failure_timeout / 2 without any
+  datagram; reachable again on the next datagram; unreachable when no link is up.
+* Events are returned only on changes, in causal order (LinkUp before ActiveLinkChanged before
+  PeerReachable; PeerSuspected before LinkDown before PeerUnreachable).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from agent.config import LinkConfig, Timing
+from agent.link_loss import LossMeter
+from proto.mesh_messages import Echo
+
+RTT_ALPHA = 1 / 8  # RFC 6298 section 2: SRTT gain, as TCP
+FAILBACK_ROUNDS = 2  # knet's pong_count default: answers needed before a link is trusted again
+LEASE_INTERVALS = 3  # as Timing.link_timeout: 3 missed intervals
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """A datagram arrived on a link that was down."""
+
+    peer: int
+    link: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """A link's lease ran out (or its address was removed)."""
+
+    peer: int
+    link: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveLinkChanged:
+    """Heartbeats to `peer` move from `old` to `new` (None: no link up)."""
+
+    peer: int
+    old: int | None
+    new: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReachable:
+    """The peer has a link up again (or was heard again after a suspicion)."""
+
+    peer: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSuspected:
+    """Half the failure timeout without any datagram from the peer."""
+
+    peer: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """No link to the peer is up any more."""
+
+    peer: int
+    reason: str
+
+
+LinkChange = LinkUp | LinkDown | ActiveLinkChanged | PeerReachable | PeerSuspected | PeerUnreachable
+
+
+@dataclass(frozen=True, slots=True)
+class DueSend:
+    """What the node must send now: a heartbeat on the active link, a probe on the others."""
+
+    peer: int
+    link: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    """One link to one peer, for status output."""
+
+    link: int
+    up: bool
+    active: bool
+    rtt_ms: float | None
+    loss: float
+    last_heard_s: float | None
+    """Seconds since the last datagram on this link (None: never heard)."""
+
+
+class _Reach(Enum):
+    UNREACHABLE = "unreachable"
+    REACHABLE = "reachable"
+    SUSPECTED = "suspected"
+
+
+@dataclass(slots=True)
+class _Link:
+    index: int
+    priority: int
+    up: bool = False
+    lease_until: float = -math.inf
+    last_heard: float | None = None
+    rtt: float | None = None
+    last_sent: float | None = None
+    answered: bool = False  # heard since our last send on it
+    streak: int = 0  # consecutive answered rounds
+    went_down: bool = False
+    loss: LossMeter = field(default_factory=LossMeter)
+
+    def rank(self) -> tuple[int, int]:
+        """Sort key: higher priority first, then lower index."""
+        return (self.priority, -self.index)
+
+    def settled(self) -> bool:
+        """May take traffic from another up link (failback hysteresis)."""
+        return not self.went_down or self.streak >= FAILBACK_ROUNDS
+
+
+@dataclass(slots=True)
+class _Peer:
+    links: dict[int, _Link]
+    active: int | None = None
+    reach: _Reach = _Reach.UNREACHABLE
+    last_heard: float = -math.inf
+
+    def default_link(self) -> int | None:
+        """The highest-priority configured link: where heartbeats go before any link is up."""
+        if not self.links:
+            return None
+        return max(self.links.values(), key=_Link.rank).index
+
+    def up_links(self) -> list[_Link]:
+        return [link for link in self.links.values() if link.up]
+
+
+class Links:
+    """All peers' links: feed it datagrams and ticks, ask it what to send and who is heard."""
+
+    def __init__(self, node_id: int, local: tuple[LinkConfig, ...], timing: Timing) -> None:
+        self.node_id = node_id
+        self.timing = timing
+        self._priority = {link.index: link.priority for link in local}
+        self._peers: dict[int, _Peer] = {}
+        self._pending: list[LinkChange] = []
+        self._now = -math.inf
+
+    # ------------------------------------------------------------ peers
+    def set_peer(self, peer: int, links: frozenset[int]) -> None:
+        """The link indexes `peer` has an address on; only those we have too are tracked.
+
+        Idempotent; existing link state is kept. A removed link that was up is reported down by
+        the next `tick` (and the active link re-chosen there)."""
+        state = self._peers.setdefault(peer, _Peer(links={}))
+        wanted = {i for i in links if i in self._priority}
+        for index in sorted(set(state.links) - wanted):
+            if state.links.pop(index).up:
+                self._pending.append(LinkDown(peer, index, f"link{index} address removed"))
+        for index in sorted(wanted - set(state.links)):
+            state.links[index] = _Link(index, self._priority[index])
+
+    def remove_peer(self, peer: int) -> None:
+        """Forget a peer entirely (no events)."""
+        self._peers.pop(peer, None)
+        self._pending = [c for c in self._pending if c.peer != peer]
+
+    # ------------------------------------------------------------ input
+    def received(
+        self,
+        peer: int,
+        link: int,
+        now: float,
+        *,
+        rtt_sample: float | None = None,
+        expected_interval: float | None = None,
+    ) -> list[LinkChange]:
+        """An authentic datagram from `peer` on `link`; unknown peers or links are ignored."""
+        self._now = max(self._now, now)
+        state = self._peers.get(peer)
+        if state is None or link not in state.links:
+            return []
+        lk = state.links[link]
+        interval = expected_interval or self._role_interval(state, link)
+        lk.lease_until = max(lk.lease_until, now + self._lease(interval))
+        lk.last_heard = now if lk.last_heard is None else max(lk.last_heard, now)
+        state.last_heard = max(state.last_heard, now)
+        lk.loss.arrive(now, interval)
+        if not lk.answered:
+            lk.answered, lk.streak = True, lk.streak + 1
+        if rtt_sample is not None and math.isfinite(rtt_sample):
+            sample = max(0.0, rtt_sample)
+            lk.rtt = sample if lk.rtt is None else lk.rtt + RTT_ALPHA * (sample - lk.rtt)
+        changes: list[LinkChange] = []
+        if not lk.up:
+            lk.up = True
+            changes.append(LinkUp(peer, link, f"link{link} heard from node {peer}"))
+        changes += self._reselect(peer, state)
+        if state.reach is not _Reach.REACHABLE:
+            was = state.reach
+            state.reach = _Reach.REACHABLE
+            why = "heard again" if was is _Reach.SUSPECTED else f"link{link} up"
+            changes.append(PeerReachable(peer, f"node {peer} reachable: {why}"))
+        return changes
+
+    def tick(self, now: float) -> list[LinkChange]:
+        """Expire leases, suspect silent peers, re-choose active links."""
+        self._now = max(self._now, now)
+        changes, self._pending = self._pending, []
+        for peer, state in sorted(self._peers.items()):
+            changes += self._tick_peer(peer, state, now)
+        return changes
+
+    def _tick_peer(self, peer: int, state: _Peer, now: float) -> list[LinkChange]:
+        changes: list[LinkChange] = []
+        silence = now - state.last_heard
+        if state.reach is _Reach.REACHABLE and silence >= self.timing.failure_timeout / 2:
+            state.reach = _Reach.SUSPECTED
+            changes.append(PeerSuspected(peer, f"node {peer} silent for {silence:.3f} s"))
+        for lk in sorted(state.links.values(), key=lambda x: x.index):
+            if lk.up and now >= lk.lease_until:
+                lk.up, lk.went_down, lk.streak = False, True, 0
+                changes.append(LinkDown(peer, lk.index, f"link{lk.index} silent, lease expired"))
+        changes += self._reselect(peer, state)
+        if state.reach is not _Reach.UNREACHABLE and not state.up_links():
+            state.reach = _Reach.UNREACHABLE
+            changes.append(PeerUnreachable(peer, f"node {peer}: no link up"))
+        return changes
+
+    # ------------------------------------------------------------ output
+    def due_sends(self, now: float) -> list[DueSend]:
+        """Heartbeats and probes due now, marked as sent."""
+        self._now = max(self._now, now)
+        out: list[DueSend] = []
+        for peer, state in sorted(self._peers.items()):
+            active = self._sending_link(state)
+            for index, lk in sorted(state.links.items()):
+                kind = "heartbeat" if index == active else "probe"
+                if lk.last_sent is None or now >= lk.last_sent + self._interval(kind):
+                    self._mark_sent(lk, now)
+                    out.append(DueSend(peer, index, kind))
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time `tick` or `due_sends` has something to do (None: nothing)."""
+        times: list[float] = []
+        for state in self._peers.values():
+            times += self._peer_deadlines(state)
+        return min(times, default=None)
+
+    def heard(self, now: float) -> frozenset[int]:
+        """Peers with a link whose lease covers `now`."""
+        return frozenset(
+            peer
+            for peer, state in self._peers.items()
+            if any(now < lk.lease_until for lk in state.links.values())
+        )
+
+    def active_link(self, peer: int) -> int | None:
+        """The link heartbeats to `peer` go on: the active one, else the best configured one."""
+        state = self._peers.get(peer)
+        return None if state is None else self._sending_link(state)
+
+    def stats(self, peer: int) -> list[LinkStats]:
+        """Per link state of `peer`, by link index (times relative to the latest `now` seen)."""
+        state = self._peers.get(peer)
+        if state is None:
+            return []
+        return [
+            LinkStats(
+                link=index,
+                up=lk.up,
+                active=index == state.active,
+                rtt_ms=None if lk.rtt is None else lk.rtt * 1000,
+                loss=lk.loss.loss(self._now),
+                last_heard_s=None if lk.last_heard is None else self._now - lk.last_heard,
+            )
+            for index, lk in sorted(state.links.items())
+        ]
+
+    @staticmethod
+    def rtt_from_echo(now_us: int, echo: Echo) -> float:
+        """Round trip in seconds: now - the echoed stamp - how long the peer held it."""
+        return (now_us - echo.stamp_us - echo.held_us) / 1e6
+
+    # ------------------------------------------------------------ internals
+    def _lease(self, interval: float) -> float:
+        """How long one datagram sent at `interval` keeps its link up."""
+        t = self.timing
+        return max(t.failure_timeout, LEASE_INTERVALS * interval + t.jitter_allowance)
+
+    def _interval(self, kind: str) -> float:
+        t = self.timing
+        return t.heartbeat_interval if kind == "heartbeat" else t.probe_interval
+
+    def _role_interval(self, state: _Peer, link: int) -> float:
+        return self._interval("heartbeat" if link == state.active else "probe")
+
+    @staticmethod
+    def _sending_link(state: _Peer) -> int | None:
+        return state.active if state.active is not None else state.default_link()
+
+    @staticmethod
+    def _mark_sent(lk: _Link, now: float) -> None:
+        """Close the current round: an unanswered one breaks the failback streak."""
+        if lk.last_sent is not None and not lk.answered:
+            lk.streak = 0
+        lk.answered = False
+        lk.last_sent = now
+
+    def _peer_deadlines(self, state: _Peer) -> list[float]:
+        times = [lk.lease_until for lk in state.links.values() if lk.up]
+        if state.reach is _Reach.REACHABLE:
+            times.append(state.last_heard + self.timing.failure_timeout / 2)
+        active = self._sending_link(state)
+        for index, lk in state.links.items():
+            kind = "heartbeat" if index == active else "probe"
+            sent = -math.inf if lk.last_sent is None else lk.last_sent
+            times.append(sent + self._interval(kind))
+        return times
+
+    def _choose(self, state: _Peer) -> _Link | None:
+        """Highest-priority up link; an up active link yields only to a settled better one."""
+        up = state.up_links()
+        current = state.links.get(state.active) if state.active is not None else None
+        if current is not None and current.up:
+            return max([current] + [lk for lk in up if lk.settled()], key=_Link.rank)
+        return max(up, key=lambda lk: (lk.settled(), lk.rank()), default=None)
+
+    def _reselect(self, peer: int, state: _Peer) -> list[LinkChange]:
+        best = self._choose(state)
+        new = None if best is None else best.index
+        old = state.active
+        if new == old:
+            return []
+        state.active = new
+        return [ActiveLinkChanged(peer, old, new, self._why(state, old, new))]
+
+    @staticmethod
+    def _why(state: _Peer, old: int | None, new: int | None) -> str:
+        if new is None:
+            return f"no link up (was link{old})"
+        if old is None:
+            return f"link{new} is the best link up"
+        old_link = state.links.get(old)
+        if old_link is None or not old_link.up:
+            return f"failover: link{old} down, link{new} is the best link up"
+        return f"failback: link{new} answered {FAILBACK_ROUNDS} rounds, outranks link{old}"
