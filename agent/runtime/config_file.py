@@ -1,0 +1,281 @@
+"""The agent's TOML file -> `AgentConfig`, with one-line errors that name the key and the fix.
+
+Adapter ring: reads a file with `tomllib`; `agent/config.py` owns the meaning and the checks
+(`AgentConfig.validate()`). The format is documented, with a full example, in docs/agent.md.
+Relative paths (key files, state directory, control socket) are taken relative to the file's
+directory, so a config and its key can travel together.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.config import (
+    MAX_LINKS,
+    AgentConfig,
+    ConfigError,
+    LinkConfig,
+    PeerConfig,
+    QdeviceConfig,
+    QuorumOptions,
+    TieBreaker,
+    Timing,
+)
+
+DEFAULT_PORT = 5407
+T = TypeVar("T")
+
+TOP_KEYS = {
+    "cluster_name", "node_id", "node_name", "key_files", "state_dir", "control_socket",
+    "discovery", "clock_skew_bound", "timing", "quorum", "qdevice", "link", "peer",
+}  # fmt: skip
+TIMING_KEYS = {"preset", *Timing.__dataclass_fields__}
+QUORUM_KEYS = set(QuorumOptions.__dataclass_fields__)
+QDEVICE_KEYS = set(QdeviceConfig.__dataclass_fields__)
+LINK_KEYS = {"index", "address", "port", "priority"}
+PEER_KEYS = {"node_id", "name", "votes", *(f"link{i}" for i in range(MAX_LINKS))}
+PRESETS: dict[str, Callable[[], Timing]] = {"lan": Timing.lan, "lab": Timing.lab}
+
+
+class _Table:
+    """One TOML table and its dotted name, with typed getters that fail in one line."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, known: set[str]) -> None:
+        self.data, self.where = data, where
+        for key in data:
+            if key not in known:
+                raise ConfigError(
+                    f"unknown key {self._name(key)}; known keys here: {', '.join(sorted(known))}"
+                )
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def _get(self, key: str, kinds: tuple[type, ...], example: str, default: Any) -> Any:
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise ConfigError(f"missing {self._name(key)}; add e.g. `{key} = {example}`")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ConfigError(
+                f"{self._name(key)} = {value!r} has the wrong type; write e.g. `{key} = {example}`"
+            )
+        return value
+
+    def text(self, key: str, example: str, default: Any = None) -> Any:
+        return self._get(key, (str,), f'"{example}"', default)
+
+    def integer(self, key: str, example: int, default: Any = None) -> Any:
+        return self._get(key, (int,), str(example), default)
+
+    def number(self, key: str, example: float, default: Any = None) -> Any:
+        value = self._get(key, (int, float), str(example), default)
+        return float(value) if isinstance(value, int) else value
+
+    def flag(self, key: str, default: Any = None) -> Any:
+        return self._get(key, (bool,), "true", default)
+
+    def items(self, key: str, kind: type[T], example: str) -> tuple[T, ...]:
+        values = self._get(key, (list,), example, [])
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{self._name(key)} must be a list; write e.g. `{key} = {example}`")
+        return tuple(values)
+
+    def tables(self, key: str) -> list[Mapping[str, Any]]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{self._name(key)} must be an array of tables: [[{key}]] entries")
+        return value
+
+    def table(self, key: str) -> Mapping[str, Any] | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{self._name(key)} must be a table: a [{key}] section")
+        return value
+
+
+_REQUIRED = object()
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read, parse and validate a config file; ConfigError (one line, names the file) if bad."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
+    try:
+        return parse_config(text, base=path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_config(text: str, base: Path = Path()) -> AgentConfig:
+    """An `AgentConfig` from TOML text; relative paths are resolved against `base`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    top = _Table(data, "", TOP_KEYS)
+    links = tuple(
+        _link(_Table(t, f"link[{i}]", LINK_KEYS)) for i, t in enumerate(top.tables("link"))
+    )
+    ports = {link.index: link.port for link in links}
+    peers = tuple(
+        _peer(_Table(t, f"peer[{i}]", PEER_KEYS), ports) for i, t in enumerate(top.tables("peer"))
+    )
+    qdevice_table = top.table("qdevice")
+    config = AgentConfig(
+        cluster_name=top.text("cluster_name", "prod", _REQUIRED),
+        node_id=top.integer("node_id", 1, _REQUIRED),
+        node_name=top.text("node_name", "node1", ""),
+        links=links,
+        peers=peers,
+        timing=_timing(_Table(top.table("timing") or {}, "timing", TIMING_KEYS)),
+        quorum=_quorum(_Table(top.table("quorum") or {}, "quorum", QUORUM_KEYS)),
+        qdevice=None if qdevice_table is None else _qdevice(qdevice_table, base),
+        clock_skew_bound=top.number("clock_skew_bound", 1.0, 1.0),
+        key_files=tuple(
+            _path(base, f) for f in top.items("key_files", str, '["/etc/votemesh/cluster.key"]')
+        ),
+        state_dir=_path(base, top.text("state_dir", "/var/lib/votemesh", "/var/lib/votemesh")),
+        control_socket=_path(
+            base, top.text("control_socket", "/run/votemesh/agent.sock", "/run/votemesh/agent.sock")
+        ),
+        discovery=top.flag("discovery", True),
+    )
+    if not config.key_files:
+        raise ConfigError('missing key_files; add e.g. `key_files = ["/etc/votemesh/cluster.key"]`')
+    config.validate()
+    return config
+
+
+def _path(base: Path, text: str) -> str:
+    return str(base / Path(text).expanduser())
+
+
+def _timing(t: _Table) -> Timing:
+    preset = t.text("preset", "lan", "lan")
+    if preset not in PRESETS:
+        raise ConfigError(f'timing.preset = "{preset}" is unknown; write "lan" or "lab"')
+    base = PRESETS[preset]()
+    return Timing(
+        heartbeat_interval=t.number("heartbeat_interval", 0.1, base.heartbeat_interval),
+        missed_heartbeats=t.integer("missed_heartbeats", 6, base.missed_heartbeats),
+        jitter_allowance=t.number("jitter_allowance", 0.05, base.jitter_allowance),
+        probe_interval=t.number("probe_interval", 1.0, base.probe_interval),
+        agreement_rounds=t.integer("agreement_rounds", 3, base.agreement_rounds),
+    )
+
+
+def _quorum(t: _Table) -> QuorumOptions:
+    breaker = t.text("auto_tie_breaker_node", "lowest", "lowest")
+    try:
+        tie_breaker = TieBreaker(breaker)
+    except ValueError:
+        raise ConfigError(
+            f'quorum.auto_tie_breaker_node = "{breaker}" is unknown; write "lowest", "highest" '
+            'or "list" (with tie_breaker_nodes = [1, 2])'
+        ) from None
+    return QuorumOptions(
+        votes=t.integer("votes", 1, 1),
+        expected_votes=t.integer("expected_votes", 3, None),
+        two_node=t.flag("two_node", False),
+        wait_for_all=t.flag("wait_for_all", None),
+        last_man_standing=t.flag("last_man_standing", False),
+        last_man_standing_window=t.number("last_man_standing_window", 10.0, 10.0),
+        auto_tie_breaker=t.flag("auto_tie_breaker", False),
+        auto_tie_breaker_node=tie_breaker,
+        tie_breaker_nodes=t.items("tie_breaker_nodes", int, "[1, 2]"),
+    )
+
+
+def _qdevice(data: Mapping[str, Any], base: Path) -> QdeviceConfig:
+    t = _Table(data, "qdevice", QDEVICE_KEYS)
+    pem = {k: t.text(k, f"/etc/votemesh/qdevice/{k[:-4]}.pem", "") for k in ("ca_pem", "cert_pem")}
+    key_pem = t.text("key_pem", "/etc/votemesh/qdevice/client.key", "")
+    return QdeviceConfig(
+        host=t.text("host", "qnetd.example.net", _REQUIRED),
+        port=_port(t, "port", 5403),
+        algorithm=t.text("algorithm", "ffsplit", "ffsplit"),
+        tie_breaker=t.text("tie_breaker", "lowest", "lowest"),
+        tls=t.text("tls", "on", "on"),
+        ca_pem=_path(base, pem["ca_pem"]) if pem["ca_pem"] else "",
+        cert_pem=_path(base, pem["cert_pem"]) if pem["cert_pem"] else "",
+        key_pem=_path(base, key_pem) if key_pem else "",
+        votes=t.integer("votes", 1, None),
+        heartbeat_interval=t.number("heartbeat_interval", 8.0, 8.0),
+        heuristics=t.items("heuristics", str, '["/usr/local/bin/check-uplink"]'),
+        heuristics_timeout=t.number("heuristics_timeout", 5.0, 5.0),
+    )
+
+
+def _port(t: _Table, key: str, default: int) -> int:
+    port: int = t.integer(key, default, default)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{t.where}.{key} = {port} is not a UDP/TCP port (1-65535)")
+    return port
+
+
+def _address(text: str, where: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(
+            f'{where} = "{text}" is not an IP address; write e.g. "192.0.2.10" or "fd00::10"'
+        ) from None
+
+
+def _link(t: _Table) -> LinkConfig:
+    index = t.integer("index", 0, _REQUIRED)
+    if not 0 <= index < MAX_LINKS:
+        raise ConfigError(f"{t.where}.index = {index}; links are numbered 0 to {MAX_LINKS - 1}")
+    return LinkConfig(
+        index=index,
+        address=_address(t.text("address", "192.0.2.10", _REQUIRED), f"{t.where}.address"),
+        port=_port(t, "port", DEFAULT_PORT),
+        priority=t.integer("priority", 0, 0),
+    )
+
+
+def _peer(t: _Table, ports: dict[int, int]) -> PeerConfig:
+    addresses = []
+    for index in range(MAX_LINKS):
+        key = f"link{index}"
+        text = t.text(key, "192.0.2.11:5407", None)
+        if text is not None:
+            host, port = _host_port(text, ports.get(index, DEFAULT_PORT), f"{t.where}.{key}")
+            addresses.append((index, host, port))
+    if not addresses:
+        raise ConfigError(f'{t.where} has no address; add e.g. `link0 = "192.0.2.11:5407"`')
+    return PeerConfig(
+        node_id=t.integer("node_id", 2, _REQUIRED),
+        name=t.text("name", "node2", ""),
+        addresses=tuple(addresses),
+        votes=t.integer("votes", 1, 1),
+    )
+
+
+def _host_port(text: str, default_port: int, where: str) -> tuple[str, int]:
+    """ "HOST", "HOST:PORT", "[V6]:PORT" or a bare IPv6 address."""
+    host, port = text, default_port
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f'{where} = "{text}"; write "[fd00::11]:5407" or "fd00::11"')
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        port_text = ""
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(f'{where} = "{text}": the port must be 1-65535')
+        port = int(port_text)
+    return _address(host, where), port

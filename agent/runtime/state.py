@@ -1,0 +1,103 @@
+"""Persisted agent state: the per-boot incarnation and the highest ring sequence seen.
+
+Adapter ring: files in `config.state_dir`, each one decimal number, replaced atomically (write a
+temporary file, fsync, rename, fsync the directory) so a crash leaves the old or the new value.
+
+* `incarnation`: strictly larger on every start, even when the wall clock went back:
+  max(last + 1, wall-clock microseconds). It goes into every datagram nonce, so a (key, nonce)
+  pair is never reused across restarts (shared/ref/platform-facts.md).
+* `max_seq`: the highest ring sequence this node has seen or made, so a restarted node never
+  proposes one sequence for two member sets (docs/design.md §3.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.config import ConfigError
+
+MAX_U64 = 0xFFFFFFFFFFFFFFFF
+INCARNATION_FILE = "incarnation"
+MAX_SEQ_FILE = "max_seq"
+
+
+def wall_clock_us() -> int:
+    """Microseconds since the epoch (the time-based lower bound of an incarnation)."""
+    return time.time_ns() // 1000
+
+
+class StateDir:
+    """The agent's state directory (created 0700 when missing)."""
+
+    def __init__(self, path: Path, clock_us: Callable[[], int] = wall_clock_us) -> None:
+        self.path = path
+        self._clock_us = clock_us
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except PermissionError:
+            raise ConfigError(
+                f"state_dir {path}: permission denied; run as root or set state_dir"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"state_dir {path}: {exc.strerror or exc}") from None
+
+    def next_incarnation(self) -> int:
+        """A fresh incarnation, persisted before it is returned (never handed out twice)."""
+        last = self._read(INCARNATION_FILE)
+        value = max(last + 1, self._clock_us(), 1)
+        if value > MAX_U64:
+            raise ConfigError(
+                f"{self.path / INCARNATION_FILE} is exhausted; remove it to restart from the clock"
+            )
+        self._write(INCARNATION_FILE, value)
+        return value
+
+    def load_max_seq(self) -> int:
+        """The persisted highest ring sequence (0 on a first start)."""
+        return self._read(MAX_SEQ_FILE)
+
+    def store_max_seq(self, value: int) -> None:
+        """Persist a higher ring sequence (lower values are ignored)."""
+        if value > self._read(MAX_SEQ_FILE):
+            self._write(MAX_SEQ_FILE, value)
+
+    def _read(self, name: str) -> int:
+        path = self.path / name
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        if not text.isdigit() or int(text) > MAX_U64:
+            raise ConfigError(f"{path} is corrupt ({text[:20]!r}); remove it and start again")
+        return int(text)
+
+    def _write(self, name: str, value: int) -> None:
+        target = self.path / name
+        tmp = target.with_name(f".{name}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, f"{value}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(target)
+            _fsync_dir(self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
