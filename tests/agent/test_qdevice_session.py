@@ -1,0 +1,739 @@
+"""agent/qdevice_session.py against scripted qnetd messages: states, seqs, TLS, votes, timers.
+
+Pure: no sockets, no clock. Each test drives the session with explicit `now` values and checks
+the effects it returns (reference sections 4.1-4.8 and 7.1).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import replace
+from typing import cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import QdeviceConfig
+from agent.qdevice_protocol import Timers
+from agent.qdevice_session import (
+    Close,
+    Connect,
+    QdEffect,
+    QdeviceSession,
+    RunHeuristics,
+    SendMsg,
+    SessionEvent,
+    StartTls,
+    VoteChanged,
+)
+from proto.errors import LocalProtocolError
+from proto.qnetd_enums import (
+    DecisionAlgorithm,
+    Heuristics,
+    NodeListType,
+    NodeState,
+    OptionType,
+    TieBreakerMode,
+    Vote,
+)
+from proto.qnetd_messages import (
+    ALL_MESSAGE_TYPES,
+    ALL_OPTION_TYPES,
+    AskForVoteReply,
+    EchoReply,
+    EchoRequest,
+    HeuristicsChange,
+    HeuristicsChangeReply,
+    Init,
+    InitReply,
+    NodeList,
+    NodeListReply,
+    Preinit,
+    PreinitReply,
+    QnetdMessage,
+    ServerError,
+    SetOption,
+    SetOptionReply,
+    VoteInfo,
+    VoteInfoReply,
+    decode,
+)
+from proto.qnetd_messages import StartTls as StartTlsMsg
+from proto.qnetd_options import NodeInfo, RingId
+
+RING = (1, 0x10)
+RING_ID = RingId(1, 0x10)
+NEW_RING_ID = RingId(1, 0x14)
+HB = 8.0  # default heartbeat: echo period, connect timeout
+
+
+def config(**changes: object) -> QdeviceConfig:
+    """A TLS-on ffsplit configuration (the session never reads the PEM files)."""
+    base = QdeviceConfig(host="127.0.0.1", ca_pem="ca", cert_pem="c", key_pem="k")
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def messages(effects: list[QdEffect]) -> list[QnetdMessage]:
+    """The decoded messages among the effects, in order."""
+    return [decode(e.data) for e in effects if isinstance(e, SendMsg)]
+
+
+def one(effects: list[QdEffect], kind: type[QdEffect]) -> QdEffect:
+    """The single effect of `kind`."""
+    found = [e for e in effects if isinstance(e, kind)]
+    assert len(found) == 1, effects
+    return found[0]
+
+
+def closes(effects: list[QdEffect]) -> Close:
+    """The Close effect (there must be exactly one)."""
+    close = one(effects, Close)
+    assert isinstance(close, Close)
+    return close
+
+
+def init_reply(seq: int | None, **changes: object) -> InitReply:
+    """A good INIT_REPLY as qnetd 3.0.3 sends it (reference TV5), with `changes`."""
+    good = InitReply(
+        reply_error_code=0,
+        supported_messages=ALL_MESSAGE_TYPES,
+        supported_options=ALL_OPTION_TYPES,
+        seq=seq,
+        server_maximum_request_size=32768,
+        server_maximum_reply_size=32768,
+        supported_decision_algorithms=(0, 1, 2, 3),
+    )
+    return replace(good, **changes)  # type: ignore[arg-type]
+
+
+def ready(session: QdeviceSession, now: float = 0.0) -> list[QdEffect]:
+    """Tell the session the config, the ring and the quorum of a 2-node cluster."""
+    effects = session.set_config((1, 2), 7, now)
+    effects += session.set_membership(RING, (1, 2), now)
+    return effects + session.set_quorum(True, (1, 2), now)
+
+
+def to_init_reply(session: QdeviceSession, now: float = 0.0) -> int:
+    """Drive a ready session through PREINIT (and TLS) to INIT; returns the INIT seq."""
+    assert Connect() in ready(session, now)
+    preinit = messages(session.connected(now))[0]
+    tls = 0 if session._cfg.tls == "off" else 1
+    effects = session.received(PreinitReply(preinit.seq, tls, True), now)
+    if StartTls() in effects:
+        effects = session.tls_established(now)
+    init = messages(effects)[0]
+    assert isinstance(init, Init)
+    assert init.seq is not None
+    return init.seq
+
+
+def connected(cfg: QdeviceConfig | None = None, now: float = 0.0, **kw: object) -> QdeviceSession:
+    """A session in state connected (initial burst sent, no vote yet)."""
+    session = QdeviceSession(1, "testcluster", cfg or config(), **kw)  # type: ignore[arg-type]
+    seq = to_init_reply(session, now)
+    session.received(init_reply(seq), now)
+    if session._cfg.heuristics:
+        session.heuristics_result(True, now)
+    assert session.state == "connected"
+    return session
+
+
+def voting(now: float = 0.0) -> QdeviceSession:
+    """A connected session whose device vote counts (VOTE_INFO ACK for its ring)."""
+    session = connected(now=now)
+    session.received(VoteInfo(seq=1, vote=Vote.ACK, ring_id=RING_ID), now)
+    assert session.vote
+    return session
+
+
+# ----- connecting ------------------------------------------------------------------------------
+
+
+def test_connects_only_once_ring_and_config_are_known() -> None:
+    """No Connect (and no deadline) until set_config and set_membership were both called."""
+    session = QdeviceSession(1, "c", config())
+    assert session.state == "disconnected"
+    assert session.next_deadline() is None
+    assert session.set_config((1, 2), 1, 0.0) == []
+    assert session.tick(5.0) == []
+    assert session.set_membership(RING, (1, 2), 5.0) == [Connect()]
+    assert session.state == "connecting"
+    assert session.next_deadline() == 5.0 + HB
+
+
+def test_seq_numbering_with_tls_matches_the_reference() -> None:
+    """Fresh process with TLS: PREINIT=1, STARTTLS=2, INIT=3, SET_OPTION=4, lists 5, 6, 7."""
+    session = QdeviceSession(1, "testcluster", config())
+    ready(session)
+    [preinit] = messages(session.connected(0.0))
+    assert preinit == Preinit(seq=1, cluster_name=b"testcluster")
+    assert session.state == "waiting_preinit_reply"
+    effects = session.received(PreinitReply(1, 1, True), 0.0)
+    assert messages(effects) == [StartTlsMsg(seq=2)]
+    assert effects[-1] == StartTls()  # after the STARTTLS bytes
+    assert session.state == "tls"
+    [init] = messages(session.tls_established(0.0))
+    assert isinstance(init, Init)
+    assert init.seq == 3
+    assert session.state == "waiting_init_reply"
+    burst = messages(session.received(init_reply(3), 0.0))
+    assert [m.seq for m in burst] == [4, 5, 6, 7]
+
+
+def test_seq_numbering_without_tls() -> None:
+    """Plain connection: PREINIT=1, INIT=2 (INIT pre-increments; no STARTTLS)."""
+    session = QdeviceSession(1, "c", config(tls="off"))
+    ready(session)
+    session.connected(0.0)
+    effects = session.received(PreinitReply(1, 0, True), 0.0)
+    assert StartTls() not in effects
+    assert [m.seq for m in messages(effects)] == [2]
+
+
+def test_seq_is_never_reset_on_reconnect() -> None:
+    """After a reconnect PREINIT re-uses the last number; the next INIT pre-increments it."""
+    session = connected(rng=random.Random(1))  # last seq used: 7
+    close = closes(session.disconnected("peer closed", 1.0))
+    assert close.reconnect_at is not None
+    assert session.tick(close.reconnect_at) == [Connect()]
+    [preinit] = messages(session.connected(close.reconnect_at))
+    assert preinit.seq == 7
+    effects = session.received(PreinitReply(7, 1, True), close.reconnect_at)
+    assert messages(effects)[0].seq == 8
+
+
+def test_init_carries_node_algorithm_heartbeat_tie_breaker_and_ring() -> None:
+    """INIT: all message/option types, node id, algorithm, heartbeat in ms, tie-breaker, ring."""
+    session = QdeviceSession(4, "c", config(tls="off", algorithm="lms", tie_breaker="3"))
+    ready(session)
+    session.connected(0.0)
+    [init] = messages(session.received(PreinitReply(1, 1, True), 0.0))
+    assert isinstance(init, Init)
+    assert init.supported_messages == ALL_MESSAGE_TYPES
+    assert init.supported_options == ALL_OPTION_TYPES
+    assert init.node_id == 4
+    assert init.decision_algorithm == DecisionAlgorithm.LMS
+    assert init.heartbeat_interval == 8000
+    assert init.tie_breaker is not None
+    assert (init.tie_breaker.mode, init.tie_breaker.node_id) == (TieBreakerMode.NODE_ID, 3)
+    assert init.ring_id == RING_ID
+
+
+@pytest.mark.parametrize(("seconds", "ms"), [(0.2, 1000), (2.5, 2500), (500.0, 120000)])
+def test_heartbeat_is_clamped_like_qdevice(seconds: float, ms: int) -> None:
+    """The INIT heartbeat is clamped to [1000, 120000] ms (reference 8.1)."""
+    assert Timers.of(config(heartbeat_interval=seconds)).heartbeat_ms == ms
+
+
+@pytest.mark.parametrize(
+    ("server", "client", "outcome"),
+    [
+        (0, "off", "plain"),
+        (0, "on", "plain"),
+        (0, "required", "incompatible"),
+        (1, "off", "plain"),
+        (1, "on", "tls"),
+        (1, "required", "tls"),
+        (2, "off", "incompatible"),
+        (2, "on", "tls"),
+        (2, "required", "tls"),
+    ],
+)
+def test_tls_decision_table(server: int, client: str, outcome: str) -> None:
+    """Reference 4.3: server TLS mode x client setting -> STARTTLS, plain INIT, or give up."""
+    session = QdeviceSession(1, "c", config(tls=client))
+    ready(session)
+    session.connected(0.0)
+    effects = session.received(PreinitReply(1, server, False), 0.0)
+    if outcome == "incompatible":
+        assert closes(effects).reconnect_at is None
+        assert session.state == "disconnected"
+    elif outcome == "tls":
+        assert messages(effects) == [StartTlsMsg(seq=2)]
+        assert effects[-1] == StartTls()
+    else:
+        assert isinstance(messages(effects)[0], Init)
+        assert session.state == "waiting_init_reply"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [PreinitReply(2, 1, True), PreinitReply(None, 1, True), PreinitReply(1, None, True)],
+    ids=["wrong-seq", "no-seq", "no-tls-option"],
+)
+def test_bad_preinit_reply_gives_up(reply: PreinitReply) -> None:
+    """PREINIT_REPLY must echo our seq and carry both TLS options, else disconnect for good."""
+    session = QdeviceSession(1, "c", config())
+    ready(session)
+    session.connected(0.0)
+    assert closes(session.received(reply, 0.0)).reconnect_at is None
+    assert session.next_deadline() is None
+
+
+@pytest.mark.parametrize(
+    ("code", "retries"), [(c, c in {15, 16, 17}) for c in (15, 16, 17, 6, 7, 11, 12, 13, 18)]
+)
+def test_init_reply_error_codes(code: int, retries: bool) -> None:
+    """INIT_REPLY codes 15/16/17 reconnect after the backoff; every other code gives up."""
+    session = QdeviceSession(1, "c", config(), rng=random.Random(3))
+    seq = to_init_reply(session, 1.0)
+    close = closes(session.received(init_reply(seq, reply_error_code=code), 2.0))
+    assert str(code) in close.reason
+    if retries:
+        assert close.reconnect_at is not None
+        assert 2.0 <= close.reconnect_at <= 2.0 + 0.9 * 0.625 * HB
+    else:
+        assert close.reconnect_at is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"seq": 99}, "seq"),
+        ({"reply_error_code": None}, "error code"),
+        ({"server_maximum_request_size": None}, "sizes"),
+        ({"supported_options": None}, "lists"),
+        ({"supported_decision_algorithms": None}, "algorithms"),
+        ({"server_maximum_request_size": 32767}, "size"),
+        ({"server_maximum_reply_size": 16 * 1024 * 1024 + 1}, "size"),
+        ({"supported_decision_algorithms": (0, 3)}, "algorithm"),
+    ],
+)
+def test_bad_init_reply_gives_up(changes: dict[str, object], why: str) -> None:
+    """Each INIT_REPLY check of reference 4.5 (seq, options, sizes, algorithm) gives up."""
+    session = QdeviceSession(1, "c", config())
+    seq = to_init_reply(session)
+    if "seq" not in changes:
+        changes = {"seq": seq, **changes}
+    close = closes(session.received(init_reply(**changes), 0.0))  # type: ignore[arg-type]
+    assert close.reconnect_at is None
+    assert why in close.reason
+
+
+def test_heuristics_need_the_server_heuristics_option() -> None:
+    """With heuristics configured, a server that lacks option 22 is refused for good."""
+    session = QdeviceSession(1, "c", config(heuristics=("true",)))
+    seq = to_init_reply(session)
+    options = tuple(o for o in ALL_OPTION_TYPES if o != OptionType.HEURISTICS)
+    close = closes(session.received(init_reply(seq, supported_options=options), 0.0))
+    assert close.reconnect_at is None
+
+
+def test_initial_burst_contents_and_connected_event() -> None:
+    """After INIT_REPLY: SET_OPTION KAP on, config list, membership list, quorum list."""
+    session = QdeviceSession(1, "c", config())
+    seq = to_init_reply(session)
+    effects = session.received(init_reply(seq), 0.0)
+    kap, config_msg, membership, quorum = messages(effects)
+    assert kap == SetOption(seq=4, keep_active_partition_tie_breaker=True)
+    assert config_msg == NodeList(
+        seq=5,
+        node_list_type=NodeListType.INITIAL_CONFIG,
+        config_version=7,
+        nodes=(NodeInfo(1), NodeInfo(2)),
+    )
+    assert membership == NodeList(
+        seq=6,
+        node_list_type=NodeListType.MEMBERSHIP,
+        ring_id=RING_ID,
+        nodes=(NodeInfo(1), NodeInfo(2)),
+    )
+    assert isinstance(quorum, NodeList)
+    assert quorum.node_list_type == NodeListType.QUORUM
+    assert quorum.quorate is True
+    assert [n.state for n in quorum.nodes] == [NodeState.MEMBER, NodeState.MEMBER]
+    assert one(effects, SessionEvent) == SessionEvent("connected", "qnetd 127.0.0.1:5403")
+    assert session.state == "connected"
+    assert not session.vote
+    assert session.next_deadline() == HB  # echo timer started at INIT_REPLY
+
+
+def test_no_set_option_when_server_lacks_kap() -> None:
+    """SET_OPTION KAP is sent only if the server listed option 23."""
+    session = QdeviceSession(1, "c", config())
+    seq = to_init_reply(session)
+    options = tuple(
+        o for o in ALL_OPTION_TYPES if o != OptionType.KEEP_ACTIVE_PARTITION_TIE_BREAKER
+    )
+    burst = messages(session.received(init_reply(seq, supported_options=options), 0.0))
+    assert [type(m) for m in burst] == [NodeList, NodeList, NodeList]
+
+
+def test_max_receive_size_follows_the_server() -> None:
+    """32768 before INIT_REPLY; then SERVER_MAXIMUM_REPLY_SIZE."""
+    session = QdeviceSession(1, "c", config())
+    seq = to_init_reply(session)
+    assert session.max_receive_size == 32768
+    session.received(init_reply(seq, server_maximum_reply_size=65536), 0.0)
+    assert session.max_receive_size == 65536
+
+
+# ----- votes -----------------------------------------------------------------------------------
+
+
+def test_vote_info_ack_counts_and_is_acknowledged_with_its_seq() -> None:
+    """VOTE_INFO ACK for our ring: vote True, VoteChanged, VOTE_INFO_REPLY with the same seq."""
+    session = connected()
+    effects = session.received(VoteInfo(seq=41, vote=Vote.ACK, ring_id=RING_ID), 1.0)
+    assert messages(effects) == [VoteInfoReply(seq=41)]
+    assert one(effects, VoteChanged) == VoteChanged(True, f"ACK from qnetd for ring {RING_ID}")
+    assert session.vote
+
+
+def test_vote_for_another_ring_is_ignored_but_acknowledged() -> None:
+    """A vote whose ring id is not the one we last sent is NO_CHANGE; it is still replied to."""
+    session = connected()
+    effects = session.received(VoteInfo(seq=2, vote=Vote.ACK, ring_id=NEW_RING_ID), 1.0)
+    assert messages(effects) == [VoteInfoReply(seq=2)]
+    assert not session.vote
+    assert not any(isinstance(e, VoteChanged) for e in effects)
+
+
+@pytest.mark.parametrize(
+    ("vote", "counted"),
+    [
+        (Vote.ACK, True),
+        (Vote.NACK, False),
+        (Vote.WAIT_FOR_REPLY, False),
+        (Vote.ASK_LATER, False),
+        (Vote.NO_CHANGE, True),
+    ],
+)
+def test_votes_in_replies(vote: Vote, counted: bool) -> None:
+    """After an ACK: NACK withholds, WAIT/ASK_LATER stop the vote, NO_CHANGE keeps it."""
+    session = voting()
+    reply = NodeListReply(seq=8, node_list_type=3, ring_id=RING_ID, vote=vote)
+    effects = session.received(reply, 1.0)
+    assert messages(effects) == []
+    assert session.vote is counted
+
+
+def test_ask_for_vote_and_heuristics_replies_carry_votes() -> None:
+    """ASK_FOR_VOTE_REPLY and HEURISTICS_CHANGE_REPLY are consumed like any other vote."""
+    session = connected()
+    session.received(AskForVoteReply(seq=9, vote=Vote.ACK, ring_id=RING_ID), 1.0)
+    assert session.vote
+    reply = HeuristicsChangeReply(seq=10, vote=Vote.NACK, ring_id=RING_ID, heuristics=2)
+    session.received(reply, 1.0)
+    assert not session.vote
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        VoteInfo(seq=None, vote=Vote.ACK, ring_id=RING_ID),
+        VoteInfo(seq=1, vote=None, ring_id=RING_ID),
+        VoteInfo(seq=1, vote=Vote.ACK, ring_id=None),
+        NodeListReply(seq=1, node_list_type=None, ring_id=RING_ID, vote=Vote.ACK),
+        HeuristicsChangeReply(seq=1, vote=Vote.ACK, ring_id=RING_ID, heuristics=None),
+    ],
+    ids=["no-seq", "no-vote", "no-ring", "no-list-type", "no-heuristics"],
+)
+def test_vote_message_without_required_option_gives_up(msg: QnetdMessage) -> None:
+    """Reference 3.2: every vote-bearing message needs its TLVs; a missing one = disconnect."""
+    session = voting()
+    effects = session.received(msg, 1.0)
+    assert closes(effects).reconnect_at is None
+    assert VoteChanged(False, "qnetd connection lost: " + closes(effects).reason) in effects
+
+
+def test_membership_change_pauses_the_vote_until_acked_for_the_new_ring() -> None:
+    """New ring: vote off at once, membership list with the new ring, old-ring ACK ignored."""
+    session = voting()
+    effects = session.set_membership((1, 0x14), (1,), 2.0)
+    assert one(effects, VoteChanged) == VoteChanged(
+        False, f"membership change to ring {NEW_RING_ID}"
+    )
+    [membership] = messages(effects)
+    assert isinstance(membership, NodeList)
+    assert (membership.ring_id, membership.nodes) == (NEW_RING_ID, (NodeInfo(1),))
+    assert membership.heuristics is None
+    session.received(VoteInfo(seq=2, vote=Vote.ACK, ring_id=RING_ID), 2.1)
+    assert not session.vote
+    session.received(VoteInfo(seq=3, vote=Vote.ACK, ring_id=NEW_RING_ID), 2.2)
+    assert session.vote
+
+
+def test_quorum_and_config_changes_are_sent_as_lists() -> None:
+    """set_quorum sends a quorum list (dead nodes marked); a changed config a type-1 list."""
+    session = connected()
+    [quorum] = messages(session.set_quorum(False, (1,), 1.0))
+    assert isinstance(quorum, NodeList)
+    assert quorum.quorate is False
+    assert quorum.nodes == (NodeInfo(1, state=NodeState.MEMBER), NodeInfo(2, state=NodeState.DEAD))
+    assert session.set_config((1, 2), 7, 1.0) == []  # unchanged
+    [changed] = messages(session.set_config((1, 2, 3), 8, 1.0))
+    assert isinstance(changed, NodeList)
+    assert (changed.node_list_type, changed.config_version) == (NodeListType.CHANGED_CONFIG, 8)
+
+
+def test_message_over_the_server_request_limit_gives_up() -> None:
+    """A node list larger than SERVER_MAXIMUM_REQUEST_SIZE disconnects without reconnect."""
+    session = connected()
+    effects = session.set_config(tuple(range(1, 3001)), 8, 1.0)
+    assert closes(effects).reconnect_at is None
+    assert messages(effects) == []
+
+
+# ----- heuristics ------------------------------------------------------------------------------
+
+
+def test_connect_heuristics_run_before_the_initial_burst() -> None:
+    """Heuristics on: INIT_REPLY asks for RunHeuristics; the burst follows with the result."""
+    session = QdeviceSession(1, "c", config(heuristics=("true",)))
+    seq = to_init_reply(session)
+    assert session.received(init_reply(seq), 0.0) == [RunHeuristics()]
+    assert session.state == "waiting_init_reply"
+    burst = messages(session.heuristics_result(True, 0.5))
+    membership = burst[2]
+    assert isinstance(membership, NodeList)
+    assert membership.heuristics == Heuristics.PASS
+    assert session.state == "connected"
+
+
+def test_membership_heuristics_delay_membership_and_quorum_lists() -> None:
+    """Heuristics on: a new ring asks for RunHeuristics; its result goes with the new list."""
+    session = connected(config(heuristics=("true",)))
+    effects = session.set_membership((1, 0x14), (1,), 1.0)
+    assert RunHeuristics() in effects
+    assert messages(effects) == []
+    assert session.set_quorum(False, (1,), 1.1) == []  # waits for the membership list
+    assert session.set_membership((1, 0x18), (1,), 1.2) == []  # one run at a time
+    membership, quorum = messages(session.heuristics_result(False, 1.5))
+    assert isinstance(membership, NodeList)
+    assert isinstance(quorum, NodeList)
+    assert (membership.ring_id, membership.heuristics) == (RingId(1, 0x18), Heuristics.FAIL)
+    assert quorum.quorate is False
+
+
+def test_changed_regular_heuristics_send_heuristics_change() -> None:
+    """An unsolicited heuristics result that differs from the last one sends HEURISTICS_CHANGE."""
+    session = connected(config(heuristics=("true",)))  # connect heuristics passed
+    assert session.heuristics_result(True, 1.0) == []
+    [change] = messages(session.heuristics_result(False, 2.0))
+    assert isinstance(change, HeuristicsChange)
+    assert change.heuristics == Heuristics.FAIL
+
+
+# ----- echoes and timers -----------------------------------------------------------------------
+
+
+def test_echo_every_heartbeat_and_disconnect_when_a_reply_is_missing() -> None:
+    """Echo seqs 1, 2, ...; a reply not back by the next tick disconnects with a reconnect."""
+    session = QdeviceSession(1, "c", config(), rng=random.Random(5))
+    seq = to_init_reply(session)
+    session.received(init_reply(seq), 0.0)
+    session.received(VoteInfo(seq=1, vote=Vote.ACK, ring_id=RING_ID), 0.0)
+    assert session.tick(HB - 0.1) == []
+    assert messages(session.tick(HB)) == [EchoRequest(seq=1)]
+    assert session.received(EchoReply(seq=1), HB + 0.01) == []
+    assert session.next_deadline() == 2 * HB
+    assert messages(session.tick(2 * HB)) == [EchoRequest(seq=2)]
+    effects = session.tick(3 * HB)
+    close = closes(effects)
+    assert close.reason == "echo reply missing"
+    assert close.reconnect_at is not None
+    assert 3 * HB <= close.reconnect_at <= 3 * HB + 0.9 * 0.625 * HB
+    assert SessionEvent("disconnected", "echo reply missing") in effects
+    assert VoteChanged(False, "qnetd connection lost: echo reply missing") in effects
+
+
+def test_echo_reply_with_wrong_seq_gives_up() -> None:
+    """An ECHO_REPLY whose seq is not the last one sent disconnects (reference 4.7)."""
+    session = connected()
+    session.tick(HB)
+    assert closes(session.received(EchoReply(seq=7), HB + 0.1)).reconnect_at is None
+
+
+def test_first_echo_after_a_reconnect_is_seq_1() -> None:
+    """After reconnecting, ECHO_REQUEST seqs start at 1 again."""
+    session = connected(rng=random.Random(2))
+    session.tick(HB)
+    session.received(EchoReply(seq=1), HB)
+    close = closes(session.disconnected("reset", HB + 1))
+    assert close.reconnect_at is not None
+    at = close.reconnect_at
+    session.tick(at)
+    session.connected(at)
+    session.received(PreinitReply(7, 0, True), at)
+    session.received(init_reply(8), at)
+    assert messages(session.tick(at + HB)) == [EchoRequest(seq=1)]
+
+
+def test_connect_timeout_without_tcp_retries_at_once() -> None:
+    """No TCP within connect_timeout: Close and an immediate new Connect (no backoff)."""
+    session = QdeviceSession(1, "c", config())
+    ready(session, 10.0)
+    effects = session.tick(10.0 + HB)
+    assert effects == [Close("connect timeout", 10.0 + HB), Connect()]
+
+
+def test_connect_timeout_after_tcp_backs_off() -> None:
+    """TCP up but no INIT_REPLY within connect_timeout: Close, reconnect after the backoff."""
+    session = QdeviceSession(1, "c", config(), rng=random.Random(9))
+    to_init_reply(session, 10.0)
+    effects = session.tick(10.0 + HB)
+    expected = 10.0 + HB + random.Random(9).uniform(0, 0.9 * 0.625 * HB)
+    assert effects == [Close("connect timeout", expected)]
+    assert session.next_deadline() == expected
+    assert session.tick(expected - 0.01) == []
+    assert session.tick(expected) == [Connect()]
+
+
+def test_refused_connect_is_retried_when_the_connect_timer_expires() -> None:
+    """A connect that fails before TCP is up is retried at connect start + connect_timeout."""
+    session = QdeviceSession(1, "c", config())
+    ready(session, 3.0)
+    assert session.disconnected("connection refused", 3.5) == [
+        Close("connection refused", 3.0 + HB)
+    ]
+    assert session.tick(3.0 + HB) == [Connect()]
+
+
+def test_lost_connection_withdraws_the_vote_and_reconnects_with_injected_randomness() -> None:
+    """Losing qnetd: VoteChanged(False), 'disconnected', reconnect_at = now + rng draw."""
+    session = voting()
+    session._rng = random.Random(42)
+    effects = session.disconnected("server closed the connection", 4.0)
+    delay = random.Random(42).uniform(0, 0.9 * 0.625 * HB)
+    assert effects == [
+        Close("server closed the connection", 4.0 + delay),
+        SessionEvent("disconnected", "server closed the connection"),
+        VoteChanged(False, "qnetd connection lost: server closed the connection"),
+    ]
+    assert not session.vote
+    assert session.disconnected("again", 4.1) == []
+
+
+@pytest.mark.parametrize(("algorithm", "retries"), [("ffsplit", False), ("lms", True)])
+def test_server_error_gives_up_except_with_lms(algorithm: str, retries: bool) -> None:
+    """SERVER_ERROR disconnects; qdevice exits with ffsplit but always reconnects with lms."""
+    session = connected(config(algorithm=algorithm))
+    close = closes(session.received(ServerError(seq=5, reply_error_code=11), 1.0))
+    assert (close.reconnect_at is not None) is retries
+
+
+def test_given_up_session_never_reconnects() -> None:
+    """After Close(reconnect_at=None) there is no deadline and tick never connects."""
+    session = connected()
+    session.received(ServerError(reply_error_code=4), 1.0)
+    assert session.next_deadline() is None
+    assert session.tick(1e9) == []
+    assert session.set_membership((1, 0x20), (1, 2), 1e9) == []
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Preinit(seq=1, cluster_name=b"c"),
+        EchoRequest(seq=1),
+        InitReply(seq=3, reply_error_code=0),
+        PreinitReply(1, 1, True),
+    ],
+    ids=["client-type", "client-echo", "second-init-reply", "late-preinit-reply"],
+)
+def test_unexpected_message_when_connected_gives_up(msg: QnetdMessage) -> None:
+    """Client-to-server types, or a known type in the wrong state, disconnect for good."""
+    session = connected()
+    close = closes(session.received(msg, 1.0))
+    assert close.reconnect_at is None
+    assert "unexpected" in close.reason
+
+
+def test_vote_before_connected_gives_up() -> None:
+    """A VOTE_INFO while waiting for INIT_REPLY is unexpected (reference gotcha 26)."""
+    session = QdeviceSession(1, "c", config())
+    to_init_reply(session)
+    vote = VoteInfo(seq=1, vote=Vote.ACK, ring_id=RING_ID)
+    assert closes(session.received(vote, 0.0)).reconnect_at is None
+
+
+def test_set_option_reply_is_informational() -> None:
+    """SET_OPTION_REPLY when connected changes nothing."""
+    session = connected()
+    assert session.received(SetOptionReply(seq=4, keep_active_partition_tie_breaker=True), 1) == []
+    assert session.state == "connected"
+
+
+def test_messages_after_our_close_are_dropped() -> None:
+    """A message the runtime still had buffered after Close is ignored."""
+    session = connected()
+    session.received(ServerError(reply_error_code=4), 1.0)
+    assert session.received(VoteInfo(seq=1, vote=Vote.ACK, ring_id=RING_ID), 1.0) == []
+
+
+def test_runtime_misuse_raises() -> None:
+    """connected()/tls_established() out of order are bugs in the runtime: LocalProtocolError."""
+    session = QdeviceSession(1, "c", config())
+    with pytest.raises(LocalProtocolError):
+        session.connected(0.0)
+    ready(session)
+    with pytest.raises(LocalProtocolError):
+        session.tls_established(0.0)
+
+
+# ----- properties ------------------------------------------------------------------------------
+
+_SERVER_MESSAGES = st.one_of(
+    st.builds(
+        VoteInfo, seq=st.integers(0, 9), vote=st.sampled_from(Vote), ring_id=st.just(RING_ID)
+    ),
+    st.builds(
+        NodeListReply,
+        seq=st.integers(0, 9),
+        node_list_type=st.integers(0, 3),
+        ring_id=st.sampled_from([RING_ID, NEW_RING_ID]),
+        vote=st.sampled_from(Vote),
+    ),
+    st.builds(EchoReply, seq=st.integers(0, 3)),
+    st.builds(ServerError, reply_error_code=st.integers(0, 19)),
+    st.builds(PreinitReply, seq=st.integers(0, 9), tls_supported=st.integers(0, 2)),
+    st.just(SetOptionReply(seq=1)),
+    st.builds(init_reply, seq=st.integers(0, 12)),
+)
+_INPUTS = st.one_of(
+    st.tuples(st.just("msg"), _SERVER_MESSAGES),
+    st.tuples(st.just("tick"), st.floats(0, 20)),
+    st.tuples(st.just("membership"), st.integers(0x10, 0x30)),
+    st.tuples(st.just("quorum"), st.booleans()),
+    st.tuples(st.just("heuristics"), st.sampled_from([True, False, None])),
+    st.tuples(st.just("transport"), st.just("reset")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_INPUTS, max_size=30), st.integers(0, 2**32))
+def test_any_input_sequence_keeps_the_invariants(
+    inputs: list[tuple[str, object]], seed: int
+) -> None:
+    """Never raises; vote implies connected; VoteChanged tracks `vote`; seqs only go up."""
+    session = connected(config(heuristics=("true",)), rng=random.Random(seed))
+    now, reported, last_seq = 0.0, False, 7
+    for kind, arg in inputs:
+        now += arg if isinstance(arg, float) else 0.5
+        effects = _apply(session, kind, arg, now)
+        for change in (e for e in effects if isinstance(e, VoteChanged)):
+            assert change.vote != reported
+            reported = change.vote
+        assert reported == session.vote
+        assert not session.vote or session.state == "connected"
+        for msg in messages(effects):
+            if not isinstance(msg, EchoRequest | VoteInfoReply | Preinit) and msg.seq is not None:
+                assert msg.seq > last_seq
+                last_seq = msg.seq
+
+
+def _apply(session: QdeviceSession, kind: str, arg: object, now: float) -> list[QdEffect]:
+    if kind == "transport" and session.state == "connecting":
+        return session.connected(now)  # TCP came up
+    actions: dict[str, Callable[[], list[QdEffect]]] = {
+        "msg": lambda: session.received(cast(QnetdMessage, arg), now),
+        "tick": lambda: session.tick(now),
+        "membership": lambda: session.set_membership((1, cast(int, arg)), (1, 2), now),
+        "quorum": lambda: session.set_quorum(bool(arg), (1, 2), now),
+        "heuristics": lambda: session.heuristics_result(cast(bool | None, arg), now),
+        "transport": lambda: session.disconnected(str(arg), now),
+    }
+    return actions[kind]()
