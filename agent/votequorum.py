@@ -12,9 +12,11 @@ Semantics (votequorum(5) section named in brackets):
 * Votes: a member counts the votes it reports (`member_votes`), else its configured votes,
   else 1. total = member votes + `qdevice_votes`. [VARIOUS NOTES: quorum_votes]
 * Expected votes: starts at `QuorumOptions.expected_votes`, else the configured nodes' votes
-  [OVERVIEW]. It rises to the highest value any member reports and to the total present, and
-  never falls by itself ("the general behaviour of votequorum is to never decrease expected
-  votes or quorum" [allow_downscale]). `reported_expected` is the value to put in heartbeats.
+  plus the configured device's votes (constructor `qdevice_votes`, like corosync's
+  quorum.device.votes) [OVERVIEW]. It rises to the highest value any member reports and to
+  the total present, and never falls by itself ("the general behaviour of votequorum is to
+  never decrease expected votes or quorum" [allow_downscale]). `reported_expected` is the
+  value to put in heartbeats.
 * Override (`set_expected_override`, like `corosync-quorumtool -e` / `pvecm expected`): this
   node uses max(override, total) and ignores members' reports until the override is cleared;
   it may lower expected below a majority (the operator's responsibility; S1 is void then).
@@ -22,11 +24,14 @@ Semantics (votequorum(5) section named in brackets):
 * two_node: while expected is 2 and at most 2 nodes were ever known, quorum is 1; a third
   node disables it ("If more than 2 nodes join ... automatically disabled"). [two_node]
 * wait_for_all (default: two_node): after start, not quorate until every configured node was a
-  member of one view and the votes present reached the configured expected votes; afterwards
-  normal rules apply, also after losses. Flag `WaitForAllStatus` while waiting. [wait_for_all]
+  member of one view (and, if `expected_votes` is set higher, that many non-device votes were
+  present), or until it joins a member that reports itself quorate and done waiting
+  (`quorate_members`; votequorum does the same). Afterwards normal rules apply, also after
+  losses. Flag `WaitForAllStatus` while waiting. [wait_for_all]
 * last_man_standing: when one view (`view_key` and members) has been installed for
   `last_man_standing_window` seconds and the node is quorate, expected drops to the votes
-  present, never below 2 unless auto_tie_breaker is on (then 1) [last_man_standing NOTES].
+  present, never below 2 unless auto_tie_breaker is on (then 1) [last_man_standing NOTES];
+  it assumes one vote per node, as votequorum(5) does.
   Members' reports up to the pre-drop value no longer raise it (they are the cluster's old
   size, still in flight from peers whose window has not expired yet). Not while an override
   is set. `next_deadline()` is the window end.
@@ -68,6 +73,9 @@ class QuorumInput:
     """Device votes this node may count now (0 = none, NACK or lost)."""
     view_key: tuple[int, int] = (0, 0)
     """The view's ring id (representative, seq): "the same view" for the LMS window."""
+    quorate_members: frozenset[int] = frozenset()
+    """Members whose heartbeats say they are quorate and not waiting for all (empty if the
+    heartbeats do not say): joining them ends wait_for_all, as in votequorum."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +125,30 @@ class Votequorum:
     """The quorum state of one node; `update` with every installed view or report change."""
 
     def __init__(
-        self, node_id: int, options: QuorumOptions, configured_votes: Mapping[int, int]
+        self,
+        node_id: int,
+        options: QuorumOptions,
+        configured_votes: Mapping[int, int],
+        *,
+        qdevice_votes: int = 0,
     ) -> None:
+        """`qdevice_votes`: the configured device's votes (0 = no device); like corosync's
+        quorum.device.votes they are part of the configured expected votes."""
         self._id = node_id
         self._opts = options
         self._configured = {n: max(0, v) for n, v in configured_votes.items()}
         self._configured.setdefault(node_id, max(0, options.votes))
-        self._config_expected = options.expected_votes or sum(self._configured.values())
-        self._expected = max(1, self._config_expected)
+        node_sum = sum(self._configured.values())
+        device = 0 if self._device_disabled() else max(0, qdevice_votes)
+        self._expected = max(1, options.expected_votes or node_sum + device)
         """Highest seen (sticky); lowered only by last_man_standing."""
         self._ignore_upto = 0
         """Member reports up to this value are stale (last_man_standing lowered past them)."""
         self._override: int | None = None
         self._known: set[int] = set(self._configured)
         self._waiting = options.effective_wait_for_all
+        self._wfa_votes = max(node_sum, (options.expected_votes or 0) - device)
+        """wait_for_all also needs this many votes present (the device need not be)."""
         self._inp = _NO_VIEW
         self._view: tuple[tuple[int, int], frozenset[int]] | None = None
         self._view_since = 0.0
@@ -182,10 +200,12 @@ class Votequorum:
 
     # -- votes and expected votes -----------------------------------------------------------
 
+    def _device_disabled(self) -> bool:
+        """votequorum(5): with last_man_standing or auto_tie_breaker the device is disabled."""
+        return self._opts.last_man_standing or self._opts.auto_tie_breaker
+
     def _device_votes(self) -> int:
-        if self._opts.last_man_standing or self._opts.auto_tie_breaker:
-            return 0  # votequorum(5): LMS and ATB disable the quorum device
-        return max(0, self._inp.qdevice_votes)
+        return 0 if self._device_disabled() else max(0, self._inp.qdevice_votes)
 
     def _node_votes(self) -> int:
         votes = self._inp.member_votes
@@ -216,7 +236,7 @@ class Votequorum:
     # -- last_man_standing ------------------------------------------------------------------
 
     def _lms_possible(self) -> bool:
-        return self._opts.last_man_standing and self._override is None and self._view is not None
+        return self._opts.last_man_standing and self._override is None and bool(self._inp.members)
 
     def _apply_lms(self, now: float) -> None:
         """Drop expected to the votes present once the view outlived the window, if quorate."""
@@ -255,9 +275,13 @@ class Votequorum:
         return self._opts.two_node and expected == 2 and len(self._known) <= 2
 
     def _wait_over(self, total: int) -> bool:
-        """wait_for_all ends once all configured nodes and votes were present together."""
-        if self._waiting and set(self._configured) <= self._inp.members:
-            self._waiting = total < self._config_expected
+        """wait_for_all ends once all configured nodes (and votes) were present together, or
+        when this node joins members that are quorate and no longer waiting."""
+        inp = self._inp
+        if self._waiting and set(self._configured) <= inp.members:
+            self._waiting = total < self._wfa_votes
+        if self._waiting and inp.quorate_members & (inp.members - {self._id}):
+            self._waiting = False
         return not self._waiting
 
     def _evaluate(self) -> QuorumStatus:

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
-from agent.config import QuorumOptions
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import ConfigError, QuorumOptions, TieBreaker
 from agent.votequorum import (
+    ExpectedVotesChanged,
+    QuorumChange,
     QuorumGained,
     QuorumInput,
     QuorumLost,
     Votequorum,
 )
+
+WINDOW = 10.0
 
 
 def view(
@@ -20,37 +29,79 @@ def view(
     key: tuple[int, int] = (1, 1),
     qdevice: int = 0,
     votes: int = 1,
+    quorate: Iterable[int] = (),
 ) -> QuorumInput:
     """A view whose members each report `votes` votes and `expected` expected votes."""
     ids = frozenset(members)
-    return QuorumInput(ids, dict.fromkeys(ids, votes), dict.fromkeys(ids, expected), qdevice, key)
+    return QuorumInput(
+        ids,
+        dict.fromkeys(ids, votes),
+        dict.fromkeys(ids, expected),
+        qdevice,
+        key,
+        frozenset(quorate),
+    )
 
 
-def cluster(n: int, me: int = 1, **options: object) -> Votequorum:
+def cluster(
+    n: int, opts: QuorumOptions | None = None, *, me: int = 1, qdevice_votes: int = 0
+) -> Votequorum:
     """Node `me` of a cluster of nodes 1..n with one vote each."""
-    opts = QuorumOptions(**options)  # type: ignore[arg-type]
-    return Votequorum(me, opts, dict.fromkeys(range(1, n + 1), 1))
+    return Votequorum(
+        me, opts or QuorumOptions(), dict.fromkeys(range(1, n + 1), 1), qdevice_votes=qdevice_votes
+    )
+
+
+def kinds(changes: list[QuorumChange]) -> list[type]:
+    """The change types, in order."""
+    return [type(c) for c in changes]
+
+
+# -- basics ---------------------------------------------------------------------------------
 
 
 def test_before_any_view_not_quorate() -> None:
     """Until a view is installed the node is not quorate and says why."""
     vq = cluster(3)
     assert not vq.status.quorate
-    assert vq.status.expected_votes == 3
-    assert vq.status.quorum == 2
+    assert (vq.status.expected_votes, vq.status.quorum, vq.status.total_votes) == (3, 2, 0)
     assert vq.status.reason == "no view installed yet"
+    assert vq.next_deadline() is None
+
+
+@pytest.mark.parametrize(
+    ("nodes", "present", "quorum", "quorate"),
+    [
+        (1, 1, 1, True),
+        (2, 1, 2, False),
+        (3, 2, 2, True),
+        (4, 2, 3, False),
+        (5, 3, 3, True),
+        (5, 2, 3, False),
+        (8, 5, 5, True),
+        (8, 4, 5, False),
+    ],
+)
+def test_quorum_is_half_expected_plus_one(
+    nodes: int, present: int, quorum: int, quorate: bool
+) -> None:
+    """votequorum(5): quorum = floor(expected / 2) + 1; quorate when the votes present reach it."""
+    vq = cluster(nodes)
+    vq.update(view(range(1, present + 1)), 0.0)
+    assert vq.status.quorum == quorum
+    assert vq.status.quorate is quorate
+    assert ("Quorate" in vq.status.flags) is quorate
 
 
 def test_five_nodes_split_three_two() -> None:
-    """votequorum(5): 5 nodes, quorum 3: the 3-side stays quorate, the 2-side loses quorum."""
+    """5 nodes, quorum 3: after a 3|2 split the 3-side stays quorate, the 2-side loses quorum."""
     big, small = cluster(5, me=1), cluster(5, me=5)
     assert big.update(view(range(1, 6)), 0.0) == [QuorumGained(big.status.reason)]
     small.update(view(range(1, 6)), 0.0)
     assert big.update(view([1, 2, 3], key=(1, 2)), 1.0) == []
     assert big.status.quorate
-    changes = small.update(view([4, 5], key=(4, 2)), 1.0)
-    assert changes == [QuorumLost(small.status.reason)]
-    assert "2 of 5" in small.status.reason
+    assert small.update(view([4, 5], key=(4, 2)), 1.0) == [QuorumLost(small.status.reason)]
+    assert small.status.reason == "not quorate: 2 of 5 expected votes present, quorum is 3"
 
 
 def test_no_blip_when_majority_survives() -> None:
@@ -60,3 +111,561 @@ def test_no_blip_when_majority_survives() -> None:
     assert vq.update(view(range(1, 5), key=(1, 2)), 0.5) == []
     assert vq.status.quorate
     assert vq.status.total_votes == 4
+
+
+def test_votes_from_heartbeats_then_configuration() -> None:
+    """A member counts the votes it reports, else its configured votes, else 1."""
+    vq = Votequorum(1, QuorumOptions(), {1: 1, 2: 3, 3: 1})
+    inp = QuorumInput(frozenset({1, 2, 9}), {1: 1}, {})
+    vq.update(inp, 0.0)
+    assert vq.status.total_votes == 1 + 3 + 1
+    vq.update(QuorumInput(frozenset({1, 2}), {1: 1, 2: 0}, {}), 1.0)
+    assert vq.status.total_votes == 1
+
+
+def test_weighted_votes_decide() -> None:
+    """A node with 3 of 5 votes is quorate alone; the other two nodes together are not."""
+    votes = {1: 3, 2: 1, 3: 1}
+    heavy, light = (
+        Votequorum(1, QuorumOptions(votes=3), votes),
+        Votequorum(2, QuorumOptions(), votes),
+    )
+    heavy.update(QuorumInput(frozenset({1}), {1: 3}, {}), 0.0)
+    light.update(QuorumInput(frozenset({2, 3}), {2: 1, 3: 1}, {}), 0.0)
+    assert heavy.status.quorate
+    assert not light.status.quorate
+
+
+# -- expected votes -------------------------------------------------------------------------
+
+
+def test_highest_reported_expected_wins_and_sticks() -> None:
+    """A member reporting more expected votes raises ours (with an event), even after it left."""
+    vq = cluster(5)
+    vq.update(view(range(1, 6)), 0.0)
+    changes = vq.update(view(range(1, 6), expected=7), 1.0)
+    assert changes == [ExpectedVotesChanged(5, 7, "node 5 reports expected votes 7")]
+    assert (vq.status.quorum, vq.reported_expected) == (4, 7)
+    assert vq.update(view([1, 2, 3], key=(1, 2)), 2.0) == [QuorumLost(vq.status.reason)]
+    assert vq.status.expected_votes == 7
+
+
+def test_lower_reports_do_not_lower_expected() -> None:
+    """Members reporting fewer expected votes than ours change nothing."""
+    vq = cluster(5)
+    assert vq.update(view(range(1, 6), expected=3), 0.0) == [QuorumGained(vq.status.reason)]
+    assert vq.status.expected_votes == 5
+
+
+def test_more_votes_present_than_expected_raise_expected() -> None:
+    """A node found by discovery adds votes: expected rises to the votes present."""
+    vq = cluster(3)
+    changes = vq.update(view(range(1, 5)), 0.0)
+    assert changes[0] == ExpectedVotesChanged(3, 4, "4 votes present exceed expected votes")
+    assert vq.status.quorum == 3
+
+
+def test_configured_expected_votes_is_the_start() -> None:
+    """quorum.expected_votes overrides the sum of the configured nodes' votes (votequorum(5))."""
+    vq = cluster(3, QuorumOptions(expected_votes=8))
+    vq.update(view(range(1, 4)), 0.0)
+    assert (vq.status.expected_votes, vq.status.quorum, vq.status.quorate) == (8, 5, False)
+
+
+def test_override_lowers_expected_and_is_reported() -> None:
+    """`votemesh expected 2` on a 5-node cluster's 2 survivors: quorate, reported, reason given."""
+    vq = cluster(5)
+    vq.update(view(range(1, 6)), 0.0)
+    vq.update(view([1, 2], key=(1, 2), expected=5), 1.0)
+    changes = vq.set_expected_override(2, 2.0)
+    assert changes == [
+        ExpectedVotesChanged(5, 2, "operator set 2"),
+        QuorumGained("quorate: 2 of 2 expected votes present, quorum is 2"),
+    ]
+    assert vq.reported_expected == 2
+    assert vq.update(view([1, 2], key=(1, 2), expected=5), 3.0) == []  # reports ignored
+
+
+def test_override_never_below_votes_present() -> None:
+    """An override below the votes present counts as the votes present."""
+    vq = cluster(5)
+    vq.update(view([1, 2, 3]), 0.0)
+    vq.set_expected_override(1, 1.0)
+    assert (vq.status.expected_votes, vq.status.quorum) == (3, 2)
+
+
+def test_clearing_override_restores_highest_seen() -> None:
+    """Clearing the override returns to the highest expected seen, with events."""
+    vq = cluster(5)
+    vq.update(view([1, 2]), 0.0)
+    vq.set_expected_override(2, 1.0)
+    changes = vq.set_expected_override(None, 2.0)
+    assert changes == [
+        ExpectedVotesChanged(2, 5, "operator override cleared"),
+        QuorumLost("not quorate: 2 of 5 expected votes present, quorum is 3"),
+    ]
+
+
+def test_override_must_be_positive() -> None:
+    """An override of 0 is our own misuse and raises."""
+    with pytest.raises(ValueError, match="at least 1"):
+        cluster(3).set_expected_override(0, 0.0)
+
+
+# -- two_node -------------------------------------------------------------------------------
+
+TWO_NODE = QuorumOptions(two_node=True)
+
+
+def test_two_node_quorum_is_one() -> None:
+    """two_node: quorum 1, so the survivor of a 2-node cluster stays quorate (needs fencing)."""
+    vq = cluster(2, TWO_NODE)
+    vq.update(view([1, 2]), 0.0)
+    assert vq.update(view([1], key=(1, 2)), 1.0) == []
+    assert (vq.status.quorate, vq.status.quorum, vq.status.expected_votes) == (True, 1, 2)
+    assert {"TwoNode", "WaitForAll", "Quorate"} <= vq.status.flags
+
+
+def test_two_node_cold_start_waits_for_the_peer() -> None:
+    """two_node implies wait_for_all: node 1 alone after start is not quorate until node 2 shows
+    up; once both were seen, losing node 2 keeps quorum."""
+    vq = cluster(2, TWO_NODE)
+    assert vq.update(view([1]), 0.0) == []
+    assert {"WaitForAllStatus", "WaitForAll", "TwoNode"} <= vq.status.flags
+    assert vq.status.reason == "wait_for_all: not all nodes seen together yet (missing: [2])"
+    for t in range(1, 100):
+        assert vq.update(view([1]), float(t)) == []
+    assert vq.update(view([1, 2], key=(1, 2)), 100.0) == [QuorumGained(vq.status.reason)]
+    assert "WaitForAllStatus" not in vq.status.flags
+    assert vq.update(view([1], key=(1, 3)), 101.0) == []
+    assert vq.status.quorate
+
+
+def test_two_node_without_wait_for_all_is_quorate_alone() -> None:
+    """two_node with wait_for_all explicitly off: a lone node is quorate at once."""
+    vq = cluster(2, QuorumOptions(two_node=True, wait_for_all=False))
+    assert kinds(vq.update(view([1]), 0.0)) == [QuorumGained]
+    assert "WaitForAll" not in vq.status.flags
+
+
+def test_two_node_off_when_a_third_node_joins() -> None:
+    """votequorum(5): if more than 2 nodes join, two_node is disabled (quorum 2 of 3)."""
+    vq = Votequorum(1, TWO_NODE, {1: 1, 2: 1})
+    vq.update(view([1, 2, 3]), 0.0)
+    assert (vq.status.expected_votes, vq.status.quorum) == (3, 2)
+    assert "TwoNode" not in vq.status.flags
+    vq.update(view([1], key=(1, 2)), 1.0)
+    assert not vq.status.quorate
+
+
+# -- wait_for_all ---------------------------------------------------------------------------
+
+WFA = QuorumOptions(wait_for_all=True)
+
+
+def test_wait_for_all_eight_nodes() -> None:
+    """votequorum(5) WFA example: 5 of 8 are not enough after start; all 8 once, then 5 are."""
+    vq = cluster(8, WFA)
+    vq.update(view(range(1, 6)), 0.0)
+    assert not vq.status.quorate
+    assert "WaitForAllStatus" in vq.status.flags
+    assert kinds(vq.update(view(range(1, 9), key=(1, 2)), 1.0)) == [QuorumGained]
+    assert vq.update(view(range(1, 6), key=(1, 3)), 2.0) == []
+    assert vq.status.quorate
+
+
+def test_wait_for_all_needs_one_view_with_everyone() -> None:
+    """Seeing every node, but never all in one view, does not end the wait."""
+    vq = cluster(4, WFA)
+    vq.update(view([1, 2, 3]), 0.0)
+    vq.update(view([1, 4], key=(1, 2)), 1.0)
+    vq.update(view([1, 2, 3], key=(1, 3)), 2.0)
+    assert not vq.status.quorate
+    assert "missing: [4]" in vq.status.reason
+
+
+def test_wait_for_all_ends_on_joining_quorate_members() -> None:
+    """A restarted node joining members that report quorate stops waiting (as votequorum)."""
+    vq = cluster(5, WFA)
+    vq.update(view([1, 2, 3]), 0.0)
+    assert not vq.status.quorate
+    assert kinds(vq.update(view([1, 2, 3], quorate=[2, 3]), 1.0)) == [QuorumGained]
+
+
+def test_wait_for_all_not_ended_by_own_quorate_report() -> None:
+    """Only other members' quorate reports end the wait, not this node's own."""
+    vq = cluster(3, WFA)
+    vq.update(view([1, 2], quorate=[1]), 0.0)
+    assert not vq.status.quorate
+
+
+def test_wait_for_all_with_explicit_expected_votes_needs_the_votes() -> None:
+    """With expected_votes above the configured nodes' votes, the wait also needs those votes."""
+    vq = cluster(2, QuorumOptions(wait_for_all=True, expected_votes=3))
+    vq.update(view([1, 2]), 0.0)
+    assert "WaitForAllStatus" in vq.status.flags
+    vq.update(view([1, 2, 3], key=(1, 2)), 1.0)
+    assert vq.status.quorate
+
+
+# -- last_man_standing ----------------------------------------------------------------------
+
+LMS = QuorumOptions(last_man_standing=True, last_man_standing_window=WINDOW)
+
+
+def shrink(vq: Votequorum, members: list[int], seq: int, at: float) -> list[QuorumChange]:
+    """Install view (1, seq) with `members` at `at`, then tick at the window's end."""
+    assert vq.update(view(members, key=(1, seq)), at) == []
+    assert vq.next_deadline() == at + WINDOW
+    assert vq.tick(at + WINDOW - 0.001) == []
+    return vq.tick(at + WINDOW)
+
+
+def test_lms_five_to_two_step_by_step() -> None:
+    """LMS: 5 -> 4 -> 3 -> 2 nodes, each loss followed by a full window, keeps quorum; expected
+    follows the survivors down to 2 (never below 2 without auto_tie_breaker)."""
+    vq = cluster(5, LMS)
+    vq.update(view(range(1, 6)), 0.0)
+    assert vq.tick(WINDOW) == []  # nothing to lower
+    assert vq.next_deadline() is None
+    for seq, (members, new) in enumerate([([1, 2, 3, 4], 4), ([1, 2, 3], 3)], start=2):
+        old = vq.status.expected_votes
+        (change,) = shrink(vq, members, seq, 100.0 * seq)
+        assert change == ExpectedVotesChanged(
+            old, new, f"last_man_standing: view 1/{seq} unchanged for 10 s with {new} votes"
+        )
+        assert vq.status.quorate
+    (change,) = shrink(vq, [1, 2], 4, 400.0)
+    assert isinstance(change, ExpectedVotesChanged)
+    assert (change.old, change.new, vq.status.quorum) == (3, 2, 2)
+    assert kinds(vq.update(view([1], key=(1, 5)), 500.0)) == [QuorumLost]
+    assert vq.tick(500.0 + WINDOW) == []
+    assert vq.status.expected_votes == 2
+
+
+def test_lms_man_page_chain_eight_nodes() -> None:
+    """votequorum(5) chain: 8 (q5) -> 5 nodes, window -> 5 (q3) -> 3 nodes, window -> 3 (q2)
+    -> 2 nodes, window -> expected 2, quorum 2."""
+    vq = cluster(8, LMS)
+    vq.update(view(range(1, 9)), 0.0)
+    assert (vq.status.expected_votes, vq.status.quorum) == (8, 5)
+    for seq, (alive, expected, quorum) in enumerate([(5, 5, 3), (3, 3, 2), (2, 2, 2)], start=2):
+        shrink(vq, list(range(1, alive + 1)), seq, 100.0 * seq)
+        assert (vq.status.expected_votes, vq.status.quorum) == (expected, quorum)
+        assert vq.status.quorate
+
+
+def test_lms_with_atb_goes_down_to_one_node() -> None:
+    """votequorum(5): with auto_tie_breaker, LMS can downgrade from 2 nodes to 1: the survivor
+    holding the tie-breaker (lowest id) keeps quorum, and the window lowers expected to 1."""
+    opts = QuorumOptions(last_man_standing=True, auto_tie_breaker=True)
+    vq = cluster(3, opts)
+    vq.update(view([1, 2, 3]), 0.0)
+    shrink(vq, [1, 2], 2, 100.0)
+    assert vq.status.expected_votes == 2
+    assert vq.update(view([1], key=(1, 3)), 200.0) == []
+    assert vq.status.quorate
+    assert "holds tie-breaker node 1" in vq.status.reason
+    (change,) = vq.tick(200.0 + WINDOW)
+    assert isinstance(change, ExpectedVotesChanged)
+    assert (change.old, change.new, vq.status.quorum) == (2, 1, 1)
+
+
+def test_lms_window_restarts_on_view_change() -> None:
+    """A view change before the window ends restarts the window."""
+    vq = cluster(5, LMS)
+    vq.update(view(range(1, 6)), 0.0)
+    vq.update(view(range(1, 5), key=(1, 2)), 1.0)
+    vq.update(view(range(1, 4), key=(1, 3)), 5.0)
+    assert vq.tick(11.0) == []
+    assert vq.next_deadline() == 15.0
+    assert kinds(vq.tick(15.0)) == [ExpectedVotesChanged]
+    assert vq.status.expected_votes == 3
+
+
+def test_lms_not_when_inquorate() -> None:
+    """LMS never lowers expected for a partition that is not quorate."""
+    vq = cluster(5, LMS)
+    vq.update(view([1, 2]), 0.0)
+    assert vq.tick(WINDOW) == []
+    assert vq.status.expected_votes == 5
+    assert vq.next_deadline() is None  # evaluated once: no busy loop on a past deadline
+
+
+def test_lms_stale_reports_do_not_undo_the_drop() -> None:
+    """Peers still reporting the old expected (their window not yet over) do not raise it back;
+    a node rejoining with its configured expected does not either, but adds its vote."""
+    vq = cluster(5, LMS)
+    vq.update(view(range(1, 6)), 0.0)
+    vq.update(view([1, 2, 3], key=(1, 2), expected=5), 1.0)
+    vq.tick(1.0 + WINDOW)
+    assert vq.update(view([1, 2, 3], key=(1, 2), expected=5), 12.0) == []
+    assert vq.status.expected_votes == 3
+    assert kinds(vq.update(view([1, 2, 3, 4], key=(1, 3), expected=5), 13.0)) == [
+        ExpectedVotesChanged
+    ]
+    assert (vq.status.expected_votes, vq.status.quorate) == (4, True)
+
+
+def test_lms_ignores_qdevice_and_override() -> None:
+    """LMS disables the quorum device (votequorum(5)), and does not act under an override."""
+    vq = cluster(5, LMS, qdevice_votes=4)
+    vq.update(view([1, 2, 3], qdevice=4), 0.0)
+    assert (vq.status.total_votes, vq.status.expected_votes) == (3, 5)
+    assert "Qdevice" not in vq.status.flags
+    vq.set_expected_override(4, 1.0)
+    assert vq.next_deadline() is None
+    assert vq.tick(100.0) == []
+    assert vq.status.expected_votes == 4
+
+
+def test_no_deadline_without_lms() -> None:
+    """Without last_man_standing nothing is ever due."""
+    vq = cluster(5)
+    vq.update(view([1, 2, 3]), 0.0)
+    assert vq.next_deadline() is None
+    assert vq.tick(1e9) == []
+
+
+# -- auto_tie_breaker -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "listed", "winners"),
+    [
+        (TieBreaker.LOWEST, (), {1, 2}),
+        (TieBreaker.HIGHEST, (), {3, 4}),
+        (TieBreaker.LIST, (3, 1), {3, 4}),
+        (TieBreaker.LIST, (9, 2, 4), {1, 2}),  # 9 is not a node: the next listed id decides
+    ],
+)
+def test_atb_four_nodes_two_two(
+    mode: TieBreaker, listed: tuple[int, ...], winners: set[int]
+) -> None:
+    """4 nodes split 2|2 with auto_tie_breaker: exactly the half holding the tie-breaker node is
+    quorate (lowest id, highest id, or the first listed id that is a node)."""
+    opts = QuorumOptions(
+        auto_tie_breaker=True, auto_tie_breaker_node=mode, tie_breaker_nodes=listed
+    )
+    opts.validate()
+    for half in ({1, 2}, {3, 4}):
+        for me in half:
+            vq = cluster(4, opts, me=me)
+            vq.update(view(range(1, 5)), 0.0)
+            vq.update(view(half, key=(min(half), 2)), 1.0)
+            assert vq.status.quorate is (half == winners)
+            assert "AutoTieBreaker" in vq.status.flags
+            assert "by auto_tie_breaker" in vq.status.reason
+
+
+def test_atb_only_for_exactly_half() -> None:
+    """With 5 nodes no split is exactly half: the 2-side with node 1 stays inquorate."""
+    vq = cluster(5, QuorumOptions(auto_tie_breaker=True))
+    vq.update(view([1, 2]), 0.0)
+    assert not vq.status.quorate
+    assert "auto_tie_breaker" not in vq.status.reason
+
+
+def test_atb_list_without_any_node_decides_for_nobody() -> None:
+    """A tie-breaker list naming no configured node leaves both halves inquorate."""
+    opts = QuorumOptions(
+        auto_tie_breaker=True, auto_tie_breaker_node=TieBreaker.LIST, tie_breaker_nodes=(7,)
+    )
+    for half in ({1, 2}, {3, 4}):
+        vq = cluster(4, opts, me=min(half))
+        vq.update(view(half), 0.0)
+        assert not vq.status.quorate
+
+
+def test_atb_disables_qdevice() -> None:
+    """votequorum(5): auto_tie_breaker disables the quorum device; its votes do not count."""
+    vq = cluster(4, QuorumOptions(auto_tie_breaker=True), me=3, qdevice_votes=1)
+    vq.update(view([3, 4], qdevice=1), 0.0)
+    assert (vq.status.total_votes, vq.status.expected_votes, vq.status.quorate) == (2, 4, False)
+
+
+# -- qdevice --------------------------------------------------------------------------------
+
+
+def test_qdevice_ffsplit_two_nodes() -> None:
+    """2 nodes + a 1-vote device: expected 3, quorum 2; the node with the device's vote is
+    quorate, the node without it is not."""
+    with_vote, without = cluster(2, qdevice_votes=1), cluster(2, me=2, qdevice_votes=1)
+    with_vote.update(view([1], qdevice=1), 0.0)
+    without.update(view([2]), 0.0)
+    assert (with_vote.status.expected_votes, with_vote.status.quorum) == (3, 2)
+    assert with_vote.status.quorate
+    assert {"Qdevice", "Quorate"} <= with_vote.status.flags
+    assert not without.status.quorate
+
+
+def test_qdevice_lms_algorithm_n_minus_one_votes() -> None:
+    """4 nodes + a 3-vote device (qnetd lms): one node with the device's votes is quorate, the
+    other three without it are not (expected 7, quorum 4)."""
+    lone, rest = cluster(4, qdevice_votes=3), cluster(4, me=2, qdevice_votes=3)
+    lone.update(view([1], qdevice=3), 0.0)
+    rest.update(view([2, 3, 4]), 0.0)
+    assert (lone.status.quorate, rest.status.quorate, rest.status.quorum) == (True, False, 4)
+
+
+def test_qdevice_vote_lost_is_quorum_lost() -> None:
+    """When the device's vote goes away the node that relied on it loses quorum, with a reason."""
+    vq = cluster(2, qdevice_votes=1)
+    vq.update(view([1], qdevice=1), 0.0)
+    assert vq.update(view([1]), 1.0) == [
+        QuorumLost("not quorate: 1 of 3 expected votes present, quorum is 2")
+    ]
+    assert "Qdevice" not in vq.status.flags
+
+
+def test_unconfigured_qdevice_votes_raise_expected() -> None:
+    """Device votes beyond the configured expected raise it (highest seen wins) and stick."""
+    vq = cluster(2)
+    vq.update(view([1, 2], qdevice=1), 0.0)
+    vq.update(view([1], key=(1, 2)), 1.0)
+    assert (vq.status.expected_votes, vq.status.quorate) == (3, False)
+
+
+# -- properties -----------------------------------------------------------------------------
+
+node_votes = st.dictionaries(st.integers(1, 9), st.integers(0, 3), min_size=1, max_size=9)
+
+
+@st.composite
+def disjoint_halves(draw: st.DrawFn) -> tuple[dict[int, int], frozenset[int], frozenset[int]]:
+    """Configured votes and two disjoint, non-empty member sets of configured nodes."""
+    votes = draw(node_votes.filter(lambda v: len(v) >= 2))
+    ids = sorted(votes)
+    sides = draw(st.lists(st.sampled_from("ab-"), min_size=len(ids) - 2, max_size=len(ids) - 2))
+    sides = ["a", *sides, "b"]
+    a = frozenset(n for n, s in zip(ids, sides, strict=True) if s == "a")
+    b = frozenset(n for n, s in zip(ids, sides, strict=True) if s == "b")
+    return votes, a, b
+
+
+@st.composite
+def safe_options(draw: st.DrawFn) -> QuorumOptions:
+    """Options without override, two_node or last_man_standing (S1 holds for these)."""
+    mode = draw(st.sampled_from(TieBreaker))
+    return QuorumOptions(
+        wait_for_all=draw(st.booleans()),
+        auto_tie_breaker=draw(st.booleans()),
+        auto_tie_breaker_node=mode,
+        tie_breaker_nodes=tuple(draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))),
+    )
+
+
+@given(
+    disjoint_halves(),
+    safe_options(),
+    st.none() | st.integers(0, 10),
+    st.integers(0, 30),
+    st.tuples(st.integers(0, 3), st.booleans()),
+)
+@settings(max_examples=300)
+def test_s1_disjoint_partitions_never_both_quorate(
+    halves: tuple[dict[int, int], frozenset[int], frozenset[int]],
+    opts: QuorumOptions,
+    extra_expected: int | None,
+    reported: int,
+    qdevice: tuple[int, bool],
+) -> None:
+    """S1: two disjoint partitions with the same configuration and expected votes reports (and
+    the device's votes for at most one of them) are never both quorate, also after each saw the
+    whole cluster together first. A configured expected_votes below the configured votes is an
+    operator's lowering, so it is drawn at or above them."""
+    votes, a, b = halves
+    device, device_to_a = qdevice
+    if extra_expected is not None:
+        opts = replace(opts, expected_votes=max(1, sum(votes.values()) + device + extra_expected))
+    verdicts = []
+    for part, has_device in ((a, device_to_a), (b, not device_to_a)):
+        vq = Votequorum(min(part), opts, votes, qdevice_votes=device)
+        everyone = frozenset(votes)
+        vq.update(QuorumInput(everyone, votes, dict.fromkeys(everyone, reported)), 0.0)
+        dev = device if has_device else 0
+        inp = QuorumInput(part, votes, dict.fromkeys(part, reported), dev, (min(part), 2))
+        vq.update(inp, 1.0)
+        verdicts.append(vq.status.quorate)
+    assert not all(verdicts)
+
+
+@st.composite
+def any_options(draw: st.DrawFn) -> QuorumOptions:
+    """Any valid QuorumOptions."""
+    opts = QuorumOptions(
+        votes=draw(st.integers(0, 3)),
+        expected_votes=draw(st.none() | st.integers(1, 40)),
+        two_node=draw(st.booleans()),
+        wait_for_all=draw(st.none() | st.booleans()),
+        last_man_standing=draw(st.booleans()),
+        last_man_standing_window=draw(st.floats(0.01, 100)),
+        auto_tie_breaker=draw(st.booleans()),
+        auto_tie_breaker_node=draw(st.sampled_from(TieBreaker)),
+        tie_breaker_nodes=tuple(draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))),
+    )
+    try:
+        opts.validate()
+    except ConfigError:
+        return QuorumOptions()
+    return opts
+
+
+members_st = st.frozensets(st.integers(1, 9), max_size=9)
+inputs = st.builds(
+    QuorumInput,
+    members_st,
+    st.dictionaries(st.integers(1, 9), st.integers(0, 1000)),
+    st.dictionaries(st.integers(1, 9), st.integers(0, 100)),
+    st.integers(0, 10),
+    st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    members_st,
+)
+steps = st.one_of(
+    st.tuples(st.just("update"), inputs),
+    st.tuples(st.just("override"), st.none() | st.integers(1, 50)),
+    st.tuples(st.just("tick"), st.none()),
+)
+
+
+@given(any_options(), node_votes, st.integers(0, 5), st.lists(steps, max_size=25))
+@settings(max_examples=300)
+def test_events_exactly_when_status_changes(
+    opts: QuorumOptions,
+    votes: dict[int, int],
+    device: int,
+    script: list[tuple[str, object]],
+) -> None:
+    """For any inputs in range: nothing raises; QuorumGained / QuorumLost come exactly when
+    `quorate` flips, ExpectedVotesChanged exactly when expected votes change (old and new
+    right, and before the quorum change); the status is self-consistent."""
+    vq = Votequorum(min(votes), opts, votes, qdevice_votes=device)
+    now = 0.0
+    for op, arg in script:
+        now += 3.0
+        before = vq.status
+        if op == "update":
+            assert isinstance(arg, QuorumInput)
+            changes = vq.update(arg, now)
+        elif op == "override":
+            assert arg is None or isinstance(arg, int)
+            changes = vq.set_expected_override(arg, now)
+        else:
+            changes = vq.tick(now)
+        after = vq.status
+        expect: list[type] = []
+        if after.expected_votes != before.expected_votes:
+            expect.append(ExpectedVotesChanged)
+            first = changes[0]
+            assert isinstance(first, ExpectedVotesChanged)
+            assert (first.old, first.new) == (before.expected_votes, after.expected_votes)
+        if after.quorate != before.quorate:
+            expect.append(QuorumGained if after.quorate else QuorumLost)
+        assert kinds(changes) == expect
+        assert all(c.reason for c in changes)
+        assert ("Quorate" in after.flags) is after.quorate
+        assert after.quorum in {1, after.expected_votes // 2 + 1}
+        assert after.reason
+        assert vq.reported_expected == after.expected_votes >= 1
+        deadline = vq.next_deadline()
+        assert deadline is None or opts.last_man_standing
