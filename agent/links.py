@@ -8,18 +8,19 @@ reachability (reachable / suspected / unreachable). Must not touch: sockets, clo
 
 Semantics (docs/design.md 3, "links"):
 
-* **Lease.** Every datagram keeps its link up for a lease from its arrival:
-  `max(failure_timeout, LEASE_INTERVALS x interval + jitter_allowance)`, where `interval` is the
-  sender's announced cadence (`expected_interval`), or if unannounced the cadence of the link's
-  role here when it arrived (heartbeat_interval on the active link, probe_interval on the
-  others). With the defaults that is `failure_timeout` (0.65 s) for heartbeats and
-  `link_timeout` (3.05 s) for probes. Keying on the sender's cadence, not our role, keeps a
-  freshly failed-over link up while the peer still only probes it.
+* **Lease.** A datagram keeps its link up for `failure_timeout` (0.65 s by default) when the
+  link is our active one, `link_timeout` (3.05 s) when we only probe it; leases only grow. A
+  link that stops being active keeps `link_timeout` from its last datagram (the peer may need a
+  probe interval to start probing it); a newly active link keeps the lease it had as a probed
+  one, so failover does not kill it before the peer's heartbeats move over. An active link that
+  then only gets probes (the peer sends its heartbeats elsewhere) runs out and fails over again.
+  `expected_interval` feeds only the loss estimate (`agent.link_loss`).
 * **Active link**: the highest-priority up link (ties: lowest index). Failover (the active link
   went down) is immediate. Failback to a higher-priority link that went down before needs
-  FAILBACK_ROUNDS consecutive answered rounds (a round = the time between two of our sends on
-  the link; answered = at least one datagram heard in it), so a flapping link does not pull
-  traffic back and forth. A link's first up (it never failed) is taken at once.
+  FAILBACK_ROUNDS consecutive answered rounds: a round is the time between two of our sends on
+  the link, answered when a datagram echoing our stamp (`rtt_sample`, e.g. a ProbeReply) came
+  back in it. That proves the link works both ways, and a flapping link does not pull traffic
+  back and forth. A link's first up (it never failed) is taken at once.
 * **Peer**: reachable once a link is up; suspected once after failure_timeout / 2 without any
   datagram; reachable again on the next datagram; unreachable when no link is up.
 * Events are returned only on changes, in causal order (LinkUp before ActiveLinkChanged before
@@ -38,7 +39,6 @@ from proto.mesh_messages import Echo
 
 RTT_ALPHA = 1 / 8  # RFC 6298 section 2: SRTT gain, as TCP
 FAILBACK_ROUNDS = 2  # knet's pong_count default: answers needed before a link is trusted again
-LEASE_INTERVALS = 3  # as Timing.link_timeout: 3 missed intervals
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +133,9 @@ class _Link:
     last_heard: float | None = None
     rtt: float | None = None
     last_sent: float | None = None
-    answered: bool = False  # heard since our last send on it
-    streak: int = 0  # consecutive answered rounds
+    answered: bool = False  # an answer (a datagram echoing our stamp) since our last send
+    streak: int = 0  # consecutive answers, no unanswered round between them
+    last_answer: float | None = None
     went_down: bool = False
     loss: LossMeter = field(default_factory=LossMeter)
 
@@ -210,25 +211,18 @@ class Links:
         if state is None or link not in state.links:
             return []
         lk = state.links[link]
-        interval = expected_interval or self._role_interval(state, link)
-        lk.lease_until = max(lk.lease_until, now + self._lease(interval))
-        lk.last_heard = now if lk.last_heard is None else max(lk.last_heard, now)
+        interval = self._cadence(state, link, expected_interval)
+        _measure(lk, now, rtt_sample, interval, self.timing.heartbeat_interval / 2)
         state.last_heard = max(state.last_heard, now)
-        lk.loss.arrive(now, interval)
-        if not lk.answered:
-            lk.answered, lk.streak = True, lk.streak + 1
-        if rtt_sample is not None and math.isfinite(rtt_sample):
-            sample = max(0.0, rtt_sample)
-            lk.rtt = sample if lk.rtt is None else lk.rtt + RTT_ALPHA * (sample - lk.rtt)
         changes: list[LinkChange] = []
         if not lk.up:
             lk.up = True
             changes.append(LinkUp(peer, link, f"link{link} heard from node {peer}"))
         changes += self._reselect(peer, state)
+        lk.lease_until = max(lk.lease_until, now + self._timeout(state, link))
         if state.reach is not _Reach.REACHABLE:
-            was = state.reach
+            why = "heard again" if state.reach is _Reach.SUSPECTED else f"link{link} up"
             state.reach = _Reach.REACHABLE
-            why = "heard again" if was is _Reach.SUSPECTED else f"link{link} up"
             changes.append(PeerReachable(peer, f"node {peer} reachable: {why}"))
         return changes
 
@@ -248,7 +242,7 @@ class Links:
             changes.append(PeerSuspected(peer, f"node {peer} silent for {silence:.3f} s"))
         for lk in sorted(state.links.values(), key=lambda x: x.index):
             if lk.up and now >= lk.lease_until:
-                lk.up, lk.went_down, lk.streak = False, True, 0
+                lk.up, lk.went_down, lk.streak, lk.answered = False, True, 0, False
                 changes.append(LinkDown(peer, lk.index, f"link{lk.index} silent, lease expired"))
         changes += self._reselect(peer, state)
         if state.reach is not _Reach.UNREACHABLE and not state.up_links():
@@ -272,7 +266,7 @@ class Links:
 
     def next_deadline(self) -> float | None:
         """The earliest time `tick` or `due_sends` has something to do (None: nothing)."""
-        times: list[float] = []
+        times = [self._now] if self._pending else []
         for state in self._peers.values():
             times += self._peer_deadlines(state)
         return min(times, default=None)
@@ -313,16 +307,19 @@ class Links:
         return (now_us - echo.stamp_us - echo.held_us) / 1e6
 
     # ------------------------------------------------------------ internals
-    def _lease(self, interval: float) -> float:
-        """How long one datagram sent at `interval` keeps its link up."""
+    def _timeout(self, state: _Peer, link: int) -> float:
+        """Silence after which a link is down: failure_timeout if active, else link_timeout."""
         t = self.timing
-        return max(t.failure_timeout, LEASE_INTERVALS * interval + t.jitter_allowance)
+        return t.failure_timeout if link == state.active else t.link_timeout
 
     def _interval(self, kind: str) -> float:
         t = self.timing
         return t.heartbeat_interval if kind == "heartbeat" else t.probe_interval
 
-    def _role_interval(self, state: _Peer, link: int) -> float:
+    def _cadence(self, state: _Peer, link: int, announced: float | None) -> float:
+        """The sender's announced interval, else the one of the link's role here."""
+        if announced is not None and math.isfinite(announced) and announced > 0:
+            return announced
         return self._interval("heartbeat" if link == state.active else "probe")
 
     @staticmethod
@@ -363,6 +360,10 @@ class Links:
         if new == old:
             return []
         state.active = new
+        demoted = state.links.get(old) if old is not None else None
+        if demoted is not None and demoted.up and demoted.last_heard is not None:
+            keep = demoted.last_heard + self.timing.link_timeout  # now a probed link
+            demoted.lease_until = max(demoted.lease_until, keep)
         return [ActiveLinkChanged(peer, old, new, self._why(state, old, new))]
 
     @staticmethod
@@ -375,3 +376,16 @@ class Links:
         if old_link is None or not old_link.up:
             return f"failover: link{old} down, link{new} is the best link up"
         return f"failback: link{new} answered {FAILBACK_ROUNDS} rounds, outranks link{old}"
+
+
+def _measure(lk: _Link, now: float, rtt_sample: float | None, interval: float, gap: float) -> None:
+    """Arrival bookkeeping: last heard, loss; on an echo, the RTT EWMA and the answer streak
+    (answers closer than `gap` to the previous one count once: duplicates)."""
+    lk.last_heard = now if lk.last_heard is None else max(lk.last_heard, now)
+    lk.loss.arrive(now, interval)
+    if rtt_sample is None or not math.isfinite(rtt_sample):
+        return
+    sample = max(0.0, rtt_sample)
+    lk.rtt = sample if lk.rtt is None else lk.rtt + RTT_ALPHA * (sample - lk.rtt)
+    if lk.last_answer is None or now - lk.last_answer >= gap:
+        lk.answered, lk.streak, lk.last_answer = True, lk.streak + 1, now

@@ -6,6 +6,7 @@ Time is explicit (float seconds). Default timing: heartbeats every 0.1 s, failur
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 
 import pytest
@@ -113,7 +114,7 @@ def test_failover_to_the_probed_link_when_the_active_one_goes_silent() -> None:
     """link0 (priority 2) carries traffic; when it falls silent for failure_timeout, link1 (kept
     up by probes, lease link_timeout) takes over at once; the peer stays heard."""
     links = make(2, 1)
-    links.received(PEER, 1, 0.0, expected_interval=PROBE)
+    links.received(PEER, 1, 0.0)
     last = feed_heartbeats(links, 0, 0.0, 1.0)
     assert links.active_link(PEER) == 0
     changes = links.tick(last + T.failure_timeout)
@@ -129,64 +130,101 @@ def test_failover_to_the_probed_link_when_the_active_one_goes_silent() -> None:
 
 def test_failback_waits_for_two_consecutive_answered_probe_rounds() -> None:
     """A higher-priority link that failed comes back up at once (LinkUp) but takes traffic back
-    only after FAILBACK_ROUNDS consecutive answered probe rounds (anti-flapping)."""
-    links = make(2, 1)
-    links.received(PEER, 0, 0.0, expected_interval=HB)
-    links.received(PEER, 1, 0.0, expected_interval=PROBE)
-    links.tick(0.7)  # link0 down, link1 active
-    assert links.active_link(PEER) == 1
+    only after FAILBACK_ROUNDS answers to our probes in consecutive rounds (anti-flapping)."""
+    links = failed_over()
     t = 1.0
     assert DueSend(PEER, 0, "probe") in links.due_sends(t)
-    up = links.received(PEER, 0, t + 0.01, expected_interval=PROBE)
-    assert kinds(up) == [LinkUp, PeerReachable]  # peer was suspected; no failback yet
+    up = links.received(PEER, 0, t + 0.01, rtt_sample=0.01)
+    assert kinds(up) == [LinkUp, PeerReachable]  # the peer was suspected; no failback yet
     assert links.active_link(PEER) == 1
     assert FAILBACK_ROUNDS == 2
     links.received(PEER, 1, t + 0.5, expected_interval=HB)
     assert DueSend(PEER, 0, "probe") in links.due_sends(t + PROBE)
-    back = links.received(PEER, 0, t + PROBE + 0.01, expected_interval=PROBE)
+    back = links.received(PEER, 0, t + PROBE + 0.01, rtt_sample=0.01)
     assert back == [ActiveLinkChanged(PEER, 1, 0, back[0].reason)]
     assert "failback" in back[0].reason
 
 
-def test_an_unanswered_probe_round_restarts_the_failback_count() -> None:
-    """Answer, silence for a whole round, answer: the streak restarts, so no failback yet."""
+def failed_over() -> Links:
+    """link0 (priority 2) went down at 0.65 s, link1 (priority 1, probed) carries traffic."""
     links = make(2, 1)
+    links.due_sends(0.0)
     links.received(PEER, 0, 0.0, expected_interval=HB)
-    links.received(PEER, 1, 0.0, expected_interval=PROBE)
+    links.received(PEER, 1, 0.0)
     links.tick(0.7)
-    links.due_sends(1.0)
-    links.received(PEER, 0, 1.01, expected_interval=PROBE)
-    links.due_sends(2.0)  # round answered
-    links.received(PEER, 1, 2.5, expected_interval=HB)
-    links.due_sends(3.0)  # round 2.0-3.0 unanswered: streak back to 0
-    assert links.received(PEER, 0, 3.01, expected_interval=PROBE) == []
     assert links.active_link(PEER) == 1
+    return links
+
+
+def test_an_unanswered_probe_round_restarts_the_failback_count() -> None:
+    """Answer, a whole probe round without one, answer: the count restarts, no failback yet."""
+    links = failed_over()
+    links.due_sends(1.0)
+    links.received(PEER, 0, 1.01, rtt_sample=0.01)
+    links.due_sends(2.0)  # round 1.0-2.0 answered
+    links.received(PEER, 0, 2.5)  # heard, but not an answer to us
+    links.received(PEER, 1, 2.5, expected_interval=HB)
+    links.due_sends(3.0)  # round 2.0-3.0 unanswered: count back to 0
+    assert links.received(PEER, 0, 3.01, rtt_sample=0.01) == []
+    assert links.active_link(PEER) == 1
+
+
+def test_datagrams_that_answer_nothing_never_cause_a_failback() -> None:
+    """A link we only hear (the peer's probes, no echo of ours: maybe one-way) comes up but
+    never takes traffic back from a working link."""
+    links = failed_over()
+    for n in range(1, 10):
+        links.due_sends(float(n))
+        links.received(PEER, 0, n + 0.01)
+        links.received(PEER, 1, n + 0.02, expected_interval=HB)
+    assert links.stats(PEER)[0].up
+    assert links.active_link(PEER) == 1
+
+
+def test_echoing_heartbeats_fail_back_within_one_round() -> None:
+    """When the peer already heartbeats on the better link, its echoes are answers: two of
+    them, half a heartbeat interval apart or more, fail back without waiting a probe round;
+    duplicates of one answer count once."""
+    links = failed_over()
+    links.due_sends(1.0)
+    links.received(PEER, 0, 1.01, rtt_sample=0.01, expected_interval=HB)
+    assert links.received(PEER, 0, 1.011, rtt_sample=0.01, expected_interval=HB) == []
+    back = links.received(PEER, 0, 1.11, rtt_sample=0.01, expected_interval=HB)
+    assert kinds(back) == [ActiveLinkChanged]
 
 
 def test_a_better_link_that_never_failed_is_taken_at_once() -> None:
     """At start-up the first link heard carries traffic; a higher-priority link heard a moment
     later (it never went down) takes over immediately, without the failback wait."""
     links = make(2, 1)
-    links.received(PEER, 1, 0.0, expected_interval=PROBE)
+    links.received(PEER, 1, 0.0)
     assert links.active_link(PEER) == 1
     changes = links.received(PEER, 0, 0.02, expected_interval=HB)
     assert kinds(changes) == [LinkUp, ActiveLinkChanged]
     assert links.active_link(PEER) == 0
 
 
-def test_lease_follows_the_senders_cadence_not_our_role() -> None:
-    """A probe keeps its link up for link_timeout even after the link became our active one; a
-    heartbeat keeps it up for failure_timeout even on a link we only probe."""
+def test_leases_follow_the_role_and_survive_role_changes() -> None:
+    """A datagram keeps an active link up for failure_timeout and a probed one for
+    link_timeout; a newly active link keeps its probed lease (failover does not kill it); a
+    demoted one keeps link_timeout from its last datagram."""
     links = make(2, 1)
-    links.received(PEER, 0, 0.0, expected_interval=HB)
-    links.received(PEER, 1, 0.0, expected_interval=PROBE)
+    links.received(PEER, 1, 0.0)  # probed: up until link_timeout
+    links.received(PEER, 0, 0.0, expected_interval=HB)  # active: up until failure_timeout
     links.tick(T.failure_timeout)
-    assert links.active_link(PEER) == 1
+    assert links.active_link(PEER) == 1  # link0 down, link1 promoted with its probed lease
     assert links.heard(T.link_timeout - 0.01) == {PEER}
     assert links.heard(T.link_timeout) == frozenset()
-    unannounced = make(2, 1)
-    unannounced.received(PEER, 1, 0.0)  # role: probed, so a probe-cadence lease
-    assert unannounced.heard(T.link_timeout - 0.01) == {PEER}
+    links.received(PEER, 1, 1.0, expected_interval=HB)  # now an active-link lease
+    links.received(PEER, 0, 1.0)  # first up of link0 after failing: probed, no failback
+    links.due_sends(1.3)
+    links.received(PEER, 0, 1.31, rtt_sample=0.01)
+    links.due_sends(2.3)
+    assert kinds(links.received(PEER, 0, 2.31, rtt_sample=0.01)) == [ActiveLinkChanged]
+    links.tick(1.0 + T.link_timeout - 0.01)
+    assert links.stats(PEER)[1].up, "demoted link1 keeps link_timeout from its last datagram"
+    links.tick(1.0 + T.link_timeout)
+    assert not links.stats(PEER)[1].up
 
 
 def test_probes_only_on_non_active_links_every_probe_interval() -> None:
@@ -302,16 +340,18 @@ def test_eight_links_failover_cascades_down_the_priorities() -> None:
     for i in range(8):
         links.received(PEER, i, 0.0, expected_interval=HB)
     assert links.active_link(PEER) == order[0]
-    actives = []
+    now = 0.0
     for step, link in enumerate(order):
-        now = (step + 1) * 0.1
+        now += T.link_timeout  # `link` silent since the previous step, the others fed
         for other in order[step + 1 :]:
-            links.received(PEER, other, now, expected_interval=HB)
-        links.tick(now + T.failure_timeout - 0.1 + 1e-9)
-        actives.append(links.active_link(PEER))
+            links.received(PEER, other, now - 0.01)
+        changes = links.tick(now)
+        assert [c.link for c in changes if isinstance(c, LinkDown)] == [link]
         assert not links.stats(PEER)[link].up
-    assert actives[:-1] == order[1:]
-    assert links.heard(10.0) == frozenset()
+        if step < 7:
+            assert links.active_link(PEER) == order[step + 1]
+    assert kinds(changes)[-1] is PeerUnreachable
+    assert links.heard(now) == frozenset()
     assert len(links.stats(PEER)) == 8
 
 
@@ -339,25 +379,43 @@ def test_peer_added_updated_and_removed() -> None:
 
 # ------------------------------------------------------------------ property
 
-_INTERVALS = (None, HB, PROBE)
 steps = st.lists(
     st.tuples(
         st.floats(0.0, 1.5),  # time advance
         st.sampled_from(("recv", "tick", "send")),
         st.integers(0, 2),  # link
-        st.sampled_from(_INTERVALS),
+        st.booleans(),  # the datagram echoes our stamp (an answer)
+        st.sampled_from((None, HB, PROBE)),  # announced interval (loss only)
     ),
     max_size=60,
 )
 
 
 class _Model:
-    """What the events say so far, checked for consistency as they come."""
+    """What the events say so far, checked for consistency as they come, and the leases the
+    documented rule gives: failure_timeout on the active link, link_timeout on probed ones, a
+    demoted up link keeping link_timeout from its last datagram."""
 
     def __init__(self) -> None:
         self.up: set[int] = set()
         self.active: int | None = None
         self.reach = "unreachable"
+        self.last: dict[int, float] = {}
+        self.lease: dict[int, float] = {}
+        self.ever_down: set[int] = set()
+
+    def heard(self, link: int, now: float) -> None:
+        self.last[link] = now
+
+    def granted(self, link: int, now: float) -> None:
+        timeout = T.failure_timeout if link == self.active else T.link_timeout
+        self._extend(link, now + timeout)
+
+    def alive(self, now: float) -> set[int]:
+        return {i for i, until in self.lease.items() if now < until}
+
+    def _extend(self, link: int, until: float) -> None:
+        self.lease[link] = max(self.lease.get(link, until), until)
 
     def apply(self, change: LinkChange) -> None:
         if isinstance(change, LinkUp):
@@ -366,8 +424,11 @@ class _Model:
         elif isinstance(change, LinkDown):
             assert change.link in self.up
             self.up.remove(change.link)
+            self.ever_down.add(change.link)
         elif isinstance(change, ActiveLinkChanged):
             assert change.old == self.active != change.new
+            if change.old in self.up:
+                self._extend(change.old, self.last[change.old] + T.link_timeout)
             self.active = change.new
         elif isinstance(change, PeerReachable):
             assert self.reach != "reachable"
@@ -381,37 +442,111 @@ class _Model:
             self.reach = "unreachable"
 
 
-@settings(max_examples=300, deadline=None)
+Step = tuple[float, str, int, bool, float | None]
+
+
+def run_step(links: Links, model: _Model, now: float, step: Step) -> None:
+    """Apply one scripted step to `links`, feeding its events to the model."""
+    _, op, link, answer, interval = step
+    if op == "recv":
+        model.heard(link, now)
+        rtt = 0.01 if answer else None
+        changes = links.received(PEER, link, now, rtt_sample=rtt, expected_interval=interval)
+    elif op == "tick":
+        changes = links.tick(now)
+    else:
+        changes = []
+        links.due_sends(now)
+    for change in changes:
+        model.apply(change)
+    if op == "recv":
+        model.granted(link, now)
+
+
+@settings(max_examples=400, deadline=None)
 @given(prios=st.tuples(*[st.integers(0, 3)] * 3), script=steps)
 def test_heard_iff_a_lease_covers_now_and_events_alternate(
-    prios: tuple[int, int, int], script: list[tuple[float, str, int, float | None]]
+    prios: tuple[int, int, int], script: list[Step]
 ) -> None:
     """For any receive/tick/send sequence: heard() has the peer iff some link got a datagram
-    within its timeout (announced cadence, else our role's); events never contradict each other
-    (no LinkDown without LinkUp, ActiveLinkChanged from the previous active), and after every
-    tick the links' up flags, the active link and the peer's reachability match."""
+    within its timeout (failure_timeout while active, link_timeout while probed); events never
+    contradict each other (no LinkDown without LinkUp, ActiveLinkChanged from the previous
+    active, reachability alternating), and after every tick the links' up flags, the active
+    link and the peer's reachability agree with the leases."""
     links, model = make(*prios), _Model()
-    lease: dict[int, float] = {}
     now = 0.0
-    for advance, op, link, interval in script:
-        now += advance
-        if op == "recv":
-            active = next((s.link for s in links.stats(PEER) if s.active), None)
-            cadence = interval or (HB if link == active else PROBE)
-            timeout = max(T.failure_timeout, 3 * cadence + T.jitter_allowance)
-            lease[link] = max(lease.get(link, -1.0), now + timeout)
-            changes = links.received(PEER, link, now, expected_interval=interval)
-        elif op == "tick":
-            changes = links.tick(now)
-        else:
-            changes = []
-            links.due_sends(now)
-        for change in changes:
-            model.apply(change)
-        alive = {i for i, until in lease.items() if now < until}
+    for step in script:
+        now += step[0]
+        run_step(links, model, now, step)
+        alive = model.alive(now)
         assert links.heard(now) == ({PEER} if alive else frozenset())
-        if op == "tick":
+        if step[1] == "tick":
             assert model.up == alive == {s.link for s in links.stats(PEER) if s.up}
-            assert (model.active is None) == (not alive)
+            assert model.active == next((s.link for s in links.stats(PEER) if s.active), None)
             assert model.active is None or model.active in alive
-            assert (model.reach == "unreachable") == (not alive)
+            better = {
+                i
+                for i in alive
+                if (prios[i], -i) > (prios[model.active or 0], -1 * (model.active or 0))
+            }
+            assert model.active is None or better <= model.ever_down, "only hysteresis skips one"
+            assert (model.active is None) == (not alive) == (model.reach == "unreachable")
+
+
+# ------------------------------------------------------------------ two nodes, simulated network
+
+
+def simulate(seed: int, loss: float, one_way: bool) -> list[tuple[float, int, LinkChange]]:
+    """Two nodes, link0 (priority 2) and link1 (priority 1), 1 ms one-way delay, random loss,
+    polled every 10 ms for 25 s, driven as agent.node drives Links (heartbeats echo, probes are
+    answered). link0 fails in [5 s, 15 s): both ways, or only node 2 -> node 1."""
+    rng = random.Random(seed)
+    local = (LinkConfig(0, "a", priority=2), LinkConfig(1, "b", priority=1))
+    nodes = {1: Links(1, local, T), 2: Links(2, local, T)}
+    nodes[1].set_peer(2, frozenset({0, 1}))
+    nodes[2].set_peer(1, frozenset({0, 1}))
+    flight: list[tuple[float, int, int, str]] = []
+    log: list[tuple[float, int, LinkChange]] = []
+    for step in range(2500):
+        now = step / 100 + rng.uniform(0, 0.002)
+        for me, links in nodes.items():
+            flight += [(now + 0.001, me, d.link, d.kind) for d in links.due_sends(now)]
+            log += [(now, me, c) for c in links.tick(now)]
+        arrived, flight = [m for m in flight if m[0] <= now], [m for m in flight if m[0] > now]
+        for _, src, link, kind in arrived:
+            cut = link == 0 and 5 <= now < 15 and (src == 2 or not one_way)
+            if cut or rng.random() < loss:
+                continue
+            dst = 3 - src
+            if kind == "probe":
+                flight.append((now + 0.001, dst, link, "reply"))
+            rtt = None if kind == "probe" else 0.002
+            interval = HB if kind == "heartbeat" else None
+            changes = nodes[dst].received(
+                src, link, now, rtt_sample=rtt, expected_interval=interval
+            )
+            log += [(now, dst, c) for c in changes]
+    return log
+
+
+@pytest.mark.parametrize("one_way", [False, True], ids=["both_ways", "one_way"])
+@pytest.mark.parametrize("loss", [0.0, 0.05, 0.15])
+def test_two_nodes_fail_over_and_back_without_losing_each_other(loss: float, one_way: bool) -> None:
+    """When link0 fails (both ways or one way) both nodes move to link1 within two failure
+    timeouts, and back to link0 within 3 probe intervals of its repair (8 under loss); link1
+    never goes down and neither node loses the other, at up to 15 % random loss (5 seeds each)."""
+    for seed in range(5):
+        log = simulate(seed, loss, one_way)
+        bad: list[LinkChange] = [c for _, _, c in log if isinstance(c, PeerUnreachable)]
+        bad += [c for _, _, c in log if isinstance(c, LinkDown) and c.link != 0]
+        assert bad == [], f"seed {seed}: {bad}"
+        for node in (1, 2):
+            moves = [
+                (at, c.new) for at, n, c in log if n == node and isinstance(c, ActiveLinkChanged)
+            ]
+            start = [new for at, new in moves if at < 1.0]
+            later = [(at, new) for at, new in moves if at >= 1.0]
+            assert start[-1] == 0, f"seed {seed} node {node}: {moves}"
+            assert [new for _, new in later] == [1, 0], f"seed {seed} node {node}: {moves}"
+            assert 5.0 < later[0][0] < 5.0 + 2 * T.failure_timeout + 0.1
+            assert 15.0 < later[1][0] < 15.0 + (3 if loss == 0 else 8) * PROBE
