@@ -180,8 +180,10 @@ class Links:
     def set_peer(self, peer: int, links: frozenset[int]) -> None:
         """The link indexes `peer` has an address on; only those we have too are tracked.
 
-        Idempotent; existing link state is kept. A removed link that was up is reported down by
-        the next `tick` (and the active link re-chosen there)."""
+        Idempotent; existing link state is kept. Changes it causes (a removed link that was up
+        goes down, the active link moves) are returned by the next `tick`."""
+        if peer == self.node_id:
+            return
         state = self._peers.setdefault(peer, _Peer(links={}))
         wanted = {i for i in links if i in self._priority}
         for index in sorted(set(state.links) - wanted):
@@ -189,6 +191,7 @@ class Links:
                 self._pending.append(LinkDown(peer, index, f"link{index} address removed"))
         for index in sorted(wanted - set(state.links)):
             state.links[index] = _Link(index, self._priority[index])
+        self._pending += self._reselect(peer, state)
 
     def remove_peer(self, peer: int) -> None:
         """Forget a peer entirely (no events)."""

@@ -193,6 +193,23 @@ def test_echoing_heartbeats_fail_back_within_one_round() -> None:
     assert kinds(back) == [ActiveLinkChanged]
 
 
+def test_failover_prefers_a_settled_link_to_an_unproven_better_one() -> None:
+    """When the active link fails, a higher-priority link that failed before and has not yet
+    answered twice is passed over for a lower one that is settled."""
+    links = make(3, 2, 1)
+    links.due_sends(0.0)
+    for link in (0, 1, 2):
+        links.received(PEER, link, 0.0, expected_interval=HB)
+    links.tick(0.7)  # link0 (active) down; link1 takes over
+    assert links.active_link(PEER) == 1
+    links.received(PEER, 2, 0.9)
+    links.received(PEER, 1, 1.0, expected_interval=HB)
+    links.received(PEER, 0, 1.0, rtt_sample=0.01)  # link0 back, one answer only
+    links.tick(T.link_timeout + 0.01)  # link1's lease (probed at 0.0, active at 1.0) ran out
+    assert not links.stats(PEER)[1].up
+    assert links.active_link(PEER) == 2
+
+
 def test_a_better_link_that_never_failed_is_taken_at_once() -> None:
     """At start-up the first link heard carries traffic; a higher-priority link heard a moment
     later (it never went down) takes over immediately, without the failback wait."""
@@ -365,6 +382,7 @@ def test_peer_added_updated_and_removed() -> None:
     links.set_peer(PEER, frozenset({0, 1}))
     assert links.stats(PEER)[0].up
     links.set_peer(PEER, frozenset({1}))
+    assert links.active_link(PEER) == 1
     changes = links.tick(0.01)
     assert kinds(changes) == [LinkDown, ActiveLinkChanged]
     assert links.active_link(PEER) == 1
