@@ -20,6 +20,7 @@ Semantics (votequorum(5) section named in brackets):
 * Override (`set_expected_override`, like `corosync-quorumtool -e` / `pvecm expected`): this
   node uses max(override, total) and ignores members' reports until the override is cleared;
   it may lower expected below a majority (the operator's responsibility; S1 is void then).
+  It is reported, so an override above the others' value raises theirs (highest wins).
 * quorum = expected // 2 + 1; quorate when total >= quorum. [OVERVIEW]
 * two_node: while expected is 2 and at most 2 nodes were ever known, quorum is 1; a third
   node disables it ("If more than 2 nodes join ... automatically disabled"). [two_node]
@@ -265,6 +266,7 @@ class Votequorum:
     def _settle(self, now: float) -> list[QuorumChange]:
         """Re-evaluate (twice if last_man_standing moved expected) and report the changes."""
         old = self._status
+        self._end_wait_for_all()
         self._status = self._evaluate()
         self._apply_lms(now)
         self._status = self._evaluate()
@@ -274,15 +276,14 @@ class Votequorum:
     def _two_node_active(self, expected: int) -> bool:
         return self._opts.two_node and expected == 2 and len(self._known) <= 2
 
-    def _wait_over(self, total: int) -> bool:
+    def _end_wait_for_all(self) -> None:
         """wait_for_all ends once all configured nodes (and votes) were present together, or
         when this node joins members that are quorate and no longer waiting."""
         inp = self._inp
         if self._waiting and set(self._configured) <= inp.members:
-            self._waiting = total < self._wfa_votes
+            self._waiting = self._node_votes() < self._wfa_votes
         if self._waiting and inp.quorate_members & (inp.members - {self._id}):
             self._waiting = False
-        return not self._waiting
 
     def _evaluate(self) -> QuorumStatus:
         expected, total = self._effective_expected(), self._total()
@@ -291,7 +292,7 @@ class Votequorum:
         flags = self._option_flags(two_node)
         if not self._inp.members:
             return QuorumStatus(False, expected, total, quorum, flags, "no view installed yet")
-        if not self._wait_over(total):
+        if self._waiting:
             missing = sorted(set(self._configured) - self._inp.members)
             why = f"wait_for_all: not all nodes seen together yet (missing: {missing or 'votes'})"
             return QuorumStatus(False, expected, total, quorum, flags | {"WaitForAllStatus"}, why)
