@@ -258,6 +258,17 @@ def test_two_node_off_when_a_third_node_joins() -> None:
     assert not vq.status.quorate
 
 
+def test_two_node_split_leaves_both_quorate() -> None:
+    """two_node trades S1 for availability: after a split both nodes are quorate (votequorum(5):
+    it relies on fencing), which is why the S1 property excludes it."""
+    one, two = cluster(2, TWO_NODE, me=1), cluster(2, TWO_NODE, me=2)
+    for vq, me in ((one, 1), (two, 2)):
+        vq.update(view([1, 2]), 0.0)
+        vq.update(view([me], key=(me, 2)), 1.0)
+    assert one.status.quorate
+    assert two.status.quorate
+
+
 # -- wait_for_all ---------------------------------------------------------------------------
 
 WFA = QuorumOptions(wait_for_all=True)
@@ -297,6 +308,13 @@ def test_wait_for_all_not_ended_by_own_quorate_report() -> None:
     vq = cluster(3, WFA)
     vq.update(view([1, 2], quorate=[1]), 0.0)
     assert not vq.status.quorate
+
+
+def test_wait_for_all_ignores_quorate_reports_from_non_members() -> None:
+    """A quorate report from a node outside the installed view does not end the wait."""
+    vq = cluster(3, WFA)
+    vq.update(view([1, 2], quorate=[3]), 0.0)
+    assert "WaitForAllStatus" in vq.status.flags
 
 
 def test_wait_for_all_with_explicit_expected_votes_needs_the_votes() -> None:
@@ -669,3 +687,15 @@ def test_events_exactly_when_status_changes(
         assert vq.reported_expected == after.expected_votes >= 1
         deadline = vq.next_deadline()
         assert deadline is None or opts.last_man_standing
+
+
+@given(st.integers(1, 9), st.data())
+def test_no_blip_for_any_surviving_majority(n: int, data: st.DataObject) -> None:
+    """From the full view to any sub-view holding a majority of the votes: no event at all, and
+    quorate before and after (the verdict follows the installed view in one step)."""
+    survivors = data.draw(st.sets(st.integers(1, n), min_size=n // 2 + 1))
+    me = data.draw(st.sampled_from(sorted(survivors)))
+    vq = cluster(n, me=me)
+    vq.update(view(range(1, n + 1), expected=n), 0.0)
+    assert vq.update(view(survivors, key=(min(survivors), 2), expected=n), 1.0) == []
+    assert vq.status.quorate
