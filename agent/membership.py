@@ -1,0 +1,261 @@
+"""Membership: the connectivity matrix, the best clique, proposals and installed views.
+
+Owns docs/design.md §3.1. Sans-IO: time comes in as float seconds; it never reads a clock, sends,
+persists or logs. The node (`agent/node.py`) feeds it heartbeats (`peer_report`), the link layer's
+`heard` set, and calls `evaluate`; it sends `view`/`proposal` in heartbeats and persists `max_seq`.
+
+Algorithm, per `evaluate(now)`:
+
+1. *Matrix*: my `heard` plus the `heard` of every peer whose report is at most
+   `timing.failure_timeout` old. Edge i-j when both report hearing each other. A candidate is a peer
+   I hear, whose fresh report says it hears me.
+2. *Members*: the best clique containing me (largest, then smallest sorted ids; `agent/clique.py`)
+   among the candidates, minus the *taken* peers: j is taken when its fresh proposal does not
+   contain me and outranks the clique I computed (j is going to a better clique without me). This
+   refinement of §3.1 is what lets a node that cannot see the whole matrix (C in A-B-C, where C
+   does not hear A) reach the same partition as everyone else: on a stable matrix all nodes
+   converge to `clique.greedy_partition` of the mutual graph, level by level.
+3. *Ring id*, with r = min(members):
+   a. not r, and r's fresh proposal has exactly these members: take r's ring id;
+   b. my current proposal has exactly these members: keep it;
+   c. the newest installed view (highest seq) among the members' and mine has exactly these
+      members and representative r: adopt its ring id (no view change after a flap);
+   d. otherwise a new ring id (r, max_seq + 1).
+4. *Install* when every other member's latest proposal, at most `timing.proposal_ttl` old, equals
+   mine. My proposal is always (best clique, ring id), so an install is always of it.
+
+Safety (S2: two nodes that installed the same ring id have the same member set).
+
+Invariant I: for every ring id R = (r, s), node r proposes at most one member set under R over
+its whole life, across restarts. Every proposal (M, R) also has R.representative = min(M) ∈ M.
+
+* r proposes (r, s) only by (b) keeping its own proposal (same set), (c) adopting an installed
+  view (M, (r, s)), or (d) minting s = max_seq + 1. Rule (a) never applies to r, so r never
+  takes a ring id another node minted in r's name (non-representatives mint placeholders (r, s)
+  in step (d); those are never binding).
+* (d): max_seq >= every seq r ever proposed (it is raised before a proposal is returned, and the
+  runtime persists it before anything that carries the proposal leaves the node), so (r, s) is
+  new. At start the node installs the singleton ({me}, (me, max_seq + 1)) and raises max_seq to
+  it: the persisted value may be the seq of a multi-member view, so reusing it would break S2.
+* (c): someone installed (M, (r, s)); an install needs every member's proposal to equal it and
+  r ∈ M, so r itself proposed (M, (r, s)) before (in this life or an earlier one): same set.
+* Install of (M, R) by node i needs i's own proposal to be (M, R) and, when i != r, r's reported
+  proposal to be (M, R) (r ∈ M). Either way r proposed (M, R); by I, M is the only set r ever
+  proposed under R. Hence every install of R, by anyone, has the same M.
+
+Races do not matter for S2: a proposal that changes while others install the old one only means
+some members never install it; an out-of-date or reordered report is still a genuine proposal.
+What the runtime must do: persist `max_seq` (durably) after `evaluate` and before sending a
+heartbeat or publishing an event from it, and never reuse a node id for a different machine
+without carrying its `max_seq` over.
+
+Liveness (S3 after the settle time): on a stable matrix the best clique overall has members that
+all pick it (nothing outranks it, so nobody is taken), its representative keeps one ring id, the
+others follow it (a) and everyone installs within a few heartbeat rounds; then the next level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.clique import best_clique_containing, mutual_graph, outranks
+from agent.config import Timing
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RingId:
+    """Names a view: (lowest member, sequence). One ring id never names two member sets (S2)."""
+
+    representative: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """A member set and its ring id; the form of both installed views and proposals."""
+
+    ring_id: RingId
+    members: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerReport:
+    """What one peer's latest heartbeat said."""
+
+    heard: frozenset[int]
+    view: MemberView | None
+    proposal: MemberView | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalChanged:
+    """This node now proposes `proposal`."""
+
+    proposal: MemberView
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewInstalled:
+    """Every member proposes `view`: it is installed (quorum counts it from now on)."""
+
+    view: MemberView
+    previous: MemberView
+    joined: frozenset[int]
+    left: frozenset[int]
+    reason: str
+
+
+MembershipChange = ProposalChanged | ViewInstalled
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    report: PeerReport
+    at: float
+
+
+def _ids(members: frozenset[int]) -> str:
+    return "{" + ", ".join(str(m) for m in sorted(members)) + "}"
+
+
+def _ring(view: MemberView) -> str:
+    return f"({view.ring_id.representative}, {view.ring_id.seq})"
+
+
+class Membership:
+    """One node's membership state machine (see the module docstring)."""
+
+    def __init__(self, node_id: int, timing: Timing, max_seq: int = 0) -> None:
+        self._me = node_id
+        self._timing = timing
+        self._max_seq = max_seq + 1  # the boot view takes a fresh seq: see the S2 argument
+        self._view = MemberView(RingId(node_id, self._max_seq), frozenset({node_id}))
+        self._proposal = self._view
+        self._heard: frozenset[int] = frozenset()
+        self._heard_at = 0.0
+        self._reports: dict[int, _Received] = {}
+        self._matrix: dict[int, frozenset[int]] = {node_id: frozenset()}
+
+    # ------------------------------------------------------------ inputs
+    def peer_report(self, peer: int, report: PeerReport, now: float) -> None:
+        """Remember `peer`'s latest heartbeat contents, received at `now`."""
+        if peer == self._me:
+            return
+        self._reports[peer] = _Received(report, now)
+        for view in (report.view, report.proposal):
+            if view is not None:
+                self._max_seq = max(self._max_seq, view.ring_id.seq)
+
+    def set_heard(self, heard: frozenset[int], now: float) -> None:
+        """The peers this node hears now (from the link layer). It expires like a report: a
+        `heard` older than the failure timeout counts as hearing nobody."""
+        self._heard = heard - {self._me}
+        self._heard_at = now
+
+    def forget(self, peer: int) -> None:
+        """Drop what `peer` reported (removed from the cluster, or restarted)."""
+        self._reports.pop(peer, None)
+
+    # ------------------------------------------------------------ outputs
+    @property
+    def view(self) -> MemberView:
+        """The installed view."""
+        return self._view
+
+    @property
+    def proposal(self) -> MemberView:
+        """The view this node proposes."""
+        return self._proposal
+
+    @property
+    def max_seq(self) -> int:
+        """The highest seq seen or made; the runtime persists it before sending."""
+        return self._max_seq
+
+    def matrix(self) -> dict[int, frozenset[int]]:
+        """Who hears whom, as used by the last `evaluate` (mine and the fresh reports)."""
+        return dict(self._matrix)
+
+    # ------------------------------------------------------------ the decision
+    def evaluate(self, now: float) -> list[MembershipChange]:
+        """Recompute the best clique and the proposal; install when every member agrees."""
+        fresh = self._fresh(now, self._timing.failure_timeout)
+        heard = self._heard if now - self._heard_at <= self._timing.failure_timeout else frozenset()
+        self._matrix = {self._me: heard} | {p: r.heard for p, r in fresh.items()}
+        members = self._members(fresh)
+        changes: list[MembershipChange] = []
+        proposal, why = self._proposal_for(members, fresh)
+        if proposal != self._proposal:
+            self._proposal = proposal
+            self._max_seq = max(self._max_seq, proposal.ring_id.seq)
+            changes.append(ProposalChanged(proposal, why))
+        installed = self._try_install(now)
+        if installed is not None:
+            changes.append(installed)
+        return changes
+
+    def _fresh(self, now: float, ttl: float) -> dict[int, PeerReport]:
+        return {p: r.report for p, r in self._reports.items() if now - r.at <= ttl}
+
+    def _members(self, fresh: dict[int, PeerReport]) -> frozenset[int]:
+        """Best clique with me, skipping peers taken by a better clique without me."""
+        graph = mutual_graph(self._matrix)
+        candidates = set(graph.get(self._me, ()))  # mutual, so in my (fresh) heard
+        while True:
+            members = best_clique_containing(self._me, graph, candidates)
+            taken = {p for p in members - {self._me} if self._taken(fresh[p], p, members)}
+            if not taken:
+                return members
+            candidates -= taken
+
+    def _taken(self, report: PeerReport, peer: int, members: frozenset[int]) -> bool:
+        other = report.proposal
+        if other is None or self._me in other.members or peer not in other.members:
+            return False
+        return outranks(other.members, members)
+
+    def _proposal_for(
+        self, members: frozenset[int], fresh: dict[int, PeerReport]
+    ) -> tuple[MemberView, str]:
+        rep = min(members)
+        if rep != self._me:
+            theirs = fresh[rep].proposal
+            if theirs and theirs.members == members and theirs.ring_id.representative == rep:
+                return theirs, f"{_ids(members)}: ring {_ring(theirs)} of representative {rep}"
+        if self._proposal.members == members:
+            return self._proposal, "unchanged"
+        adopted = self._newest_installed(members, fresh)
+        if adopted is not None:
+            return adopted, f"{_ids(members)}: installed ring {_ring(adopted)} again"
+        new = MemberView(RingId(rep, self._max_seq + 1), members)
+        return new, f"best clique {_ids(members)}: new ring {_ring(new)}"
+
+    def _newest_installed(
+        self, members: frozenset[int], fresh: dict[int, PeerReport]
+    ) -> MemberView | None:
+        """The members' newest installed view, when it has exactly `members`."""
+        views = [self._view] + [v for p in members - {self._me} if (v := fresh[p].view)]
+        newest = max(views, key=lambda v: (v.ring_id.seq, v.ring_id.representative))
+        if newest.members == members and newest.ring_id.representative == min(members):
+            return newest
+        return None
+
+    def _try_install(self, now: float) -> ViewInstalled | None:
+        mine = self._proposal
+        if mine == self._view:
+            return None
+        agreeing = self._fresh(now, self._timing.proposal_ttl)
+        if any(
+            p not in agreeing or agreeing[p].proposal != mine for p in mine.members - {self._me}
+        ):
+            return None
+        previous, self._view = self._view, mine
+        return ViewInstalled(
+            view=mine,
+            previous=previous,
+            joined=mine.members - previous.members,
+            left=previous.members - mine.members,
+            reason=f"all {len(mine.members)} members propose {_ids(mine.members)} "
+            f"as ring {_ring(mine)}",
+        )

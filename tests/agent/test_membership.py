@@ -1,0 +1,236 @@
+"""agent/membership.py: cliques under one-way and non-transitive failures, agreement, ring ids.
+
+Scenario tests drive several `Membership` instances through `tests/agent/membership_net.py`;
+unit tests poke one instance with hand-written reports. The Hypothesis properties (S2 under
+loss, delay, reordering and restarts; convergence on a stable matrix) are in
+`test_membership_properties.py`.
+"""
+
+from __future__ import annotations
+
+from agent.config import Timing
+from agent.membership import (
+    Membership,
+    MemberView,
+    PeerReport,
+    ProposalChanged,
+    RingId,
+    ViewInstalled,
+)
+from tests.agent.membership_net import MembershipNet, full_mesh, without
+
+T = Timing()
+SETTLE = 15  # rounds: stale hearing expires (7 rounds) and a few agreement rounds follow
+
+
+def net_with(ids: list[int], links: set[tuple[int, int]], rounds: int = SETTLE) -> MembershipNet:
+    """A network with these links, run for `rounds`, checked for S2."""
+    net = MembershipNet(ids, links=links)
+    net.run(rounds)
+    assert net.s2_violations() == []
+    return net
+
+
+def members(net: MembershipNet) -> dict[int, set[int]]:
+    """Each node's installed member set."""
+    return {n: set(v.members) for n, v in net.views().items()}
+
+
+def mv(rep: int, seq: int, *ids: int) -> MemberView:
+    """A MemberView literal."""
+    return MemberView(RingId(rep, seq), frozenset(ids))
+
+
+def test_start_installs_a_singleton_with_a_fresh_seq() -> None:
+    """At start the singleton view is installed and proposed, with the seq after the persisted
+    one (which may name an older multi-node view)."""
+    m = Membership(4, T, max_seq=41)
+    assert m.view == m.proposal == mv(4, 42, 4)
+    assert m.max_seq == 42
+    assert m.evaluate(0.0) == []
+
+
+def test_full_mesh_installs_one_view() -> None:
+    """Five nodes that all hear each other install one view with one ring id."""
+    net = net_with([1, 2, 3, 4, 5], full_mesh([1, 2, 3, 4, 5]))
+    assert len(set(net.views().values())) == 1
+    assert net.views()[3].members == {1, 2, 3, 4, 5}
+    assert net.views()[3].ring_id.representative == 1
+
+
+def test_one_way_cut_splits_the_pair() -> None:
+    """A hears B but B does not hear A: no edge, so each is its own view."""
+    net = net_with([1, 2], {(2, 1)})
+    assert members(net) == {1: {1}, 2: {2}}
+
+
+def test_one_way_cut_in_three_resolves_to_a_clique() -> None:
+    """Full mesh of three with 1->2 cut one way: {1,3} (smallest ids) and {2}, on every node."""
+    net = net_with([1, 2, 3], full_mesh([1, 2, 3]) - {(1, 2)})
+    assert members(net) == {1: {1, 3}, 2: {2}, 3: {1, 3}}
+    assert net.converged()
+
+
+def test_non_transitive_gives_a_pair_and_a_singleton() -> None:
+    """A-B and B-C but no A-C: {A,B} and {C} on every node, even though C cannot see that A and B
+    hear each other (it learns it from B's proposal)."""
+    net = net_with([1, 2, 3], without(full_mesh([1, 2, 3]), (1, 3)))
+    assert members(net) == {1: {1, 2}, 2: {1, 2}, 3: {3}}
+    assert net.views()[1] == net.views()[2]
+
+
+def test_non_transitive_after_a_full_view_leaves_nobody_in_the_old_view() -> None:
+    """From an installed view of three, cutting A-C moves every node out of the old view."""
+    net = net_with([1, 2, 3], full_mesh([1, 2, 3]))
+    old = net.views()[1]
+    net.links = without(net.links, (1, 3))
+    net.run(SETTLE)
+    assert members(net) == {1: {1, 2}, 2: {1, 2}, 3: {3}}
+    assert old not in net.views().values()
+    assert net.s2_violations() == []
+
+
+def test_majorities_ring_forms_no_majority() -> None:
+    """Five nodes, each cut from a different pair (its two non-neighbours on a ring): every node
+    hears a majority, yet no clique of three exists: {1,2}, {3,4}, {5}."""
+    ids = [1, 2, 3, 4, 5]
+    cuts = [(n, (n + 1) % 5 + 1) for n in ids]  # 1-3, 2-4, 3-5, 4-1, 5-2
+    net = net_with(ids, without(full_mesh(ids), *cuts), rounds=2 * SETTLE)
+    assert members(net) == {1: {1, 2}, 2: {1, 2}, 3: {3, 4}, 4: {3, 4}, 5: {5}}
+    assert net.converged()
+
+
+def test_bridge_node_goes_with_one_half() -> None:
+    """Node 7 hears both halves {1,2,3} and {4,5,6}, which do not hear each other: it joins the
+    half with the smaller ids, and the other half forms its own view without it."""
+    ids = [1, 2, 3, 4, 5, 6, 7]
+    links = full_mesh([1, 2, 3, 7]) | full_mesh([4, 5, 6, 7])
+    net = net_with(ids, links, rounds=2 * SETTLE)
+    assert members(net)[7] == {1, 2, 3, 7}
+    assert members(net)[4] == {4, 5, 6}
+    assert net.converged()
+
+
+def test_restart_keeps_ring_ids_unique() -> None:
+    """The representative restarts with its persisted max_seq: its boot view and the views after
+    the rejoin use fresh seqs, and no ring id is installed with two member sets."""
+    net = net_with([1, 2, 3], full_mesh([1, 2, 3]))
+    before = net.views()[1]
+    net.restart(1)
+    assert net.views()[1].ring_id.seq > before.ring_id.seq
+    assert net.views()[1].members == {1}
+    net.run(SETTLE)
+    assert len(set(net.views().values())) == 1
+    assert net.views()[2].members == {1, 2, 3}
+    assert net.s2_violations() == []
+
+
+def test_representative_never_reuses_a_ring_id_for_another_set() -> None:
+    """Node 2 mints (1, 6) for {1,2} while node 1 proposes (1, 6) for {1,3}: when node 1 then
+    picks {1,2} it mints a new ring id instead of taking 2's, so (1, 6) keeps one meaning."""
+    m = Membership(1, T, max_seq=5)  # boot view (1, 6)
+    m.set_heard(frozenset({3}), 0.0)
+    m.peer_report(3, PeerReport(frozenset({1}), None, None), 0.0)
+    m.evaluate(0.0)
+    assert m.proposal == mv(1, 7, 1, 3)
+    m.set_heard(frozenset({2}), 0.1)
+    m.forget(3)
+    m.peer_report(2, PeerReport(frozenset({1}), mv(2, 1, 2), mv(1, 7, 1, 2)), 0.1)
+    (changed,) = m.evaluate(0.1)
+    assert isinstance(changed, ProposalChanged)
+    assert changed.proposal == mv(1, 8, 1, 2)
+
+
+def test_non_representative_follows_the_representative_ring_id() -> None:
+    """A member that minted a placeholder takes the representative's ring id and installs once
+    every member proposes it."""
+    m = Membership(2, T)
+    m.set_heard(frozenset({1}), 0.0)
+    m.peer_report(1, PeerReport(frozenset({2}), mv(1, 1, 1), mv(1, 9, 1, 2)), 0.0)
+    changes = m.evaluate(0.0)
+    assert [type(c) for c in changes] == [ProposalChanged, ViewInstalled]
+    assert m.view == mv(1, 9, 1, 2)
+    installed = changes[1]
+    assert isinstance(installed, ViewInstalled)
+    assert installed.joined == {1}
+    assert installed.left == frozenset()
+    assert installed.previous == mv(2, 1, 2)
+
+
+def test_install_waits_for_every_member() -> None:
+    """A view is installed only when every member's proposal equals mine."""
+    m = Membership(1, T)
+    m.set_heard(frozenset({2, 3}), 0.0)
+    m.peer_report(2, PeerReport(frozenset({1, 3}), None, mv(1, 2, 1, 2, 3)), 0.0)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), None, mv(3, 1, 3)), 0.0)
+    m.evaluate(0.0)
+    assert m.proposal == mv(1, 3, 1, 2, 3)
+    assert m.view == mv(1, 1, 1)
+    m.peer_report(2, PeerReport(frozenset({1, 3}), None, mv(1, 3, 1, 2, 3)), 0.1)
+    assert m.evaluate(0.1) == []
+    m.peer_report(3, PeerReport(frozenset({1, 2}), None, mv(1, 3, 1, 2, 3)), 0.2)
+    (installed,) = m.evaluate(0.2)
+    assert isinstance(installed, ViewInstalled)
+    assert installed.view == m.view == mv(1, 3, 1, 2, 3)
+
+
+def test_stale_reports_and_unheard_peers_are_not_candidates() -> None:
+    """A peer whose report is older than the failure timeout, or that I do not hear, is left out
+    even though it reports hearing me."""
+    m = Membership(1, T)
+    m.peer_report(2, PeerReport(frozenset({1, 3}), None, None), 0.0)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), None, None), 0.5)
+    m.set_heard(frozenset({2}), 0.7)
+    m.evaluate(0.7)
+    assert m.proposal.members == {1}
+    assert m.matrix() == {1: {2}, 3: {1, 2}}
+
+
+def test_stale_matching_proposal_does_not_install() -> None:
+    """A member's matching proposal counts while it is fresh; older than proposal_ttl it does not
+    (and the member is no candidate any more): the node stays alone."""
+    for later, installs in ((0.1, True), (T.proposal_ttl + 0.01, False)):
+        m = Membership(1, T)
+        m.set_heard(frozenset({2}), 0.0)
+        m.peer_report(2, PeerReport(frozenset({1}), None, None), 0.0)
+        m.evaluate(0.0)
+        m.peer_report(2, PeerReport(frozenset({1}), None, m.proposal), 0.0)
+        m.set_heard(frozenset({2}), later)
+        m.evaluate(later)
+        assert (m.view.members == {1, 2}) is installs
+
+
+def test_max_seq_follows_what_peers_report() -> None:
+    """max_seq is the highest seq seen in any view or proposal, and new ring ids exceed it."""
+    m = Membership(1, T)
+    m.peer_report(2, PeerReport(frozenset(), mv(2, 30, 2), mv(2, 31, 2, 3)), 0.0)
+    assert m.max_seq == 31
+    m.set_heard(frozenset({2}), 0.0)
+    m.peer_report(2, PeerReport(frozenset({1}), mv(2, 30, 2), mv(2, 31, 2, 3)), 0.0)
+    m.evaluate(0.0)
+    assert m.proposal == mv(1, 32, 1, 2)
+
+
+def test_flap_readopts_the_installed_ring_id() -> None:
+    """After a member drops out of my clique and comes back before anyone installed a new view,
+    I propose the still-installed ring id again: no view change."""
+    net = net_with([1, 2, 3], full_mesh([1, 2, 3]))
+    view = net.views()[1]
+    m = net.nodes[2]
+    m.set_heard(frozenset({1}), net.now)
+    m.evaluate(net.now)
+    assert m.proposal.members == {1, 2}
+    net.run(1)
+    assert m.proposal == view
+    assert net.views()[2] == view
+
+
+def test_forget_drops_the_peer_report() -> None:
+    """After forget, a restarted peer's old report no longer makes it a candidate."""
+    m = Membership(1, T)
+    m.set_heard(frozenset({2}), 0.0)
+    m.peer_report(2, PeerReport(frozenset({1}), None, None), 0.0)
+    m.forget(2)
+    m.evaluate(0.0)
+    assert m.proposal.members == {1}
+    assert 2 not in m.matrix()
