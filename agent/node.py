@@ -1,0 +1,409 @@
+"""The node core: links, membership and votequorum composed into one sans-IO state machine.
+
+`AgentNode.handle(event, now) -> list[effect]` and `next_deadline()` (docs/design.md §3.3). It
+builds heartbeats, feeds what peers report into membership, counts the installed view's votes
+and turns every change into a typed `AgentEvent`. It must not read a clock, open a socket or log:
+time comes in `now` (monotonic seconds) and `wall_ms` (for the clock-skew check).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.events import AgentEvent, EventKind
+from agent.links import (
+    ActiveLinkChanged,
+    LinkChange,
+    LinkDown,
+    Links,
+    LinkUp,
+    PeerReachable,
+    PeerSuspected,
+    PeerUnreachable,
+)
+from agent.membership import (
+    Membership,
+    MembershipChange,
+    MemberView,
+    PeerReport,
+    RingId,
+    ViewInstalled,
+)
+from agent.node_events import (
+    Broadcast,
+    Emit,
+    MessageIn,
+    NodeEffect,
+    NodeEvent,
+    PeerAddresses,
+    PersistMaxSeq,
+    QdeviceUpdate,
+    QdeviceVote,
+    SendTo,
+    SetExpected,
+    Start,
+    Tick,
+)
+from agent.votequorum import (
+    ExpectedVotesChanged,
+    QuorumChange,
+    QuorumGained,
+    QuorumInput,
+    QuorumLost,
+    Votequorum,
+)
+from proto.mesh_messages import Echo, Heartbeat, Probe, ProbeReply, View
+
+__all__ = [
+    "AgentNode",
+    "Broadcast",
+    "Emit",
+    "MessageIn",
+    "NodeEffect",
+    "NodeEvent",
+    "PeerAddresses",
+    "PersistMaxSeq",
+    "QdeviceUpdate",
+    "QdeviceVote",
+    "SendTo",
+    "SetExpected",
+    "Start",
+    "Tick",
+]
+
+EVALUATE_DELAY = 0.005  # seconds: batch the membership evaluation after a burst of heartbeats
+
+
+@dataclass
+class _Peer:
+    """What we last heard from one peer."""
+
+    incarnation: int = 0
+    name: str = ""
+    votes: int = 1
+    expected: int = 0
+    stamp_us: int = 0
+    received_at: float = 0.0
+    wall_skew_ms: int | None = None
+    skewed: bool = False
+
+
+def _wire_view(view: MemberView) -> View:
+    return View(view.ring_id.representative, view.ring_id.seq, tuple(sorted(view.members)))
+
+
+def _member_view(view: View | None) -> MemberView | None:
+    if view is None:
+        return None
+    return MemberView(RingId(view.representative, view.seq), frozenset(view.members))
+
+
+class AgentNode:
+    """One cluster node's decisions."""
+
+    def __init__(self, config: AgentConfig, incarnation: int, *, max_seq: int = 0) -> None:
+        config.validate()
+        self.config = config
+        self.node_id = config.node_id
+        self.incarnation = incarnation
+        self.links = Links(config.node_id, config.links, config.timing)
+        self.membership = Membership(config.node_id, config.timing, max_seq)
+        self.quorum = Votequorum(
+            config.node_id,
+            config.quorum,
+            config.configured_votes(),
+            qdevice_votes=self._device_votes() if config.qdevice else 0,
+        )
+        self.peers: dict[int, _Peer] = {}
+        self.qdevice_votes = 0
+        self.qdevice_connected = False
+        self._persisted_seq = max_seq
+        self._evaluate_at: float | None = None
+        self._started = False
+        self._out: list[NodeEffect] = []
+        self._now = 0.0
+        self._wall_ms = 0
+
+    # ------------------------------------------------------------ public API
+    def handle(self, event: NodeEvent, now: float) -> list[NodeEffect]:
+        """Process one event; return the effects in order."""
+        self._now, self._out = now, []
+        if isinstance(event, Start):
+            self._start(event.wall_ms)
+        elif isinstance(event, Tick):
+            self._wall_ms = event.wall_ms
+            self._step()
+        elif isinstance(event, MessageIn):
+            self._wall_ms = event.wall_ms
+            self._message(event)
+        elif isinstance(event, PeerAddresses):
+            self._peer_addresses(event.peer, event.links)
+        elif isinstance(event, SetExpected):
+            self._quorum_events(self.quorum.set_expected_override(event.value, now))
+        else:
+            self._qdevice(event)
+        return self._out
+
+    def next_deadline(self) -> float | None:
+        """When the runtime must send `Tick` next."""
+        candidates = [
+            t
+            for t in (
+                self.links.next_deadline(),
+                self.quorum.next_deadline(),
+                self._evaluate_at,
+            )
+            if t is not None
+        ]
+        return min(candidates) if candidates else None
+
+    @property
+    def view(self) -> MemberView:
+        """The installed view."""
+        return self.membership.view
+
+    @property
+    def quorate(self) -> bool:
+        """The current verdict."""
+        return self.quorum.status.quorate
+
+    # ------------------------------------------------------------ lifecycle
+    def _start(self, wall_ms: int) -> None:
+        self._wall_ms = wall_ms
+        self._started = True
+        for peer in self.config.peers:
+            self._peer_addresses(peer.node_id, frozenset(link for link, _, _ in peer.addresses))
+        self._update_quorum()
+        self._step()
+
+    def _peer_addresses(self, peer: int, links: frozenset[int]) -> None:
+        if peer == self.node_id:
+            return
+        self.peers.setdefault(peer, _Peer())
+        self.links.set_peer(peer, links)
+
+    # ------------------------------------------------------------ receiving
+    def _message(self, ev: MessageIn) -> None:
+        if ev.peer == self.node_id:
+            return
+        peer = self.peers.setdefault(ev.peer, _Peer())
+        if ev.incarnation != peer.incarnation:
+            if peer.incarnation and ev.incarnation < peer.incarnation:
+                return  # an older life of this peer (the opener already rejects most)
+            if peer.incarnation:
+                self.membership.forget(ev.peer)
+            peer.incarnation = ev.incarnation
+        msg = ev.message
+        if isinstance(msg, Heartbeat):
+            self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
+        elif isinstance(msg, Probe):
+            self._link_changes(self.links.received(ev.peer, ev.link, self._now))
+            reply = ProbeReply(link=ev.link, stamp_us=msg.stamp_us)
+            self._out.append(SendTo(ev.peer, ev.link, reply))
+        elif isinstance(msg, ProbeReply):
+            rtt = max(0.0, self._now - msg.stamp_us / 1e6 - msg.held_us / 1e6)
+            self._link_changes(self.links.received(ev.peer, ev.link, self._now, rtt_sample=rtt))
+
+    def _heartbeat(self, pid: int, peer: _Peer, link: int, hb: Heartbeat, wall_ms: int) -> None:
+        rtt = None
+        for echo in hb.echoes:
+            if echo.node_id == self.node_id:
+                rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
+        interval = self.config.timing.heartbeat_interval
+        self._link_changes(
+            self.links.received(pid, link, self._now, rtt_sample=rtt, expected_interval=interval)
+        )
+        changed = (peer.votes, peer.expected) != (hb.votes, hb.expected_votes)
+        peer.name, peer.votes, peer.expected = hb.node_name, hb.votes, hb.expected_votes
+        if changed and pid in self.membership.view.members:
+            self._update_quorum()
+        peer.stamp_us, peer.received_at = hb.stamp_us, self._now
+        self._clock_check(pid, peer, hb.wall_ms, wall_ms)
+        report = PeerReport(frozenset(hb.heard), _member_view(hb.view), _member_view(hb.proposal))
+        self.membership.peer_report(pid, report, self._now)
+        if self._evaluate_at is None:
+            self._evaluate_at = self._now + EVALUATE_DELAY
+
+    def _clock_check(self, pid: int, peer: _Peer, their_wall_ms: int, our_wall_ms: int) -> None:
+        skew = their_wall_ms - our_wall_ms
+        peer.wall_skew_ms = skew
+        bound_ms = self.config.clock_skew_bound * 1000
+        skewed = abs(skew) > bound_ms
+        if skewed and not peer.skewed:
+            reason = (
+                f"node {pid}'s clock differs by {skew / 1000:+.3f} s (bound {bound_ms / 1000} s)"
+            )
+            self._emit(EventKind.CLOCK_SKEW, reason, peer=pid, skew_ms=skew)
+        peer.skewed = skewed
+
+    def _qdevice(self, ev: QdeviceVote) -> None:
+        votes = self._device_votes() if ev.vote and ev.connected else 0
+        if ev.connected != self.qdevice_connected:
+            kind = EventKind.QDEVICE_CONNECTED if ev.connected else EventKind.QDEVICE_DISCONNECTED
+            self._emit(kind, ev.reason)
+            self.qdevice_connected = ev.connected
+        if votes != self.qdevice_votes:
+            self.qdevice_votes = votes
+            self._emit(EventKind.QDEVICE_VOTE_CHANGED, ev.reason, votes=votes)
+            self._update_quorum()
+
+    def _device_votes(self) -> int:
+        q = self.config.qdevice
+        if q is None:
+            return 0
+        if q.votes is not None:
+            return q.votes
+        if q.algorithm == "lms":
+            return max(1, sum(self.config.configured_votes().values()) - 1)
+        return 1
+
+    # ------------------------------------------------------------ the periodic step
+    def _step(self) -> None:
+        self._link_changes(self.links.tick(self._now))
+        self.membership.set_heard(self.links.heard(self._now), self._now)
+        if self._evaluate_at is None or self._evaluate_at <= self._now:
+            self._evaluate_at = None
+            self._membership_changes(self.membership.evaluate(self._now))
+        self._quorum_events(self.quorum.tick(self._now))
+        self._send_due()
+        if self.membership.max_seq > self._persisted_seq:
+            self._persisted_seq = self.membership.max_seq
+            self._out.append(PersistMaxSeq(self._persisted_seq))
+
+    def _send_due(self) -> None:
+        by_link: dict[int, list[int]] = {}
+        for due in self.links.due_sends(self._now):
+            if due.kind == "heartbeat":
+                by_link.setdefault(due.link, []).append(due.peer)
+            else:
+                probe = Probe(link=due.link, stamp_us=int(self._now * 1e6))
+                self._out.append(SendTo(due.peer, due.link, probe))
+        for link, peers in sorted(by_link.items()):
+            self._out.append(Broadcast(link, tuple(sorted(peers)), self._heartbeat_for(link)))
+
+    def _heartbeat_for(self, link: int) -> Heartbeat:
+        now_us = int(self._now * 1e6)
+        echoes = tuple(
+            Echo(pid, p.stamp_us, max(0, now_us - int(p.received_at * 1e6)))
+            for pid, p in sorted(self.peers.items())
+            if p.stamp_us and self._now - p.received_at < self.config.timing.failure_timeout
+        )
+        return Heartbeat(
+            link=link,
+            stamp_us=now_us,
+            wall_ms=max(0, self._wall_ms),
+            heard=tuple(sorted(self.links.heard(self._now))),
+            view=_wire_view(self.membership.view),
+            proposal=_wire_view(self.membership.proposal),
+            echoes=echoes,
+            votes=self.config.quorum.votes,
+            expected_votes=self.quorum.reported_expected,
+            node_name=self.config.node_name,
+        )
+
+    # ------------------------------------------------------------ changes -> events
+    def _link_changes(self, changes: list[LinkChange]) -> None:
+        for c in changes:
+            if isinstance(c, LinkUp):
+                self._emit(EventKind.LINK_UP, c.reason, peer=c.peer, link=c.link)
+            elif isinstance(c, LinkDown):
+                self._emit(EventKind.LINK_DOWN, c.reason, peer=c.peer, link=c.link)
+            elif isinstance(c, ActiveLinkChanged):
+                self._emit(EventKind.LINK_UP, c.reason, peer=c.peer, link=c.new, active=True)
+            elif isinstance(c, PeerReachable):
+                self._emit(EventKind.PEER_REACHABLE, c.reason, peer=c.peer)
+            elif isinstance(c, PeerSuspected):
+                self._emit(EventKind.PEER_SUSPECTED, c.reason, peer=c.peer)
+            elif isinstance(c, PeerUnreachable):
+                self._emit(EventKind.PEER_LOST, c.reason, peer=c.peer)
+
+    def _membership_changes(self, changes: list[MembershipChange]) -> None:
+        for c in changes:
+            if isinstance(c, ViewInstalled):
+                v = c.view
+                self._emit(
+                    EventKind.VIEW_INSTALLED,
+                    c.reason,
+                    ring_id=[v.ring_id.representative, v.ring_id.seq],
+                    members=sorted(v.members),
+                    joined=sorted(c.joined),
+                    left=sorted(c.left),
+                )
+                self._update_quorum()
+
+    def _update_quorum(self) -> None:
+        view = self.membership.view
+        members = view.members
+        votes = {m: self._votes_of(m) for m in members}
+        expected = {m: self.peers[m].expected for m in members if m in self.peers}
+        expected[self.node_id] = self.quorum.reported_expected
+        key = (view.ring_id.representative, view.ring_id.seq)
+        inp = QuorumInput(frozenset(members), votes, expected, self.qdevice_votes, key)
+        self._quorum_events(self.quorum.update(inp, self._now))
+        status = self.quorum.status
+        self._out.append(QdeviceUpdate(key, tuple(sorted(members)), status.quorate))
+
+    def _votes_of(self, member: int) -> int:
+        if member == self.node_id:
+            return self.config.quorum.votes
+        return self.peers[member].votes if member in self.peers else 1
+
+    def _quorum_events(self, changes: list[QuorumChange]) -> None:
+        status = self.quorum.status
+        for c in changes:
+            if isinstance(c, QuorumGained):
+                self._emit(EventKind.QUORUM_GAINED, c.reason, **self._verdict(status))
+            elif isinstance(c, QuorumLost):
+                self._emit(EventKind.QUORUM_LOST, c.reason, **self._verdict(status))
+            elif isinstance(c, ExpectedVotesChanged):
+                self._emit(EventKind.EXPECTED_VOTES_CHANGED, c.reason, old=c.old, new=c.new)
+
+    @staticmethod
+    def _verdict(status: Any) -> dict[str, Any]:
+        return {
+            "expected_votes": status.expected_votes,
+            "total_votes": status.total_votes,
+            "quorum": status.quorum,
+        }
+
+    def _emit(self, kind: EventKind, reason: str, **details: Any) -> None:
+        self._out.append(Emit(AgentEvent(kind, reason, details, self._now)))
+
+    # ------------------------------------------------------------ status
+    def status(self, now: float) -> dict[str, Any]:
+        """The `votemesh status --json` document."""
+        view, verdict = self.membership.view, self.quorum.status
+        return {
+            "cluster": self.config.cluster_name,
+            "node_id": self.node_id,
+            "node_name": self.config.node_name,
+            "incarnation": self.incarnation,
+            "ring_id": [view.ring_id.representative, view.ring_id.seq],
+            "members": sorted(view.members),
+            "proposal": sorted(self.membership.proposal.members),
+            "quorate": verdict.quorate,
+            "expected_votes": verdict.expected_votes,
+            "total_votes": verdict.total_votes,
+            "quorum": verdict.quorum,
+            "flags": sorted(verdict.flags),
+            "why": verdict.reason,
+            "qdevice": {"connected": self.qdevice_connected, "vote": self.qdevice_votes > 0},
+            "peers": {
+                str(pid): {
+                    "name": p.name,
+                    "incarnation": p.incarnation,
+                    "clock_skew_ms": p.wall_skew_ms,
+                    "last_heartbeat_s": round(now - p.received_at, 3) if p.stamp_us else None,
+                    "active_link": self.links.active_link(pid),
+                    "links": [vars_of(s) for s in self.links.stats(pid)],
+                }
+                for pid, p in sorted(self.peers.items())
+            },
+        }
+
+
+def vars_of(stats: Any) -> dict[str, Any]:
+    """A LinkStats dataclass as a dict."""
+    return {name: getattr(stats, name) for name in stats.__slots__}

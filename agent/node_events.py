@@ -1,0 +1,109 @@
+"""Events the runtime feeds an `AgentNode`, and effects the node asks the runtime to carry out.
+
+Plain frozen dataclasses (docs/design.md §3.3). Core ring: no clock, sockets or logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.events import AgentEvent
+from proto.mesh_messages import MeshMessage
+
+
+# ---------------------------------------------------------------- events in
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The runtime is up; the first call."""
+
+    wall_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """`now` reached `next_deadline()`."""
+
+    wall_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageIn:
+    """An authentic, fresh, decoded mesh message from `peer` on `link`."""
+
+    peer: int
+    incarnation: int
+    link: int
+    message: MeshMessage
+    wall_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddresses:
+    """The link indexes `peer` can be reached on (static config or discovery)."""
+
+    peer: int
+    links: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class SetExpected:
+    """Operator override of expected votes (None clears it), like `pvecm expected`."""
+
+    value: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QdeviceVote:
+    """The qdevice session's state: connected, and whether its votes count now."""
+
+    vote: bool
+    connected: bool
+    reason: str
+
+
+NodeEvent = Start | Tick | MessageIn | PeerAddresses | SetExpected | QdeviceVote
+
+
+# ---------------------------------------------------------------- effects out
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """One datagram (sealed once) to each of `peers` on link `link`."""
+
+    link: int
+    peers: tuple[int, ...]
+    message: MeshMessage
+
+
+@dataclass(frozen=True, slots=True)
+class SendTo:
+    """One datagram to one peer on one link."""
+
+    peer: int
+    link: int
+    message: MeshMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A state change for logs, MQTT, hooks, metrics."""
+
+    event: AgentEvent
+
+
+@dataclass(frozen=True, slots=True)
+class PersistMaxSeq:
+    """Store the highest ring sequence seen, so a restart never reuses one."""
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class QdeviceUpdate:
+    """Tell the qdevice session about the installed view and the verdict."""
+
+    ring: tuple[int, int]
+    members: tuple[int, ...]
+    quorate: bool
+
+
+NodeEffect = Broadcast | SendTo | Emit | PersistMaxSeq | QdeviceUpdate
