@@ -240,7 +240,10 @@ class Links:
     def _tick_peer(self, peer: int, state: _Peer, now: float) -> list[LinkChange]:
         changes: list[LinkChange] = []
         silence = now - state.last_heard
-        if state.reach is _Reach.REACHABLE and silence >= self.timing.failure_timeout / 2:
+        # Same expression as the deadline in _peer_deadlines: now - last >= t/2 can be False at
+        # now == last + t/2 in floating point, and the tick would never move on.
+        suspect_at = state.last_heard + self.timing.failure_timeout / 2
+        if state.reach is _Reach.REACHABLE and now >= suspect_at:
             state.reach = _Reach.SUSPECTED
             changes.append(PeerSuspected(peer, f"node {peer} silent for {silence:.3f} s"))
         for lk in sorted(state.links.values(), key=lambda x: x.index):
@@ -344,8 +347,8 @@ class Links:
         active = self._sending_link(state)
         for index, lk in state.links.items():
             kind = "heartbeat" if index == active else "probe"
-            sent = -math.inf if lk.last_sent is None else lk.last_sent
-            times.append(sent + self._interval(kind))
+            due = self._now if lk.last_sent is None else lk.last_sent + self._interval(kind)
+            times.append(due)  # never sent: due at the latest time we were given
         return times
 
     def _choose(self, state: _Peer) -> _Link | None:

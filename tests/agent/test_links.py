@@ -568,3 +568,27 @@ def test_two_nodes_fail_over_and_back_without_losing_each_other(loss: float, one
             assert [new for _, new in later] == [1, 0], f"seed {seed} node {node}: {moves}"
             assert 5.0 < later[0][0] < 5.0 + 2 * T.failure_timeout + 0.1
             assert 15.0 < later[1][0] < 15.0 + (3 if loss == 0 else 8) * PROBE
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrivals=st.lists(
+        st.tuples(st.floats(0.0, 5.0), st.integers(0, 2), st.booleans()), min_size=1, max_size=20
+    )
+)
+def test_a_driver_jumping_to_next_deadline_always_moves_on(
+    arrivals: list[tuple[float, int, bool]],
+) -> None:
+    """After tick(d) and due_sends(d) at d = next_deadline(), the next deadline is later than d
+    (no float rounding leaves a deadline that tick never clears: the driver would spin)."""
+    links = make(2, 1, 0)
+    for at, link, answer in sorted(arrivals):
+        links.received(PEER, link, at, rtt_sample=0.01 if answer else None)
+    for _ in range(300):
+        deadline = links.next_deadline()
+        assert deadline is not None
+        links.tick(deadline)
+        links.due_sends(deadline)
+        after = links.next_deadline()
+        assert after is not None
+        assert after > deadline
