@@ -181,7 +181,7 @@ class Links:
         """The link indexes `peer` has an address on; only those we have too are tracked.
 
         Idempotent; existing link state is kept. Changes it causes (a removed link that was up
-        goes down, the active link moves) are returned by the next `tick`."""
+        goes down, the active link moves) are returned by the next `received` or `tick`."""
         if peer == self.node_id:
             return
         state = self._peers.setdefault(peer, _Peer(links={}))
@@ -210,14 +210,14 @@ class Links:
     ) -> list[LinkChange]:
         """An authentic datagram from `peer` on `link`; unknown peers or links are ignored."""
         self._now = max(self._now, now)
+        changes, self._pending = self._pending, []
         state = self._peers.get(peer)
         if state is None or link not in state.links:
-            return []
+            return changes
         lk = state.links[link]
         interval = self._cadence(state, link, expected_interval)
         _measure(lk, now, rtt_sample, interval, self.timing.heartbeat_interval / 2)
         state.last_heard = max(state.last_heard, now)
-        changes: list[LinkChange] = []
         if not lk.up:
             lk.up = True
             changes.append(LinkUp(peer, link, f"link{link} heard from node {peer}"))

@@ -395,6 +395,19 @@ def test_peer_added_updated_and_removed() -> None:
     assert links.next_deadline() is None
 
 
+def test_changes_from_set_peer_come_out_before_later_ones() -> None:
+    """A link removed while up and re-added at once: its LinkDown is returned (by the next
+    received or tick) before the LinkUp of its new life, so consumers never see it stuck."""
+    links = make(1, 0)
+    links.received(PEER, 0, 0.0, expected_interval=HB)
+    links.set_peer(PEER, frozenset({1}))
+    links.set_peer(PEER, frozenset({0, 1}))
+    changes = links.received(PEER, 0, 0.1, expected_interval=HB)
+    assert kinds(changes) == [LinkDown, ActiveLinkChanged, LinkUp, ActiveLinkChanged]
+    assert [getattr(c, "new", None) for c in changes] == [None, None, None, 0]
+    assert links.tick(0.2) == []
+
+
 # ------------------------------------------------------------------ property
 
 steps = st.lists(
