@@ -88,6 +88,7 @@ class _Peer:
     received_at: float = 0.0
     wall_skew_ms: int | None = None
     skewed: bool = False
+    quorate: bool = False
 
 
 def _wire_view(view: MemberView) -> View:
@@ -215,8 +216,13 @@ class AgentNode:
         self._link_changes(
             self.links.received(pid, link, self._now, rtt_sample=rtt, expected_interval=interval)
         )
-        changed = (peer.votes, peer.expected) != (hb.votes, hb.expected_votes)
+        changed = (peer.votes, peer.expected, peer.quorate) != (
+            hb.votes,
+            hb.expected_votes,
+            hb.quorate,
+        )
         peer.name, peer.votes, peer.expected = hb.node_name, hb.votes, hb.expected_votes
+        peer.quorate = hb.quorate
         if changed and pid in self.membership.view.members:
             self._update_quorum()
         peer.stamp_us, peer.received_at = hb.stamp_us, self._now
@@ -301,7 +307,12 @@ class AgentNode:
             votes=self.config.quorum.votes,
             expected_votes=self.quorum.reported_expected,
             node_name=self.config.node_name,
+            quorate=self._settled_quorate(),
         )
+
+    def _settled_quorate(self) -> bool:
+        status = self.quorum.status
+        return status.quorate and "WaitForAllStatus" not in status.flags
 
     # ------------------------------------------------------------ changes -> events
     def _link_changes(self, changes: list[LinkChange]) -> None:
@@ -340,7 +351,10 @@ class AgentNode:
         expected = {m: self.peers[m].expected for m in members if m in self.peers}
         expected[self.node_id] = self.quorum.reported_expected
         key = (view.ring_id.representative, view.ring_id.seq)
-        inp = QuorumInput(frozenset(members), votes, expected, self.qdevice_votes, key)
+        settled = frozenset(m for m in members if m in self.peers and self.peers[m].quorate)
+        inp = QuorumInput(
+            frozenset(members), votes, expected, self.qdevice_votes, key, quorate_members=settled
+        )
         self._quorum_events(self.quorum.update(inp, self._now))
         status = self.quorum.status
         self._out.append(QdeviceUpdate(key, tuple(sorted(members)), status.quorate))

@@ -65,6 +65,8 @@ class Heartbeat:
     expected_votes: int = tagged(9, 0)
     config_version: int = tagged(10, 0)
     node_name: str = tagged(11, "")
+    quorate: bool = tagged(12, False)
+    """The sender is quorate and not waiting for all (lets a restarted node end wait_for_all)."""
 
 
 @dataclass(frozen=True, slots=True)

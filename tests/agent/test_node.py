@@ -168,3 +168,31 @@ def test_isolated_node_loses_quorum_and_max_seq_is_persisted() -> None:
     assert net.nodes[3].view.members == frozenset({3})
     assert not net.nodes[3].quorate
     assert net.persisted[3] == net.nodes[3].membership.max_seq >= 1
+
+
+def test_restart_under_wait_for_all_ends_waiting_through_quorate_peers() -> None:
+    """wait_for_all, 3 nodes formed, node 3 dead for good: a restarted node 1 cannot see all
+    nodes, but node 2 reports it is quorate, so node 1 stops waiting and is quorate again."""
+    from dataclasses import replace
+
+    from agent.config import QuorumOptions
+
+    def wfa(node: int) -> AgentConfig:
+        return replace(config(node, 3), quorum=QuorumOptions(wait_for_all=True))
+
+    net = Net({i: AgentNode(wfa(i), incarnation=1) for i in (1, 2, 3)})
+    for i in net.nodes:
+        net.alive.add(i)
+        net.apply(i, net.nodes[i].handle(Start(wall_ms=0), 0.0))
+    net.run(2.0)
+    assert all(n.quorate for n in net.nodes.values())
+    net.alive.discard(3)
+    net.run(2.0)
+    assert net.nodes[2].quorate
+    restarted = AgentNode(wfa(1), incarnation=2, max_seq=net.persisted.get(1, 0))
+    net.nodes[1] = restarted
+    net.apply(1, restarted.handle(Start(wall_ms=0), net.now))
+    assert not restarted.quorate  # waiting for all at first
+    net.run(2.0)
+    assert restarted.view.members == frozenset({1, 2})
+    assert restarted.quorate
