@@ -16,11 +16,14 @@ Semantics (docs/design.md 3, "links"):
   then only gets probes (the peer sends its heartbeats elsewhere) runs out and fails over again.
   `expected_interval` feeds only the loss estimate (`agent.link_loss`).
 * **Active link**: the highest-priority up link (ties: lowest index). Failover (the active link
-  went down) is immediate. Failback to a higher-priority link that went down before needs
-  FAILBACK_ROUNDS consecutive answered rounds: a round is the time between two of our sends on
-  the link, answered when a datagram echoing our stamp (`rtt_sample`, e.g. a ProbeReply) came
-  back in it. That proves the link works both ways, and a flapping link does not pull traffic
-  back and forth. A link's first up (it never failed) is taken at once.
+  went down) is immediate, to a settled link if there is one. Failback to a higher-priority
+  link that went down before needs FAILBACK_ROUNDS answers: datagrams echoing our stamp
+  (`rtt_sample`: a ProbeReply, an echoing heartbeat), at least half a heartbeat interval apart,
+  with no unanswered round between them (a round is the time between two of our sends on the
+  link). On a probed link that is two consecutive answered probe rounds; if the peer already
+  heartbeats there, two heartbeats. Answers prove the link works both ways (a one-way link
+  never takes traffic back) and a flapping link does not pull traffic back and forth. A link's
+  first up (it never failed) is taken at once.
 * **Peer**: reachable once a link is up; suspected once after failure_timeout / 2 without any
   datagram; reachable again on the next datagram; unreachable when no link is up.
 * Events are returned only on changes, in causal order (LinkUp before ActiveLinkChanged before
