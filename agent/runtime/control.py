@@ -1,0 +1,107 @@
+"""The agent's local control socket (unix stream, mode 0660).
+
+One request per connection: a text line, answered with `OK` or `Error` on the first line and
+then the body; the server closes the connection after answering.
+
+| request      | answer body                                                        |
+|--------------|--------------------------------------------------------------------|
+| `status`     | JSON: the node's status plus datagram counters                     |
+| `expected N` | JSON status after overriding expected votes (`expected reset` clears it) |
+| `events`     | JSON list of the most recent events, oldest first                  |
+
+Adapter ring: `agent.cli` is the client (`request`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+MAX_REQUEST = 4096
+REQUEST_TIMEOUT = 5.0
+log = structlog.get_logger("votemesh.agent.control")
+
+
+@dataclass(frozen=True)
+class ControlHandlers:
+    """What the control socket can ask of the running agent."""
+
+    status: Callable[[], dict[str, Any]]
+    set_expected: Callable[[int | None], None]
+    events: Callable[[], list[dict[str, Any]]]
+
+
+def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
+    """(ok, body) for one request line."""
+    words = line.split()
+    if not words:
+        return False, "no command; send status, expected N or events\n"
+    command, args = words[0].lower(), words[1:]
+    if command == "status" and not args:
+        return True, _json(handlers.status())
+    if command == "events" and not args:
+        return True, _json(handlers.events())
+    if command == "expected" and len(args) == 1:
+        return _expected(args[0], handlers)
+    return False, f"unknown request {line.strip()[:80]!r}; send status, expected N or events\n"
+
+
+def _expected(value: str, handlers: ControlHandlers) -> tuple[bool, str]:
+    if value.lower() == "reset":
+        handlers.set_expected(None)
+    elif value.isdigit() and int(value) >= 1:
+        handlers.set_expected(int(value))
+    else:
+        return False, f"expected votes must be a whole number >= 1 or 'reset', not {value!r}\n"
+    return True, _json(handlers.status())
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) + "\n"
+
+
+async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.AbstractServer:
+    """Listen on `path` until the returned server is closed (a stale socket file is replaced)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            raw = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            line = raw[:MAX_REQUEST].decode("utf-8", "replace").strip()
+            ok, body = answer(line, handlers)
+            if line.lower().startswith("expected") and ok:
+                log.info("expected votes set", request=line, via="control socket")
+            writer.write((("OK" if ok else "Error") + "\n" + body).encode())
+            await writer.drain()
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            log.debug("control request failed", error=str(exc))
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(handle, path=str(path))
+    path.chmod(0o660)
+    return server
+
+
+async def request(path: Path, line: str, timeout: float = REQUEST_TIMEOUT) -> tuple[bool, str]:
+    """Client side: send one request line; (ok, body) of the answer."""
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    try:
+        writer.write(line.encode() + b"\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await writer.wait_closed()
+    head, _, body = data.decode("utf-8", "replace").partition("\n")
+    return head == "OK", body

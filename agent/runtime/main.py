@@ -1,0 +1,346 @@
+"""`votemesh-agent --config FILE`: run one agent until SIGTERM.
+
+Adapter ring: the only agent code that reads the clock. One `asyncio.TaskGroup` with named tasks:
+
+* `udp`: takes the opened messages the link sockets queued (bounded inbox) and feeds the core;
+* `timers`: sleeps until the core's `next_deadline()` (re-armed after every event) and sends
+  `Tick`;
+* `control`: serves the unix control socket (`status`, `expected N`, `events`);
+* `signals`: waits for SIGTERM/SIGINT and stops the others.
+
+Every effect of `AgentNode.handle` is executed here: datagrams go out through
+`agent.runtime.udp`, `Emit` becomes one structlog JSON line (`event` = the kind, `reason`,
+details), `PersistMaxSeq` is written to the state directory. The incarnation is persisted before
+the first datagram is sealed. Under systemd (Type=notify) it says READY=1 once the sockets are
+bound and STOPPING=1 on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import structlog
+
+from agent.config import AgentConfig, ConfigError
+from agent.node import (
+    AgentNode,
+    Broadcast,
+    Emit,
+    MessageIn,
+    NodeEffect,
+    NodeEvent,
+    PersistMaxSeq,
+    QdeviceUpdate,
+    SendTo,
+    SetExpected,
+    Start,
+    Tick,
+)
+from agent.runtime.config_file import load_config
+from agent.runtime.control import ControlHandlers, serve_control
+from agent.runtime.keys import load_keys
+from agent.runtime.state import StateDir
+from agent.runtime.udp import MeshTransport
+from proto.datagram_seal import ClusterKey, Opener, Sealer
+
+INBOX_SIZE = 4096  # opened messages waiting for the core; beyond that they are dropped, counted
+RECENT_EVENTS = 256  # events kept for `votemesh events` / the control socket
+RESERVED_LOG_KEYS = {"event", "level", "timestamp", "logger"}
+log = structlog.get_logger("votemesh.agent")
+
+
+def wall_ms() -> int:
+    """Wall clock in ms since the epoch (heartbeat stamps, clock-skew check)."""
+    return time.time_ns() // 1_000_000
+
+
+def jsonable(value: Any) -> Any:
+    """Event details as plain JSON values (sets sorted, dataclasses and enums unpacked)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted(jsonable(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+@dataclasses.dataclass
+class TimerStats:
+    """How late `Tick`s are delivered (seconds after the core's deadline)."""
+
+    ticks: int = 0
+    late_total: float = 0.0
+    late_max: float = 0.0
+
+    def note(self, late: float) -> None:
+        """One Tick, `late` seconds after its deadline."""
+        self.ticks += 1
+        self.late_total += late
+        self.late_max = max(self.late_max, late)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: tick count, mean and max lateness in ms."""
+        mean = self.late_total / self.ticks if self.ticks else 0.0
+        return {
+            "ticks": self.ticks,
+            "late_mean_ms": round(mean * 1000, 3),
+            "late_max_ms": round(self.late_max * 1000, 3),
+        }
+
+
+class AgentRuntime:
+    """One running agent: its core, sockets, control socket and state directory."""
+
+    def __init__(self, config: AgentConfig, keys: list[ClusterKey]) -> None:
+        self.config = config
+        self.state = StateDir(Path(config.state_dir))
+        self.incarnation = self.state.next_incarnation()
+        self.node = AgentNode(config, self.incarnation, max_seq=self.state.load_max_seq())
+        sealer = Sealer(config.cluster_name, keys[0], config.node_id, self.incarnation)
+        opener = Opener(config.cluster_name, keys)
+        self.mesh = MeshTransport(config, sealer, opener, self._offer)
+        self.inbox: asyncio.Queue[MessageIn] = asyncio.Queue(INBOX_SIZE)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self.core_errors = 0
+        self.timer_stats = TimerStats()
+        self.started = time.monotonic()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------ the core
+    def dispatch(self, event: NodeEvent) -> None:
+        """Feed one event to the core and carry out its effects, in order."""
+        try:
+            effects = self.node.handle(event, time.monotonic())
+        except Exception:  # a core bug triggered by one message must not stop the agent
+            if not isinstance(event, MessageIn):
+                raise
+            self.core_errors += 1
+            log.exception("core failed on a message", peer=event.peer, link=event.link)
+            return
+        for effect in effects:
+            self._execute(effect)
+        self._wake.set()
+
+    def _execute(self, effect: NodeEffect) -> None:
+        if isinstance(effect, Broadcast):
+            self.mesh.send(effect.link, effect.peers, effect.message)
+        elif isinstance(effect, SendTo):
+            self.mesh.send(effect.link, (effect.peer,), effect.message)
+        elif isinstance(effect, Emit):
+            self._log_event(effect)
+        elif isinstance(effect, PersistMaxSeq):
+            try:
+                self.state.store_max_seq(effect.value)
+            except ConfigError as exc:
+                log.error("state not saved", error=str(exc))  # noqa: TRY400 (one line)
+        elif isinstance(effect, QdeviceUpdate):
+            pass  # no qdevice session in this runtime yet
+
+    def _log_event(self, effect: Emit) -> None:
+        ev = effect.event
+        details = {
+            (f"detail_{k}" if k in RESERVED_LOG_KEYS else k): jsonable(v)
+            for k, v in ev.details.items()
+        }
+        log.info(str(ev.kind), reason=ev.reason, **details)
+        self.recent.append(
+            {"event": str(ev.kind), "reason": ev.reason, "wall_ms": wall_ms(), **details}
+        )
+
+    def _offer(self, message: MessageIn) -> bool:
+        try:
+            self.inbox.put_nowait(message)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    # ------------------------------------------------------------ tasks
+    async def _udp(self) -> None:
+        while True:
+            self.dispatch(await self.inbox.get())
+
+    async def _timers(self) -> None:
+        while True:
+            self._wake.clear()
+            deadline = self.node.next_deadline()
+            now = time.monotonic()
+            if deadline is not None and deadline <= now:
+                self.timer_stats.note(now - deadline)
+                self.dispatch(Tick(wall_ms()))
+                await asyncio.sleep(0)  # let the sockets in, whatever the core asks for
+                continue
+            timeout = None if deadline is None else deadline - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _signals(self, tasks: list[asyncio.Task[None]]) -> None:
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+
+    def stop(self) -> None:
+        """Ask the agent to stop (signal handlers call this)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------ control socket
+    def status(self) -> dict[str, Any]:
+        """The core's status plus what only the runtime knows."""
+        doc = jsonable(self.node.status(time.monotonic()))
+        doc["datagrams"] = self.mesh.counters.as_dict()
+        doc["datagrams"]["core_errors"] = self.core_errors
+        doc["datagrams"]["inbox"] = self.inbox.qsize()
+        doc["local_links"] = {
+            str(i): "{}:{}".format(*self.mesh.local_address(i)) for i in self.mesh.transports
+        }
+        doc["timers"] = self.timer_stats.as_dict()
+        doc["uptime_s"] = round(time.monotonic() - self.started, 3)
+        return dict(doc)
+
+    def handlers(self) -> ControlHandlers:
+        """What the control socket may call."""
+        return ControlHandlers(
+            status=self.status,
+            set_expected=lambda value: self.dispatch(SetExpected(value)),
+            events=lambda: list(self.recent),
+        )
+
+    # ------------------------------------------------------------ run
+    async def run(self) -> None:
+        """Bind, start the core, serve until stopped; then close everything."""
+        await self.mesh.start()
+        control = await serve_control(Path(self.config.control_socket), self.handlers())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        log.info(
+            "agent started",
+            cluster=self.config.cluster_name,
+            node_id=self.config.node_id,
+            node_name=self.config.node_name,
+            incarnation=self.incarnation,
+            links={
+                str(i): "{}:{}".format(*self.mesh.local_address(i)) for i in self.mesh.transports
+            },
+            peers=[p.node_id for p in self.config.peers],
+            control_socket=self.config.control_socket,
+        )
+        try:
+            self.dispatch(Start(wall_ms()))
+            sd_notify("READY=1")
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._udp(), name="udp"),
+                    group.create_task(self._timers(), name="timers"),
+                    group.create_task(control.serve_forever(), name="control"),
+                ]
+                group.create_task(self._signals(tasks), name="signals")
+        finally:
+            sd_notify("STOPPING=1")
+            control.close()
+            self.mesh.close()
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.config.control_socket).unlink()
+            log.info("agent stopped", datagrams=self.mesh.counters.as_dict())
+
+
+# ---------------------------------------------------------------- process edges
+def configure_logging(level: str = "info") -> None:
+    """One JSON object per line on stdout, with an ISO UTC timestamp and the level."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(default=str),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify) our state, e.g. "READY=1"; False when not under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError:
+            return False
+    return True
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`votemesh-agent --config FILE [--log-level LEVEL]`."""
+    parser = _Parser(prog="votemesh-agent", description="run one votemesh agent (foreground)")
+    parser.add_argument("--config", "-c", type=Path, required=True, help="the agent's TOML file")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    return parser
+
+
+async def _run(config: AgentConfig, keys: list[ClusterKey]) -> None:
+    await AgentRuntime(config, keys).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a configuration mistake)."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        keys = load_keys(config.key_files)
+        configure_logging(args.log_level)
+        asyncio.run(_run(config, keys))
+    except ConfigError as exc:
+        print(f"votemesh-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"votemesh-agent: cannot start:{where} {exc.strerror or exc}; check the [[link]] "
+            "addresses are local and their ports free, and control_socket is writable",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Mesh transport: one UDP socket per link, sealed datagrams in and out.
+
+Adapter ring. Every link of the config gets an asyncio `DatagramProtocol` bound to its address
+and port. A datagram is opened (`proto.mesh_messages`: envelope checks, AEAD, replay window),
+its sender must be a known peer, and the decoded message is handed to `deliver` as a
+`MessageIn`. Anything else is dropped and counted by reason (`DecodeError.reason`, plus
+`unknown_peer`, `bad_payload`, `queue_full`), with at most one debug line per reason per second:
+nothing a peer sends can raise out of the receive path. Outgoing messages are sealed once per
+`Broadcast` and sent to each peer's address on that link; a peer's addresses come from the
+static config (discovery may add more with `set_peer_address`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.node_events import MessageIn
+from proto.datagram_seal import Opener, Sealer
+from proto.errors import DecodeError
+from proto.mesh_messages import MeshMessage, decode, seal_message
+
+log = structlog.get_logger("votemesh.agent.udp")
+
+RECEIVE_BUFFER = 1 << 20  # bytes: absorbs a burst of ~10,000 small datagrams
+SEND_BUFFER_LIMIT = 256 * 1024  # bytes queued in asyncio before we drop instead of buffering
+LOG_EVERY = 1.0  # seconds: at most one debug line per drop reason
+
+Address = tuple[str, int]
+
+
+@dataclass
+class DatagramCounters:
+    """What went through the sockets, for `status` and metrics."""
+
+    received: int = 0
+    accepted: int = 0
+    sent: int = 0
+    send_errors: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready counters."""
+        return {
+            "received": self.received,
+            "accepted": self.accepted,
+            "sent": self.sent,
+            "send_errors": self.send_errors,
+            "dropped": dict(sorted(self.dropped.items())),
+        }
+
+
+class _LinkProtocol(asyncio.DatagramProtocol):
+    """Hands every datagram of one link to the mesh; never raises."""
+
+    def __init__(self, mesh: MeshTransport, link: int) -> None:
+        self.mesh, self.link = mesh, link
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.mesh.receive(self.link, data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.mesh.send_failed(str(exc), None)
+
+
+class MeshTransport:
+    """The node's UDP sockets, its `Sealer` and `Opener`, and the peers' addresses."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        sealer: Sealer,
+        opener: Opener,
+        deliver: Callable[[MessageIn], bool],
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.config = config
+        self.sealer, self.opener = sealer, opener
+        self.deliver = deliver
+        """Takes one message; False = no room (the datagram is counted as `queue_full`)."""
+        self.wall_ms = wall_ms
+        self.counters = DatagramCounters()
+        self.transports: dict[int, asyncio.DatagramTransport] = {}
+        self.addresses: dict[int, dict[int, Address]] = {}
+        for peer in config.peers:
+            for link, host, port in peer.addresses:
+                self.set_peer_address(peer.node_id, link, (host, port))
+        self._last_log: dict[str, float] = {}
+
+    # ------------------------------------------------------------ sockets
+    async def start(self) -> None:
+        """Bind every link's socket (OSError if an address is not local or the port is taken)."""
+        loop = asyncio.get_running_loop()
+        try:
+            for link in self.config.links:
+                family = socket.AF_INET6 if ":" in link.address else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+                    sock.bind((link.address, link.port))
+                except OSError:
+                    sock.close()
+                    raise
+                transport, _ = await loop.create_datagram_endpoint(
+                    functools.partial(_LinkProtocol, self, link.index), sock=sock
+                )
+                self.transports[link.index] = transport
+        except OSError:
+            self.close()
+            raise
+
+    def local_address(self, link: int) -> Address:
+        """(host, port) a link's socket is bound to (the real port when the config says 0)."""
+        host, port = self.transports[link].get_extra_info("sockname")[:2]
+        return host, port
+
+    def close(self) -> None:
+        """Close every socket."""
+        for transport in self.transports.values():
+            transport.close()
+        self.transports.clear()
+
+    # ------------------------------------------------------------ peers
+    def set_peer_address(self, peer: int, link: int, address: Address) -> None:
+        """Where `peer` listens on `link` (static config, later discovery)."""
+        self.addresses.setdefault(peer, {})[link] = address
+
+    def peer_links(self, peer: int) -> frozenset[int]:
+        """The links we have an address of `peer` on."""
+        return frozenset(self.addresses.get(peer, {}))
+
+    # ------------------------------------------------------------ receiving
+    def receive(self, link: int, data: bytes, addr: Any) -> None:
+        """One datagram from the network: deliver it, or drop and count it. Never raises."""
+        self.counters.received += 1
+        try:
+            header, payload = self.opener.open(data)
+        except DecodeError as exc:
+            self.note_drop(exc.reason, exc.detail, addr)
+            return
+        if header.sender not in self.addresses:
+            self.note_drop("unknown_peer", f"node {header.sender}", addr)
+            return
+        try:
+            message: MeshMessage = decode(header.kind, payload)
+        except DecodeError as exc:
+            self.note_drop(exc.reason, exc.detail, addr)
+            return
+        event = MessageIn(header.sender, header.incarnation, link, message, self.wall_ms())
+        if not self.deliver(event):
+            self.note_drop("queue_full", f"node {header.sender}", addr)
+            return
+        self.counters.accepted += 1
+
+    def note_drop(self, reason: str, detail: str = "", addr: Any = None) -> None:
+        """Count a dropped datagram; debug-log it unless this reason was logged < 1 s ago."""
+        self.counters.dropped[reason] += 1
+        if self._log_due(reason):
+            source = None if addr is None else f"{addr[0]}:{addr[1]}"
+            total = self.counters.dropped[reason]
+            log.debug("datagram dropped", reason=reason, detail=detail, source=source, total=total)
+
+    def send_failed(self, detail: str, addr: Any) -> None:
+        """Count a datagram we could not send; debug-log at most once a second."""
+        self.counters.send_errors += 1
+        if self._log_due("send_failed"):
+            target = None if addr is None else f"{addr[0]}:{addr[1]}"
+            log.debug("datagram not sent", detail=detail, target=target)
+
+    def _log_due(self, reason: str) -> bool:
+        now = time.monotonic()
+        if now - self._last_log.get(reason, -LOG_EVERY) < LOG_EVERY:
+            return False
+        self._last_log[reason] = now
+        return True
+
+    # ------------------------------------------------------------ sending
+    def send(self, link: int, peers: tuple[int, ...], message: MeshMessage) -> None:
+        """Seal `message` once and send it to each peer's address on `link`."""
+        transport = self.transports.get(link)
+        targets = [a for p in peers if (a := self.addresses.get(p, {}).get(link)) is not None]
+        if transport is None or not targets:
+            return
+        datagram = seal_message(self.sealer, message)
+        for address in targets:
+            if _queued_bytes(transport) > SEND_BUFFER_LIMIT:
+                self.send_failed("send buffer full", address)
+                continue
+            try:
+                transport.sendto(datagram, address)
+            except OSError as exc:
+                self.send_failed(str(exc), address)
+                continue
+            self.counters.sent += 1
+
+
+def _queued_bytes(transport: asyncio.DatagramTransport) -> int:
+    """Bytes asyncio holds for a socket that would block (selector transports expose it)."""
+    size = getattr(transport, "get_write_buffer_size", None)
+    return int(size()) if callable(size) else 0

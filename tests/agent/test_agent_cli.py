@@ -1,0 +1,115 @@
+"""`votemesh` and `votemesh-agent` command lines: one-line user errors, keygen, status, expected."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.agent.live_agents import BIN, AgentCluster
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one of our console scripts; never raises on a non-zero exit."""
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    """Exit status 2, nothing on stdout, one line on stderr containing `expected`."""
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr
+
+
+def test_keygen_then_refuse_overwrite(tmp_path: Path) -> None:
+    """`votemesh keygen FILE` writes a 0600 key; a second run refuses in one line, exit 2."""
+    path = tmp_path / "cluster.key"
+    assert run("votemesh", "keygen", str(path)).returncode == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    one_line_error(run("votemesh", "keygen", str(path)), "refusing to overwrite")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("votemesh", "status", "--socket", "/nonexistent/agent.sock"), "no agent is listening"),
+        (("votemesh", "expected", "zero", "--socket", "/x.sock"), "whole number >= 1 or 'reset'"),
+        (("votemesh", "frobnicate"), "invalid choice"),
+        (("votemesh-agent",), "the following arguments are required: --config"),
+        (("votemesh-agent", "--config", "/nonexistent.toml"), "cannot read config"),
+    ],
+)
+def test_user_mistakes_are_one_line(args: tuple[str, ...], expected: str) -> None:
+    """Wrong commands, missing sockets and files: one line on stderr, exit status 2."""
+    one_line_error(run(*args), expected)
+
+
+def test_agent_refuses_exposed_key_and_busy_port(tmp_path: Path) -> None:
+    """The agent will not start with a world-readable key (says `chmod 600`), nor on a port
+    another socket holds; both are one line with exit status 2."""
+    cluster = AgentCluster(tmp_path, 1)
+    agent = cluster.agents[1]
+    cluster.key_path.chmod(0o644)
+    one_line_error(
+        run("votemesh-agent", "--config", str(agent.config_path)), f"chmod 600 {cluster.key_path}"
+    )
+    cluster.key_path.chmod(0o600)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind((agent.address, agent.port))
+        one_line_error(run("votemesh-agent", "--config", str(agent.config_path)), "in use")
+
+
+def test_status_table_expected_and_readiness(tmp_path: Path) -> None:
+    """Under systemd the agent says READY=1; `votemesh status` prints the table, `expected N`
+    overrides expected votes (visible in --json), `events` lists JSON lines, and SIGTERM says
+    STOPPING=1 and exits 0."""
+    notify_path = tmp_path / "notify.sock"
+    cluster = AgentCluster(tmp_path / "c", 2)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        os.environ["NOTIFY_SOCKET"] = str(notify_path)
+        try:
+            cluster.start(1)
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        try:
+            assert notify.recv(100) == b"READY=1"
+            cluster.start(2)
+            cluster.wait_for(lambda: cluster.one_view([1, 2]), 30, "a view of 2")
+            config = str(cluster.agents[1].config_path)
+            table = run("votemesh", "status", "--config", config)
+            assert table.returncode == 0, table.stderr
+            assert "Quorate:          Yes" in table.stdout
+            assert "node2" in table.stdout
+            assert "link0 up" in table.stdout
+            result = run("votemesh", "expected", "5", "--config", config)
+            assert result.returncode == 0, result.stderr
+            doc = json.loads(run("votemesh", "status", "--json", "--config", config).stdout)
+            assert doc["expected_votes"] == 5
+            events = run("votemesh", "events", "--config", config).stdout.splitlines()
+            kinds = [json.loads(line)["event"] for line in events]
+            assert "view_installed" in kinds
+            assert "expected_votes_changed" in kinds
+            process = cluster.agents[1].process
+            assert process is not None
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+            assert notify.recv(100) == b"STOPPING=1"
+        finally:
+            cluster.close()

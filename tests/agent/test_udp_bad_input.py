@@ -1,0 +1,267 @@
+"""Bad input at the mesh sockets: dropped, counted by reason, and membership does not move.
+
+The live tests run three real agents on 127.0.0.1-3. Node 2 reaches node 1 through a relay in
+this process, which forwards every datagram and keeps copies, so the test holds genuine
+datagrams to replay, truncate and tamper with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import AgentConfig, LinkConfig, PeerConfig
+from agent.node_events import MessageIn
+from agent.runtime.udp import MeshTransport
+from proto.datagram_seal import ClusterKey, Opener, Sealer
+from proto.mesh_messages import Heartbeat, MeshKind, seal_message
+from tests.agent.live_agents import AgentCluster, free_udp_port
+
+RELAY = "127.0.0.10"
+FLOOD = 10_000  # garbage datagrams, sent over about one second
+BATCH = 100
+SETTLE = 30.0
+
+
+class Relay:
+    """Forwards datagrams from node 2 to node 1 and keeps the first copies (a thread)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((RELAY, 0))
+        self.sock.settimeout(0.1)
+        self.address: tuple[str, int] = self.sock.getsockname()
+        self.target: tuple[str, int] | None = None
+        self.copies: list[bytes] = []
+        self.forwarded = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, _ = self.sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            if self.target is not None:
+                self.sock.sendto(data, self.target)
+                self.forwarded += 1
+                if len(self.copies) < 1000:
+                    self.copies.append(data)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def kernel_drops(address: str, port: int) -> int:
+    """Datagrams the kernel dropped for a local UDP socket (receive buffer full)."""
+    a, b, c, d = (int(x) for x in address.split("."))
+    local = f"{d:02X}{c:02X}{b:02X}{a:02X}:{port:04X}"
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local:
+            return int(fields[-1])
+    return 0
+
+
+def with_field(datagram: bytes, offset: int, fmt: str, value: int) -> bytes:
+    """A copy of a datagram with one header field replaced."""
+    size = struct.calcsize(fmt)
+    return datagram[:offset] + struct.pack(fmt, value) + datagram[offset + size :]
+
+
+def dropped(doc: dict[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = doc["datagrams"]["dropped"]
+    return counts
+
+
+@pytest.fixture
+def relayed_cluster(tmp_path: Path) -> Iterator[tuple[AgentCluster, Relay]]:
+    """Three agents in one quorate view; node 2 -> node 1 goes through a relay."""
+    relay = Relay()
+    cluster = AgentCluster(tmp_path, 3, via={(2, 1): relay.address})
+    relay.target = (cluster.agents[1].address, cluster.agents[1].port)
+    relay.start()
+    try:
+        cluster.start_all()
+        cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "a view of 3")
+        cluster.wait_for(lambda: len(relay.copies) >= 5, SETTLE, "relayed datagrams")
+        yield cluster, relay
+    finally:
+        cluster.close()
+        relay.close()
+
+
+def test_each_kind_of_bad_datagram_is_counted_by_reason(
+    relayed_cluster: tuple[AgentCluster, Relay],
+) -> None:
+    """Forged, replayed, truncated, foreign-cluster, wrong-key, zero-header, stale-incarnation,
+    non-votemesh and unknown-sender datagrams at a running agent are each dropped and counted
+    once under their reason; the view and quorum stay as they were."""
+    cluster, relay = relayed_cluster
+    agent = cluster.agents[1]
+    before = agent.status()
+    assert before is not None
+    genuine = relay.copies[0]
+    key = ClusterKey(cluster.key_path.read_bytes())
+    heartbeat = Heartbeat(link=0, stamp_us=1, wall_ms=1)
+    bad = {
+        "replayed": genuine,
+        "forged": with_field(genuine, 28, ">Q", 2**62),  # fresh counter, header tampered
+        "truncated": genuine[:40],
+        "bad_magic": b"XX" + genuine[2:],
+        "bad_version": with_field(genuine, 2, ">B", 9),
+        "foreign_cluster": seal_message(Sealer("other", key, 2, 1), heartbeat),
+        "unknown_key": seal_message(Sealer("live", ClusterKey(os.urandom(32)), 2, 1), heartbeat),
+        "bad_header": with_field(genuine, 16, ">I", 0),
+        "stale_incarnation": with_field(genuine, 20, ">Q", 1),
+        "unknown_peer": seal_message(Sealer("live", key, 99, 1), heartbeat),
+    }
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+        attacker.bind(("127.0.0.20", 0))
+        for datagram in bad.values():
+            attacker.sendto(datagram, (agent.address, agent.port))
+    expected = {reason: dropped(before).get(reason, 0) + 1 for reason in bad}
+    cluster.wait_for(
+        lambda: (
+            (doc := agent.status()) is not None
+            and all(dropped(doc).get(r, 0) >= n for r, n in expected.items())
+        ),
+        SETTLE,
+        "the drops to be counted",
+    )
+    after = agent.status()
+    assert after is not None
+    assert {r: dropped(after).get(r, 0) for r in bad} == expected
+    assert (after["ring_id"], after["members"], after["quorate"]) == (
+        before["ring_id"],
+        [1, 2, 3],
+        True,
+    )
+    assert cluster.one_view([1, 2, 3])
+
+
+def garbage(genuine: list[bytes], rng: random.Random) -> bytes:
+    """One of four kinds of junk: random bytes, a votemesh prefix with junk, a header valid up
+    to the AEAD (our cluster and key id, random sender state), or a cut-off genuine datagram."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(0, 200))
+    if kind == 1:
+        return b"VM\x01" + rng.randbytes(rng.randrange(0, 120))
+    if kind == 2:
+        head = genuine[0][:16]  # magic, version, kind, cluster id, key id
+        sender = rng.choice((1, 2, 3, 7))
+        state = struct.pack(">IQQ", sender, rng.getrandbits(64) | 1, rng.getrandbits(64) | 1)
+        return head + state + rng.randbytes(60)
+    return rng.choice(genuine)[: rng.randrange(0, 52)]
+
+
+def test_garbage_flood_changes_nothing_and_is_counted(
+    relayed_cluster: tuple[AgentCluster, Relay],
+) -> None:
+    """10,000 junk datagrams in about a second at one agent: every one is either counted under a
+    drop reason or dropped by the kernel (its receive buffer), the three agents never leave
+    their view or lose quorum, and no membership event is logged meanwhile."""
+    cluster, relay = relayed_cluster
+    agent = cluster.agents[1]
+    before = agent.status()
+    assert before is not None
+    kernel_before = kernel_drops(agent.address, agent.port)
+    log_mark = len(agent.log_records())
+    rng = random.Random(20261125)
+    junk = [garbage(relay.copies[:50], rng) for _ in range(FLOOD)]
+    seen: list[tuple[Any, Any, Any]] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+        attacker.bind(("127.0.0.21", 0))
+        start = time.monotonic()
+        for batch in range(FLOOD // BATCH):
+            for datagram in junk[batch * BATCH : (batch + 1) * BATCH]:
+                attacker.sendto(datagram, (agent.address, agent.port))
+            if batch % 10 == 0:
+                seen += [
+                    (tuple(d["ring_id"]), tuple(d["members"]), d["quorate"])
+                    for d in cluster.statuses([1, 2, 3]).values()
+                    if d is not None
+                ]
+            pause = start + (batch + 1) * BATCH / FLOOD - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+    garbage_reasons = {"truncated", "bad_magic", "bad_version", "foreign_cluster", "unknown_key"}
+    garbage_reasons |= {"bad_header", "forged", "stale_incarnation", "replayed", "unknown_peer"}
+
+    def all_accounted() -> bool:
+        doc = agent.status()
+        if doc is None:
+            return False
+        counted = sum(dropped(doc).values()) - sum(dropped(before).values())
+        return counted + kernel_drops(agent.address, agent.port) - kernel_before >= FLOOD
+
+    cluster.wait_for(all_accounted, SETTLE, "every junk datagram to be accounted for")
+    after = agent.status()
+    assert after is not None
+    counted = sum(dropped(after).values()) - sum(dropped(before).values())
+    assert counted + kernel_drops(agent.address, agent.port) - kernel_before == FLOOD
+    assert set(dropped(after)) <= garbage_reasons
+    assert {"bad_magic", "truncated", "forged"} <= set(dropped(after))
+    assert set(seen) == {(tuple(before["ring_id"]), (1, 2, 3), True)}
+    assert cluster.one_view([1, 2, 3])
+    assert agent.status() is not None
+    membership = {"view_installed", "quorum_lost", "peer_lost", "peer_suspected", "link_down"}
+    assert [r for r in agent.log_records()[log_mark:] if r["event"] in membership] == []
+
+
+@pytest.mark.asyncio
+async def test_authentic_but_undecodable_payloads_are_counted() -> None:
+    """A datagram sealed with the cluster key by a configured peer whose payload is not a valid
+    message (bad msgpack, unknown kind) is counted as bad_payload / unknown_kind and never
+    reaches the core; a valid one is delivered with the sender's incarnation and link."""
+    key = ClusterKey(os.urandom(32))
+    port = free_udp_port("127.0.0.1")
+    config = AgentConfig(
+        cluster_name="unit",
+        node_id=1,
+        links=(LinkConfig(0, "127.0.0.1", port),),
+        peers=(PeerConfig(2, addresses=((0, "127.0.0.2", 9),)),),
+        key_files=("unused",),
+    )
+    delivered: list[MessageIn] = []
+
+    def deliver(message: MessageIn) -> bool:
+        delivered.append(message)
+        return True
+
+    mesh = MeshTransport(config, Sealer("unit", key, 1, 5), Opener("unit", [key]), deliver)
+    await mesh.start()
+    peer = Sealer("unit", key, 2, 7)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(peer.seal(MeshKind.HEARTBEAT, b"\xc1"), ("127.0.0.1", port))
+            sender.sendto(peer.seal(99, b"\x80"), ("127.0.0.1", port))
+            sender.sendto(
+                seal_message(peer, Heartbeat(link=0, stamp_us=1, wall_ms=2)), ("127.0.0.1", port)
+            )
+            for _ in range(200):
+                if mesh.counters.received >= 3:
+                    break
+                await asyncio.sleep(0.01)
+        assert dict(mesh.counters.dropped) == {"bad_payload": 1, "unknown_kind": 1}
+        assert [(m.peer, m.incarnation, m.link) for m in delivered] == [(2, 7, 0)]
+        assert mesh.counters.accepted == 1
+    finally:
+        mesh.close()
