@@ -18,7 +18,7 @@ import pytest
 from agent.config import QdeviceConfig
 from agent.qdevice_session import QdeviceSession, SessionEvent, VoteChanged
 from proto.qnetd_enums import Vote
-from proto.qnetd_messages import VoteInfo
+from proto.qnetd_messages import EchoReply, VoteInfo
 from proto.qnetd_options import RingId
 from tests.agent.qdevice_driver import QdeviceDriver
 from tests.interop.debian_qnetd import DebianQnetd, missing_reason, running_qnetd
@@ -82,7 +82,8 @@ def votes_for(driver: QdeviceDriver, ring: RingId) -> list[Vote]:
 
 @pytest.mark.asyncio
 async def test_two_node_ffsplit_votes_split_and_qnetd_loss(qnetd: Server) -> None:
-    """Both nodes vote with {1,2}; after a 1/1 split only node 1 does; qnetd gone: nobody."""
+    """Both nodes vote with {1,2}; after a 1/1 split only node 1 does; echoes are answered;
+    qnetd gone: nobody votes."""
     cfg = node_config(qnetd)
     async with AsyncExitStack() as stack:
         n1, n2 = [
@@ -106,6 +107,9 @@ async def test_two_node_ffsplit_votes_split_and_qnetd_loss(qnetd: Server) -> Non
         assert not n2.session.vote
         assert votes_for(n1, RingId(1, 12)) == [Vote.ACK]
         assert n2.votes[-1] == VoteChanged(False, "membership change to ring 2.c")
+
+        await n1.wait_for(lambda: any(isinstance(m, EchoReply) for m in n1.received))
+        assert n1.session.state == "connected"  # echoes answered, connection kept
 
         await asyncio.to_thread(qnetd.stop)
         await n1.wait_for(lambda: "connected" not in {n1.session.state, n2.session.state})
