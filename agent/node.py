@@ -155,6 +155,7 @@ class AgentNode:
                 self.links.next_deadline(),
                 self.quorum.next_deadline(),
                 self._evaluate_at,
+                self._heard_expiry(),
             )
             if t is not None
         ]
@@ -200,12 +201,20 @@ class AgentNode:
         if isinstance(msg, Heartbeat):
             self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
         elif isinstance(msg, Probe):
-            self._link_changes(self.links.received(ev.peer, ev.link, self._now))
+            probe = self.config.timing.probe_interval
+            self._link_changes(
+                self.links.received(ev.peer, ev.link, self._now, expected_interval=probe)
+            )
             reply = ProbeReply(link=ev.link, stamp_us=msg.stamp_us)
             self._out.append(SendTo(ev.peer, ev.link, reply))
         elif isinstance(msg, ProbeReply):
             rtt = max(0.0, self._now - msg.stamp_us / 1e6 - msg.held_us / 1e6)
-            self._link_changes(self.links.received(ev.peer, ev.link, self._now, rtt_sample=rtt))
+            probe = self.config.timing.probe_interval
+            self._link_changes(
+                self.links.received(
+                    ev.peer, ev.link, self._now, rtt_sample=rtt, expected_interval=probe
+                )
+            )
 
     def _heartbeat(self, pid: int, peer: _Peer, link: int, hb: Heartbeat, wall_ms: int) -> None:
         rtt = None
@@ -268,7 +277,7 @@ class AgentNode:
     # ------------------------------------------------------------ the periodic step
     def _step(self) -> None:
         self._link_changes(self.links.tick(self._now))
-        self.membership.set_heard(self.links.heard(self._now), self._now)
+        self.membership.set_heard(self._heard(), self._now)
         if self._evaluate_at is None or self._evaluate_at <= self._now:
             self._evaluate_at = None
             self._membership_changes(self.membership.evaluate(self._now))
@@ -277,6 +286,27 @@ class AgentNode:
         if self.membership.max_seq > self._persisted_seq:
             self._persisted_seq = self.membership.max_seq
             self._out.append(PersistMaxSeq(self._persisted_seq))
+
+    def _heard(self) -> frozenset[int]:
+        """Peers whose heartbeats arrived within the failure timeout (design §3.1). Not the link
+        layer's notion of "a link is up": a probed link stays up for link_timeout, which would
+        keep a dead peer in the view for seconds."""
+        timeout = self.config.timing.failure_timeout
+        return frozenset(
+            pid
+            for pid, p in self.peers.items()
+            if p.stamp_us and self._now < p.received_at + timeout
+        )
+
+    def _heard_expiry(self) -> float | None:
+        """When the next heard peer stops being heard (the node must re-evaluate then)."""
+        timeout = self.config.timing.failure_timeout
+        times = [
+            p.received_at + timeout
+            for p in self.peers.values()
+            if p.stamp_us and self._now < p.received_at + timeout
+        ]
+        return min(times, default=None)
 
     def _send_due(self) -> None:
         by_link: dict[int, list[int]] = {}
@@ -300,7 +330,7 @@ class AgentNode:
             link=link,
             stamp_us=now_us,
             wall_ms=max(0, self._wall_ms),
-            heard=tuple(sorted(self.links.heard(self._now))),
+            heard=tuple(sorted(self._heard())),
             view=_wire_view(self.membership.view),
             proposal=_wire_view(self.membership.proposal),
             echoes=echoes,
@@ -321,7 +351,7 @@ class AgentNode:
                 self._emit(EventKind.LINK_UP, c.reason, peer=c.peer, link=c.link)
             elif isinstance(c, LinkDown):
                 self._emit(EventKind.LINK_DOWN, c.reason, peer=c.peer, link=c.link)
-            elif isinstance(c, ActiveLinkChanged):
+            elif isinstance(c, ActiveLinkChanged) and c.new is not None:
                 self._emit(EventKind.LINK_UP, c.reason, peer=c.peer, link=c.new, active=True)
             elif isinstance(c, PeerReachable):
                 self._emit(EventKind.PEER_REACHABLE, c.reason, peer=c.peer)

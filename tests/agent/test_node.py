@@ -27,9 +27,9 @@ from agent.node import (
 DELAY = 0.001
 
 
-def config(node: int, nodes: int) -> AgentConfig:
+def config(node: int, nodes: int, links: int = 1) -> AgentConfig:
     peers = tuple(
-        PeerConfig(n, f"n{n}", ((0, f"127.0.0.{n}", 5407),))
+        PeerConfig(n, f"n{n}", tuple((k, f"127.0.{k}.{n}", 5407) for k in range(links)))
         for n in range(1, nodes + 1)
         if n != node
     )
@@ -37,7 +37,7 @@ def config(node: int, nodes: int) -> AgentConfig:
         cluster_name="t",
         node_id=node,
         node_name=f"n{node}",
-        links=(LinkConfig(0, f"127.0.0.{node}"),),
+        links=tuple(LinkConfig(k, f"127.0.{k}.{node}", priority=links - k) for k in range(links)),
         peers=peers,
         timing=Timing.lan(),
     )
@@ -57,8 +57,8 @@ class Net:
     quorate_log: dict[int, list[tuple[float, bool]]] = field(default_factory=dict)
 
     @classmethod
-    def make(cls, n: int) -> Net:
-        net = cls({i: AgentNode(config(i, n), incarnation=1) for i in range(1, n + 1)})
+    def make(cls, n: int, links: int = 1) -> Net:
+        net = cls({i: AgentNode(config(i, n, links), incarnation=1) for i in range(1, n + 1)})
         for i in net.nodes:
             net.alive.add(i)
             net.apply(i, net.nodes[i].handle(Start(wall_ms=0), 0.0))
@@ -196,3 +196,15 @@ def test_restart_under_wait_for_all_ends_waiting_through_quorate_peers() -> None
     net.run(2.0)
     assert restarted.view.members == frozenset({1, 2})
     assert restarted.quorate
+
+
+def test_dead_peer_leaves_the_view_fast_with_two_links() -> None:
+    """With a probed second link, a killed peer still leaves the view within a second: the view
+    follows heartbeats within the failure timeout, not the probed link's longer timeout."""
+    net = Net.make(4, links=2)
+    net.run(3.0)
+    assert {m for _, m in net.views()} == {frozenset({1, 2, 3, 4})}
+    net.alive.discard(4)
+    net.run(1.0)
+    assert {m for _, m in net.views()} == {frozenset({1, 2, 3})}
+    assert all(net.nodes[i].quorate for i in (1, 2, 3))
