@@ -159,9 +159,13 @@ class QdeviceSession:
     def set_membership(
         self, ring: tuple[int, int], members: tuple[int, ...], now: float
     ) -> list[QdEffect]:
-        """A new votequorum ring: pause the vote, (run heuristics,) send the membership list."""
-        self._ring = RingId(node_id=ring[0], seq=ring[1])
-        self._members = tuple(members)
+        """A new votequorum ring: pause the vote, (run heuristics,) send the membership list.
+
+        Repeating the current ring and members changes nothing (no vote blip)."""
+        new = (RingId(node_id=ring[0], seq=ring[1]), tuple(members))
+        if new == (self._ring, self._members):
+            return []
+        self._ring, self._members = new
         effects: list[QdEffect] = []
         if self._state == "connected":
             self._votes.pause()
@@ -171,8 +175,9 @@ class QdeviceSession:
 
     def set_quorum(self, quorate: bool, members: tuple[int, ...], now: float) -> list[QdEffect]:
         """votequorum's verdict; sent as a quorum list (after a pending membership list)."""
+        changed = (quorate, tuple(members)) != self._quorum
         self._quorum = (quorate, tuple(members))
-        if self._state != "connected":
+        if self._state != "connected" or not changed:
             return []
         if self._c.heuristics_for is not None:
             self._c.quorum_dirty = True
@@ -205,8 +210,8 @@ class QdeviceSession:
                 return self._on_init_reply(msg, now)
             case qm.ServerError():
                 return self._close(now, f"SERVER_ERROR code {msg.reply_error_code}", False)
-            case qm.SetOptionReply():
-                return self._on_set_option_reply(now)
+            case qm.SetOptionReply() if self._state == "connected":
+                return []  # informational: we never change the heartbeat with SET_OPTION
             case qm.EchoReply():
                 return self._on_echo_reply(msg, now)
             case (
@@ -216,7 +221,8 @@ class QdeviceSession:
                 | qm.HeuristicsChangeReply()
             ):
                 return self._on_vote(msg, now)
-        return self._close(now, f"unexpected {type(msg).__name__} from qnetd", reconnect=False)
+        reason = f"unexpected {type(msg).__name__} while {self._state}"
+        return self._close(now, reason, reconnect=False)
 
     def _on_preinit_reply(self, msg: qm.PreinitReply, now: float) -> list[QdEffect]:
         if self._state != "waiting_preinit_reply":
@@ -244,11 +250,6 @@ class QdeviceSession:
             return self._initial_burst(now)
         self._c.heuristics_for = "connect"
         return [RunHeuristics()]
-
-    def _on_set_option_reply(self, now: float) -> list[QdEffect]:
-        if self._state != "connected":
-            return self._close(now, f"unexpected SetOptionReply while {self._state}", False)
-        return []  # informational: we never change the heartbeat with SET_OPTION
 
     def _on_echo_reply(self, msg: qm.EchoReply, now: float) -> list[QdEffect]:
         if msg.seq is None:

@@ -456,6 +456,14 @@ def test_membership_change_pauses_the_vote_until_acked_for_the_new_ring() -> Non
     assert session.vote
 
 
+def test_repeated_membership_or_quorum_is_a_no_op() -> None:
+    """The same ring and members (or the same quorum) again sends nothing and keeps the vote."""
+    session = voting()
+    assert session.set_membership(RING, (1, 2), 1.0) == []
+    assert session.set_quorum(True, (1, 2), 1.0) == []
+    assert session.vote
+
+
 def test_quorum_and_config_changes_are_sent_as_lists() -> None:
     """set_quorum sends a quorum list (dead nodes marked); a changed config a type-1 list."""
     session = connected()
@@ -640,6 +648,14 @@ def test_unexpected_message_when_connected_gives_up(msg: QnetdMessage) -> None:
     close = closes(session.received(msg, 1.0))
     assert close.reconnect_at is None
     assert "unexpected" in close.reason
+
+
+def test_set_option_reply_before_connected_gives_up() -> None:
+    """SET_OPTION_REPLY is accepted only when connected (reference 3.2)."""
+    session = QdeviceSession(1, "c", config())
+    to_init_reply(session)
+    close = closes(session.received(SetOptionReply(seq=4), 0.0))
+    assert close == Close("unexpected SetOptionReply while waiting_init_reply", None)
 
 
 def test_vote_before_connected_gives_up() -> None:
