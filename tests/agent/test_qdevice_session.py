@@ -221,6 +221,21 @@ def test_init_carries_node_algorithm_heartbeat_tie_breaker_and_ring() -> None:
     assert init.ring_id == RING_ID
 
 
+@pytest.mark.parametrize(
+    ("setting", "mode", "node"),
+    [("lowest", TieBreakerMode.LOWEST, 0), ("highest", TieBreakerMode.HIGHEST, 0)],
+)
+def test_tie_breaker_modes_send_node_id_zero(setting: str, mode: TieBreakerMode, node: int) -> None:
+    """lowest/highest travel with node id 0 (it is meaningful only in mode 3)."""
+    session = QdeviceSession(1, "c", config(tls="off", tie_breaker=setting))
+    ready(session)
+    session.connected(0.0)
+    [init] = messages(session.received(PreinitReply(1, 0, True), 0.0))
+    assert isinstance(init, Init)
+    assert init.tie_breaker is not None
+    assert (init.tie_breaker.mode, init.tie_breaker.node_id) == (mode, node)
+
+
 @pytest.mark.parametrize(("seconds", "ms"), [(0.2, 1000), (2.5, 2500), (500.0, 120000)])
 def test_heartbeat_is_clamped_like_qdevice(seconds: float, ms: int) -> None:
     """The INIT heartbeat is clamped to [1000, 120000] ms (reference 8.1)."""
@@ -548,11 +563,12 @@ def test_echo_every_heartbeat_and_disconnect_when_a_reply_is_missing() -> None:
     assert VoteChanged(False, "qnetd connection lost: echo reply missing") in effects
 
 
-def test_echo_reply_with_wrong_seq_gives_up() -> None:
-    """An ECHO_REPLY whose seq is not the last one sent disconnects (reference 4.7)."""
+@pytest.mark.parametrize("seq", [7, None], ids=["wrong-seq", "no-seq"])
+def test_echo_reply_with_wrong_or_no_seq_gives_up(seq: int | None) -> None:
+    """An ECHO_REPLY must carry the seq of the last echo sent, else disconnect (4.7)."""
     session = connected()
     session.tick(HB)
-    assert closes(session.received(EchoReply(seq=7), HB + 0.1)).reconnect_at is None
+    assert closes(session.received(EchoReply(seq=seq), HB + 0.1)).reconnect_at is None
 
 
 def test_first_echo_after_a_reconnect_is_seq_1() -> None:
