@@ -254,8 +254,8 @@ class QdeviceSession:
     def _on_echo_reply(self, msg: qm.EchoReply, now: float) -> list[QdEffect]:
         if msg.seq is None:
             return self._close(now, "ECHO_REPLY without seq", reconnect=False)
-        if msg.seq != self._c.echo_sent:
-            return self._close(now, f"ECHO_REPLY seq {msg.seq}, sent {self._c.echo_sent}", False)
+        if msg.seq != self._c.echo_sent:  # reconnect: the reference does not classify this one
+            return self._close(now, f"ECHO_REPLY seq {msg.seq}, sent {self._c.echo_sent}", True)
         self._c.echo_received = msg.seq
         return []
 
