@@ -1,0 +1,348 @@
+"""The checker of DESIGN §3's properties, run on what a simulated cluster reported.
+
+Input: a `SimNetwork` after a run: every node's reported states over time (installed view,
+quorate flag, expected votes; None while down) and the topology snapshots (who runs, who is
+paused, which directions are cut, the link models). Output: a list of `Violation`s.
+
+* **S1 majority intersection** — at every instant, any two quorate nodes count member sets that
+  intersect. Exempt: two_node clusters, runs where an operator changed expected votes, and any
+  node whose expected votes are below the configured total (last_man_standing lowered them).
+* **S2 agreement** — one ring id names one member set, across all nodes and all time.
+* **S3 one winner** — in every stretch where the network stayed unchanged and benign (loss <= 5 %,
+  jitter <= 20 ms) for the settle time, all quorate nodes share one view.
+* **L1 liveness** — in such a stretch, after the settle time, every node of a connected group
+  (a complete clique that is a whole component) that holds quorum votes is quorate; and in any
+  stretch, a running node that cannot hear a quorum (itself plus the nodes it has both directions
+  up with) is inquorate once the minority bound (which grows with the slowest link) has passed.
+* **No silent failure** — a view, quorum or expected-votes change that the node's status shows
+  but no event announced (found by the network's once-a-second audit).
+* **L2 stability** — in a run whose only faults are loss <= 5 % and jitter <= 20 ms, no node
+  changes its view after the initial formation (all nodes in one view).
+
+Exempt from the generic L1 rules: clusters with two_node, wait_for_all or last_man_standing, and
+runs with operator-set expected votes (their outcomes are pinned by the specific case tests).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from agent.config import QuorumOptions, TieBreaker, Timing
+from tests.sim.network import NodeState, SimNetwork, Topology
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken property: which, when, and what was seen."""
+
+    prop: str
+    at: float
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.prop} at t={self.at:.4f}: {self.detail}"
+
+
+def settle_time(timing: Timing) -> float:
+    """How long the network must stay unchanged before S3 and L1 apply: a lost peer is noticed
+    (failure timeout), proposals converge (a few rounds), with a second detection as margin:
+    2 x failure_timeout + (agreement_rounds + 3) x heartbeat_interval + 1 s (lan: 2.9 s)."""
+    return (
+        2 * timing.failure_timeout + (timing.agreement_rounds + 3) * timing.heartbeat_interval + 1.0
+    )
+
+
+def minority_bound(timing: Timing, max_delay: float = 0.0167) -> float:
+    """How soon an isolated minority must be inquorate: the failure timeout, plus the agreement
+    rounds to install the smaller view, plus three one-way deliveries on the slowest link (the
+    last heartbeat, a proposal there and back): failure_timeout + (agreement_rounds + 1) x
+    heartbeat_interval + 3 x max_delay (lan, fast links: 1.1 s)."""
+    return (
+        timing.failure_timeout
+        + (timing.agreement_rounds + 1) * timing.heartbeat_interval
+        + 3 * max_delay
+    )
+
+
+class Checker:
+    """Checks one finished run; `check(end)` returns every violation found (empty = pass)."""
+
+    def __init__(self, net: SimNetwork, *, settle: float | None = None) -> None:
+        self.net = net
+        first = next(iter(net.configs.values()))
+        self.timing = first.timing
+        self.options: QuorumOptions = first.quorum
+        self.votes = first.configured_votes()
+        self.total = self.options.expected_votes or sum(self.votes.values())
+        self.settle = settle if settle is not None else settle_time(self.timing)
+        self._times = {n: [t for t, _ in h] for n, h in net.history.items()}
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def state_at(self, node: int, at: float) -> NodeState | None:
+        """The node's state after every change at or before `at`."""
+        i = bisect.bisect_right(self._times[node], at)
+        return self.net.history[node][i - 1][1] if i else None
+
+    def _changes(self, start: float, end: float) -> list[float]:
+        """Times of state changes of any node in (start, end)."""
+        out = {t for ts in self._times.values() for t in ts if start < t < end}
+        return sorted(out)
+
+    def quorum_capable(self, group: Iterable[int]) -> bool:
+        """Could these nodes alone hold quorum (majority, or the tie-breaker half)?"""
+        members = set(group)
+        have = sum(self.votes.get(n, 0) for n in members)
+        if 2 * have > self.total:
+            return True
+        if 2 * have == self.total and self.options.auto_tie_breaker:
+            return self._tie_breaker() in members
+        return False
+
+    def _tie_breaker(self) -> int:
+        ids = sorted(self.votes)
+        if self.options.auto_tie_breaker_node is TieBreaker.HIGHEST:
+            return ids[-1]
+        if self.options.auto_tie_breaker_node is TieBreaker.LIST:
+            return self.options.tie_breaker_nodes[0]
+        return ids[0]
+
+    def _segments(self, end: float) -> list[tuple[Topology, float, float]]:
+        topos = self.net.topologies
+        out = []
+        for i, topo in enumerate(topos):
+            stop = topos[i + 1].at if i + 1 < len(topos) else end
+            if stop > topo.at:
+                out.append((topo, topo.at, min(stop, end)))
+        return out
+
+    @property
+    def generic_l1(self) -> bool:
+        """The generic L1 rules apply (no option that changes who may be quorate)."""
+        o = self.options
+        return not (
+            o.two_node
+            or o.effective_wait_for_all
+            or o.last_man_standing
+            or o.expected_votes is not None
+            or self.net.operator_lowered
+        )
+
+    # ---- the properties --------------------------------------------------------------------
+
+    def check(self, end: float) -> list[Violation]:
+        """Every property that applies to this run."""
+        found = self.s1() + self.s2() + self.s3_l1(end) + self.silent()
+        if self.l2_applies():
+            found += self.l2()
+        return found
+
+    def s1(self) -> list[Violation]:
+        """S1: quorate nodes at the same instant count intersecting member sets."""
+        if self.options.two_node or self.net.operator_lowered:
+            return []
+        changes = sorted(
+            ((t, n, s) for n, h in self.net.history.items() for t, s in h), key=lambda x: x[0]
+        )
+        current: dict[int, NodeState] = {}
+        found: list[Violation] = []
+        seen: set[tuple[frozenset[int], frozenset[int]]] = set()
+        i = 0
+        while i < len(changes):
+            now = changes[i][0]
+            touched = []
+            while i < len(changes) and changes[i][0] == now:
+                _, node, state = changes[i]
+                if state is None:
+                    current.pop(node, None)
+                else:
+                    current[node] = state
+                touched.append(node)
+                i += 1
+            counted = {
+                n: s.members for n, s in current.items() if s.quorate and s.expected >= self.total
+            }
+            for a in touched:
+                for b, members in counted.items():
+                    if a in counted and a != b and not counted[a] & members:
+                        key = (counted[a], members)
+                        if key not in seen:
+                            seen.add(key)
+                            found.append(
+                                Violation(
+                                    "S1",
+                                    now,
+                                    f"n{a} quorate with {sorted(counted[a])} and n{b} quorate "
+                                    f"with {sorted(members)}: disjoint",
+                                )
+                            )
+        return found
+
+    def silent(self) -> list[Violation]:
+        """No silent failure: every change of view, quorum or expected votes is an event."""
+        return [
+            Violation("EVENTS", t, f"n{node}'s status changed without a state event")
+            for t, node in self.net.silent_changes[:3]
+        ]
+
+    def s2(self) -> list[Violation]:
+        """S2: the same ring id always names the same member set."""
+        named: dict[tuple[int, int], tuple[frozenset[int], int, float]] = {}
+        found: list[Violation] = []
+        for node, history in self.net.history.items():
+            for t, state in history:
+                if state is None or state.ring is None:
+                    continue
+                first = named.setdefault(state.ring, (state.members, node, t))
+                if first[0] != state.members:
+                    found.append(
+                        Violation(
+                            "S2",
+                            t,
+                            f"ring {state.ring} is {sorted(state.members)} on n{node} but "
+                            f"{sorted(first[0])} on n{first[1]} (t={first[2]:.4f})",
+                        )
+                    )
+        return found
+
+    def s3_l1(self, end: float) -> list[Violation]:
+        """S3 and L1 over every stretch of unchanged topology."""
+        found: list[Violation] = []
+        for topo, start, stop in self._segments(end):
+            found += self._minority(topo, start, stop)
+            if stop - start >= self.settle and topo.benign():
+                found += self._stable(topo, start + self.settle, stop)
+        return found
+
+    def _minority(self, topo: Topology, start: float, stop: float) -> list[Violation]:
+        running = topo.alive - topo.paused
+        bound = minority_bound(self.timing, max(self._slowest(topo, running), 0.0167))
+        if not self.generic_l1 or stop - start <= bound:
+            return []
+        found = []
+        for node in sorted(running):
+            hears = {node} | {p for p in running if p != node and topo.mutual(node, p)}
+            if self.quorum_capable(hears):
+                continue
+            checkpoints = [start + bound, *self._changes(start + bound, stop)]
+            for t in checkpoints:
+                state = self.state_at(node, t)
+                if state is not None and state.quorate:
+                    found.append(
+                        Violation(
+                            "L1",
+                            t,
+                            f"n{node} hears only {sorted(hears)} since t={start:.4f} but is "
+                            f"quorate ({state.describe()})",
+                        )
+                    )
+                    break
+        return found
+
+    @staticmethod
+    def _slowest(topo: Topology, running: frozenset[int]) -> float:
+        """The longest one-way delay a datagram between running nodes can take."""
+        worst = 0.0
+        for a in running:
+            for b in running:
+                if a != b:
+                    m = topo.link(a, b)
+                    worst = max(worst, m.delay + m.jitter + (m.reorder_delay if m.reorder else 0))
+        return worst
+
+    def _stable(self, topo: Topology, start: float, stop: float) -> list[Violation]:
+        running = sorted(topo.alive - topo.paused)
+        groups = self._cliques(topo, running) if self.generic_l1 else []
+        found: list[Violation] = []
+        for t in [start, *self._changes(start, stop)]:
+            states = {n: self.state_at(n, t) for n in running}
+            views = {(s.ring, s.members) for s in states.values() if s is not None and s.quorate}
+            if len(views) > 1:
+                shown = "; ".join(
+                    f"n{n}: {s.describe()}" for n, s in states.items() if s and s.quorate
+                )
+                found.append(Violation("S3", t, f"quorate nodes in different views: {shown}"))
+                break
+            for group in groups:
+                bad = [n for n in group if not ((s := states[n]) and s.quorate)]
+                if bad:
+                    found.append(
+                        Violation(
+                            "L1",
+                            t,
+                            f"connected group {sorted(group)} holds quorum since "
+                            f"t={start - self.settle:.4f} but n{bad[0]} is inquorate "
+                            f"({_desc(states[bad[0]])})",
+                        )
+                    )
+            if found:
+                break
+        return found
+
+    def _cliques(self, topo: Topology, running: list[int]) -> list[frozenset[int]]:
+        """Components of the mutual graph that are complete and hold quorum votes."""
+        out, left = [], set(running)
+        while left:
+            seed = left.pop()
+            comp, todo = {seed}, [seed]
+            while todo:
+                a = todo.pop()
+                for b in list(left):
+                    if topo.mutual(a, b):
+                        left.discard(b)
+                        comp.add(b)
+                        todo.append(b)
+            complete = all(topo.mutual(a, b) for a in comp for b in comp if a < b)
+            if complete and self.quorum_capable(comp):
+                out.append(frozenset(comp))
+        return out
+
+    def l2_applies(self) -> bool:
+        """Only benign link impairments: no cut, pause, crash or harsh link model ever."""
+        return all(
+            not t.cuts and not t.paused and t.benign() for t in self.net.topologies
+        ) and not any(s is None for h in self.net.history.values() for _, s in h)
+
+    def formation(self) -> float | None:
+        """First time every configured node reports one and the same full view."""
+        everyone = frozenset(self.net.configs)
+        for t in sorted({t for ts in self._times.values() for t in ts}):
+            states = [self.state_at(n, t) for n in everyone]
+            if all(s is not None and s.members == everyone for s in states):
+                rings = {s.ring for s in states if s is not None}
+                if len(rings) == 1:
+                    return t
+        return None
+
+    def view_changes(self) -> int:
+        """Ring id changes, summed over nodes, after the initial formation."""
+        formed = self.formation()
+        if formed is None:
+            return -1
+        changes = 0
+        for node, history in self.net.history.items():
+            ring = self.state_at(node, formed)
+            last = ring.ring if ring else None
+            for t, state in history:
+                if t > formed and state is not None and state.ring != last:
+                    changes += 1
+                    last = state.ring
+        return changes
+
+    def l2(self) -> list[Violation]:
+        """L2: under benign impairments the view never changes after formation."""
+        formed = self.formation()
+        if formed is None:
+            return [Violation("L2", self.net.now, "the nodes never formed one full view")]
+        changes = self.view_changes()
+        if changes:
+            return [
+                Violation("L2", formed, f"{changes} view changes after formation at {formed:.4f}")
+            ]
+        return []
+
+
+def _desc(state: NodeState | None) -> str:
+    return state.describe() if state else "down"

@@ -1,0 +1,31 @@
+"""The node interface the simulator drives: `agent.node` (design §3.3), in one place."""
+
+from agent.node import (
+    AgentNode,
+    Broadcast,
+    Emit,
+    MessageIn,
+    PeerAddresses,
+    PersistMaxSeq,
+    QdeviceUpdate,
+    QdeviceVote,
+    SendTo,
+    SetExpected,
+    Start,
+    Tick,
+)
+
+__all__ = [
+    "AgentNode",
+    "Broadcast",
+    "Emit",
+    "MessageIn",
+    "PeerAddresses",
+    "PersistMaxSeq",
+    "QdeviceUpdate",
+    "QdeviceVote",
+    "SendTo",
+    "SetExpected",
+    "Start",
+    "Tick",
+]

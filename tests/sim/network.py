@@ -1,0 +1,538 @@
+"""Seeded discrete-event network that drives many node cores (`handle(event, now)`).
+
+One heap of pending happenings keyed by (time, seq): datagram deliveries, node timers (a node's
+`next_deadline()`), scheduled fault actions and the end of process pauses. Every directed pair
+of nodes has a link model (base delay, jitter, loss, duplication, reordering); one-way cuts are
+pairs in a set and a partition is a set of cuts. A crash drops the node object; a restart builds
+a new core with a higher incarnation and the last `PersistMaxSeq` value. A paused node receives
+nothing and its timers do not fire; when it resumes, everything queued for it arrives in order.
+All randomness comes from one `random.Random(seed)`, so a seed replays exactly.
+
+The network records what the checker needs: every node's reported state (ring id, members,
+quorate, expected votes) whenever it changes, and a snapshot of the topology whenever a fault
+changes it. A bounded trace of faults and node events is kept for failure reports. The network
+reads a node's `status()` after it emits a state event (view installed, quorum gained or lost,
+expected votes changed), and audits every node's status once a simulated second: a state change
+that no event announced is recorded in `silent_changes` (DESIGN §3 "no silent failure").
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent.config import AgentConfig, LinkConfig, PeerConfig, QuorumOptions, Timing
+from agent.events import EventKind
+from proto.mesh_messages import MeshMessage
+from tests.sim import iface
+
+EPOCH_MS = 1_764_000_000_000
+"""Wall clock (ms since the epoch) at simulated time 0."""
+_DELIVER, _TIMER, _ACTION, _RESUME = 0, 1, 2, 3
+SPIN_STEP = 1e-6
+"""How far the clock moves when a core asks for a Tick at `now` right after one (seconds)."""
+MAX_SPINS = 10_000
+"""A core whose deadline never moves past `now` is a busy loop: fail instead of hanging."""
+
+
+STATE_EVENTS = frozenset(
+    {
+        EventKind.VIEW_INSTALLED,
+        EventKind.QUORUM_GAINED,
+        EventKind.QUORUM_LOST,
+        EventKind.EXPECTED_VOTES_CHANGED,
+    }
+)
+"""Events after which the simulator reads the node's status (view, quorate, expected votes)."""
+
+
+class SimulationError(RuntimeError):
+    """The simulated system misbehaved in a way that is not a property violation (a busy loop)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkModel:
+    """One direction of one node pair: what happens to each datagram."""
+
+    delay: float = 0.0005
+    """Base one-way delay, seconds."""
+    jitter: float = 0.0
+    """Uniform extra delay in [-jitter, +jitter] (never below zero in total); reorders too."""
+    loss: float = 0.0
+    """Probability a datagram is dropped."""
+    duplicate: float = 0.0
+    """Probability a datagram arrives twice (the copy with its own delay)."""
+    reorder: float = 0.0
+    """Probability a datagram is held back by up to `reorder_delay`, letting later ones pass."""
+    reorder_delay: float = 0.05
+
+    @property
+    def benign(self) -> bool:
+        """No worse than DESIGN L2's conditions: loss <= 5 %, jitter <= 20 ms, nothing else."""
+        return (
+            self.loss <= 0.05
+            and self.jitter <= 0.02
+            and self.delay <= 0.05
+            and self.duplicate == 0
+            and self.reorder == 0
+        )
+
+
+class Core(Protocol):
+    """What the simulator needs from a node core (agent.node.AgentNode, design §3.3)."""
+
+    def handle(self, event: Any, now: float) -> list[Any]: ...
+    def next_deadline(self) -> float | None: ...
+    def status(self, now: float) -> dict[str, Any]: ...
+
+
+NodeFactory = Callable[[AgentConfig, int, int], Core]
+"""(config, incarnation, max_seq) -> a started-fresh core."""
+
+
+def default_factory(config: AgentConfig, incarnation: int, max_seq: int) -> Core:
+    """The real node core."""
+    node: Core = iface.AgentNode(config, incarnation, max_seq=max_seq)
+    return node
+
+
+def cluster_configs(
+    count: int,
+    *,
+    quorum: QuorumOptions | None = None,
+    timing: Timing | None = None,
+    votes: Mapping[int, int] | None = None,
+) -> dict[int, AgentConfig]:
+    """Configurations of nodes 1..count, all peers static on link 0, no discovery."""
+    votes = votes or {}
+    timing = timing or Timing.lan()
+    quorum = quorum or QuorumOptions()
+    ids = range(1, count + 1)
+    peers = {
+        i: PeerConfig(i, f"node{i}", ((0, f"10.0.0.{i}", 5407),), votes.get(i, 1)) for i in ids
+    }
+    out: dict[int, AgentConfig] = {}
+    for i in ids:
+        q = QuorumOptions(**{**_fields(quorum), "votes": votes.get(i, quorum.votes)})
+        out[i] = AgentConfig(
+            cluster_name="sim",
+            node_id=i,
+            node_name=f"node{i}",
+            links=(LinkConfig(0, f"10.0.0.{i}"),),
+            peers=tuple(p for j, p in peers.items() if j != i),
+            timing=timing,
+            quorum=q,
+            discovery=False,
+        )
+    return out
+
+
+def _fields(q: QuorumOptions) -> dict[str, Any]:
+    return {name: getattr(q, name) for name in q.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """What a node reports: installed view, quorate flag, expected votes."""
+
+    ring: tuple[int, int] | None
+    members: frozenset[int]
+    quorate: bool
+    expected: int
+
+    def describe(self) -> str:
+        ring = f"{self.ring[0]}.{self.ring[1]}" if self.ring else "-"
+        q = "QUORATE" if self.quorate else "inquorate"
+        return f"ring={ring} members={sorted(self.members)} {q} expected={self.expected}"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """The network from `at` until the next snapshot."""
+
+    at: float
+    alive: frozenset[int]
+    paused: frozenset[int]
+    cuts: frozenset[tuple[int, int]]
+    links: Mapping[tuple[int, int], LinkModel]
+    default: LinkModel
+
+    def link(self, src: int, dst: int) -> LinkModel:
+        return self.links.get((src, dst), self.default)
+
+    def mutual(self, a: int, b: int) -> bool:
+        """Both directions up (not cut) between two running nodes."""
+        running = self.alive - self.paused
+        return a in running and b in running and (a, b) not in self.cuts and (b, a) not in self.cuts
+
+    def benign(self) -> bool:
+        """Every link between running nodes is no worse than L2's conditions."""
+        running = self.alive - self.paused
+        return all(self.link(a, b).benign for a in running for b in running if a != b)
+
+
+@dataclass(slots=True)
+class _Slot:
+    config: AgentConfig
+    core: Core | None = None
+    incarnation: int = 0
+    max_seq: int = 0
+    paused_until: float | None = None
+    inbox: list[tuple[int, int, int, MeshMessage]] = field(default_factory=list)
+    timer_token: int = 0
+    timer_at: float | None = None
+    state: NodeState | None = None
+    ticked_at: float = -1.0
+    spin_streak: int = 0
+
+
+class SimNetwork:
+    """The simulated cluster: nodes, links, faults, the event heap and the recording."""
+
+    def __init__(
+        self,
+        configs: Mapping[int, AgentConfig],
+        seed: int,
+        *,
+        default_link: LinkModel | None = None,
+        factory: NodeFactory = default_factory,
+        trace_limit: int | None = 5000,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.configs = dict(configs)
+        self.factory = factory
+        self.slots = {i: _Slot(c) for i, c in sorted(configs.items())}
+        self.default_link = default_link or LinkModel()
+        self.links: dict[tuple[int, int], LinkModel] = {}
+        self.cuts: set[tuple[int, int]] = set()
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int, int, Any]] = []
+        self._seq = 0
+        self.trace: deque[str] = deque(maxlen=trace_limit)
+        self.history: dict[int, list[tuple[float, NodeState | None]]] = {i: [] for i in configs}
+        self.topologies: list[Topology] = []
+        self.handled = 0
+        self.delivered = 0
+        self.qdevice_updates = 0
+        self.spins = 0
+        """Ticks the clock had to move on by SPIN_STEP (a core's deadline stuck at `now`)."""
+        self.observe_every = False
+        """Query status() after every handle() instead of after state events (slow)."""
+        self.audit_interval = 1.0
+        self.silent_changes: list[tuple[float, int]] = []
+        self._push(self.audit_interval, _ACTION, 0, self._audit)
+        self._snapshot()
+
+    # ---- scheduling ---------------------------------------------------------------------
+
+    def _push(self, at: float, kind: int, node: int, data: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, node, data))
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        """Run `action` (usually a fault method of this network) at simulated time `when`."""
+        self._push(max(when, self.now), _ACTION, 0, action)
+
+    def run_until(self, end: float) -> None:
+        """Process everything due up to and including `end`; then the clock reads `end`."""
+        heap = self._heap
+        while heap and heap[0][0] <= end:
+            at, _, kind, node, data = heapq.heappop(heap)
+            self.now = at
+            if kind == _DELIVER:
+                self._deliver(node, data)
+            elif kind == _TIMER:
+                self._timer(node, data)
+            elif kind == _ACTION:
+                data()
+            else:
+                self._resume(node, data)
+        self.now = max(self.now, end)
+
+    # ---- faults and operator actions ------------------------------------------------------
+
+    def note(self, text: str) -> None:
+        """One line in the trace, stamped with the current time."""
+        self.trace.append(f"{self.now:10.4f} {text}")
+
+    def start(self, node: int) -> None:
+        """(Re)start a node: a fresh core, incarnation + 1, the last persisted max_seq."""
+        slot = self.slots[node]
+        if slot.core is not None:
+            return
+        slot.incarnation += 1
+        slot.core = self.factory(slot.config, slot.incarnation, slot.max_seq)
+        slot.paused_until = None
+        slot.inbox.clear()
+        self.note(f"n{node} start incarnation={slot.incarnation} max_seq={slot.max_seq}")
+        self._snapshot()
+        self._call(node, iface.Start(self._wall()))
+        for peer in slot.config.peers:
+            if slot.core is not None:
+                links = frozenset(a[0] for a in peer.addresses)
+                self._call(node, iface.PeerAddresses(peer.node_id, links))
+
+    def crash(self, node: int) -> None:
+        """kill -9: the core is dropped; datagrams to it are lost until it restarts."""
+        slot = self.slots[node]
+        if slot.core is None:
+            return
+        slot.core = None
+        slot.paused_until = None
+        slot.inbox.clear()
+        slot.timer_token += 1
+        slot.timer_at = None
+        self.note(f"n{node} CRASH")
+        self._record(node, None)
+        self._snapshot()
+
+    def restart(self, node: int) -> None:
+        """Start a crashed node again (no-op when it runs)."""
+        self.start(node)
+
+    def pause(self, node: int, duration: float) -> None:
+        """SIGSTOP for `duration`: nothing is received or fires; queued datagrams arrive later."""
+        slot = self.slots[node]
+        if slot.core is None or slot.paused_until is not None:
+            return
+        slot.paused_until = self.now + duration
+        self.note(f"n{node} PAUSE {duration:.3f}s")
+        self._push(slot.paused_until, _RESUME, node, slot.incarnation)
+        self._snapshot()
+
+    def cut(self, src: int, dst: int) -> None:
+        """One-way cut: datagrams from src to dst are lost (both links, all kinds)."""
+        self.cuts.add((src, dst))
+        self.note(f"cut n{src}->n{dst}")
+        self._snapshot()
+
+    def uncut(self, src: int, dst: int) -> None:
+        """Remove a one-way cut."""
+        self.cuts.discard((src, dst))
+        self.note(f"uncut n{src}->n{dst}")
+        self._snapshot()
+
+    def partition(self, *groups: frozenset[int] | set[int] | tuple[int, ...]) -> None:
+        """Replace all cuts by a partition: nodes in different groups do not hear each other.
+        Nodes in no group form their own group each."""
+        sets = [frozenset(g) for g in groups]
+        placed = frozenset().union(*sets)
+        sets += [frozenset({n}) for n in self.slots if n not in placed]
+        side = {n: i for i, g in enumerate(sets) for n in g}
+        self.cuts = {(a, b) for a in self.slots for b in self.slots if side[a] != side[b]}
+        self.note("partition " + " | ".join(str(sorted(g)) for g in sets))
+        self._snapshot()
+
+    def heal(self) -> None:
+        """Remove every cut (link models stay)."""
+        self.cuts.clear()
+        self.note("heal: all cuts removed")
+        self._snapshot()
+
+    def set_link(self, src: int, dst: int, model: LinkModel | None) -> None:
+        """Change one direction's link model (None: back to the default)."""
+        if model is None:
+            self.links.pop((src, dst), None)
+        else:
+            self.links[(src, dst)] = model
+        self.note(f"link n{src}->n{dst} {model or 'default'}")
+        self._snapshot()
+
+    def set_default_link(self, model: LinkModel) -> None:
+        """Change the model of every pair without an override."""
+        self.default_link = model
+        self.note(f"default link {model}")
+        self._snapshot()
+
+    def reset_links(self) -> None:
+        """Every pair back to the default link model."""
+        self.links.clear()
+        self.note("links reset to default")
+        self._snapshot()
+
+    def recover(self, base: LinkModel) -> None:
+        """End of a fault phase: no cuts, every link back to `base`, crashed nodes restarted."""
+        self.cuts.clear()
+        self.links.clear()
+        self.default_link = base
+        self.note("recover: no cuts, default links")
+        self._snapshot()
+        for node, slot in self.slots.items():
+            if slot.core is None:
+                self.start(node)
+
+    def set_expected(self, node: int, value: int | None) -> None:
+        """`votemesh expected N` on one node."""
+        self.note(f"n{node} operator sets expected votes {value}")
+        self.operator_lowered = True
+        if self.slots[node].core is not None:
+            self._call(node, iface.SetExpected(value))
+
+    operator_lowered = False
+    """Set once an operator changed expected votes (S1 does not apply afterwards)."""
+
+    # ---- the machinery ----------------------------------------------------------------------
+
+    def _wall(self) -> int:
+        return EPOCH_MS + int(self.now * 1000)
+
+    def _snapshot(self) -> None:
+        running = frozenset(n for n, s in self.slots.items() if s.core is not None)
+        paused = frozenset(n for n, s in self.slots.items() if s.paused_until is not None)
+        topo = Topology(
+            self.now, running, paused, frozenset(self.cuts), dict(self.links), self.default_link
+        )
+        if self.topologies and self.topologies[-1].at == self.now:
+            self.topologies[-1] = topo
+        else:
+            self.topologies.append(topo)
+
+    def _call(self, node: int, event: Any) -> None:
+        slot = self.slots[node]
+        core = slot.core
+        assert core is not None
+        effects = core.handle(event, self.now)
+        self.handled += 1
+        changed = self.observe_every or isinstance(event, iface.Start | iface.SetExpected)
+        for effect in effects:
+            changed = self._effect(node, slot, effect) or changed
+        if changed:
+            self._observe(node, core)
+        self._arm(node, slot, core)
+
+    def _effect(self, node: int, slot: _Slot, effect: Any) -> bool:
+        """Carry out one effect; True when it announces a change of the reported state."""
+        if isinstance(effect, iface.Broadcast):
+            for peer in effect.peers:
+                self._send(node, slot.incarnation, peer, effect.link, effect.message)
+        elif isinstance(effect, iface.SendTo):
+            self._send(node, slot.incarnation, effect.peer, effect.link, effect.message)
+        elif isinstance(effect, iface.Emit):
+            ev = effect.event
+            self.note(f"n{node} {ev.kind}: {ev.reason}")
+            return ev.kind in STATE_EVENTS
+        elif isinstance(effect, iface.PersistMaxSeq):
+            slot.max_seq = max(slot.max_seq, effect.value)
+        elif isinstance(effect, iface.QdeviceUpdate):
+            self.qdevice_updates += 1
+        return False
+
+    def _send(self, src: int, inc: int, dst: int, link: int, msg: MeshMessage) -> None:
+        if (src, dst) in self.cuts or dst not in self.slots:
+            return
+        model = self.links.get((src, dst), self.default_link)
+        rand = self.rng.random
+        if model.loss and rand() < model.loss:
+            return
+        copies = 2 if model.duplicate and rand() < model.duplicate else 1
+        for _ in range(copies):
+            delay = model.delay
+            if model.jitter:
+                delay = max(0.0, delay + model.jitter * (2 * rand() - 1))
+            if model.reorder and rand() < model.reorder:
+                delay += model.reorder_delay * rand()
+            self._push(self.now + delay, _DELIVER, dst, (src, inc, link, msg))
+
+    def _deliver(self, node: int, data: tuple[int, int, int, MeshMessage]) -> None:
+        slot = self.slots[node]
+        if slot.core is None:
+            return
+        if slot.paused_until is not None:
+            slot.inbox.append(data)
+            return
+        self.delivered += 1
+        src, inc, link, msg = data
+        self._call(node, iface.MessageIn(src, inc, link, msg, self._wall()))
+
+    def _timer(self, node: int, token: int) -> None:
+        slot = self.slots[node]
+        if slot.core is None or token != slot.timer_token or slot.paused_until is not None:
+            return
+        slot.timer_at = None
+        slot.ticked_at = self.now
+        self._call(node, iface.Tick(self._wall()))
+
+    def _resume(self, node: int, incarnation: int) -> None:
+        slot = self.slots[node]
+        if slot.core is None or slot.incarnation != incarnation or slot.paused_until is None:
+            return
+        slot.paused_until = None
+        inbox, slot.inbox = slot.inbox, []
+        self.note(f"n{node} RESUME with {len(inbox)} queued datagrams")
+        self._snapshot()
+        for src, inc, link, msg in inbox:
+            self.delivered += 1
+            self._call(node, iface.MessageIn(src, inc, link, msg, self._wall()))
+        slot.timer_at = None
+        self._arm(node, slot, slot.core)
+
+    def _arm(self, node: int, slot: _Slot, core: Core) -> None:
+        deadline = core.next_deadline()
+        if deadline == slot.timer_at and slot.ticked_at != self.now:
+            return
+        slot.timer_token += 1
+        slot.timer_at = deadline
+        if deadline is None or slot.paused_until is not None:
+            return
+        at = max(deadline, self.now)
+        if at <= self.now and slot.ticked_at == self.now:
+            # A Tick at `now` left the deadline at or before `now`: a real runtime would spin
+            # until its clock moves on. Let the clock move by one microsecond, and count it.
+            at = self.now + SPIN_STEP
+            self.spins += 1
+            slot.spin_streak += 1
+            if slot.spin_streak == 1 and self.spins <= 5:
+                self.note(f"n{node} SPIN: deadline {deadline!r} <= now after a Tick")
+            if slot.spin_streak > MAX_SPINS:
+                raise SimulationError(f"n{node} busy-loops: its deadline never moves past now")
+        else:
+            slot.spin_streak = 0
+        self._push(at, _TIMER, node, slot.timer_token)
+
+    def _audit(self) -> None:
+        """Compare every running node's status with what its events said (no silent change)."""
+        for node, slot in self.slots.items():
+            if slot.core is not None and slot.paused_until is None:
+                before = slot.state
+                self._observe(node, slot.core)
+                if slot.state != before:
+                    self.silent_changes.append((self.now, node))
+                    self.note(f"n{node} SILENT state change (no event announced it)")
+        self._push(self.now + self.audit_interval, _ACTION, 0, self._audit)
+
+    def _observe(self, node: int, core: Core) -> None:
+        status = core.status(self.now)
+        ring = status.get("ring_id")
+        state = NodeState(
+            (int(ring[0]), int(ring[1])) if ring else None,
+            frozenset(status.get("members") or ()),
+            bool(status.get("quorate")),
+            int(status.get("expected_votes") or 0),
+        )
+        if state != self.slots[node].state:
+            self._record(node, state)
+
+    def _record(self, node: int, state: NodeState | None) -> None:
+        self.slots[node].state = state
+        self.history[node].append((self.now, state))
+        self.note(f"n{node} state {state.describe() if state else 'DOWN'}")
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def state(self, node: int) -> NodeState | None:
+        """The node's last reported state (None while down)."""
+        return self.slots[node].state
+
+    def quorate(self) -> set[int]:
+        """Nodes that currently report quorate."""
+        return {n for n, s in self.slots.items() if s.state is not None and s.state.quorate}
+
+    def trace_tail(self, lines: int = 50) -> str:
+        """The last `lines` trace lines, one per line."""
+        tail = list(self.trace)[-lines:]
+        return "\n".join(tail)

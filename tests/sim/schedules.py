@@ -1,0 +1,232 @@
+"""Random fault schedules from a seed, and running one through the simulator and the checker.
+
+A schedule is: nodes start within the first 0.3 s and form a view; then 1-3 fault phases of
+0.5-2.5 s, each with 1-3 faults (partitions, one-way cuts, crash + restart, process pauses, lossy,
+duplicating, reordering or slow links, a flapping link); each phase ends by healing everything;
+then a stable phase long enough for S3 and L1 to apply (the settle time and a margin). The same
+seed always gives the same schedule and, through `random.Random(seed)` in the network, the same
+run, so a failing seed replays exactly (`python -m tests.sim.replay SEED`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import QuorumOptions, TieBreaker, Timing
+from tests.sim.checker import Checker, Violation, settle_time
+from tests.sim.network import LinkModel, NodeFactory, SimNetwork, cluster_configs, default_factory
+
+FORMATION = 1.5
+"""Seconds of calm at the start for the first view to form."""
+CHECK_WINDOW = 0.5
+"""Seconds the run goes on after the settle time, while S3 and L1 are checked."""
+TRACE_TAIL = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """At `at`, call the network's method `action` with `args`."""
+
+    at: float
+    action: str
+    args: tuple[Any, ...] = ()
+
+    def apply(self, net: SimNetwork) -> None:
+        getattr(net, self.action)(*self.args)
+
+    def __str__(self) -> str:
+        args = ", ".join(str(sorted(a)) if isinstance(a, frozenset) else str(a) for a in self.args)
+        return f"{self.at:9.4f} {self.action}({args})"
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A whole run: cluster shape, baseline link, the fault steps and when it ends."""
+
+    seed: int
+    nodes: int
+    quorum: QuorumOptions
+    timing: Timing
+    base: LinkModel
+    steps: tuple[Step, ...]
+    healed_at: float
+    end: float
+    forced_nodes: bool = False
+
+    def replay_command(self) -> str:
+        extra = f" --nodes {self.nodes}" if self.forced_nodes else ""
+        return f"python -m tests.sim.replay {self.seed}{extra}"
+
+    def describe(self) -> str:
+        q = self.quorum
+        opts = f"auto_tie_breaker={q.auto_tie_breaker_node}" if q.auto_tie_breaker else "default"
+        head = (
+            f"seed {self.seed}: {self.nodes} nodes, quorum {opts}, base link {self.base}, "
+            f"healed at {self.healed_at:.3f}, end {self.end:.3f}"
+        )
+        return "\n".join([head, *(f"  {s}" for s in self.steps)])
+
+
+@dataclass(slots=True)
+class RunResult:
+    """A finished run: its schedule, the network (trace, history) and what the checker found."""
+
+    schedule: Schedule
+    net: SimNetwork
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def report(self, tail: int = TRACE_TAIL) -> str:
+        """Seed, replay command, violations, the schedule and the trace tail."""
+        s, count = self.schedule, len(self.violations)
+        return "\n".join(
+            [
+                f"seed {s.seed} FAILED ({count} violations); replay: {s.replay_command()}",
+                *(f"  {v}" for v in self.violations[:10]),
+                s.describe(),
+                f"--- trace tail ({tail} lines) ---",
+                self.net.trace_tail(tail),
+            ]
+        )
+
+
+def random_schedule(seed: int, nodes: int | None = None) -> Schedule:
+    """The fault schedule of `seed` (3-9 nodes unless `nodes` is given)."""
+    rng = random.Random(seed * 7919 + 17)
+    count = nodes or rng.randint(3, 9)
+    quorum = QuorumOptions()
+    if rng.random() < 0.2:
+        breaker = rng.choice([TieBreaker.LOWEST, TieBreaker.HIGHEST])
+        quorum = QuorumOptions(auto_tie_breaker=True, auto_tie_breaker_node=breaker)
+    timing = Timing.lan()
+    base = LinkModel(
+        delay=rng.uniform(0.0002, 0.005),
+        jitter=rng.choice([0.0, 0.002, 0.01, 0.02]),
+        loss=rng.choice([0.0, 0.0, 0.01, 0.05]),
+    )
+    ids = list(range(1, count + 1))
+    steps = [Step(rng.uniform(0.0, 0.3), "start", (n,)) for n in ids]
+    t = FORMATION
+    for _ in range(rng.randint(1, 3)):
+        duration = rng.uniform(0.5, 2.5)
+        for _ in range(rng.randint(1, 3)):
+            steps += _fault(rng, ids, t, duration, base)
+        t += duration
+        steps += _heal(t, base)
+    end = t + settle_time(timing) + CHECK_WINDOW
+    steps.sort(key=lambda s: s.at)
+    return Schedule(seed, count, quorum, timing, base, tuple(steps), t, end, nodes is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pick:
+    """The random choices one fault is built from."""
+
+    rng: random.Random
+    ids: list[int]
+    t: float
+    duration: float
+    base: LinkModel
+    a: int
+    b: int
+    mid: float
+
+
+def _partition(p: _Pick) -> list[Step]:
+    shuffled = p.rng.sample(p.ids, len(p.ids))
+    cut = p.rng.randint(1, len(p.ids) - 1)
+    return [Step(p.t, "partition", (frozenset(shuffled[:cut]), frozenset(shuffled[cut:])))]
+
+
+def _oneway(p: _Pick) -> list[Step]:
+    return [Step(p.mid, "cut", (p.a, p.b))]
+
+
+def _crash(p: _Pick) -> list[Step]:
+    return [Step(p.mid, "crash", (p.a,)), Step(p.t + p.duration, "restart", (p.a,))]
+
+
+def _pause(p: _Pick) -> list[Step]:
+    return [Step(p.mid, "pause", (p.a, p.rng.uniform(0.2, 2.0)))]
+
+
+def _lossy(p: _Pick) -> list[Step]:
+    model = LinkModel(p.base.delay, p.base.jitter, loss=p.rng.uniform(0.1, 0.6))
+    return [Step(p.t, "set_link", (p.a, p.b, model)), Step(p.t, "set_link", (p.b, p.a, model))]
+
+
+def _mangle(p: _Pick) -> list[Step]:
+    model = LinkModel(
+        p.base.delay,
+        p.rng.uniform(0.0, 0.05),
+        p.base.loss,
+        duplicate=p.rng.uniform(0.0, 0.3),
+        reorder=p.rng.uniform(0.0, 0.3),
+    )
+    return [Step(p.t, "set_default_link", (model,))]
+
+
+def _slow(p: _Pick) -> list[Step]:
+    model = LinkModel(p.rng.uniform(0.1, 0.5), p.base.jitter, p.base.loss)
+    return [Step(p.t, "set_link", (p.a, p.b, model))]
+
+
+def _flap(p: _Pick) -> list[Step]:
+    period = p.rng.uniform(0.1, 0.8)
+    flaps, at, down = [], p.t, True
+    while at < p.t + p.duration:
+        action = "cut" if down else "uncut"
+        flaps += [Step(at, action, (p.a, p.b)), Step(at, action, (p.b, p.a))]
+        at, down = at + period, not down
+    return flaps
+
+
+FAULTS = {
+    "partition": _partition,
+    "partition2": _partition,
+    "oneway": _oneway,
+    "crash": _crash,
+    "pause": _pause,
+    "lossy": _lossy,
+    "mangle": _mangle,
+    "slow": _slow,
+    "flap": _flap,
+}
+"""Fault kinds, drawn uniformly (partitions twice as often)."""
+
+
+def _fault(
+    rng: random.Random, ids: list[int], t: float, duration: float, base: LinkModel
+) -> list[Step]:
+    build = FAULTS[rng.choice(sorted(FAULTS))]
+    a, b = rng.sample(ids, 2)
+    mid = t + rng.uniform(0.0, duration / 2)
+    return build(_Pick(rng, ids, t, duration, base, a, b, mid))
+
+
+def _heal(t: float, base: LinkModel) -> list[Step]:
+    return [Step(t, "recover", (base,))]
+
+
+def run_schedule(
+    schedule: Schedule, *, factory: NodeFactory = default_factory, trace_limit: int | None = 2000
+) -> RunResult:
+    """Simulate one schedule and check every property on the result."""
+    configs = cluster_configs(schedule.nodes, quorum=schedule.quorum, timing=schedule.timing)
+    net = SimNetwork(
+        configs, schedule.seed, default_link=schedule.base, factory=factory, trace_limit=trace_limit
+    )
+    for step in schedule.steps:
+        net.at(step.at, lambda step=step: step.apply(net))  # type: ignore[misc]
+    net.run_until(schedule.end)
+    return RunResult(schedule, net, Checker(net).check(schedule.end))
+
+
+def run_seed(seed: int, nodes: int | None = None, **kwargs: Any) -> RunResult:
+    """`run_schedule(random_schedule(seed, nodes))`."""
+    return run_schedule(random_schedule(seed, nodes), **kwargs)

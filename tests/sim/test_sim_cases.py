@@ -1,0 +1,234 @@
+"""The simulator's specific cases (issue "Must show"), each with its expected outcome, and the
+checker run on the whole run. Simulated time only; every case is deterministic."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import QuorumOptions, TieBreaker, Timing
+from tests.sim.checker import Checker, minority_bound, settle_time
+from tests.sim.network import LinkModel, NodeState, SimNetwork, cluster_configs
+
+TIMING = Timing.lan()
+BOUND = minority_bound(TIMING)
+SETTLE = settle_time(TIMING)
+FORM = 2.0
+
+
+def cluster(
+    count: int,
+    *,
+    quorum: QuorumOptions | None = None,
+    link: LinkModel | None = None,
+    seed: int = 1,
+    start: tuple[int, ...] | None = None,
+) -> SimNetwork:
+    """A started cluster of `count` nodes (or only `start`), run until the first view formed."""
+    net = SimNetwork(cluster_configs(count, quorum=quorum, timing=TIMING), seed, default_link=link)
+    for node in start or range(1, count + 1):
+        net.at(0.01 * node, lambda node=node: net.start(node))  # type: ignore[misc]
+    net.run_until(FORM)
+    return net
+
+
+def state(net: SimNetwork, node: int) -> NodeState:
+    s = net.state(node)
+    assert s is not None, f"n{node} is down"
+    return s
+
+
+def one_view(net: SimNetwork, nodes: set[int]) -> NodeState:
+    """The nodes are quorate in one and the same view; that view's state."""
+    states = {n: state(net, n) for n in nodes}
+    views = {(s.ring, s.members) for s in states.values()}
+    assert len(views) == 1, f"several views: {states}\n{net.trace_tail()}"
+    assert all(s.quorate for s in states.values()), f"not all quorate: {states}"
+    return next(iter(states.values()))
+
+
+def clean(net: SimNetwork) -> None:
+    """The checker finds nothing wrong in the whole run."""
+    found = Checker(net).check(net.now)
+    assert not found, "\n".join(map(str, found)) + "\n" + net.trace_tail()
+
+
+def quorate_since(net: SimNetwork, node: int, since: float) -> bool:
+    """The node reported quorate at `since` and every time after."""
+    checker = Checker(net)
+    at_start = checker.state_at(node, since)
+    later = [s for t, s in net.history[node] if t > since]
+    return all(s is not None and s.quorate for s in [at_start, *later])
+
+
+def test_five_nodes_split_two_three() -> None:
+    """5 nodes 2|3: the 3-side stays quorate without a blip and installs {3,4,5}; the 2-side is
+    inquorate within the minority bound; healing brings all five back into one view."""
+    net = cluster(5)
+    assert one_view(net, {1, 2, 3, 4, 5}).members == {1, 2, 3, 4, 5}
+    t0 = net.now
+    net.partition({1, 2}, {3, 4, 5})
+    net.run_until(t0 + BOUND)
+    assert not state(net, 1).quorate
+    assert not state(net, 2).quorate
+    net.run_until(t0 + SETTLE)
+    assert one_view(net, {3, 4, 5}).members == {3, 4, 5}
+    assert all(quorate_since(net, n, t0) for n in (3, 4, 5))
+    net.heal()
+    net.run_until(net.now + SETTLE)
+    assert one_view(net, {1, 2, 3, 4, 5}).members == {1, 2, 3, 4, 5}
+    clean(net)
+
+
+@pytest.mark.parametrize(
+    ("breaker", "winners"), [(TieBreaker.LOWEST, {1, 2}), (TieBreaker.HIGHEST, {3, 4})]
+)
+def test_four_nodes_split_two_two_auto_tie_breaker(breaker: TieBreaker, winners: set[int]) -> None:
+    """4 nodes 2|2 with auto_tie_breaker: the half with the tie-breaker node (lowest or highest
+    id) keeps quorum in its own view, the other half is inquorate within the minority bound."""
+    quorum = QuorumOptions(auto_tie_breaker=True, auto_tie_breaker_node=breaker)
+    net = cluster(4, quorum=quorum)
+    one_view(net, {1, 2, 3, 4})
+    t0 = net.now
+    net.partition({1, 2}, {3, 4})
+    net.run_until(t0 + BOUND)
+    losers = {1, 2, 3, 4} - winners
+    assert not any(state(net, n).quorate for n in losers)
+    net.run_until(t0 + SETTLE)
+    assert one_view(net, winners).members == winners
+    assert all(quorate_since(net, n, t0) for n in winners)
+    clean(net)
+
+
+def test_majorities_ring_has_no_quorate_node() -> None:
+    """Majorities ring: each of 5 nodes is cut from a different pair (i+2, i+3), so every node
+    hears a majority (itself and its two ring neighbours) but no three nodes hear each other.
+    No clique holds quorum: nobody may be quorate, and S1/S2 hold throughout."""
+    net = cluster(5)
+    one_view(net, {1, 2, 3, 4, 5})
+    t0 = net.now
+    for i in range(1, 6):
+        far = (i + 1) % 5 + 1  # i + 2, wrapping 1..5
+        net.cut(i, far)
+        net.cut(far, i)
+    net.run_until(t0 + SETTLE + 5)
+    assert net.quorate() == set(), net.trace_tail()
+    for node in range(1, 6):
+        later = [s for t, s in net.history[node] if t > t0 + SETTLE]
+        assert not any(s is not None and s.quorate for s in later)
+    clean(net)
+
+
+def test_one_way_cut() -> None:
+    """One-way cut 1->2: the edge 1-2 is not mutual, so the best clique is {1,3,4,5} (smallest
+    ids among the two 4-cliques). It is quorate in one view and node 2 is not quorate in any
+    other view; removing the cut brings node 2 back."""
+    net = cluster(5)
+    one_view(net, {1, 2, 3, 4, 5})
+    t0 = net.now
+    net.cut(1, 2)
+    net.run_until(t0 + SETTLE)
+    assert one_view(net, {1, 3, 4, 5}).members == {1, 3, 4, 5}
+    assert not state(net, 2).quorate
+    net.run_until(t0 + SETTLE + 5)
+    assert not state(net, 2).quorate
+    net.uncut(1, 2)
+    net.run_until(net.now + SETTLE)
+    assert one_view(net, {1, 2, 3, 4, 5}).members == {1, 2, 3, 4, 5}
+    clean(net)
+
+
+def test_bridge_node_between_two_halves() -> None:
+    """Node 3 hears everyone, {1,2} and {4,5} do not hear each other: two 3-cliques through the
+    bridge. The smallest ({1,2,3}) is quorate in one view; 4 and 5 are not quorate."""
+    net = cluster(5)
+    one_view(net, {1, 2, 3, 4, 5})
+    t0 = net.now
+    net.partition({1, 2, 3}, {4, 5})
+    for a in (4, 5):
+        net.uncut(3, a)
+        net.uncut(a, 3)
+    net.run_until(t0 + SETTLE)
+    assert one_view(net, {1, 2, 3}).members == {1, 2, 3}
+    assert not state(net, 4).quorate
+    assert not state(net, 5).quorate
+    net.run_until(t0 + SETTLE + 5)
+    assert one_view(net, {1, 2, 3}).members == {1, 2, 3}
+    clean(net)
+
+
+def test_flapping_link() -> None:
+    """Link 1<->2 goes down and up every 0.3 s for 6 s: safety holds all along, nodes 3, 4, 5
+    (always connected to a majority) never lose quorum, and once the link is steady all five
+    share one view within the settle time."""
+    net = cluster(5)
+    one_view(net, {1, 2, 3, 4, 5})
+    t0 = net.now
+    down = True
+    for k in range(20):
+        when = t0 + 0.3 * k
+        for a, b in ((1, 2), (2, 1)):
+            action = net.cut if down else net.uncut
+            net.at(when, lambda action=action, a=a, b=b: action(a, b))  # type: ignore[misc]
+        down = not down
+    net.at(t0 + 6.0, net.heal)
+    net.run_until(t0 + 6.0 + SETTLE)
+    assert all(quorate_since(net, n, t0) for n in (3, 4, 5)), net.trace_tail()
+    assert one_view(net, {1, 2, 3, 4, 5}).members == {1, 2, 3, 4, 5}
+    clean(net)
+
+
+def test_two_node_wait_for_all_cold_start() -> None:
+    """two_node (implies wait_for_all): a node started alone is not quorate however long it
+    waits; once both were seen together both are quorate; after a split each keeps quorum
+    (two_node: quorum is 1); a node restarted alone (cold start) is not quorate again."""
+    net = cluster(2, quorum=QuorumOptions(two_node=True), start=(1,))
+    net.run_until(10.0)
+    assert not state(net, 1).quorate
+    assert not any(s is not None and s.quorate for _, s in net.history[1])
+    net.start(2)
+    net.run_until(net.now + SETTLE)
+    assert one_view(net, {1, 2}).members == {1, 2}
+    net.partition({1}, {2})
+    net.run_until(net.now + SETTLE)
+    assert state(net, 1).quorate
+    assert state(net, 2).quorate
+    net.crash(2)
+    net.crash(1)
+    net.heal()
+    net.start(1)
+    t0 = net.now
+    net.run_until(t0 + 10.0)
+    assert not any(s is not None and s.quorate for t, s in net.history[1] if t >= t0)
+    clean(net)
+
+
+def test_last_man_standing_shrinks_five_to_two() -> None:
+    """last_man_standing (window 2 s): nodes crash one at a time, 5 -> 4 -> 3 -> 2. After each
+    window the survivors lower expected votes to their total and stay quorate throughout, down
+    to two nodes with expected votes 2."""
+    quorum = QuorumOptions(last_man_standing=True, last_man_standing_window=2.0)
+    net = cluster(5, quorum=quorum)
+    one_view(net, {1, 2, 3, 4, 5})
+    t0 = net.now
+    alive = {1, 2, 3, 4, 5}
+    for victim in (5, 4, 3):
+        net.crash(victim)
+        alive.discard(victim)
+        net.run_until(net.now + SETTLE + 2.0 + 1.0)
+        view = one_view(net, alive)
+        assert view.members == alive
+        assert view.expected == len(alive), net.trace_tail()
+    assert all(quorate_since(net, n, t0) for n in alive)
+    clean(net)
+
+
+def test_l2_no_view_change_under_loss_and_jitter() -> None:
+    """L2: 5 nodes, 5 % loss and +-20 ms jitter on every link, 60 simulated seconds: after the
+    first view formed, no node changes its view (and the checker applies L2 on its own)."""
+    link = LinkModel(delay=0.025, jitter=0.02, loss=0.05)
+    net = cluster(5, link=link)
+    net.run_until(60.0)
+    checker = Checker(net)
+    assert checker.l2_applies()
+    assert checker.view_changes() == 0, net.trace_tail()
+    clean(net)
