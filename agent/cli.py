@@ -71,6 +71,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"Node:             {s.get('node_id')} ({s.get('node_name') or '-'})",
         f"Ring ID:          {ring[0]}.{ring[1]}",
         f"Quorate:          {_yes(s.get('quorate'))}",
+        f"Why:              {s.get('why') or '-'}",
         "",
         "Votequorum information",
         "----------------------",

@@ -66,7 +66,11 @@ class _LinkProtocol(asyncio.DatagramProtocol):
         self.mesh, self.link = mesh, link
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.mesh.receive(self.link, data, addr)
+        try:
+            self.mesh.receive(self.link, data, addr)
+        except Exception:  # a bug below must cost one datagram, never the socket
+            self.mesh.counters.dropped["internal_error"] += 1
+            log.exception("datagram handling failed", link=self.link)
 
     def error_received(self, exc: Exception) -> None:
         self.mesh.send_failed(str(exc), None)
