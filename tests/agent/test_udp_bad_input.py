@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from agent.config import AgentConfig, LinkConfig, PeerConfig
 from agent.node_events import MessageIn
@@ -265,3 +266,33 @@ async def test_authentic_but_undecodable_payloads_are_counted() -> None:
         assert mesh.counters.accepted == 1
     finally:
         mesh.close()
+
+
+def test_drops_are_logged_at_most_once_per_reason_per_second() -> None:
+    """A burst of junk is counted in full but debug-logged once per reason, whatever its size."""
+    key = ClusterKey(os.urandom(32))
+    config = AgentConfig(
+        cluster_name="unit",
+        node_id=1,
+        links=(LinkConfig(0, "127.0.0.1", 1),),
+        peers=(PeerConfig(2, addresses=((0, "127.0.0.2", 9),)),),
+        key_files=("unused",),
+    )
+    mesh = MeshTransport(config, Sealer("unit", key, 1, 5), Opener("unit", [key]), lambda _: True)
+    foreign = Sealer("other", key, 2, 1)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(500):
+            mesh.receive(0, b"junk" * 20, ("127.0.0.9", 4000))
+            mesh.receive(0, b"VM", ("127.0.0.9", 4000))
+            mesh.receive(0, foreign.seal(1, b"\x80"), ("127.0.0.9", 4000))
+    assert dict(mesh.counters.dropped) == {
+        "bad_magic": 500,
+        "truncated": 500,
+        "foreign_cluster": 500,
+    }
+    drops = [(e["reason"], e["log_level"]) for e in logs if e["event"] == "datagram dropped"]
+    assert sorted(drops) == [
+        ("bad_magic", "debug"),
+        ("foreign_cluster", "debug"),
+        ("truncated", "debug"),
+    ]
