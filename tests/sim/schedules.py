@@ -11,6 +11,7 @@ run, so a failing seed replays exactly (`python -m tests.sim.replay SEED`).
 from __future__ import annotations
 
 import random
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,7 +224,11 @@ def run_schedule(
     )
     for step in schedule.steps:
         net.at(step.at, lambda step=step: step.apply(net))  # type: ignore[misc]
-    net.run_until(schedule.end)
+    try:
+        net.run_until(schedule.end)
+    except Exception as exc:  # noqa: BLE001 -- a core raising or a busy loop is a finding
+        net.note("".join(traceback.format_exception(exc, limit=-4)).rstrip())
+        return RunResult(schedule, net, [Violation("ERROR", net.now, f"{exc!r}")])
     return RunResult(schedule, net, Checker(net).check(schedule.end))
 
 
