@@ -6,6 +6,8 @@ Adapter ring: the only agent code that reads the clock. One `asyncio.TaskGroup` 
 * `timers`: sleeps until the core's `next_deadline()` (re-armed after every event) and sends
   `Tick`;
 * `control`: serves the unix control socket (`status`, `expected N`, `events`);
+* `qdevice` (with a `[qdevice]` table): `agent.runtime.qdevice.QdeviceRunner`, which gets every
+  `QdeviceUpdate` and comes back with `QdeviceVote` events;
 * `signals`: waits for SIGTERM/SIGINT and stops the others.
 
 Every effect of `AgentNode.handle` is executed here: datagrams go out through
@@ -45,6 +47,7 @@ from agent.node import (
     NodeEvent,
     PersistMaxSeq,
     QdeviceUpdate,
+    QdeviceVote,
     SendTo,
     SetExpected,
     Start,
@@ -53,6 +56,7 @@ from agent.node import (
 from agent.runtime.config_file import load_config
 from agent.runtime.control import ControlHandlers, serve_control
 from agent.runtime.keys import load_keys
+from agent.runtime.qdevice import QdeviceRunner
 from agent.runtime.state import StateDir
 from agent.runtime.udp import MeshTransport
 from proto.datagram_seal import ClusterKey, Opener, Sealer
@@ -125,6 +129,12 @@ class AgentRuntime:
         self.started = time.monotonic()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self.qdevice: QdeviceRunner | None = None
+        if config.qdevice is not None:
+            self.qdevice = QdeviceRunner(
+                config.qdevice, config.node_id, config.cluster_name, self._qdevice_vote
+            )
+            self.qdevice.set_config(tuple(config.configured_votes()))
 
     # ------------------------------------------------------------ the core
     def dispatch(self, event: NodeEvent) -> None:
@@ -153,8 +163,11 @@ class AgentRuntime:
                 self.state.store_max_seq(effect.value)
             except ConfigError as exc:
                 log.error("state not saved", error=str(exc))  # noqa: TRY400 (one line)
-        elif isinstance(effect, QdeviceUpdate):
-            pass  # no qdevice session in this runtime yet
+        elif isinstance(effect, QdeviceUpdate) and self.qdevice is not None:
+            self.qdevice.update(effect.ring, effect.members, effect.quorate)
+
+    def _qdevice_vote(self, vote: bool, connected: bool, reason: str) -> None:
+        self.dispatch(QdeviceVote(vote, connected, reason))
 
     def _log_event(self, effect: Emit) -> None:
         ev = effect.event
@@ -214,6 +227,8 @@ class AgentRuntime:
         }
         doc["timers"] = self.timer_stats.as_dict()
         doc["uptime_s"] = round(time.monotonic() - self.started, 3)
+        if self.qdevice is not None:
+            doc["qdevice"].update(self.qdevice.status())
         return dict(doc)
 
     def handlers(self) -> ControlHandlers:
@@ -253,6 +268,8 @@ class AgentRuntime:
                     group.create_task(self._timers(), name="timers"),
                     group.create_task(control.serve_forever(), name="control"),
                 ]
+                if self.qdevice is not None:
+                    tasks.append(group.create_task(self.qdevice.run(), name="qdevice"))
                 group.create_task(self._signals(tasks), name="signals")
         finally:
             sd_notify("STOPPING=1")
