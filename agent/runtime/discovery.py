@@ -52,6 +52,8 @@ MAX_NODE_NAME = 64  # bytes of UTF-8 we announce and accept
 MAX_INSTANCE_LABEL = 63  # bytes of a DNS label (RFC 6763 §4.1.1)
 RESOLVE_TIMEOUT_MS = 3000  # a peer that announced a PTR but not its TXT within 3 s is dropped
 LOG_EVERY = 60.0  # seconds: at most one debug line per drop reason
+MAX_RESOLVING = 64  # TXT look-ups in flight; more unresolved names at once are dropped (a flood)
+MAX_PEERS = 1024  # instances of our cluster remembered: 10x the largest cluster we design for
 NODE_ID = re.compile(r"[1-9][0-9]{0,9}")
 LINK_INDEX = re.compile(r"[0-7]")
 PORT = re.compile(r"[1-9][0-9]{0,4}")
@@ -234,7 +236,7 @@ class Discovery:
         self.on_gone = on_gone
         self.counters: Counter[str] = Counter()
         """Dropped or failed announcements by reason: bad_txt, bad_version, foreign_cluster,
-        self, duplicate_node_id, resolve_failed, callback_error."""
+        self, duplicate_node_id, too_many_peers, resolve_failed, resolve_busy, callback_error."""
         self.instance = instance_name(config.cluster_name, config.node_id)
         self.peers: dict[str, DiscoveredPeer] = {}
         """What each peer's service instance last announced (validated, our cluster)."""
@@ -281,18 +283,22 @@ class Discovery:
                 f"discovery: another node already announces cluster {self.config.cluster_name!r} "
                 f"node id {self.config.node_id}; give every node its own node_id"
             ) from None
+        except BaseException:
+            self._info = None
+            await self.close()
+            raise
         log.info("discovery started", instance=self.instance, addresses=addresses)
 
     async def close(self) -> None:
         """Say goodbye (peers hear it within milliseconds), stop browsing, close the sockets."""
+        if self._browser is not None:  # first: no callback may start a look-up after this
+            await self._browser.async_cancel()
+            self._browser = None
         for task in self._resolving.values():
             task.cancel()
         if self._resolving:
             await asyncio.gather(*self._resolving.values(), return_exceptions=True)
         self._resolving.clear()
-        if self._browser is not None:
-            await self._browser.async_cancel()
-            self._browser = None
         if self._zc is not None:
             zc, self._zc = self._zc, None
             if self._info is not None:
@@ -321,7 +327,11 @@ class Discovery:
         info = AsyncServiceInfo(SERVICE_TYPE, name)
         if info.load_from_cache(zeroconf):
             self.handle_announcement(name, info.text)
-        elif name not in self._resolving:
+        elif name in self._resolving:
+            return
+        elif len(self._resolving) >= MAX_RESOLVING:
+            self._drop("resolve_busy", f"{MAX_RESOLVING} look-ups in flight", name)
+        else:
             task = asyncio.create_task(self._request(zeroconf, info), name=f"resolve {name}")
             self._resolving[name] = task
 
@@ -357,6 +367,9 @@ class Discovery:
             self._drop(reason, f"node id {peer.node_id}", instance)
             return
         if self.peers.get(instance) == peer:
+            return
+        if instance not in self.peers and len(self.peers) >= MAX_PEERS:
+            self._drop("too_many_peers", f"node id {peer.node_id}", instance)
             return
         self.peers[instance] = peer
         log.info(

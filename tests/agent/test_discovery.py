@@ -14,15 +14,17 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
+from zeroconf import ServiceStateChange, Zeroconf
 
 from agent.config import AgentConfig, LinkConfig
 from agent.runtime.discovery import (
+    MAX_PEERS,
     SERVICE_TYPE,
     DiscoveredPeer,
     Discovery,
@@ -310,6 +312,38 @@ def test_failing_callbacks_are_counted_not_raised() -> None:
     assert discovery.counters == {"callback_error": 2}
 
 
+def test_zeroconf_callback_never_raises() -> None:
+    """Whatever goes wrong inside the browser callback is counted; zeroconf never sees it."""
+    rec = Recorder()
+    broken = cast(Zeroconf, object())  # every cache read fails
+    with capture_logs():
+        for change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            rec.discovery._on_service_state_change(
+                zeroconf=broken,
+                service_type=SERVICE_TYPE,
+                name="x." + SERVICE_TYPE,
+                state_change=change,
+            )
+        rec.discovery._on_service_state_change(
+            zeroconf=broken,
+            service_type=SERVICE_TYPE,
+            name="x." + SERVICE_TYPE,
+            state_change=ServiceStateChange.Removed,
+        )
+    assert rec.discovery.counters == {"callback_error": 2}
+
+
+def test_remembered_instances_are_bounded() -> None:
+    """Beyond MAX_PEERS instances of our cluster, new ones are dropped as too_many_peers."""
+    rec = Recorder()
+    with capture_logs():
+        for node in range(2, MAX_PEERS + 3):
+            raw = good(node_id=str(node))
+            rec.discovery.handle_announcement(f"alpha-{node}.{SERVICE_TYPE}", raw)
+    assert len(rec.peers) == MAX_PEERS
+    assert rec.discovery.counters == {"too_many_peers": 1}
+
+
 def test_drops_are_debug_logged_once_per_reason_per_minute() -> None:
     """Each drop reason logs one debug line, then stays quiet for 60 s; counting never stops."""
     rec = Recorder()
@@ -432,8 +466,8 @@ def test_three_namespaces_discover_each_other_and_hear_goodbyes(lab_factory: Lab
         delays = {e["node_id"]: round(e["t"] - start, 3) for e in events(probe, "peer")}
         print(f"n{i}: seconds from its start to each peer: {delays}")
         wait_until(partial(counted, probe, "self", 1), timeout=DEADLINE, what="own service seen")
-    probes[2].process.terminate()
     stopped = time.time()
+    probes[2].process.terminate()
     for probe in probes[:2]:
         gone = wait_until(
             partial(said_goodbye, probe, 3),
