@@ -7,18 +7,25 @@ Ranking: a clique outranks another when it is larger, or equally large with a sm
 tuple. `rank_key` is that order; every choice here is the first clique in it, so two callers with
 the same graph always get the same answer.
 
-The search is a branch and bound over bitsets (Carraghan-Pardalos order with a greedy-colouring
-bound, as in Tomita's MCQ). It enumerates cliques as increasing id sequences depth first, which
-visits them in lexicographic order, and only prunes branches that cannot beat the size of the best
-clique found so far: the first maximum-size clique it meets is therefore the one with the smallest
-sorted id tuple. Near-complete graphs of 100+ nodes take milliseconds; the colouring bound keeps
-graphs with many symmetric cuts (each node cut from one other: 2**50 maximal cliques) fast.
+The search runs in two steps over bitsets. First the size of the largest clique, by branch and
+bound with the greedy-colouring bound and vertices numbered by degree (Tomita's MCQ, San
+Segundo's BBMC). Then the clique of that size with the smallest sorted ids, built id by id: take
+the smallest id that still leaves room for a clique of that size among larger ids (each check is
+the same bounded search, which a greedy clique usually answers at once). Near-complete graphs of
+100+ nodes take a few milliseconds; graphs with many random pair cuts are capped by
+`SEARCH_STEPS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
+
+SEARCH_STEPS = 5000
+"""Colourings one search may do (~15-30 us each: at most ~0.15 s). Near-complete graphs of 100+
+nodes and partitions need a few hundred; only graphs with thousands of random pair cuts (128
+nodes, 10 % of pairs cut: ~10**5) reach it. Past it the answer is still a clique, deterministic
+for a given graph, but maybe not the largest (see `maximum_clique`)."""
 
 Graph = Mapping[int, AbstractSet[int]]
 """node id -> the ids it shares an edge with (symmetric, no self loops)."""
@@ -48,15 +55,14 @@ def mutual_graph(heard: Mapping[int, AbstractSet[int]]) -> dict[int, frozenset[i
 
 
 def maximum_clique(graph: Graph, candidates: AbstractSet[int]) -> frozenset[int]:
-    """The best clique (by `rank_key`) among `candidates`; empty when there are none."""
-    order = sorted(candidates)
-    bit = {node: 1 << index for index, node in enumerate(order)}
-    adjacency = [
-        sum(bit[other] for other in graph.get(node, ()) if other in bit and other != node)
-        for node in order
-    ]
-    best = _Search(adjacency).run((1 << len(order)) - 1)
-    return frozenset(order[index] for index in best)
+    """The best clique (by `rank_key`) among `candidates`; empty when there are none.
+
+    On a pathological graph that exhausts `SEARCH_STEPS` it returns the best clique it could
+    prove exists instead: still deterministic, so nodes with the same matrix still agree.
+    """
+    search = _Search(graph, candidates)
+    size = search.maximum_size(search.everyone)
+    return frozenset(search.smallest_ids_clique(size))
 
 
 def best_clique_containing(node: int, graph: Graph, candidates: AbstractSet[int]) -> frozenset[int]:
@@ -82,41 +88,112 @@ def greedy_partition(graph: Graph) -> list[frozenset[int]]:
 
 
 class _Search:
-    """One branch-and-bound run over a bitset graph (bit i = the i-th smallest id)."""
+    """Clique searches over one graph as bitsets.
 
-    def __init__(self, adjacency: list[int]) -> None:
-        self._adjacency = adjacency
-        self._best: list[int] = []
+    Vertices are renumbered by degree, highest first, which is the order the colouring bound
+    works best in (Tomita's MCQ, San Segundo's BBMC); `_ids` maps bit positions back to node ids.
+    """
 
-    def run(self, candidates: int) -> list[int]:
-        """Indices of the first maximum clique in lexicographic order."""
-        self._expand([], candidates)
+    def __init__(self, graph: Graph, candidates: AbstractSet[int]) -> None:
+        nodes = set(candidates)
+        degree = {n: len(nodes & set(graph.get(n, ()))) for n in nodes}
+        self._ids = sorted(nodes, key=lambda n: (-degree[n], n))
+        bit = {node: 1 << index for index, node in enumerate(self._ids)}
+        self._adjacency = [
+            sum(bit[other] for other in graph.get(node, ()) if other in bit and other != node)
+            for node in self._ids
+        ]
+        self._bit = bit
+        self.everyone = (1 << len(self._ids)) - 1
+        self._best = 0
+        self.steps = 0
+
+    def maximum_size(self, candidates: int) -> int:
+        """The size of the largest clique among `candidates` (branch and bound, MCQ)."""
+        self.steps = 0
+        self._best = self._greedy(candidates)
+        self._grow(0, candidates)
         return self._best
 
-    def _expand(self, chosen: list[int], candidates: int) -> None:
-        if len(chosen) > len(self._best):
-            self._best = list(chosen)
-        while candidates:
-            if len(chosen) + self._bound(candidates) <= len(self._best):
-                return
-            low = candidates & -candidates
-            index = low.bit_length() - 1
-            candidates ^= low
-            chosen.append(index)
-            self._expand(chosen, candidates & self._adjacency[index])
-            chosen.pop()
+    def has_clique(self, candidates: int, size: int) -> bool:
+        """Whether `candidates` hold a clique of `size` nodes (stops at the first one)."""
+        if candidates.bit_count() < size:
+            return False
+        return self._greedy(candidates) >= size or self._reach(0, candidates, size)
 
-    def _bound(self, candidates: int) -> int:
-        """Colours of a greedy colouring of `candidates`: no clique in them is larger."""
-        if candidates.bit_count() <= 2:
-            return candidates.bit_count()
-        colours = 0
+    def smallest_ids_clique(self, size: int) -> list[int]:
+        """The clique of `size` nodes with the smallest sorted id tuple: take the smallest id
+        that still leaves room for a clique of `size` among larger ids, repeat."""
+        self.steps = 0
+        chosen: list[int] = []
+        allowed = self.everyone
+        for node in sorted(self._ids):
+            if len(chosen) == size:
+                break
+            node_bit = self._bit[node]
+            if not allowed & node_bit:
+                continue
+            allowed &= ~node_bit
+            rest = allowed & self._adjacency[node_bit.bit_length() - 1]
+            if self.has_clique(rest, size - len(chosen) - 1):
+                chosen.append(node)
+                allowed = rest
+        return chosen
+
+    def _greedy(self, candidates: int) -> int:
+        """The size of a clique found by always taking the highest-degree vertex: a lower bound
+        that answers most questions on near-complete graphs at once."""
+        size = 0
+        while candidates:
+            low = candidates & -candidates
+            candidates &= self._adjacency[low.bit_length() - 1]
+            size += 1
+        return size
+
+    def _grow(self, depth: int, candidates: int) -> None:
+        order, colours = self._colour_sort(candidates)
+        for index in range(len(order) - 1, -1, -1):
+            if depth + colours[index] <= self._best:
+                return
+            vertex = order[index]
+            narrowed = candidates & self._adjacency[vertex]
+            if narrowed:
+                self._grow(depth + 1, narrowed)
+            elif depth + 1 > self._best:
+                self._best = depth + 1
+            candidates &= ~(1 << vertex)
+
+    def _reach(self, depth: int, candidates: int, size: int) -> bool:
+        order, colours = self._colour_sort(candidates)
+        for index in range(len(order) - 1, -1, -1):
+            if depth + colours[index] < size:
+                return False
+            if depth + 1 >= size:
+                return True
+            vertex = order[index]
+            if self._reach(depth + 1, candidates & self._adjacency[vertex], size):
+                return True
+            candidates &= ~(1 << vertex)
+        return False
+
+    def _colour_sort(self, candidates: int) -> tuple[list[int], list[int]]:
+        """Greedy colouring of `candidates`: vertices in colour order and each one's colour, an
+        upper bound on the clique size among it and the vertices before it."""
+        self.steps += 1
+        if self.steps > SEARCH_STEPS:
+            return [], []
+        order: list[int] = []
+        colours: list[int] = []
+        colour = 0
         uncoloured = candidates
         while uncoloured:
-            colours += 1
+            colour += 1
             available = uncoloured
             while available:
                 low = available & -available
-                uncoloured ^= low
-                available &= ~low & ~self._adjacency[low.bit_length() - 1]
-        return colours
+                vertex = low.bit_length() - 1
+                uncoloured &= ~low
+                available &= ~low & ~self._adjacency[vertex]
+                order.append(vertex)
+                colours.append(colour)
+        return order, colours

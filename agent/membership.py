@@ -19,7 +19,9 @@ Algorithm, per `evaluate(now)`:
    a. not r, and r's fresh proposal has exactly these members: take r's ring id;
    b. my current proposal has exactly these members: keep it;
    c. the newest installed view (highest seq) among the members' and mine has exactly these
-      members and representative r: adopt its ring id (no view change after a flap);
+      members and representative r: adopt its ring id (no view change after a flap). §3.1 says
+      "some member's"; taking only the newest keeps a returning node's old view from pulling
+      the others back to an older ring id;
    d. otherwise a new ring id (r, max_seq + 1).
 4. *Install* when every other member's latest proposal, at most `timing.proposal_ttl` old, equals
    mine. My proposal is always (best clique, ring id), so an install is always of it.
@@ -32,7 +34,9 @@ its whole life, across restarts. Every proposal (M, R) also has R.representative
 * r proposes (r, s) only by (b) keeping its own proposal (same set), (c) adopting an installed
   view (M, (r, s)), or (d) minting s = max_seq + 1. Rule (a) never applies to r, so r never
   takes a ring id another node minted in r's name (non-representatives mint placeholders (r, s)
-  in step (d); those are never binding).
+  in step (d); those are never binding). So I is weaker than §3.1's "a node never proposes two
+  member sets with one sequence", which a non-representative can break harmlessly (a
+  placeholder (r, s), then r's own (r, s) for another set); I is the part S2 rests on.
 * (d): max_seq >= every seq r ever proposed (it is raised before a proposal is returned, and the
   runtime persists it before anything that carries the proposal leaves the node), so (r, s) is
   new. At start the node installs the singleton ({me}, (me, max_seq + 1)) and raises max_seq to
@@ -49,9 +53,14 @@ What the runtime must do: persist `max_seq` (durably) after `evaluate` and befor
 heartbeat or publishing an event from it, and never reuse a node id for a different machine
 without carrying its `max_seq` over.
 
-Liveness (S3 after the settle time): on a stable matrix the best clique overall has members that
-all pick it (nothing outranks it, so nobody is taken), its representative keeps one ring id, the
-others follow it (a) and everyone installs within a few heartbeat rounds; then the next level.
+Liveness (S3 after the settle time): on a stable matrix every node's local graph is the true one
+around it. The best clique overall, Q1, is picked by all its members (no clique outranks it, so
+none of them is taken); its representative keeps one ring id, the others follow it (a) and all
+install within a few heartbeat rounds. Once Q1's proposals are stable, any clique a node of the
+rest could prefer that touches Q1 contains a Q1 member whose proposal outranks it and excludes
+the node, so that member is taken; the rest converge to Q2, the best clique without Q1, in two
+more rounds, and so on: the greedy partition, whatever the transient. (Unless the clique search
+hits its step budget on a pathological matrix: then safety holds but agreement may not.)
 """
 
 from __future__ import annotations

@@ -60,6 +60,7 @@ class MembershipNet:
     persisted: dict[int, int] = field(init=False)
     incarnation: dict[int, int] = field(init=False)
     installs: list[tuple[int, MemberView]] = field(init=False, default_factory=list)
+    proposals: list[tuple[int, MemberView]] = field(init=False, default_factory=list)
     _arrivals: dict[Link, float] = field(init=False, default_factory=dict)
     _known: dict[Link, int] = field(init=False, default_factory=dict)
     _in_flight: list[_Datagram] = field(init=False, default_factory=list)
@@ -84,6 +85,7 @@ class MembershipNet:
         self.nodes[node] = fresh
         self._arrivals = {k: v for k, v in self._arrivals.items() if k[1] != node}
         self.installs.append((node, fresh.view))
+        self.proposals.append((node, fresh.proposal))
 
     def run(self, rounds: int) -> None:
         """`rounds` heartbeat rounds."""
@@ -99,6 +101,8 @@ class MembershipNet:
             for change in member.evaluate(self.now):
                 if isinstance(change, ViewInstalled):
                     self.installs.append((node, change.view))
+                else:
+                    self.proposals.append((node, change.proposal))
             self.persisted[node] = max(self.persisted[node], member.max_seq)
         for sender, receiver in sorted(self.links):
             self._send(sender, receiver)
@@ -145,6 +149,17 @@ class MembershipNet:
             first = seen.setdefault(view.ring_id, view.members)
             if first != view.members:
                 bad.append(f"node {node}: {view.ring_id} as {sorted(view.members)}")
+        return bad
+
+    def representative_reuse(self) -> list[str]:
+        """Invariant I: a node proposing under its own ring id (r, s) used two member sets."""
+        seen: dict[RingId, frozenset[int]] = {}
+        bad = []
+        for node, view in self.proposals:
+            if view.ring_id.representative == node:
+                first = seen.setdefault(view.ring_id, view.members)
+                if first != view.members:
+                    bad.append(f"node {node}: {view.ring_id} as {sorted(view.members)}")
         return bad
 
     def expected_partition(self) -> list[frozenset[int]]:

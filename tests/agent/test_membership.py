@@ -1,12 +1,17 @@
 """agent/membership.py: cliques under one-way and non-transitive failures, agreement, ring ids.
 
 Scenario tests drive several `Membership` instances through `tests/agent/membership_net.py`;
-unit tests poke one instance with hand-written reports. The Hypothesis properties (S2 under
-loss, delay, reordering and restarts; convergence on a stable matrix) are in
-`test_membership_properties.py`.
+unit tests poke one instance with hand-written reports; the Hypothesis properties at the end
+check S2 under loss, delay, reordering and restarts, and convergence on a stable matrix.
 """
 
 from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config import Timing
 from agent.membership import (
@@ -234,3 +239,73 @@ def test_forget_drops_the_peer_report() -> None:
     m.evaluate(0.0)
     assert m.proposal.members == {1}
     assert 2 not in m.matrix()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of rounds with one set of links up, loss, delay, and restarts at its start."""
+
+    links: frozenset[tuple[int, int]]
+    rounds: int
+    loss: float
+    max_delay: int
+    restarts: frozenset[int]
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> tuple[list[int], list[Phase], int]:
+    """2-6 nodes, 1-5 chaotic phases, and a seed for the network's random.Random."""
+    ids = list(range(1, draw(st.integers(2, 6)) + 1))
+    pairs = sorted(full_mesh(ids))
+    phase = st.builds(
+        Phase,
+        links=st.frozensets(st.sampled_from(pairs)),
+        rounds=st.integers(1, 12),
+        loss=st.sampled_from([0.0, 0.1, 0.3, 0.6]),
+        max_delay=st.integers(0, 3),
+        restarts=st.frozensets(st.sampled_from(ids), max_size=2),
+    )
+    return ids, draw(st.lists(phase, min_size=1, max_size=5)), draw(st.integers(0, 2**32 - 1))
+
+
+def run_chaos(ids: list[int], phases: list[Phase], seed: int) -> MembershipNet:
+    """Run the phases on a fresh network seeded with `seed`."""
+    net = MembershipNet(ids, rng=random.Random(seed))
+    for phase in phases:
+        for node in sorted(phase.restarts):
+            net.restart(node)
+        net.links, net.loss, net.max_delay = set(phase.links), phase.loss, phase.max_delay
+        net.run(phase.rounds)
+    return net
+
+
+@settings(max_examples=300, deadline=None)
+@given(schedules())
+def test_s2_holds_under_loss_delay_reordering_and_restarts(
+    schedule: tuple[list[int], list[Phase], int],
+) -> None:
+    """S2: across all nodes and all their lives (boot views included), a ring id is installed
+    with one member set only; and its representative never proposed two sets under it (I)."""
+    net = run_chaos(*schedule)
+    assert net.representative_reuse() == []
+    assert net.s2_violations() == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(schedules(), st.data())
+def test_stable_matrix_converges_to_the_clique_partition(
+    schedule: tuple[list[int], list[Phase], int], data: st.DataObject
+) -> None:
+    """After any chaos, once the links stay fixed and lossless, every node installs its part of
+    the greedy clique partition with one ring id per part, within 12 + 4n rounds, and nothing
+    changes afterwards."""
+    ids = schedule[0]
+    net = run_chaos(*schedule)
+    net.links = set(data.draw(st.frozensets(st.sampled_from(sorted(full_mesh(ids))))))
+    net.loss, net.max_delay = 0.0, 0
+    net.run(12 + 4 * len(ids))
+    assert net.converged(), (net.expected_partition(), net.views())
+    settled = net.views()
+    net.run(10)
+    assert net.views() == settled
+    assert net.s2_violations() == []
