@@ -309,3 +309,55 @@ def test_stable_matrix_converges_to_the_clique_partition(
     net.run(10)
     assert net.views() == settled
     assert net.s2_violations() == []
+
+
+@st.composite
+def node_inputs(draw: st.DrawFn) -> list[tuple[str, int, frozenset[int], int, int]]:
+    """Arbitrary inputs to node 1: reports with any heard set and proposals minted in anyone's
+    name (node 1's too), forgets, restarts, evaluations, time steps."""
+    step = st.tuples(
+        st.sampled_from(["report", "report", "report", "heard", "forget", "restart", "eval"]),
+        st.integers(2, 5),
+        st.frozensets(st.integers(1, 5)),
+        st.integers(1, 5),
+        st.integers(0, 12),
+    )
+    return draw(st.lists(step, max_size=60))
+
+
+@settings(max_examples=400, deadline=None)
+@given(node_inputs(), st.data())
+def test_one_node_never_reuses_its_own_ring_id(
+    inputs: list[tuple[str, int, frozenset[int], int, int]], data: st.DataObject
+) -> None:
+    """Whatever peers report (proposals under node 1's name included; installed views only of
+    proposals node 1 really made, as an install requires), node 1 across restarts: proposes one
+    member set per ring id of its own, always contains itself with representative = lowest
+    member, installs only its proposal, and max_seq never goes down or below what it proposed."""
+    m, persisted, now = Membership(1, T), 0, 0.0
+    mine: dict[RingId, frozenset[int]] = {m.view.ring_id: m.view.members}
+    for kind, peer, ids, rep, seq in inputs:
+        now += 0.05
+        proposal = MemberView(RingId(rep, seq), ids | {rep})
+        if kind == "report":
+            real = data.draw(st.sampled_from([None, *(MemberView(*own) for own in mine.items())]))
+            m.peer_report(peer, PeerReport(ids, real, proposal), now)
+        elif kind == "heard":
+            m.set_heard(ids, now)
+        elif kind == "forget":
+            m.forget(peer)
+        elif kind == "restart":
+            m = Membership(1, T, persisted)
+        else:
+            before = m.max_seq
+            for change in m.evaluate(now):
+                if isinstance(change, ViewInstalled):
+                    assert change.view == m.proposal
+            assert m.max_seq >= before
+        view = m.proposal
+        assert 1 in view.members
+        assert view.ring_id.representative == min(view.members)
+        assert m.max_seq >= view.ring_id.seq
+        if view.ring_id.representative == 1:
+            assert mine.setdefault(view.ring_id, view.members) == view.members
+        persisted = max(persisted, m.max_seq)
