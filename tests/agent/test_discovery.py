@@ -385,7 +385,9 @@ def start_probe(
 ) -> TrackedProcess:
     """Run a discovery probe in `host`; its JSON lines land in <host root>/<label>.log."""
     # nsenter -m starts the process in "/": PYTHONPATH makes `-m tests...` importable there.
-    args = ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "tests.agent.discovery_probe"]
+    # -W error: a warning from zeroconf inside the probe fails the test, as in this process.
+    args = ["env", f"PYTHONPATH={REPO}", sys.executable, "-W", "error", "-m"]
+    args += ["tests.agent.discovery_probe"]
     args += ["--cluster", cluster]
     args += ["--node-id", str(node_id), "--name", host.name]
     for link in links:
