@@ -220,6 +220,8 @@ class SimNetwork:
         self.delivered = 0
         self.qdevice_updates = 0
         self.spins = 0
+        self.operator_lowered = False
+        """Set once an operator changed expected votes (S1 does not apply afterwards)."""
         """Ticks the clock had to move on by SPIN_STEP (a core's deadline stuck at `now`)."""
         self.observe_every = False
         """Query status() after every handle() instead of after state events (slow)."""
@@ -372,9 +374,6 @@ class SimNetwork:
         self.operator_lowered = True
         if self.slots[node].core is not None:
             self._call(node, iface.SetExpected(value))
-
-    operator_lowered = False
-    """Set once an operator changed expected votes (S1 does not apply afterwards)."""
 
     # ---- the machinery ----------------------------------------------------------------------
 
