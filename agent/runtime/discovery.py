@@ -262,35 +262,36 @@ class Discovery:
             self.config.cluster_name, self.config.node_id, self.config.node_name, links
         )
         addresses = list(dict.fromkeys(str(ipaddress.ip_address(x.address)) for x in links))
-        self._zc = AsyncZeroconf(interfaces=addresses, ip_version=ip_version_for(addresses))
-        self._browser = AsyncServiceBrowser(
-            self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
-        )
-        self._info = ServiceInfo(
+        info = ServiceInfo(
             SERVICE_TYPE,
             self.instance,
-            port=links[0].port,
+            port=min(links, key=lambda link: link.index).port,
             properties=txt,
             server=f"votemesh-{self.config.node_id}-{_digest(self.config.cluster_name)}.local.",
             parsed_addresses=addresses,
         )
+        self._zc = AsyncZeroconf(interfaces=addresses, ip_version=ip_version_for(addresses))
         try:
-            await self._zc.async_register_service(self._info)
+            self._browser = AsyncServiceBrowser(
+                self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
+            )
+            await self._zc.async_register_service(info)
+            self._info = info
         except NonUniqueNameException:
-            self._info = None
             await self.close()
             raise DiscoveryError(
                 f"discovery: another node already announces cluster {self.config.cluster_name!r} "
                 f"node id {self.config.node_id}; give every node its own node_id"
             ) from None
         except BaseException:
-            self._info = None
             await self.close()
             raise
         log.info("discovery started", instance=self.instance, addresses=addresses)
 
     async def close(self) -> None:
-        """Say goodbye (peers hear it within milliseconds), stop browsing, close the sockets."""
+        """Stop browsing, say goodbye (peers hear it within milliseconds), close the sockets.
+
+        Idempotent; safe after a failed or no `start()`."""
         if self._browser is not None:  # first: no callback may start a look-up after this
             await self._browser.async_cancel()
             self._browser = None
