@@ -232,6 +232,11 @@ class AgentConfig:
             raise ConfigError("peer node ids must be unique and differ from node_id")
         if not math.isfinite(self.clock_skew_bound) or self.clock_skew_bound <= 0:
             raise ConfigError("clock_skew_bound must be a positive number of seconds")
+        if self.discovery and not self.peers and self.quorum.expected_votes is None:
+            raise ConfigError(
+                "with discovery and no [[peer]] entries, set quorum.expected_votes "
+                "(otherwise a node alone would count itself quorate)"
+            )
         self.timing.validate()
         self.quorum.validate()
         if self.qdevice is not None:

@@ -280,9 +280,14 @@ class AgentNode:
         self.membership.set_heard(self._heard(), self._now)
         if self._evaluate_at is None or self._evaluate_at <= self._now:
             self._evaluate_at = None
-            self._membership_changes(self.membership.evaluate(self._now))
+            changes = self.membership.evaluate(self._now)
+            self._persist_seq()  # before any heartbeat can carry the new ring id (S2)
+            self._membership_changes(changes)
         self._quorum_events(self.quorum.tick(self._now))
         self._send_due()
+
+    def _persist_seq(self) -> None:
+        """Ask the runtime to store max_seq; it must be on disk before later effects run."""
         if self.membership.max_seq > self._persisted_seq:
             self._persisted_seq = self.membership.max_seq
             self._out.append(PersistMaxSeq(self._persisted_seq))

@@ -1,0 +1,52 @@
+"""AgentConfig validation: impossible or dangerous configurations are refused with one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import AgentConfig, ConfigError, LinkConfig, PeerConfig, QuorumOptions, Timing
+
+
+def base(**over: object) -> AgentConfig:
+    fields: dict[str, object] = {
+        "cluster_name": "c",
+        "node_id": 1,
+        "links": (LinkConfig(0, "127.0.0.1"),),
+        "peers": (PeerConfig(2, "n2", ((0, "127.0.0.2", 5407),)),),
+    }
+    fields.update(over)
+    return AgentConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_valid_config_passes() -> None:
+    """A two-node static config validates."""
+    base().validate()
+
+
+@pytest.mark.parametrize(
+    ("over", "fragment"),
+    [
+        ({"node_id": 0}, "node_id"),
+        ({"links": ()}, "links"),
+        ({"links": (LinkConfig(0, "a"), LinkConfig(0, "b"))}, "unique"),
+        ({"peers": (PeerConfig(1),)}, "differ from node_id"),
+        ({"timing": Timing(heartbeat_interval=0)}, "heartbeat_interval"),
+        ({"quorum": QuorumOptions(two_node=True, auto_tie_breaker=True)}, "exclude"),
+        ({"peers": ()}, "expected_votes"),
+    ],
+)
+def test_bad_config_is_one_line_error(over: dict[str, object], fragment: str) -> None:
+    """Each mistake raises ConfigError whose single line names what to change."""
+    with pytest.raises(ConfigError) as err:
+        base(**over).validate()
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_discovery_only_cluster_needs_expected_votes() -> None:
+    """With discovery and no static peers a node must be told the expected votes, else a node
+    alone would count itself quorate; with expected_votes set it validates."""
+    with pytest.raises(ConfigError, match="expected_votes"):
+        base(peers=()).validate()
+    base(peers=(), quorum=QuorumOptions(expected_votes=3)).validate()
+    base(peers=(), discovery=False).validate()
