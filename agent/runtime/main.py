@@ -45,6 +45,7 @@ from agent.node import (
     MessageIn,
     NodeEffect,
     NodeEvent,
+    PeerAddresses,
     PersistMaxSeq,
     QdeviceUpdate,
     QdeviceVote,
@@ -55,6 +56,7 @@ from agent.node import (
 )
 from agent.runtime.config_file import load_config
 from agent.runtime.control import ControlHandlers, serve_control
+from agent.runtime.discovery import DiscoveredPeer, Discovery, DiscoveryError
 from agent.runtime.keys import load_keys
 from agent.runtime.qdevice import QdeviceRunner
 from agent.runtime.state import StateDir
@@ -130,6 +132,10 @@ class AgentRuntime:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.qdevice: QdeviceRunner | None = None
+        self.discovery: Discovery | None = None
+        self.static_links = {
+            p.node_id: frozenset(link for link, _, _ in p.addresses) for p in config.peers
+        }
         if config.qdevice is not None:
             self.qdevice = QdeviceRunner(
                 config.qdevice, config.node_id, config.cluster_name, self._qdevice_vote
@@ -186,6 +192,34 @@ class AgentRuntime:
         except asyncio.QueueFull:
             return False
         return True
+
+    # ------------------------------------------------------------ discovery
+    def _discovered(self, peer: DiscoveredPeer) -> None:
+        """A member's announced addresses: use them on links we have and config does not pin."""
+        static = self.static_links.get(peer.node_id, frozenset())
+        for link, host, port in peer.addresses:
+            if link in self.mesh.transports and link not in static:
+                self.mesh.set_peer_address(peer.node_id, link, (host, port))
+        links = self.mesh.peer_links(peer.node_id)
+        if links:
+            self.dispatch(PeerAddresses(peer.node_id, links))
+
+    def _discovery_gone(self, node_id: int) -> None:
+        """A member unregistered (clean shutdown): only logged; heartbeats decide liveness."""
+
+    async def _discover(self) -> None:
+        """Announce the bound ports and browse; discovery failing never stops the agent."""
+        ports = {i: self.mesh.local_address(i)[1] for i in self.mesh.transports}
+        links = tuple(dataclasses.replace(x, port=ports[x.index]) for x in self.config.links)
+        discovery = Discovery(
+            dataclasses.replace(self.config, links=links), self._discovered, self._discovery_gone
+        )
+        try:
+            await discovery.start()
+        except (DiscoveryError, OSError) as exc:
+            log.warning("discovery off", reason=str(exc))
+            return
+        self.discovery = discovery
 
     # ------------------------------------------------------------ tasks
     async def _udp(self) -> None:
@@ -270,9 +304,13 @@ class AgentRuntime:
                 ]
                 if self.qdevice is not None:
                     tasks.append(group.create_task(self.qdevice.run(), name="qdevice"))
+                if self.config.discovery:
+                    tasks.append(group.create_task(self._discover(), name="discovery"))
                 group.create_task(self._signals(tasks), name="signals")
         finally:
             sd_notify("STOPPING=1")
+            if self.discovery is not None:
+                await self.discovery.close()  # goodbye first: peers hear it within ~1 ms
             control.close()
             self.mesh.close()
             with contextlib.suppress(FileNotFoundError):
