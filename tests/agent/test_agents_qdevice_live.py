@@ -302,8 +302,9 @@ def test_two_agents_qdevice_split_and_qnetd_loss(
 ) -> None:
     """Two agents + a qnetd: healthy -> both quorate with the device vote (3 of 3); split 1|1 ->
     node 1 (tie-breaker lowest) stays quorate with 2 of 3 and node 2 is inquorate, for 4 s;
-    heal -> both quorate with the device again; qnetd stopped -> both quorate on 2 of 3 votes
-    with the device disconnected, while they see each other.
+    heal -> both quorate with the device again; qnetd unreachable (echo timeout), then back ->
+    the same without, then with the device; qnetd stopped -> both quorate on 2 of 3 votes with
+    the device disconnected, while they see each other.
 
     Node 1's quorum at the split is recorded, not asserted: the session pauses the device vote
     on a membership change until qnetd ACKs the new ring, so node 1 counts 1 of 3 votes for the
@@ -333,6 +334,17 @@ def test_two_agents_qdevice_split_and_qnetd_loss(
     healed_at = time.monotonic()
     lab.heal()
     timings["heal -> healthy"], _ = wait_for(agents, healthy, "heal", healed_at, hold=HOLD)
+
+    cut_at = time.monotonic()
+    lab.partition(["qnetd"], ["n1", "n2"])  # silent, no FIN: only the echo timeout can tell
+    timings["qnetd unreachable -> vote withdrawn"], _ = wait_for(
+        agents, no_device, "qnetd unreachable", cut_at, hold=HOLD
+    )
+    rejoined_at = time.monotonic()
+    lab.heal()
+    timings["qnetd reachable -> healthy"], _ = wait_for(
+        agents, healthy, "qnetd back", rejoined_at, hold=HOLD
+    )
 
     stopped_at = time.monotonic()
     qnetd.stop()  # SIGTERM, and waits until the process is gone
