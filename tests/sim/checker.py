@@ -14,6 +14,8 @@ paused, which directions are cut, the link models). Output: a list of `Violation
   (a complete clique that is a whole component) that holds quorum votes is quorate; and in any
   stretch, a running node that cannot hear a quorum (itself plus the nodes it has both directions
   up with) is inquorate once the minority bound (which grows with the slowest link) has passed.
+  Datagrams sent before a topology change still arrive after it (at most the old slowest delay
+  later), so both rules start counting once those have landed.
 * **No silent failure** — a view, quorum or expected-votes change that the node's status shows
   but no event announced (found by the network's once-a-second audit).
 * **L2 stability** — in a run whose only faults are loss <= 5 % and jitter <= 20 ms, no node
@@ -210,15 +212,21 @@ class Checker:
     def s3_l1(self, end: float) -> list[Violation]:
         """S3 and L1 over every stretch of unchanged topology."""
         found: list[Violation] = []
+        in_flight_until = 0.0  # the last arrival of a datagram sent under an earlier topology
         for topo, start, stop in self._segments(end):
-            found += self._minority(topo, start, stop)
-            if stop - start >= self.settle and topo.benign():
-                found += self._stable(topo, start + self.settle, stop)
+            slowest = self._slowest(topo, topo.alive - topo.paused)
+            carried = max(0.0, in_flight_until - start)
+            found += self._minority(topo, start, stop, slowest, carried)
+            if stop - start >= self.settle + carried and topo.benign():
+                found += self._stable(topo, start + self.settle + carried, stop)
+            in_flight_until = max(in_flight_until, stop + slowest)
         return found
 
-    def _minority(self, topo: Topology, start: float, stop: float) -> list[Violation]:
+    def _minority(
+        self, topo: Topology, start: float, stop: float, slowest: float, carried: float
+    ) -> list[Violation]:
         running = topo.alive - topo.paused
-        bound = minority_bound(self.timing, max(self._slowest(topo, running), 0.0167))
+        bound = minority_bound(self.timing, max(slowest, 0.0167)) + carried
         if not self.generic_l1 or stop - start <= bound:
             return []
         found = []
