@@ -14,6 +14,7 @@ help:
 	@echo "make lint         ruff format --check, ruff check, mypy --strict"
 	@echo "make ci           lint + test, as CI runs them"
 	@echo "make bench        benchmarks: print figures, never fail on timing"
+	@echo "make soak         100,000 random fault schedules through the simulator (hours; SOAK_RUNS=N)"
 	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
 
 $(VENV)/.installed: pyproject.toml
@@ -58,6 +59,10 @@ ci: lint test
 
 bench: $(VENV)/.installed
 	$(PY) -m tests.bench
+
+SOAK_RUNS ?= 100000
+soak: $(VENV)/.installed
+	$(PY) -m tests.sim.soak --runs $(SOAK_RUNS) --workers 2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
