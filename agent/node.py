@@ -122,6 +122,7 @@ class AgentNode:
         self.qdevice_connected = False
         self._persisted_seq = max_seq
         self._evaluate_at: float | None = None
+        self._last_qdevice_update: QdeviceUpdate | None = None
         self._started = False
         self._out: list[NodeEffect] = []
         self._now = 0.0
@@ -391,8 +392,10 @@ class AgentNode:
             frozenset(members), votes, expected, self.qdevice_votes, key, quorate_members=settled
         )
         self._quorum_events(self.quorum.update(inp, self._now))
-        status = self.quorum.status
-        self._out.append(QdeviceUpdate(key, tuple(sorted(members)), status.quorate))
+        update = QdeviceUpdate(key, tuple(sorted(members)), self.quorum.status.quorate)
+        if update != self._last_qdevice_update:  # the session only needs changes
+            self._last_qdevice_update = update
+            self._out.append(update)
 
     def _votes_of(self, member: int) -> int:
         if member == self.node_id:

@@ -484,12 +484,17 @@ class QnetdCore:
         self._log_decision(client, result.decision, result.sends)
         return True
 
-    def _ask_for_vote(self, conn: Connection, msg: AskForVote, _raw: bytes) -> None:
-        client = self._initialised(conn, msg.seq)
-        if client is None:
-            return
-        if msg.seq is None:
+    def _initialised_with_seq(self, conn: Connection, seq: int | None) -> ClientState | None:
+        """As `_initialised`, and the message must carry a seq (error 7 otherwise)."""
+        client = self._initialised(conn, seq)
+        if client is not None and seq is None:
             self._error(conn, None, E.DOESNT_CONTAIN_REQUIRED_OPTION)
+            return None
+        return client
+
+    def _ask_for_vote(self, conn: Connection, msg: AskForVote, _raw: bytes) -> None:
+        client = self._initialised_with_seq(conn, msg.seq)
+        if client is None or msg.seq is None:
             return
         cluster = self.clusters[client.cluster_name]
         result = self.algorithms[client.algorithm].ask_for_vote(cluster, client)
@@ -500,11 +505,8 @@ class QnetdCore:
             )
 
     def _vote_info_reply(self, conn: Connection, msg: VoteInfoReply, _raw: bytes) -> None:
-        client = self._initialised(conn, msg.seq)
-        if client is None:
-            return
-        if msg.seq is None:
-            self._error(conn, None, E.DOESNT_CONTAIN_REQUIRED_OPTION)
+        client = self._initialised_with_seq(conn, msg.seq)
+        if client is None or msg.seq is None:
             return
         cluster = self.clusters[client.cluster_name]
         sends = self.algorithms[client.algorithm].vote_info_reply(cluster, client, msg.seq)

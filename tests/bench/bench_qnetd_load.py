@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +32,8 @@ from tests.bench.qnetd_loadgen import (
     sample_process,
 )
 from tests.interop import debian_qnetd
+from tests.qnetd import our_qnetd
 
-START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
 FD_SLACK = 200  # files besides the client sockets: logs, NSS DB, pipes, the interpreter
 
 
@@ -110,21 +106,15 @@ class DebianQnetd(ServerUnderTest):
 
 
 class VotemeshQnetd(ServerUnderTest):
-    """Our qnetd through its CLI contract (docs/design.md 2.2), state in a temporary directory.
-
-    `python -m qnetd run --state-dir D --listen 127.0.0.1 --port P --tls on
-    --client-cert-required off --http-listen 127.0.0.1:H --enroll-listen off
-    --control-socket D/control.sock`; it must create D/ca.pem on start (design 2.1) -- without it
-    the load generator connects without verifying the server certificate.
-    """
+    """Our qnetd, `python -m qnetd run` with TLS on and client certificates off, through the
+    test helper `tests/qnetd/our_qnetd.OurQnetd` (state in a temporary directory; the CA it makes
+    on first start is what the load generator verifies the server against)."""
 
     label = "votemesh qnetd"
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
-        self.process: subprocess.Popen[bytes] | None = None
-        self.state_dir: Path | None = None
-        self._port = 0
+        self._qnetd: our_qnetd.OurQnetd | None = None
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -139,53 +129,28 @@ class VotemeshQnetd(ServerUnderTest):
         return None if probe.returncode == 0 else "not available yet"
 
     def start(self, workdir: Path) -> None:
-        self.state_dir = workdir / "state"
-        self._port = debian_qnetd.free_port()
-        http_port = debian_qnetd.free_port()
-        args = [self.python, "-m", "qnetd", "run", "--state-dir", str(self.state_dir)]
-        args += ["--listen", "127.0.0.1", "--port", str(self._port)]
-        args += ["--tls", "on", "--client-cert-required", "off"]
-        args += ["--http-listen", f"127.0.0.1:{http_port}", "--enroll-listen", "off"]
-        args += ["--control-socket", str(workdir / "control.sock")]
-        log_path = workdir / "qnetd.log"
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        _wait_listening(self.process, self._port, log_path)
+        self._qnetd = our_qnetd.OurQnetd(workdir, "on", False)
+        self._qnetd.start()
 
     @property
     def port(self) -> int:
-        return self._port
+        assert self._qnetd is not None
+        return self._qnetd.port
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        assert self._qnetd is not None
+        assert self._qnetd.process is not None
+        return self._qnetd.process.pid
 
     def ca_pem(self) -> bytes | None:
-        ca = self.state_dir / "ca.pem" if self.state_dir else None
-        return ca.read_bytes() if ca is not None and ca.exists() else None
+        assert self._qnetd is not None
+        ca = self._qnetd.state_dir / "ca.pem"
+        return ca.read_bytes() if ca.exists() else None
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-
-
-def _wait_listening(process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-            raise RuntimeError(f"exited with status {process.returncode}: {tail}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"did not listen on 127.0.0.1:{port} within {START_TIMEOUT_S:.0f} s")
+        if self._qnetd is not None:
+            self._qnetd.stop()
 
 
 # --- configuration from the environment -----------------------------------------------------
