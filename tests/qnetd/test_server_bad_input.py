@@ -137,6 +137,7 @@ async def test_bad_input_never_disturbs_a_good_client(server: OurQnetd, tmp_path
     # a framed message with a broken TLV (certain decode error), then random bytes
     garbage = pack_header(MessageType.NODE_LIST, 7) + b"\x00\x11\x00\x09abc" + os.urandom(3000)
     replies = await loop.run_in_executor(None, exchange, server.port, garbage)
+    assert replies, "the framed undecodable message got no answer"
     assert all(isinstance(r, ServerError) or r == "closed" for r in replies), replies
     too_long = await loop.run_in_executor(None, exchange, server.port, pack_header(3, 2**32 - 1))
     assert too_long[0] == ServerError(reply_error_code=ReplyErrorCode.MESSAGE_TOO_LONG)
