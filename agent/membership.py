@@ -147,20 +147,34 @@ class Membership:
         self._matrix: dict[int, frozenset[int]] = {node_id: frozenset()}
 
     # ------------------------------------------------------------ inputs
-    def peer_report(self, peer: int, report: PeerReport, now: float) -> None:
-        """Remember `peer`'s latest heartbeat contents, received at `now`."""
+    def peer_report(self, peer: int, report: PeerReport, now: float) -> bool:
+        """Remember `peer`'s latest heartbeat contents, received at `now`.
+
+        Returns whether `evaluate` may now decide differently: the report is new, differs from
+        the previous one, or replaces one that had gone stale. A repeated report only refreshes
+        its time, which cannot change a decision (see "When to evaluate" in the docstring of
+        `evaluate`)."""
         if peer == self._me:
-            return
+            return False
+        previous = self._reports.get(peer)
         self._reports[peer] = _Received(report, now)
         for view in (report.view, report.proposal):
             if view is not None:
                 self._max_seq = max(self._max_seq, view.ring_id.seq)
+        if previous is None or previous.report != report:
+            return True
+        ttl = min(self._timing.failure_timeout, self._timing.proposal_ttl)
+        return now - previous.at > ttl
 
-    def set_heard(self, heard: frozenset[int], now: float) -> None:
+    def set_heard(self, heard: frozenset[int], now: float) -> bool:
         """The peers this node hears now (from the link layer). It expires like a report: a
-        `heard` older than the failure timeout counts as hearing nobody."""
-        self._heard = heard - {self._me}
+        `heard` older than the failure timeout counts as hearing nobody. Returns whether the
+        set changed."""
+        heard = heard - {self._me}
+        changed = heard != self._heard
+        self._heard = heard
         self._heard_at = now
+        return changed
 
     def forget(self, peer: int) -> None:
         """Drop what `peer` reported (removed from the cluster, or restarted)."""
@@ -188,7 +202,15 @@ class Membership:
 
     # ------------------------------------------------------------ the decision
     def evaluate(self, now: float) -> list[MembershipChange]:
-        """Recompute the best clique and the proposal; install when every member agrees."""
+        """Recompute the best clique and the proposal; install when every member agrees.
+
+        When to evaluate: the result depends only on `heard`, the contents of the fresh reports
+        and which of them are fresh, and a second call with the same inputs changes nothing (the
+        proposal is kept by rule b or re-taken by rule a, and a failed install fails again). So a
+        caller needs to evaluate only after `set_heard` or `peer_report` returned True, or when
+        a report went stale: a heard peer's report is as old as its last heartbeat, so that is
+        when the peer drops out of `heard` too. Reports of peers not heard never matter (they
+        are not candidates, and only members' reports are read)."""
         fresh = self._fresh(now, self._timing.failure_timeout)
         heard = self._heard if now - self._heard_at <= self._timing.failure_timeout else frozenset()
         self._matrix = {self._me: heard} | {p: r.heard for p, r in fresh.items()}

@@ -122,6 +122,7 @@ class AgentNode:
         self.qdevice_connected = False
         self._persisted_seq = max_seq
         self._evaluate_at: float | None = None
+        self._evaluated = False
         self._last_qdevice_update: QdeviceUpdate | None = None
         self._started = False
         self._out: list[NodeEffect] = []
@@ -238,8 +239,7 @@ class AgentNode:
         peer.stamp_us, peer.received_at = hb.stamp_us, self._now
         self._clock_check(pid, peer, hb.wall_ms, wall_ms)
         report = PeerReport(frozenset(hb.heard), _member_view(hb.view), _member_view(hb.proposal))
-        self.membership.peer_report(pid, report, self._now)
-        if self._evaluate_at is None:
+        if self.membership.peer_report(pid, report, self._now) and self._evaluate_at is None:
             self._evaluate_at = self._now + EVALUATE_DELAY
 
     def _clock_check(self, pid: int, peer: _Peer, their_wall_ms: int, our_wall_ms: int) -> None:
@@ -278,13 +278,17 @@ class AgentNode:
     # ------------------------------------------------------------ the periodic step
     def _step(self) -> None:
         self._link_changes(self.links.tick(self._now))
-        self.membership.set_heard(self._heard(), self._now)
-        if self._evaluate_at is None or self._evaluate_at <= self._now:
-            self._evaluate_at = None
+        heard_changed = self.membership.set_heard(self._heard(), self._now)
+        due = self._evaluate_at is not None and self._evaluate_at <= self._now
+        if heard_changed or due or not self._evaluated:
+            # Only when an input changed: see Membership.evaluate, "When to evaluate".
+            self._evaluate_at, self._evaluated = None, True
             changes = self.membership.evaluate(self._now)
             self._persist_seq()  # before any heartbeat can carry the new ring id (S2)
             self._membership_changes(changes)
-        self._quorum_events(self.quorum.tick(self._now))
+        quorum_at = self.quorum.next_deadline()
+        if quorum_at is not None and quorum_at <= self._now:
+            self._quorum_events(self.quorum.tick(self._now))
         self._send_due()
 
     def _persist_seq(self) -> None:

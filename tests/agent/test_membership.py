@@ -155,6 +155,27 @@ def test_stale_heard_counts_as_hearing_nobody() -> None:
     assert m.matrix()[1] == frozenset()
 
 
+def test_inputs_report_whether_evaluate_may_decide_differently() -> None:
+    """peer_report is True for a new, changed or formerly stale report and False for a repeat;
+    set_heard is True only when the set changes. A repeated evaluate changes nothing."""
+    m = Membership(1, T)
+    report = PeerReport(frozenset({1}), None, None)
+    assert m.set_heard(frozenset({2}), 0.0) is True
+    assert m.set_heard(frozenset({2}), 0.1) is False
+    assert m.peer_report(2, report, 0.1) is True
+    assert m.peer_report(2, report, 0.2) is False
+    assert m.peer_report(2, PeerReport(frozenset({1, 3}), None, None), 0.3) is True
+    assert m.peer_report(
+        2, PeerReport(frozenset({1, 3}), None, None), 0.3 + T.failure_timeout + 0.01
+    )
+    assert m.peer_report(1, report, 2.0) is False  # our own echo is ignored
+    m.set_heard(frozenset({2}), 1.0)
+    first = m.evaluate(1.0)
+    assert [type(c) for c in first] == [ProposalChanged]
+    assert m.proposal.members == {1, 2}
+    assert m.evaluate(1.0) == []
+
+
 def test_restart_keeps_ring_ids_unique() -> None:
     """The representative restarts with its persisted max_seq: its boot view and the views after
     the rejoin use fresh seqs, and no ring id is installed with two member sets."""
