@@ -20,6 +20,13 @@ Partitions are iptables DROP rules in a chain of our own (`VMLAB-IN`, jumped to 
 the receiving host's namespace: a rule in B dropping A's address makes A -> B one-way silent.
 The host's own rules are never touched.
 
+`Lab(..., switch="tap")` replaces the bridge by `tests.lab.tapswitch`, a userspace switch process
+in the "-br" namespace whose TAP devices become the hosts' eth0: then `impair()` / `impair_all()`
+add delay, jitter, loss, duplication and rate per directed host pair, and `block()`,
+`partition()` and `heal()` drop frames in the switch instead of using iptables (the VMLAB-IN
+chain stays, empty). Hosts of a tap lab get fixed MACs and permanent neighbour entries for each
+other, so ARP never depends on loss and a one-way block stays one-way.
+
 Cleanup (`Lab.close()`, the context manager, `LabFactory`) stops only the processes the lab
 started, by PID (SIGTERM, then SIGKILL), then the anchors, then deletes the namespaces; deleting
 the bridge namespace deletes every veth pair. Long-lived processes are started under
@@ -33,14 +40,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import secrets
 import select
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,8 +65,15 @@ BRIDGE = "br0"
 LINK = "eth0"
 HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,19}")
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "setpriv", "iptables", "iptables-restore", "sleep")
+SWITCHES = ("bridge", "tap")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 T = TypeVar("T")
+
+
+def host_mac(address: str) -> str:
+    """The fixed, locally administered MAC of a tap-lab host: 02:00 + its IPv4 address."""
+    return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(address).packed)
 
 
 class LabError(RuntimeError):
@@ -67,13 +84,15 @@ class NotYetError(LabError):
     """Raised by a `wait_until` probe to say why its condition is not met yet."""
 
 
-def missing_reason() -> str | None:
-    """Why a lab cannot run here, or None if it can."""
+def missing_reason(switch: str = "bridge") -> str | None:
+    """Why a lab (with this kind of switch) cannot run here, or None if it can."""
     for tool in REQUIRED_TOOLS:
         if shutil.which(tool) is None:
             return f"{tool} not installed (apt-get install iproute2 iptables util-linux)"
     if os.geteuid() != 0:
         return "needs root: creates network and mount namespaces"
+    if switch == "tap" and not Path("/dev/net/tun").exists():
+        return "no /dev/net/tun: the tap switch needs the tun module (modprobe tun)"
     return None
 
 
@@ -207,7 +226,11 @@ class Host:
 
 
 class Lab:
-    """A bridge and hosts in network namespaces; `close()` removes everything it created."""
+    """A bridge (or tap switch) and hosts in network namespaces; `close()` removes it all.
+
+    `switch="tap"`: hosts hang off a `tests.lab.tapswitch` process (seeded with `switch_seed`)
+    instead of a kernel bridge, which makes `impair()` and `impair_all()` available.
+    """
 
     def __init__(
         self,
@@ -216,7 +239,11 @@ class Lab:
         *,
         private_dirs: Sequence[str] = (),
         subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
+        switch: str = "bridge",
+        switch_seed: int | None = None,
     ) -> None:
+        if switch not in SWITCHES:
+            raise LabError(f"switch {switch!r}: use one of {', '.join(SWITCHES)}")
         if len(set(host_names)) != len(host_names) or not host_names:
             raise LabError(f"host names must be unique and non-empty: {host_names}")
         for name in host_names:
@@ -237,6 +264,11 @@ class Lab:
         self.processes: list[TrackedProcess] = []
         self._netns_created: list[str] = []
         self._closed = False
+        self.switch = switch
+        self.switch_seed = switch_seed
+        self.switch_process: subprocess.Popen[bytes] | None = None
+        self._switch_dir: Path | None = None
+        self._ports: dict[str, int] = {name: i for i, name in enumerate(host_names, start=1)}
         addresses = subnet.hosts()
         next(addresses)  # .1 stays free (a gateway address, by habit; there is no gateway)
         for name in host_names:
@@ -264,23 +296,154 @@ class Lab:
     def _build(self) -> None:
         self._add_netns(self.bridge_netns)
         br = ["ip", "-n", self.bridge_netns]
-        _run([*br, "link", "add", BRIDGE, "type", "bridge"])
-        _run([*br, "link", "set", BRIDGE, "up"])
+        if self.switch == "tap":
+            self._start_switch()
+        else:
+            _run([*br, "link", "add", BRIDGE, "type", "bridge"])
+            _run([*br, "link", "set", BRIDGE, "up"])
         for index, host in enumerate(self.hosts.values(), start=1):
             self._add_netns(host.netns)
-            port = f"port{index}"
-            # Created inside the bridge namespace with the peer placed straight into the host's:
-            # no lab interface ever appears in the root namespace.
-            _run([*br, "link", "add", port, "type", "veth", "peer", "name", LINK,
-                  "netns", host.netns])  # fmt: skip
-            _run([*br, "link", "set", port, "master", BRIDGE, "up"])
             inside = ["ip", "-n", host.netns]
+            if self.switch == "tap":
+                # The switch made the TAP inside the bridge namespace; moving it keeps the
+                # switch's fd working. Fixed MAC: 02:00 + the IPv4 address.
+                _run([*br, "link", "set", self._tap_name(index), "netns", host.netns,
+                      "name", LINK])  # fmt: skip
+                _run([*inside, "link", "set", LINK, "address", host_mac(host.address)])
+            else:
+                port = f"port{index}"
+                # Created inside the bridge namespace with the peer placed straight into the
+                # host's: no lab interface ever appears in the root namespace.
+                _run([*br, "link", "add", port, "type", "veth", "peer", "name", LINK,
+                      "netns", host.netns])  # fmt: skip
+                _run([*br, "link", "set", port, "master", BRIDGE, "up"])
             _run([*inside, "addr", "add", f"{host.address}/{self.subnet.prefixlen}", "dev", LINK])
             _run([*inside, "link", "set", LINK, "up"])
             _run([*inside, "link", "set", "lo", "up"])
             self._start_anchor(host)
             host.run(["iptables", "-w", "-N", PARTITION_CHAIN])
             host.run(["iptables", "-w", "-I", "INPUT", "-j", PARTITION_CHAIN])
+        if self.switch == "tap":
+            self._add_static_neighbours()
+
+    # -- the tap switch ----------------------------------------------------------------------
+
+    @property
+    def _tap_prefix(self) -> str:
+        return f"t{self.lab_id.removeprefix('vm-')}"
+
+    def _tap_name(self, port: int) -> str:
+        return f"{self._tap_prefix}{port}"
+
+    def _start_switch(self) -> None:
+        """Start tests.lab.tapswitch in the bridge namespace and wait for its "ready"."""
+        # A unix socket path must stay under 108 bytes; pytest's tmp_path can be longer.
+        self._switch_dir = Path(tempfile.mkdtemp(prefix=f"{self.lab_id}-sw-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = ["setpriv", "--pdeathsig", "KILL", "nsenter",
+                f"--net=/run/netns/{self.bridge_netns}", "--",
+                sys.executable, "-m", "tests.lab.tapswitch", "--ports", str(len(self.hosts)),
+                "--prefix", self._tap_prefix, "--control", str(self._switch_socket)]  # fmt: skip
+        if self.switch_seed is not None:
+            args += ["--seed", str(self.switch_seed)]
+        log_path = self.workdir / "tapswitch.log"
+        with log_path.open("wb") as log:
+            self.switch_process = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT, start_new_session=True,
+            )  # fmt: skip
+        assert self.switch_process.stdout is not None
+        ready, _, _ = select.select([self.switch_process.stdout], [], [], 20.0)
+        line = self.switch_process.stdout.readline() if ready else b""
+        self.switch_process.stdout.close()
+        if line.strip() != b"ready":
+            raise LabError(f"tap switch did not start: {log_path.read_text(errors='replace')}")
+
+    @property
+    def _switch_socket(self) -> Path:
+        assert self._switch_dir is not None
+        return self._switch_dir / "control.sock"
+
+    def _add_static_neighbours(self) -> None:
+        """Every host knows every other host's MAC for good: no ARP through a lossy switch."""
+        for host in self.hosts.values():
+            batch = "".join(
+                f"neigh replace {other.address} lladdr {host_mac(other.address)} "
+                f"dev {LINK} nud permanent\n"
+                for other in self.hosts.values()
+                if other is not host
+            )
+            if batch:
+                result = subprocess.run(
+                    ["ip", "-n", host.netns, "-batch", "-"], input=batch, text=True,
+                    capture_output=True, timeout=30, check=False,
+                )  # fmt: skip
+                if result.returncode != 0:
+                    raise LabError(f"[{host.name}] static neighbours: {result.stderr.strip()}")
+
+    def switch_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One control request to the tap switch; LabError if it refuses or is not there."""
+        if self.switch != "tap" or self.switch_process is None:
+            raise LabError("impairment needs a lab made with switch='tap'")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10.0)
+            sock.connect(str(self._switch_socket))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": "no reply"}
+        if not reply.get("ok"):
+            raise LabError(f"tap switch refused {request}: {reply.get('error')}")
+        return reply
+
+    def _port_pairs(self, pairs: Iterable[tuple[Host, Host]]) -> list[list[int]]:
+        return [[self._ports[a.name], self._ports[b.name]] for a, b in pairs]
+
+    def impair(
+        self,
+        source: Host | str,
+        destination: Host | str,
+        *,
+        delay_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        rate_kbit: float = 0.0,
+    ) -> None:
+        """One way: frames `source` -> `destination` get exactly this impairment (tap labs).
+
+        Replaces that pair's previous impairment; all zero removes it. Blocks stay as they are.
+        """
+        pair = (self._resolve(source), self._resolve(destination))
+        self.switch_request(
+            {"op": "impair", "pairs": self._port_pairs([pair]), "delay_ms": delay_ms,
+             "jitter_ms": jitter_ms, "loss": loss, "duplicate": duplicate,
+             "rate_kbit": rate_kbit}
+        )  # fmt: skip
+
+    def impair_all(
+        self,
+        *,
+        delay_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        rate_kbit: float = 0.0,
+    ) -> None:
+        """Every directed pair of hosts gets this impairment (tap labs); all zero clears it."""
+        self.switch_request(
+            {"op": "impair", "delay_ms": delay_ms, "jitter_ms": jitter_ms, "loss": loss,
+             "duplicate": duplicate, "rate_kbit": rate_kbit}
+        )  # fmt: skip
+
+    def switch_counters(self) -> dict[str, Any]:
+        """The tap switch's counters: received, forwarded, dropped_<reason>, per pair."""
+        counters: dict[str, Any] = self.switch_request({"op": "counters"})["counters"]
+        return counters
 
     def _start_anchor(self, host: Host) -> None:
         mounts = []
@@ -341,8 +504,12 @@ class Lab:
         """Apply several one-way blocks (source, destination) at once.
 
         One `iptables-restore --noflush` per destination, all hosts in parallel, so a partition
-        appears everywhere within a few milliseconds rather than one host after another.
+        appears everywhere within a few milliseconds rather than one host after another. In a
+        tap lab: one request to the switch, which drops those frames (ARP and multicast too).
         """
+        if self.switch == "tap":
+            self.switch_request({"op": "block", "pairs": self._port_pairs(pairs)})
+            return
         rules: dict[str, list[str]] = {}
         for source, destination in pairs:
             rules.setdefault(destination.name, []).append(
@@ -368,7 +535,13 @@ class Lab:
         self.block_many(pairs)
 
     def heal(self) -> None:
-        """Remove every partition rule in every host (all hosts in parallel)."""
+        """Remove every partition rule in every host (all hosts in parallel).
+
+        In a tap lab: lift every block in the switch; impairments stay (`impair_all()` clears).
+        """
+        if self.switch == "tap":
+            self.switch_request({"op": "unblock"})
+            return
         self._in_parallel(
             [
                 (host, ["iptables", "-w", "-F", PARTITION_CHAIN], None)
@@ -411,11 +584,14 @@ class Lab:
         self._closed = True
         problems: list[str] = []
         anchors = [h.anchor for h in self.hosts.values() if h.anchor is not None]
-        for group in ([t.process for t in reversed(self.processes)], anchors):
+        switch = [self.switch_process] if self.switch_process is not None else []
+        for group in ([t.process for t in reversed(self.processes)], anchors, switch):
             try:
                 stop_processes(group)
             except (OSError, subprocess.SubprocessError) as exc:
                 problems.append(f"stopping pids {[p.pid for p in group]}: {exc}")
+        if self._switch_dir is not None:
+            shutil.rmtree(self._switch_dir, ignore_errors=True)
         for name in reversed(self._netns_created):
             try:
                 _run(["ip", "netns", "del", name])
@@ -477,12 +653,16 @@ class LabFactory:
         *,
         private_dirs: Sequence[str] = (),
         subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
+        switch: str = "bridge",
+        switch_seed: int | None = None,
     ) -> Lab:
         lab = Lab(
             self.workdir / f"lab{len(self.labs)}",
             host_names,
             private_dirs=private_dirs,
             subnet=subnet,
+            switch=switch,
+            switch_seed=switch_seed,
         )
         self.labs.append(lab)
         return lab
@@ -515,10 +695,17 @@ class LabFactory:
 
 @contextlib.contextmanager
 def running_lab(
-    workdir: Path, host_names: Sequence[str], *, private_dirs: Sequence[str] = ()
+    workdir: Path,
+    host_names: Sequence[str],
+    *,
+    private_dirs: Sequence[str] = (),
+    switch: str = "bridge",
+    switch_seed: int | None = None,
 ) -> Iterator[Lab]:
     """A lab that is closed on exit whatever happens."""
-    with Lab(workdir, host_names, private_dirs=private_dirs) as lab:
+    with Lab(
+        workdir, host_names, private_dirs=private_dirs, switch=switch, switch_seed=switch_seed
+    ) as lab:
         yield lab
 
 
