@@ -178,6 +178,11 @@ class Links:
         self._peers: dict[int, _Peer] = {}
         self._pending: list[LinkChange] = []
         self._now = -math.inf
+        self._deadlines: dict[int, float] = {}  # per peer, kept current by every mutation
+        self._failure_timeout = timing.failure_timeout  # properties: computed once
+        self._link_timeout = timing.link_timeout
+        self._heartbeat_interval = timing.heartbeat_interval
+        self._probe_interval = timing.probe_interval
 
     # ------------------------------------------------------------ peers
     def set_peer(self, peer: int, links: frozenset[int]) -> None:
@@ -195,10 +200,12 @@ class Links:
         for index in sorted(wanted - set(state.links)):
             state.links[index] = _Link(index, self._priority[index])
         self._pending += self._reselect(peer, state)
+        self._refresh(peer, state)
 
     def remove_peer(self, peer: int) -> None:
         """Forget a peer entirely (no events)."""
         self._peers.pop(peer, None)
+        self._deadlines.pop(peer, None)
         self._pending = [c for c in self._pending if c.peer != peer]
 
     # ------------------------------------------------------------ input
@@ -218,18 +225,21 @@ class Links:
         if state is None or link not in state.links:
             return changes
         lk = state.links[link]
+        was_up, was_settled = lk.up, lk.settled()
         interval = self._cadence(state, link, expected_interval)
         _measure(lk, now, rtt_sample, interval, self.timing.heartbeat_interval / 2)
         state.last_heard = max(state.last_heard, now)
-        if not lk.up:
+        if not was_up:
             lk.up = True
             changes.append(LinkUp(peer, link, f"link{link} heard from node {peer}"))
-        changes += self._reselect(peer, state)
+        if not was_up or was_settled != lk.settled():  # nothing else moves the choice
+            changes += self._reselect(peer, state)
         lk.lease_until = max(lk.lease_until, now + self._timeout(state, link))
         if state.reach is not _Reach.REACHABLE:
             why = "heard again" if state.reach is _Reach.SUSPECTED else f"link{link} up"
             state.reach = _Reach.REACHABLE
             changes.append(PeerReachable(peer, f"node {peer} reachable: {why}"))
+        self._refresh(peer, state)
         return changes
 
     def tick(self, now: float) -> list[LinkChange]:
@@ -238,14 +248,15 @@ class Links:
         changes, self._pending = self._pending, []
         for peer, state in sorted(self._peers.items()):
             changes += self._tick_peer(peer, state, now)
+            self._refresh(peer, state)
         return changes
 
     def _tick_peer(self, peer: int, state: _Peer, now: float) -> list[LinkChange]:
         changes: list[LinkChange] = []
         silence = now - state.last_heard
-        # Same expression as the deadline in _peer_deadlines: now - last >= t/2 can be False at
+        # Same expression as the deadline in _refresh: now - last >= t/2 can be False at
         # now == last + t/2 in floating point, and the tick would never move on.
-        suspect_at = state.last_heard + self.timing.failure_timeout / 2
+        suspect_at = state.last_heard + self._failure_timeout / 2
         if state.reach is _Reach.REACHABLE and now >= suspect_at:
             state.reach = _Reach.SUSPECTED
             changes.append(PeerSuspected(peer, f"node {peer} silent for {silence:.3f} s"))
@@ -261,24 +272,37 @@ class Links:
 
     # ------------------------------------------------------------ output
     def due_sends(self, now: float) -> list[DueSend]:
-        """Heartbeats and probes due now, marked as sent."""
+        """Heartbeats and probes due now, marked as sent. When any heartbeat is due, those due
+        within the next half interval go with it: peers added at different times fall into one
+        round per interval, so the node wakes once per interval, not once per peer."""
         self._now = max(self._now, now)
+        hb = self._heartbeat_interval
+        plan = [
+            (peer, state, index, lk, "heartbeat" if index == active else "probe")
+            for peer, state in sorted(self._peers.items())
+            for active in (self._sending_link(state),)
+            for index, lk in sorted(state.links.items())
+        ]
+        in_round = any(
+            kind == "heartbeat" and (lk.last_sent is None or now >= lk.last_sent + hb)
+            for _, _, _, lk, kind in plan
+        )
         out: list[DueSend] = []
-        for peer, state in sorted(self._peers.items()):
-            active = self._sending_link(state)
-            for index, lk in sorted(state.links.items()):
-                kind = "heartbeat" if index == active else "probe"
-                if lk.last_sent is None or now >= lk.last_sent + self._interval(kind):
-                    self._mark_sent(lk, now)
-                    out.append(DueSend(peer, index, kind))
+        for peer, _, index, lk, kind in plan:
+            wait = hb / 2 if in_round and kind == "heartbeat" else self._interval(kind)
+            if lk.last_sent is None or now >= lk.last_sent + wait:
+                self._mark_sent(lk, now)
+                out.append(DueSend(peer, index, kind))
+        for peer, state in self._peers.items():
+            self._refresh(peer, state)
         return out
 
     def next_deadline(self) -> float | None:
         """The earliest time `tick` or `due_sends` has something to do (None: nothing)."""
-        times = [self._now] if self._pending else []
-        for state in self._peers.values():
-            times += self._peer_deadlines(state)
-        return min(times, default=None)
+        earliest = min(self._deadlines.values(), default=None)
+        if self._pending and (earliest is None or self._now < earliest):
+            return self._now
+        return earliest
 
     def heard(self, now: float) -> frozenset[int]:
         """Peers with a link whose lease covers `now`."""
@@ -318,8 +342,7 @@ class Links:
     # ------------------------------------------------------------ internals
     def _timeout(self, state: _Peer, link: int) -> float:
         """Silence after which a link is down: failure_timeout if active, else link_timeout."""
-        t = self.timing
-        return t.failure_timeout if link == state.active else t.link_timeout
+        return self._failure_timeout if link == state.active else self._link_timeout
 
     def _interval(self, kind: str) -> float:
         t = self.timing
@@ -343,16 +366,24 @@ class Links:
         lk.answered = False
         lk.last_sent = now
 
-    def _peer_deadlines(self, state: _Peer) -> list[float]:
-        times = [lk.lease_until for lk in state.links.values() if lk.up]
+    def _refresh(self, peer: int, state: _Peer) -> None:
+        """Recompute `peer`'s cached deadline (after anything that changed its state): the
+        earliest lease end of an up link, the suspicion time, and the next send on each link."""
+        best = math.inf
         if state.reach is _Reach.REACHABLE:
-            times.append(state.last_heard + self.timing.failure_timeout / 2)
+            best = state.last_heard + self._failure_timeout / 2
         active = self._sending_link(state)
         for index, lk in state.links.items():
-            kind = "heartbeat" if index == active else "probe"
-            due = self._now if lk.last_sent is None else lk.last_sent + self._interval(kind)
-            times.append(due)  # never sent: due at the latest time we were given
-        return times
+            if lk.up and lk.lease_until < best:
+                best = lk.lease_until
+            interval = self._heartbeat_interval if index == active else self._probe_interval
+            # never sent: due at the latest time we were given
+            due = self._now if lk.last_sent is None else lk.last_sent + interval
+            best = min(best, due)
+        if best == math.inf:
+            self._deadlines.pop(peer, None)
+        else:
+            self._deadlines[peer] = best
 
     def _choose(self, state: _Peer) -> _Link | None:
         """Highest-priority up link; an up active link yields only to a settled better one."""
@@ -371,7 +402,7 @@ class Links:
         state.active = new
         demoted = state.links.get(old) if old is not None else None
         if demoted is not None and demoted.up and demoted.last_heard is not None:
-            keep = demoted.last_heard + self.timing.link_timeout  # now a probed link
+            keep = demoted.last_heard + self._link_timeout  # now a probed link
             demoted.lease_until = max(demoted.lease_until, keep)
         return [ActiveLinkChanged(peer, old, new, self._why(state, old, new))]
 

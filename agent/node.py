@@ -123,6 +123,7 @@ class AgentNode:
         self._persisted_seq = max_seq
         self._evaluate_at: float | None = None
         self._evaluated = False
+        self._failure_timeout = config.timing.failure_timeout  # a property: computed once
         self._last_qdevice_update: QdeviceUpdate | None = None
         self._started = False
         self._out: list[NodeEffect] = []
@@ -151,17 +152,11 @@ class AgentNode:
 
     def next_deadline(self) -> float | None:
         """When the runtime must send `Tick` next."""
-        candidates = [
-            t
-            for t in (
-                self.links.next_deadline(),
-                self.quorum.next_deadline(),
-                self._evaluate_at,
-                self._heard_expiry(),
-            )
-            if t is not None
-        ]
-        return min(candidates) if candidates else None
+        best = self.links.next_deadline()
+        for t in (self.quorum.next_deadline(), self._evaluate_at, self._heard_expiry()):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
 
     @property
     def view(self) -> MemberView:
@@ -192,7 +187,9 @@ class AgentNode:
     def _message(self, ev: MessageIn) -> None:
         if ev.peer == self.node_id:
             return
-        peer = self.peers.setdefault(ev.peer, _Peer())
+        peer = self.peers.get(ev.peer)
+        if peer is None:
+            peer = self.peers[ev.peer] = _Peer()
         if ev.incarnation != peer.incarnation:
             if peer.incarnation and ev.incarnation < peer.incarnation:
                 return  # an older life of this peer (the opener already rejects most)
@@ -301,7 +298,7 @@ class AgentNode:
         """Peers whose heartbeats arrived within the failure timeout (design §3.1). Not the link
         layer's notion of "a link is up": a probed link stays up for link_timeout, which would
         keep a dead peer in the view for seconds."""
-        timeout = self.config.timing.failure_timeout
+        timeout = self._failure_timeout
         return frozenset(
             pid
             for pid, p in self.peers.items()
@@ -310,13 +307,16 @@ class AgentNode:
 
     def _heard_expiry(self) -> float | None:
         """When the next heard peer stops being heard (the node must re-evaluate then)."""
-        timeout = self.config.timing.failure_timeout
-        times = [
-            p.received_at + timeout
-            for p in self.peers.values()
-            if p.stamp_us and self._now < p.received_at + timeout
-        ]
-        return min(times, default=None)
+        timeout, now = self._failure_timeout, self._now
+        oldest = min(
+            (
+                p.received_at
+                for p in self.peers.values()
+                if p.stamp_us and now < p.received_at + timeout
+            ),
+            default=None,
+        )
+        return None if oldest is None else oldest + timeout
 
     def _send_due(self) -> None:
         by_link: dict[int, list[int]] = {}
@@ -334,7 +334,7 @@ class AgentNode:
         echoes = tuple(
             Echo(pid, p.stamp_us, max(0, now_us - int(p.received_at * 1e6)))
             for pid, p in sorted(self.peers.items())
-            if p.stamp_us and self._now - p.received_at < self.config.timing.failure_timeout
+            if p.stamp_us and self._now - p.received_at < self._failure_timeout
         )
         return Heartbeat(
             link=link,

@@ -107,6 +107,27 @@ def test_next_deadline_covers_sends_suspicion_and_expiry() -> None:
     assert empty.next_deadline() is None
 
 
+def test_heartbeats_to_a_late_peer_join_the_round() -> None:
+    """A peer added between rounds gets its first heartbeat at once, then joins the next round
+    of the others (sent up to half an interval early) so the node wakes once per interval."""
+    links = make(0)
+    links.due_sends(0.0)
+    links.set_peer(3, frozenset({0}))
+    assert links.next_deadline() == pytest.approx(0.0)  # never sent: due now
+    assert links.due_sends(0.03) == [DueSend(3, 0, "heartbeat")]
+    assert links.next_deadline() == pytest.approx(HB)
+    assert links.due_sends(0.05) == []
+    assert links.due_sends(HB) == [DueSend(PEER, 0, "heartbeat"), DueSend(3, 0, "heartbeat")]
+    assert links.next_deadline() == pytest.approx(2 * HB)
+    links.set_peer(4, frozenset({0}))
+    assert links.due_sends(HB + 0.02) == [DueSend(4, 0, "heartbeat")]  # the others just went
+    assert links.due_sends(2 * HB) == [
+        DueSend(PEER, 0, "heartbeat"),
+        DueSend(3, 0, "heartbeat"),
+        DueSend(4, 0, "heartbeat"),
+    ]
+
+
 # ------------------------------------------------------------------ two links
 
 
