@@ -1,10 +1,15 @@
 """`votemesh-agent --config FILE`: run one agent until SIGTERM.
 
-Adapter ring: the only agent code that reads the clock. One `asyncio.TaskGroup` with named tasks:
+Adapter ring: the only agent code that reads the clock. The core is fed from loop callbacks,
+with no task of its own (one wake-up per datagram or deadline, nothing else):
 
-* `udp`: takes the opened messages the link sockets queued (bounded inbox) and feeds the core;
-* `timers`: sleeps until the core's `next_deadline()` (re-armed after every event) and sends
-  `Tick`;
+* the link sockets queue opened messages in a bounded inbox; one `call_soon` callback drains
+  what is queued into the core (the core never runs inside a socket callback);
+* one loop timer (`call_at`) fires at the core's `next_deadline()` and sends `Tick`; after each
+  event it is moved only if the new deadline is earlier (a later one is found when it fires).
+
+One `asyncio.TaskGroup` with named tasks:
+
 * `control`: serves the unix control socket (`status`, `expected N`, `events`);
 * `qdevice` (with a `[qdevice]` table): `agent.runtime.qdevice.QdeviceRunner`, which gets every
   `QdeviceUpdate` and comes back with `QdeviceVote` events;
@@ -31,7 +36,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -124,12 +129,16 @@ class AgentRuntime:
         sealer = Sealer(config.cluster_name, keys[0], config.node_id, self.incarnation)
         opener = Opener(config.cluster_name, keys)
         self.mesh = MeshTransport(config, sealer, opener, self._offer)
-        self.inbox: asyncio.Queue[MessageIn] = asyncio.Queue(INBOX_SIZE)
+        self.inbox: deque[MessageIn] = deque()
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.core_errors = 0
         self.timer_stats = TimerStats()
         self.started = time.monotonic()
-        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._crash: BaseException | None = None
         self._stop = asyncio.Event()
         self.qdevice: QdeviceRunner | None = None
         self.discovery: Discovery | None = None
@@ -155,7 +164,7 @@ class AgentRuntime:
             return
         for effect in effects:
             self._execute(effect)
-        self._wake.set()
+        self._arm()
 
     def _execute(self, effect: NodeEffect) -> None:
         if isinstance(effect, Broadcast):
@@ -187,11 +196,50 @@ class AgentRuntime:
         )
 
     def _offer(self, message: MessageIn) -> bool:
-        try:
-            self.inbox.put_nowait(message)
-        except asyncio.QueueFull:
+        """From a socket callback: queue an opened message (False: the inbox is full)."""
+        if len(self.inbox) >= INBOX_SIZE or self._loop is None:
             return False
+        self.inbox.append(message)
+        if not self._draining:
+            self._draining = True
+            self._loop.call_soon(self._guarded, self._drain)
         return True
+
+    def _drain(self) -> None:
+        """Feed the core what is queued now (what arrives meanwhile waits for the next turn)."""
+        self._draining = False
+        for _ in range(len(self.inbox)):
+            self.dispatch(self.inbox.popleft())
+
+    def _arm(self) -> None:
+        """Make the loop timer fire by the core's next deadline."""
+        deadline = self.node.next_deadline()
+        if deadline is None or self._loop is None:
+            return  # an armed timer that finds nothing due is harmless
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._guarded, self._fire)
+
+    def _fire(self) -> None:
+        """The loop timer: Tick if the core's deadline has come, else re-arm."""
+        self._timer = None
+        deadline, now = self.node.next_deadline(), time.monotonic()
+        if deadline is not None and deadline <= now:
+            self.timer_stats.note(now - deadline)
+            self.dispatch(Tick(wall_ms()))
+        else:
+            self._arm()
+
+    def _guarded(self, callback: Callable[[], None]) -> None:
+        """Run a core callback; a failure (a core bug) stops the agent loudly, like a task's."""
+        try:
+            callback()
+        except Exception as exc:  # noqa: BLE001 (re-raised by run() once everything is closed)
+            self._crash = exc
+            self.stop()
 
     # ------------------------------------------------------------ discovery
     def _discovered(self, peer: DiscoveredPeer) -> None:
@@ -222,24 +270,6 @@ class AgentRuntime:
         self.discovery = discovery
 
     # ------------------------------------------------------------ tasks
-    async def _udp(self) -> None:
-        while True:
-            self.dispatch(await self.inbox.get())
-
-    async def _timers(self) -> None:
-        while True:
-            self._wake.clear()
-            deadline = self.node.next_deadline()
-            now = time.monotonic()
-            if deadline is not None and deadline <= now:
-                self.timer_stats.note(now - deadline)
-                self.dispatch(Tick(wall_ms()))
-                await asyncio.sleep(0)  # let the sockets in, whatever the core asks for
-                continue
-            timeout = None if deadline is None else deadline - now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-
     async def _signals(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop.wait()
         for task in tasks:
@@ -255,7 +285,7 @@ class AgentRuntime:
         doc = jsonable(self.node.status(time.monotonic()))
         doc["datagrams"] = self.mesh.counters.as_dict()
         doc["datagrams"]["core_errors"] = self.core_errors
-        doc["datagrams"]["inbox"] = self.inbox.qsize()
+        doc["datagrams"]["inbox"] = len(self.inbox)
         doc["local_links"] = {
             str(i): "{}:{}".format(*self.mesh.local_address(i)) for i in self.mesh.transports
         }
@@ -276,6 +306,7 @@ class AgentRuntime:
     # ------------------------------------------------------------ run
     async def run(self) -> None:
         """Bind, start the core, serve until stopped; then close everything."""
+        self._loop = asyncio.get_running_loop()
         await self.mesh.start()
         control = await serve_control(Path(self.config.control_socket), self.handlers())
         loop = asyncio.get_running_loop()
@@ -297,11 +328,7 @@ class AgentRuntime:
             self.dispatch(Start(wall_ms()))
             sd_notify("READY=1")
             async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._udp(), name="udp"),
-                    group.create_task(self._timers(), name="timers"),
-                    group.create_task(control.serve_forever(), name="control"),
-                ]
+                tasks = [group.create_task(control.serve_forever(), name="control")]
                 if self.qdevice is not None:
                     tasks.append(group.create_task(self.qdevice.run(), name="qdevice"))
                 if self.config.discovery:
@@ -309,6 +336,9 @@ class AgentRuntime:
                 group.create_task(self._signals(tasks), name="signals")
         finally:
             sd_notify("STOPPING=1")
+            if self._timer is not None:
+                self._timer.cancel()
+            self._loop = None  # nothing more reaches the core
             if self.discovery is not None:
                 await self.discovery.close()  # goodbye first: peers hear it within ~1 ms
             control.close()
@@ -316,6 +346,8 @@ class AgentRuntime:
             with contextlib.suppress(FileNotFoundError):
                 Path(self.config.control_socket).unlink()
             log.info("agent stopped", datagrams=self.mesh.counters.as_dict())
+        if self._crash is not None:
+            raise self._crash
 
 
 # ---------------------------------------------------------------- process edges
