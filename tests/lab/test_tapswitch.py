@@ -1,13 +1,18 @@
 """The tap switch: real frames between namespace hosts, shaped per directed pair.
 
 Two hosts on a `Lab(..., switch="tap")`; small Python programs in each host send and receive
-UDP (the lab machines have no `ping`). One lab serves every test but the cleanup test; each test
-starts from no impairment and no block.
+UDP (the lab machines have no `ping`). One lab serves every root test but the cleanup test; each
+test starts from no impairment and no block. The first tests need no root: they drive `Switch`
+over unix datagram socket pairs standing in for TAP fds (one read, one frame, as on a TAP).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,9 +23,9 @@ from typing import Any
 import pytest
 
 from tests.lab.netns import Host, Lab, lab_namespaces, missing_reason
+from tests.lab.tapswitch import ControlError, Switch
 
 REASON = missing_reason("tap")
-pytestmark = [pytest.mark.root, pytest.mark.skipif(REASON is not None, reason=str(REASON))]
 
 PORT = 47000
 MDNS = ("224.0.0.251", 5353)
@@ -77,6 +82,113 @@ else:
         time.sleep(float(sys.argv[5]))
     print(json.dumps({"rtts_ms": rtts}))
 """
+
+
+BROADCAST = b"\xff" * 6
+MAC = {port: bytes([2, 0, 0, 0, 0, port]) for port in (1, 2, 3)}
+
+
+def frame(source: int, destination: bytes, payload: bytes = b"x") -> bytes:
+    """An Ethernet frame from the host on `source` (IPv4 ethertype, any payload)."""
+    return destination + MAC[source] + b"\x08\x00" + payload
+
+
+class FakePorts:
+    """Three switch ports over socket pairs: `host[p]` is the far end of port p."""
+
+    def __init__(self) -> None:
+        self.switch_fds: dict[int, int] = {}
+        self.host: dict[int, socket.socket] = {}
+        for port in (1, 2, 3):
+            near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            near.setblocking(False)
+            far.setblocking(False)
+            self.switch_fds[port] = near.detach()
+            self.host[port] = far
+
+    async def received(self, port: int, wait: float = 0.05) -> list[bytes]:
+        """Every frame that reached port's host within `wait` seconds."""
+        await asyncio.sleep(wait)
+        frames = []
+        while True:
+            try:
+                frames.append(self.host[port].recv(65536))
+            except BlockingIOError:
+                return frames
+
+    def close(self) -> None:
+        """Close both ends of every pair."""
+        for fd in self.switch_fds.values():
+            os.close(fd)
+        for sock in self.host.values():
+            sock.close()
+
+
+async def running_switch() -> tuple[Switch, FakePorts]:
+    """A seeded switch reading three fake ports."""
+    ports = FakePorts()
+    switch = Switch(ports.switch_fds, random.Random(1))
+    switch.start()
+    return switch, ports
+
+
+@pytest.mark.asyncio
+async def test_floods_broadcast_then_unicasts_to_the_learned_port() -> None:
+    """A broadcast from 1 reaches 2 and 3; afterwards a frame to 1's MAC goes to port 1 only."""
+    switch, ports = await running_switch()
+    try:
+        ports.host[1].send(frame(1, BROADCAST))
+        assert await ports.received(2) == [frame(1, BROADCAST)]
+        assert await ports.received(3, 0) == [frame(1, BROADCAST)]
+        ports.host[2].send(frame(2, MAC[1]))
+        assert await ports.received(1) == [frame(2, MAC[1])]
+        assert await ports.received(3, 0) == []
+    finally:
+        switch.stop()
+        ports.close()
+
+
+@pytest.mark.asyncio
+async def test_block_and_delay_apply_to_their_directed_pair_only() -> None:
+    """Blocking 1 -> 2 keeps 1 -> 3 open; a 30 ms delay on 1 -> 3 holds frames ~30 ms."""
+    switch, ports = await running_switch()
+    try:
+        switch.control({"op": "block", "pairs": [[1, 2]]})
+        switch.control({"op": "impair", "pairs": [[1, 3]], "delay_ms": 30})
+        ports.host[1].send(frame(1, BROADCAST))
+        assert await ports.received(3, 0.01) == []
+        assert await ports.received(3, 0.05) == [frame(1, BROADCAST)]
+        assert await ports.received(2, 0) == []
+        counters = switch.counter_document()
+        assert counters["pairs"]["1->2"] == {"dropped_blocked": 1}
+        assert counters["blocked"] == ["1->2"]
+    finally:
+        switch.stop()
+        ports.close()
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"op": "nonsense"},
+        {"op": "impair", "loss": 1.5},
+        {"op": "impair", "delay_ms": -1},
+        {"op": "impair", "jitter_ms": "5"},
+        {"op": "block", "pairs": [[1, 1]]},
+        {"op": "block", "pairs": [[1, 9]]},
+        {"op": "unblock", "pairs": "1->2"},
+    ],
+)
+@pytest.mark.asyncio
+async def test_bad_control_requests_are_refused(request_: dict[str, Any]) -> None:
+    """Nonsense ops, out-of-range values and bad pairs raise ControlError (an error reply)."""
+    switch, ports = await running_switch()
+    try:
+        with pytest.raises(ControlError):
+            switch.control(request_)
+    finally:
+        switch.stop()
+        ports.close()
 
 
 class Listener:
@@ -140,6 +252,8 @@ def clean(lab: Lab) -> Lab:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.root
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_udp_crosses_the_switch_both_ways(clean: Lab) -> None:
     """Unimpaired, every probe a -> echo on b -> a returns, within a few milliseconds."""
     times = rtts(clean["a"], clean["b"], 20, gap=0.005)
@@ -149,6 +263,8 @@ def test_udp_crosses_the_switch_both_ways(clean: Lab) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.root
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_configured_delay_is_measured(clean: Lab) -> None:
     """20 ms on a -> b only: the round trip's median lies between 15 and 60 ms."""
     clean.impair("a", "b", delay_ms=20)
@@ -158,6 +274,8 @@ def test_configured_delay_is_measured(clean: Lab) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.root
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_full_loss_one_way_silences_exactly_that_direction(clean: Lab) -> None:
     """loss=1.0 on a -> b: b hears nothing from a, a still hears everything from b; a block
     does the same, and heal() lifts it."""
@@ -174,6 +292,8 @@ def test_full_loss_one_way_silences_exactly_that_direction(clean: Lab) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.root
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_thirty_percent_loss_is_binomial(clean: Lab) -> None:
     """loss=0.3 on a -> b over 1000 datagrams: 700 ± 6 standard deviations (14.5) arrive."""
     clean.impair("a", "b", loss=0.3)
@@ -182,6 +302,8 @@ def test_thirty_percent_loss_is_binomial(clean: Lab) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.root
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_duplication_doubles_one_direction(clean: Lab) -> None:
     """duplicate=1.0 on a -> b delivers every datagram twice; b -> a stays single."""
     clean.impair("a", "b", duplicate=1.0)
@@ -190,6 +312,8 @@ def test_duplication_doubles_one_direction(clean: Lab) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.root
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_mdns_multicast_crosses(clean: Lab) -> None:
     """A datagram to 224.0.0.251:5353 sent from a reaches a listener that joined it on b."""
     a, b = clean["a"], clean["b"]
@@ -199,6 +323,8 @@ def test_mdns_multicast_crosses(clean: Lab) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.root
+@pytest.mark.skipif(REASON is not None, reason=str(REASON))
 def test_close_removes_namespaces_and_stops_the_switch(tmp_path: Path) -> None:
     """After close(): no namespace of the lab, the switch process reaped, its socket gone."""
     lab = Lab(tmp_path, ["x", "y"], switch="tap")
