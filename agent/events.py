@@ -23,6 +23,7 @@ class EventKind(StrEnum):
     LINK_DOWN = "link_down"
     PEER_SUSPECTED = "peer_suspected"
     PEER_LOST = "peer_lost"
+    PEER_LEFT = "peer_left"
     PEER_REACHABLE = "peer_reachable"
     QDEVICE_CONNECTED = "qdevice_connected"
     QDEVICE_DISCONNECTED = "qdevice_disconnected"

@@ -202,6 +202,20 @@ class Links:
         self._pending += self._reselect(peer, state)
         self._refresh(peer, state)
 
+    def peer_left(self, peer: int) -> None:
+        """The peer shut down cleanly (it said Leave): every link down and the peer unreachable
+        at once, without events (the node reports the leave); its next datagram brings the link
+        up again like a first contact (no failback hysteresis)."""
+        state = self._peers.get(peer)
+        if state is None:
+            return
+        for lk in state.links.values():
+            lk.up, lk.lease_until, lk.went_down, lk.streak, lk.answered = (
+                False, -math.inf, False, 0, False,
+            )  # fmt: skip
+        state.active, state.reach = None, _Reach.UNREACHABLE
+        self._refresh(peer, state)
+
     def remove_peer(self, peer: int) -> None:
         """Forget a peer entirely (no events)."""
         self._peers.pop(peer, None)
@@ -311,6 +325,11 @@ class Links:
             for peer, state in self._peers.items()
             if any(now < lk.lease_until for lk in state.links.values())
         )
+
+    def peer_links(self, peer: int) -> list[int]:
+        """The link indexes tracked for `peer` (both ends have them), ascending."""
+        state = self._peers.get(peer)
+        return [] if state is None else sorted(state.links)
 
     def active_link(self, peer: int) -> int | None:
         """The link heartbeats to `peer` go on: the active one, else the best configured one."""

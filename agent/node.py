@@ -44,6 +44,7 @@ from agent.node_events import (
     SendTo,
     SetExpected,
     Start,
+    Stop,
     Tick,
 )
 from agent.votequorum import (
@@ -54,7 +55,7 @@ from agent.votequorum import (
     QuorumLost,
     Votequorum,
 )
-from proto.mesh_messages import Echo, Heartbeat, Probe, ProbeReply, View
+from proto.mesh_messages import Echo, Heartbeat, Leave, Probe, ProbeReply, View
 
 __all__ = [
     "AgentNode",
@@ -70,6 +71,7 @@ __all__ = [
     "SendTo",
     "SetExpected",
     "Start",
+    "Stop",
     "Tick",
 ]
 
@@ -89,6 +91,8 @@ class _Peer:
     wall_skew_ms: int | None = None
     skewed: bool = False
     quorate: bool = False
+    left: int = 0
+    """The incarnation that said Leave: its later datagrams (reordered) are ignored."""
 
 
 def _wire_view(view: MemberView) -> View:
@@ -123,6 +127,7 @@ class AgentNode:
         self._persisted_seq = max_seq
         self._evaluate_at: float | None = None
         self._evaluated = False
+        self._stopped = False
         self._failure_timeout = config.timing.failure_timeout  # a property: computed once
         self._last_qdevice_update: QdeviceUpdate | None = None
         self._started = False
@@ -134,6 +139,8 @@ class AgentNode:
     def handle(self, event: NodeEvent, now: float) -> list[NodeEffect]:
         """Process one event; return the effects in order."""
         self._now, self._out = now, []
+        if self._stopped:
+            return self._out
         if isinstance(event, Start):
             self._start(event.wall_ms)
         elif isinstance(event, Tick):
@@ -146,12 +153,16 @@ class AgentNode:
             self._peer_addresses(event.peer, event.links)
         elif isinstance(event, SetExpected):
             self._quorum_events(self.quorum.set_expected_override(event.value, now))
+        elif isinstance(event, Stop):
+            self._stop(event.reason)
         else:
             self._qdevice(event)
         return self._out
 
     def next_deadline(self) -> float | None:
-        """When the runtime must send `Tick` next."""
+        """When the runtime must send `Tick` next (None: never, e.g. after `Stop`)."""
+        if self._stopped:
+            return None
         best = self.links.next_deadline()
         for t in (self.quorum.next_deadline(), self._evaluate_at, self._heard_expiry()):
             if t is not None and (best is None or t < best):
@@ -190,6 +201,8 @@ class AgentNode:
         peer = self.peers.get(ev.peer)
         if peer is None:
             peer = self.peers[ev.peer] = _Peer()
+        if ev.incarnation == peer.left:
+            return  # sent before its Leave, arriving after it
         if ev.incarnation != peer.incarnation:
             if peer.incarnation and ev.incarnation < peer.incarnation:
                 return  # an older life of this peer (the opener already rejects most)
@@ -199,6 +212,8 @@ class AgentNode:
         msg = ev.message
         if isinstance(msg, Heartbeat):
             self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
+        elif isinstance(msg, Leave):
+            self._left(ev.peer, peer, ev.incarnation, msg.reason)
         elif isinstance(msg, Probe):
             probe = self.config.timing.probe_interval
             self._link_changes(
@@ -238,6 +253,25 @@ class AgentNode:
         report = PeerReport(frozenset(hb.heard), _member_view(hb.view), _member_view(hb.proposal))
         if self.membership.peer_report(pid, report, self._now) and self._evaluate_at is None:
             self._evaluate_at = self._now + EVALUATE_DELAY
+
+    def _left(self, pid: int, peer: _Peer, incarnation: int, reason: str) -> None:
+        """A clean shutdown: not heard from now on, re-evaluate at once (no failure timeout)."""
+        peer.left, peer.stamp_us = incarnation, 0
+        self.membership.forget(pid)
+        self.links.peer_left(pid)
+        why = f"node {pid} left: {reason[:100] or 'shutdown'}"
+        self._emit(EventKind.PEER_LEFT, why, peer=pid)
+        self._evaluate_at = self._now
+
+    def _stop(self, reason: str) -> None:
+        """Say Leave on every link each peer has, once; then handle nothing more."""
+        self._stopped = True
+        by_link: dict[int, list[int]] = {}
+        for pid in sorted(self.peers):
+            for link in self.links.peer_links(pid):
+                by_link.setdefault(link, []).append(pid)
+        for link, peers in sorted(by_link.items()):
+            self._out.append(Broadcast(link, tuple(peers), Leave(reason)))
 
     def _clock_check(self, pid: int, peer: _Peer, their_wall_ms: int, our_wall_ms: int) -> None:
         skew = their_wall_ms - our_wall_ms

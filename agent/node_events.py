@@ -61,7 +61,15 @@ class QdeviceVote:
     reason: str
 
 
-NodeEvent = Start | Tick | MessageIn | PeerAddresses | SetExpected | QdeviceVote
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The agent is shutting down cleanly: tell the peers (a `Leave` on every link) so they
+    re-form at once instead of after the failure timeout. The core handles nothing after it."""
+
+    reason: str = "shutdown"
+
+
+NodeEvent = Start | Tick | MessageIn | PeerAddresses | SetExpected | QdeviceVote | Stop
 
 
 # ---------------------------------------------------------------- effects out

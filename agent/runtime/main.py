@@ -57,6 +57,7 @@ from agent.node import (
     SendTo,
     SetExpected,
     Start,
+    Stop,
     Tick,
 )
 from agent.runtime.config_file import load_config
@@ -336,6 +337,8 @@ class AgentRuntime:
                 group.create_task(self._signals(tasks), name="signals")
         finally:
             sd_notify("STOPPING=1")
+            if self._crash is None:
+                self.dispatch(Stop("shutdown"))  # Leave on every link: peers re-form at once
             if self._timer is not None:
                 self._timer.cancel()
             self._loop = None  # nothing more reaches the core

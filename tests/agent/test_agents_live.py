@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ def cli_status(cluster: AgentCluster, node_id: int) -> dict[str, Any]:
 
 def test_three_agents_form_one_quorate_view(tmp_path: Path) -> None:
     """Three agents with static peers install one view of all three with the same ring id, as
-    `votemesh status --json` shows with every documented key; SIGTERM stops one cleanly."""
+    `votemesh status --json` shows with every documented key; SIGTERM stops one cleanly and
+    its Leave lets the other two re-form without waiting for the failure timeout."""
     cluster = AgentCluster(tmp_path, 3)
     try:
         cluster.start_all()
@@ -55,6 +57,23 @@ def test_three_agents_form_one_quorate_view(tmp_path: Path) -> None:
         assert cluster.stop(3) == 0
         assert agent.log_records()[-1]["event"] == "agent stopped"
         assert not agent.control_socket.exists()
+        # its Leave: the other two re-form on it, before any suspicion of node 3 could arise
+        cluster.wait_for(lambda: cluster.one_view([1, 2]), SETTLE, "a view of 2")
+        for survivor in (cluster.agents[1], cluster.agents[2]):
+            records = survivor.log_records()
+            kinds = [(r["event"], r.get("peer"), r.get("members")) for r in records]
+            left = kinds.index(("peer_left", 3, None))
+            after = [k for k in kinds[left:] if k[0] == "view_installed"]
+            assert after[0] == ("view_installed", None, [1, 2])
+            three = max(i for i, k in enumerate(kinds) if k == ("view_installed", None, [1, 2, 3]))
+            assert ("peer_suspected", 3, None) not in kinds[three:]
+        time.sleep(2.0)  # past the suspicion time (0.9 s): a left node is not suspected later
+        for survivor in (cluster.agents[1], cluster.agents[2]):
+            late = [(r["event"], r.get("peer")) for r in survivor.log_records()]
+            assert not {("peer_suspected", 3), ("link_down", 3), ("peer_lost", 3)} & set(
+                late[late.index(("peer_left", 3)) :]
+            )
+            assert records[left]["reason"] == "node 3 left: shutdown"
     finally:
         cluster.close()
 

@@ -21,8 +21,10 @@ from agent.node import (
     PersistMaxSeq,
     SendTo,
     Start,
+    Stop,
     Tick,
 )
+from proto.mesh_messages import Heartbeat, Leave
 
 DELAY = 0.001
 
@@ -208,3 +210,37 @@ def test_dead_peer_leaves_the_view_fast_with_two_links() -> None:
     net.run(1.0)
     assert {m for _, m in net.views()} == {frozenset({1, 2, 3})}
     assert all(net.nodes[i].quorate for i in (1, 2, 3))
+
+
+def test_stop_says_leave_on_every_link_and_late_heartbeats_do_not_resurrect() -> None:
+    """Stop: one Leave per link to every peer, then the core is inert. A peer that gets the
+    Leave drops the node at once (peer_left event; the others re-form within two heartbeat
+    rounds, far below the failure timeout); a heartbeat of the same incarnation that the Leave
+    overtook is ignored; a new incarnation is heard again."""
+    net = Net.make(3, links=2)
+    net.run(2.0)
+    effects = net.nodes[3].handle(Stop("maintenance"), net.now)
+    assert effects == [
+        Broadcast(0, (1, 2), Leave("maintenance")),
+        Broadcast(1, (1, 2), Leave("maintenance")),
+    ]
+    assert net.nodes[3].next_deadline() is None
+    assert net.nodes[3].handle(Tick(wall_ms=0), net.now + 1) == []
+    net.alive.discard(3)
+    net.apply(3, effects)
+    net.run(0.2)
+    assert net.views() == {
+        (
+            (net.nodes[1].view.ring_id.representative, net.nodes[1].view.ring_id.seq),
+            frozenset({1, 2}),
+        )
+    }
+    left = [e.event for t, n, e in net.events if n == 1 and e.event.kind is EventKind.PEER_LEFT]
+    assert [e.reason for e in left] == ["node 3 left: maintenance"]  # once, not per link
+
+    one = net.nodes[1]
+    late = Heartbeat(link=0, stamp_us=1, wall_ms=0, heard=(1, 2), node_name="n3")
+    one.handle(MessageIn(3, 1, 0, late, 0), net.now)
+    assert one.status(net.now)["peers"]["3"]["last_heartbeat_s"] is None
+    one.handle(MessageIn(3, 2, 0, late, 0), net.now)  # restarted: incarnation 2
+    assert one.status(net.now)["peers"]["3"]["last_heartbeat_s"] == 0.0

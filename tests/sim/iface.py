@@ -12,6 +12,7 @@ from agent.node import (
     SendTo,
     SetExpected,
     Start,
+    Stop,
     Tick,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "SendTo",
     "SetExpected",
     "Start",
+    "Stop",
     "Tick",
 ]

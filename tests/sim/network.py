@@ -293,6 +293,14 @@ class SimNetwork:
         self._record(node, None)
         self._snapshot()
 
+    def leave(self, node: int) -> None:
+        """A clean shutdown (SIGTERM): the core says Leave, then it is gone like a crash."""
+        if self.slots[node].core is None:
+            return
+        self.note(f"n{node} LEAVE")
+        self._call(node, iface.Stop("shutdown"))
+        self.crash(node)
+
     def restart(self, node: int) -> None:
         """Start a crashed node again (no-op when it runs)."""
         self.start(node)

@@ -232,3 +232,27 @@ def test_l2_no_view_change_under_loss_and_jitter() -> None:
     assert checker.l2_applies()
     assert checker.view_changes() == 0, net.trace_tail()
     clean(net)
+
+
+def test_clean_leave_reforms_before_the_failure_timeout() -> None:
+    """A node that shuts down cleanly says Leave: the other four install a view without it
+    within a few heartbeat rounds (a kill -9 takes the failure timeout), stay quorate, and the
+    node rejoins when it starts again."""
+    net = cluster(5)
+    one_view(net, {1, 2, 3, 4, 5})
+    t0 = net.now
+    net.leave(5)
+    net.run_until(t0 + TIMING.failure_timeout / 2)
+    assert one_view(net, {1, 2, 3, 4}).members == {1, 2, 3, 4}, net.trace_tail()
+    assert all(quorate_since(net, n, t0) for n in (1, 2, 3, 4))
+    t1 = net.now
+    net.crash(4)
+    net.run_until(t1 + TIMING.failure_timeout / 2)
+    assert state(net, 1).members == {1, 2, 3, 4}  # a crash is only noticed after the timeout
+    net.run_until(t1 + SETTLE)
+    assert one_view(net, {1, 2, 3}).members == {1, 2, 3}
+    net.start(5)
+    net.start(4)
+    net.run_until(net.now + SETTLE)
+    assert one_view(net, {1, 2, 3, 4, 5}).members == {1, 2, 3, 4, 5}
+    clean(net)
