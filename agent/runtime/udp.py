@@ -4,7 +4,7 @@ Adapter ring. Every link of the config gets an asyncio `DatagramProtocol` bound 
 and port. A datagram is opened (`proto.mesh_messages`: envelope checks, AEAD, replay window),
 its sender must be a known peer, and the decoded message is handed to `deliver` as a
 `MessageIn`. Anything else is dropped and counted by reason (`DecodeError.reason`, plus
-`unknown_peer`, `bad_payload`, `queue_full`), with at most one debug line per reason per second:
+`unknown_peer`, `bad_payload`, `not_running`), with at most one debug line per reason per second:
 nothing a peer sends can raise out of the receive path. Outgoing messages are sealed once per
 `Broadcast` and sent to each peer's address on that link; a peer's addresses come from the
 static config (discovery may add more with `set_peer_address`).
@@ -90,7 +90,7 @@ class MeshTransport:
         self.config = config
         self.sealer, self.opener = sealer, opener
         self.deliver = deliver
-        """Takes one message; False = no room (the datagram is counted as `queue_full`)."""
+        """Takes one message; False = the agent is not running (counted as `not_running`)."""
         self.wall_ms = wall_ms
         self.counters = DatagramCounters()
         self.transports: dict[int, asyncio.DatagramTransport] = {}
@@ -161,7 +161,7 @@ class MeshTransport:
             return
         event = MessageIn(header.sender, header.incarnation, link, message, self.wall_ms())
         if not self.deliver(event):
-            self.note_drop("queue_full", f"node {header.sender}", addr)
+            self.note_drop("not_running", f"node {header.sender}", addr)
             return
         self.counters.accepted += 1
 
