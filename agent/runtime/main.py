@@ -237,7 +237,7 @@ class AgentRuntime:
         static = self.static_links.get(peer.node_id, frozenset())
         for link, host, port in peer.addresses:
             if link in self.mesh.transports and link not in static:
-                self.mesh.set_peer_address(peer.node_id, link, (host, port))
+                self.mesh.discovered_address(peer.node_id, link, (host, port))
         links = self.mesh.peer_links(peer.node_id)
         if links:
             self.dispatch(PeerAddresses(peer.node_id, links))

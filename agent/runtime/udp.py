@@ -7,7 +7,14 @@ its sender must be a known peer, and the decoded message is handed to `deliver` 
 `unknown_peer`, `bad_payload`, `not_running`), with at most one debug line per reason per second:
 nothing a peer sends can raise out of the receive path. Outgoing messages are sealed once per
 `Broadcast` and sent to each peer's address on that link; a peer's addresses come from the
-static config (discovery may add more with `set_peer_address`).
+static config or discovery (`discovered_address`).
+
+Addresses learned from authenticated traffic: multicast DNS is not authenticated, so a
+discovered address is only a proposal. When a datagram from a peer opens under the cluster key,
+its source address becomes that peer's address on the link (unless the config pins one), and for
+`CONFIRMED_FOR` seconds afterwards discovery cannot replace it with another: a forged mDNS
+announcement cannot divert a live peer's heartbeats (refusals are counted as
+`discovery_overruled`). It also follows a peer whose address changed, without waiting for mDNS.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ log = structlog.get_logger("votemesh.agent.udp")
 RECEIVE_BUFFER = 1 << 20  # bytes: absorbs a burst of ~10,000 small datagrams
 SEND_BUFFER_LIMIT = 256 * 1024  # bytes queued in asyncio before we drop instead of buffering
 LOG_EVERY = 1.0  # seconds: at most one debug line per drop reason
+CONFIRMED_FOR = 10.0  # seconds an authenticated source address outranks discovery
 
 Address = tuple[str, int]
 
@@ -46,6 +54,8 @@ class DatagramCounters:
     accepted: int = 0
     sent: int = 0
     send_errors: int = 0
+    discovery_overruled: int = 0
+    learned_addresses: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -55,6 +65,8 @@ class DatagramCounters:
             "accepted": self.accepted,
             "sent": self.sent,
             "send_errors": self.send_errors,
+            "discovery_overruled": self.discovery_overruled,
+            "learned_addresses": self.learned_addresses,
             "dropped": dict(sorted(self.dropped.items())),
         }
 
@@ -95,6 +107,8 @@ class MeshTransport:
         self.counters = DatagramCounters()
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self.addresses: dict[int, dict[int, Address]] = {}
+        self.pinned = {(p.node_id, link) for p in config.peers for link, _, _ in p.addresses}
+        self.confirmed: dict[tuple[int, int], tuple[Address, float]] = {}
         for peer in config.peers:
             for link, host, port in peer.addresses:
                 self.set_peer_address(peer.node_id, link, (host, port))
@@ -135,8 +149,44 @@ class MeshTransport:
 
     # ------------------------------------------------------------ peers
     def set_peer_address(self, peer: int, link: int, address: Address) -> None:
-        """Where `peer` listens on `link` (static config, later discovery)."""
+        """Where `peer` listens on `link` (static config, discovery, authenticated traffic)."""
         self.addresses.setdefault(peer, {})[link] = address
+
+    def discovered_address(self, peer: int, link: int, address: Address) -> bool:
+        """Discovery proposes `address` for `peer` on `link`: taken unless the config pins the
+        link or authenticated datagrams came from another address within CONFIRMED_FOR."""
+        if (peer, link) in self.pinned:
+            return False
+        seen = self.confirmed.get((peer, link))
+        if seen is not None and seen[0] != address and time.monotonic() - seen[1] < CONFIRMED_FOR:
+            self.counters.discovery_overruled += 1
+            log.info(
+                "discovered address ignored",
+                peer=peer,
+                link=link,
+                address=f"{address[0]}:{address[1]}",
+                reason=f"authenticated datagrams come from {seen[0][0]}:{seen[0][1]}",
+            )
+            return False
+        self.set_peer_address(peer, link, address)
+        return True
+
+    def _confirm(self, peer: int, link: int, addr: Any) -> None:
+        """An authenticated datagram from `peer` on `link` came from `addr`."""
+        if (peer, link) in self.pinned or not isinstance(addr, tuple) or len(addr) < 2:
+            return
+        source: Address = (str(addr[0]), int(addr[1]))
+        self.confirmed[(peer, link)] = (source, time.monotonic())
+        if self.addresses.get(peer, {}).get(link) != source:
+            self.set_peer_address(peer, link, source)
+            self.counters.learned_addresses += 1
+            log.info(
+                "peer address learned",
+                peer=peer,
+                link=link,
+                address=f"{source[0]}:{source[1]}",
+                reason="an authenticated datagram came from it",
+            )
 
     def peer_links(self, peer: int) -> frozenset[int]:
         """The links we have an address of `peer` on."""
@@ -164,6 +214,7 @@ class MeshTransport:
             self.note_drop("not_running", f"node {header.sender}", addr)
             return
         self.counters.accepted += 1
+        self._confirm(header.sender, link, addr)
 
     def note_drop(self, reason: str, detail: str = "", addr: Any = None) -> None:
         """Count a dropped datagram; debug-log it unless this reason was logged < 1 s ago."""

@@ -296,3 +296,51 @@ def test_drops_are_logged_at_most_once_per_reason_per_second() -> None:
         ("foreign_cluster", "debug"),
         ("truncated", "debug"),
     ]
+
+
+@pytest.mark.asyncio
+async def test_authenticated_source_outranks_discovered_addresses() -> None:
+    """A discovered (unauthenticated) address is replaced by the source of the peer's first
+    authentic datagram; a later mDNS claim of another address is refused for CONFIRMED_FOR
+    seconds and counted; a forged datagram from elsewhere teaches nothing; pinned (static)
+    links never change."""
+    key = ClusterKey(os.urandom(32))
+    port = free_udp_port("127.0.0.1")
+    config = AgentConfig(
+        cluster_name="unit",
+        node_id=1,
+        links=(LinkConfig(0, "127.0.0.1", port),),
+        peers=(PeerConfig(3, addresses=((0, "127.0.0.3", 9),)),),
+        key_files=("unused",),
+    )
+    mesh = MeshTransport(config, Sealer("unit", key, 1, 5), Opener("unit", [key]), lambda _: True)
+    await mesh.start()
+    spoofed = ("127.0.0.66", 6666)
+    try:
+        assert mesh.discovered_address(2, 0, spoofed)  # nothing better known yet
+        assert not mesh.discovered_address(3, 0, spoofed)  # pinned by the config
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer_sock,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as forger,
+        ):
+            peer_sock.bind(("127.0.0.2", 0))
+            forger.bind(("127.0.0.66", 0))
+            forger.sendto(os.urandom(80), ("127.0.0.1", port))
+            genuine = seal_message(
+                Sealer("unit", key, 2, 7), Heartbeat(link=0, stamp_us=1, wall_ms=2)
+            )
+            peer_sock.sendto(genuine, ("127.0.0.1", port))
+            for _ in range(200):
+                if mesh.counters.received >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            real = peer_sock.getsockname()
+        assert mesh.addresses[2][0] == real
+        assert mesh.counters.learned_addresses == 1
+        assert not mesh.discovered_address(2, 0, spoofed)
+        assert mesh.addresses[2][0] == real
+        assert mesh.counters.discovery_overruled == 1
+        assert mesh.discovered_address(2, 0, real)  # the same address is fine
+        assert mesh.addresses[3][0] == ("127.0.0.3", 9)
+    finally:
+        mesh.close()
