@@ -69,6 +69,17 @@ class Relay:
         self.sock.close()
 
 
+def unit_config(port: int, peer: int) -> AgentConfig:
+    """Node 1 on 127.0.0.1:`port` with one static peer at 127.0.0.`peer`:9."""
+    return AgentConfig(
+        cluster_name="unit",
+        node_id=1,
+        links=(LinkConfig(0, "127.0.0.1", port),),
+        peers=(PeerConfig(peer, addresses=((0, f"127.0.0.{peer}", 9),)),),
+        key_files=("unused",),
+    )
+
+
 def kernel_drops(address: str, port: int) -> int:
     """Datagrams the kernel dropped for a local UDP socket (receive buffer full)."""
     a, b, c, d = (int(x) for x in address.split("."))
@@ -234,13 +245,7 @@ async def test_authentic_but_undecodable_payloads_are_counted() -> None:
     reaches the core; a valid one is delivered with the sender's incarnation and link."""
     key = ClusterKey(os.urandom(32))
     port = free_udp_port("127.0.0.1")
-    config = AgentConfig(
-        cluster_name="unit",
-        node_id=1,
-        links=(LinkConfig(0, "127.0.0.1", port),),
-        peers=(PeerConfig(2, addresses=((0, "127.0.0.2", 9),)),),
-        key_files=("unused",),
-    )
+    config = unit_config(port, 2)
     delivered: list[MessageIn] = []
 
     def deliver(message: MessageIn) -> bool:
@@ -306,13 +311,7 @@ async def test_authenticated_source_outranks_discovered_addresses() -> None:
     links never change."""
     key = ClusterKey(os.urandom(32))
     port = free_udp_port("127.0.0.1")
-    config = AgentConfig(
-        cluster_name="unit",
-        node_id=1,
-        links=(LinkConfig(0, "127.0.0.1", port),),
-        peers=(PeerConfig(3, addresses=((0, "127.0.0.3", 9),)),),
-        key_files=("unused",),
-    )
+    config = unit_config(port, 3)
     mesh = MeshTransport(config, Sealer("unit", key, 1, 5), Opener("unit", [key]), lambda _: True)
     await mesh.start()
     spoofed = ("127.0.0.66", 6666)
