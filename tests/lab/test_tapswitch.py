@@ -150,18 +150,36 @@ async def test_floods_broadcast_then_unicasts_to_the_learned_port() -> None:
 
 @pytest.mark.asyncio
 async def test_block_and_delay_apply_to_their_directed_pair_only() -> None:
-    """Blocking 1 -> 2 keeps 1 -> 3 open; a 30 ms delay on 1 -> 3 holds frames ~30 ms."""
+    """Blocking 1 -> 2 keeps 1 -> 3 open; a 100 ms delay on 1 -> 3 holds its frames back."""
     switch, ports = await running_switch()
     try:
         switch.control({"op": "block", "pairs": [[1, 2]]})
-        switch.control({"op": "impair", "pairs": [[1, 3]], "delay_ms": 30})
+        switch.control({"op": "impair", "pairs": [[1, 3]], "delay_ms": 100})
         ports.host[1].send(frame(1, BROADCAST))
-        assert await ports.received(3, 0.01) == []
-        assert await ports.received(3, 0.05) == [frame(1, BROADCAST)]
+        assert await ports.received(3, 0.02) == []
+        assert await ports.received(3, 0.15) == [frame(1, BROADCAST)]
         assert await ports.received(2, 0) == []
         counters = switch.counter_document()
         assert counters["pairs"]["1->2"] == {"dropped_blocked": 1}
         assert counters["blocked"] == ["1->2"]
+    finally:
+        switch.stop()
+        ports.close()
+
+
+@pytest.mark.asyncio
+async def test_rate_spaces_frames_by_their_serialisation_time() -> None:
+    """At 80 kbit/s a 1000-byte frame takes 100 ms on the wire: of three sent at once, one has
+    arrived after 150 ms and the other two by 350 ms."""
+    switch, ports = await running_switch()
+    try:
+        switch.control({"op": "impair", "pairs": [[1, 2]], "rate_kbit": 80})
+        switch.mac_table[MAC[2]] = 2
+        big = frame(1, MAC[2], bytes(986))
+        for _ in range(3):
+            ports.host[1].send(big)
+        assert len(await ports.received(2, 0.15)) == 1
+        assert len(await ports.received(2, 0.2)) == 2
     finally:
         switch.stop()
         ports.close()
