@@ -93,6 +93,9 @@ class _Peer:
     quorate: bool = False
     left: int = 0
     """The incarnation that said Leave: its later datagrams (reordered) are ignored."""
+    verified: bool = False
+    """This incarnation of the peer echoed a stamp of ours from this life: its heartbeats are
+    fresh, not recordings replayed to us after our restart (design §3.3, "Freshness")."""
 
 
 def _wire_view(view: MemberView) -> View:
@@ -128,6 +131,10 @@ class AgentNode:
         self._evaluate_at: float | None = None
         self._evaluated = False
         self._stopped = False
+        self._born_us = 0  # our first stamp in this life: echoes older than it prove nothing
+        self.last_fresh_peer: int | None = None
+        """The peer whose fresh heartbeat the last `handle` accepted (the runtime then trusts
+        the datagram's source address), else None."""
         self._failure_timeout = config.timing.failure_timeout  # a property: computed once
         self._last_qdevice_update: QdeviceUpdate | None = None
         self._started = False
@@ -139,6 +146,7 @@ class AgentNode:
     def handle(self, event: NodeEvent, now: float) -> list[NodeEffect]:
         """Process one event; return the effects in order."""
         self._now, self._out = now, []
+        self.last_fresh_peer = None
         if self._stopped:
             return self._out
         if isinstance(event, Start):
@@ -182,6 +190,7 @@ class AgentNode:
     # ------------------------------------------------------------ lifecycle
     def _start(self, wall_ms: int) -> None:
         self._wall_ms = wall_ms
+        self._born_us = int(self._now * 1e6)
         self._started = True
         for peer in self.config.peers:
             self._peer_addresses(peer.node_id, frozenset(link for link, _, _ in peer.addresses))
@@ -208,7 +217,7 @@ class AgentNode:
                 return  # an older life of this peer (the opener already rejects most)
             if peer.incarnation:
                 self.membership.forget(ev.peer)
-            peer.incarnation = ev.incarnation
+            peer.incarnation, peer.stamp_us, peer.verified = ev.incarnation, 0, False
         msg = ev.message
         if isinstance(msg, Heartbeat):
             self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
@@ -216,12 +225,15 @@ class AgentNode:
             self._left(ev.peer, peer, ev.incarnation, msg.reason)
         elif isinstance(msg, Probe):
             probe = self.config.timing.probe_interval
-            self._link_changes(
-                self.links.received(ev.peer, ev.link, self._now, expected_interval=probe)
-            )
+            if peer.verified:  # else it may be a recording: answered, but it proves nothing
+                self._link_changes(
+                    self.links.received(ev.peer, ev.link, self._now, expected_interval=probe)
+                )
             reply = ProbeReply(link=ev.link, stamp_us=msg.stamp_us)
             self._out.append(SendTo(ev.peer, ev.link, reply))
         elif isinstance(msg, ProbeReply):
+            if not self._born_us <= msg.stamp_us <= int(self._now * 1e6):
+                return  # not an answer to a probe of this life
             rtt = max(0.0, self._now - msg.stamp_us / 1e6 - msg.held_us / 1e6)
             probe = self.config.timing.probe_interval
             self._link_changes(
@@ -231,10 +243,18 @@ class AgentNode:
             )
 
     def _heartbeat(self, pid: int, peer: _Peer, link: int, hb: Heartbeat, wall_ms: int) -> None:
+        if hb.stamp_us <= peer.stamp_us:
+            return  # not newer than one we have: reordered, duplicated or replayed
+        now_us = int(self._now * 1e6)
         rtt = None
         for echo in hb.echoes:
-            if echo.node_id == self.node_id:
+            if echo.node_id == self.node_id and self._born_us <= echo.stamp_us <= now_us:
                 rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
+        peer.stamp_us, peer.received_at = hb.stamp_us, self._now  # echoed back either way
+        peer.verified = peer.verified or rtt is not None
+        if not peer.verified:
+            return  # until it echoes one of our stamps: it may be an old recording
+        self.last_fresh_peer = pid
         interval = self.config.timing.heartbeat_interval
         self._link_changes(
             self.links.received(pid, link, self._now, rtt_sample=rtt, expected_interval=interval)
@@ -248,7 +268,6 @@ class AgentNode:
         peer.quorate = hb.quorate
         if changed and pid in self.membership.view.members:
             self._update_quorum()
-        peer.stamp_us, peer.received_at = hb.stamp_us, self._now
         self._clock_check(pid, peer, hb.wall_ms, wall_ms)
         report = PeerReport(frozenset(hb.heard), _member_view(hb.view), _member_view(hb.proposal))
         if self.membership.peer_report(pid, report, self._now) and self._evaluate_at is None:
@@ -256,7 +275,7 @@ class AgentNode:
 
     def _left(self, pid: int, peer: _Peer, incarnation: int, reason: str) -> None:
         """A clean shutdown: not heard from now on, re-evaluate at once (no failure timeout)."""
-        peer.left, peer.stamp_us = incarnation, 0
+        peer.left, peer.stamp_us, peer.verified = incarnation, 0, False
         self.membership.forget(pid)
         self.links.peer_left(pid)
         why = f"node {pid} left: {reason[:100] or 'shutdown'}"
@@ -336,7 +355,7 @@ class AgentNode:
         return frozenset(
             pid
             for pid, p in self.peers.items()
-            if p.stamp_us and self._now < p.received_at + timeout
+            if p.verified and self._now < p.received_at + timeout
         )
 
     def _heard_expiry(self) -> float | None:
@@ -346,7 +365,7 @@ class AgentNode:
             (
                 p.received_at
                 for p in self.peers.values()
-                if p.stamp_us and now < p.received_at + timeout
+                if p.verified and now < p.received_at + timeout
             ),
             default=None,
         )

@@ -128,7 +128,13 @@ class AgentRuntime:
         self.node = AgentNode(config, self.incarnation, max_seq=self.state.load_max_seq())
         sealer = Sealer(config.cluster_name, keys[0], config.node_id, self.incarnation)
         opener = Opener(config.cluster_name, keys)
-        self.mesh = MeshTransport(config, sealer, opener, self._offer)
+        self.mesh = MeshTransport(
+            config,
+            sealer,
+            opener,
+            self._offer,
+            fresh=lambda peer: self.node.last_fresh_peer == peer,
+        )
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.core_errors = 0
         self.timer_stats = TimerStats()

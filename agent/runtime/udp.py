@@ -10,10 +10,11 @@ nothing a peer sends can raise out of the receive path. Outgoing messages are se
 static config or discovery (`discovered_address`).
 
 Addresses learned from authenticated traffic: multicast DNS is not authenticated, so a
-discovered address is only a proposal. When a datagram from a peer opens under the cluster key,
-its source address becomes that peer's address on the link (unless the config pins one), and for
-`CONFIRMED_FOR` seconds afterwards discovery cannot replace it with another: a forged mDNS
-announcement cannot divert a live peer's heartbeats (refusals are counted as
+discovered address is only a proposal. When a fresh heartbeat from a peer opens under the
+cluster key (fresh: the core saw it echo one of this agent's own recent stamps, so it is no
+recording), its source address becomes that peer's address on the link (unless the config pins
+one), and for `CONFIRMED_FOR` seconds afterwards discovery cannot replace it with another: a
+forged mDNS announcement cannot divert a live peer's heartbeats (refusals are counted as
 `discovery_overruled`). It also follows a peer whose address changed, without waiting for mDNS.
 """
 
@@ -97,13 +98,18 @@ class MeshTransport:
         sealer: Sealer,
         opener: Opener,
         deliver: Callable[[MessageIn], bool],
+        *,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        fresh: Callable[[int], bool] = lambda _peer: True,
     ) -> None:
         self.config = config
         self.sealer, self.opener = sealer, opener
         self.deliver = deliver
         """Takes one message; False = the agent is not running (counted as `not_running`)."""
         self.wall_ms = wall_ms
+        self.fresh = fresh
+        """After `deliver`: was that datagram from this peer fresh (not a replayed recording)?
+        Only then does its source address count (the core knows: `AgentNode.last_fresh_peer`)."""
         self.counters = DatagramCounters()
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self.addresses: dict[int, dict[int, Address]] = {}
@@ -214,7 +220,8 @@ class MeshTransport:
             self.note_drop("not_running", f"node {header.sender}", addr)
             return
         self.counters.accepted += 1
-        self._confirm(header.sender, link, addr)
+        if self.fresh(header.sender):
+            self._confirm(header.sender, link, addr)
 
     def note_drop(self, reason: str, detail: str = "", addr: Any = None) -> None:
         """Count a dropped datagram; debug-log it unless this reason was logged < 1 s ago."""

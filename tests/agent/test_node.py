@@ -8,7 +8,7 @@ carry reasons.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.config import AgentConfig, LinkConfig, PeerConfig, Timing
 from agent.events import EventKind
@@ -24,7 +24,7 @@ from agent.node import (
     Stop,
     Tick,
 )
-from proto.mesh_messages import Heartbeat, Leave
+from proto.mesh_messages import Echo, Heartbeat, Leave
 
 DELAY = 0.001
 
@@ -244,3 +244,35 @@ def test_stop_says_leave_on_every_link_and_late_heartbeats_do_not_resurrect() ->
     assert one.status(net.now)["peers"]["3"]["last_heartbeat_s"] is None
     one.handle(MessageIn(3, 2, 0, late, 0), net.now)  # restarted: incarnation 2
     assert one.status(net.now)["peers"]["3"]["last_heartbeat_s"] == 0.0
+
+
+def test_after_a_restart_recorded_heartbeats_are_not_believed() -> None:
+    """Node 1 restarts; an attacker replays node 2's heartbeats recorded before (sealed by node
+    2, so they open, and the restarted node has no replay window for them). They echo stamps of
+    node 1's previous life only, so node 2 is not heard and nothing it said counts; once node 2
+    echoes a stamp of the new life it is. Older stamps than the newest seen are dropped."""
+    net = Net.make(2)
+    net.run(1.0)
+    recorded = Heartbeat(
+        link=0,
+        stamp_us=int(0.9e6),
+        wall_ms=0,
+        heard=(1, 2),
+        echoes=(Echo(1, int(0.85e6), 100),),  # node 1's stamp from its first life
+        node_name="n2",
+    )
+    restarted = AgentNode(config(1, 2), incarnation=2)
+    net.nodes[1] = restarted
+    net.apply(1, restarted.handle(Start(wall_ms=0), net.now))
+    for later in range(5):
+        replay = replace(recorded, stamp_us=recorded.stamp_us + later)
+        assert restarted.handle(MessageIn(2, 1, 0, replay, 0), net.now) == []
+        assert restarted.last_fresh_peer is None
+    restarted.handle(Tick(wall_ms=0), net.now + 0.01)
+    assert restarted.status(net.now)["proposal"] == [1]
+    net.run(1.0)  # the real node 2 answers the new life's heartbeats
+    assert len(net.views()) == 1
+    assert restarted.view.members == {1, 2}
+    stale = replace(recorded, stamp_us=1, echoes=())
+    restarted.handle(MessageIn(2, 1, 0, stale, 0), net.now)
+    assert restarted.last_fresh_peer is None  # older than the newest seen: dropped

@@ -307,12 +307,19 @@ def test_drops_are_logged_at_most_once_per_reason_per_second() -> None:
 async def test_authenticated_source_outranks_discovered_addresses() -> None:
     """A discovered (unauthenticated) address is replaced by the source of the peer's first
     authentic datagram; a later mDNS claim of another address is refused for CONFIRMED_FOR
-    seconds and counted; a forged datagram from elsewhere teaches nothing; pinned (static)
-    links never change."""
+    seconds and counted; a forged datagram from elsewhere, and an authentic one the core did
+    not find fresh (a possible recording), teach nothing; pinned (static) links never change."""
     key = ClusterKey(os.urandom(32))
     port = free_udp_port("127.0.0.1")
     config = unit_config(port, 3)
-    mesh = MeshTransport(config, Sealer("unit", key, 1, 5), Opener("unit", [key]), lambda _: True)
+    fresh = {2: False}
+    mesh = MeshTransport(
+        config,
+        Sealer("unit", key, 1, 5),
+        Opener("unit", [key]),
+        lambda _: True,
+        fresh=lambda peer: fresh.get(peer, False),
+    )
     await mesh.start()
     spoofed = ("127.0.0.66", 6666)
     try:
@@ -325,15 +332,18 @@ async def test_authenticated_source_outranks_discovered_addresses() -> None:
             peer_sock.bind(("127.0.0.2", 0))
             forger.bind(("127.0.0.66", 0))
             forger.sendto(os.urandom(80), ("127.0.0.1", port))
-            genuine = seal_message(
-                Sealer("unit", key, 2, 7), Heartbeat(link=0, stamp_us=1, wall_ms=2)
-            )
-            peer_sock.sendto(genuine, ("127.0.0.1", port))
-            for _ in range(200):
-                if mesh.counters.received >= 2:
-                    break
-                await asyncio.sleep(0.01)
+            peer = Sealer("unit", key, 2, 7)
             real = peer_sock.getsockname()
+            for count, stamp in ((2, 1), (3, 2)):
+                genuine = seal_message(peer, Heartbeat(link=0, stamp_us=stamp, wall_ms=2))
+                peer_sock.sendto(genuine, ("127.0.0.1", port))
+                for _ in range(200):
+                    if mesh.counters.received >= count:
+                        break
+                    await asyncio.sleep(0.01)
+                if count == 2:  # authentic, but not fresh: the discovered address stays
+                    assert (mesh.counters.accepted, mesh.addresses[2][0]) == (1, spoofed)
+                    fresh[2] = True
         assert mesh.addresses[2][0] == real
         assert mesh.counters.learned_addresses == 1
         assert not mesh.discovered_address(2, 0, spoofed)
