@@ -13,6 +13,8 @@ from enum import StrEnum
 
 MAX_LINKS = 8
 MAX_NODE_ID = 0xFFFFFFFF
+LOSS_BASELINE = 0.05  # heartbeat loss the plain failure timeout is sized for (DESIGN L2)
+LOSS_STRETCH_MAX = 2  # loss stretches the failure timeout to at most 2 x missed_heartbeats
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,25 @@ class Timing:
         """missed_heartbeats x heartbeat_interval + jitter_allowance (0.65 s by default)."""
         return self.missed_heartbeats * self.heartbeat_interval + self.jitter_allowance
 
+    def failure_timeout_at(self, loss: float) -> float:
+        """The failure timeout for a peer whose heartbeats arrive with `loss` (0..1).
+
+        Up to LOSS_BASELINE (5 %) it is `failure_timeout`. Above, the number of missed
+        heartbeats grows so that a false suspicion stays as unlikely as `missed_heartbeats`
+        losses in a row at 5 % (0.05**6 = 1.6e-8 per window): k = ceil(missed x ln 0.05 /
+        ln loss), at most LOSS_STRETCH_MAX x missed. Defaults: 0.65 s up to 5 %, 0.85 s at
+        10 %, 1.25 s from 20 % (the cap). A dead peer is noticed later on a lossy link only."""
+        k = self.missed_heartbeats
+        if loss > LOSS_BASELINE:
+            wanted = math.ceil(k * math.log(LOSS_BASELINE) / math.log(min(loss, 0.999)))
+            k = min(LOSS_STRETCH_MAX * k, max(k, wanted))
+        return k * self.heartbeat_interval + self.jitter_allowance
+
+    @property
+    def max_failure_timeout(self) -> float:
+        """The longest failure timeout loss can stretch to (1.25 s by default)."""
+        return self.failure_timeout_at(1.0)
+
     @property
     def link_timeout(self) -> float:
         """A probed (inactive) link is down after 3 missed probes: 3 x probe_interval + jitter."""
@@ -53,9 +74,9 @@ class Timing:
 
     @property
     def proposal_ttl(self) -> float:
-        """A peer's proposal counts for agreement this long: failure_timeout (a peer whose
+        """A peer's proposal counts for agreement this long: max_failure_timeout (a peer whose
         proposal is older than that is not heard any more anyway)."""
-        return self.failure_timeout
+        return self.max_failure_timeout
 
     @classmethod
     def lan(cls) -> Timing:

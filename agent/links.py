@@ -8,12 +8,14 @@ reachability (reachable / suspected / unreachable). Must not touch: sockets, clo
 
 Semantics (docs/design.md 3, "links"):
 
-* **Lease.** A datagram keeps its link up for `failure_timeout` (0.65 s by default) when the
-  link is our active one, `link_timeout` (3.05 s) when we only probe it; leases only grow. A
-  link that stops being active keeps `link_timeout` from its last datagram (the peer may need a
-  probe interval to start probing it); a newly active link keeps the lease it had as a probed
-  one, so failover does not kill it before the peer's heartbeats move over. An active link that
-  then only gets probes (the peer sends its heartbeats elsewhere) runs out and fails over again.
+* **Lease.** A datagram keeps its link up for the peer's failure timeout (0.65 s by default;
+  the node stretches it on a lossy link with `set_timeout`, see `Timing.failure_timeout_at`)
+  when the link is our active one, `link_timeout` (3.05 s) when we only probe it; leases only
+  grow. A link that stops being active keeps `link_timeout` from its last datagram (the peer may
+  need a probe interval to start probing it); a newly active link keeps the lease it had as a
+  probed one, so failover does not kill it before the peer's heartbeats move over. An active
+  link that then only gets probes (the peer sends its heartbeats elsewhere) runs out and fails
+  over again.
   `expected_interval` feeds only the loss estimate (`agent.link_loss`).
 * **Active link**: the highest-priority up link (ties: lowest index). Failover (the active link
   went down) is immediate, to a settled link if there is one. Failback to a higher-priority
@@ -157,6 +159,7 @@ class _Peer:
     active: int | None = None
     reach: _Reach = _Reach.UNREACHABLE
     last_heard: float = -math.inf
+    failure_timeout: float = 0.0  # this peer's, as the node sized it to its loss (set_timeout)
 
     def default_link(self) -> int | None:
         """The highest-priority configured link: where heartbeats go before any link is up."""
@@ -192,7 +195,7 @@ class Links:
         goes down, the active link moves) are returned by the next `received` or `tick`."""
         if peer == self.node_id:
             return
-        state = self._peers.setdefault(peer, _Peer(links={}))
+        state = self._peers.setdefault(peer, _Peer(links={}, failure_timeout=self._failure_timeout))
         wanted = {i for i in links if i in self._priority}
         for index in sorted(set(state.links) - wanted):
             if state.links.pop(index).up:
@@ -270,7 +273,7 @@ class Links:
         silence = now - state.last_heard
         # Same expression as the deadline in _refresh: now - last >= t/2 can be False at
         # now == last + t/2 in floating point, and the tick would never move on.
-        suspect_at = state.last_heard + self._failure_timeout / 2
+        suspect_at = state.last_heard + state.failure_timeout / 2
         if state.reach is _Reach.REACHABLE and now >= suspect_at:
             state.reach = _Reach.SUSPECTED
             changes.append(PeerSuspected(peer, f"node {peer} silent for {silence:.3f} s"))
@@ -336,6 +339,25 @@ class Links:
         state = self._peers.get(peer)
         return None if state is None else self._sending_link(state)
 
+    def receive_loss(self, peer: int) -> float:
+        """Loss of `peer`'s datagrams on the link its heartbeats come on (the active one),
+        measured up to the last arrival: a silence going on now is not counted, so a peer that
+        just died does not stretch its own failure timeout. 0.0 when nothing is known."""
+        state = self._peers.get(peer)
+        heard = [lk for lk in (state.links.values() if state else ()) if lk.last_heard is not None]
+        if not heard:
+            return 0.0
+        lk = max(heard, key=lambda x: x.last_heard or 0.0)  # the link it last came on
+        return lk.loss.loss(lk.last_heard or 0.0)
+
+    def set_timeout(self, peer: int, failure_timeout: float) -> None:
+        """The peer's failure timeout (`Timing.failure_timeout_at` its loss): the lease of its
+        active link and its suspicion time (half of it) follow, from the next datagram."""
+        state = self._peers.get(peer)
+        if state is not None and state.failure_timeout != failure_timeout:
+            state.failure_timeout = failure_timeout
+            self._refresh(peer, state)
+
     def stats(self, peer: int) -> list[LinkStats]:
         """Per link state of `peer`, by link index (times relative to the latest `now` seen)."""
         state = self._peers.get(peer)
@@ -361,7 +383,7 @@ class Links:
     # ------------------------------------------------------------ internals
     def _timeout(self, state: _Peer, link: int) -> float:
         """Silence after which a link is down: failure_timeout if active, else link_timeout."""
-        return self._failure_timeout if link == state.active else self._link_timeout
+        return state.failure_timeout if link == state.active else self._link_timeout
 
     def _interval(self, kind: str) -> float:
         t = self.timing
@@ -390,7 +412,7 @@ class Links:
         earliest lease end of an up link, the suspicion time, and the next send on each link."""
         best = math.inf
         if state.reach is _Reach.REACHABLE:
-            best = state.last_heard + self._failure_timeout / 2
+            best = state.last_heard + state.failure_timeout / 2
         active = self._sending_link(state)
         for index, lk in state.links.items():
             if lk.up and lk.lease_until < best:

@@ -7,8 +7,10 @@ persists or logs. The node (`agent/node.py`) feeds it heartbeats (`peer_report`)
 Algorithm, per `evaluate(now)`:
 
 1. *Matrix*: my `heard` plus the `heard` of every peer whose report is at most
-   `timing.failure_timeout` old. Edge i-j when both report hearing each other. A candidate is a peer
-   I hear, whose fresh report says it hears me.
+   `timing.max_failure_timeout` old (the node decides who is heard, with a failure timeout that
+   loss may stretch up to that; a heard peer's report is as old as its last heartbeat). Edge
+   i-j when both report hearing each other. A candidate is a peer I hear, whose fresh report
+   says it hears me.
 2. *Members*: the best clique containing me (largest, then smallest sorted ids; `agent/clique.py`)
    among the candidates, minus the *taken* peers: j is taken when its fresh proposal does not
    contain me and outranks the clique I computed (j is going to a better clique without me). This
@@ -163,7 +165,7 @@ class Membership:
                 self._max_seq = max(self._max_seq, view.ring_id.seq)
         if previous is None or previous.report != report:
             return True
-        ttl = min(self._timing.failure_timeout, self._timing.proposal_ttl)
+        ttl = min(self._timing.max_failure_timeout, self._timing.proposal_ttl)
         return now - previous.at > ttl
 
     def set_heard(self, heard: frozenset[int], now: float) -> bool:
@@ -211,8 +213,9 @@ class Membership:
         a report went stale: a heard peer's report is as old as its last heartbeat, so that is
         when the peer drops out of `heard` too. Reports of peers not heard never matter (they
         are not candidates, and only members' reports are read)."""
-        fresh = self._fresh(now, self._timing.failure_timeout)
-        heard = self._heard if now - self._heard_at <= self._timing.failure_timeout else frozenset()
+        ttl = self._timing.max_failure_timeout
+        fresh = self._fresh(now, ttl)
+        heard = self._heard if now - self._heard_at <= ttl else frozenset()
         self._matrix = {self._me: heard} | {p: r.heard for p, r in fresh.items()}
         members = self._members(fresh)
         changes: list[MembershipChange] = []

@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 EVALUATE_DELAY = 0.005  # seconds: batch the membership evaluation after a burst of heartbeats
+TIMEOUT_REFRESH = 1.0  # seconds between re-sizing the peers' failure timeouts to their loss
 
 
 @dataclass
@@ -93,6 +94,8 @@ class _Peer:
     quorate: bool = False
     left: int = 0
     """The incarnation that said Leave: its later datagrams (reordered) are ignored."""
+    timeout: float = 0.0
+    """Its failure timeout now: `Timing.failure_timeout_at` its heartbeats' measured loss."""
     verified: bool = False
     """This incarnation of the peer echoed a stamp of ours from this life: its heartbeats are
     fresh, not recordings replayed to us after our restart (design §3.3, "Freshness")."""
@@ -136,6 +139,7 @@ class AgentNode:
         """The peer whose fresh heartbeat the last `handle` accepted (the runtime then trusts
         the datagram's source address), else None."""
         self._failure_timeout = config.timing.failure_timeout  # a property: computed once
+        self._timeouts_at = 0.0
         self._last_qdevice_update: QdeviceUpdate | None = None
         self._started = False
         self._out: list[NodeEffect] = []
@@ -200,7 +204,7 @@ class AgentNode:
     def _peer_addresses(self, peer: int, links: frozenset[int]) -> None:
         if peer == self.node_id:
             return
-        self.peers.setdefault(peer, _Peer())
+        self.peers.setdefault(peer, _Peer(timeout=self._failure_timeout))
         self.links.set_peer(peer, links)
 
     # ------------------------------------------------------------ receiving
@@ -209,7 +213,7 @@ class AgentNode:
             return
         peer = self.peers.get(ev.peer)
         if peer is None:
-            peer = self.peers[ev.peer] = _Peer()
+            peer = self.peers[ev.peer] = _Peer(timeout=self._failure_timeout)
         if ev.incarnation == peer.left:
             return  # sent before its Leave, arriving after it
         if ev.incarnation != peer.incarnation:
@@ -327,6 +331,12 @@ class AgentNode:
 
     # ------------------------------------------------------------ the periodic step
     def _step(self) -> None:
+        if self._now >= self._timeouts_at:
+            self._timeouts_at = self._now + TIMEOUT_REFRESH
+            timing = self.config.timing
+            for pid, p in self.peers.items():
+                p.timeout = timing.failure_timeout_at(self.links.receive_loss(pid))
+                self.links.set_timeout(pid, p.timeout)
         self._link_changes(self.links.tick(self._now))
         heard_changed = self.membership.set_heard(self._heard(), self._now)
         due = self._evaluate_at is not None and self._evaluate_at <= self._now
@@ -351,25 +361,22 @@ class AgentNode:
         """Peers whose heartbeats arrived within the failure timeout (design §3.1). Not the link
         layer's notion of "a link is up": a probed link stays up for link_timeout, which would
         keep a dead peer in the view for seconds."""
-        timeout = self._failure_timeout
+        now = self._now
         return frozenset(
-            pid
-            for pid, p in self.peers.items()
-            if p.verified and self._now < p.received_at + timeout
+            pid for pid, p in self.peers.items() if p.verified and now < p.received_at + p.timeout
         )
 
     def _heard_expiry(self) -> float | None:
         """When the next heard peer stops being heard (the node must re-evaluate then)."""
-        timeout, now = self._failure_timeout, self._now
-        oldest = min(
+        now = self._now
+        return min(
             (
-                p.received_at
+                p.received_at + p.timeout
                 for p in self.peers.values()
-                if p.verified and now < p.received_at + timeout
+                if p.verified and now < p.received_at + p.timeout
             ),
             default=None,
         )
-        return None if oldest is None else oldest + timeout
 
     def _send_due(self) -> None:
         by_link: dict[int, list[int]] = {}
@@ -505,6 +512,7 @@ class AgentNode:
                     "incarnation": p.incarnation,
                     "clock_skew_ms": p.wall_skew_ms,
                     "last_heartbeat_s": round(now - p.received_at, 3) if p.stamp_us else None,
+                    "failure_timeout_s": round(p.timeout, 3),
                     "active_link": self.links.active_link(pid),
                     "links": [vars_of(s) for s in self.links.stats(pid)],
                 }

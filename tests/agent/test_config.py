@@ -50,3 +50,17 @@ def test_discovery_only_cluster_needs_expected_votes() -> None:
         base(peers=()).validate()
     base(peers=(), quorum=QuorumOptions(expected_votes=3)).validate()
     base(peers=(), discovery=False).validate()
+
+
+def test_failure_timeout_stretches_with_loss() -> None:
+    """Up to 5 % loss the plain timeout; above, enough missed heartbeats that a false suspicion
+    stays as unlikely as 6 losses in a row at 5 %, at most twice as many."""
+    t = Timing.lan()
+    assert t.failure_timeout_at(0.0) == t.failure_timeout_at(0.05) == t.failure_timeout
+    assert t.failure_timeout_at(0.10) == pytest.approx(8 * 0.1 + 0.05)
+    assert t.failure_timeout_at(0.20) == pytest.approx(12 * 0.1 + 0.05)
+    assert t.failure_timeout_at(1.0) == t.max_failure_timeout == pytest.approx(1.25)
+    assert t.proposal_ttl == t.max_failure_timeout
+    for loss in (0.06, 0.1, 0.15, 0.2):
+        k = round((t.failure_timeout_at(loss) - t.jitter_allowance) / t.heartbeat_interval)
+        assert loss**k <= 0.05**6 * 1.0001

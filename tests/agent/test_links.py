@@ -626,3 +626,20 @@ def test_a_driver_jumping_to_next_deadline_always_moves_on(
         after = links.next_deadline()
         assert after is not None
         assert after > deadline
+
+
+def test_receive_loss_leaves_out_a_silence_going_on() -> None:
+    """The loss that sizes a peer's failure timeout is measured up to its last arrival: every
+    third heartbeat lost reads about 1/3; a silence after that (the peer died) adds nothing."""
+    links = make(0)
+    assert links.receive_loss(PEER) == 0.0
+    t = 0.0
+    for i in range(60):
+        if i % 3 != 2:
+            links.received(PEER, 0, t, expected_interval=HB)
+        t += HB
+    links.tick(t)
+    measured = links.receive_loss(PEER)
+    assert 0.25 <= measured <= 0.40
+    links.tick(t + 2.0)
+    assert links.receive_loss(PEER) == measured

@@ -149,8 +149,9 @@ def test_stale_heard_counts_as_hearing_nobody() -> None:
     """If the link layer's heard set is older than the failure timeout, nobody is a candidate."""
     m = Membership(1, T)
     m.set_heard(frozenset({2}), 0.0)
-    m.peer_report(2, PeerReport(frozenset({1}), None, None), 1.0)
-    m.evaluate(1.0)
+    late = T.max_failure_timeout + 0.1
+    m.peer_report(2, PeerReport(frozenset({1}), None, None), late)
+    m.evaluate(late)
     assert m.proposal.members == {1}
     assert m.matrix()[1] == frozenset()
 
@@ -166,7 +167,7 @@ def test_inputs_report_whether_evaluate_may_decide_differently() -> None:
     assert m.peer_report(2, report, 0.2) is False
     assert m.peer_report(2, PeerReport(frozenset({1, 3}), None, None), 0.3) is True
     assert m.peer_report(
-        2, PeerReport(frozenset({1, 3}), None, None), 0.3 + T.failure_timeout + 0.01
+        2, PeerReport(frozenset({1, 3}), None, None), 0.3 + T.max_failure_timeout + 0.01
     )
     assert m.peer_report(1, report, 2.0) is False  # our own echo is ignored
     m.set_heard(frozenset({2}), 1.0)
@@ -240,13 +241,14 @@ def test_install_waits_for_every_member() -> None:
 
 
 def test_stale_reports_and_unheard_peers_are_not_candidates() -> None:
-    """A peer whose report is older than the failure timeout, or that I do not hear, is left out
-    even though it reports hearing me."""
+    """A peer whose report is older than the longest failure timeout, or that I do not hear, is
+    left out even though it reports hearing me."""
     m = Membership(1, T)
+    later = T.max_failure_timeout + 0.05
     m.peer_report(2, PeerReport(frozenset({1, 3}), None, None), 0.0)
-    m.peer_report(3, PeerReport(frozenset({1, 2}), None, None), 0.5)
-    m.set_heard(frozenset({2}), 0.7)
-    m.evaluate(0.7)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), None, None), later - 0.2)
+    m.set_heard(frozenset({2}), later)
+    m.evaluate(later)
     assert m.proposal.members == {1}
     assert m.matrix() == {1: {2}, 3: {1, 2}}
 

@@ -15,7 +15,10 @@ paused, which directions are cut, the link models). Output: a list of `Violation
   stretch, a running node that cannot hear a quorum (itself plus the nodes it has both directions
   up with) is inquorate once the minority bound (which grows with the slowest link) has passed.
   Datagrams sent before a topology change still arrive after it (at most the old slowest delay
-  later), so both rules start counting once those have landed.
+  later), so both rules start counting once those have landed. Nodes stretch a peer's failure
+  timeout when its heartbeats were lost (`Timing.failure_timeout_at`, sized every second from
+  the last 3.2 s): within `loss_memory` after a non-benign stretch or another topology change
+  (a healed cut looks like loss too), both bounds assume the longest timeout.
 * **No silent failure** — a view, quorum or expected-votes change that the node's status shows
   but no event announced (found by the network's once-a-second audit).
 * **L2 stability** — in a run whose only faults are loss <= 5 % and jitter <= 20 ms, no node
@@ -32,6 +35,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.config import QuorumOptions, TieBreaker, Timing
+from agent.link_loss import WINDOW_INTERVALS
+from agent.node import TIMEOUT_REFRESH
 from tests.sim.network import NodeState, SimNetwork, Topology
 
 
@@ -66,6 +71,12 @@ def minority_bound(timing: Timing, max_delay: float = 0.0167) -> float:
         + (timing.agreement_rounds + 1) * timing.heartbeat_interval
         + 3 * max_delay
     )
+
+
+def loss_memory(timing: Timing) -> float:
+    """How long a fault can stretch failure timeouts: the loss window, one re-sizing period and
+    a heartbeat (lan: 4.3 s)."""
+    return (WINDOW_INTERVALS + 1) * timing.heartbeat_interval + TIMEOUT_REFRESH
 
 
 class Checker:
@@ -213,14 +224,26 @@ class Checker:
         """S3 and L1 over every stretch of unchanged topology."""
         found: list[Violation] = []
         in_flight_until = 0.0  # the last arrival of a datagram sent under an earlier topology
-        for topo, start, stop in self._segments(end):
+        segments = self._segments(end)
+        for i, (topo, start, stop) in enumerate(segments):
             slowest = self._slowest(topo, topo.alive - topo.paused)
-            carried = max(0.0, in_flight_until - start)
+            carried = max(0.0, in_flight_until - start) + self._stretch(segments, i)
             found += self._minority(topo, start, stop, slowest, carried)
             if stop - start >= self.settle + carried and topo.benign():
                 found += self._stable(topo, start + self.settle + carried, stop)
             in_flight_until = max(in_flight_until, stop + slowest)
         return found
+
+    def _stretch(self, segments: list[tuple[Topology, float, float]], i: int) -> float:
+        """Extra failure timeout that may be in effect when segment i starts: the longest one
+        minus the plain one if, within loss_memory before it, the topology changed or was not
+        benign; else 0."""
+        start = segments[i][1]
+        memory = start - loss_memory(self.timing)
+        for topo, s, e in segments[:i]:
+            if e > memory and (s > memory or not topo.benign()):
+                return self.timing.max_failure_timeout - self.timing.failure_timeout
+        return 0.0
 
     def _minority(
         self, topo: Topology, start: float, stop: float, slowest: float, carried: float

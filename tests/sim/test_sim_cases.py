@@ -256,3 +256,16 @@ def test_clean_leave_reforms_before_the_failure_timeout() -> None:
     net.run_until(net.now + SETTLE)
     assert one_view(net, {1, 2, 3, 4, 5}).members == {1, 2, 3, 4, 5}
     clean(net)
+
+
+def test_quorate_throughout_at_twenty_percent_loss() -> None:
+    """5 nodes, 20 % loss and +-20 ms jitter on every link for 120 simulated seconds: the peers'
+    failure timeouts stretch with the measured loss (0.65 -> 1.25 s), so no node is ever
+    excluded: one view, every node quorate from formation to the end."""
+    net = cluster(5, link=LinkModel(delay=0.025, jitter=0.02, loss=0.2), seed=7)
+    one_view(net, {1, 2, 3, 4, 5})
+    t0 = net.now
+    net.run_until(120.0)
+    assert Checker(net).view_changes() == 0, net.trace_tail()
+    assert all(quorate_since(net, n, t0) for n in (1, 2, 3, 4, 5))
+    clean(net)
