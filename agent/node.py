@@ -77,6 +77,7 @@ __all__ = [
 
 EVALUATE_DELAY = 0.005  # seconds: batch the membership evaluation after a burst of heartbeats
 TIMEOUT_REFRESH = 1.0  # seconds between re-sizing the peers' failure timeouts to their loss
+PHASE_TOLERANCE = 0.005  # seconds the wall clock may move before heartbeat rounds re-align
 
 
 @dataclass
@@ -140,6 +141,7 @@ class AgentNode:
         the datagram's source address), else None."""
         self._failure_timeout = config.timing.failure_timeout  # a property: computed once
         self._timeouts_at = 0.0
+        self._phase, self._phased = 0.0, False
         self._last_qdevice_update: QdeviceUpdate | None = None
         self._started = False
         self._out: list[NodeEffect] = []
@@ -331,6 +333,7 @@ class AgentNode:
 
     # ------------------------------------------------------------ the periodic step
     def _step(self) -> None:
+        self._align_rounds()
         if self._now >= self._timeouts_at:
             self._timeouts_at = self._now + TIMEOUT_REFRESH
             timing = self.config.timing
@@ -350,6 +353,16 @@ class AgentNode:
         if quorum_at is not None and quorum_at <= self._now:
             self._quorum_events(self.quorum.tick(self._now))
         self._send_due()
+
+    def _align_rounds(self) -> None:
+        """Put heartbeat rounds on whole multiples of the interval in wall-clock time (Links
+        `set_phase`); re-aligned when the wall clock moved by more than 5 ms (NTP steps)."""
+        interval = self.config.timing.heartbeat_interval
+        phase = (self._now - self._wall_ms / 1000) % interval
+        drift = abs(phase - self._phase)
+        if min(drift, interval - drift) > PHASE_TOLERANCE or not self._phased:
+            self._phase, self._phased = phase, True
+            self.links.set_phase(phase)
 
     def _persist_seq(self) -> None:
         """Ask the runtime to store max_seq; it must be on disk before later effects run."""

@@ -643,3 +643,18 @@ def test_receive_loss_leaves_out_a_silence_going_on() -> None:
     assert 0.25 <= measured <= 0.40
     links.tick(t + 2.0)
     assert links.receive_loss(PEER) == measured
+
+
+def test_heartbeat_rounds_fall_on_the_phase() -> None:
+    """With set_phase(p) heartbeats go at p + k x interval: the first at once, the next at the
+    first such instant at least half an interval later, then every interval."""
+    links = make(0)
+    links.set_phase(0.03)
+    assert links.due_sends(0.0) == [DueSend(PEER, 0, "heartbeat")]
+    assert links.next_deadline() == pytest.approx(0.13)
+    assert links.due_sends(0.1299) == []
+    assert links.due_sends(0.13) == [DueSend(PEER, 0, "heartbeat")]
+    links.received(PEER, 0, 0.14, expected_interval=HB)
+    assert links.next_deadline() == pytest.approx(0.23)
+    links.set_phase(0.08)  # the wall clock stepped: the next round moves
+    assert links.next_deadline() == pytest.approx(0.18)  # half an interval after the last

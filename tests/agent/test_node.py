@@ -10,6 +10,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field, replace
 
+import pytest
+
 from agent.config import AgentConfig, LinkConfig, PeerConfig, Timing
 from agent.events import EventKind
 from agent.node import (
@@ -276,3 +278,15 @@ def test_after_a_restart_recorded_heartbeats_are_not_believed() -> None:
     stale = replace(recorded, stamp_us=1, echoes=())
     restarted.handle(MessageIn(2, 1, 0, stale, 0), net.now)
     assert restarted.last_fresh_peer is None  # older than the newest seen: dropped
+
+
+def test_heartbeat_rounds_are_on_wall_clock_multiples() -> None:
+    """Nodes with synchronized wall clocks send their rounds at the same instants: the rounds
+    fall where the wall clock is a whole multiple of the interval, whatever the monotonic clock."""
+    node = AgentNode(config(1, 3), incarnation=1)
+    effects = node.handle(Start(wall_ms=1_000_037), 5.0)  # wall 1000.037 s at monotonic 5.0
+    assert any(isinstance(e, Broadcast) for e in effects)
+    assert node.next_deadline() == pytest.approx(5.063)  # wall 1000.100
+    effects = node.handle(Tick(wall_ms=1_000_100), 5.063)
+    assert [type(e) for e in effects if isinstance(e, Broadcast)] == [Broadcast]
+    assert node.next_deadline() == pytest.approx(5.163)
