@@ -143,6 +143,8 @@ class _Link:
     last_answer: float | None = None
     went_down: bool = False
     loss: LossMeter = field(default_factory=LossMeter)
+    due_after: float | None = None  # the last_sent that `due_at` was computed for
+    due_at: float = 0.0  # the next heartbeat round for it (Links._heartbeat_due)
 
     def rank(self) -> tuple[int, int]:
         """Sort key: higher priority first, then lower index."""
@@ -227,6 +229,8 @@ class Links:
         peers' heartbeats in one wake-up instead of one each (a third less idle CPU)."""
         self._phase = phase % self._heartbeat_interval
         for peer, state in self._peers.items():
+            for lk in state.links.values():
+                lk.due_after = None
             self._refresh(peer, state)
 
     def _round_after(self, t: float) -> float:
@@ -239,7 +243,10 @@ class Links:
         after the last one (so two heartbeats are 0.5-1.5 intervals apart, 1 once in step)."""
         if lk.last_sent is None:
             return self._now
-        return self._round_after(lk.last_sent + self._heartbeat_interval / 2)
+        if lk.due_after != lk.last_sent:
+            lk.due_after = lk.last_sent
+            lk.due_at = self._round_after(lk.last_sent + self._heartbeat_interval / 2)
+        return lk.due_at
 
     def remove_peer(self, peer: int) -> None:
         """Forget a peer entirely (no events)."""
@@ -286,6 +293,8 @@ class Links:
         self._now = max(self._now, now)
         changes, self._pending = self._pending, []
         for peer, state in sorted(self._peers.items()):
+            if now < self._deadlines.get(peer, -math.inf):
+                continue  # its cached deadline says nothing of it expires or is due yet
             changes += self._tick_peer(peer, state, now)
             self._refresh(peer, state)
         return changes
@@ -316,6 +325,8 @@ class Links:
         self._now = max(self._now, now)
         out: list[DueSend] = []
         for peer, state in sorted(self._peers.items()):
+            if now < self._deadlines.get(peer, -math.inf):
+                continue  # nothing is due for it (sends are part of its deadline)
             active = self._sending_link(state)
             for index, lk in sorted(state.links.items()):
                 kind = "heartbeat" if index == active else "probe"

@@ -140,6 +140,8 @@ class Membership:
     def __init__(self, node_id: int, timing: Timing, max_seq: int = 0) -> None:
         self._me = node_id
         self._timing = timing
+        self._report_ttl = timing.max_failure_timeout  # properties: computed once
+        self._proposal_ttl = timing.proposal_ttl
         self._max_seq = max_seq + 1  # the boot view takes a fresh seq: see the S2 argument
         self._view = MemberView(RingId(node_id, self._max_seq), frozenset({node_id}))
         self._proposal = self._view
@@ -165,8 +167,18 @@ class Membership:
                 self._max_seq = max(self._max_seq, view.ring_id.seq)
         if previous is None or previous.report != report:
             return True
-        ttl = min(self._timing.max_failure_timeout, self._timing.proposal_ttl)
+        ttl = min(self._report_ttl, self._proposal_ttl)
         return now - previous.at > ttl
+
+    def refresh(self, peer: int, now: float) -> bool | None:
+        """`peer` repeated its last report at `now` (the caller compared the raw fields): the
+        same as `peer_report` with an equal report, without building it. None when no report of
+        it is kept (call `peer_report`)."""
+        previous = self._reports.get(peer)
+        if previous is None:
+            return None
+        self._reports[peer] = _Received(previous.report, now)
+        return now - previous.at > min(self._report_ttl, self._proposal_ttl)
 
     def set_heard(self, heard: frozenset[int], now: float) -> bool:
         """The peers this node hears now (from the link layer). It expires like a report: a
@@ -213,7 +225,7 @@ class Membership:
         a report went stale: a heard peer's report is as old as its last heartbeat, so that is
         when the peer drops out of `heard` too. Reports of peers not heard never matter (they
         are not candidates, and only members' reports are read)."""
-        ttl = self._timing.max_failure_timeout
+        ttl = self._report_ttl
         fresh = self._fresh(now, ttl)
         heard = self._heard if now - self._heard_at <= ttl else frozenset()
         self._matrix = {self._me: heard} | {p: r.heard for p, r in fresh.items()}
@@ -279,7 +291,7 @@ class Membership:
         mine = self._proposal
         if mine == self._view:
             return None
-        agreeing = self._fresh(now, self._timing.proposal_ttl)
+        agreeing = self._fresh(now, self._proposal_ttl)
         if any(
             p not in agreeing or agreeing[p].proposal != mine for p in mine.members - {self._me}
         ):

@@ -97,6 +97,8 @@ class _Peer:
     """The incarnation that said Leave: its later datagrams (reordered) are ignored."""
     timeout: float = 0.0
     """Its failure timeout now: `Timing.failure_timeout_at` its heartbeats' measured loss."""
+    raw: tuple[object, ...] | None = None
+    """The last (heard, view, proposal) as sent: a repeat only refreshes the report's time."""
     verified: bool = False
     """This incarnation of the peer echoed a stamp of ours from this life: its heartbeats are
     fresh, not recordings replayed to us after our restart (design §3.3, "Freshness")."""
@@ -275,8 +277,14 @@ class AgentNode:
         if changed and pid in self.membership.view.members:
             self._update_quorum()
         self._clock_check(pid, peer, hb.wall_ms, wall_ms)
-        report = PeerReport(frozenset(hb.heard), _member_view(hb.view), _member_view(hb.proposal))
-        if self.membership.peer_report(pid, report, self._now) and self._evaluate_at is None:
+        raw = (hb.heard, hb.view, hb.proposal)
+        moved = self.membership.refresh(pid, self._now) if raw == peer.raw else None
+        if moved is None:
+            peer.raw = raw
+            heard, view, proposal = frozenset(hb.heard), _member_view(hb.view), hb.proposal
+            report = PeerReport(heard, view, _member_view(proposal))
+            moved = self.membership.peer_report(pid, report, self._now)
+        if moved and self._evaluate_at is None:
             self._evaluate_at = self._now + EVALUATE_DELAY
 
     def _left(self, pid: int, peer: _Peer, incarnation: int, reason: str) -> None:

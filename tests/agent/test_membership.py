@@ -170,6 +170,9 @@ def test_inputs_report_whether_evaluate_may_decide_differently() -> None:
         2, PeerReport(frozenset({1, 3}), None, None), 0.3 + T.max_failure_timeout + 0.01
     )
     assert m.peer_report(1, report, 2.0) is False  # our own echo is ignored
+    assert m.refresh(3, 0.4) is None  # nothing kept for node 3: the caller must send the report
+    assert m.refresh(2, 0.4 + T.failure_timeout) is False  # a repeat only moves the time
+    assert m.refresh(2, 0.5 + 2 * T.max_failure_timeout) is True  # ...unless it had gone stale
     m.set_heard(frozenset({2}), 1.0)
     first = m.evaluate(1.0)
     assert [type(c) for c in first] == [ProposalChanged]
