@@ -5,10 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice libnss3-tools iproute2 iptables
 
-.PHONY: help demo wire-tour test lint format ci bench soak system-deps clean
+.PHONY: help demo demo-corosync wire-tour test lint format ci bench soak system-deps clean
 
 help:
-	@echo "make demo         live demo: a corosync cluster arbitrated by votemesh-qnetd, split and healed (root)"
+	@echo "make demo         live demo: 4 votemesh agents + votemesh-qnetd: split, loss, kill, rejoin (root)"
+	@echo "make demo-corosync  live demo: a corosync cluster arbitrated by votemesh-qnetd, split and healed (root)"
 	@echo "make wire-tour    every qnetd protocol message, decoded, against Debian's corosync-qnetd (root)"
 	@echo "make test         the whole test suite (root runs the namespace and interop tests too)"
 	@echo "make lint         ruff format --check, ruff check, mypy --strict"
@@ -38,6 +39,9 @@ system-deps:
 	fi
 
 demo: system-deps $(VENV)/.installed
+	$(PY) -m tests.lab.agent_demo
+
+demo-corosync: system-deps $(VENV)/.installed
 	$(PY) -m tests.lab.demo
 
 wire-tour: system-deps $(VENV)/.installed

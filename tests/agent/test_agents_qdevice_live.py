@@ -14,31 +14,20 @@ stopped -> both still quorate (2 of 3, no device vote) while they see each other
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 
-from agent.runtime.keys import keygen
-from tests.agent.live_agents import BIN, control_request
 from tests.lab import netns
-from tests.lab.corosync import QdeviceCredentials
-from tests.lab.netns import Host, Lab, LabFactory, TrackedProcess
-from tests.lab.qnetd_under_test import IMPLEMENTATIONS, QnetdUnderTest, VotemeshQnetd
+from tests.lab.lab_agents import CLUSTER, LabAgent, pem_credentials, start_agents
+from tests.lab.netns import LabFactory
+from tests.lab.qnetd_under_test import IMPLEMENTATIONS, QnetdUnderTest
 
-CLUSTER = "qdlab"
-AGENT_PORT = 5407
-QDEVICE_HEARTBEAT = 2.0  # echo period and timeout (qdevice's default is 8 s); min 1 s
 SETTLE = 20.0  # deadline for each picture; lab timing loses a peer after 1.8 s
 SPLIT_HOLD = 4.0  # > one echo round and a few qnetd vote casts: a flapping vote shows up
 HOLD = 2.0
@@ -72,142 +61,6 @@ def lab_factory(tmp_path: Path) -> Iterator[LabFactory]:
     """Labs for one test; every namespace and process is gone after it, pass or fail."""
     with LabFactory(tmp_path) as factory:
         yield factory
-
-
-# ---------------------------------------------------------------- credentials
-@dataclass(frozen=True)
-class PemCredentials:
-    """What the agent's `[qdevice]` table points at."""
-
-    ca_pem: Path
-    cert_pem: Path
-    key_pem: Path
-
-
-def pem_credentials(qnetd: QnetdUnderTest, creds: QdeviceCredentials, out: Path) -> PemCredentials:
-    """Ours: the PEM files `certs client` wrote next to client.p12. Debian's: the NSS export
-    (CA in PEM or DER) and the PKCS#12 with an empty password, converted to PEM."""
-    if isinstance(qnetd, VotemeshQnetd):
-        here = creds.client_p12.parent
-        return PemCredentials(here / "ca.pem", here / "client.pem", here / "client.key")
-    out.mkdir(parents=True, exist_ok=True)
-    raw_ca = creds.ca_cert.read_bytes()
-    try:
-        ca = x509.load_pem_x509_certificate(raw_ca)
-    except ValueError:
-        ca = x509.load_der_x509_certificate(raw_ca)
-    with warnings.catch_warnings():  # NSS's pk12util writes BER; cryptography warns, then reads it
-        warnings.filterwarnings("ignore", "PKCS#12 bundle could not be parsed as DER", UserWarning)
-        key, cert, _extra = pkcs12.load_key_and_certificates(creds.client_p12.read_bytes(), b"")
-    assert key is not None
-    assert cert is not None
-    pem = PemCredentials(out / "ca.pem", out / "client.pem", out / "client.key")
-    pem.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pem.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.key_pem.touch(mode=0o600)
-    pem.key_pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return pem
-
-
-# ---------------------------------------------------------------- agents
-@dataclass
-class LabAgent:
-    """One agent process in a lab host; files in a host-side directory."""
-
-    node_id: int
-    host: Host
-    workdir: Path
-    process: TrackedProcess | None = None
-
-    @property
-    def control_socket(self) -> Path:
-        return self.workdir / "agent.sock"
-
-    def status(self) -> dict[str, Any]:
-        """The status document; AssertionError (with the log tail) if the agent died."""
-        assert self.process is not None
-        assert self.process.alive(), f"agent {self.node_id} exited:\n{self.process.log_tail()}"
-        try:
-            ok, body = control_request(self.control_socket, "status")
-        except OSError:
-            return {}
-        doc: dict[str, Any] = json.loads(body) if ok else {}
-        return doc
-
-    def log_records(self) -> list[dict[str, Any]]:
-        """The agent's JSON log lines so far."""
-        assert self.process is not None
-        records = []
-        for line in self.process.log_path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
-
-
-def agent_config(
-    agent: LabAgent, peer: LabAgent, key: Path, qnetd: QnetdUnderTest, pem: PemCredentials
-) -> str:
-    """TOML: lab timing, one link on the lab address, the other node, the qdevice."""
-    return f"""
-cluster_name = "{CLUSTER}"
-node_id = {agent.node_id}
-node_name = "{agent.host.name}"
-key_files = ["{key}"]
-state_dir = "state"
-control_socket = "agent.sock"
-discovery = false
-
-[timing]
-preset = "lab"
-
-[qdevice]
-host = "{qnetd.address}"
-port = {qnetd.port}
-algorithm = "ffsplit"
-tie_breaker = "lowest"
-votes = 1
-tls = "on"
-ca_pem = "{pem.ca_pem}"
-cert_pem = "{pem.cert_pem}"
-key_pem = "{pem.key_pem}"
-heartbeat_interval = {QDEVICE_HEARTBEAT}
-
-[[link]]
-index = 0
-address = "{agent.host.address}"
-port = {AGENT_PORT}
-
-[[peer]]
-node_id = {peer.node_id}
-name = "{peer.host.name}"
-link0 = "{peer.host.address}:{AGENT_PORT}"
-"""
-
-
-def start_agents(
-    lab: Lab, qnetd: QnetdUnderTest, pem: PemCredentials, work: Path
-) -> list[LabAgent]:
-    """One agent in n1 (node 1) and one in n2 (node 2), sharing one cluster key."""
-    work.mkdir(parents=True, exist_ok=True)
-    key = work / "cluster.key"
-    keygen(key)
-    agents = [LabAgent(i, lab[f"n{i}"], work / f"n{i}") for i in (1, 2)]
-    for agent, peer in ((agents[0], agents[1]), (agents[1], agents[0])):
-        agent.workdir.mkdir(parents=True)
-        config = agent.workdir / "agent.toml"
-        config.write_text(agent_config(agent, peer, key, qnetd, pem))
-        agent.process = agent.host.start(
-            [str(BIN / "votemesh-agent"), "--config", str(config)], label="agent"
-        )
-    return agents
 
 
 # ---------------------------------------------------------------- pictures
