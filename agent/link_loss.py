@@ -60,8 +60,12 @@ class LossMeter:
             self.marks.append((now, missed(gap, step), False))
         self._trim(now)
 
-    def loss(self, now: float) -> float:
-        """Fraction of the window's expected datagrams that did not arrive (1.0: never heard)."""
+    def loss(self, now: float, outage: int | None = None) -> float:
+        """Fraction of the window's expected datagrams that did not arrive (1.0: never heard).
+
+        With `outage`, a silence of at least that many missing datagrams (one the failure
+        timeout would have declared dead: a cut, a crash, a healed partition) counts as no
+        loss, so random loss is measured apart from outages."""
         if self.last is None:
             return 1.0
         self._trim(now)
@@ -71,6 +75,8 @@ class LossMeter:
         for at, before, extra in self.marks:
             if extra:
                 extras += 1
+            elif outage is not None and before >= outage:
+                counted += 1  # an outage, not loss
             else:
                 counted += 1
                 holes += min(before, max(0, math.floor((at - start) / self.interval)))

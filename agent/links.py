@@ -368,15 +368,17 @@ class Links:
         return None if state is None else self._sending_link(state)
 
     def receive_loss(self, peer: int) -> float:
-        """Loss of `peer`'s datagrams on the link its heartbeats come on (the active one),
-        measured up to the last arrival: a silence going on now is not counted, so a peer that
-        just died does not stretch its own failure timeout. 0.0 when nothing is known."""
+        """Loss of `peer`'s datagrams on the link its heartbeats last came on, measured up to
+        the last arrival (a silence going on now is not counted, so a peer that just died does
+        not stretch its own failure timeout), gaps of `missed_heartbeats` or more left out (an
+        outage such as a healed partition is not random loss). 0.0 when nothing is known."""
         state = self._peers.get(peer)
         heard = [lk for lk in (state.links.values() if state else ()) if lk.last_heard is not None]
         if not heard:
             return 0.0
         lk = max(heard, key=lambda x: x.last_heard or 0.0)  # the link it last came on
-        return lk.loss.loss(lk.last_heard or 0.0)
+        outage = self.timing.missed_heartbeats  # a silence that long was an outage, not loss
+        return lk.loss.loss(lk.last_heard or 0.0, outage=outage)
 
     def set_timeout(self, peer: int, failure_timeout: float) -> None:
         """The peer's failure timeout (`Timing.failure_timeout_at` its loss): the lease of its

@@ -630,7 +630,8 @@ def test_a_driver_jumping_to_next_deadline_always_moves_on(
 
 def test_receive_loss_leaves_out_a_silence_going_on() -> None:
     """The loss that sizes a peer's failure timeout is measured up to its last arrival: every
-    third heartbeat lost reads about 1/3; a silence after that (the peer died) adds nothing."""
+    third heartbeat lost reads about 1/3; a silence after that (the peer died) adds nothing, and
+    once it is back the outage does not count as loss."""
     links = make(0)
     assert links.receive_loss(PEER) == 0.0
     t = 0.0
@@ -643,6 +644,13 @@ def test_receive_loss_leaves_out_a_silence_going_on() -> None:
     assert 0.25 <= measured <= 0.40
     links.tick(t + 2.0)
     assert links.receive_loss(PEER) == measured
+    # the peer comes back after that 2 s outage and sends every heartbeat: the outage (a healed
+    # partition, a restart) is not random loss, so it does not stretch the timeout
+    t += 2.0
+    for _ in range(40):
+        links.received(PEER, 0, t, expected_interval=HB)
+        t += HB
+    assert links.receive_loss(PEER) == 0.0
 
 
 def test_heartbeat_rounds_fall_on_the_phase() -> None:

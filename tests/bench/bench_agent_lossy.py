@@ -10,6 +10,9 @@ default LAN timing. After one quorate view of 5, every directed pair gets
 (b) 20 % loss with the same delay for BENCH_LOSSY20_SECONDS (default 120).
 The jitter rides on a 20 ms base delay because a ± jitter around 0 would be clamped at 0.
 
+First, on the clean network, SPLIT_ROUNDS 3|2 splits: how soon the minority's agents log
+`quorum_lost` (target: within 1.2 s), and that the majority never does.
+
 Per phase it prints the `view_installed` and `quorum_lost` log events of each agent logged
 during the phase, the share of 0.5 s samples of every agent's status in which at least one agent
 was inquorate (or did not answer), and the switch's forwarded / dropped frame counts.
@@ -38,6 +41,7 @@ SETTLE = 60.0
 SAMPLE_EVERY = 0.5
 DELAY_MS = 20.0
 JITTER_MS = 20.0
+SPLIT_ROUNDS = 10
 
 
 def phase_seconds() -> tuple[float, float]:
@@ -141,6 +145,52 @@ def run_phase(
     return result
 
 
+def first_event_after(agent: LiveAgent, kind: str, since: float) -> float | None:
+    """Wall time of the agent's first `kind` event logged at or after `since`."""
+    for record in agent.log_records():
+        if record.get("event") == kind:
+            at = datetime.fromisoformat(record["timestamp"]).timestamp()
+            if at >= since:
+                return at
+    return None
+
+
+def bench_split(lab: Lab, agents: list[LiveAgent], rounds: int = SPLIT_ROUNDS) -> None:
+    """3|2 splits on a clean network: from the partition to the `quorum_lost` event of the
+    later of the two minority agents (their log timestamps); the majority must not lose quorum.
+    Heal and wait for one view of 5 between rounds."""
+    times: list[float] = []
+    majority_lost = 0
+    for _ in range(rounds):
+        started = time.time()
+        lab.partition(["n1", "n2"], ["n3", "n4", "n5"])
+        deadline = time.monotonic() + 30
+        while any((d := a.status()) is None or d.get("quorate") for a in agents[:2]):
+            if time.monotonic() > deadline:
+                print("  3|2 split: the minority did not lose quorum within 30 s")
+                return
+            time.sleep(0.05)
+        lost = [first_event_after(a, "quorum_lost", started) for a in agents[:2]]
+        times += [max(t for t in lost if t is not None) - started]
+        lab.heal()
+        deadline = time.monotonic() + 30
+        while not one_view(agents):
+            if time.monotonic() > deadline:
+                print("  3|2 split: no view of 5 within 30 s of healing")
+                return
+            time.sleep(0.1)
+        majority_lost += sum(
+            events_since(a, "quorum_lost", started, time.time()) for a in agents[2:]
+        )
+        time.sleep(1.0)
+    ordered = sorted(times)
+    print(
+        f"  3|2 split, clean network ({rounds} rounds): minority inquorate after p50 "
+        f"{ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms; "
+        f"quorum_lost on the majority side: {majority_lost}"
+    )
+
+
 def print_phase(result: PhaseResult) -> None:
     """The figures of one phase, in the style of bench_agent."""
     nodes = sorted(result.views_by_node)
@@ -190,6 +240,7 @@ def bench(workdir: Path, five_s: float, twenty_s: float) -> None:
         time.sleep(2.0)
         startup = sum(events_since(a, "view_installed", 0, time.time()) for a in agents)
         print(f"  start-up: one quorate view of {NODES}; {startup} view_installed events logged")
+        bench_split(lab, agents)
         phases = [("5 % loss, 20 ± 20 ms", 0.05, five_s), ("20 % loss, 20 ± 20 ms", 0.2, twenty_s)]
         for title, loss, seconds in phases:
             print_phase(run_phase(lab, agents, title, loss, seconds))
