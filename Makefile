@@ -15,7 +15,7 @@ help:
 	@echo "make lint         ruff format --check, ruff check, mypy --strict"
 	@echo "make ci           lint + test, as CI runs them"
 	@echo "make bench        benchmarks: print figures, never fail on timing"
-	@echo "make soak         100,000 random fault schedules through the simulator (hours; SOAK_RUNS=N)"
+	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N)"
 	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
 
 $(VENV)/.installed: pyproject.toml
