@@ -31,12 +31,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.runtime.keys import keygen
-from tests.agent.live_agents import BIN, LAN_TIMING, LiveAgent
-from tests.lab.netns import Lab, TrackedProcess, missing_reason
+from tests.lab.lab_agents import LabAgent, start_agents
+from tests.lab.netns import Lab, missing_reason
 
 NODES = 5
-PORT = 5407
 SETTLE = 60.0
 SAMPLE_EVERY = 0.5
 DELAY_MS = 20.0
@@ -67,28 +65,14 @@ class PhaseResult:
     switch: dict[str, int] = field(default_factory=dict)
 
 
-def agent_toml(me: LiveAgent, everyone: list[LiveAgent], key: Path) -> str:
-    """Static peers on the lab addresses, LAN timing, no discovery."""
-    lines = [
-        'cluster_name = "lossy"',
-        f"node_id = {me.node_id}",
-        f'node_name = "n{me.node_id}"',
-        f'key_files = ["{key}"]',
-        'state_dir = "state"',
-        'control_socket = "agent.sock"',
-        "discovery = false",
-        LAN_TIMING,
-        f'[[link]]\nindex = 0\naddress = "{me.address}"\nport = {me.port}',
-    ]
-    lines += [
-        f'[[peer]]\nnode_id = {o.node_id}\nname = "n{o.node_id}"\nlink0 = "{o.address}:{o.port}"'
-        for o in everyone
-        if o is not me
-    ]
-    return "\n".join(lines) + "\n"
+def status(agent: LabAgent) -> dict[str, Any] | None:
+    """The agent's status document, or None if it exited or did not answer."""
+    if agent.process is None or not agent.process.alive():
+        return None
+    return agent.status() or None
 
 
-def events_since(agent: LiveAgent, kind: str, since: float, until: float) -> int:
+def events_since(agent: LabAgent, kind: str, since: float, until: float) -> int:
     """How many log events of `kind` the agent logged between two wall-clock times."""
     count = 0
     for record in agent.log_records():
@@ -98,9 +82,9 @@ def events_since(agent: LiveAgent, kind: str, since: float, until: float) -> int
     return count
 
 
-def one_view(agents: list[LiveAgent]) -> bool:
+def one_view(agents: list[LabAgent]) -> bool:
     """Every agent quorate in one view of all of them."""
-    docs = [a.status() for a in agents]
+    docs = [status(a) for a in agents]
     if any(d is None or not d.get("quorate") for d in docs):
         return False
     views = {(tuple(d["ring_id"]), tuple(d["members"])) for d in docs if d is not None}
@@ -113,7 +97,7 @@ def switch_totals(counters: dict[str, Any]) -> dict[str, int]:
 
 
 def run_phase(
-    lab: Lab, agents: list[LiveAgent], name: str, loss: float, seconds: float
+    lab: Lab, agents: list[LabAgent], name: str, loss: float, seconds: float
 ) -> PhaseResult:
     """Impair every pair, sample every agent's status every 0.5 s, count events after."""
     result = PhaseResult(name, seconds)
@@ -127,7 +111,7 @@ def run_phase(
             time.sleep(next_sample - now)
             continue
         next_sample += SAMPLE_EVERY
-        docs = {a.node_id: a.status() for a in agents}
+        docs = {a.node_id: status(a) for a in agents}
         result.samples += 1
         bad = [n for n, d in docs.items() if d is None or not d.get("quorate")]
         result.no_answer += any(d is None for d in docs.values())
@@ -145,7 +129,7 @@ def run_phase(
     return result
 
 
-def first_event_after(agent: LiveAgent, kind: str, since: float) -> float | None:
+def first_event_after(agent: LabAgent, kind: str, since: float) -> float | None:
     """Wall time of the agent's first `kind` event logged at or after `since`."""
     for record in agent.log_records():
         if record.get("event") == kind:
@@ -155,7 +139,7 @@ def first_event_after(agent: LiveAgent, kind: str, since: float) -> float | None
     return None
 
 
-def bench_split(lab: Lab, agents: list[LiveAgent], rounds: int = SPLIT_ROUNDS) -> None:
+def bench_split(lab: Lab, agents: list[LabAgent], rounds: int = SPLIT_ROUNDS) -> None:
     """3|2 splits on a clean network: from the partition to the `quorum_lost` event of the
     later of the two minority agents (their log timestamps); the majority must not lose quorum.
     Heal and wait for one view of 5 between rounds."""
@@ -165,7 +149,7 @@ def bench_split(lab: Lab, agents: list[LiveAgent], rounds: int = SPLIT_ROUNDS) -
         started = time.time()
         lab.partition(["n1", "n2"], ["n3", "n4", "n5"])
         deadline = time.monotonic() + 30
-        while any((d := a.status()) is None or d.get("quorate") for a in agents[:2]):
+        while any((d := status(a)) is None or d.get("quorate") for a in agents[:2]):
             if time.monotonic() > deadline:
                 print("  3|2 split: the minority did not lose quorum within 30 s")
                 return
@@ -218,17 +202,12 @@ def print_phase(result: PhaseResult) -> None:
 def bench(workdir: Path, five_s: float, twenty_s: float) -> None:
     """Build the lab, start the agents, run both phases, print."""
     names = [f"n{i}" for i in range(1, NODES + 1)]
-    key = workdir / "cluster.key"
-    workdir.mkdir(parents=True, exist_ok=True)
-    keygen(key)
     with Lab(workdir / "lab", names, switch="tap") as lab:
-        agents = [LiveAgent(i, lab[n].address, PORT, lab[n].root) for i, n in enumerate(names, 1)]
-        processes: list[TrackedProcess] = []
-        for agent, name in zip(agents, names, strict=True):
-            agent.workdir.mkdir(parents=True, exist_ok=True)
-            agent.config_path.write_text(agent_toml(agent, agents, key))
-            args = [str(BIN / "votemesh-agent"), "--config", str(agent.config_path)]
-            processes.append(lab[name].start(args, label="agent"))
+        nodes = range(1, NODES + 1)
+        agents = start_agents(
+            lab, None, None, workdir / "agents", nodes, cluster="lossy", timing="lan"
+        )
+        processes = [a.process for a in agents if a.process is not None]
         deadline = time.monotonic() + SETTLE
         while not one_view(agents):
             dead = [p for p in processes if not p.alive()]
