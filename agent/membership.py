@@ -167,8 +167,7 @@ class Membership:
                 self._max_seq = max(self._max_seq, view.ring_id.seq)
         if previous is None or previous.report != report:
             return True
-        ttl = min(self._report_ttl, self._proposal_ttl)
-        return now - previous.at > ttl
+        return self._was_stale(previous, now)
 
     def refresh(self, peer: int, now: float) -> bool | None:
         """`peer` repeated its last report at `now` (the caller compared the raw fields): the
@@ -178,6 +177,10 @@ class Membership:
         if previous is None:
             return None
         self._reports[peer] = _Received(previous.report, now)
+        return self._was_stale(previous, now)
+
+    def _was_stale(self, previous: _Received, now: float) -> bool:
+        """A repeated report counts as new when the one it repeats had expired."""
         return now - previous.at > min(self._report_ttl, self._proposal_ttl)
 
     def set_heard(self, heard: frozenset[int], now: float) -> bool:

@@ -204,7 +204,7 @@ class AgentRuntime:
         """From a socket callback: an opened message for the core (False: not running)."""
         if not self._accepting:
             return False
-        self._guarded(lambda: self.dispatch(message))
+        self._guarded(self.dispatch, message)
         return True
 
     def _arm(self) -> None:
@@ -229,10 +229,10 @@ class AgentRuntime:
         else:
             self._arm()
 
-    def _guarded(self, callback: Callable[[], None]) -> None:
+    def _guarded(self, callback: Callable[..., None], *args: Any) -> None:
         """Run a core callback; a failure (a core bug) stops the agent loudly, like a task's."""
         try:
-            callback()
+            callback(*args)
         except Exception as exc:  # noqa: BLE001 (re-raised by run() once everything is closed)
             self._crash = exc
             self.stop()

@@ -109,7 +109,8 @@ def test_next_deadline_covers_sends_suspicion_and_expiry() -> None:
 
 def test_heartbeats_to_a_late_peer_join_the_round() -> None:
     """A peer added between rounds gets its first heartbeat at once, then joins the next round
-    of the others (sent up to half an interval early) so the node wakes once per interval."""
+    of the others (the first round at least half an interval later) so the node wakes once per
+    interval."""
     links = make(0)
     links.due_sends(0.0)
     links.set_peer(3, frozenset({0}))
