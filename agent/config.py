@@ -184,7 +184,9 @@ class QdeviceConfig:
     tie_breaker: str = "lowest"
     """lowest, highest, or a node id."""
     tls: str = "on"
-    """on, off or required."""
+    """on or required: STARTTLS, verify the server (CA + `Qnetd Server`); off: plain text."""
+    allow_tls_downgrade: bool = False
+    """With tls = on: accept a qnetd that offers no TLS (plain text, warned on every connect)."""
     ca_pem: str = ""
     cert_pem: str = ""
     key_pem: str = ""
@@ -204,6 +206,11 @@ class QdeviceConfig:
             raise ConfigError("qdevice.tls must be on, off or required")
         if self.tie_breaker not in {"lowest", "highest"} and not self.tie_breaker.isdigit():
             raise ConfigError("qdevice.tie_breaker must be lowest, highest or a node id")
+        if self.allow_tls_downgrade and self.tls != "on":
+            raise ConfigError(
+                f'qdevice.allow_tls_downgrade = true needs tls = "on" (it is "{self.tls}"): '
+                "remove one of the two"
+            )
         if self.tls != "off" and not (self.ca_pem and self.cert_pem and self.key_pem):
             raise ConfigError("qdevice with TLS needs ca_pem, cert_pem and key_pem")
 

@@ -37,7 +37,11 @@ HEARTBEAT_MIN_MS = 1000  # 8.1: heartbeat clamped to [1000, 120000] ms
 HEARTBEAT_MAX_MS = 120000
 RETRY_INIT_CODES = frozenset({15, 16, 17})  # 4.5: the only INIT_REPLY errors that reconnect
 CAST_VOTE_PER_HEARTBEAT = 0.625  # 8.1: heartbeat = 0.8 x timeout, cast_vote = 0.5 x timeout
-RECONNECT_SPREAD = 0.9  # 4.8: reconnect after random 0 .. 0.9 x cast_vote_interval
+# Reconnect backoff (docs/design.md 3.5; qdevice waits 0-4.5 s, or 8 s after a refused connect):
+RECONNECT_FIRST = 0.2  # seconds; the first retry after a session that worked: 0.1-0.2 s
+RECONNECT_GROWTH = 1.5  # per consecutive failed attempt
+RECONNECT_CAP = 3.0  # the delay never exceeds this (before jitter)
+RECONNECT_JITTER = 0.5  # the delay is drawn from [JITTER x d, d]
 
 _TLS_SETTING = {"off": 0, "on": 1, "required": 2}
 _ALGORITHMS = {
@@ -78,6 +82,14 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
+class PlainText:
+    """The connection goes on without TLS (tls = "off", or a downgrade the operator allowed):
+    the runtime warns, on every such connect."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunHeuristics:
     """Run cfg.heuristics (each within cfg.heuristics_timeout); then `heuristics_result()`."""
 
@@ -99,7 +111,7 @@ class SessionEvent:
 
 
 QdEffect: TypeAlias = (
-    Connect | SendMsg | StartTls | Close | RunHeuristics | VoteChanged | SessionEvent
+    Connect | SendMsg | StartTls | PlainText | Close | RunHeuristics | VoteChanged | SessionEvent
 )
 
 
@@ -164,11 +176,6 @@ class Timers:
         """0.5 x device timeout = 0.625 x heartbeat (5 s for the 8 s default)."""
         return self.heartbeat * CAST_VOTE_PER_HEARTBEAT
 
-    @property
-    def max_reconnect_delay(self) -> float:
-        """Upper end of the random reconnect delay: 0.9 x cast_vote_interval (4.5 s default)."""
-        return self.cast_vote_interval * RECONNECT_SPREAD
-
     @classmethod
     def of(cls, cfg: QdeviceConfig) -> Timers:
         """Timers for one configuration."""
@@ -190,26 +197,45 @@ def tie_breaker_of(cfg: QdeviceConfig) -> TieBreaker:
     return TieBreaker(TieBreakerMode.NODE_ID, int(cfg.tie_breaker))
 
 
-def use_tls(server_mode: int, client_setting: str) -> bool | None:
-    """Reference 4.3 table: True = STARTTLS, False = stay plain, None = incompatible."""
+def reconnect_delay(failures: int, draw: float) -> float:
+    """Seconds until the next connect after `failures` consecutive failed attempts (0 after a
+    session that worked); `draw` in [0, 1] picks the point in the jitter range."""
+    ceiling = min(RECONNECT_CAP, RECONNECT_FIRST * RECONNECT_GROWTH ** min(failures, 64))
+    return ceiling * (RECONNECT_JITTER + (1 - RECONNECT_JITTER) * draw)
+
+
+def use_tls(server_mode: int, client_setting: str, allow_downgrade: bool = False) -> bool | None:
+    """Reference 4.3 table, but `on` only falls back to plain text with `allow_downgrade`:
+    True = STARTTLS, False = stay plain, None = refuse (incompatible)."""
     client = _TLS_SETTING[client_setting]
     if server_mode == TlsSupported.UNSUPPORTED:
-        return None if client == TlsSupported.REQUIRED else False
+        if client == TlsSupported.UNSUPPORTED:
+            return False
+        return False if client == TlsSupported.SUPPORTED and allow_downgrade else None
     if server_mode == TlsSupported.REQUIRED:
         return None if client == TlsSupported.UNSUPPORTED else True
     return client != TlsSupported.UNSUPPORTED
 
 
-def check_preinit_reply(msg: PreinitReply, expected_seq: int, tls: str) -> bool | Refusal:
+def check_preinit_reply(msg: PreinitReply, expected_seq: int, cfg: QdeviceConfig) -> bool | Refusal:
     """Whether to STARTTLS after this PREINIT_REPLY, or why to drop the connection."""
     if msg.seq != expected_seq:
         return Refusal(f"PREINIT_REPLY seq {msg.seq}, expected {expected_seq}", reconnect=False)
     if msg.tls_supported is None or msg.tls_client_cert_required is None:
         return Refusal("PREINIT_REPLY lacks a TLS option", reconnect=False)
-    decision = use_tls(msg.tls_supported, tls)
-    if decision is None:
-        return Refusal(f"incompatible TLS: server {msg.tls_supported}, us {tls}", reconnect=False)
-    return decision
+    decision = use_tls(msg.tls_supported, cfg.tls, cfg.allow_tls_downgrade)
+    if decision is not None:
+        return decision
+    if msg.tls_supported == TlsSupported.UNSUPPORTED:
+        allow = (
+            ", or set qdevice.allow_tls_downgrade = true to accept it" if cfg.tls == "on" else ""
+        )
+        return Refusal(
+            f"qnetd offers no TLS and qdevice.tls = {cfg.tls}: refusing plain text (the "
+            f"arbitrator cannot be authenticated); enable TLS on the qnetd{allow}",
+            reconnect=False,
+        )
+    return Refusal(f"incompatible TLS: server {msg.tls_supported}, us {cfg.tls}", reconnect=False)
 
 
 def build_init(seq: int, node_id: int, cfg: QdeviceConfig, ring: RingId) -> Init:

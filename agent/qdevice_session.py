@@ -20,6 +20,7 @@ from agent.qdevice_protocol import (
     Close,
     Connect,
     Connection,
+    PlainText,
     QdEffect,
     Refusal,
     RunHeuristics,
@@ -35,6 +36,7 @@ from agent.qdevice_protocol import (
     config_list,
     membership_list,
     quorum_list,
+    reconnect_delay,
 )
 from agent.qdevice_votes import VoteMessage, VoteTracker, vote_fields
 from proto import qnetd_messages as qm
@@ -45,6 +47,7 @@ from proto.qnetd_options import RingId
 __all__ = [
     "Close",
     "Connect",
+    "PlainText",
     "QdEffect",
     "QdeviceSession",
     "RunHeuristics",
@@ -86,6 +89,7 @@ class QdeviceSession:
         self._quorum: tuple[bool, tuple[int, ...]] = (False, ())
         self._heuristics: int | None = None
         self._reconnect_at: float | None = 0.0  # first connect as soon as we know a ring
+        self._failures = 0  # failed attempts since the last session that worked (backoff)
         self._c = Connection()
 
     # ----- properties -------------------------------------------------------------------------
@@ -227,11 +231,16 @@ class QdeviceSession:
     def _on_preinit_reply(self, msg: qm.PreinitReply, now: float) -> list[QdEffect]:
         if self._state != "waiting_preinit_reply":
             return self._close(now, f"unexpected PreinitReply while {self._state}", False)
-        decision = check_preinit_reply(msg, self._expected_seq, self._cfg.tls)
+        decision = check_preinit_reply(msg, self._expected_seq, self._cfg)
         if isinstance(decision, Refusal):
             return self._close(now, decision.reason, decision.reconnect)
         if not decision:
-            return self._send_init(now)
+            why = (
+                "qdevice.tls = off"
+                if self._cfg.tls == "off"
+                else "qnetd offers no TLS; downgrade allowed by qdevice.allow_tls_downgrade"
+            )
+            return [PlainText(why), *self._send_init(now)]
         self._state = "tls"
         return [*self._emit(now, [qm.StartTls(seq=self._next_seq())]), StartTls()]
 
@@ -293,6 +302,7 @@ class QdeviceSession:
         if self._state == "disconnected":
             return effects
         self._state = "connected"
+        self._failures = 0
         self._vote_reason = "connected, waiting for qnetd's vote"
         return [*effects, SessionEvent("connected", f"qnetd {self._cfg.host}:{self._cfg.port}")]
 
@@ -357,14 +367,14 @@ class QdeviceSession:
         return [Connect()]
 
     def _close(self, now: float, reason: str, reconnect: bool) -> list[QdEffect]:
-        """End the connection: vote NACK, schedule the reconnect (lms always reconnects)."""
+        """End the connection: vote NACK, schedule the reconnect (lms always reconnects) after
+        the backoff of docs/design.md 3.5."""
         was_connected = self._state == "connected"
         if not (reconnect or self._lms):
             self._reconnect_at = None
-        elif self._c.tcp_up:
-            self._reconnect_at = now + self._rng.uniform(0, self._timers.max_reconnect_delay)
-        else:  # a failed connect is retried when the connect timer expires (reference 4.8)
-            self._reconnect_at = max(now, self._c.started_at + self._timers.connect_timeout)
+        else:
+            self._reconnect_at = now + reconnect_delay(self._failures, self._rng.random())
+            self._failures += 1
         self._votes.lost()
         self._vote_reason = f"qnetd connection lost: {reason}"
         self._state = "disconnected"

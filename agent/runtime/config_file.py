@@ -206,6 +206,7 @@ def _qdevice(data: Mapping[str, Any], base: Path) -> QdeviceConfig:
         algorithm=t.text("algorithm", "ffsplit", "ffsplit"),
         tie_breaker=t.text("tie_breaker", "lowest", "lowest"),
         tls=t.text("tls", "on", "on"),
+        allow_tls_downgrade=t.flag("allow_tls_downgrade", False),
         ca_pem=_path(base, pem["ca_pem"]) if pem["ca_pem"] else "",
         cert_pem=_path(base, pem["cert_pem"]) if pem["cert_pem"] else "",
         key_pem=_path(base, key_pem) if key_pem else "",

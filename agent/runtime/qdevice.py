@@ -14,6 +14,9 @@ through `on_vote(vote, connected, reason)`, which it turns into `QdeviceVote` fo
 * TLS: the client context trusts `ca_pem`, presents `cert_pem`/`key_pem`; the server must be
   named `Qnetd Server` (SAN DNS names, else the CN, case-insensitive, as NSS checks it), which
   Python's host-name check cannot do (the space), so it is checked here after the handshake.
+  A session without TLS (`PlainText`: tls = "off" or an allowed downgrade) is logged as a warning
+  on every connect; a close that gives up (a server without TLS when no downgrade is allowed,
+  and the other refusals of reference 4.8) is logged as an error with its reason.
 * The reader feeds a `StreamDecoder` limited to `session.max_receive_size` (32 KiB until the
   INIT_REPLY, then the server's reply size); a bad message drops the connection (qdevice does).
 * Heuristics: every command (split like a shell would, run without one) must exit 0 within
@@ -44,6 +47,7 @@ from agent.qdevice_protocol import Timers
 from agent.qdevice_session import (
     Close,
     Connect,
+    PlainText,
     QdEffect,
     QdeviceSession,
     RunHeuristics,
@@ -175,12 +179,22 @@ class QdeviceRunner:
                 self._writer.write(data)
             case StartTls():
                 self._spawn(self._start_tls(self._gen), "qdevice-tls")
+            case PlainText(reason):
+                self.tls_version = "plain"
+                log.warning(
+                    "qdevice connection without TLS: the arbitrator is not authenticated",
+                    server=f"{self.cfg.host}:{self.cfg.port}",
+                    reason=reason,
+                )
             case Close(reason, reconnect_at):
                 self._gen += 1
                 self._close_writer()
                 self.last_close = reason
-                delay = None if reconnect_at is None else round(reconnect_at - self._now(), 3)
-                log.info("qdevice connection closed", reason=reason, reconnect_in_s=delay)
+                if reconnect_at is None:
+                    log.error("qdevice gave up; restart the agent once fixed", reason=reason)
+                else:
+                    delay = round(reconnect_at - self._now(), 3)
+                    log.info("qdevice connection closed", reason=reason, reconnect_in_s=delay)
             case RunHeuristics():
                 self._spawn(self._heuristics(self._gen), "qdevice-heuristics")
             case VoteChanged(vote, reason):

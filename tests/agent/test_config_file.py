@@ -24,6 +24,15 @@ node_id = 2
 link0 = "127.0.0.2"
 """
 
+QDEVICE = """[qdevice]
+host = "192.0.2.9"
+tls = "on"
+allow_tls_downgrade = true
+ca_pem = "ca.pem"
+cert_pem = "client.pem"
+key_pem = "client.key"
+"""
+
 
 def documented_example() -> str:
     """The first ```toml block of docs/agent.md."""
@@ -96,6 +105,14 @@ def test_peer_address_forms() -> None:
         (("[[link]]", "[quorum]\nauto_tie_breaker_node = 'x'\n[[link]]"), 'write "lowest"'),
         (("[[link]]", "[timing]\nheartbeat_interval = 0\n[[link]]"), "timing.heartbeat_interval"),
         (("[[link]]", "[qdevice]\nport = 5403\n[[link]]"), "missing qdevice.host"),
+        (
+            ("[[link]]", QDEVICE.replace('tls = "on"', 'tls = "required"') + "[[link]]"),
+            'qdevice.allow_tls_downgrade = true needs tls = "on" (it is "required")',
+        ),
+        (
+            ("[[link]]", QDEVICE.replace("true", '"yes"') + "[[link]]"),
+            "qdevice.allow_tls_downgrade = 'yes' has the wrong type",
+        ),
         (("[[link]]", "[quorum]\ntwo_node = 1\n[[link]]"), "quorum.two_node = 1 has the wrong"),
         (("cluster_name = ", "cluster_name == "), "not valid TOML"),
     ],
@@ -107,6 +124,18 @@ def test_mistakes_are_one_line_naming_the_key(change: tuple[str, str], expected:
     message = str(info.value)
     assert "\n" not in message
     assert expected in message
+
+
+def test_qdevice_tls_defaults_to_on_without_downgrade_and_the_downgrade_is_explicit() -> None:
+    """Issue 7 item 3: no [qdevice] TLS keys -> tls on, no downgrade; the downgrade is its own
+    key, read as a boolean."""
+    plain = QDEVICE.replace('tls = "on"\nallow_tls_downgrade = true\n', "")
+    config = parse_config(MINIMAL.replace("[[link]]", plain + "[[link]]", 1))
+    assert config.qdevice is not None
+    assert (config.qdevice.tls, config.qdevice.allow_tls_downgrade) == ("on", False)
+    config = parse_config(MINIMAL.replace("[[link]]", QDEVICE + "[[link]]", 1))
+    assert config.qdevice is not None
+    assert config.qdevice.allow_tls_downgrade is True
 
 
 def test_load_config_names_the_file(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import datetime as dt
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from structlog.testing import capture_logs
 
 from agent.config import ConfigError, QdeviceConfig
 from agent.runtime.qdevice import QdeviceRunner, server_name_problem
@@ -88,6 +90,112 @@ async def test_runner_votes_and_withdraws_when_qnetd_stops(qnetd: OurQnetd) -> N
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+# ---------------------------------------------------------------- a qnetd without TLS
+async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll `condition()` every 20 ms until it holds (TimeoutError after `timeout`)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_runner_refuses_a_qnetd_without_tls_by_default(tmp_path: Path) -> None:
+    """Issue 7 item 3 (regression: main fell back to plain text and counted the vote): our
+    qnetd with `--tls off` on 127.0.0.1 and the default client config (tls on, no downgrade)
+    -> no session, no vote, the session gives up, and the reason is in status and an error log
+    line."""
+    with running_our_qnetd(tmp_path / "qnetd", "off", False) as server:
+        reports: list[Report] = []
+        runner = QdeviceRunner(config_for(server), 1, CLUSTER, lambda *a: reports.append(a))
+        runner.set_config((1, 2))
+        runner.update((1, 5), (1,), quorate=False)
+        with capture_logs() as logs:
+            task = asyncio.create_task(runner.run(), name="qdevice")
+            try:
+                await wait_for(lambda: "offers no TLS" in runner.last_close)
+                await asyncio.sleep(0.5)  # a fallback would have connected by now
+                status = runner.status()
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        assert (status["state"], status["connects"], status["tls"]) == ("disconnected", 0, "")
+        assert "allow_tls_downgrade" in status["last_close"]
+        assert not any(vote or connected for vote, connected, _ in reports)
+        assert runner.session.next_deadline() is None  # gave up, like qdevice's `required`
+        gave_up = [e for e in logs if e["event"].startswith("qdevice gave up")]
+        assert [e["log_level"] for e in gave_up] == ["error"]
+        assert "offers no TLS" in gave_up[0]["reason"]
+        assert server.status()["clusters"] == []  # no INIT reached the qnetd
+
+
+@pytest.mark.asyncio
+async def test_runner_downgrades_only_when_allowed_and_warns_on_every_connect(
+    tmp_path: Path,
+) -> None:
+    """The same qnetd with `allow_tls_downgrade = true`: the runner votes in plain text
+    (status tls "plain") with one warning per connect: once at start, once more after the
+    qnetd restarts."""
+    with running_our_qnetd(tmp_path / "qnetd", "off", False) as server:
+        reports: list[Report] = []
+        cfg = config_for(server, allow_tls_downgrade=True)
+        runner = QdeviceRunner(cfg, 1, CLUSTER, lambda *args: reports.append(args))
+        runner.set_config((1, 2))
+        runner.update((1, 5), (1,), quorate=False)
+        with capture_logs() as logs:
+            task = asyncio.create_task(runner.run(), name="qdevice")
+            try:
+                await wait_until(reports, (True, True, ""), timeout=20)
+                assert runner.status()["tls"] == "plain"
+                await asyncio.to_thread(server.stop)
+                await wait_until(reports, (False, False, ""), timeout=20)
+                await asyncio.to_thread(server.start)
+                await wait_until(reports, (True, True, ""), timeout=20)
+                status = runner.status()
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        assert (status["state"], status["connects"], status["tls"]) == ("connected", 2, "plain")
+        warnings = [e for e in logs if e["event"].startswith("qdevice connection without TLS")]
+        assert [e["log_level"] for e in warnings] == ["warning", "warning"]
+        assert "allow_tls_downgrade" in warnings[0]["reason"]
+
+
+# ---------------------------------------------------------------- reconnect after a restart
+@pytest.mark.asyncio
+async def test_runner_reconnects_within_a_second_or_two_of_a_qnetd_restart(
+    qnetd: OurQnetd,
+) -> None:
+    """Issue 7 item 7 (regression: main retried a refused connect only when the 8 s connect
+    timer expired): default heartbeat (8 s); the qnetd stops, the runner sees at least one
+    refused connect, the qnetd starts again on the same port -> the device vote is back well
+    within 4 s of the port opening (new backoff: the next attempt within ~1 s of it; main:
+    ~8 s after the refused attempt). The figure itself: `python -m tests.bench
+    qdevice_reconnect`."""
+    reports: list[Report] = []
+    runner = QdeviceRunner(config_for(qnetd, heartbeat_interval=8.0), 1, CLUSTER,
+                           lambda *args: reports.append(args))  # fmt: skip
+    runner.set_config((1, 2))
+    runner.update((1, 5), (1,), quorate=False)
+    task = asyncio.create_task(runner.run(), name="qdevice")
+    try:
+        await wait_until(reports, (True, True, ""), timeout=20)
+        await asyncio.to_thread(qnetd.stop)
+        await wait_until(reports, (False, False, ""), timeout=20)
+        await wait_for(lambda: runner.last_close.startswith("connect to"), timeout=20)
+        await asyncio.to_thread(qnetd.start)  # returns once the port accepts connections
+        listening = time.monotonic()
+        await wait_until(reports, (True, True, ""), timeout=20)
+        back_after = time.monotonic() - listening
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert runner.status()["connects"] == 2
+    assert back_after < 4.0, f"device vote back {back_after:.2f} s after the port opened"
 
 
 # ---------------------------------------------------------------- an impostor qnetd
@@ -214,6 +322,50 @@ async def test_runner_refuses_a_server_not_named_qnetd_server(tmp_path: Path) ->
     )
     assert seen[0] == "StartTls"
     assert seen[1].startswith("TLSv1.")
+    assert runner.status()["connects"] == 0
+
+
+def tolerant_impostor(listener: socket.socket, pki: Pki, seen: list[str]) -> None:
+    """`impostor`, but a handshake the client aborts is recorded instead of raised."""
+    try:
+        impostor(listener, pki, seen)
+    except (OSError, ssl.SSLError) as exc:
+        seen.append(f"server: {type(exc).__name__}")
+
+
+@pytest.mark.asyncio
+async def test_runner_refuses_a_qnetd_server_certificate_from_another_ca(tmp_path: Path) -> None:
+    """The CA half of the check: a server certificate correctly named 'Qnetd Server' but signed
+    by a CA other than `ca_pem` fails the handshake; no INIT, no connect, the reason says why."""
+    theirs = make_pki(tmp_path / "theirs", "Qnetd Server", san=True)
+    ours = make_pki(tmp_path / "ours", "Qnetd Server", san=True)
+    seen: list[str] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        thread = threading.Thread(
+            target=tolerant_impostor, args=(listener, theirs, seen), daemon=True
+        )
+        thread.start()
+        cfg = QdeviceConfig(
+            host="127.0.0.1",
+            port=listener.getsockname()[1],
+            ca_pem=str(ours.ca_pem),
+            cert_pem=str(ours.client_pem),
+            key_pem=str(ours.client_key),
+            heartbeat_interval=5.0,
+        )
+        runner = QdeviceRunner(cfg, 1, CLUSTER, lambda *_: None)
+        runner.set_config((1, 2))
+        runner.update((1, 1), (1,), quorate=False)
+        task = asyncio.create_task(runner.run(), name="qdevice")
+        try:
+            await wait_for(lambda: runner.last_close.startswith("TLS handshake"), timeout=10)
+            await asyncio.to_thread(thread.join, 10)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert "certificate verify failed" in runner.last_close
+    assert seen[0] == "StartTls"
     assert runner.status()["connects"] == 0
 
 

@@ -16,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import QdeviceConfig
-from agent.qdevice_protocol import Timers
+from agent.qdevice_protocol import Timers, reconnect_delay
 from agent.qdevice_session import (
     Close,
     Connect,
+    PlainText,
     QdEffect,
     QdeviceSession,
     RunHeuristics,
@@ -243,34 +244,73 @@ def test_heartbeat_is_clamped_like_qdevice(seconds: float, ms: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("server", "client", "outcome"),
+    ("server", "client", "downgrade", "outcome"),
     [
-        (0, "off", "plain"),
-        (0, "on", "plain"),
-        (0, "required", "incompatible"),
-        (1, "off", "plain"),
-        (1, "on", "tls"),
-        (1, "required", "tls"),
-        (2, "off", "incompatible"),
-        (2, "on", "tls"),
-        (2, "required", "tls"),
+        (0, "off", False, "plain"),
+        (0, "on", False, "refused"),
+        (0, "on", True, "plain"),
+        (0, "required", False, "incompatible"),
+        (1, "off", False, "plain"),
+        (1, "on", False, "tls"),
+        (1, "on", True, "tls"),
+        (1, "required", False, "tls"),
+        (2, "off", False, "incompatible"),
+        (2, "on", False, "tls"),
+        (2, "on", True, "tls"),
+        (2, "required", False, "tls"),
     ],
 )
-def test_tls_decision_table(server: int, client: str, outcome: str) -> None:
-    """Reference 4.3: server TLS mode x client setting -> STARTTLS, plain INIT, or give up."""
-    session = QdeviceSession(1, "c", config(tls=client))
+def test_tls_decision_table(server: int, client: str, downgrade: bool, outcome: str) -> None:
+    """Reference 4.3: server TLS mode x client setting -> STARTTLS, plain INIT, or give up;
+    except that `on` refuses a server without TLS unless allow_tls_downgrade (docs/design.md
+    3.5), and that every plain-text session comes with a PlainText effect (the runtime warns)."""
+    session = QdeviceSession(1, "c", config(tls=client, allow_tls_downgrade=downgrade))
     ready(session)
     session.connected(0.0)
     effects = session.received(PreinitReply(1, server, False), 0.0)
-    if outcome == "incompatible":
+    if outcome in {"incompatible", "refused"}:
         assert closes(effects).reconnect_at is None
         assert session.state == "disconnected"
+        assert not session.vote
     elif outcome == "tls":
         assert messages(effects) == [StartTlsMsg(seq=2)]
         assert effects[-1] == StartTls()
+        assert not any(isinstance(e, PlainText) for e in effects)
     else:
+        assert isinstance(effects[0], PlainText)
         assert isinstance(messages(effects)[0], Init)
         assert session.state == "waiting_init_reply"
+
+
+def test_tls_on_refuses_a_server_without_tls_and_says_how_to_allow_it() -> None:
+    """Issue 7 item 3: the default `tls = "on"` no longer falls back to plain text; the reason
+    names the option that would allow it."""
+    session = QdeviceSession(1, "c", config())
+    ready(session)
+    session.connected(0.0)
+    close = closes(session.received(PreinitReply(1, 0, False), 0.0))
+    assert "offers no TLS" in close.reason
+    assert "allow_tls_downgrade" in close.reason
+    assert close.reconnect_at is None
+    assert session.next_deadline() is None
+
+
+def test_allowed_downgrade_says_so_on_every_connect() -> None:
+    """With allow_tls_downgrade, each plain-text connect (not only the first) emits PlainText."""
+    session = QdeviceSession(1, "c", config(allow_tls_downgrade=True), rng=random.Random(1))
+    ready(session)
+    now = 0.0
+    for _ in range(2):
+        session.connected(now)
+        effects = session.received(PreinitReply(session._expected_seq, 0, False), now)
+        assert (
+            PlainText("qnetd offers no TLS; downgrade allowed by qdevice.allow_tls_downgrade")
+            in effects
+        )
+        close = closes(session.disconnected("reset", now))
+        assert close.reconnect_at is not None
+        now = close.reconnect_at
+        assert session.tick(now) == [Connect()]
 
 
 @pytest.mark.parametrize(
@@ -298,7 +338,7 @@ def test_init_reply_error_codes(code: int, retries: bool) -> None:
     assert str(code) in close.reason
     if retries:
         assert close.reconnect_at is not None
-        assert 2.0 <= close.reconnect_at <= 2.0 + 0.9 * 0.625 * HB
+        assert 2.0 + 0.1 <= close.reconnect_at <= 2.0 + 0.2
     else:
         assert close.reconnect_at is None
 
@@ -558,7 +598,7 @@ def test_echo_every_heartbeat_and_disconnect_when_a_reply_is_missing() -> None:
     close = closes(effects)
     assert close.reason == "echo reply missing"
     assert close.reconnect_at is not None
-    assert 3 * HB <= close.reconnect_at <= 3 * HB + 0.9 * 0.625 * HB
+    assert 3 * HB + 0.1 <= close.reconnect_at <= 3 * HB + 0.2
     assert SessionEvent("disconnected", "echo reply missing") in effects
     assert VoteChanged(False, "qnetd connection lost: echo reply missing") in effects
 
@@ -583,17 +623,19 @@ def test_first_echo_after_a_reconnect_is_seq_1() -> None:
     at = close.reconnect_at
     session.tick(at)
     session.connected(at)
-    session.received(PreinitReply(7, 0, True), at)
-    session.received(init_reply(8), at)
+    session.received(PreinitReply(7, 2, True), at)
+    [init] = messages(session.tls_established(at))
+    session.received(init_reply(init.seq), at)
     assert messages(session.tick(at + HB)) == [EchoRequest(seq=1)]
 
 
-def test_connect_timeout_without_tcp_retries_at_once() -> None:
-    """No TCP within connect_timeout: Close and an immediate new Connect (no backoff)."""
-    session = QdeviceSession(1, "c", config())
+def test_connect_timeout_without_tcp_backs_off() -> None:
+    """No TCP within connect_timeout: Close, and a new Connect after the first backoff step."""
+    session = QdeviceSession(1, "c", config(), rng=random.Random(4))
     ready(session, 10.0)
-    effects = session.tick(10.0 + HB)
-    assert effects == [Close("connect timeout", 10.0 + HB), Connect()]
+    expected = 10.0 + HB + reconnect_delay(0, random.Random(4).random())
+    assert session.tick(10.0 + HB) == [Close("connect timeout", expected)]
+    assert session.tick(expected) == [Connect()]
 
 
 def test_connect_timeout_after_tcp_backs_off() -> None:
@@ -601,21 +643,50 @@ def test_connect_timeout_after_tcp_backs_off() -> None:
     session = QdeviceSession(1, "c", config(), rng=random.Random(9))
     to_init_reply(session, 10.0)
     effects = session.tick(10.0 + HB)
-    expected = 10.0 + HB + random.Random(9).uniform(0, 0.9 * 0.625 * HB)
+    expected = 10.0 + HB + reconnect_delay(0, random.Random(9).random())
     assert effects == [Close("connect timeout", expected)]
     assert session.next_deadline() == expected
     assert session.tick(expected - 0.01) == []
     assert session.tick(expected) == [Connect()]
 
 
-def test_refused_connect_is_retried_when_the_connect_timer_expires() -> None:
-    """A connect that fails before TCP is up is retried at connect start + connect_timeout."""
+def test_refused_connect_is_retried_well_under_a_second() -> None:
+    """Issue 7 item 7: a refused connect is retried after 0.1-0.2 s, not when the 8 s connect
+    timer expires (qdevice's rule, which kept the device vote away for seconds after a qnetd
+    restart)."""
     session = QdeviceSession(1, "c", config())
     ready(session, 3.0)
-    assert session.disconnected("connection refused", 3.5) == [
-        Close("connection refused", 3.0 + HB)
-    ]
-    assert session.tick(3.0 + HB) == [Connect()]
+    close = closes(session.disconnected("connection refused", 3.5))
+    assert close.reconnect_at is not None
+    assert 3.5 + 0.1 <= close.reconnect_at <= 3.5 + 0.2
+    assert session.tick(close.reconnect_at) == [Connect()]
+
+
+def test_reconnect_backoff_grows_to_a_cap_and_resets_after_a_session_that_worked() -> None:
+    """Consecutive failures: each delay within [d/2, d], d = min(3, 0.2 x 1.5^n), never over
+    3 s; the first retry after a session that reached `connected` is 0.1-0.2 s again."""
+    session = QdeviceSession(1, "c", config(), rng=random.Random(11))
+    ready(session)
+    now, delays = 0.0, []
+    for _ in range(25):
+        close = closes(session.disconnected("connection refused", now))
+        assert close.reconnect_at is not None
+        delays.append(close.reconnect_at - now)
+        now = close.reconnect_at
+        assert session.tick(now) == [Connect()]
+    for n, delay in enumerate(delays):
+        ceiling = min(3.0, 0.2 * 1.5**n)
+        assert ceiling / 2 - 1e-9 <= delay <= ceiling + 1e-9, (n, delay)
+    assert max(delays) <= 3.0
+    assert delays[-1] >= 1.5
+    preinit = messages(session.connected(now))[0]
+    session.received(PreinitReply(preinit.seq, 2, True), now)
+    [init] = messages(session.tls_established(now))
+    session.received(init_reply(init.seq), now)
+    assert session.state == "connected"
+    close = closes(session.disconnected("qnetd restarted", now + 1))
+    assert close.reconnect_at is not None
+    assert now + 1.1 <= close.reconnect_at <= now + 1.2
 
 
 def test_lost_connection_withdraws_the_vote_and_reconnects_with_injected_randomness() -> None:
@@ -623,7 +694,7 @@ def test_lost_connection_withdraws_the_vote_and_reconnects_with_injected_randomn
     session = voting()
     session._rng = random.Random(42)
     effects = session.disconnected("server closed the connection", 4.0)
-    delay = random.Random(42).uniform(0, 0.9 * 0.625 * HB)
+    delay = reconnect_delay(0, random.Random(42).random())
     assert effects == [
         Close("server closed the connection", 4.0 + delay),
         SessionEvent("disconnected", "server closed the connection"),

@@ -16,6 +16,7 @@ primary component during the split and that every loser did.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from tests.lab.corosync import (
     votes,
 )
 from tests.lab.netns import Lab, LabFactory
-from tests.lab.qnetd_under_test import IMPLEMENTATIONS, QnetdUnderTest
+from tests.lab.qnetd_under_test import IMPLEMENTATIONS, DebianQnetdInNetns, QnetdUnderTest
 
 RecordProperty = Callable[[str, object], None]
 
@@ -285,6 +286,41 @@ Membership information
          2          1   A,NV,NMW n2 (local)
          0          0            Qdevice (votes 1)
 """  # noqa: W291
+
+
+class DebianQnetdTlsOff(DebianQnetdInNetns):
+    """Debian's corosync-qnetd with `-s off`: it answers PREINIT with TLS_SUPPORTED = 0."""
+
+    name = "debian-tls-off"
+
+    def _command(self) -> list[str]:
+        return [*super()._command(), "-s", "off"]
+
+
+@pytest.mark.interop
+@pytest.mark.root
+@needs_lab
+@pytest.mark.timeout(120)
+def test_debian_qdevice_with_tls_on_falls_back_to_plain_text(
+    lab_factory: LabFactory, tmp_path: Path, record_property: RecordProperty
+) -> None:
+    """The reference behaviour our agent deliberately does not copy (issue 7 item 3, docs/agent.md
+    "qdevice TLS"): Debian's corosync-qdevice with `tls: on` (its default) and a qnetd that
+    offers no TLS connects in plain text and counts that qnetd's vote: both nodes Quorate with
+    the device vote (3 of 3), and the qnetd lists both clients with TLS inactive and an ACK."""
+    if (reason := DebianQnetdTlsOff.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    run = start_quorum_lab(
+        lab_factory, DebianQnetdTlsOff, tmp_path, cluster_name="vmplain", nodes=2,
+        algorithm="ffsplit",
+    )  # fmt: skip
+    assert run.cluster.qdevice is not None
+    assert run.cluster.qdevice.tls == "on"
+    listing = run.lab["qnetd"].run(["corosync-qnetd-tool", "-l", "-v"]).stdout
+    record_property("corosync-qnetd-tool -l -v", listing)
+    assert len(re.findall(r"TLS active:\s+No\n", listing)) == 2, listing
+    assert len(re.findall(r"Vote:\s+.*\(ACK\)\n", listing)) == 2, listing
+    run.report(record_property)
 
 
 def test_quorumtool_parser_reads_a_quorate_node_with_the_device_vote() -> None:
