@@ -90,10 +90,16 @@ class Connection:
     address: str
     cluster_name: bytes | None = None
     tls_started: bool = False
-    cert_verified: bool = False
+    cert_name: bytes | None = None
+    """The cluster name the client certificate was verified against (None: not verified)."""
     peer: PeerNames | None = None
     heartbeat_ms: int | None = None
     client: ClientState | None = None
+
+    @property
+    def cert_verified(self) -> bool:
+        """The certificate was checked against the cluster name this connection uses now."""
+        return self.cert_name is not None and self.cert_name == self.cluster_name
 
 
 @dataclass
@@ -292,7 +298,7 @@ class QnetdCore:
             self.stats.tls_failures[why] += 1
             self._drop(conn, f"certificate_{why}")
             return False
-        conn.cert_verified = True
+        conn.cert_name = name
         return True
 
     def _initialised(self, conn: Connection, seq: int | None) -> ClientState | None:
@@ -306,6 +312,12 @@ class QnetdCore:
 
     # ------------------------------------------------------------ message handlers
     def _preinit(self, conn: Connection, msg: Preinit, _raw: bytes) -> None:
+        if conn.cluster_name is not None:
+            # One cluster per connection: a second PREINIT could swap the name a certificate was
+            # checked against (deliberate difference from 3.0.3, which overwrites the name).
+            self._log("preinit refused", "warning", **self._who(conn), reason="preinit_repeated")
+            self._error(conn, msg.seq, E.UNEXPECTED_MESSAGE)
+            return
         if msg.cluster_name is None:
             self._error(conn, msg.seq, E.DOESNT_CONTAIN_REQUIRED_OPTION)
             return
@@ -325,7 +337,7 @@ class QnetdCore:
             self._drop(conn, "starttls_not_possible")
         else:
             conn.tls_started = True
-            conn.cert_verified = False
+            conn.cert_name = None
             self._out.append(StartTls(conn.conn_id))
 
     def _init(self, conn: Connection, msg: Init, _raw: bytes) -> None:

@@ -21,20 +21,36 @@ DEFAULT_CONTROL_SOCKET = "/run/votemesh-qnetd/qnetd.sock"
 ON_OFF = {"on": True, "yes": True, "1": True, "off": False, "no": False, "0": False}
 TLS_MODES = {"on": TlsSupported.SUPPORTED, "off": TlsSupported.UNSUPPORTED}
 TLS_MODES |= {"required": TlsSupported.REQUIRED, "req": TlsSupported.REQUIRED}
+MAX_PORT = 65535
+TLS_HELP = (
+    "required (default): every client must start TLS; on: TLS optional, so a plain-text client "
+    "may join ANY cluster without a certificate (corosync-qnetd's -s on); off: no TLS at all"
+)
+CERT_HELP = (
+    "on (default): a TLS client needs a certificate naming its cluster; off: any TLS client may "
+    "join any cluster"
+)
 
 
 class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit status 2."""
 
 
-def _host_port(text: str, default_port: int) -> tuple[str, int] | None:
+def port_number(text: str) -> int:
+    """A TCP port 1-65535 (argparse type); anything else is a usage error, never wrapped."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a number from 1 to {MAX_PORT}")
+    return int(text)
+
+
+def _host_port(text: str, default_port: int, option: str) -> tuple[str, int] | None:
     if text.lower() == "off":
         return None
     host, sep, port = text.rpartition(":")
     if not sep:
         return text, default_port
-    if not port.isdigit():
-        raise UserError(f"'{text}' is not HOST:PORT (or 'off')")
+    if not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        raise UserError(f"{option} '{text}' is not HOST:PORT with a port 1-{MAX_PORT} (or 'off')")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -53,13 +69,19 @@ def add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run the arbitrator (foreground)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="CA, certificates, tokens")
     p.add_argument("--listen", "-l", default=None, help="listen address (default: all)")
-    p.add_argument("--port", "-p", type=int, default=5403)
+    p.add_argument("--port", "-p", type=port_number, default=5403, help="1-65535 (default 5403)")
     family = p.add_mutually_exclusive_group()
     family.add_argument("-4", dest="family", action="store_const", const="4", help="IPv4 only")
     family.add_argument("-6", dest="family", action="store_const", const="6", help="IPv6 socket")
-    p.add_argument("--tls", "-s", type=_choice(TLS_MODES, "--tls"), default="on")
     p.add_argument(
-        "--client-cert-required", "-c", type=_choice(ON_OFF, "--client-cert-required"), default="on"
+        "--tls", "-s", type=_choice(TLS_MODES, "--tls"), default="required", help=TLS_HELP
+    )
+    p.add_argument(
+        "--client-cert-required",
+        "-c",
+        type=_choice(ON_OFF, "--client-cert-required"),
+        default="on",
+        help=CERT_HELP,
     )
     p.add_argument("--max-clients", "-m", type=int, default=0, help="0 = unlimited")
     p.add_argument("--ca-cert", type=Path, help="operator PKI: CA certificate (PEM)")
@@ -82,7 +104,8 @@ def add_run(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the server until stopped."""
-    from qnetd.runtime.app import RunOptions, run_server  # noqa: PLC0415 (heavy imports)
+    from qnetd.certs import CertError  # noqa: PLC0415 (heavy imports)
+    from qnetd.runtime.app import RunOptions, run_server  # noqa: PLC0415
     from qnetd.runtime.observability import configure_logging  # noqa: PLC0415
     from qnetd.settings import QnetdSettings  # noqa: PLC0415
 
@@ -114,8 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         port=args.port,
         family=args.family,
         control_socket=Path(args.control_socket),
-        http_listen=_host_port(args.http_listen, 9403),
-        enroll_listen=_host_port(args.enroll_listen, 5404),
+        http_listen=_host_port(args.http_listen, 9403, "--http-listen"),
+        enroll_listen=_host_port(args.enroll_listen, 5404, "--enroll-listen"),
         ca_cert=args.ca_cert,
         server_cert=args.server_cert,
         server_key=args.server_key,
@@ -123,6 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         asyncio.run(run_server(options))
+    except CertError as exc:
+        raise UserError(f"cannot start: {exc}") from None
     except PermissionError as exc:
         raise UserError(
             f"{exc.filename}: permission denied; run as the service user or root"

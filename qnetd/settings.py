@@ -11,8 +11,8 @@ from proto.qnetd_enums import TlsSupported
 class QnetdSettings:
     """Everything the arbitration core needs to know about its configuration."""
 
-    tls: TlsSupported = TlsSupported.SUPPORTED
-    """0 off, 1 on (optional for clients), 2 required."""
+    tls: TlsSupported = TlsSupported.REQUIRED
+    """0 off, 1 on (optional for clients), 2 required (the default: see `admission_warning`)."""
     client_cert_required: bool = True
     """Ask for (and require) a client certificate naming the cluster."""
     max_clients: int = 0
@@ -35,6 +35,20 @@ class QnetdSettings:
     def pre_init_dpd_seconds(self) -> float:
         """Dead-peer timeout before INIT: coefficient x heartbeat_max (1.5 x 120 s = 180 s)."""
         return self.dpd_coefficient * self.heartbeat_max_ms / 1000
+
+    def admission_warning(self) -> str | None:
+        """What a weaker-than-default TLS setting lets in, or None for the secure default.
+
+        Only `tls=REQUIRED` with `client_cert_required` binds every client to a cluster: with TLS
+        optional or off a plain-text client joins any cluster, without certificates a TLS client
+        does, and either can take a real node's id (its INIT then fails with DUPLICATE_NODE_ID).
+        """
+        if self.tls is not TlsSupported.REQUIRED:
+            mode = "on (optional)" if self.tls is TlsSupported.SUPPORTED else "off"
+            return f"--tls {mode}: plain-text clients may join any cluster without a certificate"
+        if not self.client_cert_required:
+            return "--client-cert-required off: any TLS client may join any cluster"
+        return None
 
     def validate(self) -> None:
         """Raise ValueError with a one-line fix for an impossible setting."""

@@ -106,6 +106,11 @@ async def run_server(options: RunOptions) -> None:
         http=options.http_listen,
         enroll=options.enroll_listen,
     )
+    weak = options.settings.admission_warning()
+    if weak is not None:
+        log.warning(
+            "insecure admission", problem=weak, fix="--tls required --client-cert-required on"
+        )
     sd_notify("READY=1")
     await stop.wait()
     sd_notify("STOPPING=1")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proto.qnetd_enums import DecisionAlgorithm, NodeListType, TieBreakerMode
+from proto.qnetd_enums import DecisionAlgorithm, NodeListType, TieBreakerMode, TlsSupported
 from proto.qnetd_messages import (
     ALL_MESSAGE_TYPES,
     ALL_OPTION_TYPES,
@@ -24,7 +24,7 @@ from qnetd.model import Algorithm
 from qnetd.peer_names import PeerNames
 from qnetd.settings import QnetdSettings
 
-PLAIN = QnetdSettings(client_cert_required=False)
+PLAIN = QnetdSettings(tls=TlsSupported.SUPPORTED, client_cert_required=False)
 
 
 @dataclass

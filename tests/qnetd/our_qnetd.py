@@ -23,8 +23,13 @@ class OurQnetd:
     """One `votemesh-qnetd run` process with its state dir, control socket and HTTP port."""
 
     def __init__(
-        self, workdir: Path, tls: str = "on", client_cert_required: bool = True, *extra: str
+        self,
+        workdir: Path,
+        tls: str | None = None,
+        client_cert_required: bool | None = None,
+        *extra: str,
     ) -> None:
+        """`tls` / `client_cert_required` None: the server's defaults (TLS and certificate)."""
         self.workdir = workdir
         self.state_dir = workdir / "state"
         self.control_socket = workdir / "qnetd.sock"
@@ -50,8 +55,11 @@ class OurQnetd:
         """Start and wait until the qnetd port and the control socket answer."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "qnetd", "run", "--state-dir", str(self.state_dir)]
-        args += ["--listen", "127.0.0.1", "--port", str(self.port), "--tls", self.tls]
-        args += ["--client-cert-required", "on" if self.client_cert_required else "off"]
+        args += ["--listen", "127.0.0.1", "--port", str(self.port)]
+        if self.tls is not None:
+            args += ["--tls", self.tls]
+        if self.client_cert_required is not None:
+            args += ["--client-cert-required", "on" if self.client_cert_required else "off"]
         args += ["--control-socket", str(self.control_socket)]
         args += ["--http-listen", f"127.0.0.1:{self.http_port}", *self.extra]
         with self.log_path.open("wb") as log:

@@ -136,7 +136,8 @@ def test_preinit_reply_echoes_seq_and_announces_tls_mode() -> None:
     assert d.replies(1, Preinit(seq=7, cluster_name=b"x")) == [
         PreinitReply(seq=7, tls_supported=TlsSupported.REQUIRED, tls_client_cert_required=True)
     ]
-    assert d.replies(1, Preinit(seq=8)) == [
+    d.connect(2)
+    assert d.replies(2, Preinit(seq=8)) == [
         ServerError(seq=8, reply_error_code=E.DOESNT_CONTAIN_REQUIRED_OPTION)
     ]
 
@@ -477,7 +478,9 @@ def test_algorithm_timer_fires_at_its_deadline() -> None:
 
 def test_max_clients_closes_extra_connections() -> None:
     """With --max-clients N the N+1th connection is accepted and closed at once."""
-    d, _ = driver(QnetdSettings(client_cert_required=False, max_clients=1))
+    d, _ = driver(
+        QnetdSettings(tls=TlsSupported.SUPPORTED, client_cert_required=False, max_clients=1)
+    )
     d.connect(1)
     d.connect(2)
     assert d.disconnected() == [2]

@@ -46,7 +46,7 @@ from qnetd.core_events import (
     Tick,
     TlsEstablished,
 )
-from qnetd.peer_names import PeerNames
+from qnetd.peer_names import PeerNames, matches_cluster
 from qnetd.settings import QnetdSettings
 from tests.proto.strategies import qnetd_messages
 from tests.qnetd.core_helpers import init_msg
@@ -126,6 +126,8 @@ ALWAYS = {MessageType.SERVER_ERROR, MessageType.VOTE_INFO}
 
 
 def check_invariants(core: QnetdCore) -> None:
+    s = core.settings
+    bound = s.tls is TlsSupported.REQUIRED and s.client_cert_required
     listed = set()
     for name, cluster in core.clusters.items():
         assert cluster.clients, f"empty cluster {name!r} kept"
@@ -136,6 +138,9 @@ def check_invariants(core: QnetdCore) -> None:
             assert client.cluster_name == name
             conn = core.connections[client.conn_id]
             assert conn.client is client
+            assert conn.cluster_name == name, "a client is listed in the cluster it PREINITed"
+            if bound:  # the secure setting: only a certificate naming the cluster gets in
+                assert conn.peer is not None and matches_cluster(conn.peer, name)
             listed.add(client.conn_id)
     assert listed == {c.conn_id for c in core.connections.values() if c.client is not None}
 
@@ -194,7 +199,7 @@ def test_shutdown_after_anything_leaves_nothing(steps: list[tuple[Any, ...]]) ->
     """After any history, Shutdown drops every connection and every cluster."""
     from qnetd.core_events import Shutdown
 
-    core = run(steps, QnetdSettings(client_cert_required=False))
+    core = run(steps, QnetdSettings(tls=TlsSupported.SUPPORTED, client_cert_required=False))
     core.handle(Shutdown(), 1e9)
     assert core.connections == {}
     assert core.clusters == {}

@@ -1,0 +1,104 @@
+"""Who may join which cluster (issue 7 items 1 and 2): the core's admission rules.
+
+A connection belongs to the one cluster its first PREINIT names; a certificate is checked against
+that name, and a second PREINIT is refused (SERVER_ERROR 8) so the name cannot be swapped after
+the check. The default settings require TLS and a certificate naming the cluster. The same
+sequences through a real TLS server, and against Debian's corosync-qnetd, are in
+tests/qnetd/test_admission_live.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from proto.qnetd_enums import ReplyErrorCode, TlsSupported
+from proto.qnetd_messages import (
+    EchoRequest,
+    InitReply,
+    Preinit,
+    PreinitReply,
+    ServerError,
+    StartTls,
+)
+from qnetd.algorithms.registry import ALGORITHMS
+from qnetd.settings import QnetdSettings
+from tests.qnetd.core_helpers import Driver, init_msg
+
+E = ReplyErrorCode
+CERT_SETTINGS = [
+    QnetdSettings(),
+    QnetdSettings(tls=TlsSupported.REQUIRED, client_cert_required=True),
+    QnetdSettings(tls=TlsSupported.SUPPORTED, client_cert_required=True),
+]
+
+
+@pytest.mark.parametrize("settings", CERT_SETTINGS, ids=["defaults", "required", "on"])
+def test_certificate_for_alpha_does_not_admit_into_beta(settings: QnetdSettings) -> None:
+    """PREINIT(alpha), STARTTLS with alpha's certificate, a checked message, PREINIT(beta), INIT:
+    the second PREINIT gets SERVER_ERROR 8 and the client can only ever be listed in alpha."""
+    d = Driver.make(ALGORITHMS, settings)
+    d.connect(1)
+    d.send(1, Preinit(seq=1, cluster_name=b"alpha"))
+    d.send(1, StartTls(seq=2))
+    d.tls_up(1, "alpha")
+    assert d.replies(1, EchoRequest(seq=3)) == [
+        ServerError(seq=3, reply_error_code=E.INIT_REQUIRED)
+    ]
+    assert d.replies(1, Preinit(seq=4, cluster_name=b"beta")) == [
+        ServerError(seq=4, reply_error_code=E.UNEXPECTED_MESSAGE)
+    ]
+    (reply,) = d.replies(1, init_msg(1))
+    assert isinstance(reply, InitReply)
+    assert b"beta" not in d.core.clusters
+    assert [c.node_id for c in d.core.clusters[b"alpha"].clients] == [1]
+
+
+def test_second_preinit_is_refused_in_every_phase_and_logged() -> None:
+    """A repeated PREINIT (before or after INIT, any TLS mode) is error 8, one warning line; the
+    connection keeps its first cluster name and stays open."""
+    for settings in (QnetdSettings(tls=TlsSupported.SUPPORTED, client_cert_required=False),):
+        d = Driver.make(ALGORITHMS, settings)
+        d.join(1, 1, cluster=b"alpha")
+        assert d.replies(1, Preinit(seq=9, cluster_name=b"beta")) == [
+            ServerError(seq=9, reply_error_code=E.UNEXPECTED_MESSAGE)
+        ]
+        assert d.core.connections[1].cluster_name == b"alpha"
+        assert d.disconnected() == []
+        logs = [e for e in d.effects if type(e).__name__ == "Log"]
+        assert [(log.event, log.fields["reason"]) for log in logs] == [  # type: ignore[attr-defined]
+            ("preinit refused", "preinit_repeated")
+        ]
+
+
+def test_defaults_require_tls_and_a_certificate_naming_the_cluster() -> None:
+    """Default settings: PREINIT_REPLY says TLS required + certificate; a plain-text INIT gets
+    SERVER_ERROR 3 and joins nothing; a certificate for another cluster is dropped."""
+    d = Driver.make(ALGORITHMS, QnetdSettings())
+    d.connect(1)
+    assert d.replies(1, Preinit(seq=1, cluster_name=b"c1")) == [
+        PreinitReply(seq=1, tls_supported=TlsSupported.REQUIRED, tls_client_cert_required=True)
+    ]
+    assert d.replies(1, init_msg(1)) == [ServerError(seq=2, reply_error_code=E.TLS_REQUIRED)]
+    assert d.core.clusters == {}
+    d.connect(2)
+    d.send(2, Preinit(seq=1, cluster_name=b"c1"))
+    d.send(2, StartTls(seq=2))
+    d.tls_up(2, "other")
+    assert d.replies(2, init_msg(2)) == []
+    assert d.disconnected() == [2]
+    assert d.core.clusters == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "warning"),
+    [
+        (QnetdSettings(), None),
+        (QnetdSettings(tls=TlsSupported.SUPPORTED), "plain-text clients may join any cluster"),
+        (QnetdSettings(tls=TlsSupported.UNSUPPORTED), "plain-text clients may join any cluster"),
+        (QnetdSettings(client_cert_required=False), "any TLS client may join any cluster"),
+    ],
+)
+def test_weaker_settings_say_what_they_let_in(settings: QnetdSettings, warning: str | None) -> None:
+    """Only the default admits nobody without a certificate; every other mode names its risk."""
+    got = settings.admission_warning()
+    assert got == warning if warning is None else warning in (got or "")
