@@ -55,7 +55,8 @@ def qnetd(
         with running_qnetd(workdir) as debian:
             yield debian
     else:
-        with running_our_qnetd(workdir) as ours:
+        # Debian's defaults (-s on -c on); ours are stricter (TLS required, docs/qnetd.md)
+        with running_our_qnetd(workdir, "on", True) as ours:
             yield ours
 
 

@@ -77,7 +77,7 @@ async def test_tool_prints_the_same_for_both_servers(tmp_path: Path) -> None:
         theirs = await outputs(debian, debian.workdir / "qnetd.sock")
     finally:
         debian.stop()
-    ours_server = OurQnetd(tmp_path / "ours")
+    ours_server = OurQnetd(tmp_path / "ours", "on", True)  # Debian's defaults, -s on -c on
     ours_server.start()
     try:
         ours = await outputs(ours_server, ours_server.control_socket)

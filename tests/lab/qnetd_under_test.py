@@ -187,8 +187,8 @@ class VotemeshQnetd(QnetdUnderTest):
             "--state-dir", str(self.state_dir),
             "--listen", self.address,
             "--port", str(self.port),
-            "--tls", "on",
-            "--client-cert-required", "on",
+            # no --tls / --client-cert-required: the defaults (TLS required, certificate naming
+            # the cluster) are what real corosync-qdevice and our agents must work with
             "--enroll-listen", "off",
             "--control-socket", str(self.workdir / "control.sock"),
         ]  # fmt: skip

@@ -50,7 +50,7 @@ def test_health_metrics_and_status_follow_a_session(tmp_path: Path) -> None:
         snap = json.loads(cli.stdout)
         assert snap["connected_clients"] == 0  # the walk has disconnected again
         text_status = server.command("status", "-v", "--control-socket", str(server.control_socket))
-        assert "TLS:\t\t\t\tSupported (client certificate required)" in text_status.stdout
+        assert "TLS:\t\t\t\tRequired (client certificate required)" in text_status.stdout
         status, _ = get(server.http_port, "/metrics")
         assert status == 200
 
