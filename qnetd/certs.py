@@ -33,9 +33,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-CA_NAME = "QNet CA"  # corosync-qnetd-certutil CA_SUBJECT
-SERVER_NAME = "Qnetd Server"  # what qdevice expects (net_nss_qnetd_cn), reference 5.1
-CLIENT_NICKNAME = "Cluster Cert"  # qdevice's net_nss_client_cert_nickname, reference 5.1
+from proto import cert_names
+
+# corosync-qnetd-certutil's CA subject, what qdevice expects of the server (net_nss_qnetd_cn) and
+# qdevice's net_nss_client_cert_nickname (reference 5.1): one definition in proto/cert_names.py
+CA_NAME = cert_names.CA_NAME
+SERVER_NAME = cert_names.SERVER_NAME
+CLIENT_NICKNAME = cert_names.CLIENT_NICKNAME
 KEY_BITS = 2048  # NSS certutil default on Debian 12
 VALIDITY = datetime.timedelta(days=36525)  # 1200 months, as certutil -v 1200
 FIRST_SERIAL = 100  # serial.txt starts at 100; every certificate takes the next number
@@ -414,6 +418,14 @@ def parse_request(csr_bytes: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
+def check_cluster_name(cluster: str) -> None:
+    """CertError when a certificate for `cluster` could pass as the arbitrator's (or match other
+    clusters): such a certificate must never be signed (proto/cert_names.py)."""
+    problem = cert_names.reserved_cluster_name(cluster)
+    if problem is not None:
+        raise CertError(f"{problem}; choose another totem.cluster_name")
+
+
 def sign_request(
     state_dir: Path, csr_bytes: bytes, cluster: str, *, now: datetime.datetime | None = None
 ) -> x509.Certificate:
@@ -423,6 +435,7 @@ def sign_request(
     not exactly `cluster` is refused here rather than producing a certificate that cannot work.
     Requested extensions are not copied.
     """
+    check_cluster_name(cluster)
     csr = parse_request(csr_bytes)
     cn = common_name(csr.subject)
     if cn != cluster:
@@ -465,6 +478,7 @@ def client_bundle(
     now: datetime.datetime | None = None,
 ) -> ClientBundle:
     """Write ca.pem, client.pem, client.key, client.p12 for a node of `cluster` to `out_dir`."""
+    check_cluster_name(cluster)
     bundle = ClientBundle(
         out_dir / "ca.pem", out_dir / "client.pem", out_dir / "client.key", out_dir / "client.p12"
     )
@@ -510,7 +524,7 @@ def names_of(cert: x509.Certificate) -> list[str]:
 
 def has_server_name(cert: x509.Certificate) -> bool:
     """True when qdevice would accept `cert` as `Qnetd Server` (case-insensitive, SAN else CN)."""
-    return any(n.lower() == SERVER_NAME.lower() for n in names_of(cert))
+    return any(cert_names.is_server_name(n) for n in names_of(cert))
 
 
 def load_operator_pki(ca: Path, cert: Path, key: Path) -> ServerPki:

@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from proto.cert_names import reserved_cluster_name
 from qnetd import certs, enrollment
 
 DEFAULT_STATE_DIR = Path("/var/lib/votemesh-qnetd")
@@ -39,6 +40,9 @@ def cluster_name(text: str) -> str:
         raise argparse.ArgumentTypeError("a cluster name has 1 to 255 bytes")
     if not text.isprintable() or "/" in text:
         raise argparse.ArgumentTypeError(f"bad cluster name {text!r}: use totem.cluster_name")
+    problem = reserved_cluster_name(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}; choose another totem.cluster_name")
     return text
 
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from proto import cert_names
 from proto.enrollment import (
     CA_PATH,
     DEFAULT_ENROLL_PORT,
@@ -47,8 +48,8 @@ from proto.enrollment import (
 )
 from proto.errors import DecodeError
 
-SERVER_NAME = "Qnetd Server"  # what qdevice expects of qnetd (reference 5.1)
-CLIENT_NICKNAME = "Cluster Cert"  # qdevice's default client certificate nickname
+SERVER_NAME = cert_names.SERVER_NAME  # what qdevice expects of qnetd (reference 5.1)
+CLIENT_NICKNAME = cert_names.CLIENT_NICKNAME  # qdevice's default client certificate nickname
 KEY_BITS = 2048
 TIMEOUT = 15.0
 MAX_RESPONSE_BYTES = 65536
@@ -151,7 +152,7 @@ def check_server_name(der: bytes | None) -> None:
     if der is None:
         raise EnrollError("server sent no certificate")
     names = names_of(x509.load_der_x509_certificate(der))
-    if SERVER_NAME.lower() not in (n.lower() for n in names):
+    if not any(cert_names.is_server_name(n) for n in names):
         raise EnrollError(f"server certificate is named {names}, not {SERVER_NAME!r}; refusing")
 
 
@@ -234,6 +235,9 @@ def enroll(server: str, port: int, token: str, out_dir: Path, force: bool = Fals
         raise EnrollError(
             f"malformed token ({exc.detail}); copy it again from 'token create'"
         ) from exc
+    problem = cert_names.reserved_cluster_name(parsed.cluster)
+    if problem is not None:  # its certificate could pass as the arbitrator's: never ask for one
+        raise EnrollError(f"token refused: cluster {problem}")
     files = _files(out_dir)
     for path in (files.ca_pem, files.client_pem, files.client_key, files.client_p12):
         if path.exists() and not force:

@@ -21,6 +21,7 @@ from proto.qnetd_messages import (
     StartTls,
 )
 from qnetd.algorithms.registry import ALGORITHMS
+from qnetd.core_events import Log
 from qnetd.settings import QnetdSettings
 from tests.qnetd.core_helpers import Driver, init_msg
 
@@ -64,8 +65,8 @@ def test_second_preinit_is_refused_in_every_phase_and_logged() -> None:
         ]
         assert d.core.connections[1].cluster_name == b"alpha"
         assert d.disconnected() == []
-        logs = [e for e in d.effects if type(e).__name__ == "Log"]
-        assert [(log.event, log.fields["reason"]) for log in logs] == [  # type: ignore[attr-defined]
+        logs = [e for e in d.effects if isinstance(e, Log)]
+        assert [(log.event, log.fields["reason"]) for log in logs] == [
             ("preinit refused", "preinit_repeated")
         ]
 

@@ -140,7 +140,8 @@ def check_invariants(core: QnetdCore) -> None:
             assert conn.client is client
             assert conn.cluster_name == name, "a client is listed in the cluster it PREINITed"
             if bound:  # the secure setting: only a certificate naming the cluster gets in
-                assert conn.peer is not None and matches_cluster(conn.peer, name)
+                assert conn.peer is not None
+                assert matches_cluster(conn.peer, name)
             listed.add(client.conn_id)
     assert listed == {c.conn_id for c in core.connections.values() if c.client is not None}
 
