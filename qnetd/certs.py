@@ -99,6 +99,11 @@ class StatePaths:
         """flock target shared by every writer of this directory."""
         return self.root / ".lock"
 
+    @property
+    def server_lock(self) -> Path:
+        """Held (shared flock) by every running server that uses this directory's CA."""
+        return self.root / ".server.lock"
+
 
 @dataclass(frozen=True)
 class ServerPki:
@@ -147,6 +152,34 @@ def locked(paths: StatePaths) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def server_using(paths: StatePaths) -> Iterator[None]:
+    """Mark this state directory as used by a running server while inside: a shared flock on
+    `server_lock` (released by the kernel if the process dies), seen by `server_running()`."""
+    make_dir(paths.root)
+    fd = os.open(paths.server_lock, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def server_running(paths: StatePaths) -> bool:
+    """True when a live server is inside `server_using` for this state directory."""
+    try:
+        fd = os.open(paths.server_lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def make_dir(path: Path) -> None:

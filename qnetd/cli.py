@@ -106,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the server until stopped."""
     from qnetd.certs import CertError  # noqa: PLC0415 (heavy imports)
     from qnetd.runtime.app import RunOptions, run_server  # noqa: PLC0415
+    from qnetd.runtime.control import ControlSocketInUseError  # noqa: PLC0415
     from qnetd.runtime.observability import configure_logging  # noqa: PLC0415
     from qnetd.settings import QnetdSettings  # noqa: PLC0415
 
@@ -148,6 +149,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(run_server(options))
     except CertError as exc:
         raise UserError(f"cannot start: {exc}") from None
+    except ControlSocketInUseError:
+        raise UserError(
+            f"another votemesh-qnetd is running with --control-socket {args.control_socket}; "
+            "stop it first, or give this one its own --control-socket"
+        ) from None
     except PermissionError as exc:
         raise UserError(
             f"{exc.filename}: permission denied; run as the service user or root"

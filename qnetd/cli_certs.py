@@ -155,7 +155,8 @@ def cmd_certs_client(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    """Print a one-time token; only its hash is stored."""
+    """Print a one-time token; only its hash is stored. Say which state dir and CA it is for, and
+    warn when no running server uses that state dir (the node would find another CA there)."""
     try:
         paths = certs.ensure_state(args.state_dir)
         fingerprint = certs.state_ca_fingerprint(paths.root)
@@ -167,8 +168,16 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     print(text)
     expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=args.ttl)
     print(
-        f"single use, cluster {args.cluster}, expires {expires:%Y-%m-%d %H:%M:%S}Z", file=sys.stderr
+        f"single use, cluster {args.cluster}, expires {expires:%Y-%m-%d %H:%M:%S}Z, "
+        f"state dir {paths.root}, CA SHA-256 {fingerprint.hex(':')}",
+        file=sys.stderr,
     )
+    if not certs.server_running(paths):
+        print(
+            f"warning: no votemesh-qnetd is running with --state-dir {paths.root}; a node can only "
+            "enroll at a server using this state dir (pass the server's --state-dir)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -283,6 +283,8 @@ def split_server(text: str) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, port_text = text.split(":")
         port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is not 1-65535")
     return host, port
 
 
@@ -297,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         host, port = split_server(args.server)
     except ValueError:
-        print(f"enroll: bad --server {args.server!r}; use HOST[:PORT]", file=sys.stderr)
+        print(f"enroll: bad --server {args.server!r}; use HOST[:PORT] (1-65535)", file=sys.stderr)
         return 2
     try:
         files = enroll(host, port, args.token, args.out, args.force)

@@ -20,7 +20,7 @@ from proto.qnetd_enums import TlsSupported
 from qnetd import certs, status
 from qnetd.algorithms.registry import ALGORITHMS
 from qnetd.arbitration import QnetdCore
-from qnetd.runtime.control import serve_control
+from qnetd.runtime.control import refuse_live_control_socket, serve_control
 from qnetd.runtime.http import CoreCollector, serve_http
 from qnetd.runtime.observability import sd_notify
 from qnetd.runtime.server import QnetdServer, bind_listeners, server_ssl_context, tune_tls_memory
@@ -58,8 +58,20 @@ def _pki(options: RunOptions) -> tuple[str, str, str] | None:
 
 
 async def run_server(options: RunOptions) -> None:
-    """Serve until a signal or a `shutdown` request; then stop gracefully."""
+    """Serve until a signal or a `shutdown` request; then stop gracefully.
+
+    Refuses to start while another server answers on the control socket; marks the state
+    directory as in use (for `token create`) when its CA is the one served."""
+    await refuse_live_control_socket(options.control_socket)
     pki = _pki(options)
+    if pki is not None and options.ca_cert is None:
+        with certs.server_using(certs.StatePaths(options.state_dir)):
+            await _serve(options, pki)
+    else:
+        await _serve(options, pki)
+
+
+async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     tune_tls_memory()
     context = server_ssl_context(*pki, options.settings.client_cert_required) if pki else None
     core = QnetdCore(options.settings, ALGORITHMS)

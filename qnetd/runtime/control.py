@@ -43,6 +43,25 @@ def answer(line: str, snap: dict[str, Any]) -> tuple[bool, str]:
     return False, f"Unknown command '{words[0]}'\n"
 
 
+class ControlSocketInUseError(Exception):
+    """Another live server answers on the control socket we were told to use."""
+
+
+async def refuse_live_control_socket(path: Path, timeout: float = 2.0) -> None:
+    """Raise ControlSocketInUseError when something accepts connections on `path`.
+
+    A stale socket file (nobody listening: connection refused) or no file is fine: `serve_control`
+    replaces it. Taking over a live one would leave the running server unreachable."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        return  # no file, a stale socket, or not a socket at all: nobody answers there
+    except TimeoutError as exc:  # accepted but silent: alive (a hung server is still a server)
+        raise ControlSocketInUseError(str(path)) from exc
+    writer.close()
+    raise ControlSocketInUseError(str(path))
+
+
 async def serve_control(
     path: Path, get_snapshot: Callable[[], dict[str, Any]], shutdown: Callable[[], None]
 ) -> asyncio.AbstractServer:

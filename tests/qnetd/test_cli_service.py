@@ -1,0 +1,111 @@
+"""`votemesh-qnetd` command-line and service details (issue 7 item 9).
+
+Ports outside 1-65535 are refused everywhere, a bad --ca-cert is one line, a second server never
+takes over a live control socket (a stale one is replaced), and `token create` says which state
+dir and CA a token is for, warning when no running server uses that state dir.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.runtime.enroll import split_server
+from qnetd import certs
+from tests.interop.debian_qnetd import free_port
+from tests.qnetd.our_qnetd import OurQnetd, running_our_qnetd
+
+
+def qnetd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qnetd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--port", "99999"], "not a number from 1 to 65535"),
+        (["--port", "0"], "not a number from 1 to 65535"),
+        (["--port=-5"], "not a number from 1 to 65535"),
+        (["--http-listen", "127.0.0.1:70000"], "--http-listen '127.0.0.1:70000'"),
+        (["--enroll-listen", "127.0.0.1:0"], "--enroll-listen '127.0.0.1:0'"),
+        (
+            ["--ca-cert", "/nonexistent.pem", "--server-cert", "/x.pem", "--server-key", "/y.pem"],
+            "cannot read certificate /nonexistent.pem",
+        ),
+    ],
+)
+def test_run_mistakes_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    """Each mistake: exit 2, one line saying what is wrong, no traceback, nothing listening."""
+    base = ["run", "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1"]
+    base += ["--control-socket", str(tmp_path / "c.sock"), "--http-listen", "off"]
+    if not any(a.startswith("--port") for a in args):
+        base += ["--port", str(free_port())]
+    result = qnetd(*base, *args)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_second_server_does_not_take_over_a_live_control_socket(tmp_path: Path) -> None:
+    """A second `run` with the same --control-socket exits 2 and the first stays reachable; after
+    the first dies without cleaning up (SIGKILL), its stale socket is replaced by a new server."""
+    with running_our_qnetd(tmp_path / "first") as first:
+        second = [
+            "run", "--state-dir", str(tmp_path / "second"), "--listen", "127.0.0.1",
+            "--port", str(free_port()), "--http-listen", "off",
+            "--control-socket", str(first.control_socket),
+        ]  # fmt: skip
+        result = qnetd(*second)
+        assert result.returncode == 2
+        assert "another votemesh-qnetd is running" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert first.status()["connected_clients"] == 0  # still answers on its socket
+        assert first.process is not None
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=10)
+    assert first.control_socket.is_socket()  # left behind
+    third = OurQnetd(tmp_path / "third")
+    third.control_socket = first.control_socket
+    try:
+        third.start()
+        assert third.status()["connected_clients"] == 0
+    finally:
+        third.stop()
+
+
+def test_token_names_state_dir_and_ca_and_warns_without_a_server(tmp_path: Path) -> None:
+    """With the running server's state dir: the token line names that dir and its CA
+    fingerprint, no warning. With another dir (a forgotten --state-dir): a warning saying so."""
+    with running_our_qnetd(tmp_path / "q") as server:
+        used = qnetd("token", "create", "--cluster", "alpha", "--state-dir", str(server.state_dir))
+        assert used.returncode == 0, used.stderr
+        fingerprint = certs.state_ca_fingerprint(server.state_dir).hex(":")
+        assert f"state dir {server.state_dir}" in used.stderr
+        assert f"CA SHA-256 {fingerprint}" in used.stderr
+        assert "warning" not in used.stderr
+        other = tmp_path / "other"
+        unused = qnetd("token", "create", "--cluster", "alpha", "--state-dir", str(other))
+        assert unused.returncode == 0, unused.stderr
+        assert f"warning: no votemesh-qnetd is running with --state-dir {other}" in unused.stderr
+    after = qnetd("token", "create", "--cluster", "alpha", "--state-dir", str(server.state_dir))
+    assert "warning: no votemesh-qnetd is running" in after.stderr  # the server has stopped
+
+
+@pytest.mark.parametrize("text", ["qnetd:99999", "qnetd:0", "[::1]:65536"])
+def test_enroll_server_port_must_be_a_tcp_port(text: str) -> None:
+    """The node's --server HOST:PORT refuses ports outside 1-65535 (one-line error in main)."""
+    with pytest.raises(ValueError, match="1-65535"):
+        split_server(text)
