@@ -54,6 +54,14 @@ def _host_port(text: str, default_port: int, option: str) -> tuple[str, int] | N
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _http_listen(text: str) -> tuple[str, int] | Path | None:
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise UserError("--http-listen unix: needs a socket path, e.g. unix:/run/x/http.sock")
+        return Path(text[5:])
+    return _host_port(text, 9403, "--http-listen")
+
+
 def _choice(table: dict[str, Any], what: str) -> Any:
     def parse(text: str) -> Any:
         try:
@@ -87,7 +95,12 @@ def add_run(sub: Any) -> None:
     p.add_argument("--ca-cert", type=Path, help="operator PKI: CA certificate (PEM)")
     p.add_argument("--server-cert", type=Path, help="operator PKI: 'Qnetd Server' certificate")
     p.add_argument("--server-key", type=Path, help="operator PKI: its private key")
-    p.add_argument("--http-listen", default="127.0.0.1:9403", help="/healthz, /metrics or 'off'")
+    p.add_argument(
+        "--http-listen",
+        default="127.0.0.1:9403",
+        help="/healthz and /metrics: HOST:PORT (plain HTTP: every local user can read it), "
+        "unix:PATH (a socket only root and the service group can use), or 'off'",
+    )
     p.add_argument("--enroll-listen", default="off", help="enrollment endpoint HOST:PORT or 'off'")
     p.add_argument("--control-socket", default=DEFAULT_CONTROL_SOCKET)
     p.add_argument("--heartbeat-min", type=int, default=1000, help="ms")
@@ -138,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         port=args.port,
         family=args.family,
         control_socket=Path(args.control_socket),
-        http_listen=_host_port(args.http_listen, 9403, "--http-listen"),
+        http_listen=_http_listen(args.http_listen),
         enroll_listen=_host_port(args.enroll_listen, 5404, "--enroll-listen"),
         ca_cert=args.ca_cert,
         server_cert=args.server_cert,

@@ -21,7 +21,7 @@ from qnetd import certs, status
 from qnetd.algorithms.registry import ALGORITHMS
 from qnetd.arbitration import QnetdCore
 from qnetd.runtime.control import refuse_live_control_socket, serve_control
-from qnetd.runtime.http import CoreCollector, serve_http
+from qnetd.runtime.http import CoreCollector, serve_http, serve_http_unix
 from qnetd.runtime.observability import sd_notify
 from qnetd.runtime.server import QnetdServer, bind_listeners, server_ssl_context, tune_tls_memory
 from qnetd.settings import QnetdSettings
@@ -39,7 +39,8 @@ class RunOptions:
     port: int = 5403
     family: str = "any"
     control_socket: Path = Path("/run/votemesh-qnetd/qnetd.sock")
-    http_listen: tuple[str, int] | None = ("127.0.0.1", 9403)
+    http_listen: tuple[str, int] | Path | None = ("127.0.0.1", 9403)
+    """TCP (host, port), a unix socket path, or None for no HTTP endpoint."""
     enroll_listen: tuple[str, int] | None = None
     ca_cert: Path | None = None
     server_cert: Path | None = None
@@ -105,7 +106,10 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
                 "uptime_seconds": round(time.monotonic() - started, 1),
             }
 
-        closers.append(await serve_http(*options.http_listen, registry, health))
+        if isinstance(options.http_listen, Path):
+            closers.append(await serve_http_unix(options.http_listen, registry, health))
+        else:
+            closers.append(await serve_http(*options.http_listen, registry, health))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -115,7 +119,7 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
         tls=options.settings.tls.name,
         client_cert_required=options.settings.client_cert_required,
         control_socket=str(options.control_socket),
-        http=options.http_listen,
+        http=str(options.http_listen) if options.http_listen else None,
         enroll=options.enroll_listen,
     )
     weak = options.settings.admission_warning()

@@ -1,15 +1,18 @@
 """Local HTTP endpoint: `/healthz` (JSON) and `/metrics` (Prometheus text format).
 
-Plain HTTP on 127.0.0.1 by default. The metrics are read from the core's counters at scrape time
+Plain HTTP on 127.0.0.1 by default (any local user can read it), or on a unix socket (mode 0660)
+with `--http-listen unix:PATH`. The metrics are read from the core's counters at scrape time
 by a custom collector, so nothing is counted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -73,8 +76,26 @@ def _labelled(kind: Any, name: str, doc: str, label: str, values: Counter[str]) 
 async def serve_http(
     host: str, port: int, registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
 ) -> asyncio.AbstractServer:
-    """Serve /healthz and /metrics until the returned server is closed."""
+    """Serve /healthz and /metrics on TCP until the returned server is closed."""
+    return await asyncio.start_server(_handler(registry, health), host, port, limit=8192)
 
+
+async def serve_http_unix(
+    path: Path, registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+) -> asyncio.AbstractServer:
+    """The same on a unix socket, mode 0660: only root and the service's group can scrape
+    (a TCP port on 127.0.0.1 is readable by every local user). A stale socket is replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    server = await asyncio.start_unix_server(_handler(registry, health), str(path), limit=8192)
+    path.chmod(0o660)
+    return server
+
+
+def _handler(
+    registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
@@ -91,7 +112,7 @@ async def serve_http(
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host, port, limit=8192)
+    return handle
 
 
 def _route(

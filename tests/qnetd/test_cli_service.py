@@ -8,6 +8,7 @@ dir and CA a token is for, warning when no running server uses that state dir.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,25 @@ def test_enroll_server_port_must_be_a_tcp_port(text: str) -> None:
     """The node's --server HOST:PORT refuses ports outside 1-65535 (one-line error in main)."""
     with pytest.raises(ValueError, match="1-65535"):
         split_server(text)
+
+
+def test_metrics_on_a_unix_socket_only_the_group_can_read(tmp_path: Path) -> None:
+    """`--http-listen unix:PATH` serves /metrics and /healthz on a 0660 socket (not TCP)."""
+    path = tmp_path / "http" / "metrics.sock"
+    with running_our_qnetd(tmp_path / "q", None, None, "--http-listen", f"unix:{path}") as server:
+        assert path.is_socket()
+        assert path.stat().st_mode & 0o777 == 0o660
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK")
+        assert b"votemesh_qnetd_connections " in data
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", server.http_port), 1),
+        ):
+            pass  # the TCP endpoint is not there
