@@ -16,13 +16,8 @@ caller says `force`.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import hashlib
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +29,20 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from proto import cert_names
+from qnetd import state_files
+
+# The state directory's file helpers live in qnetd/state_files.py (no cryptography import).
+DIR_MODE = state_files.DIR_MODE
+PRIVATE_MODE = state_files.PRIVATE_MODE
+PUBLIC_MODE = state_files.PUBLIC_MODE
+CertError = state_files.CertError
+StatePaths = state_files.StatePaths
+locked = state_files.locked
+make_dir = state_files.make_dir
+pair_complete = state_files.pair_complete
+server_running = state_files.server_running
+server_using = state_files.server_using
+write_atomic = state_files.write_atomic
 
 # corosync-qnetd-certutil's CA subject, what qdevice expects of the server (net_nss_qnetd_cn) and
 # qdevice's net_nss_client_cert_nickname (reference 5.1): one definition in proto/cert_names.py
@@ -44,65 +53,6 @@ KEY_BITS = 2048  # NSS certutil default on Debian 12
 VALIDITY = datetime.timedelta(days=36525)  # 1200 months, as certutil -v 1200
 FIRST_SERIAL = 100  # serial.txt starts at 100; every certificate takes the next number
 BACKDATE = datetime.timedelta(minutes=5)  # tolerate small clock skew between nodes
-PUBLIC_MODE = 0o644
-PRIVATE_MODE = 0o600
-DIR_MODE = 0o700
-
-
-class CertError(Exception):
-    """A certificate problem the operator can fix; the message is one line that says how."""
-
-
-@dataclass(frozen=True)
-class StatePaths:
-    """Where the certificate files of a state directory live (docs/design.md 2.1)."""
-
-    root: Path
-
-    @property
-    def ca_cert(self) -> Path:
-        """CA certificate, PEM, 0644."""
-        return self.root / "ca.pem"
-
-    @property
-    def ca_key(self) -> Path:
-        """CA private key, PEM PKCS#8, 0600."""
-        return self.root / "ca.key"
-
-    @property
-    def server_cert(self) -> Path:
-        """Server certificate `CN=Qnetd Server`, PEM, 0644."""
-        return self.root / "server.pem"
-
-    @property
-    def server_key(self) -> Path:
-        """Server private key, PEM PKCS#8, 0600."""
-        return self.root / "server.key"
-
-    @property
-    def serial(self) -> Path:
-        """The last serial number handed out, as decimal text."""
-        return self.root / "serial"
-
-    @property
-    def tokens(self) -> Path:
-        """Enrollment tokens (qnetd/enrollment.py)."""
-        return self.root / "tokens.json"
-
-    @property
-    def issued(self) -> Path:
-        """A copy of every certificate signed."""
-        return self.root / "issued"
-
-    @property
-    def lock(self) -> Path:
-        """flock target shared by every writer of this directory."""
-        return self.root / ".lock"
-
-    @property
-    def server_lock(self) -> Path:
-        """Held (shared flock) by every running server that uses this directory's CA."""
-        return self.root / ".server.lock"
 
 
 @dataclass(frozen=True)
@@ -122,69 +72,6 @@ class ClientBundle:
     client_pem: Path
     client_key: Path
     client_p12: Path
-
-
-# --- files -------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a temp file in the same directory, fsync, chmod, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def locked(paths: StatePaths) -> Iterator[None]:
-    """Hold the state directory's exclusive flock (the CLI and the server both write it)."""
-    make_dir(paths.root)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-@contextlib.contextmanager
-def server_using(paths: StatePaths) -> Iterator[None]:
-    """Mark this state directory as used by a running server while inside: a shared flock on
-    `server_lock` (released by the kernel if the process dies), seen by `server_running()`."""
-    make_dir(paths.root)
-    fd = os.open(paths.server_lock, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
-
-
-def server_running(paths: StatePaths) -> bool:
-    """True when a live server is inside `server_using` for this state directory."""
-    try:
-        fd = os.open(paths.server_lock, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def make_dir(path: Path) -> None:
-    """Create `path` (and parents) as 0700 if it is missing; leave an existing one alone."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
 
 def key_pem(key: rsa.RSAPrivateKey) -> bytes:
@@ -356,27 +243,14 @@ def _create_server(paths: StatePaths, now: datetime.datetime) -> None:
     _record_issued(paths, cert, SERVER_NAME)
 
 
-def _complete(cert: Path, key: Path) -> bool:
-    """True when the pair exists; False when the certificate is missing (create it).
-
-    A key without its certificate is what a crash between the two writes leaves (the key is
-    written first), so it is replaced; a certificate without its key cannot be repaired.
-    """
-    if cert.exists() and not key.exists():
-        raise CertError(
-            f"{cert} exists but {key} is missing; restore it or run 'certs init --force'"
-        )
-    return cert.exists()
-
-
 def ensure_state(state_dir: Path, *, now: datetime.datetime | None = None) -> StatePaths:
     """Create the CA and server certificate if missing; never overwrite; fine on an empty dir."""
     paths = StatePaths(state_dir)
     with locked(paths):
-        new_ca = not _complete(paths.ca_cert, paths.ca_key)
+        new_ca = not pair_complete(paths.ca_cert, paths.ca_key)
         if new_ca:
             _create_ca(paths, _utcnow(now))
-        if new_ca or not _complete(paths.server_cert, paths.server_key):
+        if new_ca or not pair_complete(paths.server_cert, paths.server_key):
             _create_server(paths, _utcnow(now))  # a server cert of a lost CA is worthless
         _check_chain(paths)
     return paths

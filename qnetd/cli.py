@@ -117,11 +117,11 @@ def add_run(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the server until stopped."""
-    from qnetd.certs import CertError  # noqa: PLC0415 (heavy imports)
     from qnetd.runtime.app import RunOptions, run_server  # noqa: PLC0415
     from qnetd.runtime.control import ControlSocketInUseError  # noqa: PLC0415
     from qnetd.runtime.observability import configure_logging  # noqa: PLC0415
     from qnetd.settings import QnetdSettings  # noqa: PLC0415
+    from qnetd.state_files import CertError  # noqa: PLC0415 (heavy imports)
 
     pki = (args.ca_cert, args.server_cert, args.server_key)
     if any(pki) and not all(pki):

@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from proto.cert_names import reserved_cluster_name
-from qnetd import certs, enrollment
+from qnetd import enrollment, state_files
 
 DEFAULT_STATE_DIR = Path("/var/lib/votemesh-qnetd")
 TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -108,6 +106,8 @@ def add_commands(sub: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_certs_init(args: argparse.Namespace) -> int:
     """Create the CA and server certificate."""
+    from qnetd import certs  # noqa: PLC0415 (cryptography: not for `run`)
+
     try:
         paths = certs.init(args.state_dir, args.force)
     except certs.CertError as exc:
@@ -122,6 +122,10 @@ def cmd_certs_init(args: argparse.Namespace) -> int:
 
 def cmd_certs_sign(args: argparse.Namespace) -> int:
     """Sign a request; write DER (like corosync-qnetd-certutil -s) or PEM for a .pem name."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
+    from qnetd import certs  # noqa: PLC0415 (cryptography: not for `run`)
+
     out: Path = args.out or Path(f"cluster-{args.cluster}.crt")
     try:
         with args.request.open("rb") as f:
@@ -141,6 +145,8 @@ def cmd_certs_sign(args: argparse.Namespace) -> int:
 
 def cmd_certs_client(args: argparse.Namespace) -> int:
     """Write ca.pem, client.pem, client.key, client.p12."""
+    from qnetd import certs  # noqa: PLC0415 (cryptography: not for `run`)
+
     try:
         certs.ensure_state(args.state_dir)
         bundle = certs.client_bundle(args.state_dir, args.cluster, args.out, args.force)
@@ -157,6 +163,8 @@ def cmd_certs_client(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     """Print a one-time token; only its hash is stored. Say which state dir and CA it is for, and
     warn when no running server uses that state dir (the node would find another CA there)."""
+    from qnetd import certs  # noqa: PLC0415 (cryptography: not for `run`)
+
     try:
         paths = certs.ensure_state(args.state_dir)
         fingerprint = certs.state_ca_fingerprint(paths.root)
@@ -185,7 +193,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     """One line per stored token: hash prefix, cluster, expiry, state."""
     now = time.time()
     try:
-        records = enrollment.TokenStore(certs.StatePaths(args.state_dir).tokens).list()
+        records = enrollment.TokenStore(state_files.StatePaths(args.state_dir).tokens).list()
     except ValueError as exc:
         raise _user_error(str(exc)) from exc
     for r in records:

@@ -8,9 +8,7 @@ Pure: works on names extracted by the adapter (`from_der`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +19,24 @@ class PeerNames:
     dns_names: tuple[str, ...] = ()
 
     @classmethod
+    def from_peercert(cls, cert: dict[str, Any]) -> PeerNames:
+        """Names from a verified peer's `SSLObject.getpeercert()` dict (no `cryptography` import:
+        the server starts and runs without it, issue 7 item 9)."""
+        cns = tuple(
+            str(value)
+            for rdn in cert.get("subject", ())
+            for key, value in rdn
+            if key == "commonName"
+        )
+        dns = tuple(str(v) for k, v in cert.get("subjectAltName", ()) if k == "DNS")
+        return cls(cns, dns)
+
+    @classmethod
     def from_der(cls, der: bytes) -> PeerNames:
         """Names from a DER certificate (as `SSLObject.getpeercert(binary_form=True)` gives)."""
+        from cryptography import x509  # noqa: PLC0415 (about 10 MB: only where DER is parsed)
+        from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
         cert = x509.load_der_x509_certificate(der)
         cns = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
         try:

@@ -14,17 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from proto.qnetd_enums import TlsSupported
-from qnetd import certs, status
+from qnetd import status
 from qnetd.algorithms.registry import ALGORITHMS
 from qnetd.arbitration import QnetdCore
 from qnetd.runtime.control import refuse_live_control_socket, serve_control
-from qnetd.runtime.http import CoreCollector, serve_http, serve_http_unix
+from qnetd.runtime.http import CoreCollector, LazyMetrics, serve_http, serve_http_unix
 from qnetd.runtime.observability import sd_notify
+from qnetd.runtime.pki_check import check_server_pki
 from qnetd.runtime.server import QnetdServer, bind_listeners, server_ssl_context, tune_tls_memory
 from qnetd.settings import QnetdSettings
+from qnetd.state_files import StatePaths, locked, pair_complete, server_using
 
 log = structlog.get_logger("votemesh.qnetd")
 
@@ -48,13 +49,28 @@ class RunOptions:
 
 
 def _pki(options: RunOptions) -> tuple[str, str, str] | None:
-    """(ca, cert, key) PEM paths; creates the state-dir PKI on first start."""
+    """(ca, cert, key) PEM paths; creates the state-dir PKI on first start.
+
+    `cryptography` is imported only to create missing files or to check an operator's PKI; an
+    existing state directory is checked with the ssl module (qnetd/runtime/pki_check.py)."""
     if options.settings.tls is TlsSupported.UNSUPPORTED:
         return None
     if options.ca_cert and options.server_cert and options.server_key:
+        from qnetd import certs  # noqa: PLC0415 (cryptography: only for an operator's PKI)
+
         certs.load_operator_pki(options.ca_cert, options.server_cert, options.server_key)
         return str(options.ca_cert), str(options.server_cert), str(options.server_key)
-    paths = certs.ensure_state(options.state_dir)
+    paths = StatePaths(options.state_dir)
+    with locked(paths):
+        ready = pair_complete(paths.ca_cert, paths.ca_key) and pair_complete(
+            paths.server_cert, paths.server_key
+        )
+    if ready:
+        check_server_pki(paths.ca_cert, paths.server_cert, paths.server_key)
+    else:
+        from qnetd import certs  # noqa: PLC0415 (first start: create the CA)
+
+        certs.ensure_state(options.state_dir)
     return str(paths.ca_cert), str(paths.server_cert), str(paths.server_key)
 
 
@@ -66,7 +82,7 @@ async def run_server(options: RunOptions) -> None:
     await refuse_live_control_socket(options.control_socket)
     pki = _pki(options)
     if pki is not None and options.ca_cert is None:
-        with certs.server_using(certs.StatePaths(options.state_dir)):
+        with server_using(StatePaths(options.state_dir)):
             await _serve(options, pki)
     else:
         await _serve(options, pki)
@@ -94,8 +110,7 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     if options.enroll_listen is not None:
         closers.append(await _start_enrollment(options, collector))
     if options.http_listen is not None:
-        registry = CollectorRegistry()
-        registry.register(collector)
+        registry = LazyMetrics(collector)
 
         def health() -> dict[str, Any]:
             return {

@@ -16,9 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from qnetd.arbitration import QnetdCore
 
@@ -26,14 +23,21 @@ log = structlog.get_logger("votemesh.qnetd.http")
 PREFIX = "votemesh_qnetd"
 
 
-class CoreCollector(Collector):
-    """Exports `QnetdCore` state and counters."""
+class CoreCollector:
+    """Exports `QnetdCore` state and counters (a prometheus_client collector by duck typing, so
+    that prometheus_client is imported at the first scrape, not at start)."""
 
     def __init__(self, core: QnetdCore, connections: Callable[[], int]) -> None:
         self.core, self.connections = core, connections
         self.extra: list[Callable[[], Iterator[Any]]] = []
 
     def collect(self) -> Iterator[Any]:
+        """The metric families, read from the core now."""
+        from prometheus_client.core import (  # noqa: PLC0415 (first scrape)
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
         core, stats = self.core, self.core.stats
         yield GaugeMetricFamily(f"{PREFIX}_connections", "Open TCP connections", self.connections())
         yield GaugeMetricFamily(
@@ -73,15 +77,34 @@ def _labelled(kind: Any, name: str, doc: str, label: str, values: Counter[str]) 
     return family
 
 
+class LazyMetrics:
+    """`/metrics` text; the registry (and prometheus_client, ~4 MB) is made at the first scrape."""
+
+    def __init__(self, collector: CoreCollector) -> None:
+        self.collector = collector
+        self._registry: Any = None
+
+    def __call__(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest  # noqa: PLC0415
+
+        if self._registry is None:
+            self._registry = CollectorRegistry()
+            self._registry.register(self.collector)
+        return bytes(generate_latest(self._registry))
+
+
+Metrics = Callable[[], bytes]
+
+
 async def serve_http(
-    host: str, port: int, registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+    host: str, port: int, registry: Metrics, health: Callable[[], dict[str, Any]]
 ) -> asyncio.AbstractServer:
     """Serve /healthz and /metrics on TCP until the returned server is closed."""
     return await asyncio.start_server(_handler(registry, health), host, port, limit=8192)
 
 
 async def serve_http_unix(
-    path: Path, registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+    path: Path, registry: Metrics, health: Callable[[], dict[str, Any]]
 ) -> asyncio.AbstractServer:
     """The same on a unix socket, mode 0660: only root and the service's group can scrape
     (a TCP port on 127.0.0.1 is readable by every local user). A stale socket is replaced."""
@@ -94,7 +117,7 @@ async def serve_http_unix(
 
 
 def _handler(
-    registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+    registry: Metrics, health: Callable[[], dict[str, Any]]
 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -116,12 +139,12 @@ def _handler(
 
 
 def _route(
-    method: str, path: str, registry: CollectorRegistry, health: Callable[[], dict[str, Any]]
+    method: str, path: str, registry: Metrics, health: Callable[[], dict[str, Any]]
 ) -> tuple[str, str, bytes]:
     if method != "GET":
         return "405 Method Not Allowed", "text/plain", b"GET only\n"
     if path == "/metrics":
-        return "200 OK", "text/plain; version=0.0.4", generate_latest(registry)
+        return "200 OK", "text/plain; version=0.0.4", registry()
     if path == "/healthz":
         return "200 OK", "application/json", json.dumps(health()).encode() + b"\n"
     return "404 Not Found", "text/plain", b"try /healthz or /metrics\n"

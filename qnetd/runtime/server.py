@@ -234,8 +234,8 @@ class QnetdServer:
     @staticmethod
     def _peer_names(transport: asyncio.BaseTransport) -> PeerNames | None:
         ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        return PeerNames.from_der(der) if der else None
+        cert = ssl_object.getpeercert() if ssl_object else None  # verified by the handshake
+        return PeerNames.from_peercert(cert) if cert else None
 
     def on_data(self, conn: _Conn, data: bytes) -> None:
         """Bytes from the peer: decode every whole message and hand it to the core."""

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from agent.runtime.enroll import split_server
+from proto.qnetd_options import RingId
 from qnetd import certs
 from tests.interop.debian_qnetd import free_port
+from tests.qnetd.async_client import AsyncQdevice
 from tests.qnetd.our_qnetd import OurQnetd, running_our_qnetd
 
 
@@ -132,3 +134,35 @@ def test_metrics_on_a_unix_socket_only_the_group_can_read(tmp_path: Path) -> Non
             socket.create_connection(("127.0.0.1", server.http_port), 1),
         ):
             pass  # the TCP endpoint is not there
+
+
+def test_run_imports_neither_cryptography_nor_prometheus() -> None:
+    """What `run` loads before serving: no cryptography (~10 MB resident) and no
+    prometheus_client (~4 MB, loaded at the first /metrics scrape)."""
+    probe = (
+        "import sys, qnetd.cli, qnetd.runtime.app\n"
+        "print(sorted(m for m in ('cryptography', 'prometheus_client') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.asyncio
+async def test_tls_clients_are_served_without_cryptography(tmp_path: Path) -> None:
+    """An existing state directory is checked with the ssl module and a client certificate's names
+    come from the handshake: after a TLS client joined, cryptography's library is not mapped."""
+    with running_our_qnetd(tmp_path / "q") as server:
+        creds = server.client_credentials("alpha")  # the CA exists before the restart
+        server.stop()
+        server.start()
+        client = AsyncQdevice(server.port, b"alpha", 1, creds)
+        await client.start(RingId(1, 1), (1,), (1,))
+        try:
+            assert server.status()["connected_clients"] == 1
+            assert server.process is not None
+            maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+            assert "cryptography" not in maps
+        finally:
+            await client.close()
