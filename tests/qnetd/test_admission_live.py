@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proto.qnetd_enums import ReplyErrorCode
+from proto.qnetd_enums import ReplyErrorCode, TlsSupported
 from proto.qnetd_messages import (
     EchoRequest,
     InitReply,
@@ -110,3 +110,57 @@ def test_debian_3_0_3_admits_the_certificate_into_another_cluster(tmp_path: Path
     assert isinstance(listed, str)
     assert 'Cluster "beta"' in listed, listed
     assert 'Cluster "alpha"' not in listed, listed
+
+
+def plain_init(port: int, cluster: bytes) -> list[object]:
+    """PREINIT then INIT in plain text (no STARTTLS, no certificate): the two replies."""
+    client = WireClient(port, Transcript())
+    try:
+        client.send(Preinit(seq=1, cluster_name=cluster))
+        replies: list[object] = [client.receive()]
+        client.send(init_msg(3, seq=2))
+        replies.append(client.receive())
+    finally:
+        client.close()
+    return replies
+
+
+def test_ours_refuses_plain_text_clients_by_default(ours: OurQnetd) -> None:
+    """Default settings: PREINIT_REPLY announces TLS required + certificate; a plain-text INIT
+    gets SERVER_ERROR 3 and no cluster appears. No `insecure admission` warning at start."""
+    preinit_reply, init_reply = plain_init(ours.port, b"anycluster")
+    assert preinit_reply == PreinitReply(
+        seq=1, tls_supported=TlsSupported.REQUIRED, tls_client_cert_required=True
+    )
+    assert init_reply == ServerError(seq=2, reply_error_code=E.TLS_REQUIRED)
+    assert ours.status()["clusters"] == []
+    assert not any(r.get("event") == "insecure admission" for r in ours.log_records())
+
+
+def test_permissive_mode_is_explicit_and_warns(tmp_path: Path) -> None:
+    """`--tls on` still admits a plain-text client (corosync's -s on), and says so at start."""
+    with running_our_qnetd(tmp_path / "on", "on", True) as server:
+        _, init_reply = plain_init(server.port, b"anycluster")
+        assert isinstance(init_reply, InitReply)
+        assert init_reply.reply_error_code == E.NO_ERROR
+        warnings = [r for r in server.log_records() if r.get("event") == "insecure admission"]
+        assert len(warnings) == 1
+        assert warnings[0]["level"] == "warning"
+        assert "plain-text clients may join any cluster" in warnings[0]["problem"]
+    help_text = server.command("run", "--help").stdout
+    assert "may join ANY cluster" in " ".join(help_text.split())
+
+
+@pytest.mark.interop
+@pytest.mark.root
+@pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
+def test_debian_3_0_3_defaults_admit_plain_text_clients(tmp_path: Path) -> None:
+    """corosync-qnetd 3.0.3 with its defaults (-s on -c on) lets a plain-text client without a
+    certificate join any cluster: what our default refuses on purpose."""
+    with running_qnetd(tmp_path / "debian") as debian:
+        preinit_reply, init_reply = plain_init(debian.port, b"anycluster")
+    assert preinit_reply == PreinitReply(
+        seq=1, tls_supported=TlsSupported.SUPPORTED, tls_client_cert_required=True
+    )
+    assert isinstance(init_reply, InitReply)
+    assert init_reply.reply_error_code == E.NO_ERROR
