@@ -165,6 +165,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     warn when no running server uses that state dir (the node would find another CA there)."""
     from qnetd import certs  # noqa: PLC0415 (cryptography: not for `run`)
 
+    had_ca = state_files.StatePaths(args.state_dir).ca_cert.exists()
     try:
         paths = certs.ensure_state(args.state_dir)
         fingerprint = certs.state_ca_fingerprint(paths.root)
@@ -180,6 +181,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         f"state dir {paths.root}, CA SHA-256 {fingerprint.hex(':')}",
         file=sys.stderr,
     )
+    if not had_ca:
+        print(f"created a new CA in {paths.root} (there was none)", file=sys.stderr)
     if not certs.server_running(paths):
         print(
             f"warning: no votemesh-qnetd is running with --state-dir {paths.root}; a node can only "

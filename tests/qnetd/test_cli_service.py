@@ -103,6 +103,8 @@ def test_token_names_state_dir_and_ca_and_warns_without_a_server(tmp_path: Path)
         unused = qnetd("token", "create", "--cluster", "alpha", "--state-dir", str(other))
         assert unused.returncode == 0, unused.stderr
         assert f"warning: no votemesh-qnetd is running with --state-dir {other}" in unused.stderr
+        assert f"created a new CA in {other}" in unused.stderr
+        assert "created a new CA" not in used.stderr
     after = qnetd("token", "create", "--cluster", "alpha", "--state-dir", str(server.state_dir))
     assert "warning: no votemesh-qnetd is running" in after.stderr  # the server has stopped
 
