@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,10 @@ def test_metrics_on_a_unix_socket_only_the_group_can_read(tmp_path: Path) -> Non
     """`--http-listen unix:PATH` serves /metrics and /healthz on a 0660 socket (not TCP)."""
     path = tmp_path / "http" / "metrics.sock"
     with running_our_qnetd(tmp_path / "q", None, None, "--http-listen", f"unix:{path}") as server:
-        assert path.is_socket()
-        assert path.stat().st_mode & 0o777 == 0o660
+        deadline = time.monotonic() + 20  # the HTTP socket comes up after the control socket
+        while not (path.is_socket() and path.stat().st_mode & 0o777 == 0o660):
+            assert time.monotonic() < deadline, "no 0660 socket at --http-listen unix:PATH"
+            time.sleep(0.05)
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(5)
             sock.connect(str(path))
