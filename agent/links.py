@@ -15,17 +15,29 @@ Semantics (docs/design.md 3, "links"):
   need a probe interval to start probing it); a newly active link keeps the lease it had as a
   probed one, so failover does not kill it before the peer's heartbeats move over. An active
   link that then only gets probes (the peer sends its heartbeats elsewhere) runs out and fails
-  over again.
+  over again — unless the peer answers the heartbeats we send on it (`echoed`): an answered
+  active link stays up for failure_timeout from the newest answered heartbeat's send time
+  (its inbound half may be quiet because the peer sends its heartbeats elsewhere), and the
+  failover lease below decides.
   `expected_interval` feeds only the loss estimate (`agent.link_loss`).
+* **Failover lease** (design §3.5): while another link to the peer is up, the active link
+  fails over after F = failure_timeout - 2 x heartbeat_interval - jitter_allowance (at least
+  half the failure timeout; 0.4 s by default) in which the peer answered none of the heartbeats
+  we sent on it (`echoed`: its heartbeats echo our stamps; a peer that never echoed is judged
+  on its datagrams on the link instead), counted from when the link became active at the
+  earliest. Heartbeats then move before the peer's failure timeout runs out, so membership
+  never notices a failover.
 * **Active link**: the highest-priority up link (ties: lowest index). Failover (the active link
   went down) is immediate, to a settled link if there is one. Failback to a higher-priority
   link that went down before needs FAILBACK_ROUNDS answers: datagrams echoing our stamp
   (`rtt_sample`: a ProbeReply, an echoing heartbeat), at least half a heartbeat interval apart,
   with no unanswered round between them (a round is the time between two of our sends on the
   link). On a probed link that is two consecutive answered probe rounds; if the peer already
-  heartbeats there, two heartbeats. Answers prove the link works both ways (a one-way link
-  never takes traffic back) and a flapping link does not pull traffic back and forth. A link's
-  first up (it never failed) is taken at once.
+  heartbeats there, two heartbeats — unless the node says the heartbeats echo our stamps
+  (`echoed`): those answer the heartbeats we sent on the active link, not this one. Answers
+  prove the link works both ways (a one-way link never takes traffic back) and a flapping
+  link does not pull traffic back and forth. A link's first up (it never failed) is taken at
+  once.
 * **Peer**: reachable once a link is up; suspected once after failure_timeout / 2 without any
   datagram; reachable again on the next datagram; unreachable when no link is up.
 * Events are returned only on changes, in causal order (LinkUp before ActiveLinkChanged before
@@ -145,6 +157,7 @@ class _Link:
     loss: LossMeter = field(default_factory=LossMeter)
     due_after: float | None = None  # the last_sent that `due_at` was computed for
     due_at: float = 0.0  # the next heartbeat round for it (Links._heartbeat_due)
+    active_since: float | None = None  # when it became the active link (None: not active)
 
     def rank(self) -> tuple[int, int]:
         """Sort key: higher priority first, then lower index."""
@@ -162,6 +175,7 @@ class _Peer:
     reach: _Reach = _Reach.UNREACHABLE
     last_heard: float = -math.inf
     failure_timeout: float = 0.0  # this peer's, as the node sized it to its loss (set_timeout)
+    echoed: float = -math.inf  # send time of the newest heartbeat stamp of ours it echoed
 
     def default_link(self) -> int | None:
         """The highest-priority configured link: where heartbeats go before any link is up."""
@@ -263,17 +277,27 @@ class Links:
         *,
         rtt_sample: float | None = None,
         expected_interval: float | None = None,
+        echoed: float | None = None,
     ) -> list[LinkChange]:
-        """An authentic datagram from `peer` on `link`; unknown peers or links are ignored."""
+        """An authentic datagram from `peer` on `link`; unknown peers or links are ignored.
+
+        `echoed`: the datagram echoes a heartbeat stamp we sent at that time (our clock); it
+        proves our heartbeats reach the peer (the outbound half of the failover lease)."""
         self._now = max(self._now, now)
         changes, self._pending = self._pending, []
         state = self._peers.get(peer)
         if state is None or link not in state.links:
             return changes
+        if echoed is not None and math.isfinite(echoed):
+            state.echoed = max(state.echoed, min(echoed, now))
         lk = state.links[link]
         was_up, was_settled = lk.up, lk.settled()
         interval = self._cadence(state, link, expected_interval)
-        _measure(lk, now, rtt_sample, interval, self.timing.heartbeat_interval / 2)
+        # A heartbeat's echo answers the heartbeat we sent on the active link: on another link
+        # it proves only that link's inbound half, not that it works both ways (failback).
+        answers = echoed is None or link == state.active
+        gap = self.timing.heartbeat_interval / 2
+        _measure(lk, now, rtt_sample, interval, gap, answers=answers)
         state.last_heard = max(state.last_heard, now)
         if not was_up:
             lk.up = True
@@ -309,9 +333,15 @@ class Links:
             state.reach = _Reach.SUSPECTED
             changes.append(PeerSuspected(peer, f"node {peer} silent for {silence:.3f} s"))
         for lk in sorted(state.links.values(), key=lambda x: x.index):
-            if lk.up and now >= lk.lease_until:
+            if lk.up and now >= self._expiry(state, lk):
                 lk.up, lk.went_down, lk.streak, lk.answered = False, True, 0, False
                 changes.append(LinkDown(peer, lk.index, f"link{lk.index} silent, lease expired"))
+        failover = self._failover_at(state)
+        if failover is not None and now >= failover[0]:
+            lk = state.links[failover[1]]
+            lk.up, lk.went_down, lk.streak, lk.answered = False, True, 0, False
+            lk.lease_until = now
+            changes.append(LinkDown(peer, lk.index, self._failover_why(state, lk, now)))
         changes += self._reselect(peer, state)
         if state.reach is not _Reach.UNREACHABLE and not state.up_links():
             state.reach = _Reach.UNREACHABLE
@@ -411,9 +441,50 @@ class Links:
         return (now_us - echo.stamp_us - echo.held_us) / 1e6
 
     # ------------------------------------------------------------ internals
+    def _failover_at(self, state: _Peer) -> tuple[float, int] | None:
+        """When the active link fails over (design §3.5) and its index; None when there is
+        nothing to fail over to (no other link up) or no active link."""
+        if state.active is None:
+            return None
+        lk = state.links.get(state.active)
+        if lk is None or not lk.up or lk.active_since is None:
+            return None
+        if not any(o.up for o in state.links.values() if o is not lk):
+            return None
+        since, grace = lk.active_since, self._failover_grace(state)
+        if state.echoed == -math.inf:  # it never echoed us: judged on what arrives only
+            return (max(since if lk.last_heard is None else lk.last_heard, since) + grace, lk.index)
+        return (max(state.echoed, since) + grace, lk.index)
+
+    @staticmethod
+    def _failover_why(state: _Peer, lk: _Link, now: float) -> str:
+        since = lk.active_since if lk.active_since is not None else now
+        if state.echoed == -math.inf:
+            heard = max(since if lk.last_heard is None else lk.last_heard, since)
+            return f"link{lk.index} silent for {now - heard:.3f} s, failing over"
+        silent = now - max(state.echoed, since)
+        return f"link{lk.index}: no heartbeat of ours answered for {silent:.3f} s, failing over"
+
+    def _failover_grace(self, state: _Peer) -> float:
+        """F of the failover lease: the peer's failure timeout less two heartbeat intervals
+        and the jitter allowance (the heartbeat on the new link still arrives before the
+        timeout runs out, with one interval of phase to spare), at least half of it."""
+        t = state.failure_timeout
+        spare = 2 * self._heartbeat_interval + self.timing.jitter_allowance
+        return max(t / 2, t - spare)
+
     def _timeout(self, state: _Peer, link: int) -> float:
         """Silence after which a link is down: failure_timeout if active, else link_timeout."""
         return state.failure_timeout if link == state.active else self._link_timeout
+
+    @staticmethod
+    def _expiry(state: _Peer, lk: _Link) -> float:
+        """When an up link goes down: its lease; the active link's also lasts while the peer
+        answers the heartbeats we send on it (echoed within failure_timeout)."""
+        if lk.index != state.active or lk.active_since is None:
+            return lk.lease_until
+        answered = max(state.echoed, lk.active_since) + state.failure_timeout
+        return lk.lease_until if state.echoed == -math.inf else max(lk.lease_until, answered)
 
     def _interval(self, kind: str) -> float:
         t = self.timing
@@ -443,10 +514,13 @@ class Links:
         best = math.inf
         if state.reach is _Reach.REACHABLE:
             best = state.last_heard + state.failure_timeout / 2
+        failover = self._failover_at(state)
+        if failover is not None:
+            best = min(best, failover[0])
         active = self._sending_link(state)
         for index, lk in state.links.items():
-            if lk.up and lk.lease_until < best:
-                best = lk.lease_until
+            if lk.up:
+                best = min(best, self._expiry(state, lk))
             best = min(best, self._due(lk, "heartbeat" if index == active else "probe"))
         if best == math.inf:
             self._deadlines.pop(peer, None)
@@ -469,9 +543,13 @@ class Links:
             return []
         state.active = new
         demoted = state.links.get(old) if old is not None else None
+        if demoted is not None:
+            demoted.active_since = None
         if demoted is not None and demoted.up and demoted.last_heard is not None:
             keep = demoted.last_heard + self._link_timeout  # now a probed link
             demoted.lease_until = max(demoted.lease_until, keep)
+        if best is not None:
+            best.active_since = self._now
         return [ActiveLinkChanged(peer, old, new, self._why(state, old, new))]
 
     @staticmethod
@@ -486,14 +564,25 @@ class Links:
         return f"failback: link{new} answered {FAILBACK_ROUNDS} rounds, outranks link{old}"
 
 
-def _measure(lk: _Link, now: float, rtt_sample: float | None, interval: float, gap: float) -> None:
-    """Arrival bookkeeping: last heard, loss; on an echo, the RTT EWMA and the answer streak
-    (answers closer than `gap` to the previous one count once: duplicates)."""
+def _measure(
+    lk: _Link,
+    now: float,
+    rtt_sample: float | None,
+    interval: float,
+    gap: float,
+    *,
+    answers: bool = True,
+) -> None:
+    """Arrival bookkeeping: last heard, loss; on an echo, the RTT EWMA and (if it `answers`
+    a datagram we sent on this link) the answer streak (answers closer than `gap` to the
+    previous one count once: duplicates)."""
     lk.last_heard = now if lk.last_heard is None else max(lk.last_heard, now)
     lk.loss.arrive(now, interval)
     if rtt_sample is None or not math.isfinite(rtt_sample):
         return
     sample = max(0.0, rtt_sample)
     lk.rtt = sample if lk.rtt is None else lk.rtt + RTT_ALPHA * (sample - lk.rtt)
+    if not answers:
+        return
     if lk.last_answer is None or now - lk.last_answer >= gap:
         lk.answered, lk.streak, lk.last_answer = True, lk.streak + 1, now
