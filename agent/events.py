@@ -29,6 +29,7 @@ class EventKind(StrEnum):
     QDEVICE_DISCONNECTED = "qdevice_disconnected"
     QDEVICE_VOTE_CHANGED = "qdevice_vote_changed"
     CLOCK_SKEW = "clock_skew"
+    STALLED = "stalled"
     CONFIG_CHANGED = "config_changed"
 
 

@@ -149,6 +149,8 @@ class AgentNode:
         self._out: list[NodeEffect] = []
         self._now = 0.0
         self._wall_ms = 0
+        self._asked: float | None = None
+        """The deadline `next_deadline()` last handed out: an event much later is a stall."""
 
     # ------------------------------------------------------------ public API
     def handle(self, event: NodeEvent, now: float) -> list[NodeEffect]:
@@ -157,6 +159,8 @@ class AgentNode:
         self.last_fresh_peer = None
         if self._stopped:
             return self._out
+        if self._started and self._stalled(now):
+            self._revalidate(now)
         if isinstance(event, Start):
             self._start(event.wall_ms)
         elif isinstance(event, Tick):
@@ -183,6 +187,7 @@ class AgentNode:
         for t in (self.quorum.next_deadline(), self._evaluate_at, self._heard_expiry()):
             if t is not None and (best is None or t < best):
                 best = t
+        self._asked = best
         return best
 
     @property
@@ -210,6 +215,33 @@ class AgentNode:
             return
         self.peers.setdefault(peer, _Peer(timeout=self._failure_timeout))
         self.links.set_peer(peer, links)
+
+    # ------------------------------------------------------------ stalls (design §3.6)
+    def _stalled(self, now: float) -> bool:
+        """The node was not run when it asked to be, for longer than the failure timeout."""
+        asked = self._asked
+        return asked is not None and now - asked > self._failure_timeout
+
+    def _revalidate(self, now: float) -> None:
+        """After a stall: nothing learnt before it counts. Every peer must echo a stamp sent
+        from now on before its heartbeats count again (the datagrams that sat in the socket
+        buffer cannot); reports are forgotten and the node re-evaluates at once."""
+        asked = self._asked if self._asked is not None else now
+        self._asked = None
+        self._born_us = int(now * 1e6)
+        for pid, peer in self.peers.items():
+            peer.verified, peer.raw = False, None
+            self.membership.forget(pid)
+        why = (
+            f"not run for {now - asked:.3f} s past its deadline (failure timeout "
+            f"{self._failure_timeout:.3f} s): peers and views revalidated"
+        )
+        self._emit(EventKind.STALLED, why, late_s=round(now - asked, 3))
+        self.membership.set_heard(self._heard(), now)
+        self._evaluate_at, self._evaluated = None, True
+        changes = self.membership.evaluate(now)
+        self._persist_seq()
+        self._membership_changes(changes)
 
     # ------------------------------------------------------------ receiving
     def _message(self, ev: MessageIn) -> None:

@@ -59,6 +59,8 @@ class Net:
     events: list[tuple[float, int, Emit]] = field(default_factory=list)
     persisted: dict[int, int] = field(default_factory=dict)
     quorate_log: dict[int, list[tuple[float, bool]]] = field(default_factory=dict)
+    paused: dict[int, list[MessageIn]] = field(default_factory=dict)
+    """Nodes stopped like SIGSTOP: what arrives for them waits in their socket buffer."""
 
     @classmethod
     def make(cls, n: int, links: int = 1) -> Net:
@@ -115,9 +117,22 @@ class Net:
                 _, _, dst, msg = heapq.heappop(self.queue)
                 if dst in self.alive:
                     self.apply(dst, self.nodes[dst].handle(msg, self.now))
+                elif dst in self.paused:
+                    self.paused[dst].append(msg)
             else:
                 i = next_timer[1]
                 self.apply(i, self.nodes[i].handle(Tick(wall_ms=0), self.now))
+
+    def pause(self, node: int) -> None:
+        """SIGSTOP: the node runs nothing; datagrams for it are kept."""
+        self.alive.discard(node)
+        self.paused[node] = []
+
+    def resume(self, node: int, wall_ms: int) -> None:
+        """SIGCONT: the kept datagrams are handled first, at the node's wall clock now."""
+        self.alive.add(node)
+        for msg in self.paused.pop(node):
+            self.apply(node, self.nodes[node].handle(replace(msg, wall_ms=wall_ms), self.now))
 
     def views(self) -> set[tuple[tuple[int, int], frozenset[int]]]:
         return {
@@ -290,3 +305,53 @@ def test_heartbeat_rounds_are_on_wall_clock_multiples() -> None:
     effects = node.handle(Tick(wall_ms=1_000_100), 5.063)
     assert [type(e) for e in effects if isinstance(e, Broadcast)] == [Broadcast]
     assert node.next_deadline() == pytest.approx(5.163)
+
+
+def kinds_of(net: Net, node: int, since: float) -> list[EventKind]:
+    """The kinds of `node`'s events at or after `since`, in order."""
+    return [e.event.kind for t, src, e in net.events if src == node and t >= since]
+
+
+def test_a_stalled_node_revalidates_before_it_announces_anything() -> None:
+    """Design §3.6: node 3 of 3 stops for 5 s (SIGSTOP) while 1 and 2 re-form. On waking,
+    the heartbeats that sat in its buffer (their wall clocks 5 s behind its own) neither
+    re-install the old view nor raise clock_skew: it says it stalled, installs its singleton
+    view (quorum lost), and rejoins in a new view once fresh heartbeats echo its stamps."""
+    net = Net.make(3)
+    net.run(2.0)
+    old = net.nodes[3].view
+    assert net.nodes[3].quorate
+    net.pause(3)
+    net.run(5.0)
+    assert {m for _, m in net.views()} == {frozenset({1, 2})}
+    assert net.paused[3], "datagrams queued for the paused node"
+    woke = net.now
+    net.resume(3, wall_ms=5000)  # its wall clock moved 5 s; theirs in the buffer did not
+    after = kinds_of(net, 3, woke)
+    assert EventKind.CLOCK_SKEW not in after
+    assert EventKind.QUORUM_GAINED not in after
+    assert EventKind.QUORUM_LOST in after
+    assert after[0] == "stalled"  # EventKind.STALLED, first of all
+    assert net.nodes[3].view.members == frozenset({3})
+    assert not net.nodes[3].status(net.now)["quorate"]
+    net.run(2.0)
+    assert EventKind.CLOCK_SKEW not in kinds_of(net, 3, woke)
+    (view,) = net.views()
+    assert view[1] == frozenset({1, 2, 3})
+    assert net.nodes[3].view.ring_id != old.ring_id
+    assert all(n.quorate for n in net.nodes.values())
+
+
+def test_a_late_wake_up_below_the_failure_timeout_is_not_a_stall() -> None:
+    """A node woken 0.5 s after its deadline (under the 0.65 s failure timeout) is not stalled:
+    nothing is revalidated and its view stays."""
+    net = Net.make(3)
+    net.run(2.0)
+    node = net.nodes[3]
+    view = node.view
+    deadline = node.next_deadline()
+    assert deadline is not None
+    effects = node.handle(Tick(wall_ms=0), deadline + 0.5)
+    kinds = [e.event.kind for e in effects if isinstance(e, Emit)]
+    assert "stalled" not in kinds
+    assert node.view == view

@@ -3,9 +3,12 @@
 One heap of pending happenings keyed by (time, seq): datagram deliveries, node timers (a node's
 `next_deadline()`), scheduled fault actions and the end of process pauses. Every directed pair
 of nodes has a link model (base delay, jitter, loss, duplication, reordering); one-way cuts are
-pairs in a set and a partition is a set of cuts. A crash drops the node object; a restart builds
-a new core with a higher incarnation and the last `PersistMaxSeq` value. A paused node receives
-nothing and its timers do not fire; when it resumes, everything queued for it arrives in order.
+pairs in a set and a partition is a set of cuts. With redundant links
+(`cluster_configs(links=2)`) one link of a pair can be cut alone (`cut_link`): the checker's
+topology counts a pair as cut only when every link they share is, so L2 (no view change) also
+covers a failover. A crash drops the node object; a restart builds a new core with a higher
+incarnation and the last `PersistMaxSeq` value. A paused node receives nothing and its timers
+do not fire; when it resumes, everything queued for it arrives in order.
 All randomness comes from one `random.Random(seed)`, so a seed replays exactly.
 
 The network records what the checker needs: every node's reported state (ring id, members,
@@ -106,14 +109,19 @@ def cluster_configs(
     quorum: QuorumOptions | None = None,
     timing: Timing | None = None,
     votes: Mapping[int, int] | None = None,
+    links: int = 1,
 ) -> dict[int, AgentConfig]:
-    """Configurations of nodes 1..count, all peers static on link 0, no discovery."""
+    """Configurations of nodes 1..count, all peers static on links 0..links-1 (link 0 has the
+    highest priority), no discovery."""
     votes = votes or {}
     timing = timing or Timing.lan()
     quorum = quorum or QuorumOptions()
     ids = range(1, count + 1)
     peers = {
-        i: PeerConfig(i, f"node{i}", ((0, f"10.0.0.{i}", 5407),), votes.get(i, 1)) for i in ids
+        i: PeerConfig(
+            i, f"node{i}", tuple((k, f"10.0.{k}.{i}", 5407) for k in range(links)), votes.get(i, 1)
+        )
+        for i in ids
     }
     out: dict[int, AgentConfig] = {}
     for i in ids:
@@ -122,7 +130,7 @@ def cluster_configs(
             cluster_name="sim",
             node_id=i,
             node_name=f"node{i}",
-            links=(LinkConfig(0, f"10.0.0.{i}"),),
+            links=tuple(LinkConfig(k, f"10.0.{k}.{i}", priority=links - k) for k in range(links)),
             peers=tuple(p for j, p in peers.items() if j != i),
             timing=timing,
             quorum=q,
@@ -210,6 +218,8 @@ class SimNetwork:
         self.default_link = default_link or LinkModel()
         self.links: dict[tuple[int, int], LinkModel] = {}
         self.cuts: set[tuple[int, int]] = set()
+        self.link_cuts: set[tuple[int, int, int]] = set()
+        """(src, dst, link): one link of a pair cut one way (`cut_link`)."""
         self.now = 0.0
         self._heap: list[tuple[float, int, int, int, Any]] = []
         self._seq = 0
@@ -321,6 +331,18 @@ class SimNetwork:
         self.note(f"cut n{src}->n{dst}")
         self._snapshot()
 
+    def cut_link(self, src: int, dst: int, link: int) -> None:
+        """One-way cut of one link: datagrams from src to dst on `link` are lost."""
+        self.link_cuts.add((src, dst, link))
+        self.note(f"cut n{src}->n{dst} link{link}")
+        self._snapshot()
+
+    def uncut_link(self, src: int, dst: int, link: int) -> None:
+        """Remove a one-link cut."""
+        self.link_cuts.discard((src, dst, link))
+        self.note(f"uncut n{src}->n{dst} link{link}")
+        self._snapshot()
+
     def uncut(self, src: int, dst: int) -> None:
         """Remove a one-way cut."""
         self.cuts.discard((src, dst))
@@ -341,6 +363,7 @@ class SimNetwork:
     def heal(self) -> None:
         """Remove every cut (link models stay)."""
         self.cuts.clear()
+        self.link_cuts.clear()
         self.note("heal: all cuts removed")
         self._snapshot()
 
@@ -368,6 +391,7 @@ class SimNetwork:
     def recover(self, base: LinkModel) -> None:
         """End of a fault phase: no cuts, every link back to `base`, crashed nodes restarted."""
         self.cuts.clear()
+        self.link_cuts.clear()
         self.links.clear()
         self.default_link = base
         self.note("recover: no cuts, default links")
@@ -391,13 +415,26 @@ class SimNetwork:
     def _snapshot(self) -> None:
         running = frozenset(n for n, s in self.slots.items() if s.core is not None)
         paused = frozenset(n for n, s in self.slots.items() if s.paused_until is not None)
-        topo = Topology(
-            self.now, running, paused, frozenset(self.cuts), dict(self.links), self.default_link
-        )
+        cuts = frozenset(self.cuts | self._cut_by_links())
+        topo = Topology(self.now, running, paused, cuts, dict(self.links), self.default_link)
         if self.topologies and self.topologies[-1].at == self.now:
             self.topologies[-1] = topo
         else:
             self.topologies.append(topo)
+
+    def _cut_by_links(self) -> set[tuple[int, int]]:
+        """Pairs whose every shared link is cut in that direction (`cut_link`)."""
+        out = set()
+        for src, dst, _ in self.link_cuts:
+            shared = self._shared_links(src, dst)
+            if shared and all((src, dst, k) in self.link_cuts for k in shared):
+                out.add((src, dst))
+        return out
+
+    def _shared_links(self, src: int, dst: int) -> set[int]:
+        mine = {lk.index for lk in self.configs[src].links}
+        peer = next((p for p in self.configs[src].peers if p.node_id == dst), None)
+        return set() if peer is None else mine & {a[0] for a in peer.addresses}
 
     def _call(self, node: int, event: Any) -> None:
         slot = self.slots[node]
@@ -431,6 +468,8 @@ class SimNetwork:
 
     def _send(self, src: int, inc: int, dst: int, link: int, msg: MeshMessage) -> None:
         if (src, dst) in self.cuts or dst not in self.slots:
+            return
+        if self.link_cuts and (src, dst, link) in self.link_cuts:
             return
         model = self.links.get((src, dst), self.default_link)
         rand = self.rng.random

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.config import QuorumOptions, TieBreaker, Timing
+from agent.events import EventKind
 from tests.sim.checker import Checker, minority_bound, settle_time
 from tests.sim.network import LinkModel, NodeState, SimNetwork, cluster_configs
 
@@ -22,9 +23,11 @@ def cluster(
     link: LinkModel | None = None,
     seed: int = 1,
     start: tuple[int, ...] | None = None,
+    links: int = 1,
 ) -> SimNetwork:
     """A started cluster of `count` nodes (or only `start`), run until the first view formed."""
-    net = SimNetwork(cluster_configs(count, quorum=quorum, timing=TIMING), seed, default_link=link)
+    configs = cluster_configs(count, quorum=quorum, timing=TIMING, links=links)
+    net = SimNetwork(configs, seed, default_link=link)
     for node in start or range(1, count + 1):
         net.at(0.01 * node, lambda node=node: net.start(node))  # type: ignore[misc]
     net.run_until(FORM)
@@ -268,4 +271,70 @@ def test_quorate_throughout_at_twenty_percent_loss() -> None:
     net.run_until(120.0)
     assert Checker(net).view_changes() == 0, net.trace_tail()
     assert all(quorate_since(net, n, t0) for n in (1, 2, 3, 4, 5))
+    clean(net)
+
+
+def events_of(net: SimNetwork, node: int, kind: EventKind, since: float) -> list[str]:
+    """Trace lines of `node`'s events of `kind` at or after `since`."""
+    out = []
+    for line in net.trace:
+        at, _, text = line.strip().partition(" ")
+        if float(at) >= since and text.startswith(f"n{node} {kind}:"):
+            out.append(line)
+    return out
+
+
+def test_redundant_links_fail_over_without_a_membership_change() -> None:
+    """Design §3.5: 3 nodes with two links each (link0 preferred). Cutting link0 between 1 and
+    2 both ways, then 1 -> 3 one way, then 3 -> 2 one way, changes no view and costs no node
+    quorum (the checker's L2 applies: the pairs still share a working link); heartbeats move to
+    link1. Cutting link1 between 1 and 2 too loses the pair within the failure timeout."""
+    net = cluster(3, links=2)
+    one_view(net, {1, 2, 3})
+    t0 = net.now
+    net.cut_link(1, 2, 0)
+    net.cut_link(2, 1, 0)
+    net.run_until(t0 + 3.0)
+    net.cut_link(1, 3, 0)
+    net.run_until(t0 + 6.0)
+    net.cut_link(3, 2, 0)
+    net.run_until(t0 + 9.0)
+    assert Checker(net).l2_applies()
+    assert Checker(net).view_changes() == 0, net.trace_tail()
+    assert all(quorate_since(net, n, t0) for n in (1, 2, 3))
+    for node in (1, 2, 3):
+        assert not events_of(net, node, EventKind.QUORUM_LOST, t0)
+    for a, b in ((1, 2), (2, 1), (1, 3)):
+        status = net.slots[a].core.status(net.now)  # type: ignore[union-attr]
+        assert status["peers"][str(b)]["active_link"] == 1, (a, b, status["peers"])
+    clean(net)
+    t1 = net.now
+    net.cut_link(1, 2, 1)
+    net.cut_link(2, 1, 1)
+    net.run_until(t1 + TIMING.failure_timeout + 0.1)
+    assert 2 not in state(net, 1).members
+    net.run_until(t1 + SETTLE)
+    assert one_view(net, {1, 3}).members == {1, 3}
+    clean(net)
+
+
+def test_a_paused_node_revalidates_before_it_announces_anything() -> None:
+    """Design §3.6: node 3 of 3 is paused for 5 s (SIGSTOP) while the others re-form {1, 2};
+    when it resumes, the datagrams queued for it are stale: it never reports quorate in its
+    old view again, raises no clock_skew, says it stalled, and rejoins in a new view."""
+    net = cluster(3)
+    old = one_view(net, {1, 2, 3})
+    t0 = net.now
+    net.pause(3, 5.0)
+    net.run_until(t0 + 4.0)
+    assert one_view(net, {1, 2}).members == {1, 2}
+    net.run_until(t0 + 5.0 + SETTLE)
+    resumed = t0 + 5.0
+    at_resume = Checker(net).state_at(3, resumed)
+    later = [at_resume] + [s for t, s in net.history[3] if t >= resumed]
+    assert not any(s is not None and s.ring == old.ring and s.quorate for s in later), later
+    assert not events_of(net, 3, EventKind.CLOCK_SKEW, t0)
+    assert events_of(net, 3, EventKind.STALLED, t0)
+    final = one_view(net, {1, 2, 3})
+    assert final.ring != old.ring
     clean(net)
