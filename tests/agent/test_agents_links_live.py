@@ -14,7 +14,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,10 @@ class TwoLinkCluster(AgentCluster):
         run("ip", "netns", "exec", self.netns, "iptables", "-A", "INPUT", "-p", "udp",
             "-s", source, "-d", target, "-j", "DROP")  # fmt: skip
 
+    def on_link(self, node: int, peer: int, link: int) -> Callable[[], bool]:
+        """A check: `node` sends its heartbeats to `peer` on `link`."""
+        return lambda: self.active_link(node, peer) == link
+
     def active_link(self, node: int, peer: int) -> int | None:
         doc = self.agents[node].status()
         return None if doc is None else doc["peers"][str(peer)]["active_link"]
@@ -126,7 +130,10 @@ def test_losing_the_active_link_is_not_a_membership_change(tmp_path: Path, names
         cluster.start_all()
         cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "a view of 3")
         ring = cluster.agents[1].status()["ring_id"]  # type: ignore[index]
-        assert all(cluster.active_link(a, b) == 0 for a in (1, 2, 3) for b in (1, 2, 3) if a != b)
+        pairs = [(a, b) for a in (1, 2, 3) for b in (1, 2, 3) if a != b]
+        cluster.wait_for(  # a start-up failover comes back after two answered probe rounds
+            lambda: all(cluster.active_link(a, b) == 0 for a, b in pairs), SETTLE, "link0"
+        )
         seen = {i: len(a.log_records()) for i, a in cluster.agents.items()}
         steps = [
             ([(1, 2), (2, 1)], [(1, 2), (2, 1)]),  # both ways: both move
@@ -138,9 +145,7 @@ def test_losing_the_active_link_is_not_a_membership_change(tmp_path: Path, names
             for src, dst in cuts:
                 cluster.cut(src, dst, 0)
             for a, b in movers:
-                cluster.wait_for(
-                    lambda a=a, b=b: cluster.active_link(a, b) == 1, SETTLE, f"{a}->{b} on link1"
-                )
+                cluster.wait_for(cluster.on_link(a, b, 1), SETTLE, f"{a}->{b} on link1")
             time.sleep(QUIET)
             for a, b in movers:
                 moved = failover_time(cluster.agents[a], b, wall)
