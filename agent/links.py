@@ -15,18 +15,19 @@ Semantics (docs/design.md 3, "links"):
   need a probe interval to start probing it); a newly active link keeps the lease it had as a
   probed one, so failover does not kill it before the peer's heartbeats move over. An active
   link that then only gets probes (the peer sends its heartbeats elsewhere) runs out and fails
-  over again — unless the peer answers the heartbeats we send on it (`echoed`): an answered
-  active link stays up for failure_timeout from the newest answered heartbeat's send time
-  (its inbound half may be quiet because the peer sends its heartbeats elsewhere), and the
-  failover lease below decides.
+  over again — unless the peer says our heartbeats reach it (`reached`): then the active link
+  also stays up for failure_timeout from the last time they did (its inbound half may be
+  quiet because the peer sends its heartbeats elsewhere), and the failover lease decides.
   `expected_interval` feeds only the loss estimate (`agent.link_loss`).
 * **Failover lease** (design §3.5): while another link to the peer is up, the active link
   fails over after F = failure_timeout - 2 x heartbeat_interval - jitter_allowance (at least
-  half the failure timeout; 0.4 s by default) in which the peer answered none of the heartbeats
-  we sent on it (`echoed`: its heartbeats echo our stamps; a peer that never echoed is judged
-  on its datagrams on the link instead), counted from when the link became active at the
-  earliest. Heartbeats then move before the peer's failure timeout runs out, so membership
-  never notices a failover.
+  half the failure timeout; 0.4 s by default) in which either no heartbeat of the peer arrived
+  on any link (`heartbeat=True`; a driver that never says so: no datagram on that link), or
+  the peer's heartbeats say ours did not reach it (`reached`: now minus how long the peer has
+  held our newest stamp), counted from when the link became active at the earliest. Both are
+  runs of lost heartbeats in one direction (3 in a row by default), as robust to random loss
+  as the lease itself. Heartbeats then move before the peer's failure timeout runs out, so
+  membership never notices a failover.
 * **Active link**: the highest-priority up link (ties: lowest index). Failover (the active link
   went down) is immediate, to a settled link if there is one. Failback to a higher-priority
   link that went down before needs FAILBACK_ROUNDS answers: datagrams echoing our stamp
@@ -34,7 +35,7 @@ Semantics (docs/design.md 3, "links"):
   with no unanswered round between them (a round is the time between two of our sends on the
   link). On a probed link that is two consecutive answered probe rounds; if the peer already
   heartbeats there, two heartbeats — unless the node says the heartbeats echo our stamps
-  (`echoed`): those answer the heartbeats we sent on the active link, not this one. Answers
+  (`reached`): those answer the heartbeats we sent on the active link, not this one. Answers
   prove the link works both ways (a one-way link never takes traffic back) and a flapping
   link does not pull traffic back and forth. A link's first up (it never failed) is taken at
   once.
@@ -175,7 +176,9 @@ class _Peer:
     reach: _Reach = _Reach.UNREACHABLE
     last_heard: float = -math.inf
     failure_timeout: float = 0.0  # this peer's, as the node sized it to its loss (set_timeout)
-    echoed: float = -math.inf  # send time of the newest heartbeat stamp of ours it echoed
+    reached: float = -math.inf  # when our heartbeats last reached it, as its heartbeats say
+    beat: float = -math.inf  # when its last heartbeat arrived, on any link
+    beats: LossMeter = field(default_factory=LossMeter)  # its heartbeats, all links together
 
     def default_link(self) -> int | None:
         """The highest-priority configured link: where heartbeats go before any link is up."""
@@ -277,25 +280,30 @@ class Links:
         *,
         rtt_sample: float | None = None,
         expected_interval: float | None = None,
-        echoed: float | None = None,
+        heartbeat: bool = False,
+        reached: float | None = None,
     ) -> list[LinkChange]:
         """An authentic datagram from `peer` on `link`; unknown peers or links are ignored.
 
-        `echoed`: the datagram echoes a heartbeat stamp we sent at that time (our clock); it
-        proves our heartbeats reach the peer (the outbound half of the failover lease)."""
+        `heartbeat`: it is one of the peer's heartbeats. `reached`: it echoes our newest
+        heartbeat stamp the peer has, held for `held` seconds: our heartbeats last reached the
+        peer at about `now - held` (the outbound half of the failover lease)."""
         self._now = max(self._now, now)
         changes, self._pending = self._pending, []
         state = self._peers.get(peer)
         if state is None or link not in state.links:
             return changes
-        if echoed is not None and math.isfinite(echoed):
-            state.echoed = max(state.echoed, min(echoed, now))
+        if heartbeat:
+            state.beat = max(state.beat, now)
+            state.beats.arrive(now, self._cadence(state, link, expected_interval))
+        if reached is not None and math.isfinite(reached):
+            state.reached = max(state.reached, min(reached, now))
         lk = state.links[link]
         was_up, was_settled = lk.up, lk.settled()
         interval = self._cadence(state, link, expected_interval)
         # A heartbeat's echo answers the heartbeat we sent on the active link: on another link
         # it proves only that link's inbound half, not that it works both ways (failback).
-        answers = echoed is None or link == state.active
+        answers = reached is None or link == state.active
         gap = self.timing.heartbeat_interval / 2
         _measure(lk, now, rtt_sample, interval, gap, answers=answers)
         state.last_heard = max(state.last_heard, now)
@@ -398,16 +406,20 @@ class Links:
         return None if state is None else self._sending_link(state)
 
     def receive_loss(self, peer: int) -> float:
-        """Loss of `peer`'s datagrams on the link its heartbeats last came on, measured up to
-        the last arrival (a silence going on now is not counted, so a peer that just died does
-        not stretch its own failure timeout), gaps of `missed_heartbeats` or more left out (an
-        outage such as a healed partition is not random loss). 0.0 when nothing is known."""
+        """Loss of `peer`'s heartbeats on all links together (without `heartbeat` flags: its
+        datagrams on the link they last came on), measured up to the last arrival (a silence
+        going on now is not counted, so a peer that just died does not stretch its own failure
+        timeout), gaps of `missed_heartbeats` or more left out (an outage such as a healed
+        partition is not random loss). 0.0 when nothing is known. Across links, so a failover
+        does not restart the measurement (and shrink the timeout while the loss goes on)."""
         state = self._peers.get(peer)
+        outage = self.timing.missed_heartbeats  # a silence that long was an outage, not loss
+        if state is not None and state.beat > -math.inf:
+            return state.beats.loss(state.beat, outage=outage)
         heard = [lk for lk in (state.links.values() if state else ()) if lk.last_heard is not None]
         if not heard:
             return 0.0
         lk = max(heard, key=lambda x: x.last_heard or 0.0)  # the link it last came on
-        outage = self.timing.missed_heartbeats  # a silence that long was an outage, not loss
         return lk.loss.loss(lk.last_heard or 0.0, outage=outage)
 
     def set_timeout(self, peer: int, failure_timeout: float) -> None:
@@ -451,19 +463,32 @@ class Links:
             return None
         if not any(o.up for o in state.links.values() if o is not lk):
             return None
-        since, grace = lk.active_since, self._failover_grace(state)
-        if state.echoed == -math.inf:  # it never echoed us: judged on what arrives only
-            return (max(since if lk.last_heard is None else lk.last_heard, since) + grace, lk.index)
-        return (max(state.echoed, since) + grace, lk.index)
+        grace = self._failover_grace(state)
+        inbound, outbound = self._silences(state, lk)
+        return (min(inbound, outbound) + grace, lk.index)
 
     @staticmethod
-    def _failover_why(state: _Peer, lk: _Link, now: float) -> str:
-        since = lk.active_since if lk.active_since is not None else now
-        if state.echoed == -math.inf:
-            heard = max(since if lk.last_heard is None else lk.last_heard, since)
-            return f"link{lk.index} silent for {now - heard:.3f} s, failing over"
-        silent = now - max(state.echoed, since)
-        return f"link{lk.index}: no heartbeat of ours answered for {silent:.3f} s, failing over"
+    def _silences(state: _Peer, lk: _Link) -> tuple[float, float]:
+        """Since when the peer's heartbeats have not reached us (any link; without heartbeat
+        flags: no datagram on `lk`) and ours have not reached it (inf: it never said), each
+        counted from when `lk` became active at the earliest."""
+        since = lk.active_since if lk.active_since is not None else -math.inf
+        if state.beat > -math.inf:
+            inbound = max(state.beat, since)
+        else:
+            inbound = max(since if lk.last_heard is None else lk.last_heard, since)
+        outbound = math.inf if state.reached == -math.inf else max(state.reached, since)
+        return inbound, outbound
+
+    def _failover_why(self, state: _Peer, lk: _Link, now: float) -> str:
+        inbound, outbound = self._silences(state, lk)
+        if inbound <= outbound:
+            silent = now - inbound
+            return f"link{lk.index}: no heartbeat from the peer for {silent:.3f} s, failing over"
+        return (
+            f"link{lk.index}: our heartbeats did not reach the peer for {now - outbound:.3f} s, "
+            "failing over"
+        )
 
     def _failover_grace(self, state: _Peer) -> float:
         """F of the failover lease: the peer's failure timeout less two heartbeat intervals
@@ -479,12 +504,11 @@ class Links:
 
     @staticmethod
     def _expiry(state: _Peer, lk: _Link) -> float:
-        """When an up link goes down: its lease; the active link's also lasts while the peer
-        answers the heartbeats we send on it (echoed within failure_timeout)."""
-        if lk.index != state.active or lk.active_since is None:
+        """When an up link goes down: its lease; the active link's also lasts failure_timeout
+        from the last time the peer says our heartbeats reached it."""
+        if lk.index != state.active or lk.active_since is None or state.reached == -math.inf:
             return lk.lease_until
-        answered = max(state.echoed, lk.active_since) + state.failure_timeout
-        return lk.lease_until if state.echoed == -math.inf else max(lk.lease_until, answered)
+        return max(lk.lease_until, max(state.reached, lk.active_since) + state.failure_timeout)
 
     def _interval(self, kind: str) -> float:
         t = self.timing

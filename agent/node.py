@@ -286,11 +286,11 @@ class AgentNode:
         if hb.stamp_us <= peer.stamp_us:
             return  # not newer than one we have: reordered, duplicated or replayed
         now_us = int(self._now * 1e6)
-        rtt = echoed = None
+        rtt = reached = None
         for echo in hb.echoes:
             if echo.node_id == self.node_id and self._born_us <= echo.stamp_us <= now_us:
                 rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
-                echoed = echo.stamp_us / 1e6  # when we sent it: our heartbeats reach the peer
+                reached = self._now - echo.held_us / 1e6  # ours last reached it about then
         peer.stamp_us, peer.received_at = hb.stamp_us, self._now  # echoed back either way
         peer.verified = peer.verified or rtt is not None
         if not peer.verified:
@@ -299,7 +299,13 @@ class AgentNode:
         interval = self.config.timing.heartbeat_interval
         self._link_changes(
             self.links.received(
-                pid, link, self._now, rtt_sample=rtt, expected_interval=interval, echoed=echoed
+                pid,
+                link,
+                self._now,
+                rtt_sample=rtt,
+                expected_interval=interval,
+                heartbeat=True,
+                reached=reached,
             )
         )
         changed = (peer.votes, peer.expected, peer.quorate) != (
