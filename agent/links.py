@@ -286,8 +286,9 @@ class Links:
         """An authentic datagram from `peer` on `link`; unknown peers or links are ignored.
 
         `heartbeat`: it is one of the peer's heartbeats. `reached`: it echoes our newest
-        heartbeat stamp the peer has, held for `held` seconds: our heartbeats last reached the
-        peer at about `now - held` (the outbound half of the failover lease)."""
+        heartbeat stamp the peer has, held for `held` seconds, and that stamp went on the active
+        link (not a hedge copy): our heartbeats there last reached the peer at about
+        `now - held` (the outbound half of the failover lease)."""
         self._now = max(self._now, now)
         changes, self._pending = self._pending, []
         state = self._peers.get(peer)
@@ -371,8 +372,23 @@ class Links:
                 if now >= self._due(lk, kind):
                     self._mark_sent(lk, now)
                     out.append(DueSend(peer, index, kind))
+                    if kind == "heartbeat" and (hedge := self._hedge_link(state, now)) is not None:
+                        out.append(DueSend(peer, hedge, "hedge"))
             self._refresh(peer, state)
         return out
+
+    def _hedge_link(self, state: _Peer, now: float) -> int | None:
+        """Where a copy of the heartbeat goes too (design §3.5, "hedge"): the best other up
+        link, while the peer has not said for F (of the plain failure timeout) that our
+        heartbeats on the active link reach it. None: no doubt, or nothing to hedge on."""
+        lk = state.links.get(state.active) if state.active is not None else None
+        if lk is None or lk.active_since is None or state.reached == -math.inf:
+            return None
+        doubt = max(state.reached, lk.active_since) + self._failover_grace(self._failure_timeout)
+        if now < doubt:
+            return None
+        others = [o for o in state.links.values() if o.up and o is not lk]
+        return max(others, key=_Link.rank).index if others else None
 
     def _due(self, lk: _Link, kind: str) -> float:
         """When the next heartbeat or probe on `lk` is due (never sent: now)."""
@@ -463,9 +479,8 @@ class Links:
             return None
         if not any(o.up for o in state.links.values() if o is not lk):
             return None
-        grace = self._failover_grace(state)
         inbound, outbound = self._silences(state, lk)
-        return (min(inbound, outbound) + grace, lk.index)
+        return (min(inbound, outbound) + self._failover_grace(state.failure_timeout), lk.index)
 
     @staticmethod
     def _silences(state: _Peer, lk: _Link) -> tuple[float, float]:
@@ -490,11 +505,10 @@ class Links:
             "failing over"
         )
 
-    def _failover_grace(self, state: _Peer) -> float:
+    def _failover_grace(self, t: float) -> float:
         """F of the failover lease: the peer's failure timeout less two heartbeat intervals
         and the jitter allowance (the heartbeat on the new link still arrives before the
         timeout runs out, with one interval of phase to spare), at least half of it."""
-        t = state.failure_timeout
         spare = 2 * self._heartbeat_interval + self.timing.jitter_allowance
         return max(t / 2, t - spare)
 

@@ -290,7 +290,8 @@ class AgentNode:
         for echo in hb.echoes:
             if echo.node_id == self.node_id and self._born_us <= echo.stamp_us <= now_us:
                 rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
-                reached = self._now - echo.held_us / 1e6  # ours last reached it about then
+                if echo.stamp_us & 1:  # it went on the active link (even: a hedge copy)
+                    reached = self._now - echo.held_us / 1e6  # ours last reached it about then
         peer.stamp_us, peer.received_at = hb.stamp_us, self._now  # echoed back either way
         peer.verified = peer.verified or rtt is not None
         if not peer.verified:
@@ -442,17 +443,27 @@ class AgentNode:
 
     def _send_due(self) -> None:
         by_link: dict[int, list[int]] = {}
+        hedges: dict[int, list[int]] = {}
         for due in self.links.due_sends(self._now):
             if due.kind == "heartbeat":
                 by_link.setdefault(due.link, []).append(due.peer)
+            elif due.kind == "hedge":
+                hedges.setdefault(due.link, []).append(due.peer)
             else:
                 probe = Probe(link=due.link, stamp_us=int(self._now * 1e6))
                 self._out.append(SendTo(due.peer, due.link, probe))
         for link, peers in sorted(by_link.items()):
             self._out.append(Broadcast(link, tuple(sorted(peers)), self._heartbeat_for(link)))
+        for link, peers in sorted(hedges.items()):
+            hedge = self._heartbeat_for(link, hedge=True)
+            self._out.append(Broadcast(link, tuple(sorted(peers)), hedge))
 
-    def _heartbeat_for(self, link: int) -> Heartbeat:
-        now_us = int(self._now * 1e6)
+    def _heartbeat_for(self, link: int, *, hedge: bool = False) -> Heartbeat:
+        """Stamps are odd on the active link and even (1 us older) on a hedge copy (design
+        §3.5): the echo then tells which copy reached the peer, and where both did the active
+        one counts (the older copy is dropped as not newer, or overtaken by it)."""
+        now_us = int(self._now * 1e6) | 1
+        stamp = now_us - 1 if hedge else now_us
         echoes = tuple(
             Echo(pid, p.stamp_us, max(0, now_us - int(p.received_at * 1e6)))
             for pid, p in sorted(self.peers.items())
@@ -460,7 +471,7 @@ class AgentNode:
         )
         return Heartbeat(
             link=link,
-            stamp_us=now_us,
+            stamp_us=stamp,
             wall_ms=max(0, self._wall_ms),
             heard=tuple(sorted(self._heard())),
             view=_wire_view(self.membership.view),

@@ -582,6 +582,7 @@ def simulate(seed: int, loss: float, one_way: bool) -> list[tuple[float, int, Li
     flight: list[tuple[float, int, int, str, float, float | None]] = []
     newest: dict[int, float] = {1: -1.0, 2: -1.0}  # the newest stamp each got from the other
     got: dict[int, float | None] = {1: None, 2: None}  # and when it arrived
+    copy = {1: False, 2: False}  # and whether it was a hedge copy (its echo proves no link)
     log: list[tuple[float, int, LinkChange]] = []
     for step in range(2500):
         now = step / 100 + rng.uniform(0, 0.002)
@@ -589,7 +590,14 @@ def simulate(seed: int, loss: float, one_way: bool) -> list[tuple[float, int, Li
             if step % 100 == 0:  # as agent.node: the timeout follows the measured loss
                 links.set_timeout(3 - me, T.failure_timeout_at(links.receive_loss(3 - me)))
             flight += [
-                (now + 0.001, me, d.link, d.kind, now, held(got[me], now))
+                (
+                    now + 0.001,
+                    me,
+                    d.link,
+                    d.kind,
+                    stamp_of(d.kind, now),
+                    held(got[me], now, copy[me]),
+                )
                 for d in links.due_sends(now)
             ]
             log += [(now, me, c) for c in links.tick(now)]
@@ -602,17 +610,18 @@ def simulate(seed: int, loss: float, one_way: bool) -> list[tuple[float, int, Li
             if kind == "probe":
                 flight.append((now + 0.001, dst, link, "reply", now, None))
             rtt = None if kind == "probe" else 0.002
-            interval = HB if kind == "heartbeat" else PROBE  # as agent.node announces them
-            if kind == "heartbeat" and stamp > newest[dst]:
-                newest[dst], got[dst] = stamp, now
+            beat = kind in ("heartbeat", "hedge")
+            interval = HB if beat else PROBE  # as agent.node announces them
+            if beat and stamp > newest[dst]:
+                newest[dst], got[dst], copy[dst] = stamp, now, kind == "hedge"
             changes = nodes[dst].received(
                 src,
                 link,
                 now,
                 rtt_sample=rtt,
                 expected_interval=interval,
-                heartbeat=kind == "heartbeat",
-                reached=None if hold is None or kind != "heartbeat" else now - hold,
+                heartbeat=beat,
+                reached=None if hold is None or not beat else now - hold,
             )
             log += [(now, dst, c) for c in changes]
     return log
@@ -734,6 +743,7 @@ def run_pair(
     nodes[2].set_peer(1, frozenset({0, 1}))
     newest: dict[int, float] = {1: -1.0, 2: -1.0}  # the newest stamp each got from the other
     got: dict[int, float | None] = {1: None, 2: None}  # and when it arrived
+    copy = {1: False, 2: False}  # and whether it was a hedge copy (its echo proves no link)
     flight: list[tuple[float, int, int, str, float, float | None]] = []
     log: list[tuple[float, int, LinkChange]] = []
     beats: list[tuple[float, int]] = []
@@ -741,7 +751,14 @@ def run_pair(
         now = step / 1000
         for me, links in nodes.items():
             flight += [
-                (now + 0.001, me, d.link, d.kind, now, held(got[me], now))
+                (
+                    now + 0.001,
+                    me,
+                    d.link,
+                    d.kind,
+                    stamp_of(d.kind, now),
+                    held(got[me], now, copy[me]),
+                )
                 for d in links.due_sends(now)
             ]
             log += [(now, me, c) for c in links.tick(now)]
@@ -752,10 +769,11 @@ def run_pair(
             dst = 3 - src
             if kind == "probe":
                 flight.append((now + 0.001, dst, link, "reply", now, None))
-            if kind == "heartbeat" and stamp > newest[dst]:
-                newest[dst], got[dst] = stamp, now
+            beat = kind in ("heartbeat", "hedge")
+            if beat and stamp > newest[dst]:
+                newest[dst], got[dst], copy[dst] = stamp, now, kind == "hedge"
                 beats.append((now, dst))
-            interval = HB if kind == "heartbeat" else PROBE
+            interval = HB if beat else PROBE
             rtt = 0.002 if kind != "probe" else None
             changes = nodes[dst].received(
                 src,
@@ -763,16 +781,22 @@ def run_pair(
                 now,
                 rtt_sample=rtt,
                 expected_interval=interval,
-                heartbeat=kind == "heartbeat",
-                reached=None if hold is None or kind != "heartbeat" else now - hold,
+                heartbeat=beat,
+                reached=None if hold is None or not beat else now - hold,
             )
             log += [(now, dst, c) for c in changes]
     return nodes, log, beats
 
 
-def held(got: float | None, now: float) -> float | None:
-    """How long a node has held the newest stamp it got (None: it got none)."""
-    return None if got is None else now - got
+def stamp_of(kind: str, now: float) -> float:
+    """As agent.node stamps them: a hedge copy 1 us older than the active link's heartbeat."""
+    return now - 1e-6 if kind == "hedge" else now
+
+
+def held(got: float | None, now: float, copy: bool) -> float | None:
+    """How long a node has held the newest stamp it got (None: it got none, or a hedge copy:
+    agent.node does not take that echo as proof that the active link reaches the peer)."""
+    return None if got is None or copy else now - got
 
 
 def longest_heartbeat_gap(beats: list[tuple[float, int]], node: int, start: float) -> float:
@@ -824,3 +848,32 @@ def test_one_link_keeps_the_full_lease() -> None:
     assert links.stats(PEER)[0].up
     links.tick(T.failure_timeout)
     assert not links.stats(PEER)[0].up
+
+
+def test_a_hedge_copy_goes_on_the_standby_link_while_the_active_one_is_in_doubt() -> None:
+    """The peer's timeout is stretched by loss (failover only after F of 1.25 s), but once the
+    peer has not said for F of the plain failure timeout that our heartbeats on link0 reach
+    it, each heartbeat also goes on link1 as a hedge copy: the peer, which may time us out
+    after the plain timeout, still hears us. The copies stop when link0 is proven again."""
+    links = make(2, 1)
+    links.set_timeout(PEER, T.max_failure_timeout)
+    t = 0.0
+    while t < 1.0:  # heartbeats both ways on link0; the peer says ours reach it
+        links.received(PEER, 0, t, expected_interval=HB, heartbeat=True, reached=t)
+        links.received(PEER, 1, t, expected_interval=PROBE)
+        links.due_sends(t)
+        t = round(t + HB, 9)
+    last_proof = t - HB
+    hedges: list[float] = []
+    while t < 1.6:  # its heartbeats keep coming, but say ours stopped reaching it
+        links.received(PEER, 0, t, expected_interval=HB, heartbeat=True, reached=last_proof)
+        links.tick(t)
+        sends = links.due_sends(t)
+        if DueSend(PEER, 1, "hedge") in sends:
+            hedges.append(t)
+        t = round(t + HB, 9)
+    assert links.active_link(PEER) == 0  # the stretched lease has not run out yet
+    assert hedges
+    assert hedges[0] - last_proof <= FAILOVER + HB + 1e-9
+    links.received(PEER, 0, t, expected_interval=HB, heartbeat=True, reached=t)
+    assert DueSend(PEER, 1, "hedge") not in links.due_sends(round(t + HB, 9))
