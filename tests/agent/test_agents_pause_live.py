@@ -39,7 +39,11 @@ def test_a_paused_agent_does_not_announce_its_old_view(tmp_path: Path) -> None:
             time.sleep(max(0.0, stopped + PAUSE - time.monotonic()))
         finally:
             paused.process.send_signal(signal.SIGCONT)
+        continued = time.monotonic()
         cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "the view of 3 again")
+        print(
+            f"paused agent back in a view of 3 {time.monotonic() - continued:.2f} s after SIGCONT"
+        )
         after: list[dict[str, Any]] = paused.log_records()[seen:]
         kinds = [r["event"] for r in after]
         assert "clock_skew" not in kinds, after
