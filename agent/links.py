@@ -19,15 +19,17 @@ Semantics (docs/design.md 3, "links"):
   also stays up for failure_timeout from the last time they did (its inbound half may be
   quiet because the peer sends its heartbeats elsewhere), and the failover lease decides.
   `expected_interval` feeds only the loss estimate (`agent.link_loss`).
-* **Failover lease** (design §3.5): while another link to the peer is up, the active link
-  fails over after F = failure_timeout - 2 x heartbeat_interval - jitter_allowance (at least
-  half the failure timeout; 0.4 s by default) in which either no heartbeat of the peer arrived
-  on any link (`heartbeat=True`; a driver that never says so: no datagram on that link), or
-  the peer's heartbeats say ours did not reach it (`reached`: now minus how long the peer has
-  held our newest stamp), counted from when the link became active at the earliest. Both are
-  runs of lost heartbeats in one direction (3 in a row by default), as robust to random loss
-  as the lease itself. Heartbeats then move before the peer's failure timeout runs out, so
-  membership never notices a failover.
+* **Hedge and failover** (design §3.6), while another link to the peer is up. Two silences,
+  counted from when the active link became active at the earliest: *inbound*, since the
+  peer's last heartbeat on any link (`heartbeat=True`; a driver that never says so: its last
+  datagram on the active link), and *outbound*, since our heartbeats on the active link last
+  reached the peer as its echoes say (`reached`). F(t) = t - 2 x heartbeat_interval -
+  jitter_allowance, at least t / 2. Once the outbound silence exceeds F of the plain failure
+  timeout (0.4 s by default), every heartbeat also goes on the best other up link
+  (`DueSend(kind="hedge")`): the peer may time us out after the plain timeout. The active
+  link fails over once either silence exceeds F of the peer's (loss-stretched) failure
+  timeout. Both are runs of lost heartbeats in one direction, so random loss rarely moves
+  traffic, and membership never notices a cut while another link works.
 * **Active link**: the highest-priority up link (ties: lowest index). Failover (the active link
   went down) is immediate, to a settled link if there is one. Failback to a higher-priority
   link that went down before needs FAILBACK_ROUNDS answers: datagrams echoing our stamp
@@ -378,7 +380,7 @@ class Links:
         return out
 
     def _hedge_link(self, state: _Peer, now: float) -> int | None:
-        """Where a copy of the heartbeat goes too (design §3.5, "hedge"): the best other up
+        """Where a copy of the heartbeat goes too (design §3.6, "hedge"): the best other up
         link, while the peer has not said for F (of the plain failure timeout) that our
         heartbeats on the active link reach it. None: no doubt, or nothing to hedge on."""
         lk = state.links.get(state.active) if state.active is not None else None
@@ -470,7 +472,7 @@ class Links:
 
     # ------------------------------------------------------------ internals
     def _failover_at(self, state: _Peer) -> tuple[float, int] | None:
-        """When the active link fails over (design §3.5) and its index; None when there is
+        """When the active link fails over (design §3.6) and its index; None when there is
         nothing to fail over to (no other link up) or no active link."""
         if state.active is None:
             return None

@@ -216,7 +216,7 @@ class AgentNode:
         self.peers.setdefault(peer, _Peer(timeout=self._failure_timeout))
         self.links.set_peer(peer, links)
 
-    # ------------------------------------------------------------ stalls (design §3.6)
+    # ------------------------------------------------------------ stalls (design §3.7)
     def _stalled(self, now: float) -> bool:
         """The node was not run when it asked to be, for longer than the failure timeout."""
         asked = self._asked
@@ -460,7 +460,7 @@ class AgentNode:
 
     def _heartbeat_for(self, link: int, *, hedge: bool = False) -> Heartbeat:
         """Stamps are odd on the active link and even (1 us older) on a hedge copy (design
-        §3.5): the echo then tells which copy reached the peer, and where both did the active
+        §3.6): the echo then tells which copy reached the peer, and where both did the active
         one counts (the older copy is dropped as not newer, or overtaken by it)."""
         now_us = int(self._now * 1e6) | 1
         stamp = now_us - 1 if hedge else now_us

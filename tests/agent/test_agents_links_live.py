@@ -1,4 +1,4 @@
-"""Redundant links on real agents (design §3.5): losing the active link is not a membership
+"""Redundant links on real agents (design §3.6): losing the active link is not a membership
 change.
 
 Three `votemesh-agent` processes in one network namespace this test creates (its own loopback,

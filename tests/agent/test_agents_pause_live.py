@@ -1,4 +1,4 @@
-"""A real agent stopped with SIGSTOP and continued (design §3.6): it revalidates on waking.
+"""A real agent stopped with SIGSTOP and continued (design §3.7): it revalidates on waking.
 
 Three `votemesh-agent` processes on 127.0.0.1-3 (lab timing: failure timeout 1.8 s). Agent 3 is
 stopped for 5 s while the other two re-form; the heartbeats queued in its socket buffer during

@@ -451,7 +451,7 @@ class _Model:
     documented rule gives: failure_timeout on the active link, link_timeout on probed ones, a
     demoted up link keeping link_timeout from its last datagram, and the failover lease: while
     another link is up, the active one ends FAILOVER after its last datagram or after it became
-    active, whichever is later (design §3.5; no echoes here, so inbound only)."""
+    active, whichever is later (design §3.6; no echoes here, so inbound only)."""
 
     def __init__(self) -> None:
         self.up: set[int] = set()
@@ -631,7 +631,7 @@ def simulate(seed: int, loss: float, one_way: bool) -> list[tuple[float, int, Li
 @pytest.mark.parametrize("loss", [0.0, 0.05, 0.15])
 def test_two_nodes_fail_over_and_back_without_losing_each_other(loss: float, one_way: bool) -> None:
     """When link0 fails both ways, both nodes are on link1 inside the failure timeout (the
-    failover lease, design §3.5); when only 2 -> 1 fails, node 2 does (its heartbeats there are
+    failover lease, design §3.6); when only 2 -> 1 fails, node 2 does (its heartbeats there are
     not answered) and node 1 may stay (its heartbeats on link0 are answered once node 2's
     arrive on link1; it moves too if that takes longer than its own lease). Back to link0
     within 3 probe intervals of its repair (8 under loss); link1 never goes down but by a
@@ -657,7 +657,7 @@ def test_two_nodes_fail_over_and_back_without_losing_each_other(loss: float, one
                 continue  # link0 works from it: it may stay (its heartbeats there are answered)
             if loss == 0:
                 assert [new for _, new in later] == [1, 0], f"seed {seed} node {node}: {moves}"
-            # under loss a run of unanswered heartbeats may also move traffic (design §3.5), and
+            # under loss a run of unanswered heartbeats may also move traffic (design §3.6), and
             # the failure timeout stretches with the measured loss
             bound = T.failure_timeout if loss == 0 else T.max_failure_timeout
             on_at = [new for at, new in moves if at < 5.0 + bound]
@@ -811,7 +811,7 @@ def longest_heartbeat_gap(beats: list[tuple[float, int]], node: int, start: floa
     ids=["both_ways", "one_way_1_to_2", "one_way_2_to_1"],
 )
 def test_failover_completes_inside_the_failure_timeout(cut: set[tuple[int, int]]) -> None:
-    """Design §3.5: link0 cut (both ways or one way) while link1 works: within the failover
+    """Design §3.6: link0 cut (both ways or one way) while link1 works: within the failover
     lease F the node whose heartbeats on link0 go unanswered moves them to link1, so neither
     node goes longer than the failure timeout without a heartbeat (heard never lapses: no
     membership change), and it is on link1 by t + failure_timeout."""

@@ -313,7 +313,7 @@ def kinds_of(net: Net, node: int, since: float) -> list[EventKind]:
 
 
 def test_a_stalled_node_revalidates_before_it_announces_anything() -> None:
-    """Design §3.6: node 3 of 3 stops for 5 s (SIGSTOP) while 1 and 2 re-form. On waking,
+    """Design §3.7: node 3 of 3 stops for 5 s (SIGSTOP) while 1 and 2 re-form. On waking,
     the heartbeats that sat in its buffer (their wall clocks 5 s behind its own) neither
     re-install the old view nor raise clock_skew: it says it stalled, installs its singleton
     view (quorum lost), and rejoins in a new view once fresh heartbeats echo its stamps."""

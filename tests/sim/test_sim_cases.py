@@ -285,7 +285,7 @@ def events_of(net: SimNetwork, node: int, kind: EventKind, since: float) -> list
 
 
 def test_redundant_links_fail_over_without_a_membership_change() -> None:
-    """Design §3.5: 3 nodes with two links each (link0 preferred). Cutting link0 between 1 and
+    """Design §3.6: 3 nodes with two links each (link0 preferred). Cutting link0 between 1 and
     2 both ways, then 1 -> 3 one way, then 3 -> 2 one way, changes no view and costs no node
     quorum (the checker's L2 applies: the pairs still share a working link); heartbeats move to
     link1. Cutting link1 between 1 and 2 too loses the pair within the failure timeout."""
@@ -319,7 +319,7 @@ def test_redundant_links_fail_over_without_a_membership_change() -> None:
 
 
 def test_a_paused_node_revalidates_before_it_announces_anything() -> None:
-    """Design §3.6: node 3 of 3 is paused for 5 s (SIGSTOP) while the others re-form {1, 2};
+    """Design §3.7: node 3 of 3 is paused for 5 s (SIGSTOP) while the others re-form {1, 2};
     when it resumes, the datagrams queued for it are stale: it never reports quorate in its
     old view again, raises no clock_skew, says it stalled, and rejoins in a new view."""
     net = cluster(3)
