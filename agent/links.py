@@ -298,7 +298,8 @@ class Links:
             return changes
         if heartbeat:
             state.beat = max(state.beat, now)
-            state.beats.arrive(now, self._cadence(state, link, expected_interval))
+            if len(state.links) > 1:  # with one link its meter measures the same stream
+                state.beats.arrive(now, self._cadence(state, link, expected_interval))
         if reached is not None and math.isfinite(reached):
             state.reached = max(state.reached, min(reached, now))
         lk = state.links[link]
@@ -343,11 +344,12 @@ class Links:
         if state.reach is _Reach.REACHABLE and now >= suspect_at:
             state.reach = _Reach.SUSPECTED
             changes.append(PeerSuspected(peer, f"node {peer} silent for {silence:.3f} s"))
+        redundant = len(state.links) > 1
         for lk in sorted(state.links.values(), key=lambda x: x.index):
-            if lk.up and now >= self._expiry(state, lk):
+            if lk.up and now >= (self._expiry(state, lk) if redundant else lk.lease_until):
                 lk.up, lk.went_down, lk.streak, lk.answered = False, True, 0, False
                 changes.append(LinkDown(peer, lk.index, f"link{lk.index} silent, lease expired"))
-        failover = self._failover_at(state)
+        failover = self._failover_at(state) if redundant else None
         if failover is not None and now >= failover[0]:
             lk = state.links[failover[1]]
             lk.up, lk.went_down, lk.streak, lk.answered = False, True, 0, False
@@ -383,8 +385,10 @@ class Links:
         """Where a copy of the heartbeat goes too (design §3.6, "hedge"): the best other up
         link, while the peer has not said for F (of the plain failure timeout) that our
         heartbeats on the active link reach it. None: no doubt, or nothing to hedge on."""
-        lk = state.links.get(state.active) if state.active is not None else None
-        if lk is None or lk.active_since is None or state.reached == -math.inf:
+        if len(state.links) < 2 or state.active is None or state.reached == -math.inf:
+            return None
+        lk = state.links.get(state.active)
+        if lk is None or lk.active_since is None:
             return None
         doubt = max(state.reached, lk.active_since) + self._failover_grace(self._failure_timeout)
         if now < doubt:
@@ -432,7 +436,7 @@ class Links:
         does not restart the measurement (and shrink the timeout while the loss goes on)."""
         state = self._peers.get(peer)
         outage = self.timing.missed_heartbeats  # a silence that long was an outage, not loss
-        if state is not None and state.beat > -math.inf:
+        if state is not None and state.beats.last is not None:
             return state.beats.loss(state.beat, outage=outage)
         heard = [lk for lk in (state.links.values() if state else ()) if lk.last_heard is not None]
         if not heard:
@@ -474,7 +478,7 @@ class Links:
     def _failover_at(self, state: _Peer) -> tuple[float, int] | None:
         """When the active link fails over (design §3.6) and its index; None when there is
         nothing to fail over to (no other link up) or no active link."""
-        if state.active is None:
+        if state.active is None or len(state.links) < 2:
             return None
         lk = state.links.get(state.active)
         if lk is None or not lk.up or lk.active_since is None:
@@ -524,6 +528,8 @@ class Links:
         from the last time the peer says our heartbeats reached it."""
         if lk.index != state.active or lk.active_since is None or state.reached == -math.inf:
             return lk.lease_until
+        if len(state.links) < 2:
+            return lk.lease_until
         return max(lk.lease_until, max(state.reached, lk.active_since) + state.failure_timeout)
 
     def _interval(self, kind: str) -> float:
@@ -554,13 +560,13 @@ class Links:
         best = math.inf
         if state.reach is _Reach.REACHABLE:
             best = state.last_heard + state.failure_timeout / 2
-        failover = self._failover_at(state)
-        if failover is not None:
+        redundant = len(state.links) > 1  # else no failover, and leases are plain
+        if redundant and (failover := self._failover_at(state)) is not None:
             best = min(best, failover[0])
         active = self._sending_link(state)
         for index, lk in state.links.items():
             if lk.up:
-                best = min(best, self._expiry(state, lk))
+                best = min(best, self._expiry(state, lk) if redundant else lk.lease_until)
             best = min(best, self._due(lk, "heartbeat" if index == active else "probe"))
         if best == math.inf:
             self._deadlines.pop(peer, None)
