@@ -318,15 +318,23 @@ def decode_payload(msg_type: int, payload: bytes) -> QnetdMessage:
     by_option = _ATTR_BY_OPTION[cls]
     values: dict[str, Any] = {}
     repeated: list[NodeInfo] = []
-    for option, raw in iter_tlvs(payload):
-        known = _OPTION_BY_VALUE.get(option)
-        if known is None:
-            continue  # unknown options are skipped (forward compatibility)
-        value = CODECS[known].decode(raw)  # validated even if this type does not use it
-        if known in _REPEATED:
-            repeated.append(value)
-        elif known in by_option:
-            values[by_option[known]] = value
+    seq: int | None = None
+    try:
+        for option, raw in iter_tlvs(payload):
+            known = _OPTION_BY_VALUE.get(option)
+            if known is None:
+                continue  # unknown options are skipped (forward compatibility)
+            value = CODECS[known].decode(raw)  # validated even if this type does not use it
+            if known is OptionType.MSG_SEQ_NUMBER:
+                seq = value
+            if known in _REPEATED:
+                repeated.append(value)
+            elif known in by_option:
+                values[by_option[known]] = value
+    except DecodeError as exc:
+        # Like the C decoder, an error reply echoes the seq read so far (reference 4.2).
+        exc.seq = seq
+        raise
     if OptionType.NODE_INFO in by_option:
         values[by_option[OptionType.NODE_INFO]] = tuple(repeated)
     return cls(**values)

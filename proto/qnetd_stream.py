@@ -6,7 +6,13 @@ adapter can hand what follows a STARTTLS (the peer's TLS ClientHello) to the TLS
 frame after every error. Memory is bounded by `max_message_size`. No clock, sockets or logging.
 
 States: HEADER (collecting 6 header bytes) -> PAYLOAD (collecting `length` bytes) -> HEADER;
-HEADER -> SKIP (discarding an oversize payload) -> HEADER.
+HEADER -> SKIP (discarding the payload of an unknown-type or oversize message) -> HEADER.
+
+As in corosync-qnetd 3.0.3 (qdevices/msgio.c), a skipped message is reported only once its last
+byte has arrived: a peer that announces 1 GiB and sends less (an HTTP request read as a header,
+a message cut short by the peer closing) gets no error reply. The type is checked before the
+size, and an unknown type with an empty payload is reported with code 0 (`NO_ERROR`), which is
+the code 3.0.3 puts in that SERVER_ERROR.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ from __future__ import annotations
 from enum import Enum, auto
 
 from proto.errors import DecodeError, LocalProtocolError
-from proto.qnetd_enums import ReplyErrorCode
+from proto.qnetd_enums import MessageType, ReplyErrorCode
 from proto.qnetd_messages import DEFAULT_MAX_MESSAGE_SIZE, QnetdMessage, decode_payload
 from proto.tlv import MESSAGE_HEADER_SIZE, unpack_header
 
+MESSAGE_TYPE_VALUES = frozenset(int(t) for t in MessageType)
 MIN_MESSAGE_SIZE_LIMIT = 16  # qnetd refuses a smaller max_client_receive_size (reference 8.2)
 
 
@@ -37,6 +44,9 @@ class StreamDecoder:
         self._msg_type = 0
         self._length = 0
         self._skip_left = 0
+        self._skip_error: DecodeError | None = None
+        self._pending: DecodeError | None = None
+        """The error of a skipped message whose last byte arrived, raised by next_message()."""
         self.last_raw = b""
         """The whole bytes (header included) of the last message returned or rejected."""
 
@@ -59,6 +69,7 @@ class StreamDecoder:
             data = data[dropped:]
             if self._skip_left == 0:
                 self._state = _State.HEADER
+                self._pending = self._skip_error
         self._buffer += data
 
     def bytes_wanted(self) -> int:
@@ -82,6 +93,9 @@ class StreamDecoder:
 
         An error consumes exactly the offending message: call again to continue the stream.
         """
+        if self._pending is not None:
+            error, self._pending = self._pending, None
+            raise error
         if self._state is _State.HEADER:
             if len(self._buffer) < MESSAGE_HEADER_SIZE:
                 return None
@@ -98,16 +112,25 @@ class StreamDecoder:
         self._header = bytes(self._buffer[:MESSAGE_HEADER_SIZE])
         del self._buffer[:MESSAGE_HEADER_SIZE]
         self._msg_type, self._length = unpack_header(self._header)
-        if MESSAGE_HEADER_SIZE + self._length <= self.max_message_size:
+        if self._msg_type not in MESSAGE_TYPE_VALUES:
+            # 3.0.3 quirk: an empty unknown message completes with the header, before the
+            # reason is recorded, so its SERVER_ERROR carries code 0.
+            code = ReplyErrorCode.UNSUPPORTED_MESSAGE if self._length else ReplyErrorCode.NO_ERROR
+            error = DecodeError("unknown_message_type", f"type {self._msg_type}", code=code)
+        elif MESSAGE_HEADER_SIZE + self._length > self.max_message_size:
+            error = DecodeError(
+                "too_long",
+                f"type {self._msg_type}, {self._length} byte payload",
+                code=ReplyErrorCode.MESSAGE_TOO_LONG,
+            )
+        else:
             self._state = _State.PAYLOAD
             return
         self.last_raw = self._header
         dropped = min(len(self._buffer), self._length)
         del self._buffer[:dropped]
         self._skip_left = self._length - dropped
-        self._state = _State.SKIP if self._skip_left else _State.HEADER
-        raise DecodeError(
-            "too_long",
-            f"type {self._msg_type}, {self._length} byte payload",
-            code=ReplyErrorCode.MESSAGE_TOO_LONG,
-        )
+        if self._skip_left == 0:
+            raise error
+        self._state = _State.SKIP
+        self._skip_error = error

@@ -259,7 +259,7 @@ class QnetdCore:
         if error.code == E.ERROR_DECODING_MSG:
             self._arm_dpd(conn)  # a complete (if undecodable) message counts as liveness
         self._log("bad message", "warning", **self._who(conn), reason=error.reason)
-        self._error(conn, None, E(error.code))
+        self._error(conn, error.seq, E(error.code))  # seq: as 3.0.3, when it could be read
 
     def _received(self, conn: Connection, msg: QnetdMessage, raw: bytes) -> None:
         self.stats.messages[msg.TYPE.name] += 1

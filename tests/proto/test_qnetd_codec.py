@@ -154,3 +154,21 @@ def test_payload_decoder_rejects_unknown_type_before_contents() -> None:
     with pytest.raises(DecodeError) as err:
         decode_payload(18, b"garbage")
     assert err.value.reason == "unknown_message_type"
+
+
+@pytest.mark.parametrize(
+    ("tlvs", "seq"),
+    [
+        (SEQ1 + pack_tlv(OptionType.VOTE, b"\7"), 1),  # bad value after the seq
+        (pack_tlv(OptionType.VOTE, b"\7") + SEQ1, None),  # failure before the seq is read
+        (SEQ1 + pack_tlv(0, b"\0\0\0\2") + b"\0\2", 2),  # stray bytes: the last seq read
+        (SEQ1 + b"\0\2\0\x09", 1),  # a TLV running past the end
+        (pack_tlv(0, b"\0\0\0\0\1"), None),  # the seq itself has a bad width
+    ],
+    ids=["bad_value_after_seq", "bad_value_before_seq", "stray_bytes", "overrun", "bad_seq"],
+)
+def test_decode_error_carries_the_seq_read_before_the_failure(tlvs: bytes, seq: int | None) -> None:
+    """As the C decoder: the error reply can echo the seq when it was read (reference 4.2)."""
+    with pytest.raises(DecodeError) as err:
+        decode(msg(MessageType.ECHO_REQUEST, tlvs))
+    assert err.value.seq == seq

@@ -101,15 +101,46 @@ def test_error_keeps_stream_in_frame() -> None:
 
 
 def test_oversize_payload_is_skipped_without_buffering_it() -> None:
-    """An announced 4 GiB message is rejected from its header and never buffered."""
+    """An announced 4 GiB message is never buffered, and reported only once it is all skipped."""
     decoder = StreamDecoder()
     decoder.feed(pack_header(MessageType.INIT, 0xFFFFFFFF))
-    with pytest.raises(DecodeError) as err:
-        decoder.next_message()
-    assert err.value.code == ReplyErrorCode.MESSAGE_TOO_LONG
+    assert decoder.next_message() is None
     decoder.feed(b"x" * 100_000)
     assert decoder.next_message() is None
     assert decoder.bytes_wanted() == 0xFFFFFFFF - 100_000
+    assert len(decoder._buffer) == 0
+
+
+def test_skipped_message_is_reported_after_its_last_byte() -> None:
+    """As 3.0.3's msgio_read: the error comes when the skip ends, then the stream goes on."""
+    decoder = StreamDecoder(max_message_size=LIMIT)
+    data = oversize(LIMIT) + encode(EchoRequest(seq=5))
+    decoder.feed(data[: LIMIT + 5])  # one byte short of the oversize message's end
+    assert decoder.next_message() is None
+    decoder.feed(data[LIMIT + 5 :])
+    with pytest.raises(DecodeError) as err:
+        decoder.next_message()
+    assert (err.value.reason, err.value.code) == ("too_long", ReplyErrorCode.MESSAGE_TOO_LONG)
+    assert decoder.next_message() == EchoRequest(seq=5)
+
+
+def test_http_request_gets_no_error() -> None:
+    """'GET / HTTP/1.1' reads as type 0x4745 announcing ~1.4 GB: skipped silently, no error."""
+    decoder = StreamDecoder()
+    decoder.feed(b"GET / HTTP/1.1\r\nHost: qnetd\r\nUser-Agent: curl/8\r\n\r\n")
+    assert drain(decoder) == []
+
+
+def test_unknown_type_is_checked_before_size() -> None:
+    """An oversize message of an unknown type is an unsupported message (4), not too long (5)."""
+    assert run([pack_header(40, LIMIT) + b"\0" * LIMIT]) == [
+        ("unknown_message_type", ReplyErrorCode.UNSUPPORTED_MESSAGE)
+    ]
+
+
+def test_empty_unknown_type_is_reported_with_code_0() -> None:
+    """3.0.3 quirk: an unknown type with an empty payload gets SERVER_ERROR code 0."""
+    assert run([pack_header(40, 0)]) == [("unknown_message_type", ReplyErrorCode.NO_ERROR)]
 
 
 def test_starttls_never_consumes_following_bytes() -> None:
