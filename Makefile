@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice libnss3-tools iproute2 iptables
 
-.PHONY: help demo demo-corosync wire-tour test lint format ci bench soak system-deps clean
+.PHONY: help demo demo-corosync wire-tour test lint format ci bench soak fuzz system-deps clean
 
 help:
 	@echo "make demo         live demo: 4 votemesh agents + votemesh-qnetd: split, loss, kill, rejoin (root)"
@@ -16,6 +16,7 @@ help:
 	@echo "make ci           lint + test, as CI runs them"
 	@echo "make bench        benchmarks: print figures, never fail on timing"
 	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N)"
+	@echo "make fuzz         differential fuzz vs corosync-qnetd, 5,000 cases (~5 min; FUZZ_CASES=N FUZZ_SEED=S; root)"
 	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
 
 $(VENV)/.installed: pyproject.toml
@@ -67,6 +68,15 @@ bench: $(VENV)/.installed
 SOAK_RUNS ?= 100000
 soak: $(VENV)/.installed
 	$(PY) -m tests.sim.soak --runs $(SOAK_RUNS) --workers 2
+
+# FUZZ_SEED defaults to the clock so every run explores new cases; a failing case prints the
+# FUZZ_CASE_SEED that replays it alone.
+FUZZ_CASES ?= 5000
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: system-deps $(VENV)/.installed
+	@echo "differential fuzz: FUZZ_SEED=$(FUZZ_SEED) FUZZ_CASES=$(FUZZ_CASES)"
+	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -s -p no:cacheprovider \
+	  tests/interop/test_qnetd_differential_fuzz.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
