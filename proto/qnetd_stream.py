@@ -8,11 +8,13 @@ frame after every error. Memory is bounded by `max_message_size`. No clock, sock
 States: HEADER (collecting 6 header bytes) -> PAYLOAD (collecting `length` bytes) -> HEADER;
 HEADER -> SKIP (discarding the payload of an unknown-type or oversize message) -> HEADER.
 
-As in corosync-qnetd 3.0.3 (qdevices/msgio.c), a skipped message is reported only once its last
-byte has arrived: a peer that announces 1 GiB and sends less (an HTTP request read as a header,
-a message cut short by the peer closing) gets no error reply. The type is checked before the
-size, and an unknown type with an empty payload is reported with code 0 (`NO_ERROR`), which is
-the code 3.0.3 puts in that SERVER_ERROR.
+The type is checked before the size (qdevices/msgio.c). When a skipped message is reported
+depends on the side: a client (qdevice) disconnects as soon as the header is bad, so by default
+the error is raised at the header; a server (`defer_skip_errors=True`) reports it only once the
+last byte has arrived, as corosync-qnetd 3.0.3 does, so a peer that announces 1 GiB and sends
+less (an HTTP request read as a header, a message cut short by the peer closing) gets no error
+reply, and an unknown type with an empty payload is reported with code 0 (`NO_ERROR`), the code
+3.0.3 puts in that SERVER_ERROR.
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ class _State(Enum):
 class StreamDecoder:
     """Turns a byte stream into messages; call `feed()`, then `next_message()` until None."""
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, *, defer_skip_errors: bool = False
+    ) -> None:
         self.max_message_size = max_message_size
+        self.defer_skip_errors = defer_skip_errors
         self._buffer = bytearray()
         self._state = _State.HEADER
         self._msg_type = 0
@@ -113,9 +118,10 @@ class StreamDecoder:
         del self._buffer[:MESSAGE_HEADER_SIZE]
         self._msg_type, self._length = unpack_header(self._header)
         if self._msg_type not in MESSAGE_TYPE_VALUES:
-            # 3.0.3 quirk: an empty unknown message completes with the header, before the
-            # reason is recorded, so its SERVER_ERROR carries code 0.
-            code = ReplyErrorCode.UNSUPPORTED_MESSAGE if self._length else ReplyErrorCode.NO_ERROR
+            # 3.0.3 server quirk: an empty unknown message completes with its header, before
+            # the reason is recorded, so its SERVER_ERROR carries code 0.
+            quirk = self.defer_skip_errors and not self._length
+            code = ReplyErrorCode.NO_ERROR if quirk else ReplyErrorCode.UNSUPPORTED_MESSAGE
             error = DecodeError("unknown_message_type", f"type {self._msg_type}", code=code)
         elif MESSAGE_HEADER_SIZE + self._length > self.max_message_size:
             error = DecodeError(
@@ -130,7 +136,9 @@ class StreamDecoder:
         dropped = min(len(self._buffer), self._length)
         del self._buffer[:dropped]
         self._skip_left = self._length - dropped
-        if self._skip_left == 0:
-            raise error
-        self._state = _State.SKIP
-        self._skip_error = error
+        if self._skip_left:
+            self._state = _State.SKIP
+            self._skip_error = error if self.defer_skip_errors else None
+            if self.defer_skip_errors:
+                return  # raised by next_message() once the last byte is skipped
+        raise error

@@ -157,7 +157,8 @@ class QnetdServer:
                 conn.task = self._spawn(self._exact_reads(conn), f"qnetd-conn-{conn.conn_id}")
 
     def _new_decoder(self) -> StreamDecoder:
-        return StreamDecoder(self.core.settings.max_receive_size)
+        # Skipped messages are answered once whole, as corosync-qnetd does (docs/design.md 1.2).
+        return StreamDecoder(self.core.settings.max_receive_size, defer_skip_errors=True)
 
     # ------------------------------------------------------------ reading
     async def _exact_reads(self, conn: _Conn) -> None:

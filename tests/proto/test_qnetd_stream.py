@@ -101,8 +101,30 @@ def test_error_keeps_stream_in_frame() -> None:
 
 
 def test_oversize_payload_is_skipped_without_buffering_it() -> None:
-    """An announced 4 GiB message is never buffered, and reported only once it is all skipped."""
+    """Client side (default): an announced 4 GiB message is rejected from its header (qdevice
+    disconnects there) and never buffered."""
     decoder = StreamDecoder()
+    decoder.feed(pack_header(MessageType.INIT, 0xFFFFFFFF))
+    with pytest.raises(DecodeError) as err:
+        decoder.next_message()
+    assert err.value.code == ReplyErrorCode.MESSAGE_TOO_LONG
+    decoder.feed(b"x" * 100_000)
+    assert decoder.next_message() is None
+    assert decoder.bytes_wanted() == 0xFFFFFFFF - 100_000
+
+
+def server_run(chunks: list[bytes]) -> list[Any]:
+    decoder = StreamDecoder(max_message_size=LIMIT, defer_skip_errors=True)
+    out: list[Any] = []
+    for chunk in chunks:
+        decoder.feed(chunk)
+        out += drain(decoder)
+    return out
+
+
+def test_server_side_skips_without_buffering_and_without_early_error() -> None:
+    """Server side: an announced 4 GiB message is never buffered and raises nothing early."""
+    decoder = StreamDecoder(defer_skip_errors=True)
     decoder.feed(pack_header(MessageType.INIT, 0xFFFFFFFF))
     assert decoder.next_message() is None
     decoder.feed(b"x" * 100_000)
@@ -112,8 +134,9 @@ def test_oversize_payload_is_skipped_without_buffering_it() -> None:
 
 
 def test_skipped_message_is_reported_after_its_last_byte() -> None:
-    """As 3.0.3's msgio_read: the error comes when the skip ends, then the stream goes on."""
-    decoder = StreamDecoder(max_message_size=LIMIT)
+    """As 3.0.3's msgio_read on the server: the error comes when the skip ends, then the stream
+    goes on."""
+    decoder = StreamDecoder(max_message_size=LIMIT, defer_skip_errors=True)
     data = oversize(LIMIT) + encode(EchoRequest(seq=5))
     decoder.feed(data[: LIMIT + 5])  # one byte short of the oversize message's end
     assert decoder.next_message() is None
@@ -126,21 +149,36 @@ def test_skipped_message_is_reported_after_its_last_byte() -> None:
 
 def test_http_request_gets_no_error() -> None:
     """'GET / HTTP/1.1' reads as type 0x4745 announcing ~1.4 GB: skipped silently, no error."""
-    decoder = StreamDecoder()
+    decoder = StreamDecoder(defer_skip_errors=True)
     decoder.feed(b"GET / HTTP/1.1\r\nHost: qnetd\r\nUser-Agent: curl/8\r\n\r\n")
     assert drain(decoder) == []
 
 
-def test_unknown_type_is_checked_before_size() -> None:
+@pytest.mark.parametrize("run_side", [run, server_run], ids=["client", "server"])
+def test_unknown_type_is_checked_before_size(run_side: Any) -> None:
     """An oversize message of an unknown type is an unsupported message (4), not too long (5)."""
-    assert run([pack_header(40, LIMIT) + b"\0" * LIMIT]) == [
+    assert run_side([pack_header(40, LIMIT) + b"\0" * LIMIT]) == [
         ("unknown_message_type", ReplyErrorCode.UNSUPPORTED_MESSAGE)
     ]
 
 
-def test_empty_unknown_type_is_reported_with_code_0() -> None:
-    """3.0.3 quirk: an unknown type with an empty payload gets SERVER_ERROR code 0."""
-    assert run([pack_header(40, 0)]) == [("unknown_message_type", ReplyErrorCode.NO_ERROR)]
+def test_empty_unknown_type_is_reported_with_code_0_by_a_server() -> None:
+    """3.0.3 server quirk: an unknown type with an empty payload gets SERVER_ERROR code 0."""
+    assert server_run([pack_header(40, 0)]) == [("unknown_message_type", ReplyErrorCode.NO_ERROR)]
+    assert run([pack_header(40, 0)]) == [
+        ("unknown_message_type", ReplyErrorCode.UNSUPPORTED_MESSAGE)
+    ]
+
+
+@settings(max_examples=200)
+@given(st.lists(frames, min_size=1, max_size=8), st.lists(st.integers(0, 10**6), max_size=30))
+def test_server_side_same_result_however_split(stream: list[bytes], cuts: list[int]) -> None:
+    """Deferred errors too: whole, byte by byte or split anywhere, the same results in order."""
+    data = b"".join(stream)
+    whole = server_run([data])
+    assert len(whole) == len(stream)
+    assert server_run([data[i : i + 1] for i in range(len(data))]) == whole
+    assert server_run(split(data, cuts)) == whole
 
 
 def test_starttls_never_consumes_following_bytes() -> None:
