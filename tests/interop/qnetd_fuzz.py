@@ -4,8 +4,8 @@ A *case* is one TCP connection: a protocol phase to reach first (`fresh`, `prein
 `init`), then a byte sequence built from generated chunks (valid, mutated, truncated, oversize,
 unknown-type and out-of-order messages, garbage). The same case is sent to Debian's
 corosync-qnetd 3.0.3 and to votemesh-qnetd; each reply is decoded and reduced to what must be
-equal (type, seq, reply code, which TLVs are present, the vote), plus whether the server closed
-the connection. Every case derives from one integer seed, so a failure is replayed with
+equal (type, seq, reply code, which TLVs are present, the vote; an ECHO_REPLY, a copy of the
+request, byte for byte), plus whether the server closed the connection. Every case derives from one integer seed, so a failure is replayed with
 
     FUZZ_CASE_SEED=<seed> .venv/bin/python -m pytest tests/interop/test_qnetd_differential_fuzz.py
 
@@ -466,6 +466,7 @@ class FuzzConnection:
         self.decoder = StreamDecoder(max_message_size=1 << 24)
         self.closed = False
         self.junk = False
+        self.raws: list[bytes] = []  # the bytes of every message read, in order
 
     def send(self, data: bytes) -> None:
         if self.tls is None:
@@ -539,6 +540,7 @@ class FuzzConnection:
                 if msg is None:
                     break
                 out.append(msg)
+                self.raws.append(self.decoder.last_raw)
                 if done(msg):
                     return out
             data = self._recv(deadline - time.monotonic())
@@ -568,15 +570,21 @@ class Observation:
 
     events: list[object] = field(default_factory=list)
     setup_failed: str | None = None
+    raws: list[bytes] = field(default_factory=list)  # bytes of each message in `events`
 
     def normalised(self) -> list[object]:
-        return [normalise(e) for e in self.events]
+        raws = iter(self.raws)
+        return [normalise(e, next(raws, b"")) if isinstance(e, QnetdMessage) else e
+                for e in self.events]  # fmt: skip
 
 
-def normalise(event: object) -> object:
-    """A reply reduced to what must be equal: type, seq, reply code, TLVs present, vote."""
+def normalise(event: object, raw: bytes = b"") -> object:
+    """A reply reduced to what must be equal: type, seq, reply code, TLVs present, vote; and
+    for ECHO_REPLY, a copy of the request whatever it held, the bytes."""
     if not isinstance(event, QnetdMessage):
         return event
+    if isinstance(event, EchoReply):
+        return (event.TYPE.name, raw.hex())
     present = tuple(name for name, _ in event.FIELDS if getattr(event, name) not in (None, ()))
     return (
         event.TYPE.name,
@@ -640,12 +648,14 @@ def run_case(
     in_frame = min(frame.in_frame_end, len(data))
     sentinel = encode(EchoRequest(seq=SENTINEL_SEQ))  # answered in every phase
     conn = FuzzConnection(port)
+    first = 0
     try:
         setup, failed = setup_phase(conn, case, creds)
         if failed is not None:
             obs.setup_failed = f"{failed}; replies {setup}"
             return obs
         conn.send(data[:in_frame] + sentinel)
+        first = len(conn.raws)
         obs.events += conn.read_until(_is_reply_to(SENTINEL_SEQ), READ_TIMEOUT)
         tail = data[in_frame:]
         if obs.events[-1] not in ("closed", "timeout") and tail:
@@ -656,6 +666,7 @@ def run_case(
     except (OSError, ssl.SSLError) as exc:
         obs.events.append(f"client error {type(exc).__name__}")
     finally:
+        obs.raws = conn.raws[first:]
         conn.close()
     return obs
 
