@@ -5,7 +5,8 @@ A *case* is one TCP connection: a protocol phase to reach first (`fresh`, `prein
 unknown-type and out-of-order messages, garbage). The same case is sent to Debian's
 corosync-qnetd 3.0.3 and to votemesh-qnetd; each reply is decoded and reduced to what must be
 equal (type, seq, reply code, which TLVs are present, the vote; an ECHO_REPLY, a copy of the
-request, byte for byte), plus whether the server closed the connection. Every case derives from one integer seed, so a failure is replayed with
+request, byte for byte), plus whether the server closed the connection. Every case derives
+from one integer seed, so a failure is replayed with
 
     FUZZ_CASE_SEED=<seed> .venv/bin/python -m pytest tests/interop/test_qnetd_differential_fuzz.py
 
