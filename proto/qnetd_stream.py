@@ -51,6 +51,7 @@ class StreamDecoder:
         self._skip_left = 0
         self._skip_error: DecodeError | None = None
         self._pending: DecodeError | None = None
+        self._skip_notice: DecodeError | None = None
         """The error of a skipped message whose last byte arrived, raised by next_message()."""
         self.last_raw = b""
         """The whole bytes (header included) of the last message returned or rejected."""
@@ -75,6 +76,7 @@ class StreamDecoder:
             if self._skip_left == 0:
                 self._state = _State.HEADER
                 self._pending = self._skip_error
+                self._skip_notice = None
         self._buffer += data
 
     def bytes_wanted(self) -> int:
@@ -84,6 +86,12 @@ class StreamDecoder:
         if self._state is _State.HEADER:
             return max(1, MESSAGE_HEADER_SIZE - len(self._buffer))
         return max(1, self._length - len(self._buffer))
+
+    def take_skip_notice(self) -> DecodeError | None:
+        """Once per deferred skip still under way: its error, so the adapter can log the start
+        of a skip it will answer only at the end (or never, if the peer stops sending)."""
+        notice, self._skip_notice = self._skip_notice, None
+        return notice if self._state is _State.SKIP else None
 
     def take_buffered(self) -> bytes:
         """Hand over (and forget) the bytes received after the last whole message."""
@@ -140,5 +148,6 @@ class StreamDecoder:
             self._state = _State.SKIP
             self._skip_error = error if self.defer_skip_errors else None
             if self.defer_skip_errors:
+                self._skip_notice = error
                 return  # raised by next_message() once the last byte is skipped
         raise error

@@ -250,6 +250,10 @@ class QnetdServer:
                 self._feed(Undecodable(conn.conn_id, exc))
                 continue
             if msg is None:
+                if (skip := conn.decoder.take_skip_notice()) is not None:
+                    # answered (and counted) only once whole, as 3.0.3 does; logged now
+                    fields = {"reason": skip.reason, "detail": skip.detail}
+                    self.log.warning("skipping message", conn=conn.conn_id, **fields)
                 return
             self._feed(Received(conn.conn_id, msg, conn.decoder.last_raw))
 

@@ -2,7 +2,7 @@
 
 Both servers run on 127.0.0.1 with the same explicit TLS settings (TLS required, client
 certificate required), so the comparison never depends on either server's defaults. In CI a
-fixed seed and FUZZ_CASES (default 300) cases; `make fuzz` runs more (FUZZ_CASES, FUZZ_SEED);
+fixed seed and FUZZ_CASES (default 400) cases; `make fuzz` runs more (FUZZ_CASES, FUZZ_SEED);
 FUZZ_CASE_SEED=S replays one case. Generator and comparison: tests/interop/qnetd_fuzz.py.
 """
 
@@ -200,7 +200,11 @@ def test_differential_fuzz(pair: Pair) -> None:
     print(
         f"differential fuzz: {len(seeds)} cases in {elapsed:.1f} s, phases {dict(phases)}, "
         f"endings on 3.0.3 {dict(pair.outcomes)}, deliberate differences {dict(explained)}, "
+        f"3.0.3 stopped answering {len(pair.debian_deaths)} times (restarted), "
         f"undocumented {len(failures)}"
     )
+    assert pair.ours.process is not None
+    assert pair.ours.process.poll() is None, "votemesh-qnetd exited"
+    assert alive(pair.ours.port), "votemesh-qnetd stopped answering"
     assert set(explained) <= {e.name for e in EXPECTED_DIFFERENCES}
     assert not failures, "\n\n".join(d.report() for d in failures[:5])

@@ -127,6 +127,10 @@ def test_server_side_skips_without_buffering_and_without_early_error() -> None:
     decoder = StreamDecoder(defer_skip_errors=True)
     decoder.feed(pack_header(MessageType.INIT, 0xFFFFFFFF))
     assert decoder.next_message() is None
+    notice = decoder.take_skip_notice()
+    assert notice is not None
+    assert notice.reason == "too_long"
+    assert decoder.take_skip_notice() is None  # once per skip
     decoder.feed(b"x" * 100_000)
     assert decoder.next_message() is None
     assert decoder.bytes_wanted() == 0xFFFFFFFF - 100_000

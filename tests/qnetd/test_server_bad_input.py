@@ -189,6 +189,7 @@ async def test_bad_input_never_disturbs_a_good_client(server: OurQnetd, tmp_path
     )
     assert reasons[("bad message", "bad_message")] >= 1
     assert reasons[("bad message", "too_long")] >= 1
+    assert reasons[("skipping message", "too_long")] >= 1  # the 4 GiB one, never answered
     assert reasons[("client dropped", "dead_peer")] == 1
     assert reasons[("client dropped", "certificate_name_mismatch")] == 1
     assert reasons[("connection failed", "tls_handshake_failed")] == 1
