@@ -466,7 +466,6 @@ class FuzzConnection:
         self.outgoing = ssl.MemoryBIO()
         self.decoder = StreamDecoder(max_message_size=1 << 24)
         self.closed = False
-        self.junk = False
         self.raws: list[bytes] = []  # the bytes of every message read, in order
 
     def send(self, data: bytes) -> None:
@@ -531,13 +530,13 @@ class FuzzConnection:
         out: list[object] = []
         deadline = time.monotonic() + timeout
         while True:
-            while not self.junk:
+            while True:
                 try:
                     msg = self.decoder.next_message()
-                except DecodeError:
-                    self.junk = True
-                    out.append("non-protocol bytes")
-                    break
+                except DecodeError as exc:  # e.g. a SET_OPTION_REPLY with nothing to echo
+                    raw = self.decoder.last_raw.hex()
+                    out.append(f"reply our decoder refuses ({exc.reason}): {raw[:96]}")
+                    continue
                 if msg is None:
                     break
                 out.append(msg)
@@ -552,8 +551,7 @@ class FuzzConnection:
                 self.closed = True
                 out.append("closed")
                 return out
-            if not self.junk:
-                self.decoder.feed(data)
+            self.decoder.feed(data)
 
     def shutdown_write(self) -> None:
         with contextlib.suppress(OSError):
