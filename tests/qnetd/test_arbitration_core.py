@@ -37,6 +37,7 @@ from proto.qnetd_messages import (
     StartTls,
     VoteInfo,
     VoteInfoReply,
+    decode,
     encode,
 )
 from proto.qnetd_options import NodeInfo, RingId, TieBreaker
@@ -460,6 +461,15 @@ def test_undecodable_message_restarts_dpd_but_oversize_does_not() -> None:
     d.now += 100
     d.feed(Undecodable(1, DecodeError("too_long", code=E.MESSAGE_TOO_LONG)))
     assert d.core.next_deadline() == pytest.approx(d.now + 80)
+
+
+def test_undecodable_message_error_echoes_the_seq_read() -> None:
+    """SERVER_ERROR 9 carries the seq the decoder read before the fault, as 3.0.3's does."""
+    d, _ = driver()
+    d.connect(1)
+    effects = d.feed(Undecodable(1, DecodeError("bad_message", seq=7)))
+    sent = [decode(e.data) for e in effects if isinstance(e, Send)]
+    assert sent == [ServerError(seq=7, reply_error_code=E.ERROR_DECODING_MSG)]
 
 
 def test_algorithm_timer_fires_at_its_deadline() -> None:
