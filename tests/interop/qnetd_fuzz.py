@@ -33,7 +33,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from proto.errors import DecodeError
 from proto.qnetd_enums import MessageType, OptionType, TieBreakerMode
@@ -404,15 +404,11 @@ def generate_case(seed: int) -> Case:
     )
     gen = Generator(rng, case)
     chunks = tuple(gen.chunk() for _ in range(rng.randrange(1, 7)))
-    case = Case(case.seed, case.phase, case.cluster, case.node_id, case.algorithm, chunks)
+    case = replace(case, chunks=chunks)
     frame = model_framing(case)
     if frame.starttls_end is not None:  # nothing after an accepted STARTTLS is protocol
-        data = case.data[: frame.starttls_end]
-        case = Case(
-            case.seed, case.phase, case.cluster, case.node_id, case.algorithm,
-            (Chunk("cut at an accepted STARTTLS: " + " | ".join(c.label for c in chunks),
-                   data),),
-        )  # fmt: skip
+        label = "cut at an accepted STARTTLS: " + " | ".join(c.label for c in chunks)
+        case = replace(case, chunks=(Chunk(label, case.data[: frame.starttls_end]),))
     return case
 
 
