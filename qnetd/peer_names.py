@@ -1,7 +1,9 @@
 """Does a client certificate name the cluster it claims? (reference 5.2, NSS CERT_VerifyCertName)
 
 Subject-alternative-name DNS entries are used when present, otherwise the subject common names;
-comparison is case-insensitive; a wildcard `*` may stand for the whole left-most label only.
+names are compared as UTF-8 bytes with only ASCII letters case-insensitive (NSS's PORT_Strcasecmp:
+a Unicode case mapping would let a look-alike name such as KELVIN SIGN + 'ube' name cluster 'kube');
+a wildcard `*` may stand for the whole left-most label only.
 Pure: works on names extracted by the adapter (`from_der`).
 """
 
@@ -47,17 +49,27 @@ class PeerNames:
         return cls(cns, dns)
 
 
-def _label_match(pattern: str, name: str) -> bool:
+def _label_match(pattern: bytes, name: bytes) -> bool:
     if pattern == name:
         return True
-    if not pattern.startswith("*."):
+    if not pattern.startswith(b"*."):
         return False
-    head, sep, rest = name.partition(".")
+    head, sep, rest = name.partition(b".")
     return bool(sep and head) and rest == pattern[2:]
 
 
+def _folded(name: str) -> bytes | None:
+    """UTF-8 bytes with ASCII letters lower-cased (`bytes.lower` touches nothing else)."""
+    try:
+        return name.encode("utf-8").lower()
+    except UnicodeEncodeError:  # a lone surrogate: names nothing
+        return None
+
+
 def matches_cluster(names: PeerNames, cluster_name: bytes) -> bool:
-    """True when the certificate names the cluster (SAN DNS if any, else CN; no case)."""
-    wanted = cluster_name.decode("utf-8", "replace").lower()
+    """True when the certificate names the cluster (SAN DNS if any, else CN; ASCII case only)."""
+    wanted = cluster_name.lower()
     candidates = names.dns_names or names.common_names
-    return any(_label_match(c.lower(), wanted) for c in candidates)
+    return any(
+        (pattern := _folded(c)) is not None and _label_match(pattern, wanted) for c in candidates
+    )

@@ -103,3 +103,38 @@ def test_weaker_settings_say_what_they_let_in(settings: QnetdSettings, warning: 
     """Only the default admits nobody without a certificate; every other mode names its risk."""
     got = settings.admission_warning()
     assert got == warning if warning is None else warning in (got or "")
+
+
+@pytest.mark.parametrize(
+    ("cluster", "cert_name", "admitted"),
+    [
+        (b"kube", "KUBE", True),  # ASCII letters: case-insensitive, as NSS
+        (b"kube", "\u212aube", False),  # KELVIN SIGN: str.lower() makes it 'k', NSS does not
+        (b"x\xff", "x\ufffd", False),  # an undecodable byte must not match U+FFFD
+        (b"x\xfe", "x\ufffd", False),
+        (b"caf\xc3\xa9", "CAF\u00c9", False),  # non-ASCII letters compare exactly (as NSS)
+        (b"caf\xc3\xa9", "CAF\u00e9", True),
+    ],
+)
+def test_certificate_names_compare_as_nss_does(
+    cluster: bytes, cert_name: str, admitted: bool
+) -> None:
+    """The certificate's name and the PREINIT cluster name are compared as UTF-8 bytes with only
+    ASCII letters folded (NSS's PORT_Strcasecmp). Before, both were decoded and `str.lower()`ed:
+    a certificate for the cluster '\u212aube' (KELVIN SIGN, which the CA tools accept as a
+    printable name) was admitted into cluster 'kube', and one for 'x\ufffd' into every cluster
+    'x' + an undecodable byte: cross-cluster admission (issue 7 item 1) by a look-alike name."""
+    d = Driver.make(ALGORITHMS, QnetdSettings())
+    d.connect(1)
+    d.send(1, Preinit(seq=1, cluster_name=cluster))
+    d.send(1, StartTls(seq=2))
+    d.tls_up(1, cert_name)
+    replies = d.replies(1, init_msg(1))
+    if admitted:
+        assert [type(r) for r in replies] == [InitReply]
+        assert [c.node_id for c in d.core.clusters[cluster].clients] == [1]
+    else:
+        assert replies == []
+        assert d.disconnected() == [1]
+        assert d.core.clusters == {}
+        assert d.core.stats.tls_failures["name_mismatch"] == 1
