@@ -19,7 +19,11 @@ from proto.qnetd_enums import TlsSupported
 from qnetd import status
 from qnetd.algorithms.registry import ALGORITHMS
 from qnetd.arbitration import QnetdCore
-from qnetd.runtime.control import refuse_live_control_socket, serve_control
+from qnetd.runtime.control import (
+    check_socket_path,
+    refuse_live_control_socket,
+    serve_control,
+)
 from qnetd.runtime.http import CoreCollector, LazyMetrics, serve_http, serve_http_unix
 from qnetd.runtime.observability import sd_notify
 from qnetd.runtime.pki_check import check_server_pki
@@ -80,6 +84,9 @@ async def run_server(options: RunOptions) -> None:
     Refuses to start while another server answers on the control socket; marks the state
     directory as in use (for `token create`) when its CA is the one served."""
     await refuse_live_control_socket(options.control_socket)
+    for path in (options.control_socket, options.http_listen):
+        if isinstance(path, Path):
+            check_socket_path(path)  # before anything is served: a file there is kept, not replaced
     pki = _pki(options)
     if pki is not None and options.ca_cert is None:
         with server_using(StatePaths(options.state_dir)):

@@ -8,9 +8,10 @@ closes the socket after answering (reference 9). `corosync-qnetd-tool -p SOCKET 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import json
 import shlex
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,34 @@ async def refuse_live_control_socket(path: Path, timeout: float = 2.0) -> None:
     raise ControlSocketInUseError(str(path))
 
 
+def check_socket_path(path: Path) -> None:
+    """FileExistsError (nothing removed) when `path` exists and is not a socket: a mistyped
+    --control-socket or --http-listen unix:PATH must never delete a file."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(
+            errno.EEXIST,
+            "exists and is not a socket (nothing removed); give a socket path",
+            str(path),
+        )
+
+
+def remove_stale_socket(path: Path) -> None:
+    """Make room for a unix socket at `path`: a leftover socket is removed, any other file refused
+    (`check_socket_path`)."""
+    check_socket_path(path)
+    path.unlink(missing_ok=True)
+
+
 async def serve_control(
     path: Path, get_snapshot: Callable[[], dict[str, Any]], shutdown: Callable[[], None]
 ) -> asyncio.AbstractServer:
     """Listen on a unix socket (mode 0660) until the returned server is closed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    remove_stale_socket(path)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -8,7 +8,6 @@ by a custom collector, so nothing is counted twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import structlog
 
 from qnetd.arbitration import QnetdCore
+from qnetd.runtime.control import remove_stale_socket
 
 log = structlog.get_logger("votemesh.qnetd.http")
 PREFIX = "votemesh_qnetd"
@@ -109,8 +109,7 @@ async def serve_http_unix(
     """The same on a unix socket, mode 0660: only root and the service's group can scrape
     (a TCP port on 127.0.0.1 is readable by every local user). A stale socket is replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    remove_stale_socket(path)
     server = await asyncio.start_unix_server(_handler(registry, health), str(path), limit=8192)
     path.chmod(0o660)
     return server

@@ -171,3 +171,29 @@ async def test_tls_clients_are_served_without_cryptography(tmp_path: Path) -> No
             assert "cryptography" not in maps
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize("option", ["--control-socket", "--http-listen"])
+def test_a_socket_path_naming_a_regular_file_is_refused_and_the_file_kept(
+    tmp_path: Path, option: str
+) -> None:
+    """A typo such as `--http-listen unix:/var/lib/votemesh-qnetd/ca.key` must not delete the
+    file: only a leftover socket is replaced. Exit 2, one line, the file intact, nothing served.
+    (Regression: main unlinked whatever was there and put its socket in its place.)"""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    args = ["run", "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1"]
+    args += ["--port", str(free_port()), "--control-socket", str(tmp_path / "c.sock")]
+    args += ["--http-listen", "off"]
+    args += [option, str(precious) if option == "--control-socket" else f"unix:{precious}"]
+    try:
+        result = qnetd(*args, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server started with {option} naming a regular file")
+    finally:
+        assert precious.is_file()
+        assert precious.read_text() == "keep me\n"
+    assert result.returncode == 2, result.stderr
+    assert "is not a socket" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
