@@ -21,6 +21,7 @@ from qnetd.algorithms.registry import ALGORITHMS
 from qnetd.arbitration import QnetdCore
 from qnetd.runtime.control import (
     check_socket_path,
+    claim_control_socket,
     refuse_live_control_socket,
     serve_control,
 )
@@ -81,18 +82,19 @@ def _pki(options: RunOptions) -> tuple[str, str, str] | None:
 async def run_server(options: RunOptions) -> None:
     """Serve until a signal or a `shutdown` request; then stop gracefully.
 
-    Refuses to start while another server answers on the control socket; marks the state
-    directory as in use (for `token create`) when its CA is the one served."""
-    await refuse_live_control_socket(options.control_socket)
-    for path in (options.control_socket, options.http_listen):
-        if isinstance(path, Path):
-            check_socket_path(path)  # before anything is served: a file there is kept, not replaced
-    pki = _pki(options)
-    if pki is not None and options.ca_cert is None:
-        with server_using(StatePaths(options.state_dir)):
+    Refuses to start while another server holds or answers on the control socket; marks the
+    state directory as in use (for `token create`) when its CA is the one served."""
+    with claim_control_socket(options.control_socket):
+        await refuse_live_control_socket(options.control_socket)  # e.g. an older server
+        for path in (options.control_socket, options.http_listen):
+            if isinstance(path, Path):
+                check_socket_path(path)  # before anything is served: a file there is kept
+        pki = _pki(options)
+        if pki is not None and options.ca_cert is None:
+            with server_using(StatePaths(options.state_dir)):
+                await _serve(options, pki)
+        else:
             await _serve(options, pki)
-    else:
-        await _serve(options, pki)
 
 
 async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:

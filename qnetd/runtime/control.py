@@ -8,11 +8,14 @@ closes the socket after answering (reference 9). `corosync-qnetd-tool -p SOCKET 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import fcntl
 import json
+import os
 import shlex
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,26 @@ def answer(line: str, snap: dict[str, Any]) -> tuple[bool, str]:
 
 class ControlSocketInUseError(Exception):
     """Another live server answers on the control socket we were told to use."""
+
+
+@contextlib.contextmanager
+def claim_control_socket(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `PATH.lock` while inside, else ControlSocketInUseError.
+
+    Of two servers started at the same moment with the same control socket only one gets past
+    this: the liveness probe alone has a window between probe and bind in which both pass (and
+    the second then replaces the first's socket). The kernel drops the lock when the process
+    dies, so a crash leaves nothing to clean up; the lock file itself stays (it is empty)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ControlSocketInUseError(str(path)) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 async def refuse_live_control_socket(path: Path, timeout: float = 2.0) -> None:

@@ -7,11 +7,13 @@ dir and CA a token is for, warning when no running server uses that state dir.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,9 @@ import pytest
 from agent.runtime.enroll import split_server
 from proto.qnetd_options import RingId
 from qnetd import certs
+from qnetd.runtime import app
+from qnetd.runtime.control import ControlSocketInUseError, refuse_live_control_socket, request
+from qnetd.settings import QnetdSettings
 from tests.interop.debian_qnetd import free_port
 from tests.qnetd.async_client import AsyncQdevice
 from tests.qnetd.our_qnetd import OurQnetd, running_our_qnetd
@@ -197,3 +202,47 @@ def test_a_socket_path_naming_a_regular_file_is_refused_and_the_file_kept(
     assert "is not a socket" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.asyncio
+async def test_two_servers_starting_together_never_share_a_control_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `run`s with the same --control-socket started at the same moment: exactly one serves,
+    the other is refused. The liveness probe alone cannot promise that (both can probe before
+    either binds; the second then unlinks the first's socket, leaving it unreachable): the window
+    between probe and bind (a first start's key generation) is widened to 0.5 s here to make the
+    race certain. (Regression: on main both servers ran.)"""
+    probe = refuse_live_control_socket
+
+    async def slow_start(path: Path) -> None:
+        await probe(path)
+        await asyncio.sleep(0.5)
+
+    monkeypatch.setattr(app, "refuse_live_control_socket", slow_start)
+    control = tmp_path / "c.sock"
+    for name in ("a", "b"):
+        certs.ensure_state(tmp_path / name)
+    options = [
+        app.RunOptions(QnetdSettings(), tmp_path / name, "127.0.0.1", free_port())
+        for name in ("a", "b")
+    ]
+    tasks = [
+        asyncio.create_task(app.run_server(replace(o, control_socket=control, http_listen=None)))
+        for o in options
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1, "both servers started on one control socket"
+        with pytest.raises(ControlSocketInUseError):
+            done.pop().result()
+        async with asyncio.timeout(20):
+            while not control.is_socket():
+                await asyncio.sleep(0.05)
+        ok, _ = await request(control, "shutdown")  # the one left answers on the socket
+        assert ok
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
