@@ -36,9 +36,15 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit status 2."""
 
 
+def _decimal(text: str) -> bool:
+    """ASCII digits only (`str.isdigit` also takes '\u00b2', which int() refuses, and other scripts'
+    digits, which it reads)."""
+    return text.isascii() and text.isdigit()
+
+
 def port_number(text: str) -> int:
     """A TCP port 1-65535 (argparse type); anything else is a usage error, never wrapped."""
-    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_PORT:
+    if not _decimal(text.strip()) or not 1 <= int(text) <= MAX_PORT:
         raise argparse.ArgumentTypeError(f"port {text!r} is not a number from 1 to {MAX_PORT}")
     return int(text)
 
@@ -49,7 +55,7 @@ def _host_port(text: str, default_port: int, option: str) -> tuple[str, int] | N
     host, sep, port = text.rpartition(":")
     if not sep:
         return text, default_port
-    if not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+    if not _decimal(port) or not 1 <= int(port) <= MAX_PORT:
         raise UserError(f"{option} '{text}' is not HOST:PORT with a port 1-{MAX_PORT} (or 'off')")
     return host.strip("[]") or "127.0.0.1", int(port)
 

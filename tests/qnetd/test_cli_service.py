@@ -47,6 +47,9 @@ def qnetd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         (["--port=-5"], "not a number from 1 to 65535"),
         (["--http-listen", "127.0.0.1:70000"], "--http-listen '127.0.0.1:70000'"),
         (["--enroll-listen", "127.0.0.1:0"], "--enroll-listen '127.0.0.1:0'"),
+        (["--http-listen", "127.0.0.1:\u00b2"], "--http-listen '127.0.0.1:\u00b2'"),  # isdigit()
+        (["--enroll-listen", "127.0.0.1:\uff11"], "--enroll-listen '127.0.0.1:\uff11'"),
+        (["--port", "\uff15\uff14\uff10\uff13"], "not a number from 1 to 65535"),
         (
             ["--ca-cert", "/nonexistent.pem", "--server-cert", "/x.pem", "--server-key", "/y.pem"],
             "cannot read certificate /nonexistent.pem",
