@@ -54,21 +54,49 @@ def test_certificate_for_alpha_does_not_admit_into_beta(settings: QnetdSettings)
     assert [c.node_id for c in d.core.clusters[b"alpha"].clients] == [1]
 
 
-def test_second_preinit_is_refused_in_every_phase_and_logged() -> None:
-    """A repeated PREINIT (before or after INIT, any TLS mode) is error 8, one warning line; the
-    connection keeps its first cluster name and stays open."""
-    for settings in (QnetdSettings(tls=TlsSupported.SUPPORTED, client_cert_required=False),):
-        d = Driver.make(ALGORITHMS, settings)
-        d.join(1, 1, cluster=b"alpha")
-        assert d.replies(1, Preinit(seq=9, cluster_name=b"beta")) == [
-            ServerError(seq=9, reply_error_code=E.UNEXPECTED_MESSAGE)
-        ]
-        assert d.core.connections[1].cluster_name == b"alpha"
-        assert d.disconnected() == []
-        logs = [e for e in d.effects if isinstance(e, Log)]
-        assert [(log.event, log.fields["reason"]) for log in logs] == [
-            ("preinit refused", "preinit_repeated")
-        ]
+MODES = {
+    "defaults": QnetdSettings(),
+    "on-no-cert": QnetdSettings(tls=TlsSupported.SUPPORTED, client_cert_required=False),
+    "off": QnetdSettings(tls=TlsSupported.UNSUPPORTED, client_cert_required=False),
+}
+
+
+PHASES = [
+    (mode, phase)
+    for mode in MODES
+    for phase in ("preinit", "starttls", "tls_up", "init")
+    if MODES[mode].tls is not TlsSupported.UNSUPPORTED or phase in {"preinit", "init"}
+]
+
+
+@pytest.mark.parametrize(("mode", "phase"), PHASES)
+def test_second_preinit_is_refused_in_every_phase_and_logged(mode: str, phase: str) -> None:
+    """A repeated PREINIT (after PREINIT, after STARTTLS, after the handshake, after INIT; each
+    TLS mode that has the phase) is error 8 and one warning line; the connection keeps its first
+    cluster name and stays open."""
+    settings = MODES[mode]
+    tls = settings.tls is not TlsSupported.UNSUPPORTED
+    d = Driver.make(ALGORITHMS, settings)
+    d.connect(1)
+    d.send(1, Preinit(seq=1, cluster_name=b"alpha"))
+    if phase != "preinit" and tls:
+        d.send(1, StartTls(seq=2))
+        if phase != "starttls":
+            d.tls_up(1, "alpha")
+    if phase == "init":
+        (reply,) = d.replies(1, init_msg(1, seq=3))
+        assert isinstance(reply, InitReply)
+        assert reply.reply_error_code == E.NO_ERROR
+    assert d.replies(1, Preinit(seq=9, cluster_name=b"beta")) == [
+        ServerError(seq=9, reply_error_code=E.UNEXPECTED_MESSAGE)
+    ]
+    assert d.core.connections[1].cluster_name == b"alpha"
+    assert d.disconnected() == []
+    logs = [e for e in d.effects if isinstance(e, Log)]
+    assert [(log.event, log.fields["reason"]) for log in logs] == [
+        ("preinit refused", "preinit_repeated")
+    ]
+    assert b"beta" not in d.core.clusters
 
 
 def test_defaults_require_tls_and_a_certificate_naming_the_cluster() -> None:
