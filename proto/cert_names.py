@@ -24,8 +24,9 @@ def _canonical(name: str) -> str:
 
 
 def is_server_name(name: str) -> bool:
-    """True when a certificate name identifies the arbitrator (case-insensitive, as NSS)."""
-    return name.casefold() == SERVER_NAME.casefold()
+    """True when a certificate name identifies the arbitrator: ASCII letters case-insensitive,
+    nothing else folded (NSS's PORT_Strcasecmp; `casefold()` would also take LONG S for 's')."""
+    return name.isascii() and name.lower() == SERVER_NAME.lower()
 
 
 def reserved_cluster_name(name: str) -> str | None:

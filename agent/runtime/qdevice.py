@@ -57,6 +57,7 @@ from agent.qdevice_session import (
     VoteChanged,
 )
 from agent.runtime.enroll import SERVER_NAME, names_of
+from proto.cert_names import is_server_name
 from proto.errors import DecodeError
 from proto.qnetd_stream import StreamDecoder
 
@@ -90,7 +91,7 @@ def server_name_problem(der: bytes | None) -> str | None:
         names = names_of(x509.load_der_x509_certificate(der))
     except ValueError as exc:
         return f"server certificate unreadable: {exc}"
-    if SERVER_NAME.lower() in (n.lower() for n in names):
+    if any(is_server_name(n) for n in names):
         return None
     return f"server certificate is named {names}, not {SERVER_NAME!r}"
 

@@ -44,6 +44,8 @@ def test_server_name_check_is_case_insensitive_like_nss() -> None:
     assert is_server_name(SERVER_NAME)
     assert is_server_name("QNETD server")
     assert not is_server_name("Qnetd Server2")
+    assert not is_server_name("Qnetd \u017ferver")  # LONG S: casefold() makes it 's', NSS does not
+    assert not is_server_name("QNETD \u017fERVER")
 
 
 @given(st.text(min_size=1, max_size=40))
