@@ -7,6 +7,7 @@ gracefully. Tells systemd when it is ready (Type=notify).
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from qnetd import status
 from qnetd.algorithms.registry import ALGORITHMS
 from qnetd.arbitration import QnetdCore
 from qnetd.runtime.control import (
+    ControlSocketInUseError,
     check_socket_path,
     claim_control_socket,
     refuse_live_control_socket,
@@ -89,12 +91,27 @@ async def run_server(options: RunOptions) -> None:
         for path in (options.control_socket, options.http_listen):
             if isinstance(path, Path):
                 check_socket_path(path)  # before anything is served: a file there is kept
+        if isinstance(options.http_listen, Path):
+            await _refuse_live_http_socket(options.http_listen)
         pki = _pki(options)
         if pki is not None and options.ca_cert is None:
             with server_using(StatePaths(options.state_dir)):
                 await _serve(options, pki)
         else:
             await _serve(options, pki)
+
+
+async def _refuse_live_http_socket(path: Path) -> None:
+    """Another server (with its own control socket) serving on the same `--http-listen unix:PATH`
+    keeps it: replacing it would send every scrape silently to this one."""
+    try:
+        await refuse_live_control_socket(path)
+    except ControlSocketInUseError as exc:
+        raise FileExistsError(
+            errno.EADDRINUSE,
+            "another server answers on this --http-listen socket; stop it or give another path",
+            str(path),
+        ) from exc
 
 
 async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:

@@ -249,3 +249,30 @@ async def test_two_servers_starting_together_never_share_a_control_socket(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_a_live_http_unix_socket_is_not_taken_over(tmp_path: Path) -> None:
+    """A second server (its own control socket) given the same `--http-listen unix:PATH` exits 2
+    with one line, and the first still serves /metrics there. (Regression: main unlinked the
+    live socket and bound its own, so scrapes silently went to the second server.)"""
+    path = tmp_path / "http.sock"
+    with running_our_qnetd(tmp_path / "q", None, None, "--http-listen", f"unix:{path}"):
+        deadline = time.monotonic() + 20
+        while not path.is_socket():
+            assert time.monotonic() < deadline, "no socket at --http-listen unix:PATH"
+            time.sleep(0.05)
+        second = ["run", "--state-dir", str(tmp_path / "s2"), "--listen", "127.0.0.1"]
+        second += ["--port", str(free_port()), "--control-socket", str(tmp_path / "c2.sock")]
+        second += ["--http-listen", f"unix:{path}"]
+        try:
+            result = qnetd(*second, timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the second server started on a live --http-listen socket")
+        assert result.returncode == 2, result.stderr
+        assert "answers on this --http-listen socket" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(path))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
