@@ -30,6 +30,15 @@ class QnetdSettings:
     """Queued outgoing messages per client before it is dropped."""
     keep_active_partition_default: bool = False
     """Per-client KAP flag set at INIT (qdevice then sets its own via SET_OPTION)."""
+    # Admission of unauthenticated connections (qnetd/admission.py, applied by the adapter).
+    preinit_timeout: float = 5.0
+    """Seconds from accept to an accepted INIT (PREINIT, STARTTLS, handshake, INIT)."""
+    preinit_per_source: int = 16
+    """Connections not yet INIT-ed per source address (IPv6: per /64)."""
+    preinit_max: int = 1024
+    """Connections not yet INIT-ed in all."""
+    fd_reserve: int = 128
+    """File descriptors kept free for established clients' needs, HTTP, control and enrollment."""
 
     @property
     def pre_init_dpd_seconds(self) -> float:
@@ -62,3 +71,9 @@ class QnetdSettings:
             raise ValueError("max send buffers must be at least 2")
         if self.max_clients < 0:
             raise ValueError("--max-clients must be 0 (unlimited) or positive")
+        if not 0.1 <= self.preinit_timeout <= 3600:
+            raise ValueError("--preinit-timeout must be between 0.1 and 3600 seconds")
+        if not 1 <= self.preinit_per_source <= self.preinit_max:
+            raise ValueError("need 1 <= --preinit-per-source <= --preinit-max")
+        if self.fd_reserve < 16:
+            raise ValueError("--fd-reserve must be at least 16")

@@ -133,6 +133,7 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
         await serve_control(options.control_socket, snap, stop.set)
     ]
     collector = CoreCollector(core, lambda: server.connection_count)
+    collector.extra.append(lambda: _admission_metrics(server))
     if options.enroll_listen is not None:
         closers.append(await _start_enrollment(options, collector))
     if options.http_listen is not None:
@@ -176,6 +177,31 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     for closer in closers:
         closer.close()
     log.info("qnetd stopped")
+
+
+def _admission_metrics(server: QnetdServer) -> Any:
+    """Refusals of connections that had not INIT-ed, by reason (qnetd/admission.py)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
+
+    from qnetd.admission import REASONS  # noqa: PLC0415
+
+    guard = server.guard
+    family = CounterMetricFamily(
+        "votemesh_qnetd_admission_refused",
+        "Connections refused or dropped before INIT",
+        labels=["reason"],
+    )
+    for reason in REASONS:
+        family.add_metric([reason], guard.refused[reason])
+    yield family
+    yield GaugeMetricFamily(
+        "votemesh_qnetd_preinit_connections", "Connections not INIT-ed yet", len(guard.pending)
+    )
+    yield GaugeMetricFamily(
+        "votemesh_qnetd_fd_budget",
+        "Connections the open-file limit leaves room for",
+        guard.limits.fd_budget or 0,
+    )
 
 
 async def _start_enrollment(

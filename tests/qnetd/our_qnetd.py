@@ -40,6 +40,8 @@ class OurQnetd:
         self.extra = extra
         self.log_path = workdir / "qnetd.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.nofile: int | None = None
+        """Soft and hard RLIMIT_NOFILE for the server process, if set before start()."""
 
     def command(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `python -m qnetd ARGS` (e.g. certs, token, status) and return its result."""
@@ -63,6 +65,8 @@ class OurQnetd:
         args += ["--control-socket", str(self.control_socket)]
         args += ["--http-listen", f"127.0.0.1:{self.http_port}", *self.extra]
         with self.log_path.open("wb") as log:
+            if self.nofile is not None:  # util-linux prlimit: set before the server starts
+                args = ["prlimit", f"--nofile={self.nofile}:{self.nofile}", *args]
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -1,0 +1,98 @@
+"""Misbehaving clients for abuse tests and the abuse benchmark: connections that never INIT.
+
+Three kinds, each a plain non-blocking socket the caller holds open and closes:
+
+- `idle`: TCP connected, nothing sent;
+- `preinit`: a PREINIT sent, nothing more;
+- `tls_stalled`: PREINIT, STARTTLS and a real TLS ClientHello, then silence (the server has
+  answered with its ServerHello and certificate and waits for a handshake that never ends).
+
+`source` is a loopback address (any of 127.0.0.0/8) the socket binds to, so tests can show
+per-source limits with several sources on one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Iterable
+
+from proto.qnetd_messages import Preinit, StartTls, encode
+
+KINDS = ("idle", "preinit", "tls_stalled")
+
+
+def client_hello() -> bytes:
+    """The first flight of a TLS client: a ClientHello record, as a real handshake sends it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=False)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def open_abuser(
+    port: int, kind: str, source: str = "127.0.0.1", hello: bytes = b""
+) -> socket.socket:
+    """Connect from `source` to 127.0.0.1:`port` and misbehave as `kind`; return the socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((source, 0))
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
+        if kind in ("preinit", "tls_stalled"):
+            sock.sendall(encode(Preinit(seq=1, cluster_name=b"abuse")))
+        if kind == "tls_stalled":
+            sock.sendall(encode(StartTls(seq=2)) + (hello or client_hello()))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def is_closed_by_peer(sock: socket.socket) -> bool:
+    """True when the peer has closed (FIN or RST); reads and discards what it sent before."""
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def wait_closed(socks: Iterable[socket.socket], timeout: float) -> int:
+    """Wait up to `timeout` s for the peer to close every socket; return how many it closed."""
+    closed = 0
+    with selectors.DefaultSelector() as selector:  # epoll: no FD_SETSIZE limit
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while selector.get_map() and time.monotonic() < deadline:
+            for key, _ in selector.select(0.2):
+                sock = key.fileobj
+                if isinstance(sock, socket.socket) and is_closed_by_peer(sock):
+                    selector.unregister(sock)
+                    closed += 1
+    return closed
+
+
+def count_closed(socks: Iterable[socket.socket]) -> int:
+    """How many of these sockets the peer has closed by now (without waiting)."""
+    return sum(1 for sock in socks if is_closed_by_peer(sock))
+
+
+def close_all(socks: Iterable[socket.socket]) -> None:
+    """Close our side of every socket."""
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.close()
