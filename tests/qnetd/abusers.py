@@ -79,9 +79,9 @@ def wait_closed(socks: Iterable[socket.socket], timeout: float) -> int:
         deadline = time.monotonic() + timeout
         while selector.get_map() and time.monotonic() < deadline:
             for key, _ in selector.select(0.2):
-                sock = key.fileobj
-                if isinstance(sock, socket.socket) and is_closed_by_peer(sock):
-                    selector.unregister(sock)
+                peer = key.fileobj
+                if isinstance(peer, socket.socket) and is_closed_by_peer(peer):
+                    selector.unregister(peer)
                     closed += 1
     return closed
 
