@@ -65,6 +65,8 @@ class Admission:
 
 def source_key(address: str) -> str:
     """The unit a per-source limit counts: the IP address (IPv4-mapped as IPv4), IPv6 per /64."""
+    if ":" not in address:  # IPv4 as accept() gives it: the text is the key
+        return address
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

@@ -14,9 +14,12 @@ per-source limits with several sources on one machine.
 from __future__ import annotations
 
 import contextlib
+import json
+import resource
 import selectors
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Iterable
 
@@ -96,3 +99,54 @@ def close_all(socks: Iterable[socket.socket]) -> None:
     for sock in socks:
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def hold(
+    port: int, target: int, seconds: float, sources: list[str], max_rate: float
+) -> dict[str, int]:
+    """Keep `target` abusive connections open for `seconds`, re-opening what the server drops
+    (at most `max_rate` new connections per second); a third of each kind, sources in turn."""
+    hello = client_hello()
+    held: set[socket.socket] = set()
+    opened = failed = held_max = 0
+    end = time.monotonic() + seconds
+    started = time.monotonic()
+    with selectors.DefaultSelector() as selector:
+        while time.monotonic() < end:
+            while len(held) < target and opened < max_rate * (time.monotonic() - started + 1):
+                kind, source = KINDS[opened % 3], sources[opened % len(sources)]
+                try:
+                    sock = open_abuser(port, kind, source, hello)
+                except OSError:
+                    failed += 1
+                    break
+                held.add(sock)
+                selector.register(sock, selectors.EVENT_READ)
+                opened += 1
+            held_max = max(held_max, len(held))
+            for key, _ in selector.select(0.05):
+                peer = key.fileobj
+                if isinstance(peer, socket.socket) and is_closed_by_peer(peer):
+                    selector.unregister(peer)
+                    held.discard(peer)
+                    peer.close()
+        close_all(held)
+    return {"opened": opened, "failed": failed, "held_max": held_max}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.qnetd.abusers PORT TARGET SECONDS SOURCES MAX_RATE`: hold, print JSON.
+
+    A process of its own, so the abuse does not share an interpreter lock with the measurements.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    port, target, seconds, sources, rate = argv
+    addresses = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(int(sources))]
+    result = hold(int(port), int(target), float(seconds), addresses, float(rate))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
