@@ -212,6 +212,12 @@ def _rsa_public(key: object) -> rsa.RSAPublicKey:
     return key
 
 
+def check_request_key(csr: x509.CertificateSigningRequest) -> None:
+    """CertError for a request whose key `sign_request` would refuse (checked before a token is
+    spent)."""
+    _rsa_public(csr.public_key())
+
+
 def _record_issued(paths: StatePaths, cert: x509.Certificate, label: str) -> None:
     make_dir(paths.issued)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)

@@ -12,8 +12,13 @@ or firewalled on its own.
 The TLS certificate is the state directory's `server.pem` (`CN=Qnetd Server`), signed by the CA
 whose SHA-256 the tokens carry, so a node authenticates us before it sends its token. One request
 per connection; the head is capped at 8 KiB, the body at `proto.enrollment.MAX_BODY_BYTES`, the
-whole exchange at `REQUEST_TIMEOUT` seconds. Bad input gets a 4xx, is counted by reason in
-`EnrollmentStats` and logged on one line; nothing a peer sends can stop the server.
+whole exchange (TLS handshake included) at `REQUEST_TIMEOUT` seconds from accept. Connections are
+admitted by `qnetd.admission.AdmissionGuard` before the handshake (`LIMITS`: per source, in all,
+the oldest evicted for a new one when full), so idle peers cannot lock a node out. Failed token
+attempts are limited per source (`qnetd.enrollment.AttemptLimiter`: 429 when spent). A request is
+checked completely (JSON, CSR signature and key type) before its token is spent. Bad input gets a
+4xx, is counted by reason in `EnrollmentStats` and logged on one line (refusals of connections
+rate-limited); nothing a peer sends can stop the server.
 """
 
 from __future__ import annotations
@@ -36,17 +41,19 @@ from proto.enrollment import (
     EnrollRequest,
     EnrollResponse,
     ErrorResponse,
+    Token,
 )
 from proto.errors import DecodeError
 from qnetd import certs
-from qnetd.enrollment import TokenRejectedError, TokenStore
+from qnetd.admission import AdmissionGuard, AdmissionLimits, LogLimiter, source_key
+from qnetd.enrollment import REASONS, AttemptLimiter, TokenRejectedError, TokenStore
 
 log = structlog.get_logger("qnetd.enroll")
 
 MAX_HEAD_BYTES = 8192
-REQUEST_TIMEOUT = 10.0  # seconds for the whole request after the handshake
-HANDSHAKE_TIMEOUT = 10.0
-MAX_CONNECTIONS = 64  # enrollment is rare; more at once is a flood, refused and counted as busy
+REQUEST_TIMEOUT = 5.0  # seconds from accept for handshake and request
+LIMITS = AdmissionLimits(deadline=REQUEST_TIMEOUT, per_source=4, total=64, evict_after=1.0)
+"""Enrollment is rare: a node makes two connections one after the other."""
 STATUS_TEXT = {
     200: "OK",
     400: "Bad Request",
@@ -56,6 +63,7 @@ STATUS_TEXT = {
     408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
 }
@@ -78,10 +86,11 @@ class EnrollmentStats:
 class HttpError(Exception):
     """A request we refuse: HTTP status, counter reason, one-line message for the peer."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, source: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.source = source
 
 
 @dataclass(frozen=True)
@@ -128,39 +137,84 @@ async def read_request(reader: asyncio.StreamReader) -> Request:
 
 
 class EnrollmentHandler:
-    """Answers one connection: route, redeem the token, sign the request."""
+    """Answers one connection: admit, handshake, route, redeem the token, sign the request."""
 
-    def __init__(self, paths: certs.StatePaths, stats: EnrollmentStats, now: Callable[[], float]):
+    def __init__(
+        self,
+        paths: certs.StatePaths,
+        stats: EnrollmentStats,
+        now: Callable[[], float],
+        context: ssl.SSLContext,
+        *,
+        limits: AdmissionLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.paths = paths
         self.stats = stats
         self.now = now
+        self.clock = clock
+        self.context = context
         self.tokens = TokenStore(paths.tokens)
-        self.active = 0
+        self.guard = AdmissionGuard(limits or LIMITS)
+        self.attempts = AttemptLimiter()
+        self.quiet = LogLimiter()
+        self.tasks: dict[int, asyncio.Task[None] | None] = {}
+        self.next_id = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Handle one request and close, at most `MAX_CONNECTIONS` at a time."""
+        """Admit (or refuse at once), then handle one request over TLS and close."""
         peer = writer.get_extra_info("peername")
-        if self.active >= MAX_CONNECTIONS:
-            self.stats.reject("busy")
-            log.warning("enrollment refused", reason="busy", peer=peer)
-            await _close(writer)
+        host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self.next_id += 1
+        conn = self.next_id
+        verdict = self.guard.admit(conn, host, self.clock())
+        for old in verdict.evicted:
+            self._refused("evicted", host)
+            task = self.tasks.pop(old, None)
+            if task is not None:
+                task.cancel()
+        if not verdict.admitted:
+            self._refused(str(verdict.reason), host)
+            writer.transport.abort()
             return
-        self.active += 1
+        self.tasks[conn] = asyncio.current_task()
+        raw = writer.transport  # the TCP transport under the TLS one
         try:
-            await self._serve(reader, writer, peer)
+            await self._serve(reader, writer, peer, host)
         except asyncio.CancelledError:
-            # Server shutdown. Ending normally: Python 3.11's start_server callback logs an error
-            # for a handler task that ends cancelled.
-            await _close(writer)
+            # Evicted, or server shutdown. Ending normally: Python 3.11's start_server callback
+            # logs an error for a handler task that ends cancelled.
+            raw.abort()
         finally:
-            self.active -= 1
+            self.guard.closed(conn)
+            self.tasks.pop(conn, None)
+            # Flush what TLS wrote (reply, close_notify) and close the socket now, instead of
+            # waiting up to 30 s for the peer's close_notify with the socket still open.
+            if not raw.is_closing():
+                raw.close()
+
+    def _refused(self, reason: str, host: str) -> None:
+        """Count a refused or dropped connection; one log line per reason every 10 s."""
+        self.stats.reject(reason)
+        held = self.quiet.allow(reason, self.clock())
+        if held is not None:
+            log.warning("enrollment refused", reason=reason, peer=host, suppressed=held)
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object, host: str
     ) -> None:
         """Every failure is answered with a 4xx/5xx or dropped, and counted."""
+        started = self.clock()
         try:
-            reply = await asyncio.wait_for(self._answer(reader, peer), REQUEST_TIMEOUT)
+            await writer.start_tls(self.context, ssl_handshake_timeout=REQUEST_TIMEOUT)
+        except (TimeoutError, ConnectionError, OSError, ssl.SSLError) as exc:
+            self._refused("tls_failed", host)
+            log.debug("enrollment handshake failed", peer=peer, error=str(exc))
+            writer.transport.abort()
+            return
+        left = max(0.0, REQUEST_TIMEOUT - (self.clock() - started))
+        try:
+            reply = await asyncio.wait_for(self._answer(reader, peer, host), left)
         except HttpError as exc:
             reply = self._refuse(exc, peer)
         except TimeoutError:
@@ -177,10 +231,16 @@ class EnrollmentHandler:
 
     def _refuse(self, exc: HttpError, peer: object) -> Reply:
         self.stats.reject(exc.reason)
-        log.warning("enrollment refused", reason=exc.reason, detail=str(exc), peer=peer)
+        held: int | None = 0
+        if exc.reason == "rate_limited":  # one line per source every 10 s
+            held = self.quiet.allow(f"rate_limited {exc.source}", self.clock())
+        if held is not None:
+            log.warning(
+                "enrollment refused", reason=exc.reason, detail=str(exc), peer=peer, suppressed=held
+            )
         return Reply(exc.status, ErrorResponse(exc.reason, str(exc)).to_json())
 
-    async def _answer(self, reader: asyncio.StreamReader, peer: object) -> Reply:
+    async def _answer(self, reader: asyncio.StreamReader, peer: object, host: str) -> Reply:
         request = await read_request(reader)
         if request.path == CA_PATH:
             if request.method != "GET":
@@ -190,19 +250,46 @@ class EnrollmentHandler:
         if request.path == ENROLL_PATH:
             if request.method != "POST":
                 raise HttpError(405, "bad_method", "use POST")
-            return await asyncio.to_thread(self._enroll, request.body, peer)
+            return await self._limited_enroll(request.body, peer, host)
         raise HttpError(404, "not_found", f"no such path; use {CA_PATH} or {ENROLL_PATH}")
 
+    async def _limited_enroll(self, body: bytes, peer: object, host: str) -> Reply:
+        """Refuse a source that spent its failed attempts (429); charge it for a bad token."""
+        source = source_key(host)
+        if not self.attempts.allowed(source, self.clock()):
+            wait = self.attempts.retry_after(source, self.clock())
+            raise HttpError(
+                429,
+                "rate_limited",
+                f"too many failed enrollment attempts from {host}; try again in {wait:.0f} s",
+                source,
+            )
+        try:
+            return await asyncio.to_thread(self._enroll, body, peer)
+        except HttpError as exc:
+            if exc.reason in REASONS:
+                self.attempts.failed(source, self.clock())
+            raise
+
     def _enroll(self, body: bytes, peer: object) -> Reply:
-        """Runs in a worker thread: the token file and the CA take a flock."""
+        """Runs in a worker thread: the token file and the CA take a flock.
+
+        Everything the request carries is checked before the token is spent: the JSON, the
+        CSR's signature and key type, the token's syntax (the CN against the token in `redeem`).
+        """
         try:
             enroll = EnrollRequest.from_json(body)
         except DecodeError as exc:
             raise HttpError(400, "bad_request", exc.detail) from exc
         try:
             csr = certs.parse_request(enroll.csr.encode())
+            certs.check_request_key(csr)
         except certs.CertError as exc:
             raise HttpError(400, "bad_csr", str(exc)) from exc
+        try:
+            Token.parse(enroll.token)
+        except DecodeError as exc:
+            raise HttpError(400, "malformed", f"malformed token: {exc.detail}") from exc
         cn = certs.common_name(csr.subject) or ""
         try:
             record = self.tokens.redeem(enroll.token, now=self.now(), cluster=cn)
@@ -254,15 +341,9 @@ async def start_enrollment_server(
     """Listen for enrollments; creates the state-dir CA on first use. `now`: wall-clock seconds."""
     paths = await asyncio.to_thread(certs.ensure_state, state_dir)
     stats = EnrollmentStats()
-    handler = EnrollmentHandler(paths, stats, now)
-    server = await asyncio.start_server(
-        handler.serve,
-        host,
-        port,
-        ssl=server_context(paths),
-        ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-        limit=MAX_HEAD_BYTES,
-    )
+    handler = EnrollmentHandler(paths, stats, now, server_context(paths))
+    # Plain TCP first: admission is decided before any TLS work (StreamWriter.start_tls after).
+    server = await asyncio.start_server(handler.serve, host, port, limit=MAX_HEAD_BYTES)
     bound = [sock.getsockname()[:2] for sock in server.sockets]
     log.info("enrollment listening", addresses=bound)
     return server, stats

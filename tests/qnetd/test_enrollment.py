@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import socket
@@ -21,7 +20,9 @@ import pytest_asyncio
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,6 +30,7 @@ from agent.runtime import enroll as node
 from proto.enrollment import EnrollRequest, EnrollResponse, ErrorResponse, Token
 from proto.errors import DecodeError
 from qnetd import certs
+from qnetd.admission import AdmissionLimits
 from qnetd.cli import main
 from qnetd.enrollment import TokenRejectedError, TokenStore
 from qnetd.runtime import enroll_server
@@ -244,12 +246,23 @@ async def _enroll(ep: Endpoint, token: str, out: Path) -> node.EnrolledFiles:
     return await asyncio.to_thread(node.enroll, "127.0.0.1", ep.port, token, out)
 
 
-async def _raw(ep: Endpoint, data: bytes) -> tuple[int, bytes]:
-    """Send raw bytes over TLS (no verification) and parse the status line and body."""
+def _insecure() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    reader, writer = await asyncio.open_connection("127.0.0.1", ep.port, ssl=context)
+    return context
+
+
+async def _raw(ep: Endpoint, data: bytes) -> tuple[int, bytes]:
+    """Send raw bytes over TLS (no verification) and parse the status line and body."""
+    return await _raw_to(ep.port, data)
+
+
+async def _raw_to(port: int, data: bytes, source: str = "127.0.0.1") -> tuple[int, bytes]:
+    """Send raw bytes over TLS from `source` and parse the status line and body."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=_insecure(), local_addr=(source, 0)
+    )
     writer.write(data)
     await writer.drain()
     answer = await reader.read()
@@ -388,28 +401,28 @@ async def test_bad_requests_answered_4xx_and_counted(
 
 
 @pytest.mark.asyncio
-async def test_connection_flood_refused_as_busy(
+async def test_connection_flood_refused_per_source(
     endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Beyond MAX_CONNECTIONS concurrent peers, new ones are closed at once and counted 'busy'."""
-    monkeypatch.setattr(enroll_server, "MAX_CONNECTIONS", 1)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    _, holder = await asyncio.open_connection("127.0.0.1", endpoint.port, ssl=context)
-    holder.write(b"GET /v1/ca HTTP/1.1\r\n")  # holds its slot: the head never completes
-    await holder.drain()
-    await asyncio.sleep(0.1)
-    reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port, ssl=context)
-    writer.write(b"GET /v1/ca HTTP/1.1\r\n\r\n")
-    with contextlib.suppress(ConnectionError):
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed without an answer
-    writer.close()
-    assert endpoint.stats.rejected == {"busy": 1}
-    holder.close()
-    await asyncio.sleep(0.1)
-    got, _ = await _raw(endpoint, b"GET /v1/ca HTTP/1.1\r\n\r\n")
-    assert got == 200
+    """Beyond the per-source limit, a source's new connections are closed at once (before any
+    TLS work) and counted 'per_source'; once its slot is free it is served again."""
+    monkeypatch.setattr(enroll_server, "LIMITS", AdmissionLimits(per_source=1, total=4))
+    server, stats = await start_enrollment_server(endpoint.state, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _, holder = await asyncio.open_connection("127.0.0.1", port, ssl=_insecure())
+        holder.write(b"GET /v1/ca HTTP/1.1\r\n")  # holds its slot: the head never completes
+        await holder.drain()
+        await asyncio.sleep(0.1)
+        with pytest.raises((ConnectionError, ssl.SSLError)):
+            await asyncio.open_connection("127.0.0.1", port, ssl=_insecure())
+        assert stats.rejected == {"per_source": 1}
+        holder.close()
+        await asyncio.sleep(0.1)
+        got, _ = await _raw_to(port, b"GET /v1/ca HTTP/1.1\r\n\r\n")
+        assert got == 200
+    finally:
+        server.close()
 
 
 @pytest.mark.asyncio
@@ -425,7 +438,7 @@ async def test_slow_and_plaintext_peers_do_not_hurt(
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
-    assert endpoint.stats.rejected == {"timeout": 1}
+    assert endpoint.stats.rejected == {"timeout": 1, "tls_failed": 1}
     got, _ = await _raw(endpoint, b"GET /v1/ca HTTP/1.1\r\n\r\n")
     assert got == 200
 
@@ -478,3 +491,83 @@ def test_init_force_drops_tokens_of_the_old_ca(tmp_path: Path) -> None:
     assert main(["token", "create", "--cluster", CLUSTER, "--state-dir", sd]) == 0
     assert main(["certs", "init", "--force", "--state-dir", sd]) == 0
     assert TokenStore(tmp_path / "s" / "tokens.json").list() == []
+
+
+# --- under abuse (issue 7 item 6) ---------------------------------------------------------------
+
+
+async def _idle_tls(port: int, source: str) -> asyncio.StreamWriter | None:
+    """A TLS connection that completes its handshake and then says nothing (None if refused)."""
+    try:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_insecure(), local_addr=(source, 0)
+        )
+    except (ConnectionError, ssl.SSLError, OSError):
+        return None
+    return writer
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sources", [1, 16])
+async def test_idle_tls_connections_do_not_block_an_enrollment(
+    endpoint: Endpoint, tmp_path: Path, sources: int
+) -> None:
+    """64 idle TLS connections (from one source, or 4 each from 16) no longer lock a node out:
+    a source beyond its limit is refused at once, and when the server is full the oldest idle
+    connection makes room for the new one. Was: 'busy' for everyone until they timed out."""
+    idle = await asyncio.gather(
+        *(_idle_tls(endpoint.port, f"127.0.2.{1 + i % sources}") for i in range(64))
+    )
+    try:
+        await asyncio.sleep(1.2)  # older than the eviction age, younger than the deadline
+        files = await _enroll(endpoint, endpoint.token(), tmp_path / "n")
+        assert files.client_pem.exists()
+        assert endpoint.stats.issued == 1
+        refused = endpoint.stats.rejected
+        assert refused.get("per_source", 0) + refused.get("evicted", 0) >= 1
+    finally:
+        for writer in idle:
+            if writer is not None:
+                writer.close()
+
+
+@pytest.mark.asyncio
+async def test_request_with_an_unsigned_key_type_keeps_the_token(endpoint: Endpoint) -> None:
+    """An EC request is refused as bad_csr before the token is redeemed: the same token then
+    enrolls an RSA request. Was: the token was spent and the node locked out."""
+    token = endpoint.token()
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLUSTER)]))
+        .sign(ec_key, hashes.SHA256())
+        .public_bytes(Encoding.PEM)
+    )
+    status, answer = await _raw(endpoint, _post(EnrollRequest(token, csr.decode()).to_json()))
+    assert (status, ErrorResponse.from_json(answer).error) == (400, "bad_csr")
+    assert "RSA" in ErrorResponse.from_json(answer).message
+    assert TokenStore(endpoint.state / "tokens.json").redeem(token, now=T0).cluster == CLUSTER
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_wrong_tokens_are_rate_limited_per_source(endpoint: Endpoint, tmp_path: Path) -> None:
+    """A source guessing tokens gets 10 answers, then 429 before its token is looked at, with one
+    log line; another source still enrolls. Was: 1,000 guesses at 275/s, all answered 403."""
+    fp = certs.state_ca_fingerprint(endpoint.state)
+    csr = certs.make_request(certs.new_key(), CLUSTER).public_bytes(Encoding.PEM).decode()
+    answers = []
+    with structlog.testing.capture_logs() as logs:
+        for i in range(15):
+            guess = Token(CLUSTER, bytes([i]) * 32, fp).encode()
+            status, body = await _raw_to(
+                endpoint.port, _post(EnrollRequest(guess, csr).to_json()), "127.0.0.2"
+            )
+            answers.append((status, ErrorResponse.from_json(body).error))
+    assert answers[:10] == [(403, "unknown")] * 10
+    assert answers[10:] == [(429, "rate_limited")] * 5
+    assert endpoint.stats.rejected == {"unknown": 10, "rate_limited": 5}
+    assert sum(1 for e in logs if e.get("reason") == "rate_limited") == 1  # rate-limited too
+    files = await _enroll(endpoint, endpoint.token(), tmp_path / "n")  # from 127.0.0.1
+    assert files.client_pem.exists()
