@@ -378,6 +378,7 @@ class QnetdServer:
             if not conn.established and self._initialised(conn):
                 conn.established = True
                 self.guard.established(conn.conn_id)
+                self._maybe_release_memory()  # the last pending one may have been this one
 
     def on_closed(self, conn: _Conn, reason: str) -> None:
         """The transport reports the connection ended."""
@@ -439,8 +440,7 @@ class QnetdServer:
         self.guard.closed(conn.conn_id)
         if not conn.established:
             self._gone_since_trim += 1
-            if self._gone_since_trim >= TRIM_AFTER and not self.guard.pending:
-                self._release_memory()
+        self._maybe_release_memory()
         # Drop the references back to this connection as well: a cancelled task's traceback
         # holds the frame that holds `conn`, a cycle only the cyclic collector would free.
         transport, task = conn.transport, conn.task
@@ -452,6 +452,10 @@ class QnetdServer:
                 task.cancel()
             with contextlib.suppress(OSError):
                 conn.sock.close()
+
+    def _maybe_release_memory(self) -> None:
+        if self._gone_since_trim >= TRIM_AFTER and not self.guard.pending:
+            self._release_memory()
 
     def _release_memory(self) -> None:
         """After a burst of unauthenticated connections is gone, give the freed heap back.
