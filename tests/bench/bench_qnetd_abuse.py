@@ -5,10 +5,11 @@ clients (tests/qnetd/async_client.py: TLS with a client certificate, INIT, node 
 connects first; then, for `VOTEMESH_BENCH_ABUSE_S` seconds (default 10), abusers keep up to
 `VOTEMESH_BENCH_ABUSERS` (default 2,000) connections open from 250 loopback sources
 (127.0.1.1 ...), a third each idle TCP, PREINIT-only and stalled TLS handshakes, re-opening what
-the server drops. Printed, in one table: echo round trip p50/p99 of the cluster before / during /
-after, the time a new client needs to connect and INIT during the abuse (target: within 1 s),
-the server's fds and RSS before / peak / after, whether every cluster client kept its ACK, and
-the refusals by reason from /metrics. Figures only: nothing here fails on a timing.
+the server drops at up to `VOTEMESH_BENCH_ABUSE_RATE` (default 1,000) connections per second,
+from a process of their own (tests/qnetd/abusers.py). Printed, in one table: echo round trip
+p50/p99 of the cluster before / during / after, the time a new client needs to connect and INIT
+during the abuse (target: within 1 s), the server's fds and RSS before / peak / after, whether
+every cluster client kept its ACK, and the refusals by reason from /metrics. Figures only: nothing here fails on a timing.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from tests.qnetd.our_qnetd import OurQnetd
 CLUSTER_NODES = 8
 SOURCES = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(250)]
 RING = RingId(1, 1)
-MAX_RATE = 1000  # new abusive connections per second, at most
 
 
 def raise_own_fd_limit() -> int:
@@ -140,7 +140,7 @@ class AbuseResult:
     drained_s: float
 
 
-async def run(workdir: Path, abusers: int, abuse_s: float) -> AbuseResult:
+async def run(workdir: Path, abusers: int, abuse_s: float, rate: float) -> AbuseResult:
     """Start the server and the cluster, measure before, during and after the abuse."""
     server = OurQnetd(workdir)
     server.start()
@@ -162,7 +162,7 @@ async def run(workdir: Path, abusers: int, abuse_s: float) -> AbuseResult:
         thread.start()
         abuse = subprocess.Popen(
             [sys.executable, "-m", "tests.qnetd.abusers", str(server.port), str(abusers),
-             str(abuse_s), str(len(SOURCES)), str(MAX_RATE)],
+             str(abuse_s), str(len(SOURCES)), str(rate)],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         ramp = min(2.0, abuse_s / 4)
@@ -220,15 +220,16 @@ def main() -> None:
     limit = raise_own_fd_limit()
     abusers = int(os.environ.get("VOTEMESH_BENCH_ABUSERS", "2000"))
     abuse_s = float(os.environ.get("VOTEMESH_BENCH_ABUSE_S", "10"))
+    rate = float(os.environ.get("VOTEMESH_BENCH_ABUSE_RATE", "1000"))
     if limit < abusers + 200:
         abusers = max(100, limit - 200)
         print(f"open-file limit {limit}: abusers reduced to {abusers}")
     with tempfile.TemporaryDirectory(prefix="vm-abuse-") as tmp:
-        r = asyncio.run(run(Path(tmp), abusers, abuse_s))
+        r = asyncio.run(run(Path(tmp), abusers, abuse_s, rate))
     print(
         f"qnetd under abuse: up to {abusers} connections that never INIT (idle / PREINIT-only / "
-        f"stalled TLS handshake) from {len(SOURCES)} sources for {abuse_s:.0f} s; a cluster of "
-        f"{CLUSTER_NODES} TLS clients"
+        f"stalled TLS handshake) from {len(SOURCES)} sources for {abuse_s:.0f} s, re-opened at up "
+        f"to {rate:.0f}/s; a cluster of {CLUSTER_NODES} TLS clients"
     )
     _row("figure", "before", "during", "after")
     _row("echo round trip p50 (ms)", *(_ms(v, 50) for v in r.echo))
