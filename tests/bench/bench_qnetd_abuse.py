@@ -9,7 +9,8 @@ the server drops at up to `VOTEMESH_BENCH_ABUSE_RATE` (default 1,000) connection
 from a process of their own (tests/qnetd/abusers.py). Printed, in one table: echo round trip
 p50/p99 of the cluster before / during / after, the time a new client needs to connect and INIT
 during the abuse (target: within 1 s), the server's fds and RSS before / peak / after, whether
-every cluster client kept its ACK, and the refusals by reason from /metrics. Figures only: nothing here fails on a timing.
+every cluster client kept its ACK, and the refusals by reason from /metrics. Figures only:
+nothing here fails on a timing.
 """
 
 from __future__ import annotations
