@@ -121,6 +121,8 @@ class _Conn:
     task: asyncio.Task[Any] | None = None
     established: bool = False
     """INIT accepted: out of the admission guard's pending set."""
+    upgrading: bool = False
+    """The socket was handed to asyncio (connect_accepted_socket): only its transport closes it."""
 
 
 def _is_open(conn: _Conn) -> bool:
@@ -283,12 +285,11 @@ class QnetdServer:
 
     async def _admission_loop(self) -> None:
         """Drop pending connections at their pre-INIT deadline."""
-        while True:
+        while not self._stopped.is_set():
             deadline = self.guard.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             self._guard_wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._guard_wake.wait(), timeout)
+            await _wait_event(self._guard_wake, timeout)
             for conn_id in self.guard.expired(self.clock()):
                 self._drop_pending(conn_id, "preinit_timeout")
 
@@ -339,6 +340,7 @@ class QnetdServer:
         # From here on bytes arrive through the protocol, possibly before the await below
         # returns (TLS 1.3 lets the client's first record ride on its last handshake flight).
         conn.want_tls = False
+        conn.upgrading = True
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: _StreamProtocol(self, conn),
@@ -347,6 +349,8 @@ class QnetdServer:
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
             )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+            if conn.closed:  # dropped while switching (deadline, eviction): counted there
+                return
             reason = "tls_handshake_failed" if context else "socket_error"
             if context is not None:
                 self.core.stats.tls_failures["handshake"] += 1
@@ -472,6 +476,12 @@ class QnetdServer:
         conn.transport, conn.task = None, None
         if transport is not None:
             transport.abort()
+        elif conn.upgrading:
+            # A transport owns the socket but has not reported in yet: closing the fd under it
+            # would let it register a reused fd number. Shut the socket down instead; the
+            # handshake then fails at once and asyncio closes the fd itself.
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
         else:
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -507,12 +517,11 @@ class QnetdServer:
 
     # ------------------------------------------------------------ timers
     async def _timer_loop(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             deadline = self.core.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             self._timer_wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._timer_wake.wait(), timeout)
+            await _wait_event(self._timer_wake, timeout)
             if deadline is not None and self.clock() >= deadline:
                 self._feed(Tick())
 
@@ -520,6 +529,17 @@ class QnetdServer:
     def connection_count(self) -> int:
         """Open TCP connections (INIT-ed or not)."""
         return len(self._conns)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float | None) -> None:
+    """Wait for `event` at most `timeout` seconds.
+
+    Not `asyncio.wait_for`: on Python 3.11 it loses a cancellation that arrives as the event
+    is set, and a loop around it then never ends (seen: `stop()` hung under a connect flood).
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 def bind_listeners(host: str | None, port: int, family: str = "any") -> list[socket.socket]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +109,23 @@ def test_legitimate_client_gets_in_with_a_low_file_limit_and_many_idle_sockets(
         assert not [r for r in server.log_records() if r.get("event") == "accept failed"]
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(90)
+def test_graceful_stop_during_a_connection_flood(tmp_path: Path) -> None:
+    """SIGTERM while abusers keep up to 2,000 connections coming: the server exits by itself
+    (status 0). Was: a timer loop lost its cancellation inside asyncio.wait_for and stop() never
+    returned, so the server had to be killed (3 of 3 runs)."""
+    server = OurQnetd(tmp_path / "q")
+    server.start()
+    abusers = subprocess.Popen(
+        [sys.executable, "-m", "tests.qnetd.abusers", str(server.port), "2000", "8", "250", "1000"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(4)
+        assert server.stop() == 0  # OurQnetd.stop(): SIGTERM, SIGKILL only after 10 s
+    finally:
+        server.stop()
+        abusers.kill()
+        abusers.wait(10)
