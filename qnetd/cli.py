@@ -118,11 +118,11 @@ def add_run(sub: Any) -> None:
         default="off",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    _add_admission(p)
+    _add_connection_limits(p)
     p.set_defaults(func=cmd_run, family="any")
 
 
-def _add_admission(p: Any) -> None:
+def _add_connection_limits(p: Any) -> None:
     """Limits on connections that have not INIT-ed yet (docs/qnetd.md, "Under abuse")."""
     g = p.add_argument_group("unauthenticated connections")
     g.add_argument("--preinit-timeout", type=float, default=5.0, help="s from accept to INIT")
@@ -131,7 +131,7 @@ def _add_admission(p: Any) -> None:
     g.add_argument("--fd-reserve", type=int, default=128, help="file descriptors kept free")
 
 
-def _admission_settings(args: argparse.Namespace) -> dict[str, Any]:
+def _connection_limit_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "preinit_timeout": args.preinit_timeout,
         "preinit_per_source": args.preinit_per_source,
@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         heartbeat_max_ms=args.heartbeat_max,
         dpd_coefficient=args.dpd_coefficient,
         keep_active_partition_default=args.keep_active_partition_default,
-        **_admission_settings(args),
+        **_connection_limit_settings(args),
     )
     try:
         settings.validate()

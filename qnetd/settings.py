@@ -30,7 +30,7 @@ class QnetdSettings:
     """Queued outgoing messages per client before it is dropped."""
     keep_active_partition_default: bool = False
     """Per-client KAP flag set at INIT (qdevice then sets its own via SET_OPTION)."""
-    # Admission of unauthenticated connections (qnetd/admission.py, applied by the adapter).
+    # Admission of unauthenticated connections (qnetd/connection_limits.py, applied by the adapter).
     preinit_timeout: float = 5.0
     """Seconds from accept to an accepted INIT (PREINIT, STARTTLS, handshake, INIT)."""
     preinit_per_source: int = 16

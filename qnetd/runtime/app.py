@@ -133,7 +133,7 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
         await serve_control(options.control_socket, snap, stop.set)
     ]
     collector = CoreCollector(core, lambda: server.connection_count)
-    collector.extra.append(lambda: _admission_metrics(server))
+    collector.extra.append(lambda: _preinit_metrics(server))
     if options.enroll_listen is not None:
         closers.append(await _start_enrollment(options, collector))
     if options.http_listen is not None:
@@ -179,15 +179,15 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     log.info("qnetd stopped")
 
 
-def _admission_metrics(server: QnetdServer) -> Any:
-    """Refusals of connections that had not INIT-ed, by reason (qnetd/admission.py)."""
+def _preinit_metrics(server: QnetdServer) -> Any:
+    """Refusals of connections that had not INIT-ed, by reason (qnetd/connection_limits.py)."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415
 
-    from qnetd.admission import REASONS  # noqa: PLC0415
+    from qnetd.connection_limits import REASONS  # noqa: PLC0415
 
     guard = server.guard
     family = CounterMetricFamily(
-        "votemesh_qnetd_admission_refused",
+        "votemesh_qnetd_preinit_refused",
         "Connections refused or dropped before INIT",
         labels=["reason"],
     )

@@ -12,9 +12,10 @@ or firewalled on its own.
 The TLS certificate is the state directory's `server.pem` (`CN=Qnetd Server`), signed by the CA
 whose SHA-256 the tokens carry, so a node authenticates us before it sends its token. One request
 per connection; the head is capped at 8 KiB, the body at `proto.enrollment.MAX_BODY_BYTES`, the
-whole exchange (TLS handshake included) at `REQUEST_TIMEOUT` seconds from accept. Connections are
-admitted by `qnetd.admission.AdmissionGuard` before the handshake (`LIMITS`: per source, in all,
-the oldest evicted for a new one when full), so idle peers cannot lock a node out. Failed token
+whole exchange (TLS handshake included) at `REQUEST_TIMEOUT` seconds from accept. Connections
+are admitted by `qnetd.connection_limits.ConnectionGuard` before the handshake (`LIMITS`: per
+source, in all, the oldest evicted for a new one when full), so idle peers cannot lock a node
+out. Failed token
 attempts are limited per source (`qnetd.enrollment.AttemptLimiter`: 429 when spent). A request is
 checked completely (JSON, CSR signature and key type) before its token is spent. Bad input gets a
 4xx, is counted by reason in `EnrollmentStats` and logged on one line (refusals of connections
@@ -45,14 +46,14 @@ from proto.enrollment import (
 )
 from proto.errors import DecodeError
 from qnetd import certs
-from qnetd.admission import AdmissionGuard, AdmissionLimits, LogLimiter, source_key
+from qnetd.connection_limits import ConnectionGuard, ConnectionLimits, LogLimiter, source_key
 from qnetd.enrollment import REASONS, AttemptLimiter, TokenRejectedError, TokenStore
 
 log = structlog.get_logger("qnetd.enroll")
 
 MAX_HEAD_BYTES = 8192
 REQUEST_TIMEOUT = 5.0  # seconds from accept for handshake and request
-LIMITS = AdmissionLimits(deadline=REQUEST_TIMEOUT, per_source=4, total=64, evict_after=1.0)
+LIMITS = ConnectionLimits(deadline=REQUEST_TIMEOUT, per_source=4, total=64, evict_after=1.0)
 """Enrollment is rare: a node makes two connections one after the other."""
 STATUS_TEXT = {
     200: "OK",
@@ -146,7 +147,7 @@ class EnrollmentHandler:
         now: Callable[[], float],
         context: ssl.SSLContext,
         *,
-        limits: AdmissionLimits | None = None,
+        limits: ConnectionLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.paths = paths
@@ -155,7 +156,7 @@ class EnrollmentHandler:
         self.clock = clock
         self.context = context
         self.tokens = TokenStore(paths.tokens)
-        self.guard = AdmissionGuard(limits or LIMITS)
+        self.guard = ConnectionGuard(limits or LIMITS)
         self.attempts = AttemptLimiter()
         self.quiet = LogLimiter()
         self.tasks: dict[int, asyncio.Task[None] | None] = {}
@@ -342,7 +343,7 @@ async def start_enrollment_server(
     paths = await asyncio.to_thread(certs.ensure_state, state_dir)
     stats = EnrollmentStats()
     handler = EnrollmentHandler(paths, stats, now, server_context(paths))
-    # Plain TCP first: admission is decided before any TLS work (StreamWriter.start_tls after).
+    # Plain TCP first: the connection guard decides before any TLS work (then start_tls).
     server = await asyncio.start_server(handler.serve, host, port, limit=MAX_HEAD_BYTES)
     bound = [sock.getsockname()[:2] for sock in server.sockets]
     log.info("enrollment listening", addresses=bound)

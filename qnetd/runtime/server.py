@@ -27,8 +27,8 @@ import structlog
 
 from proto.errors import DecodeError
 from proto.qnetd_stream import StreamDecoder
-from qnetd.admission import AdmissionGuard, AdmissionLimits, LogLimiter
 from qnetd.arbitration import QnetdCore
+from qnetd.connection_limits import ConnectionGuard, ConnectionLimits, LogLimiter
 from qnetd.core_events import (
     Accepted,
     ConnectionClosed,
@@ -120,7 +120,7 @@ class _Conn:
     """Replies queued while the connection is in exact-read mode or upgrading."""
     task: asyncio.Task[Any] | None = None
     established: bool = False
-    """INIT accepted: out of the admission guard's pending set."""
+    """INIT accepted: out of the connection guard's pending set."""
     upgrading: bool = False
     """The socket was handed to asyncio (connect_accepted_socket): only its transport closes it."""
 
@@ -156,9 +156,9 @@ class QnetdServer:
         core: QnetdCore,
         ssl_context: ssl.SSLContext | None,
         clock: Callable[[], float] = time.monotonic,
-        admission: AdmissionLimits | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
-        """`admission`: limits of the pre-INIT phase; default from the settings and the fd limit."""
+        """`limits`: of the pre-INIT phase; default from the settings and the fd limit."""
         self.core = core
         self.ssl_context = ssl_context
         self.clock = clock
@@ -169,19 +169,19 @@ class QnetdServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer_wake = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._admission = admission
-        self.guard = AdmissionGuard(admission or AdmissionLimits())
+        self._limits_given = limits
+        self.guard = ConnectionGuard(limits or ConnectionLimits())
         self._guard_wake = asyncio.Event()
         self._quiet = LogLimiter()
         self._trim = _malloc_trim()
         self._gone_since_trim = 0
         self._trim_handle: asyncio.TimerHandle | None = None
 
-    def admission_limits(self) -> AdmissionLimits:
+    def connection_limits(self) -> ConnectionLimits:
         """Limits from the settings, with the fd budget: soft RLIMIT_NOFILE - open now - reserve."""
         settings = self.core.settings
         budget = raise_fd_limit() - open_fds() - settings.fd_reserve
-        return AdmissionLimits(
+        return ConnectionLimits(
             deadline=settings.preinit_timeout,
             per_source=settings.preinit_per_source,
             total=settings.preinit_max,
@@ -192,10 +192,10 @@ class QnetdServer:
     async def start(self, sockets: list[socket.socket]) -> None:
         """Serve on already-bound listening sockets."""
         self.listeners = sockets
-        limits = self._admission or self.admission_limits()
-        self.guard = AdmissionGuard(limits)
+        limits = self._limits_given or self.connection_limits()
+        self.guard = ConnectionGuard(limits)
         self.log.info(
-            "admission limits",
+            "connection limits",
             preinit_timeout=limits.deadline,
             per_source=limits.per_source,
             total=limits.total,
@@ -206,7 +206,7 @@ class QnetdServer:
             lsock.listen(LISTEN_BACKLOG)
             self._spawn(self._accept_loop(lsock), "qnetd-accept")
         self._spawn(self._timer_loop(), "qnetd-timers")
-        self._spawn(self._admission_loop(), "qnetd-admission")
+        self._spawn(self._deadline_loop(), "qnetd-preinit-deadlines")
 
     async def stop(self) -> None:
         """Graceful shutdown: drop every client (no vote recomputation), close listeners."""
@@ -256,7 +256,7 @@ class QnetdServer:
                 conn.task = self._spawn(self._exact_reads(conn), f"qnetd-conn-{conn.conn_id}")
 
     def _admit(self, conn_id: int, host: str, sock: socket.socket) -> bool:
-        """Ask the admission guard; close a refused socket at once (the peer sees a reset)."""
+        """Ask the connection guard; close a refused socket at once (the peer sees a reset)."""
         verdict = self.guard.admit(conn_id, host, self.clock())
         for old in verdict.evicted:
             self._drop_pending(old, "preinit_evicted")
@@ -283,7 +283,7 @@ class QnetdServer:
             self._refusal_log(reason, address=conn.address)
             self._lost(conn, reason)
 
-    async def _admission_loop(self) -> None:
+    async def _deadline_loop(self) -> None:
         """Drop pending connections at their pre-INIT deadline."""
         while not self._stopped.is_set():
             deadline = self.guard.next_deadline()

@@ -182,7 +182,7 @@ async def run(workdir: Path, abusers: int, abuse_s: float, rate: float) -> Abuse
         text = await asyncio.to_thread(metrics, server)
         kept = all(c.votes and c.votes[-1] is Vote.ACK and not c.closed.is_set() for c in clients)
         refused = {
-            r: sample_value(text, f'votemesh_qnetd_admission_refused_total{{reason="{r}"}}')
+            r: sample_value(text, f'votemesh_qnetd_preinit_refused_total{{reason="{r}"}}')
             for r in ("per_source", "total", "fd_headroom", "deadline", "evicted")
         }
         for client in clients:

@@ -1,8 +1,8 @@
-"""The admission guard and the failed-attempt limiter, as pure state machines."""
+"""The connection guard and the failed-attempt limiter, as pure state machines."""
 
 from __future__ import annotations
 
-from qnetd.admission import AdmissionGuard, AdmissionLimits, LogLimiter, source_key
+from qnetd.connection_limits import ConnectionGuard, ConnectionLimits, LogLimiter, source_key
 from qnetd.enrollment import AttemptLimiter
 
 
@@ -15,7 +15,7 @@ def test_source_key_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
 
 
 def test_per_source_and_total_limits_with_eviction_by_age() -> None:
-    guard = AdmissionGuard(AdmissionLimits(per_source=2, total=3, evict_after=1.0))
+    guard = ConnectionGuard(ConnectionLimits(per_source=2, total=3, evict_after=1.0))
     assert guard.admit(1, "10.0.0.1", 0.0).admitted
     assert guard.admit(2, "10.0.0.1", 0.0).admitted
     assert guard.admit(3, "10.0.0.1", 0.0).reason == "per_source"
@@ -29,7 +29,7 @@ def test_per_source_and_total_limits_with_eviction_by_age() -> None:
 
 
 def test_established_connections_leave_the_pending_set_and_count_against_fds() -> None:
-    guard = AdmissionGuard(AdmissionLimits(per_source=5, total=5, fd_budget=2))
+    guard = ConnectionGuard(ConnectionLimits(per_source=5, total=5, fd_budget=2))
     assert guard.admit(1, "10.0.0.1", 0.0).admitted
     guard.established(1)
     assert guard.next_deadline() is None
@@ -41,7 +41,7 @@ def test_established_connections_leave_the_pending_set_and_count_against_fds() -
 
 
 def test_deadline_expires_in_accept_order() -> None:
-    guard = AdmissionGuard(AdmissionLimits(deadline=5.0))
+    guard = ConnectionGuard(ConnectionLimits(deadline=5.0))
     for conn, at in ((1, 0.0), (2, 1.0), (3, 2.0)):
         guard.admit(conn, "10.0.0.1", at)
     guard.established(2)

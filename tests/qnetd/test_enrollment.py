@@ -30,8 +30,8 @@ from agent.runtime import enroll as node
 from proto.enrollment import EnrollRequest, EnrollResponse, ErrorResponse, Token
 from proto.errors import DecodeError
 from qnetd import certs
-from qnetd.admission import AdmissionLimits
 from qnetd.cli import main
+from qnetd.connection_limits import ConnectionLimits
 from qnetd.enrollment import TokenRejectedError, TokenStore
 from qnetd.runtime import enroll_server
 from qnetd.runtime.enroll_server import EnrollmentStats, start_enrollment_server
@@ -406,7 +406,7 @@ async def test_connection_flood_refused_per_source(
 ) -> None:
     """Beyond the per-source limit, a source's new connections are closed at once (before any
     TLS work) and counted 'per_source'; once its slot is free it is served again."""
-    monkeypatch.setattr(enroll_server, "LIMITS", AdmissionLimits(per_source=1, total=4))
+    monkeypatch.setattr(enroll_server, "LIMITS", ConnectionLimits(per_source=1, total=4))
     server, stats = await start_enrollment_server(endpoint.state, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:

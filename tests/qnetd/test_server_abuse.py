@@ -24,7 +24,7 @@ from tests.qnetd.abusers import client_hello, close_all, is_closed_by_peer, open
 from tests.qnetd.our_qnetd import OurQnetd, running_our_qnetd
 from tests.qnetd.test_server_observability import get, metric
 
-REFUSED = "votemesh_qnetd_admission_refused_total"
+REFUSED = "votemesh_qnetd_preinit_refused_total"
 
 
 @contextlib.contextmanager

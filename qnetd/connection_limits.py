@@ -1,4 +1,6 @@
-"""Admission of unauthenticated connections: a deadline, per-source and total limits, fd headroom.
+"""Limits on connections not authenticated yet: deadline, per-source and total limits, fd headroom.
+
+Not the admission rules of who may join which cluster (those are the core's).
 
 Sans-IO: the adapter (`qnetd/runtime/server.py`, `qnetd/runtime/enroll_server.py`) asks
 `admit(conn, source, now)` on every accepted TCP connection, calls `established(conn)` when it
@@ -28,7 +30,7 @@ REASONS = ("per_source", "total", "fd_headroom", "deadline", "evicted")
 
 
 @dataclass(frozen=True, slots=True)
-class AdmissionLimits:
+class ConnectionLimits:
     """Limits of one listener's unauthenticated phase."""
 
     deadline: float = 5.0
@@ -53,7 +55,7 @@ class AdmissionLimits:
 
 
 @dataclass(frozen=True, slots=True)
-class Admission:
+class Verdict:
     """The answer to one accepted connection."""
 
     admitted: bool
@@ -78,10 +80,10 @@ def source_key(address: str) -> str:
     return str(ip)
 
 
-class AdmissionGuard:
+class ConnectionGuard:
     """Tracks pending (unauthenticated) and established connections of one listener."""
 
-    def __init__(self, limits: AdmissionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
         self.pending: dict[int, tuple[str, float]] = {}
         """conn -> (source key, accepted at), in accept order."""
@@ -89,24 +91,24 @@ class AdmissionGuard:
         self.established_ids: set[int] = set()
         self.refused: Counter[str] = Counter()
 
-    def admit(self, conn: int, address: str, now: float) -> Admission:
+    def admit(self, conn: int, address: str, now: float) -> Verdict:
         """Decide on a just-accepted connection from `address` (an IP address text)."""
         source = source_key(address)
         if self.per_source[source] >= self.limits.per_source:
             self.refused["per_source"] += 1
-            return Admission(False, "per_source")
+            return Verdict(False, "per_source")
         evicted: list[int] = []
         budget = self.limits.fd_budget
         full = budget is not None and len(self.pending) + len(self.established_ids) >= budget
         if full and not self._evict_oldest(now, evicted):
             self.refused["fd_headroom"] += 1
-            return Admission(False, "fd_headroom")
+            return Verdict(False, "fd_headroom")
         if len(self.pending) >= self.limits.total and not self._evict_oldest(now, evicted):
             self.refused["total"] += 1
-            return Admission(False, "total", tuple(evicted))
+            return Verdict(False, "total", tuple(evicted))
         self.pending[conn] = (source, now)
         self.per_source[source] += 1
-        return Admission(True, None, tuple(evicted))
+        return Verdict(True, None, tuple(evicted))
 
     def _evict_oldest(self, now: float, out: list[int]) -> bool:
         oldest = next(iter(self.pending.items()), None)
