@@ -1,7 +1,7 @@
 """`make bench`: run every tests/bench/bench_*.py module's main() and print its figures.
 
 Benchmarks never fail on a timing. `python -m tests.bench NAME...` runs only the named modules
-(e.g. `proto`, `qnetd_load`).
+(e.g. `proto`, `qnetd_load`, `qnetd_abuse`).
 """
 
 from __future__ import annotations
