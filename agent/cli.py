@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent.config import ConfigError
+from agent.config import MAX_EXPECTED_VOTES, ConfigError
 
 DEFAULT_SOCKET = "/run/votemesh/agent.sock"
 
@@ -118,9 +118,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_expected(args: argparse.Namespace) -> int:
     """Override expected votes (like `pvecm expected`), or `reset` the override."""
     value = args.value.lower()
-    if value != "reset" and (not value.isdigit() or int(value) < 1):
+    digits = value.isdigit() and len(value) <= 10
+    if value != "reset" and (not digits or not 1 <= int(value) <= MAX_EXPECTED_VOTES):
         raise UserError(
-            f"expected votes must be a whole number >= 1 or 'reset', not {args.value!r}"
+            f"expected votes must be a whole number from 1 to {MAX_EXPECTED_VOTES} or "
+            f"'reset', not {args.value[:40]!r}"
         )
     doc = _ask(args, f"expected {value}")
     print(f"expected votes {doc.get('expected_votes')}, quorum {doc.get('quorum')}, "

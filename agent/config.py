@@ -13,6 +13,12 @@ from enum import StrEnum
 
 MAX_LINKS = 8
 MAX_NODE_ID = 0xFFFFFFFF
+MAX_NODE_VOTES = 255
+"""A node's votes: 0..255. votequorum(5) recommends 1 (last_man_standing requires it); a weight
+above 255 is never a sensible design and a typo such as 1000 would otherwise dominate
+expected votes (which only fall by an operator's `expected N`). Design §3.6."""
+MAX_EXPECTED_VOTES = 0xFFFFFFFF
+"""corosync's u32; also what the control socket and the heartbeat accept."""
 LOSS_BASELINE = 0.05  # heartbeat loss the plain failure timeout is sized for (DESIGN L2)
 LOSS_STRETCH_MAX = 2  # loss stretches the failure timeout to at most 2 x missed_heartbeats
 
@@ -137,10 +143,10 @@ class QuorumOptions:
 
     def validate(self) -> None:
         """Raise ConfigError for contradictory options."""
-        if not 0 <= self.votes <= 1000:
-            raise ConfigError("quorum.votes must be between 0 and 1000")
-        if self.expected_votes is not None and self.expected_votes < 1:
-            raise ConfigError("quorum.expected_votes must be at least 1")
+        if not 0 <= self.votes <= MAX_NODE_VOTES:
+            raise ConfigError(f"quorum.votes must be between 0 and {MAX_NODE_VOTES}")
+        if self.expected_votes is not None and not 1 <= self.expected_votes <= MAX_EXPECTED_VOTES:
+            raise ConfigError(f"quorum.expected_votes must be between 1 and {MAX_EXPECTED_VOTES}")
         if self.last_man_standing_window <= 0:
             raise ConfigError("quorum.last_man_standing_window must be positive")
         if self.auto_tie_breaker_node is TieBreaker.LIST and not self.tie_breaker_nodes:
@@ -243,6 +249,25 @@ class AgentConfig:
         votes[self.node_id] = self.quorum.votes
         return votes
 
+    def quorum_warnings(self) -> list[str]:
+        """Weaker-than-default quorum settings the agent must warn about loudly at start."""
+        expected = self.quorum.expected_votes
+        if expected is None:
+            return []
+        configured = sum(self.configured_votes().values())
+        if self.qdevice is not None:
+            configured += self.qdevice.votes or 1
+        quorum = expected // 2 + 1
+        if quorum == 1 and not self.quorum.two_node:
+            why = "every node that is cut off alone is quorate (split brain)"
+            return [f"quorum.expected_votes = {expected}: quorum is 1, {why}; remove it"]
+        if 2 * quorum <= configured:
+            why = f"is at most half of the {configured} configured votes"
+            fix = f"remove it or set at least {configured // 2 + 1}"
+            text = f"quorum.expected_votes = {expected} (quorum {quorum}) {why}"
+            return [f"{text}: two partitions can both be quorate; {fix}"]
+        return []
+
     def validate(self) -> None:
         """Raise ConfigError (one line: what to change) for a configuration that cannot work."""
         if not self.cluster_name or len(self.cluster_name) > 64:
@@ -255,6 +280,8 @@ class AgentConfig:
             raise ConfigError("link indexes must be unique")
         if any(not 0 <= link.index < MAX_LINKS for link in self.links):
             raise ConfigError("link index must be 0..7")
+        if any(not 0 <= p.votes <= MAX_NODE_VOTES for p in self.peers):
+            raise ConfigError(f"[[peer]] votes must be between 0 and {MAX_NODE_VOTES}")
         ids = [p.node_id for p in self.peers]
         if len(set(ids)) != len(ids) or self.node_id in ids:
             raise ConfigError("peer node ids must be unique and differ from node_id")

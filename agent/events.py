@@ -19,6 +19,7 @@ class EventKind(StrEnum):
     QUORUM_GAINED = "quorum_gained"
     QUORUM_LOST = "quorum_lost"
     EXPECTED_VOTES_CHANGED = "expected_votes_changed"
+    EXPECTED_VOTES_REFUSED = "expected_votes_refused"
     LINK_UP = "link_up"
     LINK_DOWN = "link_down"
     PEER_SUSPECTED = "peer_suspected"

@@ -48,6 +48,8 @@ from agent.node_events import (
     Tick,
 )
 from agent.votequorum import (
+    ExpectedRefused,
+    ExpectedSet,
     ExpectedVotesChanged,
     QuorumChange,
     QuorumGained,
@@ -55,7 +57,15 @@ from agent.votequorum import (
     QuorumLost,
     Votequorum,
 )
-from proto.mesh_messages import Echo, Heartbeat, Leave, Probe, ProbeReply, View
+from proto.mesh_messages import (
+    Echo,
+    ExpectedSetWire,
+    Heartbeat,
+    Leave,
+    Probe,
+    ProbeReply,
+    View,
+)
 
 __all__ = [
     "AgentNode",
@@ -93,6 +103,7 @@ class _Peer:
     wall_skew_ms: int | None = None
     skewed: bool = False
     quorate: bool = False
+    expected_set: ExpectedSet | None = None
     left: int = 0
     """The incarnation that said Leave: its later datagrams (reordered) are ignored."""
     timeout: float = 0.0
@@ -106,6 +117,20 @@ class _Peer:
 
 def _wire_view(view: MemberView) -> View:
     return View(view.ring_id.representative, view.ring_id.seq, tuple(sorted(view.members)))
+
+
+def _expected_set(wire: ExpectedSetWire | None) -> ExpectedSet | None:
+    if wire is None:
+        return None
+    ring = (wire.ring_representative, wire.ring_seq)
+    return ExpectedSet(wire.generation, wire.origin, wire.value, ring)
+
+
+def _wire_expected_set(value: ExpectedSet | None) -> ExpectedSetWire | None:
+    if value is None:
+        return None
+    rep, seq = value.ring
+    return ExpectedSetWire(value.generation, value.origin, value.value, rep, seq)
 
 
 def _member_view(view: View | None) -> MemberView | None:
@@ -138,6 +163,8 @@ class AgentNode:
         self._evaluated = False
         self._stopped = False
         self._born_us = 0  # our first stamp in this life: echoes older than it prove nothing
+        self.expected_refusal: str | None = None
+        """Why the last `SetExpected` was refused (None: accepted); the control socket says it."""
         self.last_fresh_peer: int | None = None
         """The peer whose fresh heartbeat the last `handle` accepted (the runtime then trusts
         the datagram's source address), else None."""
@@ -172,7 +199,7 @@ class AgentNode:
         elif isinstance(event, PeerAddresses):
             self._peer_addresses(event.peer, event.links)
         elif isinstance(event, SetExpected):
-            self._quorum_events(self.quorum.set_expected_override(event.value, now))
+            self._set_expected(event.value)
         elif isinstance(event, Stop):
             self._stop(event.reason)
         else:
@@ -309,13 +336,15 @@ class AgentNode:
                 reached=reached,
             )
         )
-        changed = (peer.votes, peer.expected, peer.quorate) != (
+        expected_set = _expected_set(hb.expected_set)
+        changed = (peer.votes, peer.expected, peer.quorate, peer.expected_set) != (
             hb.votes,
             hb.expected_votes,
             hb.quorate,
+            expected_set,
         )
         peer.name, peer.votes, peer.expected = hb.node_name, hb.votes, hb.expected_votes
-        peer.quorate = hb.quorate
+        peer.quorate, peer.expected_set = hb.quorate, expected_set
         if changed and pid in self.membership.view.members:
             self._update_quorum()
         self._clock_check(pid, peer, hb.wall_ms, wall_ms)
@@ -481,6 +510,7 @@ class AgentNode:
             expected_votes=self.quorum.reported_expected,
             node_name=self.config.node_name,
             quorate=self._settled_quorate(),
+            expected_set=_wire_expected_set(self.quorum.expected_set),
         )
 
     def _settled_quorate(self) -> bool:
@@ -525,14 +555,28 @@ class AgentNode:
         expected[self.node_id] = self.quorum.reported_expected
         key = (view.ring_id.representative, view.ring_id.seq)
         settled = frozenset(m for m in members if m in self.peers and self.peers[m].quorate)
+        sets = {m: s for m in members if m in self.peers and (s := self.peers[m].expected_set)}
         inp = QuorumInput(
-            frozenset(members), votes, expected, self.qdevice_votes, key, quorate_members=settled
+            frozenset(members),
+            votes,
+            expected,
+            self.qdevice_votes,
+            key,
+            quorate_members=settled,
+            member_set_keys={m: s.key for m, s in sets.items()},
         )
         self._quorum_events(self.quorum.update(inp, self._now))
+        for m, sent in sorted(sets.items(), key=lambda item: item[1].key):
+            self._quorum_events(self.quorum.receive_expected_set(sent, m, self._now))
         update = QdeviceUpdate(key, tuple(sorted(members)), self.quorum.status.quorate)
         if update != self._last_qdevice_update:  # the session only needs changes
             self._last_qdevice_update = update
             self._out.append(update)
+
+    def _set_expected(self, value: int | None) -> None:
+        """The operator's `expected N` / `reset`: `expected_refusal` says why if refused."""
+        self.expected_refusal = None
+        self._quorum_events(self.quorum.set_expected(value, self._now))
 
     def _votes_of(self, member: int) -> int:
         if member == self.node_id:
@@ -548,6 +592,9 @@ class AgentNode:
                 self._emit(EventKind.QUORUM_LOST, c.reason, **self._verdict(status))
             elif isinstance(c, ExpectedVotesChanged):
                 self._emit(EventKind.EXPECTED_VOTES_CHANGED, c.reason, old=c.old, new=c.new)
+            elif isinstance(c, ExpectedRefused):
+                self.expected_refusal = c.reason
+                self._emit(EventKind.EXPECTED_VOTES_REFUSED, c.reason, value=c.value)
 
     @staticmethod
     def _verdict(status: Any) -> dict[str, Any]:

@@ -11,20 +11,26 @@ Semantics (votequorum(5) section named in brackets):
 
 * Votes: a member counts the votes it reports (`member_votes`), else its configured votes,
   else 1. total = member votes + `qdevice_votes`. [VARIOUS NOTES: quorum_votes]
-* Expected votes: starts at `QuorumOptions.expected_votes`, else the configured nodes' votes
-  plus the configured device's votes (constructor `qdevice_votes`, like corosync's
-  quorum.device.votes) [OVERVIEW]. It rises to the highest value any member reports and to
-  the total present, and never falls by itself ("the general behaviour of votequorum is to
-  never decrease expected votes or quorum" [allow_downscale]). `reported_expected` is the
-  value to put in heartbeats.
-* Override (`set_expected_override`, like `corosync-quorumtool -e` / `pvecm expected`): this
-  node uses max(override, total) and ignores members' reports until the override is cleared;
-  it may lower expected below a majority (the operator's responsibility; S1 is void then).
-  It is reported, so an override above the others' value raises theirs (highest wins).
+* Expected votes (design §3.6): starts at `QuorumOptions.expected_votes`, else the configured
+  nodes' votes plus the configured device's votes (constructor `qdevice_votes`, like corosync's
+  quorum.device.votes) [OVERVIEW]. It rises to the votes present and to the value reported by
+  members that are quorate and not waiting (`quorate_members`); an inquorate member's report
+  never raises it (corosync sets it to our own). It does not fall by itself ("the general
+  behaviour of votequorum is to never decrease expected votes or quorum" [allow_downscale]),
+  except: a node that is not quorate takes a quorate member's value even when lower (corosync's
+  allow_downgrade on nodeinfo), last_man_standing, an accepted override, `reconfigure`.
+  `reported_expected` is the value to put in heartbeats.
+* Override (`set_expected`, like `corosync-quorumtool -e` / `pvecm expected`): one-shot and for
+  the whole view: refused (`ExpectedRefused`) when below the votes present or when it would make
+  this quorate node inquorate; else applied at once and published as `expected_set` (an
+  `ExpectedSet` with a generation and the view's ring id), which the other members apply with
+  `receive_expected_set` after the same checks. Afterwards the normal rules apply again.
+  Reports from members that have not applied the newest set yet (`member_set_keys`) are stale.
 * quorum = expected // 2 + 1; quorate when total >= quorum. [OVERVIEW]
 * two_node: while expected is 2 and at most 2 nodes were ever known, quorum is 1; a third
   node disables it ("If more than 2 nodes join ... automatically disabled"). [two_node]
-* wait_for_all (default: two_node): after start, not quorate until every configured node was a
+* wait_for_all (default: two_node): after start, not quorate until the votes present reach
+  expected votes (corosync's test; an override can so end it), or every configured node was a
   member of one view (and, if `expected_votes` is set higher, that many non-device votes were
   present), or until it joins a member that reports itself quorate and done waiting
   (`quorate_members`; votequorum does the same). Afterwards normal rules apply, also after
@@ -34,13 +40,15 @@ Semantics (votequorum(5) section named in brackets):
   present, never below 2 unless auto_tie_breaker is on (then 1) [last_man_standing NOTES];
   it assumes one vote per node, as votequorum(5) does.
   Members' reports up to the pre-drop value no longer raise it (they are the cluster's old
-  size, still in flight from peers whose window has not expired yet). Not while an override
-  is set. `next_deadline()` is the window end.
-* auto_tie_breaker: when the votes present are exactly half of expected, the partition holding
-  the tie-breaker node is quorate: the lowest / highest configured node id, or the first id of
-  `tie_breaker_nodes` that is a configured node. Deviation: votequorum(5) skips listed nodes
-  that "were not in the cluster before the split"; nodes cannot agree on that set without more
-  messages, so configured ids stand in for it (both halves then pick the same node: safe).
+  size, still in flight from peers whose window has not expired yet). `next_deadline()` is the
+  window end.
+* auto_tie_breaker: when the votes present are exactly half of expected (corosync: expected
+  // 2, which with odd expected votes can grant two partitions; we do not copy that) and the
+  previous view had fewer than quorum more members than this one, the partition holding the
+  tie-breaker is quorate. corosync's set [check_auto_tie_breaker]: lowest / highest = the
+  lowest / highest id among the members of the last view in which this node was quorate by
+  votes (none before the first such view: no tie is broken); list = the first listed node that
+  is in the previous or the current view must be in the current one.
 * qdevice: its votes count toward the total (flag `Qdevice`), except with last_man_standing
   or auto_tie_breaker, with which "the quorum device will be disabled". [LMS, ATB]
 * No blip: the verdict depends only on the view passed to `update`, computed in one step, so a
@@ -50,7 +58,7 @@ Semantics (votequorum(5) section named in brackets):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from agent.config import QuorumOptions, TieBreaker
 
@@ -58,6 +66,23 @@ LMS_FLOOR = 2
 """last_man_standing never lowers expected votes below 2 ... [votequorum(5) LMS NOTES]"""
 LMS_FLOOR_WITH_ATB = 1
 """... unless auto_tie_breaker is enabled too."""
+MAX_EXPECTED_VOTES = 0xFFFFFFFF
+"""Expected votes fit corosync's u32 (and the heartbeat's range check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedSet:
+    """An accepted `votemesh expected N`: applied once by every member of view `ring`."""
+
+    generation: int
+    origin: int
+    value: int
+    ring: tuple[int, int]
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Newer sets have higher keys (generation, then origin id)."""
+        return (self.generation, self.origin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +101,10 @@ class QuorumInput:
     """The view's ring id (representative, seq): "the same view" for the LMS window."""
     quorate_members: frozenset[int] = frozenset()
     """Members whose heartbeats say they are quorate and not waiting for all (empty if the
-    heartbeats do not say): joining them ends wait_for_all, as in votequorum."""
+    heartbeats do not say): joining them ends wait_for_all, as in votequorum; only their
+    expected votes count."""
+    member_set_keys: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    """The `ExpectedSet.key` each member last applied (missing = (0, 0))."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +145,15 @@ class ExpectedVotesChanged:
     reason: str
 
 
-QuorumChange = QuorumGained | QuorumLost | ExpectedVotesChanged
+@dataclass(frozen=True, slots=True)
+class ExpectedRefused:
+    """An expected votes override was refused; nothing changed."""
+
+    value: int
+    reason: str
+
+
+QuorumChange = QuorumGained | QuorumLost | ExpectedVotesChanged | ExpectedRefused
 
 _NO_VIEW = QuorumInput(frozenset(), {}, {})
 
@@ -137,26 +173,38 @@ class Votequorum:
         quorum.device.votes they are part of the configured expected votes."""
         self._id = node_id
         self._opts = options
-        self._configured = {n: max(0, v) for n, v in configured_votes.items()}
-        self._configured.setdefault(node_id, max(0, options.votes))
-        node_sum = sum(self._configured.values())
-        device = 0 if self._device_disabled() else max(0, qdevice_votes)
-        self._expected = max(1, options.expected_votes or node_sum + device)
-        """Highest seen (sticky); lowered only by last_man_standing."""
+        self._device_configured = 0 if self._device_disabled() else max(0, qdevice_votes)
+        self._configure(configured_votes)
+        self._expected = self._configured_expected()
+        """Highest seen (sticky); lowered only as the module docstring says."""
         self._ignore_upto = 0
         """Member reports up to this value are stale (last_man_standing lowered past them)."""
-        self._override: int | None = None
+        self._set: ExpectedSet | None = None
+        """The newest override applied (or refused) here."""
         self._known: set[int] = set(self._configured)
         self._waiting = options.effective_wait_for_all
-        self._wfa_votes = max(node_sum, (options.expected_votes or 0) - device)
-        """wait_for_all also needs this many votes present (the device need not be)."""
         self._inp = _NO_VIEW
         self._view: tuple[tuple[int, int], frozenset[int]] | None = None
+        self._previous: frozenset[int] = frozenset()
+        """The members of the view before the current one (auto_tie_breaker's guard)."""
+        self._tie_members: frozenset[int] = frozenset()
+        """The members of the last view in which this node was quorate by votes."""
         self._view_since = 0.0
         self._lms_window_passed = False
         self._cause = ""
         """Why expected votes moved during the current call ("" = the votes present did)."""
         self._status = self._evaluate()
+
+    def _configure(self, configured_votes: Mapping[int, int]) -> None:
+        self._configured = {n: max(0, v) for n, v in configured_votes.items()}
+        self._configured.setdefault(self._id, max(0, self._opts.votes))
+        node_sum = sum(self._configured.values())
+        self._wfa_votes = max(node_sum, (self._opts.expected_votes or 0) - self._device_configured)
+        """wait_for_all also ends once this many node votes are present (the device need not)."""
+
+    def _configured_expected(self) -> int:
+        node_sum = sum(self._configured.values())
+        return max(1, self._opts.expected_votes or node_sum + self._device_configured)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -170,23 +218,63 @@ class Votequorum:
         """The expected_votes this node puts in its heartbeats."""
         return self._status.expected_votes
 
+    @property
+    def expected_set(self) -> ExpectedSet | None:
+        """The newest override this node applied, for its heartbeats (None: never one)."""
+        return self._set
+
     def update(self, inp: QuorumInput, now: float) -> list[QuorumChange]:
         """Recompute for an installed view and its members' reports; changes only."""
         view = (inp.view_key, inp.members)
         if view != self._view:
+            if self._view is not None and inp.members != self._view[1]:
+                self._previous = self._view[1]
             self._view, self._view_since, self._lms_window_passed = view, now, False
         self._inp = inp
         self._known |= inp.members
-        self._raise_expected()
+        self._merge_expected()
         return self._settle(now)
 
-    def set_expected_override(self, value: int | None, now: float) -> list[QuorumChange]:
-        """Use `value` as expected votes (at least the votes present); None clears it."""
-        if value is not None and value < 1:
-            raise ValueError("expected votes override must be at least 1")
-        self._override = value
-        self._cause = "operator override cleared" if value is None else f"operator set {value}"
-        self._raise_expected()
+    def set_expected(self, value: int | None, now: float) -> list[QuorumChange]:
+        """The operator's `expected N` (None = `reset`: the configured expected votes): refused
+        with a reason, or applied here and published as `expected_set` for the view."""
+        target = self._configured_expected() if value is None else value
+        refusal = self._refusal(target)
+        if refusal:
+            return [ExpectedRefused(target, refusal)]
+        generation = (self._set.generation if self._set else 0) + 1
+        self._set = ExpectedSet(generation, self._id, target, self._inp.view_key)
+        what = "reset to the configured" if value is None else "set"
+        return self._apply(target, f"operator {what} expected votes {target}", now)
+
+    def receive_expected_set(
+        self, sent: ExpectedSet, sender: int, now: float
+    ) -> list[QuorumChange]:
+        """A member's heartbeat carries `sent`: apply it once if it is newer than ours, was made
+        in our installed view and passes the same checks here; else nothing (or a refusal)."""
+        inp = self._inp
+        if sender not in inp.members or sent.ring != inp.view_key:
+            return []
+        if not 0 < sent.generation < MAX_EXPECTED_VOTES:
+            return []  # out of range: a buggy or hostile peer; no generation can follow it
+        if self._set is not None and sent.key <= self._set.key:
+            return []
+        self._set = sent  # seen: not re-checked on every heartbeat
+        refusal = self._refusal(sent.value)
+        if refusal:
+            return [ExpectedRefused(sent.value, f"node {sent.origin}'s override: {refusal}")]
+        return self._apply(sent.value, f"node {sent.origin} set expected votes {sent.value}", now)
+
+    def reconfigure(self, configured_votes: Mapping[int, int], now: float) -> list[QuorumChange]:
+        """The configured nodes or votes changed (`delnode`, a reload): expected votes become the
+        new configured value or the votes present, whichever is higher, also when lower."""
+        self._configure(configured_votes)
+        self._known = set(self._configured) | set(self._inp.members)
+        target = max(self._configured_expected(), self._total())
+        self._ignore_upto = max(self._ignore_upto, self._expected)
+        if target != self._expected:
+            self._cause = f"configuration changed: {len(self._configured)} nodes"
+        self._expected = target
         return self._settle(now)
 
     def tick(self, now: float) -> list[QuorumChange]:
@@ -215,29 +303,58 @@ class Votequorum:
     def _total(self) -> int:
         return self._node_votes() + self._device_votes()
 
-    def _raise_expected(self) -> None:
-        """Highest seen wins: members' reports (not stale ones) and the votes present."""
+    def _refusal(self, value: int) -> str:
+        """Why `expected value` is refused here ("" = accepted), as corosync's setexpected."""
+        total = self._total()
+        if not 1 <= value <= MAX_EXPECTED_VOTES:
+            return f"expected votes must be between 1 and {MAX_EXPECTED_VOTES}"
+        if not self._inp.members:
+            return "no view installed yet"
+        if value < total:
+            return f"{value} is below the {total} votes present; use at least {total}"
+        quorum = 1 if self._two_node_active(value) else value // 2 + 1
+        if self._status.quorate and quorum > total:
+            return (
+                f"the partition is quorate and {value} would need {quorum} votes but only "
+                f"{total} are present; use at most {2 * total - 1}"
+            )
+        return ""
+
+    def _apply(self, value: int, cause: str, now: float) -> list[QuorumChange]:
+        self._ignore_upto = max(self._ignore_upto, self._expected)
+        self._expected, self._cause = value, cause
+        self._merge_expected()
+        return self._settle(now)
+
+    def _merge_expected(self) -> None:
+        """Members' reports (quorate, settled, current ones only) and the votes present."""
+        inp = self._inp
+        current = self._set is not None and self._set.ring == inp.view_key
+        newest = self._set.key if self._set is not None and current else (0, 0)
         reports = [
             (v, m)
-            for m, v in self._inp.member_expected.items()
-            if m in self._inp.members and v > self._ignore_upto
+            for m, v in inp.member_expected.items()
+            if m in inp.members
+            and m != self._id
+            and m in inp.quorate_members
+            and v > 0
+            and inp.member_set_keys.get(m, (0, 0)) >= newest
         ]
         best, who = max(reports, default=(0, 0))
-        if best > self._expected:
+        settled = self._status.quorate and "WaitForAllStatus" not in self._status.flags
+        if best and not settled and best != self._expected:
+            # corosync: an inquorate node takes a quorate member's expected votes, also lower
+            self._expected, self._cause = best, f"quorate node {who} has expected votes {best}"
+        elif best > max(self._expected, self._ignore_upto):
             self._expected, self._cause = best, f"node {who} reports expected votes {best}"
         total = self._total()
         if total > self._expected:
             self._expected, self._cause = total, f"{total} votes present exceed expected votes"
 
-    def _effective_expected(self) -> int:
-        if self._override is not None:
-            return max(self._override, self._total())
-        return self._expected
-
     # -- last_man_standing ------------------------------------------------------------------
 
     def _lms_possible(self) -> bool:
-        return self._opts.last_man_standing and self._override is None and bool(self._inp.members)
+        return self._opts.last_man_standing and bool(self._inp.members)
 
     def _apply_lms(self, now: float) -> None:
         """Drop expected to the votes present once the view outlived the window, if quorate."""
@@ -269,7 +386,11 @@ class Votequorum:
         self._end_wait_for_all()
         self._status = self._evaluate()
         self._apply_lms(now)
+        self._end_wait_for_all()
         self._status = self._evaluate()
+        status = self._status
+        if status.quorate and status.total_votes >= status.quorum:
+            self._tie_members = self._inp.members  # corosync's get_lowest/highest_node_id
         cause, self._cause = self._cause or "the votes present changed", ""
         return _changes(old, self._status, cause)
 
@@ -277,16 +398,21 @@ class Votequorum:
         return self._opts.two_node and expected == 2 and len(self._known) <= 2
 
     def _end_wait_for_all(self) -> None:
-        """wait_for_all ends once all configured nodes (and votes) were present together, or
-        when this node joins members that are quorate and no longer waiting."""
+        """wait_for_all ends once the votes present reach expected votes, or all configured
+        nodes (and votes) were present together, or this node joins members that are quorate
+        and no longer waiting."""
         inp = self._inp
-        if self._waiting and set(self._configured) <= inp.members:
-            self._waiting = self._node_votes() < self._wfa_votes
-        if self._waiting and inp.quorate_members & (inp.members - {self._id}):
+        if not self._waiting or not inp.members:
+            return
+        if self._total() >= self._expected:
+            self._waiting = False
+        if set(self._configured) <= inp.members and self._node_votes() >= self._wfa_votes:
+            self._waiting = False
+        if inp.quorate_members & (inp.members - {self._id}):
             self._waiting = False
 
     def _evaluate(self) -> QuorumStatus:
-        expected, total = self._effective_expected(), self._total()
+        expected, total = self._expected, self._total()
         two_node = self._two_node_active(expected)
         quorum = 1 if two_node else expected // 2 + 1
         flags = self._option_flags(two_node)
@@ -297,7 +423,7 @@ class Votequorum:
             why = f"wait_for_all: not all nodes seen together yet (missing: {missing or 'votes'})"
             return QuorumStatus(False, expected, total, quorum, flags | {"WaitForAllStatus"}, why)
         status = QuorumStatus(False, expected, total, quorum, flags, "")
-        return _with_verdict(status, self._tie_breaker(expected, total))
+        return _with_verdict(status, self._tie_breaker(expected, total, quorum))
 
     def _option_flags(self, two_node: bool) -> frozenset[str]:
         opts = self._opts
@@ -310,26 +436,42 @@ class Votequorum:
         }
         return frozenset(name for name, on in named.items() if on)
 
-    def _tie_breaker(self, expected: int, total: int) -> tuple[bool, str] | None:
+    def _tie_breaker(self, expected: int, total: int, quorum: int) -> tuple[bool, str] | None:
         """(quorate, why) when auto_tie_breaker decides (an even split), else None."""
-        if not self._opts.auto_tie_breaker or total * 2 != expected:
+        if not self._opts.auto_tie_breaker or total * 2 != expected or total >= quorum:
             return None
-        node = self._tie_breaker_node()
-        holds = node in self._inp.members
+        members = self._inp.members
+        if len(self._previous) - len(members) >= quorum:
+            return False, (
+                f"exactly half the votes ({total} of {expected}) but {len(self._previous)} "
+                f"members were in the previous view: the other part may be quorate"
+            )
+        if self._opts.auto_tie_breaker_node is TieBreaker.LIST:
+            return self._tie_breaker_list(total, expected)
+        if not self._tie_members:
+            return False, (
+                f"exactly half the votes ({total} of {expected}) and this node was never "
+                f"quorate: no tie-breaker node known"
+            )
+        pick = min if self._opts.auto_tie_breaker_node is TieBreaker.LOWEST else max
+        node = pick(self._tie_members)
+        holds = node in members
         where = "holds" if holds else "does not hold"
         return holds, (
             f"exactly half the votes ({total} of {expected}) and this partition {where} "
-            f"tie-breaker node {node}"
+            f"tie-breaker node {node} ({self._opts.auto_tie_breaker_node.value} of the last "
+            f"quorate view)"
         )
 
-    def _tie_breaker_node(self) -> int | None:
-        ids = sorted(self._configured)
-        mode = self._opts.auto_tie_breaker_node
-        if mode is TieBreaker.LOWEST:
-            return ids[0]
-        if mode is TieBreaker.HIGHEST:
-            return ids[-1]
-        return next((n for n in self._opts.tie_breaker_nodes if n in self._configured), None)
+    def _tie_breaker_list(self, total: int, expected: int) -> tuple[bool, str]:
+        members, seen = self._inp.members, self._inp.members | self._previous
+        node = next((n for n in self._opts.tie_breaker_nodes if n in seen), None)
+        holds = node is not None and node in members
+        where = "holds" if holds else "does not hold"
+        return holds, (
+            f"exactly half the votes ({total} of {expected}) and this partition {where} "
+            f"tie-breaker node {node} (first listed node of this or the previous view)"
+        )
 
 
 def _with_verdict(status: QuorumStatus, tie: tuple[bool, str] | None) -> QuorumStatus:

@@ -36,6 +36,18 @@ class View:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpectedSetWire:
+    """An accepted `votemesh expected N` (agent.votequorum.ExpectedSet): every member of the view
+    `ring_representative/ring_seq` applies the newest (generation, origin) once."""
+
+    generation: int = tagged(1)
+    origin: int = tagged(2)
+    value: int = tagged(3)
+    ring_representative: int = tagged(4)
+    ring_seq: int = tagged(5)
+
+
+@dataclass(frozen=True, slots=True)
 class Echo:
     """The last stamp received from a peer, echoed back with how long we held it (RTT)."""
 
@@ -67,6 +79,8 @@ class Heartbeat:
     node_name: str = tagged(11, "")
     quorate: bool = tagged(12, False)
     """The sender is quorate and not waiting for all (lets a restarted node end wait_for_all)."""
+    expected_set: ExpectedSetWire | None = tagged(13, None)
+    """The newest expected votes override the sender applied (design §3.5)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,10 @@ from typing import Any
 
 import structlog
 
+from agent.config import MAX_EXPECTED_VOTES
+
 MAX_REQUEST = 4096
+EXPECTED_RANGE = f"expected votes must be a whole number from 1 to {MAX_EXPECTED_VOTES} or 'reset'"
 REQUEST_TIMEOUT = 5.0
 log = structlog.get_logger("votemesh.agent.control")
 
@@ -34,7 +37,8 @@ class ControlHandlers:
     """What the control socket can ask of the running agent."""
 
     status: Callable[[], dict[str, Any]]
-    set_expected: Callable[[int | None], None]
+    set_expected: Callable[[int | None], str | None]
+    """Apply `expected N` (None = reset); the refusal's one-line reason, or None."""
     events: Callable[[], list[dict[str, Any]]]
 
 
@@ -55,11 +59,13 @@ def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
 
 def _expected(value: str, handlers: ControlHandlers) -> tuple[bool, str]:
     if value.lower() == "reset":
-        handlers.set_expected(None)
-    elif value.isdigit() and int(value) >= 1:
-        handlers.set_expected(int(value))
+        refusal = handlers.set_expected(None)
+    elif value.isdigit() and len(value) <= 10 and 1 <= int(value) <= MAX_EXPECTED_VOTES:
+        refusal = handlers.set_expected(int(value))
     else:
-        return False, f"expected votes must be a whole number >= 1 or 'reset', not {value!r}\n"
+        return False, f"{EXPECTED_RANGE}, not {value[:40]!r}\n"
+    if refusal:
+        return False, f"expected votes not changed: {refusal}\n"
     return True, _json(handlers.status())
 
 

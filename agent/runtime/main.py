@@ -290,11 +290,16 @@ class AgentRuntime:
             doc["qdevice"].update(self.qdevice.status())
         return dict(doc)
 
+    def set_expected(self, value: int | None) -> str | None:
+        """`expected N` / `reset` from the control socket: None, or why the core refused."""
+        self.dispatch(SetExpected(value))
+        return self.node.expected_refusal
+
     def handlers(self) -> ControlHandlers:
         """What the control socket may call."""
         return ControlHandlers(
             status=self.status,
-            set_expected=lambda value: self.dispatch(SetExpected(value)),
+            set_expected=self.set_expected,
             events=lambda: list(self.recent),
         )
 
@@ -319,6 +324,8 @@ class AgentRuntime:
             peers=[p.node_id for p in self.config.peers],
             control_socket=self.config.control_socket,
         )
+        for warning in self.config.quorum_warnings():
+            log.warning("unsafe quorum setting", problem=warning)
         try:
             self.dispatch(Start(wall_ms()))
             self._accepting = True

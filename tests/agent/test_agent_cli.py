@@ -48,7 +48,8 @@ def test_keygen_then_refuse_overwrite(tmp_path: Path) -> None:
     ("args", "expected"),
     [
         (("votemesh", "status", "--socket", "/nonexistent/agent.sock"), "no agent is listening"),
-        (("votemesh", "expected", "zero", "--socket", "/x.sock"), "whole number >= 1 or 'reset'"),
+        (("votemesh", "expected", "zero", "--socket", "/x.sock"), "whole number from 1 to"),
+        (("votemesh", "expected", str(2**64), "--socket", "/x.sock"), "to 4294967295 or 'reset'"),
         (("votemesh", "frobnicate"), "invalid choice"),
         (("votemesh-agent",), "the following arguments are required: --config"),
         (("votemesh-agent", "--config", "/nonexistent.toml"), "cannot read config"),
@@ -98,10 +99,10 @@ def test_status_table_expected_and_readiness(tmp_path: Path) -> None:
             assert "Quorate:          Yes" in table.stdout
             assert "node2" in table.stdout
             assert "link0 up" in table.stdout
-            result = run("votemesh", "expected", "5", "--config", config)
+            result = run("votemesh", "expected", "3", "--config", config)
             assert result.returncode == 0, result.stderr
             doc = json.loads(run("votemesh", "status", "--json", "--config", config).stdout)
-            assert doc["expected_votes"] == 5
+            assert doc["expected_votes"] == 3
             events = run("votemesh", "events", "--config", config).stdout.splitlines()
             kinds = [json.loads(line)["event"] for line in events]
             assert "view_installed" in kinds

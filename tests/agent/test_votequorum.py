@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from agent.config import ConfigError, QuorumOptions, TieBreaker
 from agent.votequorum import (
+    ExpectedRefused,
+    ExpectedSet,
     ExpectedVotesChanged,
     QuorumChange,
     QuorumGained,
@@ -140,21 +142,47 @@ def test_weighted_votes_decide() -> None:
 
 
 def test_highest_reported_expected_wins_and_sticks() -> None:
-    """A member reporting more expected votes raises ours (with an event), even after it left."""
+    """A quorate member reporting more expected votes raises ours (with an event), even after it
+    left."""
     vq = cluster(5)
     vq.update(view(range(1, 6)), 0.0)
-    changes = vq.update(view(range(1, 6), expected=7), 1.0)
+    changes = vq.update(view(range(1, 6), expected=7, quorate=[5]), 1.0)
     assert changes == [ExpectedVotesChanged(5, 7, "node 5 reports expected votes 7")]
     assert (vq.status.quorum, vq.reported_expected) == (4, 7)
     assert vq.update(view([1, 2, 3], key=(1, 2)), 2.0) == [QuorumLost(vq.status.reason)]
     assert vq.status.expected_votes == 7
 
 
+def test_inquorate_member_cannot_raise_expected() -> None:
+    """corosync counts an inquorate member's expected votes as our own: a node that was told
+    `expected 9` alone cannot drag a quorate partition down when it rejoins."""
+    vq = cluster(3)
+    vq.update(view([1, 2]), 0.0)
+    rejoin = replace(view([1, 2, 3], key=(1, 2), quorate=[2]), member_expected={2: 3, 3: 9})
+    assert vq.update(rejoin, 1.0) == []
+    assert (vq.status.expected_votes, vq.status.quorate) == (3, True)
+
+
 def test_lower_reports_do_not_lower_expected() -> None:
-    """Members reporting fewer expected votes than ours change nothing."""
+    """Members reporting fewer expected votes than ours change nothing while we are quorate."""
     vq = cluster(5)
     assert vq.update(view(range(1, 6), expected=3), 0.0) == [QuorumGained(vq.status.reason)]
+    vq.update(view(range(1, 6), expected=3, quorate=range(1, 6)), 1.0)
     assert vq.status.expected_votes == 5
+
+
+def test_rejoining_inquorate_node_takes_a_quorate_members_lower_expected() -> None:
+    """Issue 12 item 6: a node that is not quorate takes a quorate member's expected votes even
+    when lower (corosync's allow_downgrade), so expected and quorum agree in the partition."""
+    vq = cluster(3, me=3)
+    vq.update(view([3], key=(3, 1)), 0.0)
+    vq.set_expected(9, 1.0)
+    assert (vq.status.expected_votes, vq.status.quorate) == (9, False)
+    changes = vq.update(view([1, 2, 3], key=(1, 5), expected=3, quorate=[1, 2]), 2.0)
+    assert changes == [
+        ExpectedVotesChanged(9, 3, "quorate node 2 has expected votes 3"),
+        QuorumGained("quorate: 3 of 3 expected votes present, quorum is 2"),
+    ]
 
 
 def test_more_votes_present_than_expected_raise_expected() -> None:
@@ -172,44 +200,133 @@ def test_configured_expected_votes_is_the_start() -> None:
     assert (vq.status.expected_votes, vq.status.quorum, vq.status.quorate) == (8, 5, False)
 
 
-def test_override_lowers_expected_and_is_reported() -> None:
-    """`votemesh expected 2` on a 5-node cluster's 2 survivors: quorate, reported, reason given."""
+# -- the runtime override (votemesh expected N) ---------------------------------------------
+
+
+def test_override_lowers_expected_and_is_published() -> None:
+    """`votemesh expected 2` on a 5-node cluster's 2 survivors: quorate, published for the
+    view with a generation, reason given; a stale report does not raise it again."""
     vq = cluster(5)
     vq.update(view(range(1, 6)), 0.0)
     vq.update(view([1, 2], key=(1, 2), expected=5), 1.0)
-    changes = vq.set_expected_override(2, 2.0)
+    changes = vq.set_expected(2, 2.0)
     assert changes == [
-        ExpectedVotesChanged(5, 2, "operator set 2"),
+        ExpectedVotesChanged(5, 2, "operator set expected votes 2"),
         QuorumGained("quorate: 2 of 2 expected votes present, quorum is 2"),
     ]
     assert vq.reported_expected == 2
-    assert vq.update(view([1, 2], key=(1, 2), expected=5), 3.0) == []  # reports ignored
+    assert vq.expected_set == ExpectedSet(1, 1, 2, (1, 2))
+    stale = view([1, 2], key=(1, 2), expected=5, quorate=[2])
+    assert vq.update(stale, 3.0) == []  # node 2 has not applied generation 1 yet
+    fresh = replace(stale, member_set_keys={2: (1, 1)}, member_expected={2: 2})
+    assert vq.update(fresh, 4.0) == []
 
 
-def test_override_never_below_votes_present() -> None:
-    """An override below the votes present counts as the votes present."""
-    vq = cluster(5)
+@pytest.mark.parametrize(
+    ("present", "value", "why"),
+    [
+        ([1, 2, 3], 2, "2 is below the 3 votes present; use at least 3"),
+        ([1, 2, 3], 9, "the partition is quorate and 9 would need 5 votes"),
+        ([1, 2, 3], 0, "expected votes must be between 1 and 4294967295"),
+        ([1, 2, 3], 2**64, "expected votes must be between 1 and 4294967295"),
+    ],
+)
+def test_override_refused_with_a_reason(present: list[int], value: int, why: str) -> None:
+    """Issue 12 item 6: like corosync's setexpected, refused below the votes present and when it
+    would make a quorate partition inquorate (`expected 9` on one of three live nodes); nothing
+    changes and nothing is published."""
+    vq = cluster(3)
+    vq.update(view(present), 0.0)
+    before = vq.status
+    (refused,) = vq.set_expected(value, 1.0)
+    assert isinstance(refused, ExpectedRefused)
+    assert refused.reason.startswith(why)
+    assert vq.status == before
+    assert vq.expected_set is None
+
+
+def test_override_applies_once_to_the_whole_view() -> None:
+    """Another member applies a newer set for its installed view once, after the same checks;
+    a set for another ring, from a non-member, or not newer is ignored."""
+    vq = cluster(5, me=2)
+    vq.update(view([1, 2], key=(1, 2)), 0.0)
+    assert vq.receive_expected_set(ExpectedSet(1, 1, 2, (1, 1)), 1, 1.0) == []  # old ring
+    assert vq.receive_expected_set(ExpectedSet(1, 4, 2, (1, 2)), 4, 1.0) == []  # not a member
+    changes = vq.receive_expected_set(ExpectedSet(1, 1, 2, (1, 2)), 1, 1.0)
+    assert changes == [
+        ExpectedVotesChanged(5, 2, "node 1 set expected votes 2"),
+        QuorumGained("quorate: 2 of 2 expected votes present, quorum is 2"),
+    ]
+    assert vq.receive_expected_set(ExpectedSet(1, 1, 2, (1, 2)), 1, 2.0) == []  # once
+    # one-shot: afterwards votes present raise it again as usual
+    vq.update(view([1, 2, 3], key=(1, 3)), 3.0)
+    assert vq.status.expected_votes == 3
+
+
+def test_override_from_a_peer_rechecked() -> None:
+    """A hostile or confused member's set that would make us inquorate is refused here too."""
+    vq = cluster(3, me=2)
     vq.update(view([1, 2, 3]), 0.0)
-    vq.set_expected_override(1, 1.0)
-    assert (vq.status.expected_votes, vq.status.quorum) == (3, 2)
+    (refused,) = vq.receive_expected_set(ExpectedSet(7, 1, 9, (1, 1)), 1, 1.0)
+    assert isinstance(refused, ExpectedRefused)
+    assert refused.reason.startswith("node 1's override: the partition is quorate")
+    assert (vq.status.expected_votes, vq.status.quorate) == (3, True)
 
 
-def test_clearing_override_restores_highest_seen() -> None:
-    """Clearing the override returns to the highest expected seen, with events."""
+def test_override_ends_wait_for_all_when_votes_present_equal_it() -> None:
+    """Issue 12 item 6: the main use of `pvecm expected` -- a wait_for_all cluster missing a node
+    comes up once expected votes equal the votes present."""
+    vq = cluster(3, QuorumOptions(wait_for_all=True))
+    vq.update(view([1, 2]), 0.0)
+    assert "WaitForAllStatus" in vq.status.flags
+    changes = vq.set_expected(2, 1.0)
+    assert kinds(changes) == [ExpectedVotesChanged, QuorumGained]
+    assert "WaitForAllStatus" not in vq.status.flags
+
+
+def test_reset_returns_to_the_configured_value() -> None:
+    """`expected reset` is an override to the configured expected votes, with the same checks."""
     vq = cluster(5)
     vq.update(view([1, 2]), 0.0)
-    vq.set_expected_override(2, 1.0)
-    changes = vq.set_expected_override(None, 2.0)
-    assert changes == [
-        ExpectedVotesChanged(2, 5, "operator override cleared"),
-        QuorumLost("not quorate: 2 of 5 expected votes present, quorum is 3"),
-    ]
+    vq.set_expected(2, 1.0)
+    (refused,) = vq.set_expected(None, 2.0)  # 5 would make the quorate pair inquorate
+    assert isinstance(refused, ExpectedRefused)
+    vq.update(view([1], key=(1, 3)), 3.0)
+    assert kinds(vq.set_expected(None, 4.0)) == [ExpectedVotesChanged]
+    assert vq.status.expected_votes == 5
 
 
-def test_override_must_be_positive() -> None:
-    """An override of 0 is our own misuse and raises."""
-    with pytest.raises(ValueError, match="at least 1"):
-        cluster(3).set_expected_override(0, 0.0)
+def test_heavy_member_does_not_pin_expected_for_ever() -> None:
+    """Issue 12 item 6: a member with many votes raised expected votes; once it is gone the
+    inquorate survivors are brought back by an override (accepted: they are not quorate)."""
+    votes = {1: 1, 2: 1, 3: 255}
+    vq = Votequorum(1, QuorumOptions(), votes)
+    vq.update(QuorumInput(frozenset(votes), votes, {}), 0.0)
+    vq.update(QuorumInput(frozenset({1, 2}), votes, {}, 0, (1, 2)), 1.0)
+    assert (vq.status.expected_votes, vq.status.quorate) == (257, False)
+    assert kinds(vq.set_expected(2, 2.0)) == [ExpectedVotesChanged, QuorumGained]
+
+
+def test_reconfigure_lowers_expected_votes() -> None:
+    """Removing a node (a later `delnode`): expected votes are recomputed from the configured
+    nodes and may fall, so the remaining pair of a 3-node cluster keeps quorum at 2 of 2."""
+    vq = cluster(3)
+    vq.update(view([1, 2, 3]), 0.0)
+    vq.update(view([1, 2], key=(1, 2)), 1.0)
+    assert (vq.status.expected_votes, vq.status.quorum) == (3, 2)
+    changes = vq.reconfigure({1: 1, 2: 1}, 2.0)
+    assert changes == [ExpectedVotesChanged(3, 2, "configuration changed: 2 nodes")]
+    assert (vq.status.expected_votes, vq.status.quorum, vq.status.quorate) == (2, 2, True)
+    vq.update(view([1, 2], key=(1, 2), expected=3, quorate=[2]), 3.0)
+    assert vq.status.expected_votes == 2  # stale reports of the old size do not raise it
+
+
+def test_reconfigure_never_below_the_votes_present() -> None:
+    """A new configuration smaller than the votes present counts the votes present."""
+    vq = cluster(3)
+    vq.update(view([1, 2, 3]), 0.0)
+    vq.reconfigure({1: 1}, 1.0)
+    assert vq.status.expected_votes == 3
 
 
 # -- two_node -------------------------------------------------------------------------------
@@ -425,16 +542,17 @@ def test_lms_stale_reports_do_not_undo_the_drop() -> None:
     assert (vq.status.expected_votes, vq.status.quorate) == (4, True)
 
 
-def test_lms_ignores_qdevice_and_override() -> None:
-    """LMS disables the quorum device (votequorum(5)), and does not act under an override."""
+def test_lms_ignores_qdevice_and_acts_after_an_override() -> None:
+    """LMS disables the quorum device (votequorum(5)); an override is one-shot, so the window
+    still lowers expected votes afterwards."""
     vq = cluster(5, LMS, qdevice_votes=4)
     vq.update(view([1, 2, 3], qdevice=4), 0.0)
     assert (vq.status.total_votes, vq.status.expected_votes) == (3, 5)
     assert "Qdevice" not in vq.status.flags
-    vq.set_expected_override(4, 1.0)
-    assert vq.next_deadline() is None
-    assert vq.tick(100.0) == []
+    vq.set_expected(4, 1.0)
     assert vq.status.expected_votes == 4
+    vq.tick(100.0)
+    assert vq.status.expected_votes == 3
 
 
 def test_no_deadline_without_lms() -> None:
@@ -474,6 +592,69 @@ def test_atb_four_nodes_two_two(
             assert vq.status.quorate is (half == winners)
             assert "AutoTieBreaker" in vq.status.flags
             assert "by auto_tie_breaker" in vq.status.reason
+
+
+@pytest.mark.parametrize(
+    ("mode", "down", "halves"),
+    [
+        (TieBreaker.LOWEST, 1, ({2, 3, 4}, {5, 6})),
+        (TieBreaker.HIGHEST, 6, ({3, 4, 5}, {1, 2})),
+    ],
+)
+def test_atb_tie_breaker_is_from_the_last_quorate_view(
+    mode: TieBreaker, down: int, halves: tuple[set[int], set[int]]
+) -> None:
+    """Issue 12 item 7 (corosync's rule): 6 nodes, node 1 down, the other five split
+    {2,3,4}|{5,6}: the first side holds exactly half of 6 votes and node 2, the lowest id of the
+    last quorate view {2..6}; corosync keeps it quorate, so must we (the configured lowest id 1
+    is down). Mirrored for highest."""
+    opts = QuorumOptions(auto_tie_breaker=True, auto_tie_breaker_node=mode)
+    up = set(range(1, 7)) - {down}
+    for half in halves:
+        for me in half:
+            vq = cluster(6, opts, me=me)
+            vq.update(view(up, key=(min(up), 2)), 0.0)
+            assert vq.status.quorate
+            vq.update(view(half, key=(min(half), 3)), 1.0)
+            assert vq.status.quorate is (half == halves[0]), (mode, half, me)
+
+
+def test_atb_never_quorate_node_breaks_no_tie() -> None:
+    """corosync: the tie-breaker is known only after this node was quorate by votes once; two
+    nodes of four that boot alone stay inquorate."""
+    vq = cluster(4, QuorumOptions(auto_tie_breaker=True))
+    vq.update(view([1, 2]), 0.0)
+    assert not vq.status.quorate
+    assert "never quorate" in vq.status.reason
+
+
+def test_atb_not_when_the_other_part_may_be_quorate() -> None:
+    """corosync's guard: when the previous view had at least quorum-many more members than this
+    one, no tie is broken (here zero-vote members make it reachable: votes 2, 2, 0, 0)."""
+    votes = {1: 2, 2: 2, 3: 0, 4: 0}
+    everyone = frozenset(votes)
+    for part, previous, quorate in (({1}, everyone, False), ({1}, {1, 2}, True)):
+        vq = Votequorum(1, QuorumOptions(auto_tie_breaker=True), votes)
+        vq.update(QuorumInput(everyone, votes, {}), 0.0)
+        vq.update(QuorumInput(frozenset(previous), votes, {}, 0, (1, 2)), 1.0)
+        vq.update(QuorumInput(frozenset(part), votes, {}, 0, (1, 3)), 2.0)
+        assert vq.status.quorate is quorate, previous
+
+
+@pytest.mark.parametrize(("listed", "wins"), [((1, 6), True), ((1, 4), False)])
+def test_atb_list_uses_the_previous_view(listed: tuple[int, ...], wins: bool) -> None:
+    """list: the first listed node that is in the previous or the current view decides; a
+    listed node down in both is skipped (votequorum(5): nodes not in the cluster before the
+    split). 6 nodes, node 1 down, split {2,3,6}|{4,5}."""
+    opts = QuorumOptions(
+        auto_tie_breaker=True, auto_tie_breaker_node=TieBreaker.LIST, tie_breaker_nodes=listed
+    )
+    for me in (2, 3, 6):
+        vq = cluster(6, opts, me=me)
+        vq.update(view(range(2, 7), key=(2, 2)), 0.0)
+        vq.update(view([2, 3, 6], key=(2, 3)), 1.0)
+        assert vq.status.quorate is wins
+        assert f"tie-breaker node {listed[1]}" in vq.status.reason
 
 
 def test_atb_only_for_exactly_half() -> None:
@@ -667,7 +848,11 @@ def test_events_exactly_when_status_changes(
             changes = vq.update(arg, now)
         elif op == "override":
             assert arg is None or isinstance(arg, int)
-            changes = vq.set_expected_override(arg, now)
+            changes = vq.set_expected(arg, now)
+            if changes and isinstance(changes[0], ExpectedRefused):
+                assert vq.status == before
+                assert changes[0].reason
+                continue
         else:
             changes = vq.tick(now)
         after = vq.status
