@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice libnss3-tools iproute2 iptables
+APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice corosync-vqsim libnss3-tools \
+  iproute2 iptables
 
 .PHONY: help demo demo-corosync wire-tour test lint format ci bench soak fuzz system-deps clean
 

@@ -34,7 +34,9 @@ Semantics (votequorum(5) section named in brackets):
   member of one view (and, if `expected_votes` is set higher, that many non-device votes were
   present), or until it joins a member that reports itself quorate and done waiting
   (`quorate_members`; votequorum does the same). Afterwards normal rules apply, also after
-  losses. Flag `WaitForAllStatus` while waiting. [wait_for_all]
+  losses (corosync's code re-arms it when inquorate, but a stale quorate flag in the next
+  ring's nodeinfo usually clears it again; docs/agent.md `vqsim:wfa-rearm`). Flag
+  `WaitForAllStatus` while waiting. [wait_for_all]
 * last_man_standing: when one view (`view_key` and members) has been installed for
   `last_man_standing_window` seconds and the node is quorate, expected drops to the votes
   present, never below 2 unless auto_tie_breaker is on (then 1) [last_man_standing NOTES];
