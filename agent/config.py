@@ -251,10 +251,21 @@ class AgentConfig:
 
     def quorum_warnings(self) -> list[str]:
         """Weaker-than-default quorum settings the agent must warn about loudly at start."""
+        warnings = []
+        configured = sum(self.configured_votes().values())
+        q = self.quorum
+        if q.auto_tie_breaker and configured % 2 and not q.effective_wait_for_all:
+            warnings.append(
+                f"auto_tie_breaker with an odd number of configured votes ({configured}) and "
+                "no wait_for_all: corosync refuses this combination (it turns auto_tie_breaker "
+                "off); set wait_for_all = true"
+            )
+        return warnings + self._expected_votes_warnings(configured)
+
+    def _expected_votes_warnings(self, configured: int) -> list[str]:
         expected = self.quorum.expected_votes
         if expected is None:
             return []
-        configured = sum(self.configured_votes().values())
         if self.qdevice is not None:
             configured += self.qdevice.votes or 1
         quorum = expected // 2 + 1

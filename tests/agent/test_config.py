@@ -33,6 +33,9 @@ def test_valid_config_passes() -> None:
         ({"timing": Timing(heartbeat_interval=0)}, "heartbeat_interval"),
         ({"quorum": QuorumOptions(two_node=True, auto_tie_breaker=True)}, "exclude"),
         ({"peers": ()}, "expected_votes"),
+        ({"quorum": QuorumOptions(votes=1000)}, "quorum.votes must be between 0 and 255"),
+        ({"peers": (PeerConfig(2, votes=256),)}, "votes must be between 0 and 255"),
+        ({"quorum": QuorumOptions(expected_votes=2**32)}, "between 1 and 4294967295"),
     ],
 )
 def test_bad_config_is_one_line_error(over: dict[str, object], fragment: str) -> None:
@@ -50,6 +53,33 @@ def test_discovery_only_cluster_needs_expected_votes() -> None:
         base(peers=()).validate()
     base(peers=(), quorum=QuorumOptions(expected_votes=3)).validate()
     base(peers=(), discovery=False).validate()
+
+
+THREE = (PeerConfig(2), PeerConfig(3))
+
+
+@pytest.mark.parametrize(
+    ("quorum", "warning"),
+    [
+        (QuorumOptions(), None),
+        (QuorumOptions(expected_votes=3), None),
+        (QuorumOptions(expected_votes=5), None),
+        (QuorumOptions(expected_votes=1), "quorum is 1, every node that is cut off alone"),
+        (QuorumOptions(expected_votes=2), None),  # 2 + 2 > 3: no two partitions
+        (QuorumOptions(expected_votes=2, votes=2), "two partitions can both be quorate"),
+        (QuorumOptions(auto_tie_breaker=True), "set wait_for_all = true"),
+        (QuorumOptions(auto_tie_breaker=True, wait_for_all=True), None),
+    ],
+)
+def test_unsafe_quorum_settings_are_warned(quorum: QuorumOptions, warning: str | None) -> None:
+    """Issue 12 item 12: `expected_votes = 1` on three nodes makes each isolated node quorate;
+    the agent warns loudly at start (the runtime logs these), as for other weaker settings."""
+    warnings = base(peers=THREE, quorum=quorum).quorum_warnings()
+    if warning is None:
+        assert warnings == []
+    else:
+        (text,) = warnings
+        assert warning in text
 
 
 def test_failure_timeout_stretches_with_loss() -> None:

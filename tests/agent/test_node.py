@@ -22,6 +22,7 @@ from agent.node import (
     NodeEffect,
     PersistMaxSeq,
     SendTo,
+    SetExpected,
     Start,
     Stop,
     Tick,
@@ -355,3 +356,56 @@ def test_a_late_wake_up_below_the_failure_timeout_is_not_a_stall() -> None:
     kinds = [e.event.kind for e in effects if isinstance(e, Emit)]
     assert "stalled" not in kinds
     assert node.view == view
+
+
+def _set_expected(net: Net, node: int, value: int | None) -> str | None:
+    """`votemesh expected` on one node: the refusal's reason, or None."""
+    core = net.nodes[node]
+    net.apply(node, core.handle(SetExpected(value), net.now))
+    return core.expected_refusal
+
+
+def test_expected_override_applies_to_the_whole_partition_once() -> None:
+    """Issue 12 item 6: `expected N` on one node reaches every member of its view through the
+    heartbeats (one-shot, with a generation); `expected 9` on a quorate node of three is
+    refused and changes nothing anywhere."""
+    net = Net.make(3)
+    net.run(2.0)
+    refusal = _set_expected(net, 1, 9)
+    assert refusal is not None
+    assert "use at most 5" in refusal
+    net.run(1.0)
+    assert all(n.quorum.status.expected_votes == 3 and n.quorate for n in net.nodes.values())
+    assert any(e.event.kind is EventKind.EXPECTED_VOTES_REFUSED for _, _, e in net.events)
+    net.alive.discard(3)
+    net.run(2.0)
+    assert _set_expected(net, 1, 2) is None
+    net.run(1.0)
+    assert [net.nodes[i].quorum.status.expected_votes for i in (1, 2)] == [2, 2]
+    assert _set_expected(net, 2, None) is None  # reset: the configured 3, quorum 2 of 2
+    net.run(1.0)
+    assert [net.nodes[i].quorum.status.expected_votes for i in (1, 2)] == [3, 3]
+    assert net.nodes[1].quorate
+
+
+def test_wait_for_all_cluster_missing_a_node_comes_up_with_expected() -> None:
+    """Issue 12 item 6, the main use of `pvecm expected`: 3 nodes with wait_for_all, node 3
+    never starts; `expected 2` on node 1 brings both up."""
+    from dataclasses import replace
+
+    from agent.config import QuorumOptions
+
+    def wfa(node: int) -> AgentConfig:
+        return replace(config(node, 3), quorum=QuorumOptions(wait_for_all=True))
+
+    net = Net({i: AgentNode(wfa(i), incarnation=1) for i in (1, 2, 3)})
+    for i in (1, 2):
+        net.alive.add(i)
+        net.apply(i, net.nodes[i].handle(Start(wall_ms=0), 0.0))
+    net.run(2.0)
+    assert not net.nodes[1].quorate
+    assert not net.nodes[2].quorate
+    assert _set_expected(net, 1, 2) is None
+    net.run(1.0)
+    assert net.nodes[1].quorate
+    assert net.nodes[2].quorate
