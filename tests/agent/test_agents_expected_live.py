@@ -34,7 +34,7 @@ def expected(cluster: AgentCluster, node_id: int, value: str) -> subprocess.Comp
     )
 
 
-def numbers(cluster: AgentCluster, node_ids: list[int]) -> dict[int, tuple[Any, ...]]:
+def numbers(cluster: AgentCluster, node_ids: list[int]) -> dict[int, tuple[Any, ...] | None]:
     """(quorate, expected_votes) per agent."""
     docs = cluster.statuses(node_ids)
     return {i: (d["quorate"], d["expected_votes"]) if d else None for i, d in docs.items()}

@@ -403,9 +403,7 @@ def test_wait_for_all_cluster_missing_a_node_comes_up_with_expected() -> None:
         net.alive.add(i)
         net.apply(i, net.nodes[i].handle(Start(wall_ms=0), 0.0))
     net.run(2.0)
-    assert not net.nodes[1].quorate
-    assert not net.nodes[2].quorate
+    assert [net.nodes[i].quorate for i in (1, 2)] == [False, False]
     assert _set_expected(net, 1, 2) is None
     net.run(1.0)
-    assert net.nodes[1].quorate
-    assert net.nodes[2].quorate
+    assert [net.nodes[i].quorate for i in (1, 2)] == [True, True]
