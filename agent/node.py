@@ -104,6 +104,7 @@ class _Peer:
     skewed: bool = False
     quorate: bool = False
     expected_set: ExpectedSet | None = None
+    tie_breaker: int = 0
     left: int = 0
     """The incarnation that said Leave: its later datagrams (reordered) are ignored."""
     timeout: float = 0.0
@@ -337,14 +338,16 @@ class AgentNode:
             )
         )
         expected_set = _expected_set(hb.expected_set)
-        changed = (peer.votes, peer.expected, peer.quorate, peer.expected_set) != (
-            hb.votes,
-            hb.expected_votes,
-            hb.quorate,
-            expected_set,
+        reported = (hb.votes, hb.expected_votes, hb.quorate, expected_set, hb.tie_breaker)
+        changed = reported != (
+            peer.votes,
+            peer.expected,
+            peer.quorate,
+            peer.expected_set,
+            peer.tie_breaker,
         )
-        peer.name, peer.votes, peer.expected = hb.node_name, hb.votes, hb.expected_votes
-        peer.quorate, peer.expected_set = hb.quorate, expected_set
+        peer.name = hb.node_name
+        peer.votes, peer.expected, peer.quorate, peer.expected_set, peer.tie_breaker = reported
         if changed and pid in self.membership.view.members:
             self._update_quorum()
         self._clock_check(pid, peer, hb.wall_ms, wall_ms)
@@ -491,6 +494,9 @@ class AgentNode:
         """Stamps are odd on the active link and even (1 us older) on a hedge copy (design
         §3.6): the echo then tells which copy reached the peer, and where both did the active
         one counts (the older copy is dropped as not newer, or overtaken by it)."""
+        proposal = self.membership.proposal
+        ring = (proposal.ring_id.representative, proposal.ring_id.seq)
+        self.quorum.proposed(ring, proposal.members)  # before the tie-breaker is reported
         now_us = int(self._now * 1e6) | 1
         stamp = now_us - 1 if hedge else now_us
         echoes = tuple(
@@ -511,6 +517,7 @@ class AgentNode:
             node_name=self.config.node_name,
             quorate=self._settled_quorate(),
             expected_set=_wire_expected_set(self.quorum.expected_set),
+            tie_breaker=self.quorum.tie_breaker,
         )
 
     def _settled_quorate(self) -> bool:
@@ -564,6 +571,7 @@ class AgentNode:
             key,
             quorate_members=settled,
             member_set_keys={m: s.key for m, s in sets.items()},
+            member_tie_breakers={m: self.peers[m].tie_breaker for m in members if m in self.peers},
         )
         self._quorum_events(self.quorum.update(inp, self._now))
         for m, sent in sorted(sets.items(), key=lambda item: item[1].key):

@@ -46,11 +46,13 @@ Semantics (votequorum(5) section named in brackets):
   window end.
 * auto_tie_breaker: when the votes present are exactly half of expected (corosync: expected
   // 2, which with odd expected votes can grant two partitions; we do not copy that) and the
-  previous view had fewer than quorum more members than this one, the partition holding the
-  tie-breaker is quorate. corosync's set [check_auto_tie_breaker]: lowest / highest = the
-  lowest / highest id among the members of the last view in which this node was quorate by
-  votes (none before the first such view: no tie is broken); list = the first listed node that
-  is in the previous or the current view must be in the current one.
+  previous view had fewer than quorum more members than this one (corosync's guard), the
+  partition is quorate if it holds the tie-breaker node and every member names the same one
+  (`member_tie_breakers`). A node's tie-breaker (`tie_breaker`) is the lowest / highest / first
+  listed member of the last view in which it was quorate by votes (corosync's set, for lowest
+  and highest; none before the first such view, and none once it `proposed` a later majority).
+  Unanimity and the proposal rule are ours: without them two partitions can be quorate at
+  once, in corosync too (design §3.5 has the case and the proof).
 * qdevice: its votes count toward the total (flag `Qdevice`), except with last_man_standing
   or auto_tie_breaker, with which "the quorum device will be disabled". [LMS, ATB]
 * No blip: the verdict depends only on the view passed to `update`, computed in one step, so a
@@ -107,6 +109,8 @@ class QuorumInput:
     expected votes count."""
     member_set_keys: Mapping[int, tuple[int, int]] = field(default_factory=dict)
     """The `ExpectedSet.key` each member last applied (missing = (0, 0))."""
+    member_tie_breakers: Mapping[int, int] = field(default_factory=dict)
+    """The tie-breaker node each member reports (`Votequorum.tie_breaker`; missing = 0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +194,13 @@ class Votequorum:
         self._previous: frozenset[int] = frozenset()
         """The members of the view before the current one (auto_tie_breaker's guard)."""
         self._tie_members: frozenset[int] = frozenset()
-        """The members of the last view in which this node was quorate by votes."""
+        """The members of the last view in which this node was quorate by votes (L)."""
+        self._tie_ring: tuple[int, int] = (0, 0)
+        """L's ring id."""
+        self._tie_high: tuple[int, int] = (0, 0)
+        """The highest ring id (by sequence, then representative) of a member set holding a
+        majority of votes that this node installed or proposed; the tie-breaker counts only
+        while it is L's (design §3.5)."""
         self._view_since = 0.0
         self._lms_window_passed = False
         self._cause = ""
@@ -278,6 +288,13 @@ class Votequorum:
             self._cause = f"configuration changed: {len(self._configured)} nodes"
         self._expected = target
         return self._settle(now)
+
+    def proposed(self, ring: tuple[int, int], members: frozenset[int]) -> None:
+        """This node is sending a proposal: if it holds a majority of the votes, other nodes may
+        install it, so a tie-breaker from an older view is no longer safe to name."""
+        votes = sum(self._configured.get(m, 1) for m in members)
+        if votes >= self._expected // 2 + 1:
+            self._tie_high = max(self._tie_high, _order(ring))
 
     def tick(self, now: float) -> list[QuorumChange]:
         """Let time pass: the last_man_standing window may have expired."""
@@ -393,6 +410,8 @@ class Votequorum:
         status = self._status
         if status.quorate and status.total_votes >= status.quorum:
             self._tie_members = self._inp.members  # corosync's get_lowest/highest_node_id
+            self._tie_ring = self._inp.view_key
+            self._tie_high = max(self._tie_high, _order(self._tie_ring))
         cause, self._cause = self._cause or "the votes present changed", ""
         return _changes(old, self._status, cause)
 
@@ -438,42 +457,53 @@ class Votequorum:
         }
         return frozenset(name for name, on in named.items() if on)
 
+    @property
+    def tie_breaker(self) -> int:
+        """This node's tie-breaker node (0 = none yet), for its heartbeats: the lowest /
+        highest / first listed member of the last view in which it was quorate by votes."""
+        members = self._tie_members
+        if not self._opts.auto_tie_breaker or not members:
+            return 0
+        if self._tie_high != _order(self._tie_ring):
+            return 0  # a later majority may have been installed without us: no safe choice
+        mode = self._opts.auto_tie_breaker_node
+        if mode is TieBreaker.LOWEST:
+            return min(members)
+        if mode is TieBreaker.HIGHEST:
+            return max(members)
+        return next((n for n in self._opts.tie_breaker_nodes if n in members), 0)
+
     def _tie_breaker(self, expected: int, total: int, quorum: int) -> tuple[bool, str] | None:
         """(quorate, why) when auto_tie_breaker decides (an even split), else None."""
         if not self._opts.auto_tie_breaker or total * 2 != expected or total >= quorum:
             return None
         members = self._inp.members
+        half = f"exactly half the votes ({total} of {expected})"
         if len(self._previous) - len(members) >= quorum:
             return False, (
-                f"exactly half the votes ({total} of {expected}) but {len(self._previous)} "
-                f"members were in the previous view: the other part may be quorate"
+                f"{half} but {len(self._previous)} members were in the previous view: the "
+                "other part may be quorate"
             )
-        if self._opts.auto_tie_breaker_node is TieBreaker.LIST:
-            return self._tie_breaker_list(total, expected)
-        if not self._tie_members:
+        node = self.tie_breaker
+        if not node:
+            why = "not quorate by votes yet" if not self._tie_members else "a later majority"
+            return False, f"{half} and no tie-breaker node known ({why})"
+        reports = self._inp.member_tie_breakers
+        others = sorted(m for m in members - {self._id} if reports.get(m, 0) != node)
+        if others:
             return False, (
-                f"exactly half the votes ({total} of {expected}) and this node was never "
-                f"quorate: no tie-breaker node known"
+                f"{half} but members {others} do not name tie-breaker node {node}: their last "
+                "quorate views differ"
             )
-        pick = min if self._opts.auto_tie_breaker_node is TieBreaker.LOWEST else max
-        node = pick(self._tie_members)
         holds = node in members
         where = "holds" if holds else "does not hold"
-        return holds, (
-            f"exactly half the votes ({total} of {expected}) and this partition {where} "
-            f"tie-breaker node {node} ({self._opts.auto_tie_breaker_node.value} of the last "
-            f"quorate view)"
-        )
+        return holds, f"{half} and this partition {where} tie-breaker node {node}"
 
-    def _tie_breaker_list(self, total: int, expected: int) -> tuple[bool, str]:
-        members, seen = self._inp.members, self._inp.members | self._previous
-        node = next((n for n in self._opts.tie_breaker_nodes if n in seen), None)
-        holds = node is not None and node in members
-        where = "holds" if holds else "does not hold"
-        return holds, (
-            f"exactly half the votes ({total} of {expected}) and this partition {where} "
-            f"tie-breaker node {node} (first listed node of this or the previous view)"
-        )
+
+def _order(ring: tuple[int, int]) -> tuple[int, int]:
+    """Ring ids ordered by sequence, then representative."""
+    rep, seq = ring
+    return (seq, rep)
 
 
 def _with_verdict(status: QuorumStatus, tie: tuple[bool, str] | None) -> QuorumStatus:

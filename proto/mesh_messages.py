@@ -81,6 +81,8 @@ class Heartbeat:
     """The sender is quorate and not waiting for all (lets a restarted node end wait_for_all)."""
     expected_set: ExpectedSetWire | None = tagged(13, None)
     """The newest expected votes override the sender applied (design §3.5)."""
+    tie_breaker: int = tagged(14, 0)
+    """The sender's auto_tie_breaker node (0 = none): a tie is broken only by unanimity."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,10 @@ def view(
     qdevice: int = 0,
     votes: int = 1,
     quorate: Iterable[int] = (),
+    tie: int = 0,
 ) -> QuorumInput:
-    """A view whose members each report `votes` votes and `expected` expected votes."""
+    """A view whose members each report `votes` votes, `expected` expected votes and `tie` as
+    their tie-breaker node."""
     ids = frozenset(members)
     return QuorumInput(
         ids,
@@ -42,6 +44,7 @@ def view(
         qdevice,
         key,
         frozenset(quorate),
+        member_tie_breakers=dict.fromkeys(ids, tie),
     )
 
 
@@ -588,7 +591,7 @@ def test_atb_four_nodes_two_two(
         for me in half:
             vq = cluster(4, opts, me=me)
             vq.update(view(range(1, 5)), 0.0)
-            vq.update(view(half, key=(min(half), 2)), 1.0)
+            vq.update(view(half, key=(min(half), 2), tie=vq.tie_breaker), 1.0)
             assert vq.status.quorate is (half == winners)
             assert "AutoTieBreaker" in vq.status.flags
             assert "by auto_tie_breaker" in vq.status.reason
@@ -615,7 +618,7 @@ def test_atb_tie_breaker_is_from_the_last_quorate_view(
             vq = cluster(6, opts, me=me)
             vq.update(view(up, key=(min(up), 2)), 0.0)
             assert vq.status.quorate
-            vq.update(view(half, key=(min(half), 3)), 1.0)
+            vq.update(view(half, key=(min(half), 3), tie=vq.tie_breaker), 1.0)
             assert vq.status.quorate is (half == halves[0]), (mode, half, me)
 
 
@@ -625,7 +628,7 @@ def test_atb_never_quorate_node_breaks_no_tie() -> None:
     vq = cluster(4, QuorumOptions(auto_tie_breaker=True))
     vq.update(view([1, 2]), 0.0)
     assert not vq.status.quorate
-    assert "never quorate" in vq.status.reason
+    assert "no tie-breaker node known" in vq.status.reason
 
 
 def test_atb_not_when_the_other_part_may_be_quorate() -> None:
@@ -642,19 +645,61 @@ def test_atb_not_when_the_other_part_may_be_quorate() -> None:
 
 
 @pytest.mark.parametrize(("listed", "wins"), [((1, 6), True), ((1, 4), False)])
-def test_atb_list_uses_the_previous_view(listed: tuple[int, ...], wins: bool) -> None:
-    """list: the first listed node that is in the previous or the current view decides; a
-    listed node down in both is skipped (votequorum(5): nodes not in the cluster before the
-    split). 6 nodes, node 1 down, split {2,3,6}|{4,5}."""
+def test_atb_list_uses_the_last_quorate_view(listed: tuple[int, ...], wins: bool) -> None:
+    """list: the first listed node of the last quorate view decides; a listed node that was
+    not in it is skipped (votequorum(5): nodes not in the cluster before the split). 6 nodes,
+    node 1 down, split {2,3,6}|{4,5}."""
     opts = QuorumOptions(
         auto_tie_breaker=True, auto_tie_breaker_node=TieBreaker.LIST, tie_breaker_nodes=listed
     )
     for me in (2, 3, 6):
         vq = cluster(6, opts, me=me)
         vq.update(view(range(2, 7), key=(2, 2)), 0.0)
-        vq.update(view([2, 3, 6], key=(2, 3)), 1.0)
+        vq.update(view([2, 3, 6], key=(2, 3), tie=vq.tie_breaker), 1.0)
         assert vq.status.quorate is wins
         assert f"tie-breaker node {listed[1]}" in vq.status.reason
+
+
+def test_atb_needs_every_member_to_name_the_same_tie_breaker() -> None:
+    """Found by the simulator (seed 20) and reproduced with corosync-vqsim: 4 nodes, highest;
+    {1,2,3}|{4} then {1,3}|{2,4}. Node 4's last quorate view is {1,2,3,4} (tie-breaker 4),
+    node 2's is {1,2,3} (tie-breaker 3): corosync makes node 4 and {1,3} quorate at once. We
+    break the tie only when every member names the same node, so {2,4} stays inquorate."""
+    opts = QuorumOptions(auto_tie_breaker=True, auto_tie_breaker_node=TieBreaker.HIGHEST)
+    cores = {n: cluster(4, opts, me=n) for n in range(1, 5)}
+    for vq in cores.values():
+        vq.update(view(range(1, 5)), 0.0)
+    for n in (1, 2, 3):
+        cores[n].update(view([1, 2, 3], key=(1, 2)), 1.0)
+    cores[4].update(view([4], key=(4, 3)), 1.0)
+    assert [cores[n].tie_breaker for n in range(1, 5)] == [3, 3, 3, 4]
+    for part in ({1, 3}, {2, 4}):
+        for n in part:
+            ties = {m: cores[m].tie_breaker for m in part}
+            cores[n].update(replace(view(part, key=(min(part), 4)), member_tie_breakers=ties), 2.0)
+    assert [cores[n].status.quorate for n in range(1, 5)] == [True, False, True, False]
+    assert "do not name tie-breaker node 4" in cores[4].status.reason
+
+
+def test_atb_no_tie_breaker_after_proposing_a_later_majority() -> None:
+    """Found by the simulator (seed 20): node 2 proposed {1,2,3} (a majority) but moved on
+    before installing it, while 1 and 3 installed it. Node 2 must not name the tie-breaker of
+    its older quorate view {1,2,3,4} (4), which node 4 also names: {2,4} would be quorate
+    beside {1,3}."""
+    opts = QuorumOptions(auto_tie_breaker=True, auto_tie_breaker_node=TieBreaker.HIGHEST)
+    n2, n4 = cluster(4, opts, me=2), cluster(4, opts, me=4)
+    for vq in (n2, n4):
+        vq.update(view(range(1, 5), key=(1, 5)), 0.0)
+    assert (n2.tie_breaker, n4.tie_breaker) == (4, 4)
+    n2.proposed((1, 8), frozenset({1, 2, 3}))
+    n4.proposed((4, 9), frozenset({4}))  # not a majority: changes nothing
+    assert (n2.tie_breaker, n4.tie_breaker) == (0, 4)
+    part = view([2, 4], key=(2, 12))
+    for vq in (n2, n4):
+        ties = {2: n2.tie_breaker, 4: n4.tie_breaker}
+        vq.update(replace(part, member_tie_breakers=ties), 1.0)
+    assert not n2.status.quorate
+    assert not n4.status.quorate
 
 
 def test_atb_only_for_exactly_half() -> None:
@@ -783,7 +828,10 @@ def test_s1_disjoint_partitions_never_both_quorate(
         everyone = frozenset(votes)
         vq.update(QuorumInput(everyone, votes, dict.fromkeys(everyone, reported)), 0.0)
         dev = device if has_device else 0
-        inp = QuorumInput(part, votes, dict.fromkeys(part, reported), dev, (min(part), 2))
+        ties = dict.fromkeys(part, vq.tie_breaker)  # all saw the same history
+        inp = QuorumInput(
+            part, votes, dict.fromkeys(part, reported), dev, (min(part), 2), frozenset(), {}, ties
+        )
         vq.update(inp, 1.0)
         verdicts.append(vq.status.quorate)
     assert not all(verdicts)
