@@ -57,8 +57,7 @@ def _run(scenario: Scenario) -> tuple[list[str], Counter[str]]:
         for node in sorted(vq):
             if vq[node] == mine[node].quorate:
                 continue
-            before = theirs[i - 1] if i else None
-            why = explain(scenario, node, layout, previous, vq, mine, before)
+            why = explain(scenario, node, layout, previous, vq, mine)
             if why is None:
                 bad.append(
                     f"step {i} {step}: node {node} corosync quorate={vq[node]}, ours "

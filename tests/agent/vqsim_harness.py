@@ -817,21 +817,18 @@ def explain(  # noqa: PLR0911, PLR0917 (one rule per documented difference; one 
     previous: Layout | None,
     corosync: Verdicts,
     ours: Mapping[int, QuorumStatus],
-    corosync_before: Verdicts | None = None,
 ) -> str | None:
     """The documented difference that explains `node`'s differing verdict, or None."""
     members = layout.members(node)
     theirs, mine = corosync[node], ours[node].quorate
-    wfa = scenario.options().effective_wait_for_all
-    if wfa and mine and not theirs and corosync_before is not None:
-        was_inquorate = all(not corosync_before.get(m, False) for m in members)
-        if was_inquorate and not any(corosync[m] for m in members):
+    status = ours[node]
+    if scenario.options().effective_wait_for_all and mine and not any(corosync[m] for m in members):
+        if status.total_votes < status.expected_votes:  # a majority, not all votes: waiting
             return "wfa-rearm"
     mixed = len({corosync[m] for m in members}) > 1
     if mixed and all(ours[m].quorate for m in members):
         return "mixed-partition"
     atb = scenario.auto_tie_breaker
-    status = ours[node]
     if theirs and not mine and atb is not None:
         if status.expected_votes % 2 and status.total_votes == status.expected_votes // 2:
             return "atb-odd-expected"
