@@ -822,9 +822,10 @@ def explain(  # noqa: PLR0911, PLR0917 (one rule per documented difference; one 
     members = layout.members(node)
     theirs, mine = corosync[node], ours[node].quorate
     status = ours[node]
-    if scenario.options().effective_wait_for_all and mine and not any(corosync[m] for m in members):
-        if status.total_votes < status.expected_votes:  # a majority, not all votes: waiting
-            return "wfa-rearm"
+    waiting = status.total_votes < status.expected_votes  # a majority, not all votes
+    nobody = not any(corosync[m] for m in members)
+    if scenario.options().effective_wait_for_all and mine and nobody and waiting:
+        return "wfa-rearm"
     mixed = len({corosync[m] for m in members}) > 1
     if mixed and all(ours[m].quorate for m in members):
         return "mixed-partition"
