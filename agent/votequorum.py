@@ -52,7 +52,7 @@ Semantics (votequorum(5) section named in brackets):
   listed member of the last view in which it was quorate by votes (corosync's set, for lowest
   and highest; none before the first such view, and none once it `proposed` a later majority).
   Unanimity and the proposal rule are ours: without them two partitions can be quorate at
-  once, in corosync too (design §3.5 has the case and the proof).
+  once, in corosync too (design §3.6 has the case and the proof).
 * qdevice: its votes count toward the total (flag `Qdevice`), except with last_man_standing
   or auto_tie_breaker, with which "the quorum device will be disabled". [LMS, ATB]
 * No blip: the verdict depends only on the view passed to `update`, computed in one step, so a
@@ -200,7 +200,7 @@ class Votequorum:
         self._tie_high: tuple[int, int] = (0, 0)
         """The highest ring id (by sequence, then representative) of a member set holding a
         majority of votes that this node installed or proposed; the tie-breaker counts only
-        while it is L's (design §3.5)."""
+        while it is L's (design §3.6)."""
         self._view_since = 0.0
         self._lms_window_passed = False
         self._cause = ""
