@@ -34,7 +34,7 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.config import QuorumOptions, TieBreaker, Timing
+from agent.config import QuorumOptions, Timing
 from agent.link_loss import WINDOW_INTERVALS
 from agent.node import TIMEOUT_REFRESH
 from tests.sim.network import NodeState, SimNetwork, Topology
@@ -104,23 +104,15 @@ class Checker:
         out = {t for ts in self._times.values() for t in ts if start < t < end}
         return sorted(out)
 
-    def quorum_capable(self, group: Iterable[int]) -> bool:
-        """Could these nodes alone hold quorum (majority, or the tie-breaker half)?"""
-        members = set(group)
-        have = sum(self.votes.get(n, 0) for n in members)
+    def quorum_capable(self, group: Iterable[int], *, tie: bool) -> bool:
+        """Could these nodes alone hold quorum? A majority can; exactly half with
+        auto_tie_breaker answers `tie`: whether it wins depends on the nodes' history (the
+        tie-breaker comes from the last quorate view and needs every member to name it,
+        design §3.6), so the L1 rules neither require nor forbid it."""
+        have = sum(self.votes.get(n, 0) for n in set(group))
         if 2 * have > self.total:
             return True
-        if 2 * have == self.total and self.options.auto_tie_breaker:
-            return self._tie_breaker() in members
-        return False
-
-    def _tie_breaker(self) -> int:
-        ids = sorted(self.votes)
-        if self.options.auto_tie_breaker_node is TieBreaker.HIGHEST:
-            return ids[-1]
-        if self.options.auto_tie_breaker_node is TieBreaker.LIST:
-            return self.options.tie_breaker_nodes[0]
-        return ids[0]
+        return tie and 2 * have == self.total and self.options.auto_tie_breaker
 
     def _segments(self, end: float) -> list[tuple[Topology, float, float]]:
         topos = self.net.topologies
@@ -255,7 +247,7 @@ class Checker:
         found = []
         for node in sorted(running):
             hears = {node} | {p for p in running if p != node and topo.mutual(node, p)}
-            if self.quorum_capable(hears):
+            if self.quorum_capable(hears, tie=True):
                 continue
             checkpoints = [start + bound, *self._changes(start + bound, stop)]
             for t in checkpoints:
@@ -326,7 +318,7 @@ class Checker:
                         comp.add(b)
                         todo.append(b)
             complete = all(topo.mutual(a, b) for a in comp for b in comp if a < b)
-            if complete and self.quorum_capable(comp):
+            if complete and self.quorum_capable(comp, tie=False):
                 out.append(frozenset(comp))
         return out
 

@@ -102,6 +102,27 @@ def test_four_nodes_split_two_two_auto_tie_breaker(breaker: TieBreaker, winners:
     clean(net)
 
 
+def test_six_nodes_node_one_down_split_three_two_auto_tie_breaker() -> None:
+    """Issue 12 item 7: 6 nodes, lowest, node 1 crashed; {2..6} split {2,3,4}|{5,6}. The
+    tie-breaker is node 2 (lowest id of the last quorate view {2..6}), as in corosync: {2,3,4}
+    keeps quorum without a blip, {5,6} is inquorate (main: both inquorate, the configured
+    lowest id 1 being down)."""
+    quorum = QuorumOptions(auto_tie_breaker=True, auto_tie_breaker_node=TieBreaker.LOWEST)
+    net = cluster(6, quorum=quorum)
+    one_view(net, {1, 2, 3, 4, 5, 6})
+    net.crash(1)
+    net.run_until(net.now + SETTLE)
+    one_view(net, {2, 3, 4, 5, 6})
+    t0 = net.now
+    net.partition({2, 3, 4}, {5, 6})
+    net.run_until(t0 + BOUND)
+    assert not any(state(net, n).quorate for n in (5, 6))
+    net.run_until(t0 + SETTLE)
+    assert one_view(net, {2, 3, 4}).members == {2, 3, 4}
+    assert all(quorate_since(net, n, t0) for n in (2, 3, 4))
+    clean(net)
+
+
 def test_majorities_ring_has_no_quorate_node() -> None:
     """Majorities ring: each of 5 nodes is cut from a different pair (i+2, i+3), so every node
     hears a majority (itself and its two ring neighbours) but no three nodes hear each other.
