@@ -16,7 +16,7 @@ MAX_NODE_ID = 0xFFFFFFFF
 MAX_NODE_VOTES = 255
 """A node's votes: 0..255. votequorum(5) recommends 1 (last_man_standing requires it); a weight
 above 255 is never a sensible design and a typo such as 1000 would otherwise dominate
-expected votes (which only fall by an operator's `expected N`). Design §3.6."""
+expected votes (which only fall by an operator's `expected N`). Design §3.8."""
 MAX_EXPECTED_VOTES = 0xFFFFFFFF
 """corosync's u32; also what the control socket and the heartbeat accept."""
 LOSS_BASELINE = 0.05  # heartbeat loss the plain failure timeout is sized for (DESIGN L2)

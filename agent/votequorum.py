@@ -11,7 +11,7 @@ Semantics (votequorum(5) section named in brackets):
 
 * Votes: a member counts the votes it reports (`member_votes`), else its configured votes,
   else 1. total = member votes + `qdevice_votes`. [VARIOUS NOTES: quorum_votes]
-* Expected votes (design §3.6): starts at `QuorumOptions.expected_votes`, else the configured
+* Expected votes (design §3.8): starts at `QuorumOptions.expected_votes`, else the configured
   nodes' votes plus the configured device's votes (constructor `qdevice_votes`, like corosync's
   quorum.device.votes) [OVERVIEW]. It rises to the votes present and to the value reported by
   members that are quorate and not waiting (`quorate_members`); an inquorate member's report
@@ -52,7 +52,7 @@ Semantics (votequorum(5) section named in brackets):
   listed member of the last view in which it was quorate by votes (corosync's set, for lowest
   and highest; none before the first such view, and none once it `proposed` a later majority).
   Unanimity and the proposal rule are ours: without them two partitions can be quorate at
-  once, in corosync too (design §3.6 has the case and the proof).
+  once, in corosync too (design §3.8 has the case and the proof).
 * qdevice: its votes count toward the total (flag `Qdevice`), except with last_man_standing
   or auto_tie_breaker, with which "the quorum device will be disabled". [LMS, ATB]
 * No blip: the verdict depends only on the view passed to `update`, computed in one step, so a
@@ -200,7 +200,7 @@ class Votequorum:
         self._tie_high: tuple[int, int] = (0, 0)
         """The highest ring id (by sequence, then representative) of a member set holding a
         majority of votes that this node installed or proposed; the tie-breaker counts only
-        while it is L's (design §3.6)."""
+        while it is L's (design §3.8)."""
         self._view_since = 0.0
         self._lms_window_passed = False
         self._cause = ""

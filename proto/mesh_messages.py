@@ -80,7 +80,7 @@ class Heartbeat:
     quorate: bool = tagged(12, False)
     """The sender is quorate and not waiting for all (lets a restarted node end wait_for_all)."""
     expected_set: ExpectedSetWire | None = tagged(13, None)
-    """The newest expected votes override the sender applied (design §3.5)."""
+    """The newest expected votes override the sender applied (design §3.8)."""
     tie_breaker: int = tagged(14, 0)
     """The sender's auto_tie_breaker node (0 = none): a tie is broken only by unanimity."""
 

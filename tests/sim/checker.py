@@ -108,7 +108,7 @@ class Checker:
         """Could these nodes alone hold quorum? A majority can; exactly half with
         auto_tie_breaker answers `tie`: whether it wins depends on the nodes' history (the
         tie-breaker comes from the last quorate view and needs every member to name it,
-        design §3.6), so the L1 rules neither require nor forbid it."""
+        design §3.8), so the L1 rules neither require nor forbid it."""
         have = sum(self.votes.get(n, 0) for n in set(group))
         if 2 * have > self.total:
             return True
