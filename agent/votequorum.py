@@ -37,8 +37,10 @@ Semantics (votequorum(5) section named in brackets):
   losses (corosync's code re-arms it when inquorate, but a stale quorate flag in the next
   ring's nodeinfo usually clears it again; docs/agent.md `vqsim:wfa-rearm`). Flag
   `WaitForAllStatus` while waiting. [wait_for_all]
-* last_man_standing: when one view (`view_key` and members) has been installed for
-  `last_man_standing_window` seconds and the node is quorate, expected drops to the votes
+* last_man_standing: a window of `last_man_standing_window` seconds starts when members left
+  and at least quorum nodes remain (with auto_tie_breaker also when at most quorum remain
+  holding the lowest id of the last quorate view), as corosync's sync_init; a join neither
+  starts nor stops it. When it ends and the node is quorate, expected drops to the votes
   present, never below 2 unless auto_tie_breaker is on (then 1) [last_man_standing NOTES];
   it assumes one vote per node, as votequorum(5) does.
   Members' reports up to the pre-drop value no longer raise it (they are the cluster's old
@@ -201,8 +203,8 @@ class Votequorum:
         """The highest ring id (by sequence, then representative) of a member set holding a
         majority of votes that this node installed or proposed; the tie-breaker counts only
         while it is L's (design §3.8)."""
-        self._view_since = 0.0
-        self._lms_window_passed = False
+        self._lms_due: float | None = None
+        """When the last_man_standing window ends (None: no window running)."""
         self._cause = ""
         """Why expected votes moved during the current call ("" = the votes present did)."""
         self._status = self._evaluate()
@@ -239,9 +241,12 @@ class Votequorum:
         """Recompute for an installed view and its members' reports; changes only."""
         view = (inp.view_key, inp.members)
         if view != self._view:
-            if self._view is not None and inp.members != self._view[1]:
-                self._previous = self._view[1]
-            self._view, self._view_since, self._lms_window_passed = view, now, False
+            old = self._view[1] if self._view is not None else frozenset()
+            if self._view is not None and inp.members != old:
+                self._previous = old
+            if inp.members != old:
+                self._lms_arm(old, inp.members, now)
+            self._view = view
         self._inp = inp
         self._known |= inp.members
         self._merge_expected()
@@ -302,9 +307,7 @@ class Votequorum:
 
     def next_deadline(self) -> float | None:
         """When `tick` may next change something (the LMS window end), else None."""
-        if not self._lms_possible() or self._lms_window_passed:
-            return None
-        return self._view_since + self._opts.last_man_standing_window
+        return self._lms_due if self._lms_possible() else None
 
     # -- votes and expected votes -----------------------------------------------------------
 
@@ -375,12 +378,24 @@ class Votequorum:
     def _lms_possible(self) -> bool:
         return self._opts.last_man_standing and bool(self._inp.members)
 
-    def _apply_lms(self, now: float) -> None:
-        """Drop expected to the votes present once the view outlived the window, if quorate."""
-        window = self._opts.last_man_standing_window
-        if not self._lms_possible() or now < self._view_since + window:
+    def _lms_arm(self, old: frozenset[int], new: frozenset[int], now: float) -> None:
+        """corosync's votequorum_sync_init: (re)start the window when members left and at least
+        quorum nodes remain, or (auto_tie_breaker) when at most quorum remain with the lowest id
+        of the last quorate view; a join neither starts nor stops it."""
+        if not self._opts.last_man_standing:
             return
-        self._lms_window_passed = True
+        quorum = self._status.quorum  # of the view before this one, as in corosync
+        tie = self._opts.auto_tie_breaker and bool(self._tie_members)
+        holds_lowest = tie and min(self._tie_members) in new
+        if (len(new) >= quorum and old - new) or (len(new) <= quorum and holds_lowest):
+            self._lms_due = now + self._opts.last_man_standing_window
+
+    def _apply_lms(self, now: float) -> None:
+        """Drop expected to the votes present once the window ended, if quorate."""
+        window = self._opts.last_man_standing_window
+        if not self._lms_possible() or self._lms_due is None or now < self._lms_due:
+            return
+        self._lms_due = None
         if not self._status.quorate:
             return
         floor = LMS_FLOOR_WITH_ATB if self._opts.auto_tie_breaker else LMS_FLOOR
@@ -389,8 +404,8 @@ class Votequorum:
             self._ignore_upto = max(self._ignore_upto, self._expected)
             self._expected = target
             self._cause = (
-                f"last_man_standing: view {self._view_key_text()} unchanged for "
-                f"{window:g} s with {self._total()} votes"
+                f"last_man_standing: {window:g} s since members left, view "
+                f"{self._view_key_text()} with {self._total()} votes"
             )
 
     def _view_key_text(self) -> str:

@@ -470,7 +470,7 @@ def test_lms_five_to_two_step_by_step() -> None:
         old = vq.status.expected_votes
         (change,) = shrink(vq, members, seq, 100.0 * seq)
         assert change == ExpectedVotesChanged(
-            old, new, f"last_man_standing: view 1/{seq} unchanged for 10 s with {new} votes"
+            old, new, f"last_man_standing: 10 s since members left, view 1/{seq} with {new} votes"
         )
         assert vq.status.quorate
     (change,) = shrink(vq, [1, 2], 4, 400.0)
@@ -549,13 +549,31 @@ def test_lms_ignores_qdevice_and_acts_after_an_override() -> None:
     """LMS disables the quorum device (votequorum(5)); an override is one-shot, so the window
     still lowers expected votes afterwards."""
     vq = cluster(5, LMS, qdevice_votes=4)
-    vq.update(view([1, 2, 3], qdevice=4), 0.0)
+    vq.update(view(range(1, 6), qdevice=4), 0.0)
+    vq.update(view([1, 2, 3], key=(1, 2), qdevice=4), 1.0)
     assert (vq.status.total_votes, vq.status.expected_votes) == (3, 5)
     assert "Qdevice" not in vq.status.flags
-    vq.set_expected(4, 1.0)
+    vq.set_expected(4, 2.0)
     assert vq.status.expected_votes == 4
     vq.tick(100.0)
     assert vq.status.expected_votes == 3
+
+
+def test_lms_window_starts_only_when_members_left() -> None:
+    """corosync (vqsim scenario lms-cold-three): 3 of 5 nodes cold-started (no wait_for_all)
+    never lower expected votes -- no member left, so no window; after one leaves, it runs, and
+    a join does not stop it."""
+    vq = cluster(5, LMS)
+    vq.update(view([1]), 0.0)
+    vq.update(view([1, 2, 3], key=(1, 2)), 1.0)
+    assert vq.next_deadline() is None
+    assert vq.tick(100.0) == []
+    assert vq.status.expected_votes == 5
+    vq.update(view(range(1, 6), key=(1, 3)), 101.0)
+    vq.update(view([1, 2, 3, 4], key=(1, 4)), 102.0)
+    assert vq.next_deadline() == 102.0 + WINDOW
+    vq.update(view([1, 2, 3, 4, 5], key=(1, 5)), 103.0)  # a join: the window keeps running
+    assert vq.next_deadline() == 102.0 + WINDOW
 
 
 def test_no_deadline_without_lms() -> None:

@@ -595,6 +595,16 @@ def named_scenarios() -> list[Scenario]:
             wait_for_all=True,
         )
     )
+    add(
+        Scenario(
+            "lms-cold-three-of-five",
+            _ones(5),
+            [*_cold(5, [1, 2, 3]), ("wait",), _split([1, 2], [3])],
+            last_man_standing=True,
+            lms_elapses=True,
+            wait_for_all=False,
+        )
+    )
     # auto_tie_breaker: lowest, highest, list
     add(
         Scenario(
