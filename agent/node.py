@@ -107,7 +107,9 @@ class _Peer:
     skewed: bool = False
     quorate: bool = False
     left: int = 0
-    """The incarnation that said Leave: its later datagrams (reordered) are ignored."""
+    """The incarnation that said Leave: its later datagrams (reordered) are ignored for a
+    failure timeout from `left_at`."""
+    left_at: float = -math.inf
     timeout: float = 0.0
     """Its failure timeout now: `Timing.failure_timeout_at` its heartbeats' measured loss."""
     raw: tuple[object, ...] | None = None
@@ -294,7 +296,7 @@ class AgentNode:
         if ev.peer == self.node_id or peer is None:
             self.last_drop = "own_node_id" if ev.peer == self.node_id else "unknown_peer"
             return  # per-peer state only for configured or discovered nodes
-        if ev.incarnation == peer.left:
+        if ev.incarnation == peer.left and self._now - peer.left_at < peer.timeout:
             self.last_drop = "left"
             return  # sent before its Leave, arriving after it
         if ev.incarnation != peer.incarnation and not self._switch_life(ev.peer, peer, ev):
@@ -447,7 +449,11 @@ class AgentNode:
 
     def _left(self, pid: int, peer: _Peer, incarnation: int, reason: str) -> None:
         """A clean shutdown: not heard from now on, re-evaluate at once (no failure timeout)."""
-        peer.left, peer.stamp_us, peer.verified = incarnation, 0, False
+        # Its datagrams are ignored for a failure timeout (reordered ones); after that, the same
+        # life is heard again once it echoes a stamp sent since: a Leave forged by a member
+        # holding the key costs the real node one failure timeout, not its place until restart.
+        peer.left, peer.left_at, peer.verified, peer.stamp_us = incarnation, self._now, False, 0
+        peer.echo_floor_us = int(self._now * 1e6)
         self.membership.forget(pid)
         self.links.peer_left(pid)
         why = f"node {pid} left: {reason[:100] or 'shutdown'}"
@@ -519,6 +525,8 @@ class AgentNode:
         if quorum_at is not None and quorum_at <= self._now:
             self._quorum_events(self.quorum.tick(self._now))
         if self._holding():
+            if self._store_error:  # halted: the rounds pass unsent (no busy wake-ups)
+                self.links.due_sends(self._now)
             return  # heartbeats and probes wait for MaxSeqStored
         self._send_due()
 

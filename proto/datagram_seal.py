@@ -37,10 +37,12 @@ a larger one (2**64 - 1 from a hostile member) is a `bad_header`."""
 INCARNATIONS_KEPT = 4
 """Replay windows kept per sender: its current life, a duplicate or hostile one, and the lives
 before a restart whose reordered datagrams may still arrive (least recently used goes)."""
-RESYNC_AFTER = 2.0
+RESYNC_AFTER = 0.3
 """Seconds a replay window may accept nothing before an authentic datagram behind it re-anchors
-it: after a counter jump (a hostile 2**64 - 1), the real sender is back after 2 s instead of
-never. Replays it lets through are stopped by the agent's freshness rule (design §3.3)."""
+it: after a counter jump (a hostile 2**64 - 1), the real sender is back within 0.3 s plus one
+heartbeat (less than the failure timeout, so no view change) instead of never. Replays it lets
+through are stopped by the agent's freshness rule (design §3.3); a live sender's own datagrams
+are never behind its window, so only a jumped or long-silent window re-anchors."""
 
 
 def cluster_id(cluster_name: str) -> bytes:
