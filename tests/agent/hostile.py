@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from proto.mesh_messages import MeshKind
 
-EDGES = (0, 1, 2, 7, 8, 1000, 1001, 2**20, 2**31, 2**32 - 1, 2**32, 2**48, 2**62 - 1, 2**62)
-EDGES += (2**62 + 1, 2**63, 2**64 - 2, 2**64 - 1, -1, -(2**63))
+EDGES: tuple[int, ...] = (0, 1, 2, 7, 8, 1000, 1001, 2**20, 2**31, 2**32 - 1, 2**32, 2**48)
+EDGES += (2**62 - 1, 2**62, 2**62 + 1, 2**63, 2**64 - 2, 2**64 - 1, -1, -(2**63))
 
 ints = st.sampled_from(EDGES) | st.integers(-(2**63), 2**64 - 1)
 scalars = ints | st.booleans() | st.none() | st.text(max_size=300) | st.binary(max_size=64)
@@ -72,4 +72,5 @@ def heartbeat_map(**fields: Any) -> bytes:
     """A heartbeat payload from tag names, with any values (no bounds applied)."""
     tags = {"link": 1, "stamp_us": 2, "wall_ms": 3, "heard": 4, "view": 5, "proposal": 6}
     tags |= {"echoes": 7, "votes": 8, "expected_votes": 9, "node_name": 11, "quorate": 12}
-    return msgpack.packb({tags[k]: v for k, v in fields.items()}, use_bin_type=True)
+    packed: bytes = msgpack.packb({tags[k]: v for k, v in fields.items()}, use_bin_type=True)
+    return packed
