@@ -156,6 +156,7 @@ class AgentNode:
         self.incarnation = incarnation
         self.links = Links(config.node_id, config.links, config.timing)
         self.membership = Membership(config.node_id, config.timing, max_seq)
+        self.membership.durable_seq = max_seq
         self.quorum = Votequorum(
             config.node_id,
             config.quorum,
@@ -568,6 +569,8 @@ class AgentNode:
                 self._update_quorum()
             return
         self._durable_seq = max(self._durable_seq, ev.value)
+        self.membership.durable_seq = self._durable_seq
+        self._evaluate_at = self._now  # a proposal waiting for this may install now
         if self._store_error and not self._holding():
             self._store_error, self._retry_store_at = "", None
             why = f"ring sequence {self._durable_seq} is durable again"

@@ -1,0 +1,66 @@
+"""Item 11 at the core: no ring id leaves a node before the runtime confirmed it durable."""
+
+from __future__ import annotations
+
+from agent.events import EventKind
+from agent.node import Broadcast, MaxSeqStored, NodeEffect, PersistMaxSeq, SendTo
+from proto.mesh_messages import Heartbeat
+from tests.agent.test_node import Net
+
+FULL = "No space left on device"
+
+
+class FailingNet(Net):
+    """A Net whose node 1 cannot store max_seq while `full` is set."""
+
+    full = False
+
+    def apply(self, src: int, effects: list[NodeEffect]) -> None:
+        if src != 1 or not self.full:
+            super().apply(src, effects)
+            return
+        answers = [MaxSeqStored(e.value, FULL) for e in effects if isinstance(e, PersistMaxSeq)]
+        kept = [e for e in effects if not isinstance(e, PersistMaxSeq)]
+        for e in kept:
+            if isinstance(e, Broadcast | SendTo) and isinstance(e.message, Heartbeat):
+                self.sent_while_full.append(e.message)
+        super().apply(src, kept)
+        for answer in answers:
+            self.apply(src, self.nodes[src].handle(answer, self.now))
+
+    sent_while_full: list[Heartbeat]
+
+
+def test_a_failed_store_halts_view_forming_and_a_later_one_resumes_it() -> None:
+    """Node 1 (the representative) cannot persist: when node 3 dies it needs a new ring id,
+    halts instead (views_halted, status `views`, inquorate, nothing sent with a seq above the
+    durable one, no busy timer); node 2 forms alone. Once a store succeeds (retried every
+    second), node 1 resumes and {1, 2} forms. Regression: on main node 1 installed {1, 2} under
+    a ring id it had not persisted."""
+    net = FailingNet.make(3)
+    net.sent_while_full = []
+    net.run(1.5)
+    one = net.nodes[1]
+    durable = one.membership.max_seq
+    net.full = True
+    net.alive.discard(3)
+    net.run(3.0)
+    status = one.status(net.now)
+    assert status["views"] == f"halted: {FULL}"
+    assert status["durable_max_seq"] == durable
+    assert not one.quorate
+    assert one.next_deadline() is not None
+    assert one.next_deadline() > net.now  # no busy loop while halted
+    kinds = [e.event.kind for _, src, e in net.events if src == 1]
+    assert kinds.count(EventKind.VIEWS_HALTED) == 1
+    for hb in net.sent_while_full:
+        for view in (hb.view, hb.proposal):
+            assert view is None or view.seq <= durable
+    assert net.nodes[2].view.members == {2}
+    assert all(v[0][1] <= durable or v[0][0] != 1 for v in net.views())
+    net.full = False
+    net.run(3.0)
+    assert one.status(net.now)["views"] == "forming"
+    assert EventKind.VIEWS_RESUMED in [e.event.kind for _, src, e in net.events if src == 1]
+    assert one.view.members == {1, 2}
+    assert one.view.ring_id.seq <= one.status(net.now)["durable_max_seq"]
