@@ -20,7 +20,7 @@ class FailingNet(Net):
             super().apply(src, effects)
             return
         answers = [MaxSeqStored(e.value, FULL) for e in effects if isinstance(e, PersistMaxSeq)]
-        kept = [e for e in effects if not isinstance(e, PersistMaxSeq)]
+        kept: list[NodeEffect] = [e for e in effects if not isinstance(e, PersistMaxSeq)]
         for e in kept:
             if isinstance(e, Broadcast | SendTo) and isinstance(e.message, Heartbeat):
                 self.sent_while_full.append(e.message)
@@ -38,6 +38,7 @@ def test_a_failed_store_halts_view_forming_and_a_later_one_resumes_it() -> None:
     second), node 1 resumes and {1, 2} forms. Regression: on main node 1 installed {1, 2} under
     a ring id it had not persisted."""
     net = FailingNet.make(3)
+    assert isinstance(net, FailingNet)
     net.sent_while_full = []
     net.run(1.5)
     one = net.nodes[1]
@@ -49,8 +50,9 @@ def test_a_failed_store_halts_view_forming_and_a_later_one_resumes_it() -> None:
     assert status["views"] == f"halted: {FULL}"
     assert status["durable_max_seq"] == durable
     assert not one.quorate
-    assert one.next_deadline() is not None
-    assert one.next_deadline() > net.now  # no busy loop while halted
+    deadline = one.next_deadline()
+    assert deadline is not None
+    assert deadline > net.now  # no busy loop while halted
     kinds = [e.event.kind for _, src, e in net.events if src == 1]
     assert kinds.count(EventKind.VIEWS_HALTED) == 1
     for hb in net.sent_while_full:

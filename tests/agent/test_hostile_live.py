@@ -215,7 +215,7 @@ def _missing_root() -> str | None:
 
 def installs(agent: LiveAgent) -> list[tuple[tuple[int, int], tuple[int, ...]]]:
     return [
-        (tuple(r["ring_id"]), tuple(r["members"]))  # type: ignore[misc]
+        (tuple(r["ring_id"]), tuple(r["members"]))
         for r in agent.log_records()
         if r["event"] == "view_installed"
     ]
