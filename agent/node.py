@@ -170,6 +170,7 @@ class AgentNode:
         self._durable_seq = max_seq  # confirmed by MaxSeqStored (or given at construction)
         self._store_error = ""
         self._retry_store_at: float | None = None
+        self._qdevice_due = False  # a QdeviceUpdate was held back (its ring not yet durable)
         self._leap_at = -math.inf  # when the last ring sequence leap was taken
         self.last_drop: str | None = None
         """Why the last `handle(MessageIn)` dropped the message (the runtime counts it), or
@@ -570,6 +571,9 @@ class AgentNode:
             return
         self._durable_seq = max(self._durable_seq, ev.value)
         self.membership.durable_seq = self._durable_seq
+        if self._qdevice_due and not self._holding() and not self._store_error:
+            self._qdevice_due = False
+            self._update_quorum()  # the QdeviceUpdate held back while the seq was not durable
         self._evaluate_at = self._now  # a proposal waiting for this may install now
         if self._store_error and not self._holding():
             self._store_error, self._retry_store_at = "", None
@@ -692,7 +696,8 @@ class AgentNode:
         self._quorum_events(self.quorum.update(inp, self._now))
         update = QdeviceUpdate(key, tuple(sorted(members)), self.quorum.status.quorate)
         if self._holding() or self._store_error:
-            return  # the ring id may not be durable yet: the qnetd hears of it later
+            self._qdevice_due = True  # the ring id may not be durable yet: sent once it is
+            return
         if update != self._last_qdevice_update:  # the session only needs changes
             self._last_qdevice_update = update
             self._out.append(update)

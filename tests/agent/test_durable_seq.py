@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from agent.events import EventKind
-from agent.node import Broadcast, MaxSeqStored, NodeEffect, PersistMaxSeq, SendTo
+from agent.node import (
+    AgentNode,
+    Broadcast,
+    MaxSeqStored,
+    NodeEffect,
+    PersistMaxSeq,
+    QdeviceUpdate,
+    SendTo,
+    Start,
+)
 from proto.mesh_messages import Heartbeat
-from tests.agent.test_node import Net
+from tests.agent.test_node import Net, config
 
 FULL = "No space left on device"
 
@@ -66,3 +75,14 @@ def test_a_failed_store_halts_view_forming_and_a_later_one_resumes_it() -> None:
     assert EventKind.VIEWS_RESUMED in [e.event.kind for _, src, e in net.events if src == 1]
     assert one.view.members == {1, 2}
     assert one.view.ring_id.seq <= one.status(net.now)["durable_max_seq"]
+
+
+def test_the_boot_ring_reaches_the_qdevice_only_once_durable() -> None:
+    """At start the boot view's ring id is not durable yet: the first QdeviceUpdate (and the
+    first heartbeats) follow the runtime's MaxSeqStored, in the same wake-up."""
+    node = AgentNode(config(1, 3), incarnation=1)
+    assert node.handle(Start(wall_ms=0), 1.0) == [PersistMaxSeq(1)]
+    effects = node.handle(MaxSeqStored(1), 1.0)
+    updates = [e for e in effects if isinstance(e, QdeviceUpdate)]
+    assert updates == [QdeviceUpdate((1, 1), (1,), False)]
+    assert any(isinstance(e, Broadcast) for e in effects)
