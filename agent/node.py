@@ -57,7 +57,7 @@ from agent.votequorum import (
     QuorumLost,
     Votequorum,
 )
-from proto.mesh_messages import Echo, Heartbeat, Leave, Probe, ProbeReply, View
+from proto.mesh_messages import EXPECTED, Echo, Heartbeat, Leave, Probe, ProbeReply, View
 
 __all__ = [
     "AgentNode",
@@ -641,7 +641,8 @@ class AgentNode:
             proposal=_wire_view(self.membership.proposal),
             echoes=echoes,
             votes=self.config.quorum.votes,
-            expected_votes=self.quorum.reported_expected,
+            # within the decode bound, or every peer would drop our heartbeats (bad_value)
+            expected_votes=min(self.quorum.reported_expected, EXPECTED[1]),
             node_name=self.config.node_name,
             quorate=self._settled_quorate(),
         )

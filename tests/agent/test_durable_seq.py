@@ -11,12 +11,16 @@ from agent.node import (
     PersistMaxSeq,
     QdeviceUpdate,
     SendTo,
+    SetExpected,
     Start,
+    Tick,
 )
-from proto.mesh_messages import Heartbeat
+from proto.datagram_seal import ClusterKey, Opener, Sealer
+from proto.mesh_messages import Heartbeat, open_message, seal_message
 from tests.agent.test_node import Net, config
 
 FULL = "No space left on device"
+KEY = ClusterKey(b"d" * 32)
 
 
 class FailingNet(Net):
@@ -86,3 +90,18 @@ def test_the_boot_ring_reaches_the_qdevice_only_once_durable() -> None:
     updates = [e for e in effects if isinstance(e, QdeviceUpdate)]
     assert updates == [QdeviceUpdate((1, 1), (1,), False)]
     assert any(isinstance(e, Broadcast) for e in effects)
+
+
+def test_a_huge_expected_override_does_not_make_our_heartbeats_undecodable() -> None:
+    """`votemesh expected 10**9` on one node: its heartbeats still pass every peer's decode
+    bounds (expected_votes is sent clamped to 1,024,000), so it is not cut off as bad_value."""
+    node = AgentNode(config(1, 3), incarnation=1)
+    node.handle(Start(wall_ms=0), 1.0)
+    node.handle(MaxSeqStored(1), 1.0)
+    node.handle(SetExpected(10**9), 1.0)
+    effects = node.handle(Tick(wall_ms=0), 1.2)
+    sealer, opener = Sealer("t", KEY, 1, 1), Opener("t", [KEY])
+    beats = [e.message for e in effects if isinstance(e, Broadcast)]
+    assert beats
+    for hb in beats:
+        assert open_message(opener, seal_message(sealer, hb))[1] == hb
