@@ -11,14 +11,18 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from proto.mesh_messages import EXPECTED
+
 MAX_LINKS = 8
 MAX_NODE_ID = 0xFFFFFFFF
 MAX_NODE_VOTES = 255
 """A node's votes: 0..255. votequorum(5) recommends 1 (last_man_standing requires it); a weight
 above 255 is never a sensible design and a typo such as 1000 would otherwise dominate
 expected votes (which only fall by an operator's `expected N`). Design §3.8."""
-MAX_EXPECTED_VOTES = 0xFFFFFFFF
-"""corosync's u32; also what the control socket and the heartbeat accept."""
+MAX_EXPECTED_VOTES = EXPECTED[1]
+"""What a heartbeat can carry (1000 votes x 1024 nodes; corosync allows a u32): the control
+socket, the CLI and the core refuse more, so an override can never make our own heartbeats
+undecodable for the other nodes."""
 LOSS_BASELINE = 0.05  # heartbeat loss the plain failure timeout is sized for (DESIGN L2)
 LOSS_STRETCH_MAX = 2  # loss stretches the failure timeout to at most 2 x missed_heartbeats
 

@@ -32,6 +32,11 @@ class EventKind(StrEnum):
     CLOCK_SKEW = "clock_skew"
     STALLED = "stalled"
     CONFIG_CHANGED = "config_changed"
+    DUPLICATE_NODE = "duplicate_node"
+    """Two live processes send with one node id (a copied config, a cloned VM): an error."""
+    VIEWS_HALTED = "views_halted"
+    """max_seq could not be made durable: no new ring id leaves the node (an error)."""
+    VIEWS_RESUMED = "views_resumed"
 
 
 @dataclass(frozen=True, slots=True)

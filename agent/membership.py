@@ -149,6 +149,9 @@ class Membership:
         self._heard_at = 0.0
         self._reports: dict[int, _Received] = {}
         self._matrix: dict[int, frozenset[int]] = {node_id: frozenset()}
+        self.durable_seq: int | None = None
+        """Set by the node: a view under a ring id of this node's own above it is not installed
+        (not yet durable, design §3.3 "Durable before announced"). None: no limit."""
 
     # ------------------------------------------------------------ inputs
     def peer_report(self, peer: int, report: PeerReport, now: float) -> bool:
@@ -293,6 +296,9 @@ class Membership:
     def _try_install(self, now: float) -> ViewInstalled | None:
         mine = self._proposal
         if mine == self._view:
+            return None
+        own = mine.ring_id.representative == self._me
+        if own and self.durable_seq is not None and mine.ring_id.seq > self.durable_seq:
             return None
         agreeing = self._fresh(now, self._proposal_ttl)
         if any(

@@ -8,6 +8,7 @@ time comes in `now` (monotonic seconds) and `wall_ms` (for the clock-skew check)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from agent.membership import (
 from agent.node_events import (
     Broadcast,
     Emit,
+    MaxSeqStored,
     MessageIn,
     NodeEffect,
     NodeEvent,
@@ -58,6 +60,7 @@ from agent.votequorum import (
     Votequorum,
 )
 from proto.mesh_messages import (
+    EXPECTED,
     Echo,
     ExpectedSetWire,
     Heartbeat,
@@ -71,6 +74,7 @@ __all__ = [
     "AgentNode",
     "Broadcast",
     "Emit",
+    "MaxSeqStored",
     "MessageIn",
     "NodeEffect",
     "NodeEvent",
@@ -88,6 +92,16 @@ __all__ = [
 EVALUATE_DELAY = 0.005  # seconds: batch the membership evaluation after a burst of heartbeats
 TIMEOUT_REFRESH = 1.0  # seconds between re-sizing the peers' failure timeouts to their loss
 PHASE_TOLERANCE = 0.005  # seconds the wall clock may move before heartbeat rounds re-align
+SEQ_STEP = 1024
+"""A reported ring sequence up to this far above our max_seq is taken at once (design §3.3,
+"Hostile values"); a larger jump is a *leap*."""
+SEQ_LEAP_MAX = 2**32
+"""The largest leap ever taken: more than a cluster makes in 13 years at 10 views a second."""
+SEQ_LEAP_EVERY = 10.0
+"""Seconds between two leaps taken: a hostile member needs 2**30 leaps (340 years) to use up
+the 2**62 sequences, while a node that rejoins a cluster far ahead leaps once."""
+RETIRED_KEPT = 4  # earlier lives of a peer remembered: their late datagrams are stale, not rivals
+DUPLICATE_REPORT_EVERY = 60.0  # seconds between two duplicate_node events about one peer
 
 
 @dataclass
@@ -106,7 +120,9 @@ class _Peer:
     expected_set: ExpectedSet | None = None
     tie_breaker: int = 0
     left: int = 0
-    """The incarnation that said Leave: its later datagrams (reordered) are ignored."""
+    """The incarnation that said Leave: its later datagrams (reordered) are ignored for a
+    failure timeout from `left_at`."""
+    left_at: float = -math.inf
     timeout: float = 0.0
     """Its failure timeout now: `Timing.failure_timeout_at` its heartbeats' measured loss."""
     raw: tuple[object, ...] | None = None
@@ -114,6 +130,23 @@ class _Peer:
     verified: bool = False
     """This incarnation of the peer echoed a stamp of ours from this life: its heartbeats are
     fresh, not recordings replayed to us after our restart (design §3.3, "Freshness")."""
+    seen_at: float = -math.inf
+    """When the current incarnation's last datagram arrived (any kind)."""
+    echo_us: int = 0
+    """The newest stamp of ours this incarnation echoed: a heartbeat echoing a newer one is
+    fresh whatever its own stamp (a hostile stamp of 2**62 cannot wedge the real peer)."""
+    echo_floor_us: int = 0
+    """Echoes below it prove nothing: set when an older life of the peer comes back."""
+    adopted_us: int = 0
+    """When the current incarnation was adopted (our monotonic microseconds)."""
+    retired: tuple[int, ...] = ()
+    """Earlier incarnations replaced by a later one: their late datagrams are stale."""
+    rival: int = 0
+    """Another incarnation sending while the current one lives (design §3.3, "One node id,
+    two lives"), and when it last sent."""
+    rival_at: float = -math.inf
+    reported_at: float = -math.inf
+    """When the last duplicate_node event about this peer was emitted."""
 
 
 def _wire_view(view: MemberView) -> View:
@@ -150,6 +183,7 @@ class AgentNode:
         self.incarnation = incarnation
         self.links = Links(config.node_id, config.links, config.timing)
         self.membership = Membership(config.node_id, config.timing, max_seq)
+        self.membership.durable_seq = max_seq
         self.quorum = Votequorum(
             config.node_id,
             config.quorum,
@@ -159,7 +193,15 @@ class AgentNode:
         self.peers: dict[int, _Peer] = {}
         self.qdevice_votes = 0
         self.qdevice_connected = False
-        self._persisted_seq = max_seq
+        self._asked_seq = max_seq  # the last PersistMaxSeq value
+        self._durable_seq = max_seq  # confirmed by MaxSeqStored (or given at construction)
+        self._store_error = ""
+        self._retry_store_at: float | None = None
+        self._qdevice_due = False  # a QdeviceUpdate was held back (its ring not yet durable)
+        self._leap_at = -math.inf  # when the last ring sequence leap was taken
+        self.last_drop: str | None = None
+        """Why the last `handle(MessageIn)` dropped the message (the runtime counts it), or
+        None when it was taken."""
         self._evaluate_at: float | None = None
         self._evaluated = False
         self._stopped = False
@@ -185,6 +227,7 @@ class AgentNode:
         """Process one event; return the effects in order."""
         self._now, self._out = now, []
         self.last_fresh_peer = None
+        self.last_drop = None
         if self._stopped:
             return self._out
         if self._started and self._stalled(now):
@@ -203,6 +246,8 @@ class AgentNode:
             self._set_expected(event.value)
         elif isinstance(event, Stop):
             self._stop(event.reason)
+        elif isinstance(event, MaxSeqStored):
+            self._stored(event)
         else:
             self._qdevice(event)
         return self._out
@@ -212,7 +257,12 @@ class AgentNode:
         if self._stopped:
             return None
         best = self.links.next_deadline()
-        for t in (self.quorum.next_deadline(), self._evaluate_at, self._heard_expiry()):
+        for t in (
+            self.quorum.next_deadline(),
+            self._evaluate_at,
+            self._heard_expiry(),
+            self._retry_store_at,
+        ):
             if t is not None and (best is None or t < best):
                 best = t
         self._asked = best
@@ -273,20 +323,21 @@ class AgentNode:
 
     # ------------------------------------------------------------ receiving
     def _message(self, ev: MessageIn) -> None:
-        if ev.peer == self.node_id:
-            return
         peer = self.peers.get(ev.peer)
-        if peer is None:
-            peer = self.peers[ev.peer] = _Peer(timeout=self._failure_timeout)
-        if ev.incarnation == peer.left:
+        if ev.peer == self.node_id or peer is None:
+            self.last_drop = "own_node_id" if ev.peer == self.node_id else "unknown_peer"
+            return  # per-peer state only for configured or discovered nodes
+        if ev.incarnation == peer.left and self._now - peer.left_at < peer.timeout:
+            self.last_drop = "left"
             return  # sent before its Leave, arriving after it
-        if ev.incarnation != peer.incarnation:
-            if peer.incarnation and ev.incarnation < peer.incarnation:
-                return  # an older life of this peer (the opener already rejects most)
-            if peer.incarnation:
-                self.membership.forget(ev.peer)
-            peer.incarnation, peer.stamp_us, peer.verified = ev.incarnation, 0, False
+        if ev.incarnation != peer.incarnation and not self._switch_life(ev.peer, peer, ev):
+            return
+        if peer.rival and self._now - peer.rival_at < peer.timeout:
+            self._duplicate(ev.peer, peer)
         msg = ev.message
+        if isinstance(msg, Heartbeat) and not self._plausible_seqs(msg):
+            return
+        peer.seen_at = self._now
         if isinstance(msg, Heartbeat):
             self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
         elif isinstance(msg, Leave):
@@ -310,17 +361,87 @@ class AgentNode:
                 )
             )
 
+    def _switch_life(self, pid: int, peer: _Peer, ev: MessageIn) -> bool:
+        """A datagram of another incarnation than the current one: adopt it (True) or drop it.
+
+        Design §3.3, "One node id, two lives": the current life is kept while it is verified
+        and sends (a duplicate process or a hostile incarnation cannot take the id over);
+        a new life takes over once the current one is silent for the peer's failure timeout
+        or said Leave (a restart), or at once while the current one is unverified."""
+        current_lives = (
+            peer.incarnation not in (0, peer.left)
+            and peer.verified
+            and self._now - peer.seen_at < peer.timeout
+        )
+        if current_lives:
+            if ev.incarnation in peer.retired:
+                self.last_drop = "stale_incarnation"
+            else:
+                peer.rival, peer.rival_at = ev.incarnation, self._now
+                self.last_drop = "other_incarnation"
+            return False
+        now_us = int(self._now * 1e6)
+        if peer.incarnation:
+            self.membership.forget(pid)
+            if peer.incarnation not in peer.retired:
+                peer.retired = (*peer.retired, peer.incarnation)[-RETIRED_KEPT:]
+        # An older life coming back must echo a stamp sent since the newer one was adopted:
+        # recordings of it (made before) prove nothing.
+        peer.echo_floor_us = peer.adopted_us if ev.incarnation < peer.incarnation else 0
+        peer.incarnation, peer.stamp_us, peer.verified = ev.incarnation, 0, False
+        peer.echo_us, peer.adopted_us = 0, now_us
+        if peer.rival == ev.incarnation:
+            peer.rival, peer.rival_at = 0, -math.inf
+        return True
+
+    def _duplicate(self, pid: int, peer: _Peer) -> None:
+        """Two lives of one node id alternate: say so (at most once a minute per peer)."""
+        if self._now - peer.reported_at < DUPLICATE_REPORT_EVERY:
+            return
+        peer.reported_at = self._now
+        reason = (
+            f"two processes send as node {pid} (incarnations {peer.incarnation} and "
+            f"{peer.rival}): a copied config or a cloned VM? Keeping the one that was here "
+            f"first ({peer.incarnation}); give the other its own node_id"
+        )
+        self._emit(
+            EventKind.DUPLICATE_NODE,
+            reason,
+            peer=pid,
+            kept=peer.incarnation,
+            refused=peer.rival,
+        )
+
+    def _plausible_seqs(self, hb: Heartbeat) -> bool:
+        """A reported ring sequence more than SEQ_STEP above ours is a leap: taken at most once
+        every SEQ_LEAP_EVERY and never beyond SEQ_LEAP_MAX, else the heartbeat is dropped
+        (design §3.3, "Hostile values"): nobody can use the sequences up."""
+        top = max((v.seq for v in (hb.view, hb.proposal) if v is not None), default=0)
+        jump = top - self.membership.max_seq
+        if jump <= SEQ_STEP:
+            return True
+        if jump <= SEQ_LEAP_MAX and self._now - self._leap_at >= SEQ_LEAP_EVERY:
+            self._leap_at = self._now
+            return True
+        self.last_drop = "seq_leap"
+        return False
+
     def _heartbeat(self, pid: int, peer: _Peer, link: int, hb: Heartbeat, wall_ms: int) -> None:
-        if hb.stamp_us <= peer.stamp_us:
-            return  # not newer than one we have: reordered, duplicated or replayed
         now_us = int(self._now * 1e6)
         rtt = reached = None
+        echoed = 0
+        floor = max(self._born_us, peer.echo_floor_us)
         for echo in hb.echoes:
-            if echo.node_id == self.node_id and self._born_us <= echo.stamp_us <= now_us:
+            if echo.node_id == self.node_id and floor <= echo.stamp_us <= now_us:
                 rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
                 if echo.stamp_us & 1:  # it went on the active link (even: a hedge copy)
                     reached = self._now - echo.held_us / 1e6  # ours last reached it about then
+                echoed = echo.stamp_us
+        if hb.stamp_us <= peer.stamp_us and echoed <= peer.echo_us:
+            self.last_drop = "not_newer"
+            return  # not newer than one we have: reordered, duplicated or replayed
         peer.stamp_us, peer.received_at = hb.stamp_us, self._now  # echoed back either way
+        peer.echo_us = max(peer.echo_us, echoed)
         peer.verified = peer.verified or rtt is not None
         if not peer.verified:
             return  # until it echoes one of our stamps: it may be an old recording
@@ -363,7 +484,11 @@ class AgentNode:
 
     def _left(self, pid: int, peer: _Peer, incarnation: int, reason: str) -> None:
         """A clean shutdown: not heard from now on, re-evaluate at once (no failure timeout)."""
-        peer.left, peer.stamp_us, peer.verified = incarnation, 0, False
+        # Its datagrams are ignored for a failure timeout (reordered ones); after that, the same
+        # life is heard again once it echoes a stamp sent since: a Leave forged by a member
+        # holding the key costs the real node one failure timeout, not its place until restart.
+        peer.left, peer.left_at, peer.verified, peer.stamp_us = incarnation, self._now, False, 0
+        peer.echo_floor_us = int(self._now * 1e6)
         self.membership.forget(pid)
         self.links.peer_left(pid)
         why = f"node {pid} left: {reason[:100] or 'shutdown'}"
@@ -429,11 +554,15 @@ class AgentNode:
             # Only when an input changed: see Membership.evaluate, "When to evaluate".
             self._evaluate_at, self._evaluated = None, True
             changes = self.membership.evaluate(self._now)
-            self._persist_seq()  # before any heartbeat can carry the new ring id (S2)
             self._membership_changes(changes)
+        self._persist_seq()  # nothing carries a ring id above the durable one (S2)
         quorum_at = self.quorum.next_deadline()
         if quorum_at is not None and quorum_at <= self._now:
             self._quorum_events(self.quorum.tick(self._now))
+        if self._holding():
+            if self._store_error:  # halted: the rounds pass unsent (no busy wake-ups)
+                self.links.due_sends(self._now)
+            return  # heartbeats and probes wait for MaxSeqStored
         self._send_due()
 
     def _align_rounds(self) -> None:
@@ -447,10 +576,45 @@ class AgentNode:
             self.links.set_phase(phase)
 
     def _persist_seq(self) -> None:
-        """Ask the runtime to store max_seq; it must be on disk before later effects run."""
-        if self.membership.max_seq > self._persisted_seq:
-            self._persisted_seq = self.membership.max_seq
-            self._out.append(PersistMaxSeq(self._persisted_seq))
+        """Ask the runtime to store max_seq (again every second after a failure)."""
+        seq = self.membership.max_seq
+        retry = self._retry_store_at is not None and self._now >= self._retry_store_at
+        if seq > self._asked_seq or (retry and seq > self._durable_seq):
+            self._asked_seq = seq
+            self._retry_store_at = None
+            self._out.append(PersistMaxSeq(seq))
+
+    def _holding(self) -> bool:
+        """A ring sequence above the durable one exists: nothing may leave (design §3.3,
+        "Durable before announced")."""
+        return self.membership.max_seq > self._durable_seq
+
+    def _stored(self, ev: MaxSeqStored) -> None:
+        """The runtime's answer to PersistMaxSeq: go on, or stop forming views and say why."""
+        if ev.error:
+            self._retry_store_at = self._now + TIMEOUT_REFRESH
+            if not self._store_error:
+                self._store_error = ev.error
+                why = (
+                    f"cannot make ring sequence {ev.value} durable ({ev.error}): this node "
+                    "announces no view until it can; free the state directory"
+                )
+                self._emit(EventKind.VIEWS_HALTED, why, max_seq=ev.value, error=ev.error)
+                self._update_quorum()
+            return
+        self._durable_seq = max(self._durable_seq, ev.value)
+        self.membership.durable_seq = self._durable_seq
+        if self._qdevice_due and not self._holding() and not self._store_error:
+            self._qdevice_due = False
+            self._update_quorum()  # the QdeviceUpdate held back while the seq was not durable
+        self._evaluate_at = self._now  # a proposal waiting for this may install now
+        if self._store_error and not self._holding():
+            self._store_error, self._retry_store_at = "", None
+            why = f"ring sequence {self._durable_seq} is durable again"
+            self._emit(EventKind.VIEWS_RESUMED, why, max_seq=self._durable_seq)
+            self._update_quorum()
+        if self._started:
+            self._step()
 
     def _heard(self) -> frozenset[int]:
         """Peers whose heartbeats arrived within the failure timeout (design §3.1). Not the link
@@ -513,7 +677,8 @@ class AgentNode:
             proposal=_wire_view(self.membership.proposal),
             echoes=echoes,
             votes=self.config.quorum.votes,
-            expected_votes=self.quorum.reported_expected,
+            # within the decode bound, or every peer would drop our heartbeats (bad_value)
+            expected_votes=min(self.quorum.reported_expected, EXPECTED[1]),
             node_name=self.config.node_name,
             quorate=self._settled_quorate(),
             expected_set=_wire_expected_set(self.quorum.expected_set),
@@ -557,6 +722,8 @@ class AgentNode:
     def _update_quorum(self) -> None:
         view = self.membership.view
         members = view.members
+        if self._store_error:  # peers stop hearing us: count nobody but ourselves
+            members = frozenset({self.node_id})
         votes = {m: self._votes_of(m) for m in members}
         expected = {m: self.peers[m].expected for m in members if m in self.peers}
         expected[self.node_id] = self.quorum.reported_expected
@@ -577,6 +744,9 @@ class AgentNode:
         for m, sent in sorted(sets.items(), key=lambda item: item[1].key):
             self._quorum_events(self.quorum.receive_expected_set(sent, m, self._now))
         update = QdeviceUpdate(key, tuple(sorted(members)), self.quorum.status.quorate)
+        if self._holding() or self._store_error:
+            self._qdevice_due = True  # the ring id may not be durable yet: sent once it is
+            return
         if update != self._last_qdevice_update:  # the session only needs changes
             self._last_qdevice_update = update
             self._out.append(update)
@@ -633,6 +803,8 @@ class AgentNode:
             "quorum": verdict.quorum,
             "flags": sorted(verdict.flags),
             "why": verdict.reason,
+            "views": f"halted: {self._store_error}" if self._store_error else "forming",
+            "durable_max_seq": self._durable_seq,
             "qdevice": {"connected": self.qdevice_connected, "vote": self.qdevice_votes > 0},
             "peers": {
                 str(pid): {

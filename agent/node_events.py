@@ -69,7 +69,21 @@ class Stop:
     reason: str = "shutdown"
 
 
-NodeEvent = Start | Tick | MessageIn | PeerAddresses | SetExpected | QdeviceVote | Stop
+@dataclass(frozen=True, slots=True)
+class MaxSeqStored:
+    """The runtime's answer to `PersistMaxSeq(value)`: durable (`error` empty), or why not.
+
+    The core sends no ring sequence above the last durable value (heartbeats, probes, qdevice
+    updates wait) until this arrives; the runtime sends it right after the effects of the call
+    that asked, so on a healthy disk nothing waits longer than one fsync (design §3.3)."""
+
+    value: int
+    error: str = ""
+
+
+NodeEvent = (
+    Start | Tick | MessageIn | PeerAddresses | SetExpected | QdeviceVote | Stop | MaxSeqStored
+)
 
 
 # ---------------------------------------------------------------- effects out
@@ -100,7 +114,8 @@ class Emit:
 
 @dataclass(frozen=True, slots=True)
 class PersistMaxSeq:
-    """Store the highest ring sequence seen, so a restart never reuses one."""
+    """Store the highest ring sequence seen, so a restart never reuses one; answer with
+    `MaxSeqStored` (the core holds every datagram back until then)."""
 
     value: int
 

@@ -66,14 +66,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from agent.config import QuorumOptions, TieBreaker
+from agent.config import MAX_EXPECTED_VOTES, QuorumOptions, TieBreaker
 
 LMS_FLOOR = 2
 """last_man_standing never lowers expected votes below 2 ... [votequorum(5) LMS NOTES]"""
 LMS_FLOOR_WITH_ATB = 1
 """... unless auto_tie_breaker is enabled too."""
-MAX_EXPECTED_VOTES = 0xFFFFFFFF
-"""Expected votes fit corosync's u32 (and the heartbeat's range check)."""
 
 
 @dataclass(frozen=True, slots=True)

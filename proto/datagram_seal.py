@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -30,6 +31,18 @@ MAX_KEYRING = 8
 REPLAY_WINDOW = 1024  # counters remembered behind the highest one (as WireGuard's 2048-bit ring)
 MAX_U32 = 0xFFFFFFFF
 MAX_U64 = 0xFFFFFFFFFFFFFFFF
+INCARNATION_MAX = 2**62
+"""Largest incarnation sealed or accepted: wall-clock microseconds reach it in the year 148,000;
+a larger one (2**64 - 1 from a hostile member) is a `bad_header`."""
+INCARNATIONS_KEPT = 4
+"""Replay windows kept per sender: its current life, a duplicate or hostile one, and the lives
+before a restart whose reordered datagrams may still arrive (least recently used goes)."""
+RESYNC_AFTER = 0.3
+"""Seconds a replay window may accept nothing before an authentic datagram behind it re-anchors
+it: after a counter jump (a hostile 2**64 - 1), the real sender is back within 0.3 s plus one
+heartbeat (less than the failure timeout, so no view change) instead of never. Replays it lets
+through are stopped by the agent's freshness rule (design §3.3); a live sender's own datagrams
+are never behind its window, so only a jumped or long-silent window re-anchors."""
 
 
 def cluster_id(cluster_name: str) -> bytes:
@@ -97,8 +110,8 @@ class Sealer:
     def __init__(self, cluster_name: str, key: ClusterKey, node_id: int, incarnation: int) -> None:
         if not 0 < node_id <= MAX_U32:
             raise LocalProtocolError(f"node id {node_id} is not a non-zero u32")
-        if not 0 < incarnation <= MAX_U64:
-            raise LocalProtocolError(f"incarnation {incarnation} is not a non-zero u64")
+        if not 0 < incarnation <= INCARNATION_MAX:
+            raise LocalProtocolError(f"incarnation {incarnation} is not in 1..2**62")
         self.node_id = node_id
         self.incarnation = incarnation
         self._cid = cluster_id(cluster_name)
@@ -122,51 +135,92 @@ class Sealer:
 class _ReplayWindow:
     """Highest counter accepted for one sender incarnation, and a bitmap of the ones behind it."""
 
-    incarnation: int
     highest: int = 0
     bitmap: int = 0  # bit i set = counter (highest - i) was accepted
+    accepted_at: float | None = None  # when it last accepted a datagram (None: no clock given)
 
-    def check(self, counter: int) -> None:
+    def check(self, counter: int, now: float | None) -> None:
         if counter > self.highest:
             return
         behind = self.highest - counter
-        if behind >= REPLAY_WINDOW or self.bitmap >> behind & 1:
-            raise DecodeError("replayed", f"counter {counter}, highest {self.highest}")
+        if behind < REPLAY_WINDOW and not self.bitmap >> behind & 1:
+            return
+        if behind >= REPLAY_WINDOW and self.stale(now):
+            return  # re-anchored by mark() once it authenticates
+        raise DecodeError("replayed", f"counter {counter}, highest {self.highest}")
 
-    def mark(self, counter: int) -> None:
+    def stale(self, now: float | None) -> bool:
+        """Accepted nothing for RESYNC_AFTER seconds (never, without a clock)."""
+        return now is not None and (
+            self.accepted_at is None or now - self.accepted_at >= RESYNC_AFTER
+        )
+
+    def mark(self, counter: int, now: float | None) -> None:
         if counter > self.highest:
             shift = counter - self.highest
-            self.bitmap = (self.bitmap << shift | 1) & ((1 << REPLAY_WINDOW) - 1)
+            # A jump past the window leaves nothing of the old bitmap: never shift by 2**64.
+            kept = self.bitmap << shift if shift < REPLAY_WINDOW else 0
+            self.bitmap = (kept | 1) & ((1 << REPLAY_WINDOW) - 1)
             self.highest = counter
+        elif self.highest - counter >= REPLAY_WINDOW:  # re-anchor after a jump (check allowed it)
+            self.highest, self.bitmap = counter, 1
         else:
             self.bitmap |= 1 << (self.highest - counter)
+        if now is not None:
+            self.accepted_at = now
 
 
 class Opener:
-    """Checks and opens datagrams from the cluster's nodes; keeps one replay window per sender."""
+    """Checks and opens datagrams from the cluster's nodes; keeps replay windows per sender.
 
-    def __init__(self, cluster_name: str, keys: list[ClusterKey]) -> None:
+    `admit(sender)` says which node ids may hold state here (the configured and discovered
+    nodes): any other sender is `unknown_peer` before the AEAD, so 20,000 forged ids cost no
+    memory. Per sender it keeps one replay window for each of its INCARNATIONS_KEPT most
+    recently accepted incarnations; which incarnation is the sender's current life is the
+    agent's decision (design §3.3, "One node id, two lives"), not the opener's."""
+
+    def __init__(
+        self,
+        cluster_name: str,
+        keys: list[ClusterKey],
+        admit: Callable[[int], bool] | None = None,
+    ) -> None:
         if not 0 < len(keys) <= MAX_KEYRING:
             raise LocalProtocolError(f"keyring needs 1 to {MAX_KEYRING} keys, got {len(keys)}")
         self._cid = cluster_id(cluster_name)
         self._keys = {k.key_id: k for k in keys}
-        self._windows: dict[int, _ReplayWindow] = {}
+        self._admit = admit
+        self._windows: dict[int, dict[int, _ReplayWindow]] = {}
         self._ciphers: dict[tuple[bytes, int, int], ChaCha20Poly1305] = {}
 
-    def open(self, datagram: bytes) -> tuple[EnvelopeHeader, bytes]:
-        """(header, payload) of an authentic, fresh datagram; DecodeError with a reason if not."""
+    def open(self, datagram: bytes, now: float | None = None) -> tuple[EnvelopeHeader, bytes]:
+        """(header, payload) of an authentic, fresh datagram; DecodeError with a reason if not.
+
+        `now` (monotonic seconds, optional) lets a window that accepted nothing for
+        RESYNC_AFTER re-anchor on an authentic datagram far behind it."""
         header = self._parse_header(datagram)
-        window = self._windows.get(header.sender)
-        if window is not None and header.incarnation < window.incarnation:
-            raise DecodeError("stale_incarnation", f"node {header.sender}")
-        if window is not None and header.incarnation == window.incarnation:
-            window.check(header.counter)
+        lives = self._windows.get(header.sender)
+        window = None if lives is None else lives.get(header.incarnation)
+        if window is not None:
+            window.check(header.counter, now)
         payload = self._decrypt(header, datagram)
-        if window is None or header.incarnation > window.incarnation:
-            window = self._windows[header.sender] = _ReplayWindow(header.incarnation)
-            self._forget_ciphers(header.sender, header.incarnation)
-        window.mark(header.counter)
+        if window is None:
+            window = _ReplayWindow()
+            lives = self._windows.setdefault(header.sender, {})
+            lives[header.incarnation] = window
+            self._evict(header.sender, lives)
+        else:
+            lives = self._windows[header.sender]
+            lives[header.incarnation] = lives.pop(header.incarnation)  # most recently used last
+        window.mark(header.counter, now)
         return header, payload
+
+    def _evict(self, sender: int, lives: dict[int, _ReplayWindow]) -> None:
+        while len(lives) > INCARNATIONS_KEPT:
+            oldest = next(iter(lives))
+            del lives[oldest]
+            for slot in [s for s in self._ciphers if s[1] == sender and s[2] == oldest]:
+                del self._ciphers[slot]
 
     def _parse_header(self, datagram: bytes) -> EnvelopeHeader:
         if len(datagram) < OVERHEAD:
@@ -184,6 +238,10 @@ class Opener:
             raise DecodeError("unknown_key", key_id.hex())
         if not (sender and incarnation and counter):
             raise DecodeError("bad_header", "zero sender, incarnation or counter")
+        if incarnation > INCARNATION_MAX:
+            raise DecodeError("bad_header", f"node {sender}: incarnation {incarnation} > 2**62")
+        if self._admit is not None and not self._admit(sender):
+            raise DecodeError("unknown_peer", f"node {sender}")
         return EnvelopeHeader(kind, cid, key_id, sender, incarnation, counter)
 
     def _decrypt(self, header: EnvelopeHeader, datagram: bytes) -> bytes:
@@ -201,12 +259,12 @@ class Opener:
         self._ciphers[slot] = cipher  # cached only once it proved itself
         return payload
 
-    def _forget_ciphers(self, sender: int, incarnation: int) -> None:
-        stale = [s for s in self._ciphers if s[1] == sender and s[2] != incarnation]
-        for slot in stale:
-            del self._ciphers[slot]
-
     def forget(self, sender: int) -> None:
         """Drop a removed node's replay state (a node deleted from the cluster)."""
         self._windows.pop(sender, None)
-        self._forget_ciphers(sender, -1)
+        for slot in [s for s in self._ciphers if s[1] == sender]:
+            del self._ciphers[slot]
+
+    def senders(self) -> int:
+        """Senders with replay state (bounded by `admit`)."""
+        return len(self._windows)

@@ -6,7 +6,10 @@ ones with their default, and checks every value's type and range against the ann
 well-authenticated but malformed payload still raises `DecodeError("bad_payload")`.
 
 Supported annotations: int (unsigned, < 2**64), bool, str (<= 255 chars), bytes (<= 4096),
-nested tagged dataclasses, `tuple[X, ...]` of those (<= 1024 items) and `X | None`.
+nested tagged dataclasses, `tuple[X, ...]` of those (<= 1024 items) and `X | None`. A field may
+narrow an int (or each int of a tuple) to `bounds=(low, high)` and a tuple to `max_items`; a value
+outside raises `DecodeError("bad_value")` at decode, so a peer holding the key cannot smuggle a
+value the rest of the code was not written for (docs/design.md §1.4, the bounds table).
 No clock, sockets or logging.
 """
 
@@ -30,11 +33,53 @@ T = TypeVar("T")
 Check = Callable[[Any], Any]
 
 
-def tagged(tag: int, default: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field carried under integer `tag` (tags are append-only, never reused)."""
+def tagged(
+    tag: int,
+    default: Any = dataclasses.MISSING,
+    *,
+    bounds: tuple[int, int] | None = None,
+    max_items: int = MAX_ITEMS,
+) -> Any:
+    """A dataclass field carried under integer `tag` (tags are append-only, never reused).
+
+    `bounds=(low, high)`: an int field (or every int of a tuple field) must lie in [low, high];
+    `max_items`: a tuple field holds at most that many items. Both are checked at decode."""
     if isinstance(default, list | dict | set):
         raise LocalProtocolError("use tuples (immutable) for defaults")
-    return dataclasses.field(default=default, metadata={"tag": tag})
+    if bounds is not None and not 0 <= bounds[0] <= bounds[1] < MAX_UINT:
+        raise LocalProtocolError(f"bounds {bounds} do not fit an unsigned 64-bit int")
+    metadata = {"tag": tag, "bounds": bounds, "max_items": min(max_items, MAX_ITEMS)}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_limits(cls: type, name: str) -> tuple[tuple[int, int] | None, int]:
+    """(bounds, max_items) declared for one field (property-test strategies read them)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("bounds"), f.metadata.get("max_items", MAX_ITEMS)
+    raise LocalProtocolError(f"{cls.__name__} has no field {name}")
+
+
+def _bounded(check: Check, what: str, low: int, high: int) -> Check:
+    def bounded(value: Any) -> Any:
+        result = check(value)
+        if result is not None and not low <= result <= high:
+            raise DecodeError("bad_value", f"{what} = {result} outside [{low}, {high}]")
+        return result
+
+    return bounded
+
+
+def _bounded_tuple(check: Check, what: str, low: int, high: int, items: int) -> Check:
+    def bounded(value: Any) -> Any:
+        result = check(value)
+        if len(result) > items:
+            raise DecodeError("bad_value", f"{what}: {len(result)} items, at most {items}")
+        if result and type(result[0]) is int and not (low <= min(result) and max(result) <= high):
+            raise DecodeError("bad_value", f"{what}: an item outside [{low}, {high}]")
+        return result
+
+    return bounded
 
 
 def _bad(what: str, value: Any) -> DecodeError:
@@ -122,7 +167,15 @@ def _schema(cls: type) -> tuple[tuple[int, str, Check, Any], ...]:
         for f in dataclasses.fields(cls):
             if "tag" not in f.metadata:
                 raise LocalProtocolError(f"{cls.__name__}.{f.name} has no tag")
-            rows.append((f.metadata["tag"], f.name, _checker(hints[f.name]), f.default))
+            check = _checker(hints[f.name])
+            low, high = f.metadata.get("bounds") or (0, MAX_UINT - 1)
+            items = f.metadata.get("max_items", MAX_ITEMS)
+            what = f"{cls.__name__}.{f.name}"
+            if typing.get_origin(hints[f.name]) is tuple:
+                check = _bounded_tuple(check, what, low, high, items)
+            elif f.metadata.get("bounds") is not None:
+                check = _bounded(check, what, low, high)
+            rows.append((f.metadata["tag"], f.name, check, f.default))
         tags = [r[0] for r in rows]
         if len(set(tags)) != len(tags):
             raise LocalProtocolError(f"{cls.__name__} reuses a tag")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from agent.config import MAX_EXPECTED_VOTES
+from agent.config import MAX_EXPECTED_VOTES, ConfigError
 
 MAX_REQUEST = 4096
 EXPECTED_RANGE = f"expected votes must be a whole number from 1 to {MAX_EXPECTED_VOTES} or 'reset'"
@@ -73,15 +74,37 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str) + "\n"
 
 
-async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.AbstractServer:
-    """Listen on `path` until the returned server is closed (a stale socket file is replaced)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file left by an earlier run; refuse (ConfigError) to delete anything
+    else: `control_socket` naming a regular file or a directory is a configuration mistake."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(
+            f"control_socket {path} exists and is not a socket; refusing to delete it: "
+            "set control_socket to another path"
+        )
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
+
+async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.AbstractServer:
+    """Listen on `path` until the returned server is closed (a stale socket file is replaced;
+    any other file there is a ConfigError, never deleted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale_socket(path)
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            raw = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            try:
+                raw = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            except ValueError:  # the line outgrew the reader's limit (MAX_REQUEST)
+                log.warning("control request refused", reason=f"longer than {MAX_REQUEST} bytes")
+                writer.write(f"Error\nrequest longer than {MAX_REQUEST} bytes\n".encode())
+                await writer.drain()
+                return
             line = raw[:MAX_REQUEST].decode("utf-8", "replace").strip()
             ok, body = answer(line, handlers)
             if line.lower().startswith("expected") and ok:
@@ -93,7 +116,7 @@ async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.Abstra
         finally:
             writer.close()
 
-    server = await asyncio.start_unix_server(handle, path=str(path))
+    server = await asyncio.start_unix_server(handle, path=str(path), limit=MAX_REQUEST)
     path.chmod(0o660)
     return server
 

@@ -43,10 +43,12 @@ from typing import Any, NoReturn
 import structlog
 
 from agent.config import AgentConfig, ConfigError
+from agent.events import EventKind
 from agent.node import (
     AgentNode,
     Broadcast,
     Emit,
+    MaxSeqStored,
     MessageIn,
     NodeEffect,
     NodeEvent,
@@ -70,6 +72,12 @@ from agent.runtime.udp import MeshTransport
 from proto.datagram_seal import ClusterKey, Opener, Sealer
 
 RECENT_EVENTS = 256  # events kept for `votemesh events` / the control socket
+EVENT_LEVELS = {
+    EventKind.DUPLICATE_NODE: "error",
+    EventKind.VIEWS_HALTED: "error",
+    EventKind.VIEWS_RESUMED: "warning",
+}
+"""Log level of events that need an operator (every other event is an info line)."""
 RESERVED_LOG_KEYS = {"event", "level", "timestamp", "logger"}
 log = structlog.get_logger("votemesh.agent")
 
@@ -127,13 +135,20 @@ class AgentRuntime:
         self.incarnation = self.state.next_incarnation()
         self.node = AgentNode(config, self.incarnation, max_seq=self.state.load_max_seq())
         sealer = Sealer(config.cluster_name, keys[0], config.node_id, self.incarnation)
-        opener = Opener(config.cluster_name, keys)
+        # Replay state only for nodes with an address (configured or discovered), and our own
+        # id, so the core can tell another process using it (design §3.3).
+        opener = Opener(
+            config.cluster_name,
+            keys,
+            admit=lambda sender: sender in self.mesh.addresses or sender == config.node_id,
+        )
         self.mesh = MeshTransport(
             config,
             sealer,
             opener,
             self._offer,
             fresh=lambda peer: self.node.last_fresh_peer == peer,
+            core_drop=lambda: self.node.last_drop,
         )
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.core_errors = 0
@@ -167,9 +182,23 @@ class AgentRuntime:
             self.core_errors += 1
             log.exception("core failed on a message", peer=event.peer, link=event.link)
             return
+        stored: list[MaxSeqStored] = []
         for effect in effects:
-            self._execute(effect)
+            if isinstance(effect, PersistMaxSeq):
+                stored.append(self._store_max_seq(effect.value))
+            else:
+                self._execute(effect)
+        for answer in stored:  # the core holds every datagram back until it hears this
+            self.dispatch(answer)
         self._arm()
+
+    def _store_max_seq(self, value: int) -> MaxSeqStored:
+        """Persist max_seq (atomic, fsynced); the answer the core waits for."""
+        try:
+            self.state.store_max_seq(value)
+        except ConfigError as exc:
+            return MaxSeqStored(value, str(exc))
+        return MaxSeqStored(value)
 
     def _execute(self, effect: NodeEffect) -> None:
         if isinstance(effect, Broadcast):
@@ -178,11 +207,6 @@ class AgentRuntime:
             self.mesh.send(effect.link, (effect.peer,), effect.message)
         elif isinstance(effect, Emit):
             self._log_event(effect)
-        elif isinstance(effect, PersistMaxSeq):
-            try:
-                self.state.store_max_seq(effect.value)
-            except ConfigError as exc:
-                log.error("state not saved", error=str(exc))  # noqa: TRY400 (one line)
         elif isinstance(effect, QdeviceUpdate) and self.qdevice is not None:
             self.qdevice.update(effect.ring, effect.members, effect.quorate)
 
@@ -195,7 +219,12 @@ class AgentRuntime:
             (f"detail_{k}" if k in RESERVED_LOG_KEYS else k): jsonable(v)
             for k, v in ev.details.items()
         }
-        log.info(str(ev.kind), reason=ev.reason, **details)
+        if ev.kind is EventKind.DUPLICATE_NODE:  # name both processes' addresses
+            peer = int(ev.details["peer"])
+            details["kept_address"] = self.mesh.source_of(peer, int(ev.details["kept"]))
+            details["refused_address"] = self.mesh.source_of(peer, int(ev.details["refused"]))
+        level = EVENT_LEVELS.get(ev.kind, "info")
+        getattr(log, level)(str(ev.kind), reason=ev.reason, **details)
         self.recent.append(
             {"event": str(ev.kind), "reason": ev.reason, "wall_ms": wall_ms(), **details}
         )

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import ConfigError
+from proto.datagram_seal import INCARNATION_MAX
+from proto.mesh_messages import SEQ_MAX
 
 MAX_U64 = 0xFFFFFFFFFFFFFFFF
 INCARNATION_FILE = "incarnation"
@@ -49,7 +51,7 @@ class StateDir:
         """A fresh incarnation, persisted before it is returned (never handed out twice)."""
         last = self._read(INCARNATION_FILE)
         value = max(last + 1, self._clock_us(), 1)
-        if value > MAX_U64:
+        if value > INCARNATION_MAX:
             raise ConfigError(
                 f"{self.path / INCARNATION_FILE} is exhausted; remove it to restart from the clock"
             )
@@ -57,8 +59,17 @@ class StateDir:
         return value
 
     def load_max_seq(self) -> int:
-        """The persisted highest ring sequence (0 on a first start)."""
-        return self._read(MAX_SEQ_FILE)
+        """The persisted highest ring sequence (0 on a first start). A value that leaves no room
+        for a new ring id (above SEQ_MAX - 1) is a one-line ConfigError saying what to do."""
+        value = self._read(MAX_SEQ_FILE)
+        if value >= SEQ_MAX:
+            raise ConfigError(
+                f"{self.path / MAX_SEQ_FILE} holds {value}, above the highest ring sequence "
+                f"{SEQ_MAX - 1} (written by an older version from a hostile datagram, or by "
+                "hand): write into it the highest ring sequence your cluster uses (ring_id in "
+                "`votemesh status` on another node) plus 1000, then start again"
+            )
+        return value
 
     def store_max_seq(self, value: int) -> None:
         """Persist a higher ring sequence (lower values are ignored)."""

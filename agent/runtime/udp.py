@@ -4,10 +4,11 @@ Adapter ring. Every link of the config gets an asyncio `DatagramProtocol` bound 
 and port. A datagram is opened (`proto.mesh_messages`: envelope checks, AEAD, replay window),
 its sender must be a known peer, and the decoded message is handed to `deliver` as a
 `MessageIn`. Anything else is dropped and counted by reason (`DecodeError.reason`, plus
-`unknown_peer`, `bad_payload`, `not_running`), with at most one debug line per reason per second:
-nothing a peer sends can raise out of the receive path. Outgoing messages are sealed once per
-`Broadcast` and sent to each peer's address on that link; a peer's addresses come from the
-static config or discovery (`discovered_address`).
+`unknown_peer`, `bad_payload`, `bad_value`, `not_running`, and the core's reasons from
+`AgentNode.last_drop`), logged rate-limited (`WARN_REASONS` as warnings with the source
+address, the rest as debug lines): nothing a peer sends can raise out of the receive path.
+Outgoing messages are sealed once per `Broadcast` and sent to each peer's address on that
+link; a peer's addresses come from the static config or discovery (`discovered_address`).
 
 Addresses learned from authenticated traffic: multicast DNS is not authenticated, so a
 discovered address is only a proposal. When a fresh heartbeat from a peer opens under the
@@ -43,6 +44,14 @@ RECEIVE_BUFFER = 1 << 20  # bytes: absorbs a burst of ~10,000 small datagrams
 SEND_BUFFER_LIMIT = 256 * 1024  # bytes queued in asyncio before we drop instead of buffering
 LOG_EVERY = 1.0  # seconds: at most one debug line per drop reason
 CONFIRMED_FOR = 10.0  # seconds an authenticated source address outranks discovery
+WARN_EVERY = 10.0  # seconds: at most one warning line per reason that names an outsider
+WARN_REASONS = frozenset(
+    {"unknown_peer", "foreign_cluster", "unknown_key", "own_node_id", "bad_value", "seq_leap"}
+)
+"""Drops worth an operator's attention (another cluster or key on our port, a node id nobody
+configured, a keyed member sending out-of-range values): a warning with the source address,
+at most one per reason every WARN_EVERY seconds. Every other reason stays a debug line."""
+SOURCES_KEPT = 4  # source addresses remembered per sender (one per incarnation, newest)
 
 Address = tuple[str, int]
 
@@ -101,6 +110,7 @@ class MeshTransport:
         *,
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         fresh: Callable[[int], bool] = lambda _peer: True,
+        core_drop: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.config = config
         self.sealer, self.opener = sealer, opener
@@ -110,6 +120,10 @@ class MeshTransport:
         self.fresh = fresh
         """After `deliver`: was that datagram from this peer fresh (not a replayed recording)?
         Only then does its source address count (the core knows: `AgentNode.last_fresh_peer`)."""
+        self.core_drop = core_drop
+        """After `deliver`: why the core dropped that message (`AgentNode.last_drop`), or None."""
+        self.sources: dict[tuple[int, int], Address] = {}
+        """(sender, incarnation) -> the source of its last authentic datagram (bounded)."""
         self.counters = DatagramCounters()
         self.transports: dict[int, asyncio.DatagramTransport] = {}
         self.addresses: dict[int, dict[int, Address]] = {}
@@ -203,7 +217,7 @@ class MeshTransport:
         """One datagram from the network: deliver it, or drop and count it. Never raises."""
         self.counters.received += 1
         try:
-            header, payload = self.opener.open(data)
+            header, payload = self.opener.open(data, time.monotonic())
         except DecodeError as exc:
             self.note_drop(exc.reason, exc.detail, addr)
             return
@@ -215,21 +229,43 @@ class MeshTransport:
         except DecodeError as exc:
             self.note_drop(exc.reason, exc.detail, addr)
             return
+        self._remember_source(header.sender, header.incarnation, addr)
         event = MessageIn(header.sender, header.incarnation, link, message, self.wall_ms())
         if not self.deliver(event):
             self.note_drop("not_running", f"node {header.sender}", addr)
+            return
+        refused = self.core_drop()
+        if refused is not None:
+            self.note_drop(refused, f"node {header.sender} incarnation {header.incarnation}", addr)
             return
         self.counters.accepted += 1
         if self.fresh(header.sender):
             self._confirm(header.sender, link, addr)
 
+    def _remember_source(self, sender: int, incarnation: int, addr: Any) -> None:
+        if not isinstance(addr, tuple) or len(addr) < 2:
+            return
+        self.sources.pop((sender, incarnation), None)
+        self.sources[(sender, incarnation)] = (str(addr[0]), int(addr[1]))
+        mine = [key for key in self.sources if key[0] == sender]
+        for key in mine[:-SOURCES_KEPT]:
+            del self.sources[key]
+
+    def source_of(self, sender: int, incarnation: int) -> str | None:
+        """ "host:port" the last authentic datagram of that sender incarnation came from."""
+        source = self.sources.get((sender, incarnation))
+        return None if source is None else f"{source[0]}:{source[1]}"
+
     def note_drop(self, reason: str, detail: str = "", addr: Any = None) -> None:
-        """Count a dropped datagram; debug-log it unless this reason was logged < 1 s ago."""
+        """Count a dropped datagram and log it, rate-limited: a warning with the source address
+        for WARN_REASONS (once per WARN_EVERY), else a debug line (once per LOG_EVERY)."""
         self.counters.dropped[reason] += 1
-        if self._log_due(reason):
+        warn = reason in WARN_REASONS
+        if self._log_due(reason, WARN_EVERY if warn else LOG_EVERY):
             source = None if addr is None else f"{addr[0]}:{addr[1]}"
             total = self.counters.dropped[reason]
-            log.debug("datagram dropped", reason=reason, detail=detail, source=source, total=total)
+            emit = log.warning if warn else log.debug
+            emit("datagram dropped", reason=reason, detail=detail, source=source, total=total)
 
     def send_failed(self, detail: str, addr: Any) -> None:
         """Count a datagram we could not send; debug-log at most once a second."""
@@ -238,9 +274,9 @@ class MeshTransport:
             target = None if addr is None else f"{addr[0]}:{addr[1]}"
             log.debug("datagram not sent", detail=detail, target=target)
 
-    def _log_due(self, reason: str) -> bool:
+    def _log_due(self, reason: str, every: float = LOG_EVERY) -> bool:
         now = time.monotonic()
-        if now - self._last_log.get(reason, -LOG_EVERY) < LOG_EVERY:
+        if now - self._last_log.get(reason, -every) < every:
             return False
         self._last_log[reason] = now
         return True

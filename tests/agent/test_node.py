@@ -18,6 +18,7 @@ from agent.node import (
     AgentNode,
     Broadcast,
     Emit,
+    MaxSeqStored,
     MessageIn,
     NodeEffect,
     PersistMaxSeq,
@@ -72,6 +73,7 @@ class Net:
         return net
 
     def apply(self, src: int, effects: list[NodeEffect]) -> None:
+        stored: list[int] = []
         for e in effects:
             if isinstance(e, Broadcast):
                 targets = [(p, e.link, e.message) for p in e.peers]
@@ -82,6 +84,7 @@ class Net:
                     self.events.append((self.now, src, e))
                 elif isinstance(e, PersistMaxSeq):
                     self.persisted[src] = e.value
+                    stored.append(e.value)
                 targets = []
             for dst, link, msg in targets:
                 self.seq += 1
@@ -97,6 +100,8 @@ class Net:
                 )
         node = self.nodes[src]
         self.quorate_log.setdefault(src, []).append((self.now, node.quorate))
+        for value in stored:  # durable at once, as the runtime answers (design §3.3)
+            self.apply(src, node.handle(MaxSeqStored(value), self.now))
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
@@ -301,6 +306,8 @@ def test_heartbeat_rounds_are_on_wall_clock_multiples() -> None:
     fall where the wall clock is a whole multiple of the interval, whatever the monotonic clock."""
     node = AgentNode(config(1, 3), incarnation=1)
     effects = node.handle(Start(wall_ms=1_000_037), 5.0)  # wall 1000.037 s at monotonic 5.0
+    assert effects == [PersistMaxSeq(1)]  # the boot view's ring id is durable before it is sent
+    effects = node.handle(MaxSeqStored(1), 5.0)
     assert any(isinstance(e, Broadcast) for e in effects)
     assert node.next_deadline() == pytest.approx(5.063)  # wall 1000.100
     effects = node.handle(Tick(wall_ms=1_000_100), 5.063)

@@ -122,9 +122,10 @@ def relayed_cluster(tmp_path: Path) -> Iterator[tuple[AgentCluster, Relay]]:
 def test_each_kind_of_bad_datagram_is_counted_by_reason(
     relayed_cluster: tuple[AgentCluster, Relay],
 ) -> None:
-    """Forged, replayed, truncated, foreign-cluster, wrong-key, zero-header, stale-incarnation,
-    non-votemesh and unknown-sender datagrams at a running agent are each dropped and counted
-    once under their reason; the view and quorum stay as they were."""
+    """Forged, replayed, truncated, foreign-cluster, wrong-key, zero-header, non-votemesh and
+    unknown-sender datagrams at a running agent are each dropped and counted once under their
+    reason (a tampered incarnation is a forgery: it is part of the sealed header); the view and
+    quorum stay as they were."""
     cluster, relay = relayed_cluster
     agent = cluster.agents[1]
     before = agent.status()
@@ -141,7 +142,6 @@ def test_each_kind_of_bad_datagram_is_counted_by_reason(
         "foreign_cluster": seal_message(Sealer("other", key, 2, 1), heartbeat),
         "unknown_key": seal_message(Sealer("live", ClusterKey(os.urandom(32)), 2, 1), heartbeat),
         "bad_header": with_field(genuine, 16, ">I", 0),
-        "stale_incarnation": with_field(genuine, 20, ">Q", 1),
         "unknown_peer": seal_message(Sealer("live", key, 99, 1), heartbeat),
     }
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
@@ -274,7 +274,9 @@ async def test_authentic_but_undecodable_payloads_are_counted() -> None:
 
 
 def test_drops_are_logged_at_most_once_per_reason_per_second() -> None:
-    """A burst of junk is counted in full but debug-logged once per reason, whatever its size."""
+    """A burst of junk is counted in full but logged once per reason, whatever its size. Junk
+    is a debug line; datagrams from another cluster, another key or a node nobody configured
+    are a warning naming the source address (regression: they were only counted)."""
     key = ClusterKey(os.urandom(32))
     config = AgentConfig(
         cluster_name="unit",
@@ -285,21 +287,31 @@ def test_drops_are_logged_at_most_once_per_reason_per_second() -> None:
     )
     mesh = MeshTransport(config, Sealer("unit", key, 1, 5), Opener("unit", [key]), lambda _: True)
     foreign = Sealer("other", key, 2, 1)
+    wrong_key = Sealer("unit", ClusterKey(os.urandom(32)), 2, 1)
+    stranger = Sealer("unit", key, 77, 1)
     with structlog.testing.capture_logs() as logs:
         for _ in range(500):
             mesh.receive(0, b"junk" * 20, ("127.0.0.9", 4000))
             mesh.receive(0, b"VM", ("127.0.0.9", 4000))
-            mesh.receive(0, foreign.seal(1, b"\x80"), ("127.0.0.9", 4000))
+            mesh.receive(0, foreign.seal(1, b"\x80"), ("127.0.0.9", 4001))
+            mesh.receive(0, wrong_key.seal(1, b"\x80"), ("127.0.0.9", 4002))
+            mesh.receive(0, stranger.seal(1, b"\x80"), ("127.0.0.9", 4003))
     assert dict(mesh.counters.dropped) == {
         "bad_magic": 500,
         "truncated": 500,
         "foreign_cluster": 500,
+        "unknown_key": 500,
+        "unknown_peer": 500,
     }
-    drops = [(e["reason"], e["log_level"]) for e in logs if e["event"] == "datagram dropped"]
-    assert sorted(drops) == [
-        ("bad_magic", "debug"),
-        ("foreign_cluster", "debug"),
-        ("truncated", "debug"),
+    drops = sorted(
+        (e["reason"], e["log_level"], e["source"]) for e in logs if e["event"] == "datagram dropped"
+    )
+    assert drops == [
+        ("bad_magic", "debug", "127.0.0.9:4000"),
+        ("foreign_cluster", "warning", "127.0.0.9:4001"),
+        ("truncated", "debug", "127.0.0.9:4000"),
+        ("unknown_key", "warning", "127.0.0.9:4002"),
+        ("unknown_peer", "warning", "127.0.0.9:4003"),
     ]
 
 

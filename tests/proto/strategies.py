@@ -9,6 +9,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from proto.mesh_messages import NODE_IDS, SEQS, View
 from proto.qnetd_enums import (
     Heuristics,
     NodeListType,
@@ -20,6 +21,7 @@ from proto.qnetd_enums import (
 )
 from proto.qnetd_messages import MESSAGE_CLASSES, QnetdMessage
 from proto.qnetd_options import NodeInfo, RingId, TieBreaker
+from proto.tagged_map import field_limits
 
 u16 = st.integers(0, 2**16 - 1)
 u32 = st.integers(0, 2**32 - 1)
@@ -84,10 +86,12 @@ qnetd_messages = st.sampled_from(list(MESSAGE_CLASSES.values())).flatmap(qnetd_m
 wire_messages = qnetd_messages.filter(_nonempty)
 
 
-def tagged_value(annotation: Any) -> st.SearchStrategy[Any]:
-    """Values of a tagged_map annotation within its documented limits."""
+def tagged_value(
+    annotation: Any, bounds: tuple[int, int] | None = None, max_items: int = 12
+) -> st.SearchStrategy[Any]:
+    """Values of a tagged_map annotation within its documented limits (a field's `bounds`)."""
     scalars: dict[Any, st.SearchStrategy[Any]] = {
-        int: u64,
+        int: u64 if bounds is None else st.integers(*bounds),
         bool: st.booleans(),
         str: st.text(max_size=60),
         bytes: st.binary(max_size=100),
@@ -97,13 +101,22 @@ def tagged_value(annotation: Any) -> st.SearchStrategy[Any]:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (types.UnionType, typing.Union):
         inner = next(a for a in args if a is not type(None))
-        return st.none() | tagged_value(inner)
+        return st.none() | tagged_value(inner, bounds, max_items)
     if origin is tuple:
-        return st.lists(tagged_value(args[0]), max_size=12).map(tuple)
+        items = st.lists(tagged_value(args[0], bounds), max_size=min(12, max_items))
+        return items.map(tuple)
     return tagged_dataclass(annotation)
 
 
 def tagged_dataclass(cls: type[Any]) -> st.SearchStrategy[Any]:
-    """Any instance of a tagged dataclass."""
+    """Any valid instance of a tagged dataclass (every field within its declared bounds; a
+    mesh `View` sorted, distinct, with its lowest member as representative)."""
+    if cls is View:
+        ids = st.lists(st.integers(*NODE_IDS), min_size=1, max_size=12, unique=True)
+        return st.builds(lambda m, s: View(min(m), s, tuple(sorted(m))), ids, st.integers(*SEQS))
     hints = typing.get_type_hints(cls)
-    return st.builds(cls, **{f.name: tagged_value(hints[f.name]) for f in dataclasses.fields(cls)})
+    fields = {}
+    for f in dataclasses.fields(cls):
+        bounds, items = field_limits(cls, f.name)
+        fields[f.name] = tagged_value(hints[f.name], bounds, items)
+    return st.builds(cls, **fields)

@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 
 from proto.datagram_seal import (
     HEADER_SIZE,
+    INCARNATION_MAX,
+    INCARNATIONS_KEPT,
     OVERHEAD,
     REPLAY_WINDOW,
+    RESYNC_AFTER,
     ClusterKey,
     Opener,
     Sealer,
@@ -117,14 +120,71 @@ def test_counter_older_than_window_is_rejected() -> None:
     assert reason(opener, old) == "replayed"
 
 
-def test_new_incarnation_resets_window_and_old_one_is_stale() -> None:
-    """A restart (higher incarnation) is accepted from counter 1; the old one is then stale."""
+def test_each_incarnation_has_its_own_window_and_the_agent_picks_the_life() -> None:
+    """A restart (new incarnation) opens from counter 1 in a window of its own; a reordered
+    datagram of the old life still opens (the agent, not the opener, decides which life is
+    current: design §3.3), and replays of either life are refused."""
     before, opener = pair(incarnation=1000)
     old = [before.seal(1, b"a"), before.seal(1, b"b")]
     opener.open(old[0])
     after = Sealer("alpha", KEY, 7, 2000)
-    assert opener.open(after.seal(1, b"c"))[0].counter == 1
-    assert reason(opener, old[1]) == "stale_incarnation"
+    new = after.seal(1, b"c")
+    assert opener.open(new)[0].counter == 1
+    assert opener.open(old[1])[0].incarnation == 1000
+    assert reason(opener, old[0]) == "replayed"
+    assert reason(opener, new) == "replayed"
+
+
+def test_a_sender_keeps_a_bounded_number_of_lives() -> None:
+    """Windows of at most INCARNATIONS_KEPT incarnations per sender, least recently used out."""
+    opener = Opener("alpha", [KEY])
+    for incarnation in range(1, 50):
+        opener.open(Sealer("alpha", KEY, 7, incarnation).seal(1, b"x"))
+    assert len(opener._windows[7]) == INCARNATIONS_KEPT
+    assert sorted(opener._windows[7]) == list(range(50 - INCARNATIONS_KEPT, 50))
+    assert {s[2] for s in opener._ciphers} == set(range(50 - INCARNATIONS_KEPT, 50))
+
+
+def test_unknown_senders_hold_no_state() -> None:
+    """With `admit`, a sender it refuses is `unknown_peer` before the AEAD and leaves no window
+    or cipher behind: 20,000 forged node ids cost nothing (regression: memory grew 42 -> 69 MB)."""
+    opener = Opener("alpha", [KEY], admit=lambda sender: sender in {1, 2})
+    for sender in range(3, 20_003):
+        assert reason(opener, Sealer("alpha", KEY, sender, 1).seal(1, b"x")) == "unknown_peer"
+    opener.open(Sealer("alpha", KEY, 2, 1).seal(1, b"x"))
+    assert (opener.senders(), len(opener._ciphers)) == (1, 1)
+
+
+def test_incarnation_above_the_bound_is_a_bad_header() -> None:
+    """An incarnation above 2**62 (2**64 - 1 from a hostile member) never gets a window."""
+    sealer, opener = pair()
+    datagram = bytearray(sealer.seal(1, b"x"))
+    datagram[20:28] = (2**64 - 1).to_bytes(8, "big")
+    assert reason(opener, bytes(datagram)) == "bad_header"
+    assert opener.senders() == 0
+    with pytest.raises(LocalProtocolError):
+        Sealer("alpha", KEY, 7, INCARNATION_MAX + 1)
+
+
+def test_counter_jump_to_the_top_costs_no_memory_and_the_sender_comes_back() -> None:
+    """A keyed sender's counter 2**64 - 1 is one datagram (regression: MemoryError from a
+        2**64-bit shift). The real sender, far behind it, is refused while the jumped window is
+        live, and re-anchors it once the window accepted nothing for RESYNC_AFTER seconds; after
+    that the old window is gone (a replay of the re-anchoring datagram is refused)."""
+    real = Sealer("alpha", KEY, 7, 1000)
+    opener = Opener("alpha", [KEY])
+    opener.open(real.seal(1, b"a"), now=0.0)
+    hostile = Sealer("alpha", KEY, 7, 1000)
+    hostile.counter = 2**64 - 2
+    assert opener.open(hostile.seal(1, b"jump"), now=0.5)[0].counter == 2**64 - 1
+    assert opener._windows[7][1000].bitmap == 1
+    late = real.seal(1, b"b")
+    with pytest.raises(DecodeError, match="replayed"):
+        opener.open(late, now=0.5 + RESYNC_AFTER / 2)
+    assert opener.open(late, now=0.5 + RESYNC_AFTER)[1] == b"b"
+    assert opener.open(real.seal(1, b"c"), now=0.6 + RESYNC_AFTER)[1] == b"c"
+    with pytest.raises(DecodeError, match="replayed"):
+        opener.open(late, now=3.0)
 
 
 def test_senders_have_independent_windows() -> None:

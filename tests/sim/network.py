@@ -447,6 +447,9 @@ class SimNetwork:
             changed = self._effect(node, slot, effect) or changed
         if changed:
             self._observe(node, core)
+        for effect in effects:  # stored at once, as the runtime does (design §3.3)
+            if isinstance(effect, iface.PersistMaxSeq) and slot.core is core:
+                self._call(node, iface.MaxSeqStored(effect.value))
         self._arm(node, slot, core)
 
     def _effect(self, node: int, slot: _Slot, effect: Any) -> bool:
