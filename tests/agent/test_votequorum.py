@@ -230,8 +230,8 @@ def test_override_lowers_expected_and_is_published() -> None:
     [
         ([1, 2, 3], 2, "2 is below the 3 votes present; use at least 3"),
         ([1, 2, 3], 9, "the partition is quorate and 9 would need 5 votes"),
-        ([1, 2, 3], 0, "expected votes must be between 1 and 4294967295"),
-        ([1, 2, 3], 2**64, "expected votes must be between 1 and 4294967295"),
+        ([1, 2, 3], 0, "expected votes must be between 1 and 1024000"),
+        ([1, 2, 3], 2**64, "expected votes must be between 1 and 1024000"),
     ],
 )
 def test_override_refused_with_a_reason(present: list[int], value: int, why: str) -> None:
