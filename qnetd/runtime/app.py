@@ -55,6 +55,16 @@ class RunOptions:
     server_key: Path | None = None
 
 
+class ListenError(OSError):
+    """An address from the command line that cannot be listened on; the message names the
+    option, so the user knows which one to fix."""
+
+    def __init__(self, option: str, host: str, port: int, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"{option}: cannot listen on {shown}:{port}: {reason}")
+
+
 def _pki(options: RunOptions) -> tuple[str, str, str] | None:
     """(ca, cert, key) PEM paths; creates the state-dir PKI on first start.
 
@@ -119,7 +129,10 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     context = server_ssl_context(*pki, options.settings.client_cert_required) if pki else None
     core = QnetdCore(options.settings, ALGORITHMS)
     server = QnetdServer(core, context)
-    listeners = bind_listeners(options.listen, options.port, options.family)
+    try:
+        listeners = bind_listeners(options.listen, options.port, options.family)
+    except OSError as exc:
+        raise ListenError("--listen", options.listen or "*", options.port, exc) from None
     address = listeners[0].getsockname()
     listen_text = f"{options.listen or '*'}:{address[1]}"
     await server.start(listeners)
@@ -135,7 +148,10 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     collector = CoreCollector(core, lambda: server.connection_count)
     collector.extra.append(lambda: _preinit_metrics(server))
     if options.enroll_listen is not None:
-        closers.append(await _start_enrollment(options, collector))
+        try:
+            closers.append(await _start_enrollment(options, collector))
+        except OSError as exc:
+            raise ListenError("--enroll-listen", *options.enroll_listen, exc) from None
     if options.http_listen is not None:
         registry = LazyMetrics(collector)
 
@@ -151,7 +167,10 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
         if isinstance(options.http_listen, Path):
             closers.append(await serve_http_unix(options.http_listen, registry, health))
         else:
-            closers.append(await serve_http(*options.http_listen, registry, health))
+            try:
+                closers.append(await serve_http(*options.http_listen, registry, health))
+            except OSError as exc:
+                raise ListenError("--http-listen", *options.http_listen, exc) from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
