@@ -138,21 +138,11 @@ def _refusal(status: int, body: bytes) -> EnrollError:
 # --- checks ------------------------------------------------------------------------------------
 
 
-def names_of(cert: x509.Certificate) -> list[str]:
-    """SAN DNS names if the certificate has a SAN, else its CN (NSS host-name rules)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return [str(a.value) for a in attrs[-1:]]
-    return list(san.get_values_for_type(x509.DNSName))
-
-
 def check_server_name(der: bytes | None) -> None:
     """Refuse a server whose certificate is not named `Qnetd Server`."""
     if der is None:
         raise EnrollError("server sent no certificate")
-    names = names_of(x509.load_der_x509_certificate(der))
+    names = cert_names.names_of(x509.load_der_x509_certificate(der))
     if not any(cert_names.is_server_name(n) for n in names):
         raise EnrollError(f"server certificate is named {names}, not {SERVER_NAME!r}; refusing")
 

@@ -56,8 +56,8 @@ from agent.qdevice_session import (
     StartTls,
     VoteChanged,
 )
-from agent.runtime.enroll import SERVER_NAME, names_of
-from proto.cert_names import is_server_name
+from agent.runtime.enroll import SERVER_NAME
+from proto.cert_names import is_server_name, names_of
 from proto.errors import DecodeError
 from proto.qnetd_stream import StreamDecoder
 
