@@ -29,10 +29,10 @@ from qnetd.runtime.control import (
 )
 from qnetd.runtime.http import CoreCollector, LazyMetrics, serve_http, serve_http_unix
 from qnetd.runtime.observability import sd_notify
-from qnetd.runtime.pki_check import check_server_pki
+from qnetd.runtime.pki_check import ensure_state_pki
 from qnetd.runtime.server import QnetdServer, bind_listeners, server_ssl_context, tune_tls_memory
 from qnetd.settings import QnetdSettings
-from qnetd.state_files import StatePaths, locked, pair_complete, server_using
+from qnetd.state_files import StatePaths, server_using
 
 log = structlog.get_logger("votemesh.qnetd")
 
@@ -77,17 +77,7 @@ def _pki(options: RunOptions) -> tuple[str, str, str] | None:
 
         certs.load_operator_pki(options.ca_cert, options.server_cert, options.server_key)
         return str(options.ca_cert), str(options.server_cert), str(options.server_key)
-    paths = StatePaths(options.state_dir)
-    with locked(paths):
-        ready = pair_complete(paths.ca_cert, paths.ca_key) and pair_complete(
-            paths.server_cert, paths.server_key
-        )
-    if ready:
-        check_server_pki(paths.ca_cert, paths.server_cert, paths.server_key)
-    else:
-        from qnetd import certs  # noqa: PLC0415 (first start: create the CA)
-
-        certs.ensure_state(options.state_dir)
+    paths = ensure_state_pki(options.state_dir)
     return str(paths.ca_cert), str(paths.server_cert), str(paths.server_key)
 
 
@@ -226,8 +216,6 @@ def _preinit_metrics(server: QnetdServer) -> Any:
 async def _start_enrollment(
     options: RunOptions, collector: CoreCollector
 ) -> asyncio.AbstractServer:
-    from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
-
     from qnetd.runtime.enroll_server import start_enrollment_server  # noqa: PLC0415
 
     assert options.enroll_listen is not None  # noqa: S101 (checked by the caller)
@@ -235,6 +223,8 @@ async def _start_enrollment(
     enroll_server, stats = await start_enrollment_server(options.state_dir, host, port)
 
     def metrics() -> Any:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 (first scrape)
+
         family = CounterMetricFamily(
             "votemesh_qnetd_enrollments", "Enrollment requests", labels=["result"]
         )
