@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from agent.config import ConfigError, QdeviceConfig
-from agent.runtime.qdevice import QdeviceRunner, server_name_problem
+from agent.runtime.qdevice import QdeviceRunner, RefusalLog, server_name_problem
 from proto import qnetd_messages as qm
 from proto.qnetd_enums import TlsSupported
 from proto.tlv import MESSAGE_HEADER_SIZE, unpack_header
@@ -132,6 +132,36 @@ async def test_runner_refuses_a_qnetd_without_tls_by_default(tmp_path: Path) -> 
 
 
 @pytest.mark.asyncio
+async def test_lms_runner_warns_about_a_qnetd_without_tls_once_not_on_every_retry(
+    tmp_path: Path,
+) -> None:
+    """With `algorithm = "lms"` the runner keeps retrying a qnetd without TLS (qdevice always
+    reconnects with lms). The refusal is a warning (it was an info line on every retry, every
+    1.5-3 s): logged once, then rate-limited; the status and the session keep the reason."""
+    with running_our_qnetd(tmp_path / "qnetd", "off", False) as server:
+        reports: list[Report] = []
+        cfg = config_for(server, algorithm="lms", tie_breaker="1")
+        runner = QdeviceRunner(cfg, 1, CLUSTER, lambda *a: reports.append(a))
+        runner.set_config((1, 2))
+        runner.update((1, 5), (1,), quorate=False)
+        with capture_logs() as logs:
+            task = asyncio.create_task(runner.run(), name="qdevice")
+            try:
+                await wait_for(lambda: runner.session._failures >= 4, timeout=30)
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+        assert not any(vote or connected for vote, connected, _ in reports)
+        refusals = [e for e in logs if "offers no TLS" in str(e.get("reason", ""))]
+        assert len(refusals) == 1, refusals  # 4+ refused connects, one line
+        assert refusals[0]["log_level"] == "warning"
+        assert refusals[0]["event"] == "qdevice refused by qnetd"
+        assert refusals[0]["reconnect_in_s"] > 0
+        assert "allow_tls_downgrade" in runner.status()["last_close"]
+
+
+@pytest.mark.asyncio
 async def test_runner_downgrades_only_when_allowed_and_warns_on_every_connect(
     tmp_path: Path,
 ) -> None:
@@ -202,6 +232,18 @@ async def test_runner_reconnects_within_a_second_or_two_of_a_qnetd_restart(
     assert all(0 < e["reconnect_in_s"] <= 3.0 for e in retries), retries
     assert runner.status()["connects"] == 2
     assert back_after < 4.5, f"device vote back {back_after:.2f} s after the port opened"
+
+
+def test_refusal_log_rate_limit() -> None:
+    """The first refusal of a reason is logged, repeats within the interval are counted, the
+    next one after it is logged with that count; reasons are limited separately."""
+    limiter = RefusalLog(60.0)
+    assert limiter.due("a", 0.0) == 0
+    assert limiter.due("a", 2.0) is None
+    assert limiter.due("a", 59.0) is None
+    assert limiter.due("b", 59.5) == 0
+    assert limiter.due("a", 60.5) == 2
+    assert limiter.due("a", 61.0) is None
 
 
 # ---------------------------------------------------------------- an impostor qnetd
