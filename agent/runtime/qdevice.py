@@ -147,6 +147,8 @@ class QdeviceRunner:
         self.tls_version = ""
         self.connects = 0
         """Connections that reached the connected state."""
+        self.attempts = 0
+        """Connects started (each `Connect` effect): what tests and benchmarks count."""
         self.last_close = ""
         self._refusals = RefusalLog(REFUSAL_LOG_INTERVAL)
 
@@ -199,6 +201,7 @@ class QdeviceRunner:
         match effect:
             case Connect():
                 self._gen += 1
+                self.attempts += 1
                 self._close_writer()
                 log.debug("qdevice connecting", server=f"{self.cfg.host}:{self.cfg.port}")
                 self._spawn(self._connect(self._gen), "qdevice-connect")
