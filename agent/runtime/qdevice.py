@@ -12,8 +12,9 @@ through `on_vote(vote, connected, reason)`, which it turns into `QdeviceVote` fo
   TLS or heuristics task of an older generation reports nothing, so the session never hears
   `disconnected()` after its own `Close`.
 * TLS: the client context trusts `ca_pem`, presents `cert_pem`/`key_pem`; the server must be
-  named `Qnetd Server` (SAN DNS names, else the CN, case-insensitive, as NSS checks it), which
-  Python's host-name check cannot do (the space), so it is checked here after the handshake.
+  named `Qnetd Server` (SAN DNS names, the CN only without a SAN extension, case-insensitive, as
+  NSS checks it), which Python's host-name check cannot do (the space), so it is checked here
+  after the handshake.
   A session without TLS (`PlainText`: tls = "off" or an allowed downgrade) is logged as a warning
   on every connect; a close that gives up (a server without TLS when no downgrade is allowed,
   and the other refusals of reference 4.8) is logged as an error with its reason.
