@@ -79,6 +79,9 @@ class Close:
 
     reason: str
     reconnect_at: float | None
+    refused: bool = False
+    """A refusal (`reconnect = False`: ffsplit gives up, lms retries), not a lost connection:
+    the runtime logs it as a warning (rate-limited) or an error, not as an info line."""
 
 
 @dataclass(frozen=True, slots=True)

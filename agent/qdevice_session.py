@@ -379,7 +379,7 @@ class QdeviceSession:
         self._vote_reason = f"qnetd connection lost: {reason}"
         self._state = "disconnected"
         self._c = Connection()
-        effects: list[QdEffect] = [Close(reason, self._reconnect_at)]
+        effects: list[QdEffect] = [Close(reason, self._reconnect_at, refused=not reconnect)]
         if was_connected:
             effects.append(SessionEvent("disconnected", reason))
         return effects

@@ -1,20 +1,58 @@
 """Certificate names shared by the arbitrator and the node: the server's identity and which
 cluster names could be mistaken for it.
 
-qdevice (and our agent) accept the arbitrator when its certificate is named `Qnetd Server` (SAN DNS
-names, else the CN, case-insensitive: NSS host-name matching, reference 5.1). Every cluster's
+qdevice (and our agent) accept the arbitrator when its certificate is named `Qnetd Server` (NSS
+host-name matching, reference 5.1: the SAN's DNS names when the certificate has a SAN extension,
+the CN only when it has none; case-insensitive), and qnetd accepts a client whose certificate
+names its cluster by the same rule (`host_names`, reference 5.2). Every cluster's
 client certificate comes from the same CA, so a cluster named like the server would get a
 certificate that passes that check: whoever holds it could answer for the arbitrator. Such names
-are refused wherever a cluster certificate or token is made. Pure: strings in, strings out.
+are refused wherever a cluster certificate or token is made. Pure: strings in, strings out
+(`names_of` reads a parsed `cryptography` certificate; it imports `cryptography` only when called,
+so the arbitrator, which extracts names from `ssl`'s dict instead, starts without it).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 SERVER_NAME = "Qnetd Server"  # what qdevice expects of qnetd (net_nss_qnetd_cn, reference 5.1)
 CA_NAME = "QNet CA"  # corosync-qnetd-certutil's CA subject
 SERVER_NICKNAME = "QNetd Cert"  # corosync-qnetd's NSS nickname of its certificate
 CLIENT_NICKNAME = "Cluster Cert"  # qdevice's NSS nickname of the cluster certificate
 RESERVED_NAMES = (SERVER_NAME, CA_NAME, SERVER_NICKNAME, CLIENT_NICKNAME)
+
+
+def host_names(common_names: Sequence[str], san_dns_names: Sequence[str] | None) -> list[str]:
+    """The names NSS compares with the expected host name (CERT_VerifyCertName).
+
+    `san_dns_names` is None when the certificate has no subjectAltName extension: then the last
+    subject CN (CERT_GetCommonName). With a SAN extension, only its DNS entries, even when there
+    are none (a SAN of IP addresses or e-mails alone): NSS then never looks at the CN.
+    """
+    if san_dns_names is None:
+        return list(common_names[-1:])
+    return list(san_dns_names)
+
+
+def names_of(cert: x509.Certificate) -> list[str]:
+    """`host_names` of a parsed certificate (the node's check of the arbitrator, `certs`)."""
+    from cryptography import x509  # noqa: PLC0415 (see the module docstring)
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    cns = [
+        value if isinstance(value, str) else value.decode(errors="replace")
+        for value in (a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+    ]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return host_names(cns, None)
+    return host_names(cns, san.get_values_for_type(x509.DNSName))
 
 
 def _canonical(name: str) -> str:

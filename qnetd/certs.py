@@ -425,19 +425,9 @@ def write_bundle(
 # --- operator-provided PKI ---------------------------------------------------------------------
 
 
-def names_of(cert: x509.Certificate) -> list[str]:
-    """The names NSS host-name matching looks at: SAN DNS names if present, else the CN."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        cn = common_name(cert.subject)
-        return [cn] if cn is not None else []
-    return list(san.get_values_for_type(x509.DNSName))
-
-
 def has_server_name(cert: x509.Certificate) -> bool:
     """True when qdevice would accept `cert` as `Qnetd Server` (case-insensitive, SAN else CN)."""
-    return any(cert_names.is_server_name(n) for n in names_of(cert))
+    return any(cert_names.is_server_name(n) for n in cert_names.names_of(cert))
 
 
 def load_operator_pki(ca: Path, cert: Path, key: Path) -> ServerPki:

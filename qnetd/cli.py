@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from proto.host_port import MAX_PORT, parse_host, parse_host_port, parse_port
 from proto.qnetd_enums import TlsSupported
 from qnetd import cli_certs
 
@@ -21,7 +22,6 @@ DEFAULT_CONTROL_SOCKET = "/run/votemesh-qnetd/qnetd.sock"
 ON_OFF = {"on": True, "yes": True, "1": True, "off": False, "no": False, "0": False}
 TLS_MODES = {"on": TlsSupported.SUPPORTED, "off": TlsSupported.UNSUPPORTED}
 TLS_MODES |= {"required": TlsSupported.REQUIRED, "req": TlsSupported.REQUIRED}
-MAX_PORT = 65535
 TLS_HELP = (
     "required (default): every client must start TLS; on: TLS optional, so a plain-text client "
     "may join ANY cluster without a certificate (corosync-qnetd's -s on); off: no TLS at all"
@@ -36,28 +36,35 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one line, exit status 2."""
 
 
-def _decimal(text: str) -> bool:
-    """ASCII digits only (`str.isdigit` also takes '\u00b2', which int() refuses, and other scripts'
-    digits, which it reads)."""
-    return text.isascii() and text.isdigit()
-
-
 def port_number(text: str) -> int:
     """A TCP port 1-65535 (argparse type); anything else is a usage error, never wrapped."""
-    if not _decimal(text.strip()) or not 1 <= int(text) <= MAX_PORT:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not a number from 1 to {MAX_PORT}")
-    return int(text)
+    try:
+        return parse_port(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _host_port(text: str, default_port: int, option: str) -> tuple[str, int] | None:
+    """HOST[:PORT], [IPV6][:PORT] or a bare IPv6 address (proto/host_port.py), or 'off'."""
     if text.lower() == "off":
         return None
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, default_port
-    if not _decimal(port) or not 1 <= int(port) <= MAX_PORT:
-        raise UserError(f"{option} '{text}' is not HOST:PORT with a port 1-{MAX_PORT} (or 'off')")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    try:
+        return parse_host_port(text, default_port, default_host="127.0.0.1")
+    except ValueError as exc:
+        raise UserError(
+            f"{option} '{text}': {exc}; use HOST:PORT or [IPV6]:PORT with a port 1-{MAX_PORT}, "
+            "or 'off'"
+        ) from None
+
+
+def _listen_host(text: str | None) -> str | None:
+    """--listen: an address of this host (NAME, IPv4, IPV6 or [IPV6]), no port."""
+    if text is None:
+        return None
+    try:
+        return parse_host(text)
+    except ValueError as exc:
+        raise UserError(f"--listen '{text}': {exc}; give --port separately") from None
 
 
 def _http_listen(text: str) -> tuple[str, int] | Path | None:
@@ -173,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         settings=settings,
         state_dir=Path(args.state_dir),
-        listen=args.listen,
+        listen=_listen_host(args.listen),
         port=args.port,
         family=args.family,
         control_socket=Path(args.control_socket),

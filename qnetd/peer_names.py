@@ -1,10 +1,12 @@
 """Does a client certificate name the cluster it claims? (reference 5.2, NSS CERT_VerifyCertName)
 
-Subject-alternative-name DNS entries are used when present, otherwise the subject common names;
+The names compared are NSS's (proto/cert_names.py `host_names`): the subject-alternative-name
+DNS entries when the certificate has a SAN extension (the CN is then ignored, even when the SAN has
+no DNS entry), the last subject common name only when it has no SAN extension;
 names are compared as UTF-8 bytes with only ASCII letters case-insensitive (NSS's PORT_Strcasecmp:
 a Unicode case mapping would let a look-alike name such as KELVIN SIGN + 'ube' name cluster 'kube');
 a wildcard `*` may stand for the whole left-most label only.
-Pure: works on names extracted by the adapter (`from_der`).
+Pure: works on names the adapter extracted (`PeerNames.from_peercert`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from proto.cert_names import host_names
+
 
 @dataclass(frozen=True, slots=True)
 class PeerNames:
     """The names a peer certificate carries."""
 
     common_names: tuple[str, ...] = ()
-    dns_names: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] | None = None
+    """The SAN's DNS entries, or None when the certificate has no SAN extension."""
 
     @classmethod
     def from_peercert(cls, cert: dict[str, Any]) -> PeerNames:
@@ -30,23 +35,9 @@ class PeerNames:
             for key, value in rdn
             if key == "commonName"
         )
-        dns = tuple(str(v) for k, v in cert.get("subjectAltName", ()) if k == "DNS")
-        return cls(cns, dns)
-
-    @classmethod
-    def from_der(cls, der: bytes) -> PeerNames:
-        """Names from a DER certificate (as `SSLObject.getpeercert(binary_form=True)` gives)."""
-        from cryptography import x509  # noqa: PLC0415 (about 10 MB: only where DER is parsed)
-        from cryptography.x509.oid import NameOID  # noqa: PLC0415
-
-        cert = x509.load_der_x509_certificate(der)
-        cns = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            dns = tuple(san.value.get_values_for_type(x509.DNSName))
-        except x509.ExtensionNotFound:
-            dns = ()
-        return cls(cns, dns)
+        if "subjectAltName" not in cert:  # `ssl` sets the key exactly when the extension exists
+            return cls(cns, None)
+        return cls(cns, tuple(str(v) for k, v in cert["subjectAltName"] if k == "DNS"))
 
 
 def _label_match(pattern: bytes, name: bytes) -> bool:
@@ -67,9 +58,10 @@ def _folded(name: str) -> bytes | None:
 
 
 def matches_cluster(names: PeerNames, cluster_name: bytes) -> bool:
-    """True when the certificate names the cluster (SAN DNS if any, else CN; ASCII case only)."""
+    """True when the certificate names the cluster (SAN DNS entries if it has a SAN extension,
+    else its CN; ASCII case only)."""
     wanted = cluster_name.lower()
-    candidates = names.dns_names or names.common_names
+    candidates = host_names(names.common_names, names.dns_names)
     return any(
         (pattern := _folded(c)) is not None and _label_match(pattern, wanted) for c in candidates
     )

@@ -25,6 +25,7 @@ from agent.config import (
     TieBreaker,
     Timing,
 )
+from proto.host_port import parse_host_port
 
 DEFAULT_PORT = 5407
 T = TypeVar("T")
@@ -264,19 +265,11 @@ def _peer(t: _Table, ports: dict[int, int]) -> PeerConfig:
 
 
 def _host_port(text: str, default_port: int, where: str) -> tuple[str, int]:
-    """ "HOST", "HOST:PORT", "[V6]:PORT" or a bare IPv6 address."""
-    host, port = text, default_port
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ConfigError(f'{where} = "{text}"; write "[fd00::11]:5407" or "fd00::11"')
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        port_text = ""
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigError(f'{where} = "{text}": the port must be 1-65535')
-        port = int(port_text)
+    """ "HOST", "HOST:PORT", "[V6]:PORT" or a bare IPv6 address (proto/host_port.py)."""
+    try:
+        host, port = parse_host_port(text, default_port)
+    except ValueError as exc:
+        raise ConfigError(
+            f'{where} = "{text}": {exc}; write "192.0.2.11:5407", "[fd00::11]:5407" or "fd00::11"'
+        ) from None
     return _address(host, where), port

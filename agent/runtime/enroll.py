@@ -47,6 +47,7 @@ from proto.enrollment import (
     Token,
 )
 from proto.errors import DecodeError
+from proto.host_port import parse_host_port
 
 SERVER_NAME = cert_names.SERVER_NAME  # what qdevice expects of qnetd (reference 5.1)
 CLIENT_NICKNAME = cert_names.CLIENT_NICKNAME  # qdevice's default client certificate nickname
@@ -137,21 +138,11 @@ def _refusal(status: int, body: bytes) -> EnrollError:
 # --- checks ------------------------------------------------------------------------------------
 
 
-def names_of(cert: x509.Certificate) -> list[str]:
-    """SAN DNS names if the certificate has a SAN, else its CN (NSS host-name rules)."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return [str(a.value) for a in attrs[-1:]]
-    return list(san.get_values_for_type(x509.DNSName))
-
-
 def check_server_name(der: bytes | None) -> None:
     """Refuse a server whose certificate is not named `Qnetd Server`."""
     if der is None:
         raise EnrollError("server sent no certificate")
-    names = names_of(x509.load_der_x509_certificate(der))
+    names = cert_names.names_of(x509.load_der_x509_certificate(der))
     if not any(cert_names.is_server_name(n) for n in names):
         raise EnrollError(f"server certificate is named {names}, not {SERVER_NAME!r}; refusing")
 
@@ -274,18 +265,9 @@ def enroll(server: str, port: int, token: str, out_dir: Path, force: bool = Fals
 
 
 def split_server(text: str) -> tuple[str, int]:
-    """HOST, HOST:PORT, [V6], [V6]:PORT -> (host, port); default port 5404."""
-    host, port = text, DEFAULT_ENROLL_PORT
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            port = int(rest.removeprefix(":"))
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is not 1-65535")
-    return host, port
+    """HOST, HOST:PORT, [V6], [V6]:PORT or a bare IPv6 address -> (host, port); default port
+    5404 (the rule of proto/host_port.py). ValueError says what is wrong."""
+    return parse_host_port(text, DEFAULT_ENROLL_PORT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,8 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         host, port = split_server(args.server)
-    except ValueError:
-        print(f"enroll: bad --server {args.server!r}; use HOST[:PORT] (1-65535)", file=sys.stderr)
+    except ValueError as exc:
+        print(
+            f"enroll: bad --server {args.server!r}: {exc}; use HOST[:PORT] or [IPV6]:PORT "
+            "with a port 1-65535",
+            file=sys.stderr,
+        )
         return 2
     try:
         files = enroll(host, port, args.token, args.out, args.force)

@@ -12,8 +12,9 @@ through `on_vote(vote, connected, reason)`, which it turns into `QdeviceVote` fo
   TLS or heuristics task of an older generation reports nothing, so the session never hears
   `disconnected()` after its own `Close`.
 * TLS: the client context trusts `ca_pem`, presents `cert_pem`/`key_pem`; the server must be
-  named `Qnetd Server` (SAN DNS names, else the CN, case-insensitive, as NSS checks it), which
-  Python's host-name check cannot do (the space), so it is checked here after the handshake.
+  named `Qnetd Server` (SAN DNS names, the CN only without a SAN extension, case-insensitive, as
+  NSS checks it), which Python's host-name check cannot do (the space), so it is checked here
+  after the handshake.
   A session without TLS (`PlainText`: tls = "off" or an allowed downgrade) is logged as a warning
   on every connect; a close that gives up (a server without TLS when no downgrade is allowed,
   and the other refusals of reference 4.8) is logged as an error with its reason.
@@ -56,8 +57,8 @@ from agent.qdevice_session import (
     StartTls,
     VoteChanged,
 )
-from agent.runtime.enroll import SERVER_NAME, names_of
-from proto.cert_names import is_server_name
+from agent.runtime.enroll import SERVER_NAME
+from proto.cert_names import is_server_name, names_of
 from proto.errors import DecodeError
 from proto.qnetd_stream import StreamDecoder
 
@@ -96,6 +97,31 @@ def server_name_problem(der: bytes | None) -> str | None:
     return f"server certificate is named {names}, not {SERVER_NAME!r}"
 
 
+REFUSAL_LOG_INTERVAL = 60.0
+"""Seconds between two warnings for the same refusal (lms retries every few seconds)."""
+
+
+class RefusalLog:
+    """Rate limit for repeated refusal warnings: the first of a reason is logged, then at most
+    one every `interval` seconds, each saying how many were not logged since the last one."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def due(self, reason: str, now: float) -> int | None:
+        """How many of `reason` went unlogged since the last warning if one is due now, else
+        None (and this one is counted)."""
+        last = self._last.get(reason)
+        if last is not None and now - last[0] < self.interval:
+            self._last[reason] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) > 64:  # reasons carry no peer data, but stay bounded anyway
+            self._last.clear()
+        self._last[reason] = (now, 0)
+        return 0 if last is None else last[1]
+
+
 class QdeviceRunner:
     """One node's qdevice client: connects, votes, reconnects, until `run()` is cancelled."""
 
@@ -122,7 +148,10 @@ class QdeviceRunner:
         self.tls_version = ""
         self.connects = 0
         """Connections that reached the connected state."""
+        self.attempts = 0
+        """Connects started (each `Connect` effect): what tests and benchmarks count."""
         self.last_close = ""
+        self._refusals = RefusalLog(REFUSAL_LOG_INTERVAL)
 
     # ----- what the main loop calls -----------------------------------------------------------
 
@@ -173,6 +202,7 @@ class QdeviceRunner:
         match effect:
             case Connect():
                 self._gen += 1
+                self.attempts += 1
                 self._close_writer()
                 log.debug("qdevice connecting", server=f"{self.cfg.host}:{self.cfg.port}")
                 self._spawn(self._connect(self._gen), "qdevice-connect")
@@ -187,15 +217,23 @@ class QdeviceRunner:
                     server=f"{self.cfg.host}:{self.cfg.port}",
                     reason=reason,
                 )
-            case Close(reason, reconnect_at):
+            case Close(reason, reconnect_at, refused):
                 self._gen += 1
                 self._close_writer()
                 self.last_close = reason
                 if reconnect_at is None:
                     log.error("qdevice gave up; restart the agent once fixed", reason=reason)
-                else:
-                    delay = round(reconnect_at - self._now(), 3)
+                    return
+                delay = round(reconnect_at - self._now(), 3)
+                if not refused:
                     log.info("qdevice connection closed", reason=reason, reconnect_in_s=delay)
+                elif (unlogged := self._refusals.due(reason, self._now())) is not None:
+                    log.warning(
+                        "qdevice refused by qnetd",
+                        reason=reason,
+                        reconnect_in_s=delay,
+                        not_logged_since_last=unlogged,
+                    )
             case RunHeuristics():
                 self._spawn(self._heuristics(self._gen), "qdevice-heuristics")
             case VoteChanged(vote, reason):

@@ -29,10 +29,10 @@ from qnetd.runtime.control import (
 )
 from qnetd.runtime.http import CoreCollector, LazyMetrics, serve_http, serve_http_unix
 from qnetd.runtime.observability import sd_notify
-from qnetd.runtime.pki_check import check_server_pki
+from qnetd.runtime.pki_check import ensure_state_pki
 from qnetd.runtime.server import QnetdServer, bind_listeners, server_ssl_context, tune_tls_memory
 from qnetd.settings import QnetdSettings
-from qnetd.state_files import StatePaths, locked, pair_complete, server_using
+from qnetd.state_files import StatePaths, server_using
 
 log = structlog.get_logger("votemesh.qnetd")
 
@@ -55,6 +55,16 @@ class RunOptions:
     server_key: Path | None = None
 
 
+class ListenError(OSError):
+    """An address from the command line that cannot be listened on; the message names the
+    option, so the user knows which one to fix."""
+
+    def __init__(self, option: str, host: str, port: int, cause: OSError) -> None:
+        reason = cause.strerror or str(cause)
+        shown = f"[{host}]" if ":" in host else host
+        super().__init__(f"{option}: cannot listen on {shown}:{port}: {reason}")
+
+
 def _pki(options: RunOptions) -> tuple[str, str, str] | None:
     """(ca, cert, key) PEM paths; creates the state-dir PKI on first start.
 
@@ -67,17 +77,7 @@ def _pki(options: RunOptions) -> tuple[str, str, str] | None:
 
         certs.load_operator_pki(options.ca_cert, options.server_cert, options.server_key)
         return str(options.ca_cert), str(options.server_cert), str(options.server_key)
-    paths = StatePaths(options.state_dir)
-    with locked(paths):
-        ready = pair_complete(paths.ca_cert, paths.ca_key) and pair_complete(
-            paths.server_cert, paths.server_key
-        )
-    if ready:
-        check_server_pki(paths.ca_cert, paths.server_cert, paths.server_key)
-    else:
-        from qnetd import certs  # noqa: PLC0415 (first start: create the CA)
-
-        certs.ensure_state(options.state_dir)
+    paths = ensure_state_pki(options.state_dir)
     return str(paths.ca_cert), str(paths.server_cert), str(paths.server_key)
 
 
@@ -119,7 +119,10 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     context = server_ssl_context(*pki, options.settings.client_cert_required) if pki else None
     core = QnetdCore(options.settings, ALGORITHMS)
     server = QnetdServer(core, context)
-    listeners = bind_listeners(options.listen, options.port, options.family)
+    try:
+        listeners = bind_listeners(options.listen, options.port, options.family)
+    except OSError as exc:
+        raise ListenError("--listen", options.listen or "*", options.port, exc) from None
     address = listeners[0].getsockname()
     listen_text = f"{options.listen or '*'}:{address[1]}"
     await server.start(listeners)
@@ -135,7 +138,10 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     collector = CoreCollector(core, lambda: server.connection_count)
     collector.extra.append(lambda: _preinit_metrics(server))
     if options.enroll_listen is not None:
-        closers.append(await _start_enrollment(options, collector))
+        try:
+            closers.append(await _start_enrollment(options, collector))
+        except OSError as exc:
+            raise ListenError("--enroll-listen", *options.enroll_listen, exc) from None
     if options.http_listen is not None:
         registry = LazyMetrics(collector)
 
@@ -151,7 +157,10 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
         if isinstance(options.http_listen, Path):
             closers.append(await serve_http_unix(options.http_listen, registry, health))
         else:
-            closers.append(await serve_http(*options.http_listen, registry, health))
+            try:
+                closers.append(await serve_http(*options.http_listen, registry, health))
+            except OSError as exc:
+                raise ListenError("--http-listen", *options.http_listen, exc) from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -207,8 +216,6 @@ def _preinit_metrics(server: QnetdServer) -> Any:
 async def _start_enrollment(
     options: RunOptions, collector: CoreCollector
 ) -> asyncio.AbstractServer:
-    from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415
-
     from qnetd.runtime.enroll_server import start_enrollment_server  # noqa: PLC0415
 
     assert options.enroll_listen is not None  # noqa: S101 (checked by the caller)
@@ -216,6 +223,8 @@ async def _start_enrollment(
     enroll_server, stats = await start_enrollment_server(options.state_dir, host, port)
 
     def metrics() -> Any:
+        from prometheus_client.core import CounterMetricFamily  # noqa: PLC0415 (first scrape)
+
         family = CounterMetricFamily(
             "votemesh_qnetd_enrollments", "Enrollment requests", labels=["result"]
         )

@@ -19,7 +19,8 @@ out. Failed token
 attempts are limited per source (`qnetd.enrollment.AttemptLimiter`: 429 when spent). A request is
 checked completely (JSON, CSR signature and key type) before its token is spent. Bad input gets a
 4xx, is counted by reason in `EnrollmentStats` and logged on one line (refusals of connections
-rate-limited); nothing a peer sends can stop the server.
+rate-limited); nothing a peer sends can stop the server. `cryptography` is imported at the
+first enrollment request (or at start when the state directory has no CA yet), not at start.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from cryptography.hazmat.primitives import serialization
 
 from proto.enrollment import (
     CA_PATH,
@@ -45,9 +45,10 @@ from proto.enrollment import (
     Token,
 )
 from proto.errors import DecodeError
-from qnetd import certs
 from qnetd.connection_limits import ConnectionGuard, ConnectionLimits, LogLimiter, source_key
 from qnetd.enrollment import REASONS, AttemptLimiter, TokenRejectedError, TokenStore
+from qnetd.runtime.pki_check import ensure_state_pki
+from qnetd.state_files import StatePaths
 
 log = structlog.get_logger("qnetd.enroll")
 
@@ -142,7 +143,7 @@ class EnrollmentHandler:
 
     def __init__(
         self,
-        paths: certs.StatePaths,
+        paths: StatePaths,
         stats: EnrollmentStats,
         now: Callable[[], float],
         context: ssl.SSLContext,
@@ -277,7 +278,13 @@ class EnrollmentHandler:
 
         Everything the request carries is checked before the token is spent: the JSON, the
         CSR's signature and key type, the token's syntax (the CN against the token in `redeem`).
+        `cryptography` (qnetd.certs, about 10 MB resident) is imported here, at the first
+        request: an idle server with an enrollment port does not carry it.
         """
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 (see above)
+
+        from qnetd import certs  # noqa: PLC0415
+
         try:
             enroll = EnrollRequest.from_json(body)
         except DecodeError as exc:
@@ -328,7 +335,7 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
 
 
-def server_context(paths: certs.StatePaths) -> ssl.SSLContext:
+def server_context(paths: StatePaths) -> ssl.SSLContext:
     """TLS 1.2+ server context with the state directory's server certificate; no client certs."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -340,7 +347,7 @@ async def start_enrollment_server(
     state_dir: Path, host: str, port: int, *, now: Callable[[], float] = time.time
 ) -> tuple[asyncio.Server, EnrollmentStats]:
     """Listen for enrollments; creates the state-dir CA on first use. `now`: wall-clock seconds."""
-    paths = await asyncio.to_thread(certs.ensure_state, state_dir)
+    paths = await asyncio.to_thread(ensure_state_pki, state_dir)
     stats = EnrollmentStats()
     handler = EnrollmentHandler(paths, stats, now, server_context(paths))
     # Plain TCP first: the connection guard decides before any TLS work (then start_tls).

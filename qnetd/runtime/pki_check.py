@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from qnetd.state_files import CertError
+from qnetd.state_files import CertError, StatePaths, locked, pair_complete
 
 MAX_ROUNDS = 8  # a TLS 1.2/1.3 handshake completes in 2-3 flights
 
@@ -59,3 +59,19 @@ def _handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> None:
         if all(done.values()):
             return
     raise CertError("the CA and server certificate did not complete a TLS handshake")
+
+
+def ensure_state_pki(state_dir: Path) -> StatePaths:
+    """The state directory's CA and server certificate: checked here when they exist (no
+    `cryptography`), created by `qnetd.certs` (which imports it) when they do not."""
+    paths = StatePaths(state_dir)
+    with locked(paths):
+        ready = pair_complete(paths.ca_cert, paths.ca_key) and pair_complete(
+            paths.server_cert, paths.server_key
+        )
+    if ready:
+        check_server_pki(paths.ca_cert, paths.server_cert, paths.server_key)
+        return paths
+    from qnetd import certs  # noqa: PLC0415 (first start: create the CA)
+
+    return certs.ensure_state(state_dir)

@@ -568,7 +568,9 @@ def bind_listeners(host: str | None, port: int, family: str = "any") -> list[soc
             last = exc
             continue
         return [sock]
-    raise OSError(f"cannot listen on {host}:{port}: {last}")
+    if last is not None:
+        raise last
+    raise OSError(f"no address to listen on for {host}")
 
 
 def server_ssl_context(

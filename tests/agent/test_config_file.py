@@ -95,7 +95,7 @@ def test_peer_address_forms() -> None:
         (("node_id = 1\n", ""), "missing node_id; add e.g. `node_id = 1`"),
         (("cluster_name", "clustr_name"), "unknown key clustr_name; known keys here:"),
         (('link0 = "127.0.0.2"', 'link0 = "host.example"'), 'peer[0].link0 = "host.example" is'),
-        (('link0 = "127.0.0.2"', 'link0 = "127.0.0.2:99999"'), "the port must be 1-65535"),
+        (('link0 = "127.0.0.2"', 'link0 = "127.0.0.2:99999"'), "is not a number from 1 to 65535"),
         (('link0 = "127.0.0.2"', 'name = "x"'), "peer[0] has no address; add e.g."),
         (("port = 6000", "port = 0"), "link[0].port = 0 is not a UDP/TCP port"),
         (("index = 0", "index = 9"), "link[0].index = 9; links are numbered 0 to 7"),

@@ -710,6 +710,7 @@ def test_server_error_gives_up_except_with_lms(algorithm: str, retries: bool) ->
     session = connected(config(algorithm=algorithm))
     close = closes(session.received(ServerError(seq=5, reply_error_code=11), 1.0))
     assert (close.reconnect_at is not None) is retries
+    assert close.refused  # a refusal either way: the runtime warns (lms) or errs (ffsplit)
 
 
 def test_given_up_session_never_reconnects() -> None:
@@ -744,7 +745,7 @@ def test_set_option_reply_before_connected_gives_up() -> None:
     session = QdeviceSession(1, "c", config())
     to_init_reply(session)
     close = closes(session.received(SetOptionReply(seq=4), 0.0))
-    assert close == Close("unexpected SetOptionReply while waiting_init_reply", None)
+    assert close == Close("unexpected SetOptionReply while waiting_init_reply", None, refused=True)
 
 
 def test_vote_before_connected_gives_up() -> None:

@@ -9,11 +9,17 @@ docs/qnetd.md "Security model").
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from proto.qnetd_enums import ReplyErrorCode, TlsSupported
 from proto.qnetd_messages import (
@@ -24,7 +30,8 @@ from proto.qnetd_messages import (
     ServerError,
     StartTls,
 )
-from tests.interop.debian_qnetd import DebianQnetd, missing_reason, running_qnetd
+from qnetd.state_files import StatePaths
+from tests.interop.debian_qnetd import ClientCredentials, DebianQnetd, missing_reason, running_qnetd
 from tests.interop.wire_walk import Transcript, WireClient
 from tests.qnetd.core_helpers import init_msg
 from tests.qnetd.our_qnetd import OurQnetd, running_our_qnetd
@@ -164,3 +171,81 @@ def test_debian_3_0_3_defaults_admit_plain_text_clients(tmp_path: Path) -> None:
     )
     assert isinstance(init_reply, InitReply)
     assert init_reply.reply_error_code == E.NO_ERROR
+
+
+def _crafted_credentials(
+    server: OurQnetd, tmp: Path, cn: str, san: list[x509.GeneralName] | None
+) -> ClientCredentials:
+    """A client certificate signed by the server's CA, made here with `cryptography`: subject
+    CN=`cn`, and a subjectAltName extension with `san` (none at all when None)."""
+    state = StatePaths(server.state_dir)
+    ca = x509.load_pem_x509_certificate(state.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(state.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if san is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    name = f"{cn}-{len(san) if san is not None else 'none'}-{tmp.name}"
+    cert_pem, key_pem = tmp / f"{name}.pem", tmp / f"{name}.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ClientCredentials(state.ca_cert, cert_pem, key_pem)
+
+
+def _init_with(server: OurQnetd, creds: ClientCredentials, cluster: bytes) -> object:
+    """PREINIT(cluster), STARTTLS, TLS with `creds`, INIT: the reply, or 'closed'."""
+    client = WireClient(server.port, Transcript())
+    try:
+        client.send(Preinit(seq=1, cluster_name=cluster))
+        assert isinstance(client.receive(), PreinitReply)
+        client.send(StartTls(seq=2))
+        client.start_tls(creds)
+        client.send(init_msg(7, seq=3))
+        try:
+            return client.receive()
+        except OSError:
+            return "closed"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("cn", "san", "admitted"),
+    [
+        ("alpha", None, True),  # no SAN extension: the CN names the cluster
+        ("alpha", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))], False),  # SAN, no DNS
+        ("alpha", [x509.RFC822Name("ops@example.org")], False),
+        ("alpha", [x509.DNSName("other")], False),
+        ("other", [x509.DNSName("alpha")], True),
+    ],
+)
+def test_the_cn_counts_only_without_a_san_extension(
+    ours: OurQnetd, tmp_path: Path, cn: str, san: list[x509.GeneralName] | None, admitted: bool
+) -> None:
+    """Like NSS (CERT_VerifyCertName), qnetd reads the CN only when the client certificate has no
+    subjectAltName extension at all: CN=alpha with a SAN of an IP address or an e-mail address
+    alone does not name cluster alpha (it used to fall back to the CN)."""
+    reply = _init_with(ours, _crafted_credentials(ours, tmp_path, cn, san), b"alpha")
+    if admitted:
+        assert isinstance(reply, InitReply)
+        assert reply.reply_error_code == E.NO_ERROR
+    else:
+        assert reply == "closed"
+        assert not any(c["clients"] for c in ours.status()["clusters"])

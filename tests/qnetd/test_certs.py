@@ -14,8 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from proto import cert_names
 from qnetd import certs
 from qnetd.cli import main
+from qnetd.peer_names import PeerNames, matches_cluster
 
 CLUSTER = "testcluster"
 
@@ -48,7 +50,7 @@ def test_empty_dir_gets_ca_and_server_with_nss_parameters(state: certs.StatePath
     assert (bc.value.ca, bc.value.path_length) == (True, 0)
     assert certs.common_name(server.subject) == "Qnetd Server"
     assert server.issuer == ca.subject
-    assert certs.names_of(server) == ["Qnetd Server"]
+    assert cert_names.names_of(server) == ["Qnetd Server"]
     for cert in (ca, server):
         assert cert.version is x509.Version.v3
         assert cert.signature_hash_algorithm is not None
@@ -334,3 +336,19 @@ def test_server_cert_of_another_ca_is_a_clear_error(tmp_path: Path) -> None:
     paths.server_cert.write_bytes(other.server_cert.read_bytes())
     with pytest.raises(certs.CertError, match="is not signed by"):
         certs.ensure_state(paths.root)
+
+
+def test_host_names_follow_nss() -> None:
+    """SAN extension present: its DNS entries only, even none; absent: the last CN."""
+    assert cert_names.host_names(["a", "b"], None) == ["b"]
+    assert cert_names.host_names([], None) == []
+    assert cert_names.host_names(["alpha"], []) == []  # a SAN of IP addresses alone
+    assert cert_names.host_names(["alpha"], ["x", "y"]) == ["x", "y"]
+
+
+def test_matches_cluster_ignores_the_cn_under_any_san() -> None:
+    """qnetd's cluster check uses the same rule (it fell back to the CN for a SAN with no DNS)."""
+    assert matches_cluster(PeerNames(("alpha",)), b"alpha")
+    assert not matches_cluster(PeerNames(("alpha",), ()), b"alpha")
+    assert matches_cluster(PeerNames(("other",), ("ALPHA",)), b"alpha")
+    assert not matches_cluster(PeerNames(("alpha", "other")), b"alpha")  # the last CN

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.runtime.enroll import main as enroll_main
 from agent.runtime.enroll import split_server
 from proto.qnetd_options import RingId
-from qnetd import certs
+from qnetd import certs, cli
 from qnetd.runtime import app
 from qnetd.runtime.control import ControlSocketInUseError, refuse_live_control_socket, request
 from qnetd.settings import QnetdSettings
@@ -50,6 +51,10 @@ def qnetd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         (["--http-listen", "127.0.0.1:\u00b2"], "--http-listen '127.0.0.1:\u00b2'"),  # isdigit()
         (["--enroll-listen", "127.0.0.1:\uff11"], "--enroll-listen '127.0.0.1:\uff11'"),
         (["--port", "\uff15\uff14\uff10\uff13"], "not a number from 1 to 65535"),
+        (["--http-listen", "fd00::zz"], "an IPv6 address with a port needs brackets"),
+        (["--enroll-listen", "[qnetd]:5404"], "--enroll-listen '[qnetd]:5404'"),
+        (["--listen", "127.0.0.1:5403"], "--listen '127.0.0.1:5403': "),
+        (["--listen", "no such host"], "--listen 'no such host': "),
         (
             ["--ca-cert", "/nonexistent.pem", "--server-cert", "/x.pem", "--server-key", "/y.pem"],
             "cannot read certificate /nonexistent.pem",
@@ -69,6 +74,64 @@ def test_run_mistakes_are_one_line_and_exit_2(
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("::1", ("::1", 9403)),  # was read as host ':' port 1
+        ("[::1]", ("::1", 9403)),
+        ("[::1]:9500", ("::1", 9500)),
+        ("127.0.0.1:9500", ("127.0.0.1", 9500)),
+        (":9500", ("127.0.0.1", 9500)),
+        ("off", None),
+    ],
+)
+def test_listen_options_read_ipv6_addresses(text: str, expected: tuple[str, int] | None) -> None:
+    """--http-listen / --enroll-listen: a bare IPv6 address means that address on the default
+    port; [IPV6]:PORT gives a port (proto/host_port.py)."""
+    assert cli._http_listen(text) == expected
+
+
+@pytest.mark.parametrize("option", ["--listen", "--http-listen"])
+def test_an_address_in_use_names_its_option(tmp_path: Path, option: str) -> None:
+    """A --listen or --http-listen address that cannot be bound says which option it came from
+    (it used to be 'cannot start: cannot listen on ...' or a bare errno)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        used = taken.getsockname()[1]
+        ports = {"--listen": free_port(), "--http-listen": free_port()} | {option: used}
+        http = f"127.0.0.1:{ports['--http-listen']}"
+        result = qnetd(
+            "run", "--state-dir", str(tmp_path / "s"), "--listen", "127.0.0.1",
+            "--port", str(ports["--listen"]), "--http-listen", http,
+            "--control-socket", str(tmp_path / "c.sock"),
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"{option}: cannot listen on 127.0.0.1:{used}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_http_listen_on_ipv6_loopback_serves_healthz(tmp_path: Path) -> None:
+    """`--http-listen [::1]:PORT` serves /healthz on IPv6 loopback."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    with running_our_qnetd(tmp_path / "q", None, None, "--http-listen", f"[::1]:{port}"):
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("::1", port), timeout=2) as http:
+                    http.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                    answer = http.makefile("rb").read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nothing answers on [::1]"
+                time.sleep(0.1)
+    assert answer.startswith(b"HTTP/1.")
+    assert b'"status": "ok"' in answer
 
 
 def test_second_server_does_not_take_over_a_live_control_socket(tmp_path: Path) -> None:
@@ -118,11 +181,22 @@ def test_token_names_state_dir_and_ca_and_warns_without_a_server(tmp_path: Path)
     assert "warning: no votemesh-qnetd is running" in after.stderr  # the server has stopped
 
 
-@pytest.mark.parametrize("text", ["qnetd:99999", "qnetd:0", "[::1]:65536"])
-def test_enroll_server_port_must_be_a_tcp_port(text: str) -> None:
-    """The node's --server HOST:PORT refuses ports outside 1-65535 (one-line error in main)."""
-    with pytest.raises(ValueError, match="1-65535"):
+@pytest.mark.parametrize(
+    "text",
+    ["qnetd:99999", "qnetd:0", "[::1]:65536", "qnetd:+80", "qnetd:1_000", "qnetd:\uff18\uff10"],
+)
+def test_enroll_server_port_must_be_a_tcp_port(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node's --server HOST:PORT takes ASCII digits 1-65535 only (int() also read '+80',
+    '1_000' and fullwidth digits): a one-line error and exit 2, nothing sent."""
+    with pytest.raises(ValueError, match="1 to 65535"):
         split_server(text)
+    argv = ["--server", text, "--token", "vmq1.x", "--out", str(tmp_path / "out")]
+    assert enroll_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"enroll: bad --server {text!r}: port ")
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_metrics_on_a_unix_socket_only_the_group_can_read(tmp_path: Path) -> None:
@@ -160,6 +234,51 @@ def test_run_imports_neither_cryptography_nor_prometheus() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+IDLE_PROBE = """
+import socket, sys, threading, time, os, signal
+from qnetd.cli import main
+
+def report(port):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    time.sleep(0.5)
+    loaded = sorted(m for m in ("cryptography", "prometheus_client") if m in sys.modules)
+    print("LOADED", loaded, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=report, args=(int(sys.argv[1]),), daemon=True).start()
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_idle_run_with_the_systemd_units_options_imports_neither(tmp_path: Path) -> None:
+    """`run` with the shipped unit's options (--http-listen on TCP and --enroll-listen, on
+    127.0.0.1 here), state directory already made: idle, neither `cryptography` nor
+    `prometheus_client` is loaded (the enrollment endpoint imported both at start: 42 MB idle
+    instead of 28 MB). They come at the first enrollment request and the first scrape."""
+    state = tmp_path / "s"
+    assert qnetd("certs", "init", "--state-dir", str(state)).returncode == 0
+    http = free_port()
+    argv = [
+        "run", "--state-dir", str(state), "--control-socket", str(tmp_path / "c.sock"),
+        "--listen", "127.0.0.1", "--port", str(free_port()),
+        "--http-listen", f"127.0.0.1:{http}", "--enroll-listen", f"127.0.0.1:{free_port()}",
+    ]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", IDLE_PROBE, str(http), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "LOADED []\n" in out.stdout, out.stdout[-2000:] + out.stderr
 
 
 @pytest.mark.asyncio
