@@ -265,7 +265,9 @@ class AgentNode:
         ):
             if t is not None and (best is None or t < best):
                 best = t
-        self._asked = best
+        # A deadline already past means "now" (a heartbeat due on a link that just became
+        # active, last sent on long ago): the stall is measured from this handle's time then.
+        self._asked = None if best is None else max(best, self._now)
         return best
 
     @property

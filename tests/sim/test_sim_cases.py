@@ -359,3 +359,37 @@ def test_a_paused_node_revalidates_before_it_announces_anything() -> None:
     final = one_view(net, {1, 2, 3})
     assert final.ring != old.ring
     clean(net)
+
+
+def heal_link0(net: SimNetwork) -> None:
+    for a, b in ((1, 2), (2, 1)):
+        net.uncut_link(a, b, 0)
+
+
+def test_a_link_that_heals_late_is_not_a_stall() -> None:
+    """Link0 between 1 and 2 is cut from the start (the pair runs on link1) and heals later:
+    the failback to link0 makes its next heartbeat due at a round long past (link0 last sent a
+    probe up to a second before). That past deadline is "now", not a deadline the node slept
+    through: no node says `stalled`, no view changes, every node stays quorate."""
+    configs = cluster_configs(3, timing=TIMING, links=2)
+    net = SimNetwork(configs, 1)
+    for a, b in ((1, 2), (2, 1)):
+        net.cut_link(a, b, 0)
+    for node in (1, 2, 3):
+        net.at(0.01 * node, lambda node=node: net.start(node))  # type: ignore[misc]
+    net.run_until(FORM)
+    one_view(net, {1, 2, 3})
+    t0 = net.now
+    for heal in (2.3, 3.5):  # both healed while link0's last probe was > 0.65 s old
+        net.at(heal, lambda: heal_link0(net))
+        net.run_until(heal + 2.0)
+        for a, b in ((1, 2), (2, 1)):
+            net.cut_link(a, b, 0)
+        net.run_until(heal + 2.5)
+    for node in (1, 2, 3):
+        assert not events_of(net, node, EventKind.STALLED, 0.0), net.trace_tail()
+    assert Checker(net).view_changes() == 0, net.trace_tail()
+    assert all(quorate_since(net, n, t0) for n in (1, 2, 3))
+    failbacks = [line for line in net.trace if "failback" in line and float(line.split()[0]) > t0]
+    assert failbacks, "link0 came back and took the traffic"
+    clean(net)
