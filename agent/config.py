@@ -207,6 +207,11 @@ class QdeviceConfig:
     heuristics: tuple[str, ...] = ()
     """Commands run on membership change; all exit 0 = pass."""
     heuristics_timeout: float = 5.0
+    sync_timeout: float = 0.5
+    """Seconds a node keeps counting its last settled view and the device vote it held for it
+    while the device's answer for a new view is pending (design §3.4; corosync's
+    quorum.device.sync_timeout, which defaults to 30 s). Longer: a slow qnetd still causes no
+    flicker; shorter: a cut-off minority with a held ACK goes inquorate sooner."""
 
     def validate(self) -> None:
         """Raise ConfigError for unusable settings."""
@@ -223,6 +228,8 @@ class QdeviceConfig:
             )
         if self.tls != "off" and not (self.ca_pem and self.cert_pem and self.key_pem):
             raise ConfigError("qdevice with TLS needs ca_pem, cert_pem and key_pem")
+        if not 0.0 <= self.sync_timeout <= 60.0:
+            raise ConfigError("qdevice.sync_timeout must be between 0 and 60 seconds")
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ class EventKind(StrEnum):
     QUORUM_LOST = "quorum_lost"
     EXPECTED_VOTES_CHANGED = "expected_votes_changed"
     EXPECTED_VOTES_REFUSED = "expected_votes_refused"
+    QUORUM_COUNTS_CHANGED = "quorum_counts_changed"
+    """What quorum counts changed (design §3.4): a held view, or members no longer heard."""
     LINK_UP = "link_up"
     LINK_DOWN = "link_down"
     PEER_SUSPECTED = "peer_suspected"

@@ -91,6 +91,7 @@ __all__ = [
 
 EVALUATE_DELAY = 0.005  # seconds: batch the membership evaluation after a burst of heartbeats
 TIMEOUT_REFRESH = 1.0  # seconds between re-sizing the peers' failure timeouts to their loss
+VIEWS_REMEMBERED = 8  # installed views whose member sets a held device ACK may name
 PHASE_TOLERANCE = 0.005  # seconds the wall clock may move before heartbeat rounds re-align
 SEQ_STEP = 1024
 """A reported ring sequence up to this far above our max_seq is taken at once (design §3.3,
@@ -149,6 +150,19 @@ class _Peer:
     """When the last duplicate_node event about this peer was emitted."""
 
 
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """What quorum counts (design §3.4): a ring's members, with or without the device votes."""
+
+    ring: tuple[int, int]
+    members: frozenset[int]
+    device_votes: int
+    kind: str
+    """settled (the acked installed view), held (an earlier acked view during a change) or
+    heard (the installed view's members this node hears, no device votes)."""
+    why: str
+
+
 def _wire_view(view: MemberView) -> View:
     return View(view.ring_id.representative, view.ring_id.seq, tuple(sorted(view.members)))
 
@@ -202,6 +216,15 @@ class AgentNode:
         self.last_drop: str | None = None
         """Why the last `handle(MessageIn)` dropped the message (the runtime counts it), or
         None when it was taken."""
+        self.qdevice_ring: tuple[int, int] | None = None
+        """The ring the device's last unrevoked ACK was for (None: no ACK held)."""
+        self._views: dict[tuple[int, int], frozenset[int]] = {}
+        """Member sets of the views this node installed lately, by ring id (a held ACK names
+        one of them)."""
+        self._unsettled_since: float | None = None
+        """Since when the node holds a device ACK but cannot count it as settled (design §3.4)."""
+        self.basis = Basis((0, 0), frozenset(), 0, "heard", "no view yet")
+        """What quorum counts now (design §3.4, "What quorum counts")."""
         self._evaluate_at: float | None = None
         self._evaluated = False
         self._stopped = False
@@ -262,6 +285,7 @@ class AgentNode:
             self._evaluate_at,
             self._heard_expiry(),
             self._retry_store_at,
+            self._hold_deadline(),
         ):
             if t is not None and (best is None or t < best):
                 best = t
@@ -521,13 +545,16 @@ class AgentNode:
 
     def _qdevice(self, ev: QdeviceVote) -> None:
         votes = self._device_votes() if ev.vote and ev.connected else 0
+        ring = ev.ring if ev.connected else None
         if ev.connected != self.qdevice_connected:
             kind = EventKind.QDEVICE_CONNECTED if ev.connected else EventKind.QDEVICE_DISCONNECTED
             self._emit(kind, ev.reason)
             self.qdevice_connected = ev.connected
+        changed = (votes, ring) != (self.qdevice_votes, self.qdevice_ring)
         if votes != self.qdevice_votes:
-            self.qdevice_votes = votes
             self._emit(EventKind.QDEVICE_VOTE_CHANGED, ev.reason, votes=votes)
+        self.qdevice_votes, self.qdevice_ring = votes, ring
+        if changed:
             self._update_quorum()
 
     def _device_votes(self) -> int:
@@ -558,6 +585,9 @@ class AgentNode:
             changes = self.membership.evaluate(self._now)
             self._membership_changes(changes)
         self._persist_seq()  # nothing carries a ring id above the durable one (S2)
+        hold_at = self._hold_deadline()
+        if heard_changed or (hold_at is not None and hold_at <= self._now):
+            self._update_quorum()  # quorum counts only members it hears (design §3.4)
         quorum_at = self.quorum.next_deadline()
         if quorum_at is not None and quorum_at <= self._now:
             self._quorum_events(self.quorum.tick(self._now))
@@ -721,23 +751,92 @@ class AgentNode:
                 )
                 self._update_quorum()
 
+    def _basis(self) -> Basis:
+        """What quorum counts now: one rule for every moment (design §3.4).
+
+        * settled: the device's unrevoked ACK is for the installed view and the node hears
+          every member: that view and the device votes;
+        * held: the node holds an unrevoked ACK for an earlier view (or no longer hears a member
+          of the acked view) for less than `_sync_timeout()`: the acked view's whole member set
+          and the device votes, as before the change;
+        * heard: otherwise the members of the installed view that the node hears (itself
+          included), without the device votes."""
+        view = self.membership.view
+        key = (view.ring_id.representative, view.ring_id.seq)
+        if self._store_error:  # peers stop hearing us: count nobody but ourselves
+            self._unsettled_since = None
+            return Basis(key, frozenset({self.node_id}), 0, "heard", "ring id not stored")
+        heard = self._heard() | {self.node_id}
+        ring = self.qdevice_ring
+        acked = self._views.get(ring) if ring is not None else None
+        device = self._device_votes()
+        if acked is None or ring is None:
+            self._unsettled_since = None
+        elif ring == key and view.members <= heard:
+            self._unsettled_since = None
+            return Basis(key, view.members, device, "settled", f"device ACK for ring {key}")
+        else:
+            if self._unsettled_since is None:
+                self._unsettled_since = self._now
+            if self._now < self._unsettled_since + self._sync_timeout():
+                why = f"holding ring {ring} and its device ACK while ring {key} settles"
+                return Basis(ring, acked, device, "held", why)
+        counted = view.members & heard
+        missing = sorted(view.members - counted)
+        why = f"not hearing {missing}" if missing else f"ring {key}"
+        return Basis(key, counted, 0, "heard", why)
+
+    def _sync_timeout(self) -> float:
+        """How long a held ACK may be counted after the node stopped being settled on it: the
+        time the members need to agree on a new view ((agreement_rounds + 1) heartbeats) plus
+        the device's answer time, `qdevice.sync_timeout`."""
+        q = self.config.qdevice
+        if q is None:
+            return 0.0
+        timing = self.config.timing
+        return (timing.agreement_rounds + 1) * timing.heartbeat_interval + q.sync_timeout
+
+    def _hold_deadline(self) -> float | None:
+        """When a held device ACK stops counting (the node must re-count then), else None."""
+        if self._unsettled_since is None or self.basis.kind != "held":
+            return None
+        return self._unsettled_since + self._sync_timeout()
+
     def _update_quorum(self) -> None:
         view = self.membership.view
-        members = view.members
-        if self._store_error:  # peers stop hearing us: count nobody but ourselves
-            members = frozenset({self.node_id})
+        view_key = (view.ring_id.representative, view.ring_id.seq)
+        self._views[view_key] = view.members
+        while len(self._views) > VIEWS_REMEMBERED:
+            del self._views[next(iter(self._views))]
+        basis, before = self._basis(), self.basis
+        self.basis = basis
+        if (basis.kind, basis.members, basis.device_votes) != (
+            before.kind,
+            before.members,
+            before.device_votes,
+        ):
+            self._emit(
+                EventKind.QUORUM_COUNTS_CHANGED,
+                basis.why,
+                basis=basis.kind,
+                counted=sorted(basis.members),
+                device_votes=basis.device_votes,
+            )
+        members = basis.members
         votes = {m: self._votes_of(m) for m in members}
         expected = {m: self.peers[m].expected for m in members if m in self.peers}
         expected[self.node_id] = self.quorum.reported_expected
-        key = (view.ring_id.representative, view.ring_id.seq)
-        settled = frozenset(m for m in members if m in self.peers and self.peers[m].quorate)
+        heard = self._heard()
+        settled = frozenset(
+            m for m in members if m in heard and m in self.peers and self.peers[m].quorate
+        )
         sets = {m: s for m in members if m in self.peers and (s := self.peers[m].expected_set)}
         inp = QuorumInput(
-            frozenset(members),
+            members,
             votes,
             expected,
-            self.qdevice_votes,
-            key,
+            basis.device_votes,
+            basis.ring,
             quorate_members=settled,
             member_set_keys={m: s.key for m, s in sets.items()},
             member_tie_breakers={m: self.peers[m].tie_breaker for m in members if m in self.peers},
@@ -745,6 +844,7 @@ class AgentNode:
         self._quorum_events(self.quorum.update(inp, self._now))
         for m, sent in sorted(sets.items(), key=lambda item: item[1].key):
             self._quorum_events(self.quorum.receive_expected_set(sent, m, self._now))
+        key, members = view_key, view.members
         update = QdeviceUpdate(key, tuple(sorted(members)), self.quorum.status.quorate)
         if self._holding() or self._store_error:
             self._qdevice_due = True  # the ring id may not be durable yet: sent once it is
@@ -798,6 +898,9 @@ class AgentNode:
             "incarnation": self.incarnation,
             "ring_id": [view.ring_id.representative, view.ring_id.seq],
             "members": sorted(view.members),
+            "counted": sorted(self.basis.members),
+            "basis": self.basis.kind,
+            "basis_why": self.basis.why,
             "proposal": sorted(self.membership.proposal.members),
             "quorate": verdict.quorate,
             "expected_votes": verdict.expected_votes,

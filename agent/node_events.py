@@ -54,11 +54,14 @@ class SetExpected:
 
 @dataclass(frozen=True, slots=True)
 class QdeviceVote:
-    """The qdevice session's state: connected, and whether its votes count now."""
+    """The qdevice session's state: connected, whether its votes count for the current ring,
+    and `ring`, the (node id, seq) of the ring the last unrevoked ACK was for (None: none held;
+    design §3.4: the node may keep counting that ring for a short while after a view change)."""
 
     vote: bool
     connected: bool
     reason: str
+    ring: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

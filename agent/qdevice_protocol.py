@@ -99,10 +99,14 @@ class RunHeuristics:
 
 @dataclass(frozen=True, slots=True)
 class VoteChanged:
-    """`vote` changed: votequorum counts (True) or stops counting (False) the device votes."""
+    """`vote` or `ring` changed: votequorum counts (True) or stops counting (False) the device
+    votes for the current ring; `ring` is the (node id, seq) of the ring the last unrevoked ACK
+    was for (None: no ACK held), which the node may keep counting during a membership change
+    (design §3.4)."""
 
     vote: bool
     reason: str
+    ring: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,7 @@ class QdeviceSession:
         self._seq = 1  # one counter per process, never reset (reference 4.2)
         self._expected_seq = 0
         self._votes = VoteTracker()
-        self._last_vote = False
+        self._last_vote: tuple[bool, tuple[int, int] | None] = (False, None)
         self._vote_reason = ""
         self._config: tuple[tuple[int, ...], int] | None = None
         self._config_sent: tuple[tuple[int, ...], int] | None = None
@@ -98,6 +98,15 @@ class QdeviceSession:
     def vote(self) -> bool:
         """Device votes may be counted: ACK for our current ring, connected, not paused."""
         return self._state == "connected" and self._votes.counted
+
+    @property
+    def held_ring(self) -> tuple[int, int] | None:
+        """(node id, seq) of the ring whose ACK no NACK or disconnect has revoked, while
+        connected; it stays through a membership change until qnetd answers for the new ring."""
+        acked = self._votes.acked
+        if self._state != "connected" or acked is None:
+            return None
+        return (acked.node_id, acked.seq)
 
     @property
     def state(self) -> str:
@@ -402,8 +411,13 @@ class QdeviceSession:
             raise LocalProtocolError(f"{what} while {self._state}, expected {state}")
 
     def _observe(self, effects: list[QdEffect]) -> list[QdEffect]:
-        """Append VoteChanged when `vote` differs from what we last reported."""
-        if self.vote != self._last_vote:
-            self._last_vote = self.vote
-            effects = [*effects, VoteChanged(self.vote, self._vote_reason)]
-        return effects
+        """Add VoteChanged when `vote` or `held_ring` differs from what we last reported: after
+        the other effects, except a revocation, which goes first so that the node stops counting
+        the device before a VOTE_INFO_REPLY acknowledges a NACK (design §3.4)."""
+        now = (self.vote, self.held_ring)
+        if now == self._last_vote:
+            return effects
+        revoked = self._last_vote[1] is not None and now[1] is None
+        self._last_vote = now
+        change = VoteChanged(self.vote, self._vote_reason, self.held_ring)
+        return [change, *effects] if revoked else [*effects, change]

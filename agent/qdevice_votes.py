@@ -66,6 +66,9 @@ class VoteTracker:
         """The ring id in our INIT or latest membership list; votes for another ring are stale."""
         self.paused = False
         """A membership change is being reported: no votes until the new list is out."""
+        self.acked: RingId | None = None
+        """The ring of the last ACK that no NACK, disconnect or new connection has revoked yet;
+        it outlives a membership change (the node may hold it for a short while, design §3.4)."""
 
     @property
     def counted(self) -> bool:
@@ -77,6 +80,7 @@ class VoteTracker:
         self.sent_ring = ring
         self.cast = Cast.STOPPED
         self.paused = False
+        self.acked = None  # a new connection: qnetd has forgotten what it granted us
 
     def pause(self) -> None:
         """votequorum reported a new membership; hold the vote until the list is sent."""
@@ -92,15 +96,20 @@ class VoteTracker:
         """Connection gone: a pending ACK turns into NACK (ffsplit's disconnect rule)."""
         self.cast = Cast.NACK
         self.paused = False
+        self.acked = None
 
     def apply(self, vote: int, ring: RingId) -> str:
         """Consume one VOTE; returns what happened, for the VoteChanged reason and logs."""
+        if vote == Vote.NACK:
+            self.acked = None  # any NACK revokes what we hold, also one for an older ring
         if ring != self.sent_ring:
             return f"ignored {_name(vote)} for stale ring {ring} (ours {self.sent_ring})"
         cast = _CAST_OF_VOTE.get(Vote(vote))
         if cast is None:
             return f"{_name(vote)} for ring {ring}"
         self.cast = cast
+        if cast is Cast.ACK:
+            self.acked = ring
         return f"{_name(vote)} from qnetd for ring {ring}"
 
 

@@ -215,6 +215,7 @@ def _qdevice(data: Mapping[str, Any], base: Path) -> QdeviceConfig:
         heartbeat_interval=t.number("heartbeat_interval", 8.0, 8.0),
         heuristics=t.items("heuristics", str, '["/usr/local/bin/check-uplink"]'),
         heuristics_timeout=t.number("heuristics_timeout", 5.0, 5.0),
+        sync_timeout=t.number("sync_timeout", 0.5, 0.5),
     )
 
 

@@ -210,8 +210,10 @@ class AgentRuntime:
         elif isinstance(effect, QdeviceUpdate) and self.qdevice is not None:
             self.qdevice.update(effect.ring, effect.members, effect.quorate)
 
-    def _qdevice_vote(self, vote: bool, connected: bool, reason: str) -> None:
-        self.dispatch(QdeviceVote(vote, connected, reason))
+    def _qdevice_vote(
+        self, vote: bool, connected: bool, reason: str, ring: tuple[int, int] | None
+    ) -> None:
+        self.dispatch(QdeviceVote(vote, connected, reason, ring))
 
     def _log_event(self, effect: Emit) -> None:
         ev = effect.event
@@ -297,6 +299,10 @@ class AgentRuntime:
     # ------------------------------------------------------------ tasks
     async def _signals(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop.wait()
+        if self.qdevice is not None:
+            # Before the Leave: qnetd must have dropped us when the survivors report their new
+            # ring, else lms sees us on the old one and waits (design §3.4, clean stop).
+            await self.qdevice.close()
         for task in tasks:
             task.cancel()
 

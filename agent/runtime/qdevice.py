@@ -3,7 +3,7 @@
 Adapter ring: the sans-IO session (`agent/qdevice_session.py`) decides; this module owns the
 socket, the TLS upgrade, the clock, the heuristics subprocesses and the log lines. The agent's main
 loop (`agent/runtime/main.py`) forwards `QdeviceUpdate` effects with `update()` and hears back
-through `on_vote(vote, connected, reason)`, which it turns into `QdeviceVote` for the node.
+through `on_vote(vote, connected, reason, ring)`, which it turns into `QdeviceVote` for the node.
 
 * Effects run in order, synchronously, in the call that produced them: `Connect` starts a
   connect task, `SendMsg` writes, `StartTls` starts the upgrade task, `Close` closes. Nothing is
@@ -23,7 +23,12 @@ through `on_vote(vote, connected, reason)`, which it turns into `QdeviceVote` fo
 * Heuristics: every command (split like a shell would, run without one) must exit 0 within
   `heuristics_timeout`; they run concurrently, a timed-out one is killed.
 * `on_vote` is called soon after, never from inside `update()`/`set_config()`: the node's
-  `handle()` is not re-entered from its own effects.
+  `handle()` is not re-entered from its own effects. A revocation (the held ACK is gone: NACK,
+  connection lost) that came from qnetd is reported at once, before the effects that follow it
+  (a VOTE_INFO_REPLY to that NACK): qnetd ACKs the other side only after that reply, so the
+  node must have stopped counting the device by then (design §3.4).
+* `close()` ends the session before the agent says Leave (clean stop): qnetd must not see the
+  stopping node on its old ring when the survivors report theirs, or lms waits for it.
 
 Tasks are named and live in one `asyncio.TaskGroup` owned by `run()`; none of them lets an
 error escape (a lost qnetd is a reconnect, never an agent crash).
@@ -65,7 +70,7 @@ from proto.qnetd_stream import StreamDecoder
 CONFIG_VERSION = 1  # the agent has no config versions; one value, sent in the config lists
 log = structlog.get_logger("votemesh.agent.qdevice")
 
-OnVote = Callable[[bool, bool, str], None]
+OnVote = Callable[[bool, bool, str, tuple[int, int] | None], None]
 
 
 def client_tls_context(cfg: QdeviceConfig) -> ssl.SSLContext:
@@ -144,7 +149,10 @@ class QdeviceRunner:
         self._pending: list[QdEffect] = []
         self._wake = asyncio.Event()
         self._vote = False
+        self._ring: tuple[int, int] | None = None
         self._connected = False
+        self._from_core = False
+        """Inside update()/set_config(): the node's handle() is running, report later."""
         self.tls_version = ""
         self.connects = 0
         """Connections that reached the connected state."""
@@ -171,12 +179,34 @@ class QdeviceRunner:
     def update(self, ring: tuple[int, int], members: tuple[int, ...], quorate: bool) -> None:
         """The node installed `ring` with `members` and decided `quorate`."""
         now = self._now()
-        self._execute(self.session.set_membership(ring, members, now))
-        self._execute(self.session.set_quorum(quorate, members, now))
+        self._from_core = True
+        try:
+            self._execute(self.session.set_membership(ring, members, now))
+            self._execute(self.session.set_quorum(quorate, members, now))
+        finally:
+            self._from_core = False
 
     def set_config(self, nodes: tuple[int, ...]) -> None:
         """The configured node ids (sent as the config node list)."""
-        self._execute(self.session.set_config(tuple(sorted(nodes)), CONFIG_VERSION, self._now()))
+        self._from_core = True
+        try:
+            self._execute(
+                self.session.set_config(tuple(sorted(nodes)), CONFIG_VERSION, self._now())
+            )
+        finally:
+            self._from_core = False
+
+    async def close(self, timeout: float = 0.5) -> None:
+        """End the session and wait (at most `timeout` s) until the connection is closed, so
+        qnetd has dropped this node before the agent says Leave (design §3.4, clean stop)."""
+        writer, self._writer = self._writer, None
+        self._gen += 1
+        if writer is None:
+            return
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                await writer.wait_closed()
 
     def status(self) -> dict[str, Any]:
         """For the control socket: session state, server, TLS version, last close reason."""
@@ -236,9 +266,10 @@ class QdeviceRunner:
                     )
             case RunHeuristics():
                 self._spawn(self._heuristics(self._gen), "qdevice-heuristics")
-            case VoteChanged(vote, reason):
-                self._vote = vote
-                self._report(reason)
+            case VoteChanged(vote, reason, ring):
+                revoked = self._ring is not None and ring is None
+                self._vote, self._ring = vote, ring
+                self._report(reason, at_once=revoked and not self._from_core)
             case SessionEvent(name, reason):
                 self._connected = name == "connected"
                 if self._connected:
@@ -246,10 +277,14 @@ class QdeviceRunner:
                 log.debug(f"qdevice {name}", reason=reason, tls=self.tls_version or None)
                 self._report(reason)
 
-    def _report(self, reason: str) -> None:
-        """Tell the main loop soon (not re-entrantly): vote, connected, reason."""
-        loop = asyncio.get_running_loop()
-        loop.call_soon(self._on_vote, self._vote, self._connected, reason)
+    def _report(self, reason: str, *, at_once: bool = False) -> None:
+        """Tell the main loop soon (not re-entrantly): vote, connected, reason, held ring; a
+        revocation from qnetd at once (see the module docstring)."""
+        args = (self._vote, self._connected, reason, self._ring)
+        if at_once:
+            self._on_vote(*args)
+            return
+        asyncio.get_running_loop().call_soon(self._on_vote, *args)
 
     # ----- connection tasks -------------------------------------------------------------------
 

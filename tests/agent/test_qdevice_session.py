@@ -433,7 +433,9 @@ def test_vote_info_ack_counts_and_is_acknowledged_with_its_seq() -> None:
     session = connected()
     effects = session.received(VoteInfo(seq=41, vote=Vote.ACK, ring_id=RING_ID), 1.0)
     assert messages(effects) == [VoteInfoReply(seq=41)]
-    assert one(effects, VoteChanged) == VoteChanged(True, f"ACK from qnetd for ring {RING_ID}")
+    assert one(effects, VoteChanged) == VoteChanged(
+        True, f"ACK from qnetd for ring {RING_ID}", (RING_ID.node_id, RING_ID.seq)
+    )
     assert session.vote
 
 
@@ -495,11 +497,13 @@ def test_vote_message_without_required_option_gives_up(msg: QnetdMessage) -> Non
 
 
 def test_membership_change_pauses_the_vote_until_acked_for_the_new_ring() -> None:
-    """New ring: vote off at once, membership list with the new ring, old-ring ACK ignored."""
+    """New ring: vote off at once (the old ring's ACK stays held), membership list with the new
+    ring, old-ring ACK ignored; the new ring's ACK replaces the held one."""
     session = voting()
+    old = (RING_ID.node_id, RING_ID.seq)
     effects = session.set_membership((1, 0x14), (1,), 2.0)
     assert one(effects, VoteChanged) == VoteChanged(
-        False, f"membership change to ring {NEW_RING_ID}"
+        False, f"membership change to ring {NEW_RING_ID}", old
     )
     [membership] = messages(effects)
     assert isinstance(membership, NodeList)
@@ -507,8 +511,24 @@ def test_membership_change_pauses_the_vote_until_acked_for_the_new_ring() -> Non
     assert membership.heuristics is None
     session.received(VoteInfo(seq=2, vote=Vote.ACK, ring_id=RING_ID), 2.1)
     assert not session.vote
+    assert session.held_ring == old
     session.received(VoteInfo(seq=3, vote=Vote.ACK, ring_id=NEW_RING_ID), 2.2)
-    assert session.vote
+    assert (session.vote, session.held_ring) == (True, (NEW_RING_ID.node_id, NEW_RING_ID.seq))
+
+
+def test_nack_revokes_the_held_ack_before_the_reply_goes_out() -> None:
+    """A NACK during a membership change revokes the old ring's ACK; the VoteChanged saying so
+    comes before the VOTE_INFO_REPLY (qnetd ACKs the other side only after that reply)."""
+    session = voting()
+    session.set_membership((1, 0x14), (1,), 2.0)
+    assert session.held_ring == (RING_ID.node_id, RING_ID.seq)
+    effects = session.received(VoteInfo(seq=9, vote=Vote.NACK, ring_id=NEW_RING_ID), 2.1)
+    change = one(effects, VoteChanged)
+    assert isinstance(change, VoteChanged)
+    assert (change.vote, change.ring) == (False, None)
+    assert effects.index(change) < next(i for i, e in enumerate(effects) if isinstance(e, SendMsg))
+    assert messages(effects) == [VoteInfoReply(seq=9)]
+    assert session.held_ring is None
 
 
 def test_repeated_membership_or_quorum_is_a_no_op() -> None:
@@ -696,9 +716,9 @@ def test_lost_connection_withdraws_the_vote_and_reconnects_with_injected_randomn
     effects = session.disconnected("server closed the connection", 4.0)
     delay = reconnect_delay(0, random.Random(42).random())
     assert effects == [
+        VoteChanged(False, "qnetd connection lost: server closed the connection"),
         Close("server closed the connection", 4.0 + delay),
         SessionEvent("disconnected", "server closed the connection"),
-        VoteChanged(False, "qnetd connection lost: server closed the connection"),
     ]
     assert not session.vote
     assert session.disconnected("again", 4.1) == []
@@ -814,17 +834,20 @@ _INPUTS = st.one_of(
 def test_any_input_sequence_keeps_the_invariants(
     inputs: list[tuple[str, object]], seed: int
 ) -> None:
-    """Never raises; vote implies connected; VoteChanged tracks `vote`; seqs only go up."""
+    """Never raises; vote implies connected and a held ring; VoteChanged tracks `vote` and
+    `held_ring`; seqs only go up."""
     session = connected(config(heuristics=("true",)), rng=random.Random(seed))
-    now, reported, last_seq = 0.0, False, 7
+    reported: tuple[bool, tuple[int, int] | None] = (False, None)
+    now, last_seq = 0.0, 7
     for kind, arg in inputs:
         now += arg if isinstance(arg, float) else 0.5
         effects = _apply(session, kind, arg, now)
         for change in (e for e in effects if isinstance(e, VoteChanged)):
-            assert change.vote != reported
-            reported = change.vote
-        assert reported == session.vote
+            assert (change.vote, change.ring) != reported
+            reported = (change.vote, change.ring)
+        assert reported == (session.vote, session.held_ring)
         assert not session.vote or session.state == "connected"
+        assert not session.vote or session.held_ring is not None
         for msg in messages(effects):
             if not isinstance(msg, EchoRequest | VoteInfoReply | Preinit) and msg.seq is not None:
                 assert msg.seq > last_seq

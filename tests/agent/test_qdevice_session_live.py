@@ -106,7 +106,8 @@ async def test_two_node_ffsplit_votes_split_and_qnetd_loss(qnetd: Server) -> Non
         await n2.settled()
         assert not n2.session.vote
         assert votes_for(n1, RingId(1, 12)) == [Vote.ACK]
-        assert n2.votes[-1] == VoteChanged(False, "membership change to ring 2.c")
+        assert n2.votes[-2] == VoteChanged(False, "membership change to ring 2.c", (1, 8))
+        assert n2.votes[-1].ring is None  # the NACK revoked the ACK held for the old ring
 
         await n1.wait_for(lambda: any(isinstance(m, EchoReply) for m in n1.received))
         assert n1.session.state == "connected"  # echoes answered, connection kept

@@ -167,7 +167,7 @@ class Checker:
                 touched.append(node)
                 i += 1
             counted = {
-                n: s.members for n, s in current.items() if s.quorate and s.expected >= self.total
+                n: s.counts for n, s in current.items() if s.quorate and s.expected >= self.total
             }
             for a in touched:
                 for b, members in counted.items():

@@ -48,6 +48,7 @@ STATE_EVENTS = frozenset(
         EventKind.QUORUM_GAINED,
         EventKind.QUORUM_LOST,
         EventKind.EXPECTED_VOTES_CHANGED,
+        EventKind.QUORUM_COUNTS_CHANGED,
     }
 )
 """Events after which the simulator reads the node's status (view, quorate, expected votes)."""
@@ -145,17 +146,26 @@ def _fields(q: QuorumOptions) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
-    """What a node reports: installed view, quorate flag, expected votes."""
+    """What a node reports: installed view, quorate flag, expected votes, and the members its
+    quorum counts (design §3.4: the installed view's heard members, or a held view)."""
 
     ring: tuple[int, int] | None
     members: frozenset[int]
     quorate: bool
     expected: int
+    counted: frozenset[int] | None = None
+    """None: the same as `members` (a core whose status has no "counted")."""
+
+    @property
+    def counts(self) -> frozenset[int]:
+        """The member set quorum counts."""
+        return self.members if self.counted is None else self.counted
 
     def describe(self) -> str:
         ring = f"{self.ring[0]}.{self.ring[1]}" if self.ring else "-"
         q = "QUORATE" if self.quorate else "inquorate"
-        return f"ring={ring} members={sorted(self.members)} {q} expected={self.expected}"
+        counted = "" if self.counts == self.members else f" counting={sorted(self.counts)}"
+        return f"ring={ring} members={sorted(self.members)} {q} expected={self.expected}{counted}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +572,7 @@ class SimNetwork:
             frozenset(status.get("members") or ()),
             bool(status.get("quorate")),
             int(status.get("expected_votes") or 0),
+            frozenset(status["counted"]) if "counted" in status else None,
         )
         if state != self.slots[node].state:
             self._record(node, state)
