@@ -159,6 +159,8 @@ class Connection:
     """'connect' or 'membership' while a RunHeuristics result is awaited."""
     quorum_dirty: bool = False
     """A quorum change waits for the pending membership list."""
+    ask_at: float | None = None
+    """lms answered WAIT_FOR_REPLY for our ring: ASK_FOR_VOTE again then (design §3.4)."""
 
 
 @dataclass(frozen=True, slots=True)

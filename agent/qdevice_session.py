@@ -41,7 +41,7 @@ from agent.qdevice_protocol import (
 from agent.qdevice_votes import VoteMessage, VoteTracker, vote_fields
 from proto import qnetd_messages as qm
 from proto.errors import LocalProtocolError
-from proto.qnetd_enums import DecisionAlgorithm, Heuristics, NodeListType
+from proto.qnetd_enums import DecisionAlgorithm, Heuristics, NodeListType, Vote
 from proto.qnetd_options import RingId
 
 __all__ = [
@@ -58,6 +58,10 @@ __all__ = [
 ]
 
 SEQ_MASK = 0xFFFFFFFF  # MSG_SEQ_NUMBER is a u32 (reference 2.2)
+ASK_AGAIN = 0.05
+"""Seconds between ASK_FOR_VOTEs while lms answers WAIT_FOR_REPLY for our ring. Without them
+the answer comes from lms' own timer, heartbeat/4 later (2 s with the default 8 s heartbeat),
+although the partition's last member usually reports within one mesh heartbeat."""
 
 
 class QdeviceSession:
@@ -122,7 +126,8 @@ class QdeviceSession:
         """When `tick()` has work: connect timeout, echo timer or reconnect; None = nothing."""
         if self._state == "disconnected":
             return self._reconnect_at if self._ready() else None
-        candidates = [t for t in (self._c.connect_deadline, self._c.echo_at) if t is not None]
+        timers = (self._c.connect_deadline, self._c.echo_at, self._c.ask_at)
+        candidates = [t for t in timers if t is not None]
         return min(candidates, default=None)
 
     # ----- inputs -----------------------------------------------------------------------------
@@ -159,6 +164,9 @@ class QdeviceSession:
             effects += self._close(now, "connect timeout", reconnect=True)
         elif self._c.echo_at is not None and now >= self._c.echo_at:
             effects += self._echo_timer(now)
+        if self._state == "connected" and self._c.ask_at is not None and now >= self._c.ask_at:
+            self._c.ask_at = None  # the reply re-arms it if lms still waits
+            effects += self._emit(now, [qm.AskForVote(seq=self._next_seq())])
         return self._observe(effects + self._maybe_connect(now))
 
     def set_config(self, nodes: tuple[int, ...], config_version: int, now: float) -> list[QdEffect]:
@@ -285,6 +293,12 @@ class QdeviceSession:
         if isinstance(fields, str):
             return self._close(now, f"{name} without {fields}", reconnect=False)
         self._vote_reason = self._votes.apply(*fields)
+        vote, ring = fields
+        if self._lms and ring == self._votes.sent_ring:
+            if vote != Vote.WAIT_FOR_REPLY:
+                self._c.ask_at = None
+            elif not isinstance(msg, qm.VoteInfo):
+                self._c.ask_at = now + ASK_AGAIN
         if isinstance(msg, qm.VoteInfo):
             return self._emit(now, [qm.VoteInfoReply(seq=msg.seq)])
         return []
@@ -324,6 +338,7 @@ class QdeviceSession:
         return []  # a run is pending; its result goes with the latest membership
 
     def _send_membership(self, now: float) -> list[QdEffect]:
+        self._c.ask_at = None  # the list's reply answers for the new ring
         messages: list[qm.QnetdMessage] = [self._membership_list()]
         if self._c.quorum_dirty:
             self._c.quorum_dirty = False

@@ -159,9 +159,10 @@ def test_two_agents_qdevice_split_and_qnetd_loss(
     the same without, then with the device; qnetd stopped -> both quorate on 2 of 3 votes with
     the device disconnected, while they see each other.
 
-    Node 1's quorum at the split is recorded, not asserted: the session pauses the device vote
-    on a membership change until qnetd ACKs the new ring, so node 1 counts 1 of 3 votes for the
-    milliseconds that takes (`quorum_lost` then `quorum_gained` in its log)."""
+    Node 1, the winner of the split, never loses quorum: it holds its pre-split view and the
+    device's ACK until qnetd ACKs its new ring (design §3.4), so its log has no `quorum_lost`
+    (and no `quorum_gained`) after the split (issue 12 item 1: on main it logged both, 1-2 ms
+    apart with votemesh-qnetd, ~42 ms with corosync-qnetd)."""
     lab = lab_factory(["qnetd", "n1", "n2"], private_dirs=qnetd_impl.private_dirs)
     qnetd = qnetd_impl(tmp_path / "qnetd")
     qnetd.start(lab["qnetd"])
@@ -183,6 +184,9 @@ def test_two_agents_qdevice_split_and_qnetd_loss(
     )
     timings["split -> n2 inquorate"] = per_node[2]
     n1_blips = quorum_changes_since(agents[0], split_wall)
+    assert n1_blips == [], f"the split's winner flickered: {n1_blips}"
+    n2_lost = [e for e in quorum_changes_since(agents[1], split_wall) if "quorum_lost" in e]
+    assert len(n2_lost) == 1, n2_lost  # the loser: once, for good
 
     healed_at = time.monotonic()
     lab.heal()
@@ -212,4 +216,71 @@ def test_two_agents_qdevice_split_and_qnetd_loss(
     record_property("n1 quorum changes during split", n1_blips)
     print(f"\n[{qnetd_impl.name}] " + ", ".join(f"{k}: {v:.2f} s" for k, v in timings.items()))
     print(f"[{qnetd_impl.name}] n1 quorum changes after the split: {n1_blips or 'none'}")
+    shutil.rmtree(tmp_path / "pem", ignore_errors=True)
+
+
+def _lms_timer_votes(qnetd: QnetdUnderTest) -> int:
+    """How many votes lms sent from its heartbeat/4 timer (after a WAIT_FOR_REPLY that nobody
+    asked about again), as the qnetd's decision lines say."""
+    if qnetd.process is None or not qnetd.process.log_path.exists():
+        return 0
+    return qnetd.process.log_path.read_text(errors="replace").count("(timer):")
+
+
+def three_with_lms(docs: dict[int, dict[str, Any]]) -> str | None:
+    """Nodes 1-3 in one view, quorate with the lms device's 2 votes: 5 of 5."""
+    for node_id, doc in docs.items():
+        got = (doc.get("members"), doc.get("quorate"), doc.get("total_votes"))
+        if got != ([1, 2, 3], True, 5) or doc.get("qdevice", {}).get("vote") is not True:
+            return f"node {node_id}: members/quorate/total {got}, qdevice {doc.get('qdevice')}"
+    return None
+
+
+def two_with_lms(docs: dict[int, dict[str, Any]]) -> str | None:
+    """Nodes 1-2 in one view, quorate with the lms device's 2 votes: 4 of 5."""
+    for node_id, doc in docs.items():
+        got = (doc.get("members"), doc.get("quorate"), doc.get("total_votes"))
+        if got != ([1, 2], True, 4) or doc.get("qdevice", {}).get("vote") is not True:
+            return f"node {node_id}: members/quorate/total {got}, qdevice {doc.get('qdevice')}"
+    return None
+
+
+@pytest.mark.timeout(110)
+def test_three_agents_lms_survive_a_clean_stop_without_losing_quorum(
+    qnetd_impl: type[QnetdUnderTest],
+    lab_factory: LabFactory,
+    tmp_path: Path,
+    record_property: RecordProperty,
+) -> None:
+    """Three agents + a qnetd with lms (the device has 2 votes, expected 5, quorum 3): node 3
+    stops cleanly (SIGTERM); nodes 1 and 2 form {1,2} with the device vote (4 of 5) and neither
+    logs `quorum_lost` (issue 12 item 2: on main a survivor was inquorate until lms' heartbeat/4
+    timer found "only one partition": the survivor that reported its new ring first got
+    WAIT_FOR_REPLY, and qnetd answers a WAIT only from that timer; now the session asks again
+    every 50 ms, the node holds its view and the device vote meanwhile, and the stopping node
+    closes its qnetd connection before it says Leave)."""
+    lab = lab_factory(["qnetd", "n1", "n2", "n3"], private_dirs=qnetd_impl.private_dirs)
+    qnetd = qnetd_impl(tmp_path / "qnetd")
+    qnetd.start(lab["qnetd"])
+    pem = pem_credentials(qnetd, qnetd.client_credentials(CLUSTER), tmp_path / "pem")
+    started = time.monotonic()
+    agents = start_agents(lab, qnetd, pem, tmp_path / "agents", node_ids=(1, 2, 3), algorithm="lms")
+    wait_for(agents, three_with_lms, "start", started, hold=HOLD)
+
+    timer_votes = _lms_timer_votes(qnetd)
+    stop_wall, stop_at = time.time(), time.monotonic()
+    process = agents[2].process
+    assert process is not None
+    netns.stop_process(process.process)
+    survivors = agents[:2]
+    reached, _ = wait_for(survivors, two_with_lms, "after node 3 stopped", stop_at, hold=HOLD)
+    changes = {a.node_id: quorum_changes_since(a, stop_wall) for a in survivors}
+    record_property("stop -> {1,2} with the device", round(reached, 3))
+    record_property("survivors' quorum changes", changes)
+    print(f"\n[{qnetd_impl.name}] stop -> 2 of 3 with the device: {reached:.2f} s; {changes}")
+    assert changes == {1: [], 2: []}, f"a survivor lost quorum after a clean stop: {changes}"
+    if qnetd_impl.name == "votemesh":  # its decision lines say which votes its timer sent
+        assert _lms_timer_votes(qnetd) == timer_votes, "a survivor waited for lms' timer"
+    left = [r for r in survivors[0].log_records() if r.get("event") == "peer_left"]
+    assert left, "node 1 never logged node 3's Leave"
     shutil.rmtree(tmp_path / "pem", ignore_errors=True)

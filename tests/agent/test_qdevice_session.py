@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from agent.config import QdeviceConfig
 from agent.qdevice_protocol import Timers, reconnect_delay
 from agent.qdevice_session import (
+    ASK_AGAIN,
     Close,
     Connect,
     PlainText,
@@ -42,6 +43,7 @@ from proto.qnetd_enums import (
 from proto.qnetd_messages import (
     ALL_MESSAGE_TYPES,
     ALL_OPTION_TYPES,
+    AskForVote,
     AskForVoteReply,
     EchoReply,
     EchoRequest,
@@ -514,6 +516,42 @@ def test_membership_change_pauses_the_vote_until_acked_for_the_new_ring() -> Non
     assert session.held_ring == old
     session.received(VoteInfo(seq=3, vote=Vote.ACK, ring_id=NEW_RING_ID), 2.2)
     assert (session.vote, session.held_ring) == (True, (NEW_RING_ID.node_id, NEW_RING_ID.seq))
+
+
+def test_lms_asks_again_while_it_waits_for_the_other_members() -> None:
+    """lms answers WAIT_FOR_REPLY while another member of our partition is not on our ring yet
+    and otherwise only re-decides on its heartbeat/4 timer (2 s by default): the session sends
+    ASK_FOR_VOTE every ASK_AGAIN until it gets ACK or NACK for its ring (issue 12 item 2)."""
+    session = connected(config(algorithm="lms"))
+    session.received(VoteInfo(seq=1, vote=Vote.ACK, ring_id=RING_ID), 1.0)
+    session.set_membership((1, 0x14), (1,), 2.0)
+    wait = NodeListReply(
+        seq=9, node_list_type=NodeListType.MEMBERSHIP, ring_id=NEW_RING_ID, vote=Vote.WAIT_FOR_REPLY
+    )
+    session.received(wait, 2.01)
+    assert session.next_deadline() == pytest.approx(2.01 + ASK_AGAIN)
+    [ask] = messages(session.tick(2.01 + ASK_AGAIN))
+    assert isinstance(ask, AskForVote)
+    waiting = AskForVoteReply(seq=ask.seq, vote=Vote.WAIT_FOR_REPLY, ring_id=NEW_RING_ID)
+    session.received(waiting, 2.07)
+    assert session.next_deadline() == pytest.approx(2.07 + ASK_AGAIN)
+    session.received(AskForVoteReply(seq=ask.seq, vote=Vote.ACK, ring_id=NEW_RING_ID), 2.1)
+    assert session.vote
+    deadline = session.next_deadline()
+    assert deadline is not None
+    assert deadline > 2.5  # only the echo timer is left
+    assert messages(session.tick(2.2)) == []
+
+
+def test_ffsplit_never_asks_for_a_vote() -> None:
+    """ffsplit sends VOTE_INFO itself after a WAIT_FOR_REPLY (and refuses ASK_FOR_VOTE)."""
+    session = voting()
+    session.set_membership((1, 0x14), (1,), 2.0)
+    wait = NodeListReply(
+        seq=9, node_list_type=NodeListType.MEMBERSHIP, ring_id=NEW_RING_ID, vote=Vote.WAIT_FOR_REPLY
+    )
+    session.received(wait, 2.01)
+    assert not any(isinstance(m, AskForVote) for m in messages(session.tick(2.01 + ASK_AGAIN)))
 
 
 def test_nack_revokes_the_held_ack_before_the_reply_goes_out() -> None:

@@ -118,16 +118,19 @@ class LabAgent:
         return records
 
 
-def qdevice_section(qnetd: QnetdUnderTest, pem: PemCredentials, heartbeat: float) -> str:
-    """TOML `[qdevice]`: ffsplit, tie-breaker lowest, 1 vote, TLS with the client certificate."""
+def qdevice_section(
+    qnetd: QnetdUnderTest, pem: PemCredentials, heartbeat: float, algorithm: str = "ffsplit"
+) -> str:
+    """TOML `[qdevice]`: tie-breaker lowest, TLS with the client certificate; ffsplit with 1
+    vote, or lms with the default votes (the nodes' votes - 1)."""
+    votes = "votes = 1\n" if algorithm == "ffsplit" else ""
     return f"""
 [qdevice]
 host = "{qnetd.address}"
 port = {qnetd.port}
-algorithm = "ffsplit"
+algorithm = "{algorithm}"
 tie_breaker = "lowest"
-votes = 1
-tls = "on"
+{votes}tls = "on"
 ca_pem = "{pem.ca_pem}"
 cert_pem = "{pem.cert_pem}"
 key_pem = "{pem.key_pem}"
@@ -179,6 +182,7 @@ def start_agents(
     cluster: str = CLUSTER,
     timing: str = "lab",
     qdevice_heartbeat: float = QDEVICE_HEARTBEAT,
+    algorithm: str = "ffsplit",
 ) -> list[LabAgent]:
     """One agent per node id in host `n<id>`, sharing one cluster key; a `[qdevice]` section
     when `qnetd` and `pem` are given."""
@@ -187,7 +191,7 @@ def start_agents(
     keygen(key)
     qdevice = ""
     if qnetd is not None and pem is not None:
-        qdevice = qdevice_section(qnetd, pem, qdevice_heartbeat)
+        qdevice = qdevice_section(qnetd, pem, qdevice_heartbeat, algorithm)
     agents = [LabAgent(i, lab[f"n{i}"], work / f"n{i}") for i in node_ids]
     for agent in agents:
         agent.workdir.mkdir(parents=True)
