@@ -264,7 +264,15 @@ def test_three_agents_lms_survive_a_clean_stop_without_losing_quorum(
     qnetd.start(lab["qnetd"])
     pem = pem_credentials(qnetd, qnetd.client_credentials(CLUSTER), tmp_path / "pem")
     started = time.monotonic()
-    agents = start_agents(lab, qnetd, pem, tmp_path / "agents", node_ids=(1, 2, 3), algorithm="lms")
+    agents = start_agents(  # qdevice's default heartbeat: lms' timer then answers after 2 s
+        lab,
+        qnetd,
+        pem,
+        tmp_path / "agents",
+        node_ids=(1, 2, 3),
+        algorithm="lms",
+        qdevice_heartbeat=8.0,
+    )
     wait_for(agents, three_with_lms, "start", started, hold=HOLD)
 
     timer_votes = _lms_timer_votes(qnetd)
