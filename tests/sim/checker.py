@@ -23,6 +23,16 @@ paused, which directions are cut, the link models). Output: a list of `Violation
   but no event announced (found by the network's once-a-second audit).
 * **L2 stability** — in a run whose only faults are loss <= 5 % and jitter <= 20 ms, no node
   changes its view after the initial formation (all nodes in one view).
+* **F1 no flicker** — a settled split: the running nodes were quorate in one view, the network
+  had been benign and whole for the settle time, then it splits into complete groups (benign
+  links, nothing else changes) for at least the settle time. Every node of a group that is
+  quorate at the end of that stretch (it kept quorum: by majority, tie-breaker or the qnetd's
+  vote) reported quorate at every moment of it (design §3.4).
+
+With a qnetd (`SimNetwork.qnetd`), the device's votes count in the total; the minority rule of
+L1 applies to nodes that cannot reach quorum even with the device, and its bound grows by the
+hold span (design §3.4), and the stable rule to groups that hold quorum without it (which group
+the qnetd picks is the algorithm's business; S3 and F1 check the outcome).
 
 Exempt from the generic L1 rules: clusters with two_node, wait_for_all or last_man_standing, and
 runs with operator-set expected votes (their outcomes are pinned by the specific case tests).
@@ -34,7 +44,7 @@ import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.config import QuorumOptions, Timing
+from agent.config import AgentConfig, QuorumOptions, Timing
 from agent.link_loss import WINDOW_INTERVALS
 from agent.node import TIMEOUT_REFRESH
 from tests.sim.network import NodeState, SimNetwork, Topology
@@ -88,7 +98,9 @@ class Checker:
         self.timing = first.timing
         self.options: QuorumOptions = first.quorum
         self.votes = first.configured_votes()
-        self.total = self.options.expected_votes or sum(self.votes.values())
+        self.device = _device_votes(first) if net.qnetd is not None else 0
+        self.total = self.options.expected_votes or sum(self.votes.values()) + self.device
+        self.hold = _hold_span(first) if self.device else 0.0
         self.settle = settle if settle is not None else settle_time(self.timing)
         self._times = {n: [t for t, _ in h] for n, h in net.history.items()}
 
@@ -104,12 +116,12 @@ class Checker:
         out = {t for ts in self._times.values() for t in ts if start < t < end}
         return sorted(out)
 
-    def quorum_capable(self, group: Iterable[int], *, tie: bool) -> bool:
-        """Could these nodes alone hold quorum? A majority can; exactly half with
-        auto_tie_breaker answers `tie`: whether it wins depends on the nodes' history (the
-        tie-breaker comes from the last quorate view and needs every member to name it,
-        design §3.8), so the L1 rules neither require nor forbid it."""
-        have = sum(self.votes.get(n, 0) for n in set(group))
+    def quorum_capable(self, group: Iterable[int], *, tie: bool, device: bool = False) -> bool:
+        """Could these nodes alone (with the device's votes: `device`) hold quorum? A majority
+        can; exactly half with auto_tie_breaker answers `tie`: whether it wins depends on the
+        nodes' history (the tie-breaker comes from the last quorate view and needs every member
+        to name it, design §3.8), so the L1 rules neither require nor forbid it."""
+        have = sum(self.votes.get(n, 0) for n in set(group)) + (self.device if device else 0)
         if 2 * have > self.total:
             return True
         return tie and 2 * have == self.total and self.options.auto_tie_breaker
@@ -139,7 +151,7 @@ class Checker:
 
     def check(self, end: float) -> list[Violation]:
         """Every property that applies to this run."""
-        found = self.s1() + self.s2() + self.s3_l1(end) + self.silent()
+        found = self.s1() + self.s2() + self.s3_l1(end) + self.silent() + self.f1(end)
         if self.l2_applies():
             found += self.l2()
         return found
@@ -241,13 +253,13 @@ class Checker:
         self, topo: Topology, start: float, stop: float, slowest: float, carried: float
     ) -> list[Violation]:
         running = topo.alive - topo.paused
-        bound = minority_bound(self.timing, max(slowest, 0.0167)) + carried
+        bound = minority_bound(self.timing, max(slowest, 0.0167)) + carried + self.hold
         if not self.generic_l1 or stop - start <= bound:
             return []
         found = []
         for node in sorted(running):
             hears = {node} | {p for p in running if p != node and topo.mutual(node, p)}
-            if self.quorum_capable(hears, tie=True):
+            if self.quorum_capable(hears, tie=True, device=bool(self.device)):
                 continue
             checkpoints = [start + bound, *self._changes(start + bound, stop)]
             for t in checkpoints:
@@ -322,6 +334,77 @@ class Checker:
                 out.append(frozenset(comp))
         return out
 
+    def f1(self, end: float) -> list[Violation]:
+        """F1: no node of a group that keeps quorum across a settled split reports inquorate."""
+        found: list[Violation] = []
+        segments = self._segments(end)
+        for i in range(1, len(segments)):
+            before, b_start, b_stop = segments[i - 1]
+            topo, start, stop = segments[i]
+            if not self._settled_split(before, b_start, b_stop, topo, start, stop):
+                continue
+            running = sorted(topo.alive)
+            for group in self._components(topo, running):
+                kept = all((s := self.state_at(n, stop)) and s.quorate for n in group)
+                if not kept:
+                    continue
+                for node in sorted(group):
+                    for t in [start, *(t for t, _ in self.net.history[node] if start < t < stop)]:
+                        state = self.state_at(node, t)
+                        if state is None or not state.quorate:
+                            found.append(
+                                Violation(
+                                    "F1",
+                                    t,
+                                    f"n{node} of {sorted(group)}, which kept quorum across the "
+                                    f"split at t={start:.4f}, reported {_desc(state)}",
+                                )
+                            )
+                            break
+        return found
+
+    def _settled_split(  # noqa: PLR0917 (two segments: topology, start, stop each)
+        self,
+        before: Topology,
+        b_start: float,
+        b_stop: float,
+        topo: Topology,
+        start: float,
+        stop: float,
+    ) -> bool:
+        """`topo` splits a settled, whole cluster into complete groups, benign, for long enough."""
+        whole = not before.cuts and not before.paused and before.benign()
+        if not whole or b_stop - b_start < self.settle or stop - start < self.settle:
+            return False
+        if topo.paused or topo.alive != before.alive or not topo.cuts or not topo.benign():
+            return False
+        if any((b, a) not in topo.cuts for a, b in topo.cuts):
+            return False  # a one-way cut is no clean split
+        if topo.links != before.links or topo.default != before.default:
+            return False
+        states = [self.state_at(n, start) for n in topo.alive]
+        views = {(s.ring, s.members) for s in states if s is not None}
+        settled = all(s is not None and s.quorate for s in states) and len(views) == 1
+        groups = self._components(topo, sorted(topo.alive))
+        complete = all(topo.mutual(a, b) for g in groups for a in g for b in g if a < b)
+        return settled and complete
+
+    @staticmethod
+    def _components(topo: Topology, running: list[int]) -> list[frozenset[int]]:
+        out, left = [], set(running)
+        while left:
+            seed = left.pop()
+            comp, todo = {seed}, [seed]
+            while todo:
+                a = todo.pop()
+                for b in list(left):
+                    if topo.mutual(a, b):
+                        left.discard(b)
+                        comp.add(b)
+                        todo.append(b)
+            out.append(frozenset(comp))
+        return out
+
     def l2_applies(self) -> bool:
         """Only benign link impairments: no cut, pause, crash or harsh link model ever."""
         return all(
@@ -365,6 +448,26 @@ class Checker:
                 Violation("L2", formed, f"{changes} view changes after formation at {formed:.4f}")
             ]
         return []
+
+
+def _device_votes(config: AgentConfig) -> int:
+    """The device's votes as the node counts them (0: none, or disabled by LMS/ATB)."""
+    q, opts = config.qdevice, config.quorum
+    if q is None or opts.last_man_standing or opts.auto_tie_breaker:
+        return 0
+    if q.votes is not None:
+        return q.votes
+    if q.algorithm == "lms":
+        return max(1, sum(config.configured_votes().values()) - 1)
+    return 1
+
+
+def _hold_span(config: AgentConfig) -> float:
+    """How long a node may count a held device ACK (design §3.4)."""
+    q, t = config.qdevice, config.timing
+    if q is None:
+        return 0.0
+    return (t.agreement_rounds + 1) * t.heartbeat_interval + q.sync_timeout
 
 
 def _desc(state: NodeState | None) -> str:

@@ -26,12 +26,15 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.config import AgentConfig, LinkConfig, PeerConfig, QuorumOptions, Timing
+from agent.config import AgentConfig, LinkConfig, PeerConfig, QdeviceConfig, QuorumOptions, Timing
 from agent.events import EventKind
 from proto.mesh_messages import MeshMessage
 from tests.sim import iface
+
+if TYPE_CHECKING:
+    from tests.sim.qdevice import SimQnetd
 
 EPOCH_MS = 1_764_000_000_000
 """Wall clock (ms since the epoch) at simulated time 0."""
@@ -111,9 +114,11 @@ def cluster_configs(
     timing: Timing | None = None,
     votes: Mapping[int, int] | None = None,
     links: int = 1,
+    qdevice: QdeviceConfig | None = None,
 ) -> dict[int, AgentConfig]:
     """Configurations of nodes 1..count, all peers static on links 0..links-1 (link 0 has the
-    highest priority), no discovery."""
+    highest priority), no discovery; `qdevice` for a cluster with a qnetd (then
+    `SimNetwork.attach_qnetd(qdevice)`)."""
     votes = votes or {}
     timing = timing or Timing.lan()
     quorum = quorum or QuorumOptions()
@@ -136,6 +141,7 @@ def cluster_configs(
             timing=timing,
             quorum=q,
             discovery=False,
+            qdevice=qdevice,
         )
     return out
 
@@ -245,6 +251,8 @@ class SimNetwork:
         """Ticks the clock had to move on by SPIN_STEP (a core's deadline stuck at `now`)."""
         self.observe_every = False
         """Query status() after every handle() instead of after state events (slow)."""
+        self.qnetd: SimQnetd | None = None
+        """The cluster's qnetd when its nodes have a `[qdevice]` (`attach_qnetd`)."""
         self.audit_interval = 1.0
         self.silent_changes: list[tuple[float, int]] = []
         self._push(self.audit_interval, _ACTION, 0, self._audit)
@@ -276,6 +284,23 @@ class SimNetwork:
                 self._resume(node, data)
         self.now = max(self.now, end)
 
+    def attach_qnetd(self, cfg: QdeviceConfig) -> SimQnetd:
+        """Run a qnetd (real core, real client sessions) for nodes configured with `cfg`."""
+        from tests.sim.qdevice import SimQnetd
+
+        self.qnetd = SimQnetd(self, cfg)
+        return self.qnetd
+
+    def call(self, node: int, event: Any) -> None:
+        """Hand one event to a running node now (after its pause if it is paused)."""
+        slot = self.slots[node]
+        if slot.core is None:
+            return
+        if slot.paused_until is not None:
+            self.at(slot.paused_until, lambda: self.call(node, event))
+            return
+        self._call(node, event)
+
     # ---- faults and operator actions ------------------------------------------------------
 
     def note(self, text: str) -> None:
@@ -298,6 +323,8 @@ class SimNetwork:
             if slot.core is not None:
                 links = frozenset(a[0] for a in peer.addresses)
                 self._call(node, iface.PeerAddresses(peer.node_id, links))
+        if self.qnetd is not None and slot.core is not None:
+            self.qnetd.node_started(node)
 
     def crash(self, node: int) -> None:
         """kill -9: the core is dropped; datagrams to it are lost until it restarts."""
@@ -309,15 +336,27 @@ class SimNetwork:
         slot.inbox.clear()
         slot.timer_token += 1
         slot.timer_at = None
+        if self.qnetd is not None:
+            self.qnetd.node_gone(node, "crash")
         self.note(f"n{node} CRASH")
         self._record(node, None)
         self._snapshot()
 
     def leave(self, node: int) -> None:
-        """A clean shutdown (SIGTERM): the core says Leave, then it is gone like a crash."""
+        """A clean shutdown (SIGTERM): the qdevice connection is closed first (the runtime
+        waits until it is), then the core says Leave and is gone like a crash."""
         if self.slots[node].core is None:
             return
         self.note(f"n{node} LEAVE")
+        if self.qnetd is not None:
+            self.qnetd.node_gone(node, "stop")
+            self.at(self.now + 2 * self.qnetd.delay, lambda: self._say_leave(node))
+            return
+        self._say_leave(node)
+
+    def _say_leave(self, node: int) -> None:
+        if self.slots[node].core is None:
+            return
         self._call(node, iface.Stop("shutdown"))
         self.crash(node)
 
@@ -477,6 +516,8 @@ class SimNetwork:
             slot.max_seq = max(slot.max_seq, effect.value)
         elif isinstance(effect, iface.QdeviceUpdate):
             self.qdevice_updates += 1
+            if self.qnetd is not None:
+                self.qnetd.update(node, effect)
         return False
 
     def _send(self, src: int, inc: int, dst: int, link: int, msg: MeshMessage) -> None:
@@ -529,6 +570,8 @@ class SimNetwork:
             self._call(node, iface.MessageIn(src, inc, link, msg, self._wall()))
         slot.timer_at = None
         self._arm(node, slot, slot.core)
+        if self.qnetd is not None:
+            self.qnetd.resumed(node)
 
     def _arm(self, node: int, slot: _Slot, core: Core) -> None:
         deadline = core.next_deadline()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import QuorumOptions, TieBreaker, Timing
+from agent.config import QdeviceConfig, QuorumOptions, TieBreaker, Timing
 from agent.events import EventKind
 from tests.sim.checker import Checker, minority_bound, settle_time
 from tests.sim.network import LinkModel, NodeState, SimNetwork, cluster_configs
+from tests.sim.qdevice import sim_qdevice_config
+from tests.sim.schedules import run_seed
 
 TIMING = Timing.lan()
 BOUND = minority_bound(TIMING)
@@ -24,10 +26,14 @@ def cluster(
     seed: int = 1,
     start: tuple[int, ...] | None = None,
     links: int = 1,
+    qdevice: QdeviceConfig | None = None,
 ) -> SimNetwork:
-    """A started cluster of `count` nodes (or only `start`), run until the first view formed."""
-    configs = cluster_configs(count, quorum=quorum, timing=TIMING, links=links)
+    """A started cluster of `count` nodes (or only `start`), run until the first view formed;
+    with `qdevice`, a simulated qnetd (real core and sessions) too."""
+    configs = cluster_configs(count, quorum=quorum, timing=TIMING, links=links, qdevice=qdevice)
     net = SimNetwork(configs, seed, default_link=link)
+    if qdevice is not None:
+        net.attach_qnetd(qdevice)
     for node in start or range(1, count + 1):
         net.at(0.01 * node, lambda node=node: net.start(node))  # type: ignore[misc]
     net.run_until(FORM)
@@ -393,3 +399,62 @@ def test_a_link_that_heals_late_is_not_a_stall() -> None:
     failbacks = [line for line in net.trace if "failback" in line and float(line.split()[0]) > t0]
     assert failbacks, "link0 came back and took the traffic"
     clean(net)
+
+
+def inquorate_at(net: SimNetwork, node: int, since: float) -> float | None:
+    """Seconds after `since` when the node first reported inquorate (None: never)."""
+    for t, s in net.history[node]:
+        if t >= since and (s is None or not s.quorate):
+            return t - since
+    return None
+
+
+@pytest.mark.parametrize(("count", "algorithm"), [(2, "ffsplit"), (4, "ffsplit"), (2, "lms")])
+def test_qnetd_split_winner_never_inquorate(count: int, algorithm: str) -> None:
+    """Issue 12 item 1: a split decided by the qnetd (tie-breaker lowest: node 1's half wins).
+    The winners hold their pre-split view and the device ACK until qnetd ACKs their new ring:
+    never inquorate, no `quorum_lost`; the losers go inquorate (NACK) within the bound."""
+    net = cluster(count, qdevice=sim_qdevice_config(algorithm))
+    net.run_until(FORM + 1.0)
+    everyone = set(range(1, count + 1))
+    one_view(net, everyone)
+    winners, losers = set(range(1, count // 2 + 1)), set(range(count // 2 + 1, count + 1))
+    split_at = net.now
+    net.partition(winners, losers)
+    net.run_until(split_at + SETTLE + 1.0)
+    for node in winners:
+        assert quorate_since(net, node, split_at - 1.0), net.trace_tail(80)
+    one_view(net, winners)
+    for node in losers:
+        took = inquorate_at(net, node, split_at)
+        assert took is not None, f"n{node} never went inquorate\n{net.trace_tail()}"
+        assert took < BOUND + 1.0, took  # + the hold span at most; NACK usually in ms
+        assert not state(net, node).quorate
+    assert not any(
+        "quorum_lost" in line and f"n{w} " in line for w in winners for line in net.trace
+    )
+    clean(net)
+
+
+def test_lms_clean_stop_survivors_never_inquorate() -> None:
+    """Issue 12 item 2: 3 nodes + lms (2 device votes, expected 5); node 3 stops cleanly. The
+    survivors form {1,2} with the device vote without ever being inquorate."""
+    net = cluster(3, qdevice=sim_qdevice_config("lms"))
+    net.run_until(FORM + 1.0)
+    one_view(net, {1, 2, 3})
+    stop_at = net.now
+    net.leave(3)
+    net.run_until(stop_at + SETTLE)
+    for node in (1, 2):
+        assert quorate_since(net, node, stop_at - 1.0), net.trace_tail(80)
+    view = one_view(net, {1, 2})
+    assert view.members == {1, 2}
+    clean(net)
+
+
+def test_stale_view_stops_counting_unheard_members() -> None:
+    """Issue 12 item 5 (seed 7013375): 6 nodes, {1,2,3,4}|{5,6}, then a one-way cut 3->4 and
+    52 % loss on 1<->4: node 4 hears only {1,2,4} and cannot agree on a new view. It used to
+    stay quorate in its old 6-member view (L1 broken); it counts only what it hears now."""
+    result = run_seed(7013375)
+    assert result.ok, result.report()
