@@ -16,7 +16,7 @@ help:
 	@echo "make lint         ruff format --check, ruff check, mypy --strict"
 	@echo "make ci           lint + test, as CI runs them"
 	@echo "make bench        benchmarks: print figures, never fail on timing"
-	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N)"
+	@echo "make soak         100,000 random fault schedules through the simulator (SOAK_RUNS=N, SOAK_FIRST=seed)"
 	@echo "make fuzz         differential fuzz vs corosync-qnetd, 5,000 cases (~5 min; FUZZ_CASES=N FUZZ_SEED=S; root)"
 	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
 
@@ -67,8 +67,9 @@ bench: $(VENV)/.installed
 	$(PY) -m tests.bench
 
 SOAK_RUNS ?= 100000
+SOAK_FIRST ?= 0
 soak: $(VENV)/.installed
-	$(PY) -m tests.sim.soak --runs $(SOAK_RUNS) --workers 2
+	$(PY) -m tests.sim.soak --runs $(SOAK_RUNS) --first-seed $(SOAK_FIRST) --workers 2
 
 # FUZZ_SEED defaults to the clock so every run explores new cases; a failing case prints the
 # FUZZ_CASE_SEED that replays it alone.

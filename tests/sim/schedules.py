@@ -1,6 +1,9 @@
 """Random fault schedules from a seed, and running one through the simulator and the checker.
 
-A schedule is: nodes start within the first 0.3 s and form a view; then 1-3 fault phases of
+A schedule is: nodes start within the first 0.3 s and form a view; in some schedules (drawn from
+a second generator, so older seeds keep their schedules) the cluster has a qnetd (ffsplit or lms:
+the real arbitration core and client sessions) and/or first splits cleanly into two groups once
+it has settled, for the settle time (what F1 checks); then 1-3 fault phases of
 0.5-2.5 s, each with 1-3 faults (partitions, one-way cuts, crash + restart, process pauses, lossy,
 duplicating, reordering or slow links, a flapping link); each phase ends by healing everything;
 then a stable phase long enough for S3 and L1 to apply (the settle time and a margin). The same
@@ -15,15 +18,20 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import QuorumOptions, TieBreaker, Timing
+from agent.config import QdeviceConfig, QuorumOptions, TieBreaker, Timing
 from tests.sim.checker import Checker, Violation, settle_time
 from tests.sim.network import LinkModel, NodeFactory, SimNetwork, cluster_configs, default_factory
+from tests.sim.qdevice import sim_qdevice_config
 
 FORMATION = 1.5
 """Seconds of calm at the start for the first view to form."""
 CHECK_WINDOW = 0.5
 """Seconds the run goes on after the settle time, while S3 and L1 are checked."""
 TRACE_TAIL = 50
+QDEVICE_SHARE = 0.35
+"""Share of schedules whose cluster has a qnetd."""
+SPLIT_SHARE = 0.35
+"""Share of schedules that start with a settled split (F1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,7 @@ class Schedule:
     healed_at: float
     end: float
     forced_nodes: bool = False
+    qdevice: QdeviceConfig | None = None
 
     def replay_command(self) -> str:
         extra = f" --nodes {self.nodes}" if self.forced_nodes else ""
@@ -63,8 +72,9 @@ class Schedule:
     def describe(self) -> str:
         q = self.quorum
         opts = f"auto_tie_breaker={q.auto_tie_breaker_node}" if q.auto_tie_breaker else "default"
+        device = f", qnetd {self.qdevice.algorithm}" if self.qdevice else ""
         head = (
-            f"seed {self.seed}: {self.nodes} nodes, quorum {opts}, base link {self.base}, "
+            f"seed {self.seed}: {self.nodes} nodes, quorum {opts}{device}, base link {self.base}, "
             f"healed at {self.healed_at:.3f}, end {self.end:.3f}"
         )
         return "\n".join([head, *(f"  {s}" for s in self.steps)])
@@ -119,9 +129,30 @@ def random_schedule(seed: int, nodes: int | None = None) -> Schedule:
             steps += _fault(rng, ids, t, duration, base)
         t += duration
         steps += _heal(t, base)
+    extra = random.Random(seed * 104729 + 3)  # a second generator: older seeds stay the same
+    qdevice = None
+    if extra.random() < QDEVICE_SHARE:
+        qdevice = sim_qdevice_config(extra.choice(["ffsplit", "lms"]))
+    if extra.random() < SPLIT_SHARE:
+        split_at = 0.5 + settle_time(timing)
+        split_end = split_at + settle_time(timing) + CHECK_WINDOW
+        shift = split_end - FORMATION
+        starts, faults = steps[:count], steps[count:]
+        shuffled = extra.sample(ids, len(ids))
+        cut = extra.randint(1, len(ids) - 1)
+        groups = (frozenset(shuffled[:cut]), frozenset(shuffled[cut:]))
+        steps = [
+            *starts,
+            Step(split_at, "partition", groups),
+            *_heal(split_end, base),
+            *(Step(s.at + shift, s.action, s.args) for s in faults),
+        ]
+        t += shift
     end = t + settle_time(timing) + CHECK_WINDOW
     steps.sort(key=lambda s: s.at)
-    return Schedule(seed, count, quorum, timing, base, tuple(steps), t, end, nodes is not None)
+    return Schedule(
+        seed, count, quorum, timing, base, tuple(steps), t, end, nodes is not None, qdevice
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +249,14 @@ def run_schedule(
     schedule: Schedule, *, factory: NodeFactory = default_factory, trace_limit: int | None = 2000
 ) -> RunResult:
     """Simulate one schedule and check every property on the result."""
-    configs = cluster_configs(schedule.nodes, quorum=schedule.quorum, timing=schedule.timing)
+    configs = cluster_configs(
+        schedule.nodes, quorum=schedule.quorum, timing=schedule.timing, qdevice=schedule.qdevice
+    )
     net = SimNetwork(
         configs, schedule.seed, default_link=schedule.base, factory=factory, trace_limit=trace_limit
     )
+    if schedule.qdevice is not None:
+        net.attach_qnetd(schedule.qdevice)
     for step in schedule.steps:
         net.at(step.at, lambda step=step: step.apply(net))  # type: ignore[misc]
     try:

@@ -1,7 +1,8 @@
 """Random fault schedules (CI sample): every DESIGN §3 property after every run.
 
-500 seeds over 3-9 nodes, spread over two worker processes (this machine has two cores). On a
-failure the assertion message holds the seed, the replay command and the trace tail.
+2,000 seeds over 3-9 nodes (about a third with a qnetd, a third starting with a settled split
+for F1), spread over two worker processes (this machine has two cores). On a failure the
+assertion message holds the seed, the replay command and the trace tail.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 
 from tests.sim.schedules import random_schedule, run_seed
 
-CI_RUNS = 500
+CI_RUNS = 2000
 WORKERS = 2
 CHUNK = 25
 
@@ -28,11 +29,11 @@ def run_chunk(first: int, count: int) -> tuple[int, list[str]]:
     return nodes, failures
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(1200)
 def test_random_fault_schedules_hold_every_property() -> None:
-    """500 seeded random fault schedules (partitions, one-way cuts, crash/restart, pauses, loss,
-    duplication, reordering, slow and flapping links) over 3-9 nodes: S1, S2, S3, L1 and no
-    silent state change hold in every run."""
+    """2,000 seeded random fault schedules (partitions, one-way cuts, crash/restart, pauses,
+    loss, duplication, reordering, slow and flapping links; qnetds with ffsplit and lms; settled
+    splits) over 3-9 nodes: S1, S2, S3, L1, F1 and no silent state change hold in every run."""
     with ProcessPoolExecutor(max_workers=WORKERS) as pool:
         futures = [pool.submit(run_chunk, s, CHUNK) for s in range(0, CI_RUNS, CHUNK)]
         results = [f.result() for f in futures]
@@ -49,6 +50,10 @@ def test_schedules_cover_sizes_and_faults() -> None:
     expected = {"partition", "cut", "uncut", "crash", "restart", "pause", "set_link"}
     assert expected | {"set_default_link", "recover"} <= actions
     assert any(s.quorum.auto_tie_breaker for s in schedules)
+    algorithms = {s.qdevice.algorithm for s in schedules if s.qdevice is not None}
+    assert algorithms == {"ffsplit", "lms"}
+    settled_splits = [s for s in schedules if s.steps[s.nodes].action == "partition"]
+    assert len(settled_splits) > CI_RUNS // 5
 
 
 def test_a_seed_replays_exactly() -> None:
