@@ -60,6 +60,15 @@ def _yes(value: Any) -> str:
     return "Yes" if value else "No"
 
 
+def _counting(s: dict[str, Any]) -> str:
+    """What quorum counts (design §3.4): the members, and why when it is not the plain view."""
+    counted = s.get("counted")
+    if counted is None:
+        return "-"
+    basis, why = s.get("basis") or "-", s.get("basis_why") or ""
+    return f"{counted} ({basis}: {why})" if why else f"{counted} ({basis})"
+
+
 def format_status(s: dict[str, Any]) -> str:
     """The human view of `status --json`, in the spirit of `pvecm status`."""
     ring = s.get("ring_id") or ["?", "?"]
@@ -72,6 +81,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"Ring ID:          {ring[0]}.{ring[1]}",
         f"Quorate:          {_yes(s.get('quorate'))}",
         f"Why:              {s.get('why') or '-'}",
+        f"Counting:         {_counting(s)}",
         "",
         "Votequorum information",
         "----------------------",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from agent.config import AgentConfig, LinkConfig, PeerConfig, Timing
+from agent.config import AgentConfig, LinkConfig, PeerConfig, QdeviceConfig, Timing
 from agent.events import EventKind
 from agent.node import (
     AgentNode,
@@ -22,6 +22,7 @@ from agent.node import (
     MessageIn,
     NodeEffect,
     PersistMaxSeq,
+    QdeviceVote,
     SendTo,
     SetExpected,
     Start,
@@ -414,3 +415,102 @@ def test_wait_for_all_cluster_missing_a_node_comes_up_with_expected() -> None:
     assert _set_expected(net, 1, 2) is None
     net.run(1.0)
     assert [net.nodes[i].quorate for i in (1, 2)] == [True, True]
+
+
+# ---------------------------------------------------------------- what quorum counts (§3.4)
+def device_net() -> Net:
+    """Two nodes with a qdevice (ffsplit, 1 vote: expected 3), view {1,2} formed, both holding
+    the device's ACK for it (as their sessions would report it)."""
+    qdevice = QdeviceConfig(host="qnetd.test", tls="off")
+    nodes = {i: AgentNode(replace(config(i, 2), qdevice=qdevice), incarnation=1) for i in (1, 2)}
+    net = Net(nodes)
+    for i, node in nodes.items():
+        net.alive.add(i)
+        net.apply(i, node.handle(Start(wall_ms=0), 0.0))
+    net.run(2.0)
+    for i, node in nodes.items():
+        net.apply(i, node.handle(QdeviceVote(True, True, "ACK", ring_of(node)), net.now))
+    assert all(n.quorate and n.quorum.status.total_votes == 3 for n in nodes.values())
+    return net
+
+
+def ring_of(node: AgentNode) -> tuple[int, int]:
+    return (node.view.ring_id.representative, node.view.ring_id.seq)
+
+
+def lost_since(net: Net, node: int, since: float) -> list[float]:
+    return [
+        t
+        for t, src, e in net.events
+        if src == node and t >= since and e.event.kind is EventKind.QUORUM_LOST
+    ]
+
+
+def split(net: Net) -> tuple[AgentNode, float]:
+    """Node 2 goes silent; node 1 installs {1} and holds {1,2} with the device's ACK."""
+    split_at = net.now
+    net.alive.discard(2)
+    node = net.nodes[1]
+    net.run(1.0)
+    assert node.view.members == frozenset({1})
+    assert node.basis.kind == "held"
+    assert node.basis.members == frozenset({1, 2})
+    assert node.quorate
+    assert node.status(net.now)["counted"] == [1, 2]
+    return node, split_at
+
+
+def test_view_change_holds_the_device_ack_until_qnetd_answers() -> None:
+    """Issue 12 item 1: the winner keeps counting its pre-split view and the device's ACK while
+    qnetd has not answered for its new ring; the ACK for the new ring settles it. Never
+    inquorate, no quorum_lost."""
+    net = device_net()
+    node, split_at = split(net)
+    net.apply(1, node.handle(QdeviceVote(True, True, "ACK", ring_of(node)), net.now))
+    assert node.basis.kind == "settled"
+    assert node.quorate
+    assert node.quorum.status.total_votes == 2
+    net.run(3.0)
+    assert node.quorate
+    assert all(q for t, q in net.quorate_log[1] if t >= split_at)
+    assert lost_since(net, 1, split_at) == []
+
+
+def test_nack_ends_the_hold_at_once() -> None:
+    """The loser's NACK (the held ACK revoked) makes it count only what it hears: 1 of 3."""
+    net = device_net()
+    node, _ = split(net)
+    at = net.now
+    net.apply(1, node.handle(QdeviceVote(False, True, "NACK", None), at))
+    assert node.basis.kind == "heard"
+    assert not node.quorate
+    assert lost_since(net, 1, at) == [at]
+
+
+def test_the_hold_ends_by_itself_when_qnetd_never_answers() -> None:
+    """No answer: the hold lasts (agreement_rounds + 1) heartbeats + sync_timeout from the
+    moment the node stopped hearing node 2, then the node counts only what it hears."""
+    net = device_net()
+    node, split_at = split(net)
+    net.run(2.0)
+    assert node.basis.kind == "heard"
+    assert not node.quorate
+    [lost] = lost_since(net, 1, split_at)
+    timing = node.config.timing
+    span = (timing.agreement_rounds + 1) * timing.heartbeat_interval + 0.5
+    unheard_at = timing.failure_timeout - timing.heartbeat_interval  # from its last heartbeat
+    assert unheard_at + span - 0.01 <= lost - split_at <= timing.failure_timeout + span + 0.01
+
+
+def test_a_node_stops_counting_members_it_no_longer_hears() -> None:
+    """Issue 12 item 5: without a device, quorum counts the installed view's members the node
+    hears, before any new view is agreed: a node that hears 2 of 5 is inquorate at once."""
+    net = Net.make(5)
+    net.run(2.0)
+    node = net.nodes[1]
+    for peer in (2, 3, 4, 5):
+        node.peers[peer].received_at = -100.0  # as if their heartbeats stopped long ago
+    node.peers[2].received_at = net.now
+    net.apply(1, node.handle(Tick(wall_ms=0), net.now))
+    assert node.basis.members <= {1, 2}
+    assert not node.quorate
