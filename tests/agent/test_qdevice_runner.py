@@ -33,7 +33,7 @@ from proto.tlv import MESSAGE_HEADER_SIZE, unpack_header
 from tests.qnetd.our_qnetd import OurQnetd, running_our_qnetd
 
 CLUSTER = "runner"
-Report = tuple[bool, bool, str]
+Report = tuple[bool, bool, str, tuple[int, int] | None]
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ async def test_runner_votes_and_withdraws_when_qnetd_stops(qnetd: OurQnetd) -> N
     runner.update((1, 5), (1,), quorate=False)  # before run(): kept and executed at start
     task = asyncio.create_task(runner.run(), name="qdevice")
     try:
-        await wait_until(reports, (True, True, ""))
+        await wait_until(reports, (True, True, "", None))
         assert reports[0][:2] == (False, True)
         assert reports[-1][2] == "ACK from qnetd for ring 1.5"
         status = runner.status()
@@ -83,9 +83,12 @@ async def test_runner_votes_and_withdraws_when_qnetd_stops(qnetd: OurQnetd) -> N
         assert status["tls"].startswith("TLSv1.")
 
         await asyncio.to_thread(qnetd.stop)
-        await wait_until(reports, (False, False, ""))
-        # the report carries why; `last_close` may already be a refused reconnect by now
-        assert reports[-1][2] == "qnetd connection lost: qnetd closed the connection"
+        await wait_until(reports, (False, False, "", None))
+        # the reports carry why; `last_close` may already be a refused reconnect by now. The
+        # revocation (held ring None) is reported at once, before the disconnect (design §3.4)
+        lost = "qnetd connection lost: qnetd closed the connection"
+        assert (False, True, lost, None) in reports
+        assert reports[-1][:2] == (False, False)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -123,7 +126,7 @@ async def test_runner_refuses_a_qnetd_without_tls_by_default(tmp_path: Path) -> 
                     await task
         assert (status["state"], status["connects"], status["tls"]) == ("disconnected", 0, "")
         assert "allow_tls_downgrade" in status["last_close"]
-        assert not any(vote or connected for vote, connected, _ in reports)
+        assert not any(vote or connected for vote, connected, _, _ in reports)
         assert runner.session.next_deadline() is None  # gave up, like qdevice's `required`
         gave_up = [e for e in logs if e["event"].startswith("qdevice gave up")]
         assert [e["log_level"] for e in gave_up] == ["error"]
@@ -177,12 +180,12 @@ async def test_runner_downgrades_only_when_allowed_and_warns_on_every_connect(
         with capture_logs() as logs:
             task = asyncio.create_task(runner.run(), name="qdevice")
             try:
-                await wait_until(reports, (True, True, ""), timeout=20)
+                await wait_until(reports, (True, True, "", None), timeout=20)
                 assert runner.status()["tls"] == "plain"
                 await asyncio.to_thread(server.stop)
-                await wait_until(reports, (False, False, ""), timeout=20)
+                await wait_until(reports, (False, False, "", None), timeout=20)
                 await asyncio.to_thread(server.start)
-                await wait_until(reports, (True, True, ""), timeout=20)
+                await wait_until(reports, (True, True, "", None), timeout=20)
                 status = runner.status()
             finally:
                 task.cancel()
@@ -214,9 +217,9 @@ async def test_runner_reconnects_within_a_second_or_two_of_a_qnetd_restart(
     runner.update((1, 5), (1,), quorate=False)
     task = asyncio.create_task(runner.run(), name="qdevice")
     try:
-        await wait_until(reports, (True, True, ""), timeout=20)
+        await wait_until(reports, (True, True, "", None), timeout=20)
         await asyncio.to_thread(qnetd.stop)
-        await wait_until(reports, (False, False, ""), timeout=20)
+        await wait_until(reports, (False, False, "", None), timeout=20)
         await wait_for(lambda: runner.last_close.startswith("connect to"), timeout=20)
         down_from = runner.attempts
         with capture_logs() as logs:
@@ -224,7 +227,7 @@ async def test_runner_reconnects_within_a_second_or_two_of_a_qnetd_restart(
         retries = runner.attempts - down_from
         await asyncio.to_thread(qnetd.start)  # returns once the port accepts connections
         up_from = runner.attempts
-        await wait_until(reports, (True, True, ""), timeout=RECONNECT_CAP + 20.0)
+        await wait_until(reports, (True, True, "", None), timeout=RECONNECT_CAP + 20.0)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -55,7 +55,7 @@ async def measure(server: OurQnetd, rounds: int) -> tuple[list[float], list[int]
     state = {"vote": False}
     refused = [0]
 
-    def on_vote(vote: bool, connected: bool, reason: str) -> None:
+    def on_vote(vote: bool, connected: bool, reason: str, ring: tuple[int, int] | None) -> None:
         state["vote"] = vote
 
     runner = QdeviceRunner(cfg, 1, CLUSTER, on_vote)
