@@ -233,6 +233,7 @@ class Checker:
             slowest = self._slowest(topo, topo.alive - topo.paused)
             carried = max(0.0, in_flight_until - start) + self._stretch(segments, i)
             found += self._minority(topo, start, stop, slowest, carried)
+            found += self._one_device_side(topo, start, stop, slowest, carried)
             if stop - start >= self.settle + carried and topo.benign():
                 found += self._stable(topo, start + self.settle + carried, stop)
             in_flight_until = max(in_flight_until, stop + slowest)
@@ -275,6 +276,30 @@ class Checker:
                     )
                     break
         return found
+
+    def _one_device_side(
+        self, topo: Topology, start: float, stop: float, slowest: float, carried: float
+    ) -> list[Violation]:
+        """With a qnetd: once the minority bound (with the hold span) has passed, nodes that
+        need the device's votes for quorum are quorate in one group at most (the qnetd gave
+        its vote to one side; the others' held ACK has expired or was revoked)."""
+        bound = minority_bound(self.timing, max(slowest, 0.0167)) + carried + self.hold
+        if not self.device or not self.generic_l1 or stop - start <= bound:
+            return []
+        running = sorted(topo.alive - topo.paused)
+        groups = [
+            g
+            for g in self._components(topo, running)
+            if not self.quorum_capable(g) and self.quorum_capable(g, device=True)
+        ]
+        if len(groups) < 2:
+            return []
+        for t in [start + bound, *self._changes(start + bound, stop)]:
+            sides = [g for g in groups if any((s := self.state_at(n, t)) and s.quorate for n in g)]
+            if len(sides) > 1:
+                shown = " and ".join(str(sorted(g)) for g in sides)
+                return [Violation("L1", t, f"groups {shown} are both quorate with the device")]
+        return []
 
     @staticmethod
     def _slowest(topo: Topology, running: frozenset[int]) -> float:

@@ -303,6 +303,16 @@ class SimNetwork:
 
     # ---- faults and operator actions ------------------------------------------------------
 
+    def cut_qnetd(self, node: int) -> None:
+        """The node's path to the qnetd stops carrying data (no-op without a qnetd)."""
+        if self.qnetd is not None:
+            self.qnetd.cut_qnetd(node)
+
+    def uncut_qnetd(self, node: int) -> None:
+        """The node's path to the qnetd works again."""
+        if self.qnetd is not None:
+            self.qnetd.uncut_qnetd(node)
+
     def note(self, text: str) -> None:
         """One line in the trace, stamped with the current time."""
         self.trace.append(f"{self.now:10.4f} {text}")

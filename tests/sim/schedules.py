@@ -3,7 +3,8 @@
 A schedule is: nodes start within the first 0.3 s and form a view; in some schedules (drawn from
 a second generator, so older seeds keep their schedules) the cluster has a qnetd (ffsplit or lms:
 the real arbitration core and client sessions) and/or first splits cleanly into two groups once
-it has settled, for the settle time (what F1 checks); then 1-3 fault phases of
+it has settled, for the settle time (what F1 checks), and half of the qnetd schedules cut one
+node's path to the qnetd for a while during the faults; then 1-3 fault phases of
 0.5-2.5 s, each with 1-3 faults (partitions, one-way cuts, crash + restart, process pauses, lossy,
 duplicating, reordering or slow links, a flapping link); each phase ends by healing everything;
 then a stable phase long enough for S3 and L1 to apply (the settle time and a margin). The same
@@ -32,6 +33,8 @@ QDEVICE_SHARE = 0.35
 """Share of schedules whose cluster has a qnetd."""
 SPLIT_SHARE = 0.35
 """Share of schedules that start with a settled split (F1)."""
+QNETD_CUT_SHARE = 0.5
+"""Share of the qnetd schedules where one node's path to the qnetd is cut for a while."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,7 @@ def random_schedule(seed: int, nodes: int | None = None) -> Schedule:
         t += duration
         steps += _heal(t, base)
     extra = random.Random(seed * 104729 + 3)  # a second generator: older seeds stay the same
-    qdevice = None
+    qdevice, faults_from = None, FORMATION
     if extra.random() < QDEVICE_SHARE:
         qdevice = sim_qdevice_config(extra.choice(["ffsplit", "lms"]))
     if extra.random() < SPLIT_SHARE:
@@ -148,6 +151,14 @@ def random_schedule(seed: int, nodes: int | None = None) -> Schedule:
             *(Step(s.at + shift, s.action, s.args) for s in faults),
         ]
         t += shift
+        faults_from += shift
+    if qdevice is not None and extra.random() < QNETD_CUT_SHARE:
+        at = extra.uniform(faults_from, max(faults_from, t - 0.5))  # in the fault phases
+        node = extra.choice(ids)
+        steps += [
+            Step(at, "cut_qnetd", (node,)),
+            Step(min(t, at + extra.uniform(0.3, 2.5)), "uncut_qnetd", (node,)),
+        ]
     end = t + settle_time(timing) + CHECK_WINDOW
     steps.sort(key=lambda s: s.at)
     return Schedule(

@@ -52,6 +52,7 @@ def test_schedules_cover_sizes_and_faults() -> None:
     assert any(s.quorum.auto_tie_breaker for s in schedules)
     algorithms = {s.qdevice.algorithm for s in schedules if s.qdevice is not None}
     assert algorithms == {"ffsplit", "lms"}
+    assert "cut_qnetd" in actions
     settled_splits = [s for s in schedules if s.steps[s.nodes].action == "partition"]
     assert len(settled_splits) > CI_RUNS // 5
 
