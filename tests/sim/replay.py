@@ -1,4 +1,5 @@
-"""`python -m tests.sim.replay SEED [--nodes N] [--tail LINES]`: rerun one random schedule.
+"""`python -m tests.sim.replay SEED [--nodes N] [--tail LINES] [--algorithm lms]`: rerun one
+random schedule.
 
 Prints the schedule, the whole trace (or its last LINES lines) and the checker's verdict; exits
 1 when a property was violated. The run is the same as in CI and in the soak: same seed, same
@@ -18,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("seed", type=int)
     parser.add_argument("--nodes", type=int, default=None, help="force the cluster size (3-9)")
     parser.add_argument("--tail", type=int, default=0, help="print only the last LINES lines")
+    parser.add_argument("--algorithm", default=None, help="the qnetd's algorithm (ffsplit, lms)")
     args = parser.parse_args(argv)
-    result = run_seed(args.seed, args.nodes, trace_limit=None)
+    result = run_seed(args.seed, args.nodes, args.algorithm, trace_limit=None)
     print(result.schedule.describe())
     print("--- trace ---")
     lines = list(result.net.trace)

