@@ -145,3 +145,24 @@ class FaultyNode(FakeNode):
     """Installs its proposal without agreement and is quorate with any vote: breaks S1/S2."""
 
     trust_any_view = True
+
+
+class FlickerNode(FakeNode):
+    """Reports inquorate for 50 ms after each view it installs (the bug F1 exists for)."""
+
+    installed_at = -1.0
+
+    def _evaluate(self, now: float, out: list[Effect]) -> None:
+        before = self.view
+        super()._evaluate(now, out)
+        if self.view != before and before is not None:
+            self.installed_at = now
+            self._verdict(now, out)
+
+    def _verdict(self, now: float, out: list[Effect]) -> None:
+        if now - self.installed_at < 0.05:
+            if self.quorate:
+                self.quorate = False
+                out.append(Emit(AgentEvent(EventKind.QUORUM_LOST, "flicker", {}, now)))
+            return
+        super()._verdict(now, out)

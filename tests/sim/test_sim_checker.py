@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.config import AgentConfig
 from tests.sim.checker import Checker
-from tests.sim.fake_node import FakeNode, FaultyNode
+from tests.sim.fake_node import FakeNode, FaultyNode, FlickerNode
 from tests.sim.network import Core, SimNetwork, cluster_configs
 from tests.sim.replay import main as replay_main
 from tests.sim.schedules import RunResult, random_schedule
@@ -37,6 +37,31 @@ def test_checker_flags_disjoint_quorate_views() -> None:
     split = [v for v in found if v.prop == "S1" and v.at >= 2.0]
     assert split, found
     assert "disjoint" in split[0].detail
+
+
+def flicker(config: AgentConfig, incarnation: int, max_seq: int) -> Core:
+    return FlickerNode(config, incarnation, max_seq=max_seq)
+
+
+def settled_split_run(factory: object) -> SimNetwork:
+    """5 nodes settle for longer than the settle time, then split 3|2 for longer than it."""
+    net = SimNetwork(cluster_configs(5), 3, factory=factory)  # type: ignore[arg-type]
+    for node in range(1, 6):
+        net.start(node)
+    net.run_until(3.5)
+    net.partition({1, 2, 3}, {4, 5})
+    net.run_until(7.5)
+    return net
+
+
+def test_checker_flags_a_flicker_on_the_side_that_keeps_quorum() -> None:
+    """F1: the majority {1,2,3} of a settled split reporting inquorate for a moment is found;
+    the same split with the reference fake is clean."""
+    found = Checker(settled_split_run(flicker)).check(7.5)
+    f1 = [v for v in found if v.prop == "F1"]
+    assert f1, found
+    assert "kept quorum across the split at t=3.5000" in f1[0].detail
+    assert Checker(settled_split_run(fake)).check(7.5) == []
 
 
 def test_checker_passes_a_correct_node() -> None:
