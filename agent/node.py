@@ -810,11 +810,11 @@ class AgentNode:
             del self._views[next(iter(self._views))]
         basis, before = self._basis(), self.basis
         self.basis = basis
-        if (basis.kind, basis.members, basis.device_votes) != (
+        if before.members and (basis.kind, basis.members, basis.device_votes) != (
             before.kind,
             before.members,
             before.device_votes,
-        ):
+        ):  # (the first basis, at start, is no change)
             self._emit(
                 EventKind.QUORUM_COUNTS_CHANGED,
                 basis.why,

@@ -155,7 +155,7 @@ async def test_lms_runner_warns_about_a_qnetd_without_tls_once_not_on_every_retr
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
-        assert not any(vote or connected for vote, connected, _ in reports)
+        assert not any(vote or connected for vote, connected, _, _ in reports)
         refusals = [e for e in logs if "offers no TLS" in str(e.get("reason", ""))]
         assert len(refusals) == 1, refusals  # 4+ refused connects, one line
         assert refusals[0]["log_level"] == "warning"

@@ -290,7 +290,8 @@ class Checker:
         groups = [
             g
             for g in self._components(topo, running)
-            if not self.quorum_capable(g) and self.quorum_capable(g, device=True)
+            if not self.quorum_capable(g, tie=True)
+            and self.quorum_capable(g, tie=False, device=True)
         ]
         if len(groups) < 2:
             return []
