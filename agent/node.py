@@ -782,9 +782,18 @@ class AgentNode:
                 why = f"holding ring {ring} and its device ACK while ring {key} settles"
                 return Basis(ring, acked, device, "held", why)
         counted = view.members & heard
+        if counted != view.members and self._majority(counted):
+            # A majority of the view is heard: count the agreed view itself until the next
+            # one is installed, so that votequorum's history (auto_tie_breaker's last quorate
+            # view, its previous view) only ever holds agreed views (sim seed 153).
+            counted = view.members
         missing = sorted(view.members - counted)
         why = f"not hearing {missing}" if missing else f"ring {key}"
         return Basis(key, counted, 0, "heard", why)
+
+    def _majority(self, members: frozenset[int]) -> bool:
+        """These members' votes are more than half of the expected votes."""
+        return 2 * sum(self._votes_of(m) for m in members) > self.quorum.reported_expected
 
     def _sync_timeout(self) -> float:
         """How long a held ACK may be counted after the node stopped being settled on it: the
