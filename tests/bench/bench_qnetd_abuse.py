@@ -156,6 +156,9 @@ async def run(workdir: Path, abusers: int, abuse_s: float, rate: float) -> Abuse
             await client.start(RING, nodes, nodes)
         await asyncio.sleep(1.0)
         await connect_times(server, late_creds, 1, 0)  # warm-up: certificates, code paths
+        # The first scrape imports prometheus_client (deferred at start): do it before the
+        # baseline so "after" compares like with like.
+        await asyncio.to_thread(metrics, server)
         before = await echo_rtts(clients, 3.0)
         before_connect = await connect_times(server, late_creds, 3, 0.2)
         base_fds, base_rss = fds_and_rss(server)
