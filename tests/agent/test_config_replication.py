@@ -213,3 +213,21 @@ def test_a_view_older_than_the_promised_ring_takes_no_part() -> None:
     new = base.with_version(2)
     assert replica.handle(cr.Received(2, cr.Propose(cr.Ring(4, 2), new))) == []
     assert replica.staged is None
+
+
+def test_the_representative_re_proposes_the_staged_value_with_the_highest_ring() -> None:
+    """Two members staged different values for the next version in rings (5, 2) and (7, 3): the
+    new representative re-proposes the one of ring (7, 3) (rule d: a value committed in some
+    ring is the one every later ring carries), not the older one."""
+    base = cluster(range(1, 4))
+    older = replace(base, quorum=replace(base.quorum, last_man_standing_window=20.0))
+    newer = replace(base, quorum=replace(base.quorum, last_man_standing_window=30.0))
+    older, newer = older.with_version(2), newer.with_version(2)
+    ring = cr.Ring(10, 1)
+    leader = cr.ConfigReplica(1, base)
+    leader.handle(cr.ViewChanged(ring, frozenset({1, 2, 3})))
+    leader.handle(cr.Received(3, cr.State(ring, base, cr.Staged(cr.Ring(7, 3), newer))))
+    effects = leader.handle(cr.Received(2, cr.State(ring, base, cr.Staged(cr.Ring(5, 2), older))))
+    proposals = {e.message.config for e in effects if isinstance(e, cr.Send)}
+    assert proposals == {newer}
+    assert leader.staged == cr.Staged(ring, newer)
