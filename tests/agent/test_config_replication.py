@@ -228,6 +228,10 @@ def test_the_representative_re_proposes_the_staged_value_with_the_highest_ring()
     leader.handle(cr.ViewChanged(ring, frozenset({1, 2, 3})))
     leader.handle(cr.Received(3, cr.State(ring, base, cr.Staged(cr.Ring(7, 3), newer))))
     effects = leader.handle(cr.Received(2, cr.State(ring, base, cr.Staged(cr.Ring(5, 2), older))))
-    proposals = {e.message.config for e in effects if isinstance(e, cr.Send)}
+    proposals = {
+        e.message.config
+        for e in effects
+        if isinstance(e, cr.Send) and isinstance(e.message, cr.Propose)
+    }
     assert proposals == {newer}
     assert leader.staged == cr.Staged(ring, newer)
