@@ -65,3 +65,16 @@ def test_a_100_node_configuration_moves_in_datagrams_below_the_ipv6_minimum_mtu(
     assert len(parts) >= 4
     sealer = Sealer("prod", ClusterKey(b"k" * 32), 1, 1)
     assert max(len(seal_message(sealer, c)) for c in parts) < 1280
+
+
+def test_a_digest_of_the_wrong_length_is_bad_value() -> None:
+    """`bounds` on a bytes field bound its length: a 31-byte digest from a peer holding the key
+    is refused at decode as bad_value."""
+    from proto import tagged_map
+    from proto.mesh_messages import ConfigAck, MeshKind, decode
+
+    payload = tagged_map.pack(ConfigAck(1, 1, 2, b"d" * 32)).replace(b"d" * 32, b"d" * 31)
+    payload = payload.replace(b"\xc4\x20", b"\xc4\x1f")
+    with pytest.raises(DecodeError) as err:
+        decode(MeshKind.CONFIG_ACK, payload)
+    assert err.value.reason == "bad_value"
