@@ -21,7 +21,7 @@ from agent.config import ConfigError
 
 @dataclass(frozen=True, slots=True, order=True)
 class Ring:
-    """A view's ring id, ordered by (sequence, representative) as design §3.5 orders them."""
+    """A view's ring id, ordered by (sequence, representative) as design §3.8 orders them."""
 
     seq: int
     representative: int
