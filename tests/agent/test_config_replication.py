@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from agent import config_replication as cr
 from agent.cluster_config import ClusterConfig, digest
 from tests.agent.cluster_fixtures import cluster
@@ -235,3 +238,68 @@ def test_the_representative_re_proposes_the_staged_value_with_the_highest_ring()
     }
     assert proposals == {newer}
     assert leader.staged == cr.Staged(ring, newer)
+
+
+def _events() -> st.SearchStrategy[cr.Event]:
+    configs = st.builds(
+        lambda n, v, w: replace(
+            cluster(range(1, n + 1), v),
+            quorum=replace(cluster(range(1, 2)).quorum, last_man_standing_window=w),
+        ),
+        st.integers(1, 4),
+        st.integers(0, 4),
+        st.sampled_from([10.0, 20.0]),
+    )
+    rings = st.builds(cr.Ring, st.integers(1, 3), st.integers(1, 3))
+    staged = st.none() | st.builds(cr.Staged, rings, configs)
+    messages = st.one_of(
+        st.builds(cr.State, rings, configs, staged),
+        st.builds(cr.Sync, configs),
+        st.builds(cr.Propose, rings, configs),
+        st.builds(cr.Ack, rings, st.integers(0, 4), configs.map(digest)),
+        st.builds(cr.Commit, configs),
+        st.builds(cr.Forward, rings, st.integers(1, 5), st.integers(0, 4), configs),
+        st.builds(cr.Result, st.integers(1, 5), st.booleans(), st.just("x")),
+    )
+    return st.one_of(
+        st.builds(cr.ViewChanged, rings, st.frozensets(st.integers(1, 4)).map(lambda m: m | {2})),
+        st.builds(cr.QuorumInput, st.booleans(), st.integers(0, 4), st.integers(1, 4)),
+        st.builds(cr.ChangeRequested, st.integers(1, 5), st.integers(0, 4), configs),
+        st.builds(cr.Received, st.integers(1, 4), messages),
+        st.builds(lambda r, c: cr.Received(r.representative, cr.Propose(r, c)), rings, configs),
+        st.just(cr.Tick()),
+    )
+
+
+EVENTS = _events()
+
+
+@settings(max_examples=200)
+@given(st.data())
+def test_any_input_sequence_keeps_the_replicas_promises(data: st.DataObject) -> None:
+    """Whatever a peer (holding the key) or the node core sends, in any order, mixed with valid
+    proposals of the current ring: no exception, the committed version never goes down,
+    `promised` never goes down, and every ack is sent after the Persist of the value it
+    acknowledges (rule b: durable before announced)."""
+    replica = cr.ConfigReplica(2, cluster(range(1, 4)))
+    durable: set[tuple[int, bytes]] = set()
+    acks = 0
+    for _ in range(data.draw(st.integers(0, 40))):
+        event = data.draw(EVENTS)
+        if replica.ring is not None and data.draw(st.booleans()):
+            window = data.draw(st.sampled_from([15.0, 25.0]))
+            base = replica.committed
+            config = replace(base, quorum=replace(base.quorum, last_man_standing_window=window))
+            proposal = cr.Propose(replica.ring, config.with_version(base.version + 1))
+            event = cr.Received(replica.ring.representative, proposal)
+        before = (replica.committed.version, replica.promised)
+        for effect in replica.handle(event):
+            if isinstance(effect, cr.Persist) and effect.staged is not None:
+                durable.add((effect.staged.config.version, digest(effect.staged.config)))
+            if isinstance(effect, cr.Send) and isinstance(effect.message, cr.Ack):
+                assert (effect.message.version, effect.message.digest) in durable
+                acks += 1
+        assert replica.committed.version >= before[0]
+        if before[1] is not None:
+            assert replica.promised is not None
+            assert replica.promised >= before[1]
