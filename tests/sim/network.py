@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from agent.config import AgentConfig, LinkConfig, PeerConfig, QuorumOptions, Timing
 from agent.events import EventKind
+from agent.status import ring_text
 from proto.mesh_messages import MeshMessage
 from tests.sim import iface
 
@@ -153,7 +154,7 @@ class NodeState:
     expected: int
 
     def describe(self) -> str:
-        ring = f"{self.ring[0]}.{self.ring[1]}" if self.ring else "-"
+        ring = ring_text(*self.ring) if self.ring else "-"
         q = "QUORATE" if self.quorate else "inquorate"
         return f"ring={ring} members={sorted(self.members)} {q} expected={self.expected}"
 
