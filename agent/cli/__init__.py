@@ -44,21 +44,24 @@ def _where(p: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="take the control socket from this agent config")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line (verbs are looked up by name: their modules load on use)."""
-    parser = _Parser(prog="votemesh", description="votemesh cluster membership and quorum")
-    sub = parser.add_subparsers(dest="command", required=True, prog="votemesh")
-    p = sub.add_parser("status", help="quorum and membership (pvecm status layout)")
-    p.add_argument("--json", action="store_true", help="the status document (schema 1)")
-    p.add_argument("--decimal", action="store_true", help="decimal node ids (default hex)")
-    _where(p)
-    p.set_defaults(verb="status:cmd_status")
-    p = sub.add_parser("nodes", help="the members of this node's view (pvecm nodes layout)")
-    _where(p)
-    p.set_defaults(verb="status:cmd_nodes")
-    p = sub.add_parser("explain", help="why this node is or is not quorate")
-    _where(p)
-    p.set_defaults(verb="status:cmd_explain")
+def _status_verbs(sub: argparse._SubParsersAction[_Parser], only: str) -> None:
+    if only in ("", "status"):
+        p = sub.add_parser("status", help="quorum and membership (pvecm status layout)")
+        p.add_argument("--json", action="store_true", help="the status document (schema 1)")
+        p.add_argument("--decimal", action="store_true", help="decimal node ids (default hex)")
+        _where(p)
+        p.set_defaults(verb="status:cmd_status")
+    if only in ("", "nodes"):
+        p = sub.add_parser("nodes", help="the members of this node's view (pvecm nodes layout)")
+        _where(p)
+        p.set_defaults(verb="status:cmd_nodes")
+    if only in ("", "explain"):
+        p = sub.add_parser("explain", help="why this node is or is not quorate")
+        _where(p)
+        p.set_defaults(verb="status:cmd_explain")
+
+
+def _admin_verbs(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("expected", help="override expected votes (like pvecm expected)")
     p.add_argument("value", metavar="N", help="expected votes, or 'reset'")
     _where(p)
@@ -69,12 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="create a new cluster key file (0600)")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(verb="admin:cmd_keygen")
+
+
+FAST_VERBS = ("status", "nodes", "explain")
+
+
+def build_parser(only: str = "") -> argparse.ArgumentParser:
+    """The whole command line; `only` (a FAST_VERBS name) builds just that verb, because
+    building every subparser costs a few ms on each monitoring poll."""
+    parser = _Parser(prog="votemesh", description="votemesh cluster membership and quorum")
+    sub = parser.add_subparsers(dest="command", required=True, prog="votemesh")
+    _status_verbs(sub, only)
+    if not only:
+        _admin_verbs(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    only = words[0] if words and words[0] in FAST_VERBS else ""
+    args = build_parser(only).parse_args(words)
     module, _, name = str(args.verb).partition(":")
     try:
         if module == "status":
