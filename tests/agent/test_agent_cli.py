@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.status import from_json
 from tests.agent.live_agents import BIN, AgentCluster
+from tests.agent.test_status_schema import validate
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,3 +126,31 @@ def test_status_table_expected_and_readiness(tmp_path: Path) -> None:
             assert notify.recv(100) == b"STOPPING=1"
         finally:
             cluster.close()
+
+
+def test_status_nodes_explain_exit_statuses_on_a_lone_node(tmp_path: Path) -> None:
+    """A lone agent of three (1 of 3 votes): `status` and `explain` exit 2 (not quorate, like
+    corosync-quorumtool -s), `nodes` 0; the text says `Activity blocked` and who is missing; the
+    --json document validates against docs/status.schema.json and reads back typed."""
+    cluster = AgentCluster(tmp_path, 3)
+    try:
+        cluster.start(1)
+        sock = str(cluster.agents[1].control_socket)
+        status = run("votemesh", "status", "--socket", sock)
+        assert status.returncode == 2, status.stderr
+        assert "Quorum:           2 Activity blocked\n" in status.stdout
+        assert "Quorate:          No\n" in status.stdout
+        assert "Ring ID:          1." in status.stdout
+        assert run("votemesh", "nodes", "--socket", sock).returncode == 0
+        explain = run("votemesh", "explain", "--socket", sock)
+        assert explain.returncode == 2, explain.stderr
+        assert "is NOT quorate" in explain.stdout
+        assert "node 2 (node2), 1 vote(s): not in a view with this node" in explain.stdout
+        doc = json.loads(run("votemesh", "status", "--json", "--socket", sock).stdout)
+        assert validate(doc) == []
+        typed = from_json(doc)
+        assert typed.runtime is not None
+        assert typed.ring == doc["ring"]
+        assert not typed.quorate
+    finally:
+        cluster.close()
