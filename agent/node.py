@@ -734,6 +734,7 @@ class AgentNode:
                     EventKind.VIEW_INSTALLED,
                     c.reason,
                     ring_id=[v.ring_id.representative, v.ring_id.seq],
+                    ring=ring_text(v.ring_id.representative, v.ring_id.seq),
                     members=sorted(v.members),
                     joined=sorted(c.joined),
                     left=sorted(c.left),

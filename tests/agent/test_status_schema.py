@@ -164,3 +164,15 @@ def test_ring_ids_print_in_hex_everywhere() -> None:
     """`ring_text` is corosync's `%x.%llx`: 1.f, not 1.15."""
     assert ring_text(1, 15) == "1.f"
     assert ring_text(0x10, 0x1A8) == "10.1a8"
+
+
+def test_view_installed_events_carry_the_hex_ring_text() -> None:
+    """The view_installed event (log line, MQTT, `events`) names the ring as status does, in
+    its details and its reason (main said `as ring (1, 5)`)."""
+    net = split_net()
+    views = [e.event for _, n, e in net.events if n == 1 and str(e.event.kind) == "view_installed"]
+    assert views
+    for event in views:
+        assert event.details["ring"] == ring_text(*event.details["ring_id"])
+        assert f"ring {event.details['ring']}" in event.reason, event.reason
+    assert net.nodes[1].snapshot(net.now).transitions[-1].ring == views[-1].details["ring"]
