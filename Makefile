@@ -15,8 +15,8 @@ help:
 	@echo "make test         the whole test suite (root runs the namespace and interop tests too)"
 	@echo "make lint         ruff format --check, ruff check, mypy --strict"
 	@echo "make ci           lint + test, as CI runs them"
-	@echo "make bench        benchmarks: print figures, never fail on timing"
-	@echo "make soak         100,000 random fault schedules through the simulator (SOAK_RUNS=N, SOAK_FIRST=seed)"
+	@echo "make bench        benchmarks: print figures, never fail on timing (one: $(PY) -m tests.bench cli)"
+	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N, SOAK_FIRST=seed)"
 	@echo "make fuzz         differential fuzz vs corosync-qnetd, 5,000 cases (~5 min; FUZZ_CASES=N FUZZ_SEED=S; root)"
 	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
 

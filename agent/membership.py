@@ -71,6 +71,7 @@ from dataclasses import dataclass
 
 from agent.clique import best_clique_containing, mutual_graph, outranks
 from agent.config import Timing
+from agent.status import ring_text
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -131,7 +132,8 @@ def _ids(members: frozenset[int]) -> str:
 
 
 def _ring(view: MemberView) -> str:
-    return f"({view.ring_id.representative}, {view.ring_id.seq})"
+    """The ring id as corosync prints it (hex `rep.seq`), like status and the qnetd."""
+    return ring_text(view.ring_id.representative, view.ring_id.seq)
 
 
 class Membership:

@@ -9,6 +9,7 @@ time comes in `now` (monotonic seconds) and `wall_ms` (for the clock-skew check)
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,16 @@ from agent.node_events import (
     Start,
     Stop,
     Tick,
+)
+from agent.status import (
+    TRANSITIONS_KEPT,
+    LinkInfo,
+    NodeStatus,
+    PeerInfo,
+    QdeviceInfo,
+    Transition,
+    ring_text,
+    to_json,
 )
 from agent.votequorum import (
     ExpectedRefused,
@@ -244,6 +255,10 @@ class AgentNode:
         self._wall_ms = 0
         self._asked: float | None = None
         """The deadline `next_deadline()` last handed out: an event much later is a stall."""
+        self._transitions: deque[tuple[float, str, str, str, bool]] = deque(maxlen=TRANSITIONS_KEPT)
+        """(at, kind, reason, ring, quorate) of the last view/quorum changes (`explain`)."""
+        self._missing_since: dict[int, float] = {}
+        """When each peer left this node's view (gone when it is back in one)."""
 
     # ------------------------------------------------------------ public API
     def handle(self, event: NodeEvent, now: float) -> list[NodeEffect]:
@@ -741,10 +756,15 @@ class AgentNode:
         for c in changes:
             if isinstance(c, ViewInstalled):
                 v = c.view
+                for pid in c.left:
+                    self._missing_since.setdefault(pid, self._now)
+                for pid in v.members:
+                    self._missing_since.pop(pid, None)
                 self._emit(
                     EventKind.VIEW_INSTALLED,
                     c.reason,
                     ring_id=[v.ring_id.representative, v.ring_id.seq],
+                    ring=ring_text(v.ring_id.representative, v.ring_id.seq),
                     members=sorted(v.members),
                     joined=sorted(c.joined),
                     left=sorted(c.left),
@@ -774,12 +794,15 @@ class AgentNode:
             self._unsettled_since = None
         elif ring == key and view.members <= heard:
             self._unsettled_since = None
-            return Basis(key, view.members, device, "settled", f"device ACK for ring {key}")
+            return Basis(
+                key, view.members, device, "settled", f"device ACK for ring {ring_text(*key)}"
+            )
         else:
             if self._unsettled_since is None:
                 self._unsettled_since = self._now
             if self._now < self._unsettled_since + self._sync_timeout():
-                why = f"holding ring {ring} and its device ACK while ring {key} settles"
+                held, now_ring = ring_text(*ring), ring_text(*key)
+                why = f"holding ring {held} and its device ACK while ring {now_ring} settles"
                 return Basis(ring, acked, device, "held", why)
         counted = view.members & heard
         if counted != view.members and self._majority(counted):
@@ -788,7 +811,7 @@ class AgentNode:
             # view, its previous view) only ever holds agreed views (sim seed 153).
             counted = view.members
         missing = sorted(view.members - counted)
-        why = f"not hearing {missing}" if missing else f"ring {key}"
+        why = f"not hearing {missing}" if missing else f"ring {ring_text(*key)}"
         return Basis(key, counted, 0, "heard", why)
 
     def _majority(self, members: frozenset[int]) -> bool:
@@ -895,44 +918,110 @@ class AgentNode:
 
     def _emit(self, kind: EventKind, reason: str, **details: Any) -> None:
         self._out.append(Emit(AgentEvent(kind, reason, details, self._now)))
+        if kind in _TRANSITIONS:
+            ring = self.membership.view.ring_id
+            quorate = self.quorum.status.quorate
+            self._transitions.append(
+                (self._now, str(kind), reason, ring_text(ring.representative, ring.seq), quorate)
+            )
 
     # ------------------------------------------------------------ status
     def status(self, now: float) -> dict[str, Any]:
-        """The `votemesh status --json` document."""
-        view, verdict = self.membership.view, self.quorum.status
-        return {
-            "cluster": self.config.cluster_name,
-            "node_id": self.node_id,
-            "node_name": self.config.node_name,
-            "incarnation": self.incarnation,
-            "ring_id": [view.ring_id.representative, view.ring_id.seq],
-            "members": sorted(view.members),
-            "counted": sorted(self.basis.members),
-            "basis": self.basis.kind,
-            "basis_why": self.basis.why,
-            "proposal": sorted(self.membership.proposal.members),
-            "quorate": verdict.quorate,
-            "expected_votes": verdict.expected_votes,
-            "total_votes": verdict.total_votes,
-            "quorum": verdict.quorum,
-            "flags": sorted(verdict.flags),
-            "why": verdict.reason,
-            "views": f"halted: {self._store_error}" if self._store_error else "forming",
-            "durable_max_seq": self._durable_seq,
-            "qdevice": {"connected": self.qdevice_connected, "vote": self.qdevice_votes > 0},
-            "peers": {
-                str(pid): {
-                    "name": p.name,
-                    "incarnation": p.incarnation,
-                    "clock_skew_ms": p.wall_skew_ms,
-                    "last_heartbeat_s": round(now - p.received_at, 3) if p.stamp_us else None,
-                    "failure_timeout_s": round(p.timeout, 3),
-                    "active_link": self.links.active_link(pid),
-                    "links": [vars_of(s) for s in self.links.stats(pid)],
-                }
-                for pid, p in sorted(self.peers.items())
-            },
-        }
+        """The `votemesh status --json` document (schema 1): `to_json(self.snapshot(now))`."""
+        doc: dict[str, Any] = to_json(self.snapshot(now))
+        return doc
+
+    def snapshot(self, now: float) -> NodeStatus:
+        """The typed status (agent/status.py); the runtime adds `runtime` and qdevice details."""
+        view, verdict, cfg = self.membership.view, self.quorum.status, self.config
+        configured = {p.node_id: p for p in cfg.peers}
+        expected = [verdict.expected_votes, self.quorum.reported_expected]
+        expected += [p.expected for pid, p in self.peers.items() if pid in self.basis.members]
+        peers = []
+        for pid in sorted(set(configured) | set(self.peers)):
+            heard, conf = self.peers.get(pid), configured.get(pid)
+            since = self._missing_since.get(pid)
+            peers.append(
+                PeerInfo(
+                    node_id=pid,
+                    name=(heard.name if heard and heard.name else conf.name if conf else ""),
+                    votes=self._votes_of(pid) if heard or not conf else conf.votes,
+                    member=pid in view.members,
+                    addresses=tuple(f"{h}:{port}" for _, h, port in sorted(conf.addresses))
+                    if conf
+                    else (),
+                    incarnation=heard.incarnation if heard else 0,
+                    clock_skew_ms=heard.wall_skew_ms if heard else None,
+                    last_heartbeat_s=round(now - heard.received_at, 3)
+                    if heard and heard.stamp_us
+                    else None,
+                    missing_since_s=None if since is None else round(now - since, 3),
+                    failure_timeout_s=round(heard.timeout if heard else self._failure_timeout, 3),
+                    active_link=self.links.active_link(pid),
+                    links=tuple(LinkInfo(**vars_of(x)) for x in self.links.stats(pid)),
+                )
+            )
+        q = cfg.qdevice
+        ring = view.ring_id
+        return NodeStatus(
+            cluster=cfg.cluster_name,
+            node_id=self.node_id,
+            node_name=cfg.node_name,
+            config_version=None,
+            transport="udp",
+            secure_auth=True,
+            addresses=tuple(f"{x.address}:{x.port}" for x in sorted(cfg.links, key=_index)),
+            incarnation=self.incarnation,
+            ring_id=(ring.representative, ring.seq),
+            members=tuple(sorted(view.members)),
+            proposal=tuple(sorted(self.membership.proposal.members)),
+            counted=tuple(sorted(self.basis.members)),
+            basis=self.basis.kind,
+            basis_why=self.basis.why,
+            quorate=verdict.quorate,
+            expected_votes=verdict.expected_votes,
+            highest_expected=max(expected),
+            total_votes=verdict.total_votes,
+            quorum=verdict.quorum,
+            votes=cfg.quorum.votes,
+            flags=tuple(sorted(verdict.flags)),
+            why=verdict.reason,
+            views=f"halted: {self._store_error}" if self._store_error else "forming",
+            durable_max_seq=self._durable_seq,
+            qdevice=QdeviceInfo(
+                configured=True,
+                connected=self.qdevice_connected,
+                vote=self.qdevice_votes > 0,
+                votes=self._device_votes(),
+                algorithm=q.algorithm,
+                server=f"{q.host}:{q.port}",
+            )
+            if q
+            else QdeviceInfo(configured=False),
+            peers=tuple(peers),
+            transitions=tuple(
+                Transition(round(now - at, 3), kind, reason, ring_id, quorate)
+                for at, kind, reason, ring_id, quorate in self._transitions
+            ),
+        )
+
+
+def _index(link: Any) -> int:
+    index: int = link.index
+    return index
+
+
+_TRANSITIONS = frozenset(
+    {
+        EventKind.VIEW_INSTALLED,
+        EventKind.QUORUM_GAINED,
+        EventKind.QUORUM_LOST,
+        EventKind.EXPECTED_VOTES_CHANGED,
+        EventKind.QUORUM_COUNTS_CHANGED,
+        EventKind.VIEWS_HALTED,
+        EventKind.VIEWS_RESUMED,
+    }
+)
 
 
 def vars_of(stats: Any) -> dict[str, Any]:

@@ -42,6 +42,15 @@ EXPECTED = (0, 1000 * 1024)
 MAX_NODES = 1024
 """Node ids in one list (heard, members, echoes): 10x the largest cluster designed for."""
 CONFIG_VERSIONS = (0, 2**32 - 1)
+DIGEST_BYTES = (32, 32)
+"""A SHA-256 digest of a cluster configuration (agent/cluster_config.py)."""
+CHUNK_BYTES = 1024
+"""Payload bytes per ConfigChunk: a sealed chunk stays below 1,280 bytes (IPv6's minimum MTU),
+so no datagram of a configuration transfer depends on IP fragmentation (design §3.9)."""
+MAX_CONFIG_BYTES = 1024 * CHUNK_BYTES
+"""1 MiB: a 1024-node configuration with certificates is ~200 kB."""
+CHUNK_INDEXES = (0, MAX_CONFIG_BYTES // CHUNK_BYTES - 1)
+REQUEST_IDS = (1, 2**32 - 1)
 
 
 class MeshKind(IntEnum):
@@ -51,6 +60,14 @@ class MeshKind(IntEnum):
     PROBE = 2
     PROBE_REPLY = 3
     LEAVE = 4
+    CONFIG_STATE = 5
+    CONFIG_PROPOSE = 6
+    CONFIG_ACK = 7
+    CONFIG_COMMIT = 8
+    CONFIG_FORWARD = 9
+    CONFIG_RESULT = 10
+    CONFIG_FETCH = 11
+    CONFIG_CHUNK = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +154,124 @@ class Leave:
     reason: str = tagged(1, "")
 
 
-MeshMessage = Heartbeat | Probe | ProbeReply | Leave
+# ---- cluster configuration replication (agent/config_replication.py, design §3.9) ----
+# A configuration travels by reference (version, digest, size); a member that lacks the content
+# pulls it in CHUNK_BYTES pieces with ConfigFetch/ConfigChunk and checks the digest.
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRef:
+    """A cluster configuration named by version and SHA-256 digest of its canonical bytes."""
+
+    version: int = tagged(1, bounds=CONFIG_VERSIONS)
+    digest: bytes = tagged(2, bounds=DIGEST_BYTES)
+    size: int = tagged(3, bounds=(1, MAX_CONFIG_BYTES))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStaged:
+    """A proposal the sender acknowledged, with the ring it was made in."""
+
+    ring_representative: int = tagged(1, bounds=NODE_IDS)
+    ring_seq: int = tagged(2, bounds=SEQS)
+    config: ConfigRef = tagged(3)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigState:
+    """A member's committed and staged configurations, for its view's representative."""
+
+    ring_representative: int = tagged(1, bounds=NODE_IDS)
+    ring_seq: int = tagged(2, bounds=SEQS)
+    committed: ConfigRef = tagged(3)
+    staged: ConfigStaged | None = tagged(4, None)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigPropose:
+    ring_representative: int = tagged(1, bounds=NODE_IDS)
+    ring_seq: int = tagged(2, bounds=SEQS)
+    config: ConfigRef = tagged(3)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigAck:
+    ring_representative: int = tagged(1, bounds=NODE_IDS)
+    ring_seq: int = tagged(2, bounds=SEQS)
+    version: int = tagged(3, bounds=CONFIG_VERSIONS)
+    digest: bytes = tagged(4, bounds=DIGEST_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigCommit:
+    """A committed configuration (after a commit, or for a member that is behind)."""
+
+    config: ConfigRef = tagged(1)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigForward:
+    """A change asked on the sender, for the representative of the ring."""
+
+    ring_representative: int = tagged(1, bounds=NODE_IDS)
+    ring_seq: int = tagged(2, bounds=SEQS)
+    request_id: int = tagged(3, bounds=REQUEST_IDS)
+    base_version: int = tagged(4, bounds=CONFIG_VERSIONS)
+    config: ConfigRef = tagged(5)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigResult:
+    request_id: int = tagged(1, bounds=REQUEST_IDS)
+    ok: bool = tagged(2, False)
+    text: str = tagged(3, "")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFetch:
+    """Ask for one chunk of the configuration with this digest."""
+
+    digest: bytes = tagged(1, bounds=DIGEST_BYTES)
+    index: int = tagged(2, bounds=CHUNK_INDEXES)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChunk:
+    """Bytes [index x CHUNK_BYTES, +CHUNK_BYTES) of the configuration with this digest."""
+
+    digest: bytes = tagged(1, bounds=DIGEST_BYTES)
+    size: int = tagged(2, bounds=(1, MAX_CONFIG_BYTES))
+    index: int = tagged(3, bounds=CHUNK_INDEXES)
+    data: bytes = tagged(4, bounds=(1, CHUNK_BYTES))
+
+
+MeshMessage = (
+    Heartbeat
+    | Probe
+    | ProbeReply
+    | Leave
+    | ConfigState
+    | ConfigPropose
+    | ConfigAck
+    | ConfigCommit
+    | ConfigForward
+    | ConfigResult
+    | ConfigFetch
+    | ConfigChunk
+)
 MESH_KINDS: dict[MeshKind, type[MeshMessage]] = {
     MeshKind.HEARTBEAT: Heartbeat,
     MeshKind.PROBE: Probe,
     MeshKind.PROBE_REPLY: ProbeReply,
     MeshKind.LEAVE: Leave,
+    MeshKind.CONFIG_STATE: ConfigState,
+    MeshKind.CONFIG_PROPOSE: ConfigPropose,
+    MeshKind.CONFIG_ACK: ConfigAck,
+    MeshKind.CONFIG_COMMIT: ConfigCommit,
+    MeshKind.CONFIG_FORWARD: ConfigForward,
+    MeshKind.CONFIG_RESULT: ConfigResult,
+    MeshKind.CONFIG_FETCH: ConfigFetch,
+    MeshKind.CONFIG_CHUNK: ConfigChunk,
 }
 _KIND_OF: dict[type, MeshKind] = {cls: kind for kind, cls in MESH_KINDS.items()}
 

@@ -7,7 +7,8 @@ well-authenticated but malformed payload still raises `DecodeError("bad_payload"
 
 Supported annotations: int (unsigned, < 2**64), bool, str (<= 255 chars), bytes (<= 4096),
 nested tagged dataclasses, `tuple[X, ...]` of those (<= 1024 items) and `X | None`. A field may
-narrow an int (or each int of a tuple) to `bounds=(low, high)` and a tuple to `max_items`; a value
+narrow an int (or each int of a tuple) to `bounds=(low, high)`, a bytes field's length the same
+way, and a tuple to `max_items`; a value
 outside raises `DecodeError("bad_value")` at decode, so a peer holding the key cannot smuggle a
 value the rest of the code was not written for (docs/design.md §1.4, the bounds table).
 No clock, sockets or logging.
@@ -42,7 +43,8 @@ def tagged(
 ) -> Any:
     """A dataclass field carried under integer `tag` (tags are append-only, never reused).
 
-    `bounds=(low, high)`: an int field (or every int of a tuple field) must lie in [low, high];
+    `bounds=(low, high)`: an int field (or every int of a tuple field) must lie in [low, high],
+    a bytes field's length too;
     `max_items`: a tuple field holds at most that many items. Both are checked at decode."""
     if isinstance(default, list | dict | set):
         raise LocalProtocolError("use tuples (immutable) for defaults")
@@ -77,6 +79,16 @@ def _bounded_tuple(check: Check, what: str, low: int, high: int, items: int) -> 
             raise DecodeError("bad_value", f"{what}: {len(result)} items, at most {items}")
         if result and type(result[0]) is int and not (low <= min(result) and max(result) <= high):
             raise DecodeError("bad_value", f"{what}: an item outside [{low}, {high}]")
+        return result
+
+    return bounded
+
+
+def _bounded_len(check: Check, what: str, low: int, high: int) -> Check:
+    def bounded(value: Any) -> Any:
+        result = check(value)
+        if not low <= len(result) <= high:
+            raise DecodeError("bad_value", f"{what}: {len(result)} bytes, not {low}..{high}")
         return result
 
     return bounded
@@ -173,6 +185,8 @@ def _schema(cls: type) -> tuple[tuple[int, str, Check, Any], ...]:
             what = f"{cls.__name__}.{f.name}"
             if typing.get_origin(hints[f.name]) is tuple:
                 check = _bounded_tuple(check, what, low, high, items)
+            elif hints[f.name] is bytes and f.metadata.get("bounds") is not None:
+                check = _bounded_len(check, what, low, high)
             elif f.metadata.get("bounds") is not None:
                 check = _bounded(check, what, low, high)
             rows.append((f.metadata["tag"], f.name, check, f.default))

@@ -221,21 +221,21 @@ def add_status(sub: Any) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Query the control socket and print status + list (text) or the snapshot (JSON)."""
-    from qnetd.runtime.control import request  # noqa: PLC0415
+    from proto.runtime.control_client import request  # noqa: PLC0415
 
     path = Path(args.control_socket)
     verbose = " verbose" if args.verbose else ""
     cluster = f' cluster "{args.cluster}"' if args.cluster else ""
     try:
         if args.json:
-            ok, text = asyncio.run(request(path, "json"))
+            ok, text = request(path, "json")
             if ok and args.cluster:
                 snap = json.loads(text)
                 snap["clusters"] = [c for c in snap["clusters"] if c["name"] == args.cluster]
                 text = json.dumps(snap, indent=2, sort_keys=True) + "\n"
         else:
-            ok, head = asyncio.run(request(path, f"status{verbose}"))
-            ok2, body = asyncio.run(request(path, f"list{verbose}{cluster}"))
+            ok, head = request(path, f"status{verbose}")
+            ok2, body = request(path, f"list{verbose}{cluster}")
             ok, text = ok and ok2, head + body
     except (FileNotFoundError, ConnectionRefusedError):
         raise UserError(
@@ -245,6 +245,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise UserError(
             f"{path}: permission denied; run as root or the votemesh-qnetd group"
         ) from None
+    except TimeoutError:
+        raise UserError(f"the qnetd on {path} did not answer within 5 s") from None
     sys.stdout.write(text)
     return 0 if ok else 1
 

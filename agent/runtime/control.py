@@ -9,7 +9,7 @@ then the body; the server closes the connection after answering.
 | `expected N` | JSON status after overriding expected votes (`expected reset` clears it) |
 | `events`     | JSON list of the most recent events, oldest first                  |
 
-Adapter ring: `agent.cli` is the client (`request`).
+Adapter ring. Framing: `proto/control_frame.py`; the client: `proto/runtime/control_client.py`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 import structlog
 
 from agent.config import MAX_EXPECTED_VOTES, ConfigError
+from proto.control_frame import MAX_REQUEST, decode_request, encode_reply
 
-MAX_REQUEST = 4096
 EXPECTED_RANGE = f"expected votes must be a whole number from 1 to {MAX_EXPECTED_VOTES} or 'reset'"
 REQUEST_TIMEOUT = 5.0
 log = structlog.get_logger("votemesh.agent.control")
@@ -102,14 +102,14 @@ async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.Abstra
                 raw = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             except ValueError:  # the line outgrew the reader's limit (MAX_REQUEST)
                 log.warning("control request refused", reason=f"longer than {MAX_REQUEST} bytes")
-                writer.write(f"Error\nrequest longer than {MAX_REQUEST} bytes\n".encode())
+                writer.write(encode_reply(False, f"request longer than {MAX_REQUEST} bytes\n"))
                 await writer.drain()
                 return
-            line = raw[:MAX_REQUEST].decode("utf-8", "replace").strip()
+            line = decode_request(raw)
             ok, body = answer(line, handlers)
             if line.lower().startswith("expected") and ok:
                 log.info("expected votes set", request=line, via="control socket")
-            writer.write((("OK" if ok else "Error") + "\n" + body).encode())
+            writer.write(encode_reply(ok, body))
             await writer.drain()
         except (TimeoutError, ConnectionError, OSError) as exc:
             log.debug("control request failed", error=str(exc))
@@ -119,18 +119,3 @@ async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.Abstra
     server = await asyncio.start_unix_server(handle, path=str(path), limit=MAX_REQUEST)
     path.chmod(0o660)
     return server
-
-
-async def request(path: Path, line: str, timeout: float = REQUEST_TIMEOUT) -> tuple[bool, str]:
-    """Client side: send one request line; (ok, body) of the answer."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
-    try:
-        writer.write(line.encode() + b"\n")
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await writer.wait_closed()
-    head, _, body = data.decode("utf-8", "replace").partition("\n")
-    return head == "OK", body

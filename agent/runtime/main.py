@@ -69,6 +69,7 @@ from agent.runtime.keys import load_keys
 from agent.runtime.qdevice import QdeviceRunner
 from agent.runtime.state import StateDir
 from agent.runtime.udp import MeshTransport
+from agent.status import RuntimeInfo, to_json
 from proto.datagram_seal import ClusterKey, Opener, Sealer
 
 RECENT_EVENTS = 256  # events kept for `votemesh events` / the control socket
@@ -312,18 +313,31 @@ class AgentRuntime:
 
     # ------------------------------------------------------------ control socket
     def status(self) -> dict[str, Any]:
-        """The core's status plus what only the runtime knows."""
-        doc = jsonable(self.node.status(time.monotonic()))
-        doc["datagrams"] = self.mesh.counters.as_dict()
-        doc["datagrams"]["core_errors"] = self.core_errors
-        doc["local_links"] = {
-            str(i): "{}:{}".format(*self.mesh.local_address(i)) for i in self.mesh.transports
-        }
-        doc["timers"] = self.timer_stats.as_dict()
-        doc["uptime_s"] = round(time.monotonic() - self.started, 3)
+        """The core's typed status extended with what only the runtime knows, as JSON."""
+        snap = self.node.snapshot(time.monotonic())
+        datagrams: dict[str, Any] = dict(self.mesh.counters.as_dict())
+        datagrams["core_errors"] = self.core_errors
+        runtime = RuntimeInfo(
+            uptime_s=round(time.monotonic() - self.started, 3),
+            local_links={
+                str(i): "{}:{}".format(*self.mesh.local_address(i)) for i in self.mesh.transports
+            },
+            datagrams=jsonable(datagrams),
+            timers=jsonable(self.timer_stats.as_dict()),
+        )
+        qdevice = snap.qdevice
         if self.qdevice is not None:
-            doc["qdevice"].update(self.qdevice.status())
-        return dict(doc)
+            session = self.qdevice.status()
+            qdevice = dataclasses.replace(
+                qdevice,
+                state=str(session["state"]),
+                server=str(session["server"]),
+                tls=session["tls"],
+                connects=int(session["connects"]),
+                last_close=session["last_close"],
+            )
+        doc: dict[str, Any] = to_json(dataclasses.replace(snap, runtime=runtime, qdevice=qdevice))
+        return doc
 
     def set_expected(self, value: int | None) -> str | None:
         """`expected N` / `reset` from the control socket: None, or why the core refused."""

@@ -21,9 +21,9 @@ from typing import Any
 
 import structlog
 
+from proto.control_frame import decode_request, encode_reply
 from qnetd import status
 
-MAX_REQUEST = 4096
 log = structlog.get_logger("votemesh.qnetd.control")
 
 
@@ -117,12 +117,10 @@ async def serve_control(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = (await asyncio.wait_for(reader.readline(), 5.0))[:MAX_REQUEST].decode(
-                "utf-8", "replace"
-            )
-            stop = line.strip().lower() == "shutdown"
-            ok, text = (True, "") if stop else answer(line.strip(), get_snapshot())
-            writer.write((("OK" if ok else "Error") + "\n" + text).encode())
+            line = decode_request(await asyncio.wait_for(reader.readline(), 5.0))
+            stop = line.lower() == "shutdown"
+            ok, text = (True, "") if stop else answer(line, get_snapshot())
+            writer.write(encode_reply(ok, text))
             await writer.drain()
             if stop:
                 log.info("shutdown requested", via="control socket")
@@ -135,16 +133,3 @@ async def serve_control(
     server = await asyncio.start_unix_server(handle, path=str(path))
     path.chmod(0o660)
     return server
-
-
-async def request(path: Path, line: str, timeout: float = 5.0) -> tuple[bool, str]:
-    """Client side: send one request line; (ok, text) of the answer."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
-    try:
-        writer.write(line.encode() + b"\n")
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout)
-    finally:
-        writer.close()
-    head, _, text = data.decode("utf-8", "replace").partition("\n")
-    return head == "OK", text

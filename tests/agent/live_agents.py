@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtime.keys import keygen
+from proto.runtime.control_client import request
 
 BIN = Path(sys.executable).parent
 LAB_TIMING = '[timing]\npreset = "lab"\n'
@@ -35,15 +36,7 @@ def free_udp_port(address: str) -> int:
 
 def control_request(path: Path, line: str, timeout: float = 5.0) -> tuple[bool, str]:
     """One request on an agent's control socket: (ok, body)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(line.encode() + b"\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.decode().partition("\n")
-    return head == "OK", body
+    return request(path, line, timeout)
 
 
 @dataclass

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.status import from_json
 from tests.agent.live_agents import BIN, AgentCluster
+from tests.agent.test_status_schema import validate
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -28,8 +30,11 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
-    """Exit status 2, nothing on stdout, one line on stderr containing `expected`."""
-    assert result.returncode == 2, result
+    """Nothing on stdout, one line on stderr containing `expected`, exit status 1 from
+    `votemesh` (like corosync-quorumtool, where 2 means not quorate) and 2 from
+    `votemesh-agent`."""
+    program = Path(str(result.args[0])).name
+    assert result.returncode == (2 if program == "votemesh-agent" else 1), result
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -37,7 +42,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> N
 
 
 def test_keygen_then_refuse_overwrite(tmp_path: Path) -> None:
-    """`votemesh keygen FILE` writes a 0600 key; a second run refuses in one line, exit 2."""
+    """`votemesh keygen FILE` writes a 0600 key; a second run refuses in one line, exit 1."""
     path = tmp_path / "cluster.key"
     assert run("votemesh", "keygen", str(path)).returncode == 0
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -56,7 +61,8 @@ def test_keygen_then_refuse_overwrite(tmp_path: Path) -> None:
     ],
 )
 def test_user_mistakes_are_one_line(args: tuple[str, ...], expected: str) -> None:
-    """Wrong commands, missing sockets and files: one line on stderr, exit status 2."""
+    """Wrong commands, missing sockets and files: one line on stderr, exit status 1 for
+    `votemesh` (like corosync-quorumtool; 2 means not quorate), 2 for `votemesh-agent`."""
     one_line_error(run(*args), expected)
 
 
@@ -97,8 +103,14 @@ def test_status_table_expected_and_readiness(tmp_path: Path) -> None:
             table = run("votemesh", "status", "--config", config)
             assert table.returncode == 0, table.stderr
             assert "Quorate:          Yes" in table.stdout
-            assert "node2" in table.stdout
-            assert "link0 up" in table.stdout
+            assert "0x00000002          1 127.0.0.2\n" in table.stdout
+            assert "0x00000001          1 127.0.0.1 (local)\n" in table.stdout
+            nodes = run("votemesh", "nodes", "--config", config)
+            assert nodes.returncode == 0, nodes.stderr
+            assert "         2          1 node2\n" in nodes.stdout
+            explain = run("votemesh", "explain", "--config", config)
+            assert explain.returncode == 0, explain.stderr
+            assert "is quorate" in explain.stdout
             result = run("votemesh", "expected", "3", "--config", config)
             assert result.returncode == 0, result.stderr
             doc = json.loads(run("votemesh", "status", "--json", "--config", config).stdout)
@@ -114,3 +126,31 @@ def test_status_table_expected_and_readiness(tmp_path: Path) -> None:
             assert notify.recv(100) == b"STOPPING=1"
         finally:
             cluster.close()
+
+
+def test_status_nodes_explain_exit_statuses_on_a_lone_node(tmp_path: Path) -> None:
+    """A lone agent of three (1 of 3 votes): `status` and `explain` exit 2 (not quorate, like
+    corosync-quorumtool -s), `nodes` 0; the text says `Activity blocked` and who is missing; the
+    --json document validates against docs/status.schema.json and reads back typed."""
+    cluster = AgentCluster(tmp_path, 3)
+    try:
+        cluster.start(1)
+        sock = str(cluster.agents[1].control_socket)
+        status = run("votemesh", "status", "--socket", sock)
+        assert status.returncode == 2, status.stderr
+        assert "Quorum:           2 Activity blocked\n" in status.stdout
+        assert "Quorate:          No\n" in status.stdout
+        assert "Ring ID:          1." in status.stdout
+        assert run("votemesh", "nodes", "--socket", sock).returncode == 0
+        explain = run("votemesh", "explain", "--socket", sock)
+        assert explain.returncode == 2, explain.stderr
+        assert "is NOT quorate" in explain.stdout
+        assert "node 2 (node2), 1 vote(s): not in a view with this node" in explain.stdout
+        doc = json.loads(run("votemesh", "status", "--json", "--socket", sock).stdout)
+        assert validate(doc) == []
+        typed = from_json(doc)
+        assert typed.runtime is not None
+        assert typed.ring == doc["ring"]
+        assert not typed.quorate
+    finally:
+        cluster.close()

@@ -105,4 +105,4 @@ def test_agents_discover_each_other_and_form_one_quorate_view(
         raise AssertionError(f"no common quorate view of 3: {[d.get('members') for d in docs]}")
     for doc in docs:
         assert doc["total_votes"] == doc["expected_votes"] == 3
-        assert set(doc["peers"]) == {"1", "2", "3"} - {str(doc["node_id"])}
+        assert {p["node_id"] for p in doc["peers"]} == {1, 2, 3} - {doc["node_id"]}

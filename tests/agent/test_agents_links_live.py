@@ -101,7 +101,11 @@ class TwoLinkCluster(AgentCluster):
 
     def active_link(self, node: int, peer: int) -> int | None:
         doc = self.agents[node].status()
-        return None if doc is None else doc["peers"][str(peer)]["active_link"]
+        return (
+            None
+            if doc is None
+            else next(p["active_link"] for p in doc["peers"] if p["node_id"] == peer)
+        )
 
 
 def failover_time(agent: LiveAgent, peer: int, wall: float) -> float:

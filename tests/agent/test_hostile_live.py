@@ -67,7 +67,7 @@ def test_keyed_hostile_sender_cannot_crash_or_move_a_live_cluster(cluster: Agent
     before = one.status()
     assert before is not None
     view = view_of(before)
-    life = int(before["peers"]["2"]["incarnation"])
+    life = next(p["incarnation"] for p in before["peers"] if p["node_id"] == 2)
     target = (one.address, one.port)
     hostile_view = {1: 1, 2: 2**64 - 1, 3: [1, 2, 3]}
     now_ms = int(time.time() * 1000)
@@ -126,12 +126,12 @@ def test_keyed_hostile_sender_cannot_crash_or_move_a_live_cluster(cluster: Agent
     assert all(a.running for a in cluster.agents.values())
     after = one.status()
     assert after is not None
-    dropped = after["datagrams"]["dropped"]
+    dropped = after["runtime"]["datagrams"]["dropped"]
     assert dropped.get("bad_header", 0) >= 1
     assert dropped.get("bad_value", 0) >= 1
     assert dropped.get("other_incarnation", 0) >= 20
     assert dropped.get("unknown_peer", 0) >= 15_000  # the rest may be kernel drops
-    assert after["datagrams"]["core_errors"] == 0
+    assert after["runtime"]["datagrams"]["core_errors"] == 0
     assert "internal_error" not in dropped
     assert rss_kib(one.process.pid) - rss_before < 4096
     records = one.log_records()

@@ -265,9 +265,13 @@ def test_stop_says_leave_on_every_link_and_late_heartbeats_do_not_resurrect() ->
     one = net.nodes[1]
     late = Heartbeat(link=0, stamp_us=1, wall_ms=0, heard=(1, 2), node_name="n3")
     one.handle(MessageIn(3, 1, 0, late, 0), net.now)
-    assert one.status(net.now)["peers"]["3"]["last_heartbeat_s"] is None
+    three = one.snapshot(net.now).peer(3)
+    assert three is not None
+    assert three.last_heartbeat_s is None
     one.handle(MessageIn(3, 2, 0, late, 0), net.now)  # restarted: incarnation 2
-    assert one.status(net.now)["peers"]["3"]["last_heartbeat_s"] == 0.0
+    three = one.snapshot(net.now).peer(3)
+    assert three is not None
+    assert three.last_heartbeat_s == 0.0
 
 
 def test_after_a_restart_recorded_heartbeats_are_not_believed() -> None:

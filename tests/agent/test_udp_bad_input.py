@@ -98,7 +98,7 @@ def with_field(datagram: bytes, offset: int, fmt: str, value: int) -> bytes:
 
 
 def dropped(doc: dict[str, Any]) -> dict[str, int]:
-    counts: dict[str, int] = doc["datagrams"]["dropped"]
+    counts: dict[str, int] = doc["runtime"]["datagrams"]["dropped"]
     return counts
 
 

@@ -23,6 +23,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
+from agent.status import from_json
 from tests.agent.live_agents import LAN_TIMING, AgentCluster
 
 KILLS = 20
@@ -124,8 +125,10 @@ def bench_idle(workdir: Path, count: int) -> None:
         f"mean {statistics.mean(cpu):4.2f} % max {max(cpu):4.2f} % of a core; RSS mean "
         f"{statistics.mean(rss):5.1f} MiB max {max(rss):5.1f} MiB; still one view: {stable}"
     )
-    grams, timers = doc.get("datagrams", {}), doc.get("timers", {})
-    uptime = doc.get("uptime_s", 1) or 1
+    runtime = from_json(doc).runtime if doc else None
+    grams = runtime.datagrams if runtime else {}
+    timers = runtime.timers if runtime else {}
+    uptime = (runtime.uptime_s if runtime else 1) or 1
     print(
         f"    node 1: {grams.get('sent', 0) / uptime:5.0f} datagrams/s sent, "
         f"{grams.get('received', 0) / uptime:5.0f}/s received (since start); Tick lateness "

@@ -94,7 +94,7 @@ def cell(node_id: int, doc: dict[str, Any] | None) -> str:
         return f"n{node_id} {'(down)':<22}"
     if not doc:
         return f"n{node_id} {'(no answer)':<22}"
-    ring = ".".join(str(x) for x in doc.get("ring_id", ()))
+    ring = str(doc.get("ring", "-"))  # hex, as corosync prints it
     members = "".join(str(m) for m in doc.get("members", ()))
     quorate = "Q" if doc.get("quorate") else "-"
     votes = f"{doc.get('total_votes')}/{doc.get('expected_votes')}"

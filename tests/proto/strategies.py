@@ -94,7 +94,9 @@ def tagged_value(
         int: u64 if bounds is None else st.integers(*bounds),
         bool: st.booleans(),
         str: st.text(max_size=60),
-        bytes: st.binary(max_size=100),
+        bytes: st.binary(max_size=100)
+        if bounds is None
+        else st.binary(min_size=bounds[0], max_size=max(bounds[0], min(bounds[1], 100))),
     }
     if annotation in scalars:
         return scalars[annotation]

@@ -21,9 +21,10 @@ import pytest
 from agent.runtime.enroll import main as enroll_main
 from agent.runtime.enroll import split_server
 from proto.qnetd_options import RingId
+from proto.runtime.control_client import request
 from qnetd import certs, cli
 from qnetd.runtime import app
-from qnetd.runtime.control import ControlSocketInUseError, refuse_live_control_socket, request
+from qnetd.runtime.control import ControlSocketInUseError, refuse_live_control_socket
 from qnetd.settings import QnetdSettings
 from tests.interop.debian_qnetd import free_port
 from tests.qnetd.async_client import AsyncQdevice
@@ -361,7 +362,9 @@ async def test_two_servers_starting_together_never_share_a_control_socket(
         async with asyncio.timeout(20):
             while not control.is_socket():
                 await asyncio.sleep(0.05)
-        ok, _ = await request(control, "shutdown")  # the one left answers on the socket
+        ok, _ = await asyncio.to_thread(
+            request, control, "shutdown"
+        )  # the one left answers on the socket
         assert ok
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
     finally:

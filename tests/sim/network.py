@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import AgentConfig, LinkConfig, PeerConfig, QdeviceConfig, QuorumOptions, Timing
 from agent.events import EventKind
+from agent.status import ring_text
 from proto.mesh_messages import MeshMessage
 from tests.sim import iface
 
@@ -168,7 +169,7 @@ class NodeState:
         return self.members if self.counted is None else self.counted
 
     def describe(self) -> str:
-        ring = f"{self.ring[0]}.{self.ring[1]}" if self.ring else "-"
+        ring = ring_text(*self.ring) if self.ring else "-"
         q = "QUORATE" if self.quorate else "inquorate"
         counted = "" if self.counts == self.members else f" counting={sorted(self.counts)}"
         return f"ring={ring} members={sorted(self.members)} {q} expected={self.expected}{counted}"

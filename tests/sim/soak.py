@@ -1,9 +1,12 @@
 """`python -m tests.sim.soak --runs 100000 [--workers 2] [--first-seed 0] [--nodes N]`.
 
 Runs many random fault schedules (seeds first-seed .. first-seed + runs - 1) through the
-simulator and the checker, in worker processes. Prints progress every few seconds; on the first
-failing seed it prints the seed, the replay command and the trace tail, and exits 1 (the other
-seeds already in flight finish first). Exit 0 when every run held every property.
+simulator and the checker, in worker processes; every fourth seed also checks S4 with
+configuration replicas driven by that run's views (tests/sim/config_beside.py) and on a
+replication schedule of its own (tests/sim/config_sim.py). Prints progress every few
+seconds; on the first failing seed it prints the seed, the replay command and the trace tail,
+and exits 1 (the other seeds already in flight finish first). Exit 0 when every run held
+every property.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from tests.sim.config_beside import replay_beside
+from tests.sim.config_sim import run_config_seed
 from tests.sim.schedules import run_seed
 
 CHUNK = 50
 """Seeds per task: large enough to amortise the process hop, small enough for progress."""
+CONFIG_EVERY = 4
+"""Every fourth seed also runs a configuration-replication schedule (S4, tests/sim/config_sim)."""
 
 
 def run_chunk(first: int, count: int, nodes: int | None) -> tuple[int, float, str | None]:
@@ -27,6 +34,14 @@ def run_chunk(first: int, count: int, nodes: int | None) -> tuple[int, float, st
         node_seconds += result.schedule.nodes * result.schedule.end
         if not result.ok:
             return seed - first + 1, node_seconds, result.report()
+        if seed % CONFIG_EVERY == 0:
+            beside = replay_beside(result.net, seed)
+            if beside.violations:
+                return seed - first + 1, node_seconds, f"{result.report()}\n{beside.violations}"
+            config = run_config_seed(seed)
+            if config.violations:
+                replay = f"python -c 'from tests.sim.config_sim import *; run_config_seed({seed})'"
+                return seed - first + 1, node_seconds, f"{config.report()}\nreplay: {replay}"
     return count, node_seconds, None
 
 

@@ -332,8 +332,9 @@ def test_redundant_links_fail_over_without_a_membership_change() -> None:
     for node in (1, 2, 3):
         assert not events_of(net, node, EventKind.QUORUM_LOST, t0)
     for a, b in ((1, 2), (2, 1), (1, 3)):
-        status = net.slots[a].core.status(net.now)  # type: ignore[union-attr]
-        assert status["peers"][str(b)]["active_link"] == 1, (a, b, status["peers"])
+        status = net.slots[a].core.snapshot(net.now)  # type: ignore[union-attr]
+        link = status.peer(b).active_link
+        assert link == 1, (a, b, status.peers)
     clean(net)
     t1 = net.now
     net.cut_link(1, 2, 1)

@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
+from tests.sim.config_beside import replay_beside
 from tests.sim.schedules import random_schedule, run_seed
 
 CI_RUNS = 2000
@@ -26,6 +27,9 @@ def run_chunk(first: int, count: int) -> tuple[int, list[str]]:
         nodes += result.schedule.nodes
         if not result.ok:
             failures.append(result.report())
+        replay = replay_beside(result.net, seed)  # S4 on these views (design §3.9), ~10 ms
+        if replay.violations:
+            failures.append(f"seed {seed} config replicas: {replay.violations[:3]}")
     return nodes, failures
 
 
@@ -33,7 +37,9 @@ def run_chunk(first: int, count: int) -> tuple[int, list[str]]:
 def test_random_fault_schedules_hold_every_property() -> None:
     """2,000 seeded random fault schedules (partitions, one-way cuts, crash/restart, pauses,
     loss, duplication, reordering, slow and flapping links; a qnetd with ffsplit; settled
-    splits) over 3-9 nodes: S1, S2, S3, L1, F1 and no silent state change hold in every run."""
+    splits) over 3-9 nodes: S1, S2, S3, L1, F1 and no silent state change hold in every run;
+    configuration replicas driven by the nodes' views (tests/sim/config_beside.py) never make
+    two configurations with one version (S4)."""
     with ProcessPoolExecutor(max_workers=WORKERS) as pool:
         futures = [pool.submit(run_chunk, s, CHUNK) for s in range(0, CI_RUNS, CHUNK)]
         results = [f.result() for f in futures]

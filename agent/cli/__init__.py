@@ -1,0 +1,111 @@
+"""`votemesh`: talk to the local agent and make cluster keys (one module per verb group).
+
+    votemesh status [--json] [--decimal] [--socket PATH | --config FILE]
+    votemesh nodes [--socket PATH | --config FILE]
+    votemesh explain [--socket PATH | --config FILE]
+    votemesh expected N|reset [--socket PATH | --config FILE]
+    votemesh events [--socket PATH | --config FILE]
+    votemesh keygen FILE
+
+Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
+1 an error (one line on stderr saying what to do; never a traceback).
+
+Adapter ring. The import path of `status`, `nodes` and `explain` is kept small (argparse, json,
+socket, `agent.status`, `proto.control_frame`): no asyncio, structlog, cryptography or agent core,
+so a monitoring script's poll costs little more than the interpreter's start
+(`make bench` -> bench cli). Other verbs import what they need when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from agent.cli.client import DEFAULT_SOCKET, UserError
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~10 ms per CLI call
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
+
+EXIT_OK, EXIT_ERROR, EXIT_NOT_QUORATE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to look, exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--socket", help=f"the agent's control socket (default {DEFAULT_SOCKET})")
+    group.add_argument("--config", help="take the control socket from this agent config")
+
+
+def _status_verbs(sub: argparse._SubParsersAction[_Parser], only: str) -> None:
+    if only in ("", "status"):
+        p = sub.add_parser("status", help="quorum and membership (pvecm status layout)")
+        p.add_argument("--json", action="store_true", help="the status document (schema 1)")
+        p.add_argument("--decimal", action="store_true", help="decimal node ids (default hex)")
+        _where(p)
+        p.set_defaults(verb="status:cmd_status")
+    if only in ("", "nodes"):
+        p = sub.add_parser("nodes", help="the members of this node's view (pvecm nodes layout)")
+        _where(p)
+        p.set_defaults(verb="status:cmd_nodes")
+    if only in ("", "explain"):
+        p = sub.add_parser("explain", help="why this node is or is not quorate")
+        _where(p)
+        p.set_defaults(verb="status:cmd_explain")
+
+
+def _admin_verbs(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("expected", help="override expected votes (like pvecm expected)")
+    p.add_argument("value", metavar="N", help="expected votes, or 'reset'")
+    _where(p)
+    p.set_defaults(verb="admin:cmd_expected")
+    p = sub.add_parser("events", help="the agent's recent events (JSON lines)")
+    _where(p)
+    p.set_defaults(verb="admin:cmd_events")
+    p = sub.add_parser("keygen", help="create a new cluster key file (0600)")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(verb="admin:cmd_keygen")
+
+
+FAST_VERBS = ("status", "nodes", "explain")
+
+
+def build_parser(only: str = "") -> argparse.ArgumentParser:
+    """The whole command line; `only` (a FAST_VERBS name) builds just that verb, because
+    building every subparser costs a few ms on each monitoring poll."""
+    parser = _Parser(prog="votemesh", description="votemesh cluster membership and quorum")
+    sub = parser.add_subparsers(dest="command", required=True, prog="votemesh")
+    _status_verbs(sub, only)
+    if not only:
+        _admin_verbs(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    only = words[0] if words and words[0] in FAST_VERBS else ""
+    args = build_parser(only).parse_args(words)
+    module, _, name = str(args.verb).partition(":")
+    try:
+        if module == "status":
+            from agent.cli import status as verbs  # noqa: PLC0415
+        else:
+            from agent.cli import admin as verbs  # type: ignore[no-redef]  # noqa: PLC0415
+        return int(getattr(verbs, name)(args))
+    except (UserError, ValueError) as exc:  # ValueError: ConfigError, StatusError, FrameError
+        print(f"votemesh: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
