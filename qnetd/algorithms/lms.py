@@ -189,6 +189,10 @@ def lms(
 def _result(cluster: Cluster, client: ClientState, ring_id: RingId) -> AlgoResult:
     """Run *LMS(R)* for a message: cancel the timer, re-arm it on WAIT."""
     vote, why, sends = lms(cluster, client, ring_id)
+    if vote is Vote.NACK and client.last_ack_nack is Vote.ACK:
+        # a reply is never acknowledged: take the ACK back by a VOTE_INFO too, and await its reply
+        _client(client).revoking = True
+        sends = (*sends, VoteSend(client, Vote.NACK, ring_id))
     waiting = vote is Vote.WAIT_FOR_REPLY
     return AlgoResult(
         reply_vote=vote,

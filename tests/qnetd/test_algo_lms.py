@@ -345,3 +345,17 @@ def test_revoke_before_grant_sim_seed_5135() -> None:
     h.advance(QUARTER)
     assert dict(h.take_vote_infos()) == {2: ACK, 3: ACK}
     assert h.client(1).last_ack_nack is NACK
+
+
+def test_a_reply_nack_to_an_ack_holder_is_confirmed_by_vote_info() -> None:
+    """A NACK in a reply is never acknowledged: when it takes an ACK back, a VOTE_INFO NACK goes
+    too, and another ring's ACK waits for its VOTE_INFO_REPLY (the reply could arrive after it)."""
+    h = cluster(3)
+    split(h, [1, 2], [3])
+    assert h.client(3).last_ack_nack is ACK
+    result = h.quorum(3)
+    assert result.reply_vote is NACK
+    assert [(s.client.node_id, s.vote, s.ring_id) for s in result.sends] == [(3, NACK, ring(3))]
+    assert h.quorum(1).reply_vote is WAIT  # node 3 has not acknowledged yet
+    h.ack(3)
+    assert h.quorum(1).reply_vote is ACK
