@@ -9,6 +9,11 @@ or logging.
 Reproduced quirks of corosync-qnetd 3.0.3: a previous WAIT counts as "decided" for the newcomer
 rule; a score tie falls to the largest partition over *all* partitions; tie-breaker lowest only
 considers ids below 0x7FFFFFFF; tie-breaker node id ACKs only the named node itself.
+
+Deliberate difference from 3.0.3 (docs/design.md 3.4, "revoke before grant"): an ACK for ring R
+is never given while a client on another stored ring still holds an ACK. Such clients get a
+VOTE_INFO NACK first, and the ACK becomes WAIT_FOR_REPLY (timer re-armed) until each of them has
+acknowledged its latest VOTE_INFO or disconnected; the heartbeat/4 timer then grants it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class LmsClient:
     last_result: Vote | None = None
     """None = never decided (3.0.3's 0); WAIT counts as decided; a newcomer NACK is not stored."""
     config_node_count: int = 0
+    revoking: bool = False
+    """A VOTE_INFO NACK took this client's ACK back and is not acknowledged yet."""
 
 
 @dataclass
@@ -123,8 +130,30 @@ def _rank(cluster: Cluster, client: ClientState, ring_id: RingId) -> tuple[Vote,
     return tie_breaker(cluster, client, ring_id)
 
 
-def lms(cluster: Cluster, client: ClientState, ring_id: RingId) -> tuple[Vote, str]:
-    """*LMS(R)* steps 2-8; stores last_result except for the newcomer NACK."""
+def holds_ack(client: ClientState) -> bool:
+    """The client was last sent ACK, or a NACK revoking one is not acknowledged yet."""
+    return client.last_ack_nack is Vote.ACK or _client(client).revoking
+
+
+def ack_holders(cluster: Cluster, client: ClientState, ring_id: RingId) -> list[ClientState]:
+    """Clients on another stored ring than R that still hold an ACK (revoke before grant)."""
+    return [c for c in cluster.clients if c is not client and c.ring_id != ring_id and holds_ack(c)]
+
+
+def _revoke(holders: list[ClientState]) -> tuple[VoteSend, ...]:
+    """VOTE_INFO NACK to every holder not already being revoked; mark them revoking."""
+    sends: list[VoteSend] = []
+    for c in holders:
+        data = _client(c)
+        if not data.revoking or c.last_ack_nack is Vote.ACK:
+            data.revoking = True
+            data.last_result = Vote.NACK
+            sends.append(VoteSend(c, Vote.NACK, c.ring_id))
+    return tuple(sends)
+
+
+def _decide(cluster: Cluster, client: ClientState, ring_id: RingId) -> tuple[Vote, str]:
+    """*LMS(R)* steps 2-8 as in 3.0.3; stores last_result except for the newcomer NACK."""
     data = _client(client)
     lagging = out_of_step(cluster, client, ring_id)
     count = len(partitions(cluster))
@@ -142,12 +171,32 @@ def lms(cluster: Cluster, client: ClientState, ring_id: RingId) -> tuple[Vote, s
     return vote, why
 
 
+def lms(
+    cluster: Cluster, client: ClientState, ring_id: RingId
+) -> tuple[Vote, str, tuple[VoteSend, ...]]:
+    """*LMS(R)*, then revoke before grant: an ACK waits while another ring holds one."""
+    vote, why = _decide(cluster, client, ring_id)
+    if vote is not Vote.ACK:
+        return vote, why, ()
+    holders = ack_holders(cluster, client, ring_id)
+    if not holders:
+        return vote, why, ()
+    _client(client).last_result = Vote.WAIT_FOR_REPLY
+    ids = ",".join(str(c.node_id) for c in holders)
+    return Vote.WAIT_FOR_REPLY, f"{why}; waiting: node(s) {ids} still hold ACK", _revoke(holders)
+
+
 def _result(cluster: Cluster, client: ClientState, ring_id: RingId) -> AlgoResult:
     """Run *LMS(R)* for a message: cancel the timer, re-arm it on WAIT."""
-    vote, why = lms(cluster, client, ring_id)
+    vote, why, sends = lms(cluster, client, ring_id)
+    if vote is Vote.NACK and client.last_ack_nack is Vote.ACK:
+        # a reply is never acknowledged: take the ACK back by a VOTE_INFO too, and await its reply
+        _client(client).revoking = True
+        sends = (*sends, VoteSend(client, Vote.NACK, ring_id))
     waiting = vote is Vote.WAIT_FOR_REPLY
     return AlgoResult(
         reply_vote=vote,
+        sends=sends,
         timer=quarter_heartbeat(client) if waiting else CancelTimer(),
         decision=f"node {client.node_id} {vote.name}: {why}",
     )
@@ -204,11 +253,25 @@ class Lms(AlgorithmDefaults):
         """*LMS(R = the stored ring id)*."""
         return _result(cluster, client, client.ring_id)
 
+    def vote_info_reply(
+        self,
+        cluster: Cluster,  # noqa: ARG002 - interface argument
+        client: ClientState,
+        seq: int,
+    ) -> tuple[VoteSend, ...]:
+        """An acknowledgement of the latest VOTE_INFO ends a revocation (waiting ACKs poll)."""
+        if seq == client.vote_info_seq:
+            _client(client).revoking = False
+        return ()
+
     def timer(self, cluster: Cluster, client: ClientState) -> TimerResult:
         """*LMS(stored ring id)*: ACK/NACK => VOTE_INFO and stop; WAIT => again in heartbeat/4."""
-        vote, why = lms(cluster, client, client.ring_id)
+        vote, why, sends = lms(cluster, client, client.ring_id)
         if vote is Vote.WAIT_FOR_REPLY:
-            return TimerResult(timer=quarter_heartbeat(client))
+            decision = f"node {client.node_id} revoking (timer): {why}" if sends else ""
+            return TimerResult(sends=sends, timer=quarter_heartbeat(client), decision=decision)
+        if vote is Vote.NACK and client.last_ack_nack is Vote.ACK:
+            _client(client).revoking = True  # its own NACK takes an ACK back: await the reply
         return TimerResult(
             sends=(VoteSend(client, vote, client.ring_id),),
             timer=CancelTimer(),

@@ -38,10 +38,22 @@ def split(
 
 
 def timer_votes(h: AlgoHarness) -> dict[int, Vote]:
-    """Let the heartbeat/4 timers fire; the VOTE_INFOs they sent, by node."""
+    """Let the heartbeat/4 timers fire, acknowledging every VOTE_INFO (revocations included)
+    before the next round; the last VOTE_INFO each node got."""
     h.take()
-    h.advance(QUARTER)
-    return dict(h.take_vote_infos())
+    votes: dict[int, Vote] = {}
+    for _ in range(3):
+        h.advance(QUARTER)
+        votes.update(h.take_vote_infos())
+        h.ack_all()
+    return votes
+
+
+def settle(h: AlgoHarness) -> None:
+    """Timers fire and every VOTE_INFO (revocations included) is acknowledged, until quiet."""
+    for _ in range(3):
+        h.advance(QUARTER)
+        h.ack_all()
 
 
 # ---------------------------------------------------------------- message table
@@ -80,7 +92,7 @@ def test_quorum_list_runs_lms_with_the_stored_ring_id() -> None:
     """Quorum list => *LMS(stored ring id)*: the quorate flag itself changes nothing."""
     h = cluster(3)
     split(h, [1, 2], [3])
-    h.advance(QUARTER)
+    settle(h)
     assert h.quorum(1, quorate=False).reply_vote is ACK
     assert h.quorum(3, quorate=True).reply_vote is NACK
 
@@ -89,6 +101,7 @@ def test_ask_for_vote_runs_lms_with_the_stored_ring_id() -> None:
     """ASK_FOR_VOTE => *LMS(stored ring id)*."""
     h = cluster(3)
     split(h, [1, 2], [3])
+    settle(h)
     assert [h.ask_for_vote(n).reply_vote for n in (1, 2, 3)] == [ACK, ACK, NACK]
 
 
@@ -96,18 +109,20 @@ def test_heuristics_change_is_no_change_but_counts_later() -> None:
     """HEURISTICS_CHANGE => [NO_CHANGE]; the stored value weighs in the next *LMS*."""
     h = cluster(4)
     split(h, [1, 2], [3, 4], heuristics={4: PASS})
-    h.advance(QUARTER)
+    settle(h)
     assert h.heuristics_change(1, PASS).reply_vote is Vote.NO_CHANGE
     assert h.heuristics_change(2, PASS).reply_vote is Vote.NO_CHANGE
-    assert h.quorum(1).reply_vote is ACK  # [1,2] now scores 4 against 3
+    assert h.quorum(1).reply_vote is WAIT  # [1,2] now scores 4 against 3, but 3,4 hold ACK
     assert h.quorum(3).reply_vote is NACK
+    h.ack_all()
+    assert h.quorum(1).reply_vote is ACK
 
 
 def test_vote_info_reply_does_nothing() -> None:
     """VOTE_INFO_REPLY => nothing."""
     h = cluster(4)
     split(h, [1, 2], [3, 4])
-    h.advance(QUARTER)
+    settle(h)
     h.take()
     assert h.ack(1) == ()
 
@@ -116,12 +131,18 @@ def test_disconnect_does_not_reevaluate_the_others() -> None:
     """A client leaving re-evaluates nobody; the others find out at their next message."""
     h = cluster(4)
     split(h, [1, 2], [3, 4], heuristics={4: PASS})
-    h.advance(QUARTER)
+    settle(h)
     h.take()
     h.disconnect(3)
     assert h.take() == []
     assert last_result(h.client(1)) is NACK
-    assert h.quorum(1).reply_vote is ACK  # 2 : 2 on score, [1,2] is larger
+    result = h.quorum(1)  # 2 : 2 on score, [1,2] is larger, but node 4 still holds ACK
+    assert (result.reply_vote, [(s.client.node_id, s.vote) for s in result.sends]) == (
+        WAIT,
+        [(4, NACK)],
+    )
+    h.ack_all()
+    assert h.quorum(1).reply_vote is ACK
 
 
 # ---------------------------------------------------------------- timer
@@ -152,9 +173,10 @@ def test_timer_vote_info_carries_the_stored_ring_and_a_fresh_seq() -> None:
     h = cluster(3)
     split(h, [1, 2], [3])
     h.take()
-    h.advance(QUARTER)
+    settle(h)
     sent = {s.node_id: (s.vote, s.ring_id, s.seq) for s in h.take()}
-    assert sent == {1: (ACK, ring(1), 1), 2: (ACK, ring(1), 1), 3: (NACK, ring(3), 1)}
+    # node 3: seq 1 was the revocation NACK (node 1's timer), seq 2 its own timer's NACK
+    assert sent == {1: (ACK, ring(1), 1), 2: (ACK, ring(1), 1), 3: (NACK, ring(3), 2)}
     assert h.timers == {}
 
 
@@ -201,8 +223,10 @@ def test_a_previous_wait_counts_as_decided_for_the_newcomer_rule() -> None:
     h.connect(2, ring_id=RingId(3, 6))
     assert h.membership(2, ring(3), [2, 3], PASS).reply_vote is WAIT
     assert h.membership(3, ring(3), [2, 3]).reply_vote is NACK
+    assert h.quorum(2).reply_vote is WAIT  # revoke before grant: node 1 holds ACK
+    h.ack_all()
     assert h.quorum(2).reply_vote is ACK
-    assert h.quorum(3).reply_vote is NACK
+    assert h.quorum(3).reply_vote is ACK  # node 1's ACK is revoked: no longer a newcomer NACK
 
 
 def test_split_2_1_larger_side_wins() -> None:
@@ -225,7 +249,7 @@ def test_split_2_2_1_tie_breaker_lowest() -> None:
     h = cluster(5)
     split(h, [1, 2], [3, 4], [5])
     assert timer_votes(h) == {1: ACK, 2: ACK, 3: NACK, 4: NACK, 5: NACK}
-    assert h.decisions[-1] == "node 5 NACK (timer): tie-breaker lowest (node 1)"
+    assert "node 5 NACK (timer): tie-breaker lowest (node 1)" in h.decisions
 
 
 def test_highest_score_beats_size() -> None:
@@ -282,8 +306,56 @@ def test_clients_leaving_and_the_rest_asking_again(leaving: int) -> None:
     1|1 answers by tie-breaker lowest at the next quorum list."""
     h = cluster(3)
     split(h, [1, 2], [3])
-    h.advance(QUARTER)
+    settle(h)
     h.disconnect(leaving)
     stays = 3 - leaving
     assert h.quorum(stays).reply_vote is ACK  # 1 : 1, lowest remaining id is in [1, 2]
     assert h.quorum(3).reply_vote is NACK
+
+
+# ---------------------------------------------------------------- revoke before grant
+
+
+def test_revoke_before_grant_sim_seed_5135() -> None:
+    """Deliberate difference from 3.0.3 (sim seed 5135): node 1 alone holds ACK by tie-breaker
+    when {2,3} wins on score; 3.0.3 ACKs node 2 at once (two disjoint rings hold ACK). Ours NACKs
+    node 1 by VOTE_INFO, answers node 2 WAIT, and grants only after node 1 acknowledged."""
+    h = cluster(3)
+    h.membership(2, RingId(2, 6), [2])
+    h.membership(1, RingId(1, 5), [1, 3])
+    h.membership(3, RingId(1, 5), [1, 3])
+    settle(h)
+    assert [h.client(n).last_ack_nack for n in (1, 2, 3)] == [ACK, NACK, ACK]
+    assert h.membership(1, RingId(1, 6), [1]).reply_vote is WAIT
+    assert h.membership(3, RingId(2, 8), [2, 3]).reply_vote is WAIT
+    h.take()
+    h.advance(QUARTER)  # node 1 wins by tie-breaker, but node 3 still holds its ring-1.5 ACK
+    assert dict(h.take_vote_infos()) == {3: NACK}
+    h.ack(3)
+    h.advance(QUARTER)
+    assert dict(h.take_vote_infos()) == {1: ACK}  # 3 rings score 1 each: tie-breaker node 1
+    assert h.membership(2, RingId(2, 8), [2, 3]).reply_vote is NACK
+    result = h.quorum(2)  # {2,3} scores 2 against 1
+    assert result.reply_vote is WAIT
+    assert [(s.client.node_id, s.vote) for s in result.sends] == [(1, NACK)]
+    h.take()
+    h.advance(QUARTER)
+    assert ACK not in dict(h.take_vote_infos()).values()  # node 1 has not acknowledged yet
+    h.ack(1)
+    h.advance(QUARTER)
+    assert dict(h.take_vote_infos()) == {2: ACK, 3: ACK}
+    assert h.client(1).last_ack_nack is NACK
+
+
+def test_a_reply_nack_to_an_ack_holder_is_confirmed_by_vote_info() -> None:
+    """A NACK in a reply is never acknowledged: when it takes an ACK back, a VOTE_INFO NACK goes
+    too, and another ring's ACK waits for its VOTE_INFO_REPLY (the reply could arrive after it)."""
+    h = cluster(3)
+    split(h, [1, 2], [3])
+    assert h.client(3).last_ack_nack is ACK
+    result = h.quorum(3)
+    assert result.reply_vote is NACK
+    assert [(s.client.node_id, s.vote, s.ring_id) for s in result.sends] == [(3, NACK, ring(3))]
+    assert h.quorum(1).reply_vote is WAIT  # node 3 has not acknowledged yet
+    h.ack(3)
+    assert h.quorum(1).reply_vote is ACK

@@ -1,6 +1,6 @@
 """Hypothesis properties of the decision algorithms, driven through the algorithm harness.
 
-ffsplit runs against a small world model: nodes are split into partitions (each with its own
+ffsplit and lms run against a small world model: nodes are split into partitions (each with its own
 ring id), qdevices report their partition late and acknowledge VOTE_INFOs late, heuristics flip,
 clients drop and come back. A client model follows reference 7.1 (ACK/NACK set the vote,
 WAIT/ASK_LATER clear it, votes tagged with a ring id other than the last one the client sent are
@@ -75,6 +75,8 @@ class World:
     devices: dict[int, Qdevice] = field(default_factory=dict)
     unreported: set[int] = field(default_factory=set)
     seq: int = 8
+    batches: bool = True
+    """Check ffsplit's batch rules (one vote per batch, ACKs after NACK acknowledgements)."""
 
     # ------------------------------------------------------------ world events
     def repartition(self, labels: list[int]) -> None:
@@ -142,7 +144,7 @@ class World:
         call()
         out = self.h.take()
         assert all(s.kind != "server_error" for s in out), out
-        infos = [s for s in out if s.kind == "vote_info"]
+        infos = [s for s in out if s.kind == "vote_info"] if self.batches else []
         assert len({s.vote for s in infos}) <= 1, f"mixed VOTE_INFO batch {infos}"
         if infos and infos[0].vote is Vote.ACK:
             acked = {s.node_id for s in infos}
@@ -199,6 +201,8 @@ def _step(world: World, step: tuple[object, ...]) -> None:
         world.flip_heuristics(n, value)
     elif kind == "drop" and (n := _pick(connected, index)) is not None:
         world.drop(n)
+    elif kind == "advance":
+        world.run(lambda: world.h.advance(TIMER_STEP_MS))
 
 
 @settings(max_examples=300, deadline=None)
@@ -239,6 +243,34 @@ def test_ffsplit_settles_on_exactly_the_selected_partition(
         world.connect(n)
     world.settle()
     assert all(d.votes_ack() for d in world.devices.values())
+
+
+TIMER_STEP_MS = 1000
+"""lms' timers run every heartbeat/4 = 2000 ms in the harness: two steps per round."""
+LMS_STEP = st.one_of(STEP, *[st.tuples(st.just("advance"), st.integers(0, 5))] * 3)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    size=st.integers(2, 4),
+    tie_breaker=TIE_BREAKERS,
+    steps=st.lists(LMS_STEP, min_size=20, max_size=80),
+)
+def test_lms_never_lets_two_partitions_hold_ack(
+    size: int, tie_breaker: TieBreaker, steps: list[tuple[object, ...]]
+) -> None:
+    """lms (revoke before grant, a deliberate difference from 3.0.3): whatever the order of
+    reports, timers, acknowledgements, heuristics changes and drops, nodes of at most one real
+    partition grant the vote at any moment."""
+    nodes = tuple(range(1, size + 1))
+    world = World(AlgoHarness(ALGORITHMS[DecisionAlgorithm.LMS]), nodes, tie_breaker, False)
+    world.batches = False
+    world.repartition([0] * 6)
+    for n in nodes:
+        world.connect(n)
+    world.settle()
+    for step in steps:
+        _step(world, step)
 
 
 NODE = st.integers(1, 6)

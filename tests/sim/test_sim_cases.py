@@ -10,7 +10,7 @@ from agent.events import EventKind
 from tests.sim.checker import Checker, minority_bound, settle_time
 from tests.sim.network import LinkModel, NodeState, SimNetwork, cluster_configs
 from tests.sim.qdevice import sim_qdevice_config
-from tests.sim.schedules import run_seed
+from tests.sim.schedules import SIM_LMS_SEED, run_seed
 
 TIMING = Timing.lan()
 BOUND = minority_bound(TIMING)
@@ -458,4 +458,14 @@ def test_stale_view_stops_counting_unheard_members() -> None:
     52 % loss on 1<->4: node 4 hears only {1,2,4} and cannot agree on a new view. It used to
     stay quorate in its old 6-member view (L1 broken); it counts only what it hears now."""
     result = run_seed(7013375)
+    assert result.ok, result.report()
+
+
+def test_lms_revokes_before_it_grants() -> None:
+    """Seed 5135 with lms: qnetd ACKed node 1 alone by the tie-breaker, then {2,3} on score 66 ms
+    later without revoking node 1 (as corosync-qnetd 3.0.3): both sides quorate, S1 broken. Our
+    lms NACKs node 1 and waits for its acknowledgement before it ACKs {2,3}."""
+    result = run_seed(SIM_LMS_SEED, algorithm="lms")
+    assert result.schedule.qdevice is not None
+    assert result.schedule.qdevice.algorithm == "lms"
     assert result.ok, result.report()

@@ -1,8 +1,9 @@
 """Random fault schedules (CI sample): every DESIGN §3 property after every run.
 
-2,000 seeds over 3-9 nodes (about a third with a qnetd, a third starting with a settled split
-for F1), spread over two worker processes (this machine has two cores). On a failure the
-assertion message holds the seed, the replay command and the trace tail.
+2,000 seeds over 3-9 nodes (about a third with an ffsplit qnetd, a sixth more with an lms one, a
+third starting with a settled split for F1), spread over two worker processes (this machine has
+two cores). On a failure the assertion message holds the seed, the replay command and the trace
+tail.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def run_chunk(first: int, count: int) -> tuple[int, list[str]]:
 @pytest.mark.timeout(1200)
 def test_random_fault_schedules_hold_every_property() -> None:
     """2,000 seeded random fault schedules (partitions, one-way cuts, crash/restart, pauses,
-    loss, duplication, reordering, slow and flapping links; a qnetd with ffsplit; settled
+    loss, duplication, reordering, slow and flapping links; a qnetd with ffsplit or lms; settled
     splits) over 3-9 nodes: S1, S2, S3, L1, F1 and no silent state change hold in every run;
     configuration replicas driven by the nodes' views (tests/sim/config_beside.py) never make
     two configurations with one version (S4)."""
@@ -57,7 +58,7 @@ def test_schedules_cover_sizes_and_faults() -> None:
     assert expected | {"set_default_link", "recover"} <= actions
     assert any(s.quorum.auto_tie_breaker for s in schedules)
     algorithms = {s.qdevice.algorithm for s in schedules if s.qdevice is not None}
-    assert algorithms == {"ffsplit"}
+    assert algorithms == {"ffsplit", "lms"}
     assert "cut_qnetd" in actions
     settled_splits = [s for s in schedules if s.steps[s.nodes].action == "partition"]
     assert len(settled_splits) > CI_RUNS // 5
