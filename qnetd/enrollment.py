@@ -25,7 +25,6 @@ import hmac
 import json
 import os
 import secrets
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 from proto.enrollment import Token
 from proto.errors import DecodeError
+from qnetd.state_files import write_atomic
 
 SECRET_BYTES = 32
 FILE_MODE = 0o600
@@ -112,17 +112,7 @@ class TokenStore:
 
     def _write(self, records: list[TokenRecord]) -> None:
         body = {"version": FILE_VERSION, "tokens": [asdict(r) for r in records]}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "w") as f:
-                json.dump(body, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(body, indent=1).encode(), FILE_MODE)
 
     def create(
         self,

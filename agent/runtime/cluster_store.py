@@ -11,8 +11,6 @@ its bootstrap and takes the cluster's configuration from the first view (design 
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import msgpack
 from agent import cluster_config
 from agent.config import ConfigError
 from agent.config_replication import Persist, Ring, Staged
+from agent.runtime.state import write_durable
 
 FILE_NAME = "cluster-config"
 FORMAT = 1
@@ -38,25 +37,7 @@ def save(state_dir: Path, state: Persist) -> None:
         else [staged.ring.seq, staged.ring.representative, cluster_config.encode(staged.config)],
         None if state.promised is None else [state.promised.seq, state.promised.representative],
     ]
-    target = state_dir / FILE_NAME
-    tmp = target.with_name(f".{FILE_NAME}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, msgpack.packb(body, use_bin_type=True))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(target)
-        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+    write_durable(state_dir / FILE_NAME, msgpack.packb(body, use_bin_type=True))
 
 
 def load(state_dir: Path) -> Persist | None:

@@ -89,21 +89,29 @@ class StateDir:
         return int(text)
 
     def _write(self, name: str, value: int) -> None:
-        target = self.path / name
-        tmp = target.with_name(f".{name}.tmp")
+        write_durable(self.path / name, f"{value}\n".encode())
+
+
+def write_durable(target: Path, data: bytes) -> None:
+    """Write `data` to `target` (mode 0600) so a crash leaves the old or the new content: a
+    temporary file beside it, fsync, rename, fsync the directory. ConfigError naming the file
+    if the disk refuses (the node's state files and the cluster configuration store)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, f"{value}\n".encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            tmp.replace(target)
-            _fsync_dir(self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(target)
+        _fsync_dir(target.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def _fsync_dir(path: Path) -> None:
