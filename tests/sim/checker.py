@@ -344,20 +344,11 @@ class Checker:
 
     def _cliques(self, topo: Topology, running: list[int]) -> list[frozenset[int]]:
         """Components of the mutual graph that are complete and hold quorum votes."""
-        out, left = [], set(running)
-        while left:
-            seed = left.pop()
-            comp, todo = {seed}, [seed]
-            while todo:
-                a = todo.pop()
-                for b in list(left):
-                    if topo.mutual(a, b):
-                        left.discard(b)
-                        comp.add(b)
-                        todo.append(b)
+        out = []
+        for comp in self._components(topo, running):
             complete = all(topo.mutual(a, b) for a in comp for b in comp if a < b)
             if complete and self.quorum_capable(comp, tie=False):
-                out.append(frozenset(comp))
+                out.append(comp)
         return out
 
     def f1(self, end: float) -> list[Violation]:
