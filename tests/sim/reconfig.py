@@ -30,7 +30,8 @@ import traceback
 from dataclasses import dataclass, field, replace
 
 from agent.config import AgentConfig, LinkConfig, PeerConfig, QuorumOptions, Timing
-from agent.node import transition_span
+from agent.membership import MemberView, RingId
+from agent.node import AgentNode, transition_span
 from tests.sim.checker import Checker, Violation, settle_time
 from tests.sim.network import SimNetwork
 from tests.sim.schedules import (
@@ -119,7 +120,8 @@ class Reconfigurer:
         self.committed.append(what)
         self.net.note(f"config version {version} committed in view {sorted(view)}: {what}")
         configs = shape_configs(shape, self.timing, self.quorum)
-        ring = self.net.slots[min(view)].core.view.ring_id  # type: ignore[union-attr]
+        rep = self._installed(min(view))
+        ring = None if rep is None else rep.ring_id
         for node in sorted(view):
             self.staged[node] = version
             if node == min(view):  # the representative commits first
@@ -140,7 +142,7 @@ class Reconfigurer:
         at: float,
         version: int,
         configs: dict[int, AgentConfig],
-        ring: object = None,
+        ring: RingId | None = None,
     ) -> None:
         """`node` applies `version` at `at` (with `ring`: only if its view still has it)."""
         self.pending[node] = version
@@ -148,9 +150,10 @@ class Reconfigurer:
 
         def apply() -> None:
             self.pending.pop(node, None)
-            if slot.core is None or slot.version >= version:
+            view = self._installed(node)
+            if view is None or slot.version >= version:
                 return
-            if ring is not None and slot.core.view.ring_id != ring:  # type: ignore[attr-defined]
+            if ring is not None and view.ring_id != ring:
                 return  # the view broke before its Commit arrived: it stays staged
             if node in configs:
                 self.net.reconfigure(node, configs[node], version)
@@ -162,25 +165,29 @@ class Reconfigurer:
     def _committing_view(self) -> frozenset[int] | None:
         """A view replication could commit in now (module docstring), else None."""
         latest = self.shapes[-1]
-        for _node, slot in sorted(self.net.slots.items()):
-            core = slot.core
-            if core is None or slot.paused_until is not None or not getattr(core, "quorate", 0):
+        for node in sorted(self.net.slots):
+            core = self._running(node)
+            if core is None or not core.quorate:
                 continue
-            view = core.view  # type: ignore[attr-defined]
-            if self._agreed(view) and 2 * sum(latest.get(m, 0) for m in view.members) > sum(
-                latest.values()
-            ):
+            view = core.view
+            if self._agreed_at(view, self.version) and 2 * sum(
+                latest.get(m, 0) for m in view.members
+            ) > sum(latest.values()):
                 return frozenset(view.members)
         return None
 
-    def _agreed(self, view: object) -> bool:
-        for m in view.members:  # type: ignore[attr-defined]
-            slot = self.net.slots[m]
-            if slot.core is None or slot.paused_until is not None:
-                return False
-            if slot.core.view != view or slot.version != self.version:  # type: ignore[attr-defined]
-                return False
-        return True
+    def _running(self, node: int) -> AgentNode | None:
+        """The node's core while it runs and is not paused."""
+        slot = self.net.slots[node]
+        core = slot.core
+        if not isinstance(core, AgentNode) or slot.paused_until is not None:
+            return None
+        return core
+
+    def _installed(self, node: int) -> MemberView | None:
+        """The node's installed view (None while it is down)."""
+        core = self.net.slots[node].core
+        return core.view if isinstance(core, AgentNode) else None
 
     def _next_shape(self) -> tuple[dict[int, int] | None, str, int | None]:
         latest = dict(self.shapes[-1])
@@ -201,20 +208,20 @@ class Reconfigurer:
             return None, "", None
         return latest, f"node {node} votes {latest[node]}", None
 
-    def _agreed_at(self, view: object, version: int) -> bool:
+    def _agreed_at(self, view: MemberView, version: int) -> bool:
         """Every member runs, installed `view` and holds `version`, none is about to apply."""
-        for m in view.members:  # type: ignore[attr-defined]
-            slot = self.net.slots[m]
-            if slot.core is None or slot.paused_until is not None or m in self.pending:
-                return False
-            if slot.core.view != view or slot.version != version:  # type: ignore[attr-defined]
-                return False
-        return True
+        return all(
+            (core := self._running(m)) is not None
+            and m not in self.pending
+            and core.view == view
+            and self.net.slots[m].version == version
+            for m in view.members
+        )
 
-    def _repropose(self, view: object, version: int) -> None:
+    def _repropose(self, view: MemberView, version: int) -> None:
         """Step 1 of a view whose member staged version + 1: commit it again if the view holds
         a strict majority of `version`'s votes."""
-        members = sorted(view.members)  # type: ignore[attr-defined]
+        members = sorted(view.members)
         if version >= self.version or max(self.staged.get(m, 0) for m in members) <= version:
             return
         votes = self.shapes[version - 1]
@@ -230,17 +237,16 @@ class Reconfigurer:
     def _catch_up(self, until: float) -> None:
         """Nodes behind a member of their installed view apply its version (`Sync`)."""
         for node, slot in sorted(self.net.slots.items()):
-            core = slot.core
-            if core is None or slot.paused_until is not None or node in self.pending:
+            core = self._running(node)
+            if core is None or node in self.pending:
                 continue
-            view = core.view  # type: ignore[attr-defined]
+            view = core.view
             ahead = [
                 self.net.slots[m].version
                 for m in view.members
                 if m != node
-                and (o := self.net.slots[m]).core is not None
-                and o.core.view == view  # type: ignore[attr-defined]
-                and o.version > slot.version
+                and self._installed(m) == view
+                and self.net.slots[m].version > slot.version
             ]
             if ahead:
                 version = max(ahead)
