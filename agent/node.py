@@ -371,7 +371,7 @@ class AgentNode:
         self._step()
 
     def _peer_addresses(self, peer: int, links: frozenset[int]) -> None:
-        if peer == self.node_id or (self._listed and peer not in self._listed):
+        if peer == self.node_id or (self._has_node_list() and peer not in self._listed):
             return  # with a node list, discovery only proposes addresses (design §3.9)
         self.peers.setdefault(peer, _Peer(timeout=self._failure_timeout))
         self.links.set_peer(peer, links)
@@ -1096,6 +1096,12 @@ class AgentNode:
         self.expected_refusal = None
         self._quorum_events(self.quorum.set_expected(value, self._now))
 
+    def _has_node_list(self) -> bool:
+        """The configuration names every member: it lists peers, or it is a cluster
+        configuration (a version is known; a one-node cluster lists none). Discovery then only
+        proposes addresses of listed nodes (design §3.9)."""
+        return bool(self._listed) or self.config_version > 0
+
     def _same_config(self, member: int) -> bool:
         """The member runs our configuration version (or versions are unknown): only then do
         its expected votes count here (design §3.9: a report from before or after a change is
@@ -1114,7 +1120,7 @@ class AgentNode:
         listed = self._listed.get(member)
         if listed is not None:
             return listed
-        if self._listed:
+        if self._has_node_list():
             return 0
         return self.peers[member].votes if member in self.peers else 1
 

@@ -286,7 +286,8 @@ def test_restart_only_quorum_options_keep_their_running_values() -> None:
 
 def test_discovery_cannot_add_a_voter_to_a_configured_node_list() -> None:
     """With a node list, a discovered node that is not in it gets no state: its PeerAddresses
-    is ignored and its datagrams are dropped as unknown_peer. Without a node list
+    is ignored and its datagrams are dropped as unknown_peer; a cluster configuration (a
+    version is known) is a node list even with no peers (a cluster of one). Without a node list
     (discovery-only) the same node is tracked."""
     net = formed(3)
     node = net.nodes[1]
@@ -300,6 +301,10 @@ def test_discovery_cannot_add_a_voter_to_a_configured_node_list() -> None:
     lone.handle(Start(wall_ms=0), 0.0)
     lone.handle(PeerAddresses(9, frozenset({0})), 0.0)
     assert 9 in lone.peers
+    created = AgentNode(alone, 1, config_version=1)  # `votemesh create`: a cluster of one
+    created.handle(Start(wall_ms=0), 0.0)
+    created.handle(PeerAddresses(9, frozenset({0})), 0.0)
+    assert 9 not in created.peers
 
 
 def test_qdevice_settings_restart_the_session_and_drop_its_vote() -> None:
