@@ -11,9 +11,11 @@ with no task of its own (one wake-up per datagram or deadline, nothing else):
 One `asyncio.TaskGroup` with named tasks:
 
 * `control`: serves the unix control socket (`status`, `expected N`, `events`, `config`,
-  `delnode`, `leave`);
-* `config`: ticks the cluster configuration's replica every heartbeat interval
-  (`agent.runtime.replication`: CONFIG_* datagrams, the store, run-time reconfiguration);
+  `delnode X`, `leave`, `link add|remove`);
+* `config`: ticks the cluster configuration's replica (every heartbeat interval while anything
+  is under way, else once a second) and tells removed nodes; the replica itself
+  (`agent.runtime.replication`: CONFIG_* datagrams, the store) is fed from the core's effects,
+  and a committed configuration goes back into the core as `Reconfigure`;
 * `qdevice` (with a `[qdevice]` table): `agent.runtime.qdevice.QdeviceRunner`, which gets every
   `QdeviceUpdate` and comes back with `QdeviceVote` events;
 * `signals`: waits for SIGTERM/SIGINT and stops the others.
