@@ -5,8 +5,11 @@ configuration in its canonical bytes (the digest covers exactly these), the stag
 the highest ring taken part in — as one msgpack array, replaced atomically (temporary file,
 fsync, rename, fsync the directory) so a crash leaves the old or the new state, never a mix.
 It is the agents' file: nobody edits it (design §3.9; `votemesh` will print it as TOML).
-A corrupt or truncated file is refused with one line (ConfigError); the node then starts from
-its bootstrap and takes the cluster's configuration from the first view (design §3.9).
+A corrupt or truncated file is refused with one line (ConfigError); the node then starts at
+version 0 without the right to bootstrap and takes the cluster's configuration from the first
+view (design §3.9). To find the cluster then, every save also leaves a second copy,
+`cluster-config.prev` (written after the main file, so one of the two is always whole); only its
+member addresses are used, never its version.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from typing import Any
 import msgpack
 
 from agent import cluster_config
+from agent.cluster_config import ClusterConfig
 from agent.config import ConfigError
 from agent.config_replication import Persist, Ring, Staged
 from agent.runtime.state import write_durable
 
 FILE_NAME = "cluster-config"
+BACKUP_NAME = "cluster-config.prev"
 FORMAT = 1
 MAX_FILE = 2 * 1024 * 1024
 
@@ -37,7 +42,25 @@ def save(state_dir: Path, state: Persist) -> None:
         else [staged.ring.seq, staged.ring.representative, cluster_config.encode(staged.config)],
         None if state.promised is None else [state.promised.seq, state.promised.representative],
     ]
-    write_durable(state_dir / FILE_NAME, msgpack.packb(body, use_bin_type=True))
+    data = msgpack.packb(body, use_bin_type=True)
+    write_durable(state_dir / FILE_NAME, data)
+    write_durable(state_dir / BACKUP_NAME, data)
+
+
+def load_backup(state_dir: Path) -> ClusterConfig | None:
+    """The committed configuration of the second copy (to find the members when the main file
+    is refused), None when it is missing or unreadable too."""
+    try:
+        data = (state_dir / BACKUP_NAME).read_bytes()[: MAX_FILE + 1]
+        return _parse(data).committed
+    except (OSError, ConfigError, ValueError, TypeError, IndexError, msgpack.UnpackException):
+        return None
+
+
+def remove(state_dir: Path) -> None:
+    """Forget the cluster configuration (`votemesh leave`): both copies."""
+    for name in (FILE_NAME, BACKUP_NAME):
+        (state_dir / name).unlink(missing_ok=True)
 
 
 def load(state_dir: Path) -> Persist | None:
@@ -53,7 +76,7 @@ def load(state_dir: Path) -> Persist | None:
         return _parse(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}; the node will take the cluster's copy") from None
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException) as exc:
         raise ConfigError(
             f"{path} is corrupt ({type(exc).__name__}); the node will take the cluster's copy"
         ) from None

@@ -1,7 +1,14 @@
 """The agent's TOML file -> `AgentConfig`, with one-line errors that name the key and the fix.
 
-Adapter ring: reads a file with `tomllib`; `agent/config.py` owns the meaning and the checks
-(`AgentConfig.validate()`). The format is documented, with a full example, in docs/agent.md.
+Adapter ring: reads a file with `tomllib`; `agent/config.py` and `agent/node_local.py` own the
+meaning and the checks. Two kinds of file (design §3.9, docs/agent.md):
+
+* `node.toml` (no `cluster_name`): node-local settings only; the cluster configuration is the
+  agreed one in `<state_dir>/cluster-config` (`agent/runtime/cluster_store.py`), which must exist;
+* today's single file (with `cluster_name`): bootstraps the cluster as version 0; once an agreed
+  configuration is stored, that one wins over the file's cluster part.
+
+`load_startup` reads either and the stored state, and says what the agent starts from.
 Relative paths (key files, state directory, control socket) are taken relative to the file's
 directory, so a config and its key can travel together.
 """
@@ -11,9 +18,12 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent import cluster_config
+from agent.cluster_config import ClusterConfig
 from agent.config import (
     MAX_LINKS,
     AgentConfig,
@@ -25,6 +35,9 @@ from agent.config import (
     TieBreaker,
     Timing,
 )
+from agent.config_replication import Persist
+from agent.node_local import DEFAULT_JOIN_PORT, BindLink, NodeLocal, agent_config
+from agent.runtime import cluster_store
 from proto.host_port import parse_host_port
 
 DEFAULT_PORT = 5407
@@ -39,6 +52,12 @@ QUORUM_KEYS = set(QuorumOptions.__dataclass_fields__)
 QDEVICE_KEYS = set(QdeviceConfig.__dataclass_fields__)
 LINK_KEYS = {"index", "address", "port", "priority"}
 PEER_KEYS = {"node_id", "name", "votes", *(f"link{i}" for i in range(MAX_LINKS))}
+NODE_KEYS = {
+    "node_id", "key_files", "state_dir", "control_socket", "discovery", "clock_skew_bound",
+    "link", "join",
+}  # fmt: skip
+BIND_KEYS = {"index", "address", "port"}
+JOIN_KEYS = {"port"}
 PRESETS: dict[str, Callable[[], Timing]] = {"lan": Timing.lan, "lab": Timing.lab}
 
 
@@ -274,3 +293,133 @@ def _host_port(text: str, default_port: int, where: str) -> tuple[str, int]:
             f'{where} = "{text}": {exc}; write "192.0.2.11:5407", "[fd00::11]:5407" or "fd00::11"'
         ) from None
     return _address(host, where), port
+
+
+# ---------------------------------------------------------------- node.toml and start-up
+
+
+def parse_node_local(text: str, base: Path = Path()) -> NodeLocal:
+    """A `NodeLocal` from node.toml text; relative paths are resolved against `base`."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    return _node_local(_Table(data, "", NODE_KEYS), base)
+
+
+def _node_local(top: _Table, base: Path) -> NodeLocal:
+    join = _Table(top.table("join") or {}, "join", JOIN_KEYS)
+    links = []
+    for i, t in enumerate(top.tables("link")):
+        link = _Table(t, f"link[{i}]", BIND_KEYS)
+        bound = _link(link)
+        links.append(BindLink(bound.index, bound.address, bound.port))
+    local = NodeLocal(
+        node_id=top.integer("node_id", 1, _REQUIRED),
+        key_files=tuple(_path(base, f) for f in top.items("key_files", str, '["cluster.key"]')),
+        state_dir=_path(base, top.text("state_dir", "/var/lib/votemesh", "/var/lib/votemesh")),
+        control_socket=_path(
+            base, top.text("control_socket", "/run/votemesh/agent.sock", "/run/votemesh/agent.sock")
+        ),
+        discovery=top.flag("discovery", False),
+        links=tuple(links),
+        join_port=_port(join, "port", DEFAULT_JOIN_PORT),
+        clock_skew_bound=top.number("clock_skew_bound", 1.0, 1.0),
+    )
+    local.validate()
+    return local
+
+
+@dataclass(frozen=True)
+class Startup:
+    """What an agent starts from (design §3.9)."""
+
+    path: Path
+    local: NodeLocal
+    agent: AgentConfig
+    """What the node core runs on: the stored agreed configuration, or the file's bootstrap."""
+    stored: Persist | None
+    """The replication state from `<state_dir>/cluster-config` (None: none, or refused)."""
+    bootstrap: ClusterConfig | None
+    """A single file's cluster part as version 0 (None for node.toml)."""
+    refused: str | None = None
+    """Why the stored state was refused (corrupt or truncated): the agent then starts at version
+    0 without the right to bootstrap and takes the cluster's configuration from the first view."""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def single_file(self) -> bool:
+        return self.bootstrap is not None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
+
+
+def load_startup(path: Path) -> Startup:
+    """Read node.toml or a single file, and the stored cluster configuration; ConfigError (one
+    line, names the file) when the agent cannot start."""
+    text = _read_text(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        if "cluster_name" in data:
+            return _single_file(path, parse_config(text, base=path.parent))
+        local = _node_local(_Table(data, "", NODE_KEYS), path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return _node_file(path, local)
+
+
+def _single_file(path: Path, config: AgentConfig) -> Startup:
+    from agent.node_local import from_agent_config  # noqa: PLC0415 (one use)
+
+    local = from_agent_config(config)
+    bootstrap = cluster_config.from_agent_config(config)
+    cluster_config.validate(bootstrap)
+    stored, refused = _stored(Path(config.state_dir))
+    if stored is None:
+        return Startup(path, local, config, None, bootstrap, refused)
+    agreed = agent_config(local, stored.committed)
+    warnings: tuple[str, ...] = ()
+    if cluster_config.encode(stored.committed.with_version(0)) != cluster_config.encode(bootstrap):
+        text = (
+            f"{path}'s cluster part differs from the agreed configuration (version "
+            f"{stored.committed.version}); the agreed one is used: see `votemesh config show`"
+        )
+        warnings = (text,)
+    return Startup(path, local, agreed, stored, bootstrap, None, warnings)
+
+
+def _node_file(path: Path, local: NodeLocal) -> Startup:
+    state_dir = Path(local.state_dir)
+    stored, refused = _stored(state_dir)
+    if stored is not None:
+        return Startup(path, local, agent_config(local, stored.committed), stored, None)
+    if refused is None:
+        raise ConfigError(
+            f"no cluster configuration in {state_dir}; run `votemesh create NAME` or "
+            "`votemesh add JOIN-STRING`"
+        )
+    seed = cluster_store.load_backup(state_dir)
+    if seed is None:
+        raise ConfigError(
+            f"{refused}; no readable copy is left to find the cluster: run "
+            "`votemesh add JOIN-STRING --force` to join again"
+        )
+    return Startup(path, local, agent_config(local, seed), None, None, refused)
+
+
+def _stored(state_dir: Path) -> tuple[Persist | None, str | None]:
+    """(stored state, None), (None, None) when there is none, (None, why) when refused."""
+    try:
+        return cluster_store.load(state_dir), None
+    except ConfigError as exc:
+        return None, str(exc)
