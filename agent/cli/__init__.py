@@ -6,6 +6,7 @@
     votemesh expected N|reset [--socket PATH | --config FILE]
     votemesh events [--socket PATH | --config FILE]
     votemesh keygen FILE
+    votemesh create NAME --link0 ADDR | join-info [--ttl 1h] | add JOIN-STRING --link0 ADDR
 
 Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
 1 an error (one line on stderr saying what to do; never a traceback).
@@ -85,6 +86,9 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     _status_verbs(sub, only)
     if not only:
         _admin_verbs(sub)
+        from agent.cli import cluster  # noqa: PLC0415
+
+        cluster.add_arguments(sub)
     return parser
 
 
@@ -97,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if module == "status":
             from agent.cli import status as verbs  # noqa: PLC0415
+        elif module == "cluster":
+            from agent.cli import cluster as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         else:
             from agent.cli import admin as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         return int(getattr(verbs, name)(args))
