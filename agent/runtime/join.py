@@ -249,7 +249,10 @@ class JoinServer:
         writer.close()
 
     async def _answer(self, message: dict[str, Any], host: str) -> dict[str, Any]:
-        op = request_op(message)
+        try:
+            op = request_op(message)
+        except DecodeError as exc:
+            raise _RefusedError(exc.reason, exc.detail) from None
         if op == "ca":
             self.stats.ca_served += 1
             return {"ok": True, "ca": self.ca_pem.decode()}

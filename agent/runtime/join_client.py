@@ -74,6 +74,7 @@ def join(
     force: bool,
     node_key: rsa.RSAPrivateKey,
     log: Callable[[str], None] = lambda _line: None,
+    source: str | None = None,
 ) -> Joined:
     """Try the string's addresses in turn; JoinError (one line) when none admits us."""
     csr = certificates.make_request(node_key, name).public_bytes(serialization.Encoding.PEM)
@@ -83,7 +84,7 @@ def join(
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log(f"contacting {where} ...")
         try:
-            grant, ca = _exchange(host, port, js.ca_sha256, request)
+            grant, ca = _exchange(host, port, js.ca_sha256, request, source)
         except _UnreachableError as exc:
             problems.append(f"{where}: {exc}")
             continue
@@ -96,7 +97,7 @@ def join(
 
 
 def _exchange(
-    host: str, port: int, fingerprint: bytes, request: JoinRequest
+    host: str, port: int, fingerprint: bytes, request: JoinRequest, source: str | None
 ) -> tuple[JoinGrant, x509.Certificate]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -104,7 +105,9 @@ def _exchange(
     context.verify_mode = ssl.CERT_NONE  # we check the chain ourselves against the pinned CA
     try:
         with (
-            socket.create_connection((host, port), CONNECT_TIMEOUT) as raw,
+            socket.create_connection(
+                (host, port), CONNECT_TIMEOUT, None if source is None else (source, 0)
+            ) as raw,
             context.wrap_socket(raw) as tls,
         ):
             ca = _pinned_ca(tls, fingerprint)
