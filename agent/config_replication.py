@@ -201,7 +201,11 @@ class _Leader:
 
 
 class ConfigReplica:
-    """One node's replica. Start it from disk (`committed`, `staged`, `promised`)."""
+    """One node's replica. Start it from disk (`committed`, `staged`, `promised`).
+
+    `bootstrap=False`: a version-0 `committed` is only where to find the cluster (its stored
+    state was refused as corrupt), never a bootstrap: as representative this node proposes no
+    version 1 from it and waits for a member that holds an agreed configuration (design §3.9)."""
 
     def __init__(
         self,
@@ -209,8 +213,11 @@ class ConfigReplica:
         committed: ClusterConfig,
         staged: Staged | None = None,
         promised: Ring | None = None,
+        *,
+        bootstrap: bool = True,
     ) -> None:
         self.me = me
+        self.bootstrap = bootstrap
         self.committed = committed
         self.staged = staged
         self.promised = promised
@@ -333,7 +340,8 @@ class ConfigReplica:
         if staged:
             self._propose(leader, max(staged, key=lambda s: s.ring).config, None, out)
         elif self.committed.version == 0:
-            self._propose(leader, self.committed.with_version(1), None, out)
+            if self.bootstrap:
+                self._propose(leader, self.committed.with_version(1), None, out)
         else:
             leader.ready = True
 

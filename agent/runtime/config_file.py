@@ -346,6 +346,10 @@ class Startup:
     """Why the stored state was refused (corrupt or truncated): the agent then starts at version
     0 without the right to bootstrap and takes the cluster's configuration from the first view."""
     warnings: tuple[str, ...] = ()
+    unreplicated: str | None = None
+    """Why a single file's cluster part cannot be replicated (it breaks a rule of the cluster
+    configuration, e.g. peers on fewer links): the agent runs on the file alone, configuration
+    changes are refused with this reason."""
 
     @property
     def single_file(self) -> bool:
@@ -378,12 +382,21 @@ def load_startup(path: Path) -> Startup:
     return _node_file(path, local)
 
 
+def startup_of(config: AgentConfig, path: Path = Path("agent.toml")) -> Startup:
+    """What an agent built from a single file's `AgentConfig` starts from."""
+    return _single_file(path, config)
+
+
 def _single_file(path: Path, config: AgentConfig) -> Startup:
     from agent.node_local import from_agent_config  # noqa: PLC0415 (one use)
 
     local = from_agent_config(config)
     bootstrap = cluster_config.from_agent_config(config)
-    cluster_config.validate(bootstrap)
+    try:
+        cluster_config.validate(bootstrap)
+    except ConfigError as exc:
+        why = f"{path}'s cluster part cannot be replicated: {exc}"
+        return Startup(path, local, config, None, bootstrap, unreplicated=why)
     stored, refused = _stored(Path(config.state_dir))
     if stored is None:
         return Startup(path, local, config, None, bootstrap, refused)

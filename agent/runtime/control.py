@@ -8,6 +8,13 @@ then the body; the server closes the connection after answering.
 | `status`     | JSON: the node's status plus datagram counters                     |
 | `expected N` | JSON status after overriding expected votes (`expected reset` clears it) |
 | `events`     | JSON list of the most recent events, oldest first                  |
+| `config`     | JSON: the committed cluster configuration, its version and digest   |
+| `delnode X`  | JSON outcome of removing node X (name or id) from the configuration |
+| `leave`      | JSON outcome of removing this node (it then stops)                  |
+
+Configuration changes are answered when the cluster answered (`agent/runtime/config_ops.py`);
+one that races another on this node is refused with "another configuration change is in
+progress; retry".
 
 Adapter ring. Framing: `proto/control_frame.py`; the client: `proto/runtime/control_client.py`.
 """
@@ -18,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,11 @@ class ControlHandlers:
     set_expected: Callable[[int | None], str | None]
     """Apply `expected N` (None = reset); the refusal's one-line reason, or None."""
     events: Callable[[], list[dict[str, Any]]]
+    config: Callable[[str, list[str]], Awaitable[tuple[bool, str]]] | None = None
+    """Configuration requests (`config`, `delnode X`, `leave`): (ok, body)."""
+
+
+CONFIG_COMMANDS = ("config", "delnode", "leave")
 
 
 def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
@@ -106,7 +118,12 @@ async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.Abstra
                 await writer.drain()
                 return
             line = decode_request(raw)
-            ok, body = answer(line, handlers)
+            words = line.split()
+            if words and words[0].lower() in CONFIG_COMMANDS and handlers.config is not None:
+                ok, body = await handlers.config(words[0].lower(), words[1:])
+                log.info("configuration request", request=line[:200], ok=ok, answer=body[:200])
+            else:
+                ok, body = answer(line, handlers)
             if line.lower().startswith("expected") and ok:
                 log.info("expected votes set", request=line, via="control socket")
             writer.write(encode_reply(ok, body))

@@ -10,7 +10,10 @@ with no task of its own (one wake-up per datagram or deadline, nothing else):
 
 One `asyncio.TaskGroup` with named tasks:
 
-* `control`: serves the unix control socket (`status`, `expected N`, `events`);
+* `control`: serves the unix control socket (`status`, `expected N`, `events`, `config`,
+  `delnode`, `leave`);
+* `config`: ticks the cluster configuration's replica every heartbeat interval
+  (`agent.runtime.replication`: CONFIG_* datagrams, the store, run-time reconfiguration);
 * `qdevice` (with a `[qdevice]` table): `agent.runtime.qdevice.QdeviceRunner`, which gets every
   `QdeviceUpdate` and comes back with `QdeviceVote` events;
 * `signals`: waits for SIGTERM/SIGINT and stops the others.
@@ -31,6 +34,7 @@ import dataclasses
 import enum
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -42,7 +46,11 @@ from typing import Any, NoReturn
 
 import structlog
 
+from agent import cluster_config
+from agent import node as node_core
+from agent.cluster_config import ClusterConfig
 from agent.config import AgentConfig, ConfigError
+from agent.config_replication import ConfigReplica, QuorumInput, Ring
 from agent.events import EventKind
 from agent.node import (
     AgentNode,
@@ -62,16 +70,26 @@ from agent.node import (
     Stop,
     Tick,
 )
-from agent.runtime.config_file import load_config
+from agent.node_local import agent_config
+from agent.runtime import cluster_store
+from agent.runtime.config_file import Startup, load_startup, startup_of
+from agent.runtime.config_ops import ConfigOps
+from agent.runtime.config_wire import CONFIG_MESSAGES
 from agent.runtime.control import ControlHandlers, serve_control
 from agent.runtime.discovery import DiscoveredPeer, Discovery, DiscoveryError
 from agent.runtime.keys import load_keys
 from agent.runtime.qdevice import QdeviceRunner
+from agent.runtime.replication import ChangeOutcome, Replication
 from agent.runtime.state import StateDir
 from agent.runtime.udp import MeshTransport
 from agent.status import RuntimeInfo, to_json
 from proto.datagram_seal import ClusterKey, Opener, Sealer
+from proto.mesh_messages import MeshMessage
 
+__all__ = ["AgentRuntime", "ChangeOutcome", "main"]
+
+FAREWELL = 10.0
+"""Seconds a removed node stays reachable, told the configuration that removed it."""
 RECENT_EVENTS = 256  # events kept for `votemesh events` / the control socket
 EVENT_LEVELS = {
     EventKind.DUPLICATE_NODE: "error",
@@ -130,7 +148,13 @@ class TimerStats:
 class AgentRuntime:
     """One running agent: its core, sockets, control socket and state directory."""
 
-    def __init__(self, config: AgentConfig, keys: list[ClusterKey]) -> None:
+    def __init__(
+        self, config: AgentConfig, keys: list[ClusterKey], startup: Startup | None = None
+    ) -> None:
+        startup = startup or startup_of(config)
+        config = startup.agent
+        self.startup = startup
+        self.local = startup.local
         self.config = config
         self.state = StateDir(Path(config.state_dir))
         self.incarnation = self.state.next_incarnation()
@@ -149,8 +173,22 @@ class AgentRuntime:
             opener,
             self._offer,
             fresh=lambda peer: self.node.last_fresh_peer == peer,
-            core_drop=lambda: self.node.last_drop,
+            core_drop=lambda: self.node.last_drop or self._config_drop,
         )
+        self._config_drop: str | None = None
+        self.replication = Replication(
+            self._replica(startup),
+            Path(config.state_dir),
+            self._config_send,
+            self._applied,
+            disabled=startup.unreplicated,
+        )
+        self._farewell: dict[int, float] = {}
+        """Removed nodes still reachable, until when (monotonic)."""
+        self.removed: str | None = None
+        """Why this node stopped taking part: it is not in the agreed configuration."""
+        self.leaving = False
+        """`votemesh leave` asked the cluster to remove this node: its removal is expected."""
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
         self.core_errors = 0
         self.timer_stats = TimerStats()
@@ -172,6 +210,138 @@ class AgentRuntime:
             )
             self.qdevice.set_config(tuple(config.configured_votes()))
 
+    # ------------------------------------------------------------ the configuration
+    @staticmethod
+    def _replica(startup: Startup) -> ConfigReplica:
+        """The replica from the stored state; from the file's bootstrap (version 0); or, when the
+        stored state was refused, at version 0 without the right to bootstrap (design §3.9)."""
+        node_id = startup.local.node_id
+        if startup.stored is not None:
+            s = startup.stored
+            return ConfigReplica(node_id, s.committed, s.staged, s.promised)
+        if startup.refused is not None:
+            seed = cluster_config.from_agent_config(startup.agent)
+            return ConfigReplica(node_id, seed, bootstrap=False)
+        bootstrap = startup.bootstrap or cluster_config.from_agent_config(startup.agent)
+        return ConfigReplica(node_id, bootstrap)
+
+    @property
+    def cluster_config(self) -> ClusterConfig:
+        """The committed cluster configuration (version 0: a bootstrap not agreed yet)."""
+        return self.replication.committed
+
+    async def change_config(
+        self, mutate: Callable[[ClusterConfig], ClusterConfig]
+    ) -> ChangeOutcome:
+        """Ask the cluster for `mutate(committed)` as the next version (design §3.9, step 2).
+        `mutate` raises ConfigError to refuse; the outcome says why in one line."""
+        return await self.replication.change(mutate)
+
+    def _observe(self) -> None:
+        """Feed the replica the core's installed view and verdict (only changes reach it)."""
+        view, status = self.node.view, self.node.quorum.status
+        ring = Ring(view.ring_id.seq, view.ring_id.representative)
+        verdict = QuorumInput(status.quorate, status.total_votes, status.expected_votes)
+        self.replication.observe(ring, view.members, verdict)
+
+    def _config_send(self, peer: int, message: MeshMessage) -> None:
+        """One configuration datagram to `peer` on the link its heartbeats use."""
+        link = self.node.links.active_link(peer)
+        if link is None:
+            links = self.mesh.peer_links(peer)
+            link = min(links) if links else None
+        if link is not None:
+            self.mesh.send(link, (peer,), message)
+
+    def _applied(self, cluster: ClusterConfig) -> None:
+        """A newer committed configuration: applied once the replica's effects of this event are
+        carried out (its Commit datagrams still reach the members it removes)."""
+        if self._loop is not None:
+            self._loop.call_soon(self._guarded, self._apply, cluster)
+        else:
+            self._apply(cluster)
+
+    def _apply(self, cluster: ClusterConfig) -> None:
+        """Apply what can change at run time (design §3.9, "Run-time changes")."""
+        if cluster is not self.cluster_config:
+            return  # a newer one came meanwhile and is applied by its own call
+        try:
+            new = agent_config(self.local, cluster)
+        except ConfigError as exc:
+            self._removed_from(cluster, str(exc))
+            return
+        old, self.config = self.config, new
+        self._update_peers(old, new)
+        reconfigure = getattr(node_core, "Reconfigure", None)
+        if reconfigure is not None:
+            self.dispatch(reconfigure(new))
+        else:  # until the core applies a configuration: at least reach the new members
+            for peer in new.peers:
+                self.dispatch(PeerAddresses(peer.node_id, self.mesh.peer_links(peer.node_id)))
+        if self.qdevice is not None:
+            self.qdevice.set_config(tuple(new.configured_votes()))
+        if old.qdevice != new.qdevice:
+            log.warning("qdevice settings changed", effect="restart the agent to use them")
+        if {(k.index, k.address, k.port) for k in old.links} != {
+            (k.index, k.address, k.port) for k in new.links
+        }:
+            log.warning("this node's link addresses changed", effect="restart the agent to bind")
+
+    def _update_peers(self, old: AgentConfig, new: AgentConfig) -> None:
+        """The mesh's peer addresses and opener admit set follow the configuration. A removed
+        node stays reachable for FAREWELL seconds: it is told the new configuration (and may
+        fetch it) so it learns it was removed and stops (design §3.9)."""
+        self.mesh.config = new
+        gone = {p.node_id for p in old.peers} - {p.node_id for p in new.peers}
+        farewell_until = time.monotonic() + FAREWELL
+        for node_id in gone:
+            self._farewell[node_id] = farewell_until
+        for peer in new.peers:
+            self._farewell.pop(peer.node_id, None)
+        self.mesh.pinned = {(p.node_id, k) for p in new.peers for k, _, _ in p.addresses}
+        for peer in new.peers:
+            for link, host, port in peer.addresses:
+                self.mesh.set_peer_address(peer.node_id, link, (host, port))
+        self.static_links = {
+            p.node_id: frozenset(link for link, _, _ in p.addresses) for p in new.peers
+        }
+        if gone:
+            log.info("peers removed", peers=sorted(gone), reason="not in the configuration")
+
+    def _removed_from(self, cluster: ClusterConfig, why: str) -> None:
+        """This node is not in the agreed configuration any more: stop taking part, loudly."""
+        self.removed = why
+        if self.leaving:
+            log.warning("left the cluster", version=cluster.version, cluster=cluster.cluster_name)
+        else:
+            log.error(
+                "removed from the cluster",
+                reason=why,
+                version=cluster.version,
+                effect="stopping: this node takes no part any more",
+            )
+        if self._loop is not None:  # the answer and the Commit datagrams go out first
+            self._loop.call_later(0.3, self.stop)
+        else:
+            self.stop()
+
+    async def _config_ticks(self) -> None:
+        """Tick the replica every heartbeat interval (resends, fetches, a refused write)."""
+        while True:
+            await asyncio.sleep(self.config.timing.heartbeat_interval)
+            self._guarded(self.replication.tick)
+            self._guarded(self._tell_removed)
+
+    def _tell_removed(self) -> None:
+        """Send removed nodes the committed configuration until their farewell ends."""
+        now = time.monotonic()
+        for node_id, until in list(self._farewell.items()):
+            if now >= until:
+                del self._farewell[node_id]
+                self.mesh.addresses.pop(node_id, None)
+                continue
+            self._config_send(node_id, self.replication.commit_notice())
+
     # ------------------------------------------------------------ the core
     def dispatch(self, event: NodeEvent) -> None:
         """Feed one event to the core and carry out its effects, in order."""
@@ -192,6 +362,7 @@ class AgentRuntime:
         for answer in stored:  # the core holds every datagram back until it hears this
             self.dispatch(answer)
         self._arm()
+        self._observe()
 
     def _store_max_seq(self, value: int) -> MaxSeqStored:
         """Persist max_seq (atomic, fsynced); the answer the core waits for."""
@@ -236,7 +407,12 @@ class AgentRuntime:
         """From a socket callback: an opened message for the core (False: not running)."""
         if not self._accepting:
             return False
+        self._config_drop = None
         self._guarded(self.dispatch, message)
+        taken = self.node.last_drop is None or message.peer in self._farewell
+        if isinstance(message.message, CONFIG_MESSAGES) and taken:
+            self._guarded(self.replication.receive, message.peer, message.message)
+            self._config_drop = self.replication.last_drop
         return True
 
     def _arm(self) -> None:
@@ -317,6 +493,7 @@ class AgentRuntime:
         snap = self.node.snapshot(time.monotonic())
         datagrams: dict[str, Any] = dict(self.mesh.counters.as_dict())
         datagrams["core_errors"] = self.core_errors
+        datagrams["config"] = self.replication.as_dict()
         runtime = RuntimeInfo(
             uptime_s=round(time.monotonic() - self.started, 3),
             local_links={
@@ -336,7 +513,10 @@ class AgentRuntime:
                 connects=int(session["connects"]),
                 last_close=session["last_close"],
             )
-        doc: dict[str, Any] = to_json(dataclasses.replace(snap, runtime=runtime, qdevice=qdevice))
+        snap = dataclasses.replace(
+            snap, runtime=runtime, qdevice=qdevice, config_version=self.cluster_config.version
+        )
+        doc: dict[str, Any] = to_json(snap)
         return doc
 
     def set_expected(self, value: int | None) -> str | None:
@@ -350,6 +530,37 @@ class AgentRuntime:
             status=self.status,
             set_expected=self.set_expected,
             events=lambda: list(self.recent),
+            config=ConfigOps(self).answer,
+        )
+
+    def _log_startup(self) -> None:
+        """Where the cluster configuration comes from; a refused store loudly."""
+        start, committed = self.startup, self.cluster_config
+        for warning in start.warnings:
+            log.warning("configuration file and agreed configuration differ", problem=warning)
+        if start.unreplicated is not None:
+            log.warning(
+                "cluster configuration not replicated",
+                reason=start.unreplicated,
+                effect="the agent runs on the file; configuration changes are refused",
+            )
+        if start.refused is not None:
+            state_dir = Path(self.config.state_dir)
+            with contextlib.suppress(OSError):  # keep the refused bytes for a post-mortem
+                shutil.copyfile(
+                    state_dir / cluster_store.FILE_NAME, state_dir / "cluster-config.refused"
+                )
+            log.error(
+                "stored cluster configuration refused",
+                reason=start.refused,
+                effect="starting at version 0 without a vote in changes; the cluster's "
+                "configuration is fetched from the first view (copy in cluster-config.refused)",
+            )
+        log.info(
+            "cluster configuration",
+            version=committed.version,
+            digest=cluster_config.digest(committed).hex()[:16],
+            source="stored" if start.stored else "refused" if start.refused else "file bootstrap",
         )
 
     # ------------------------------------------------------------ run
@@ -375,12 +586,16 @@ class AgentRuntime:
         )
         for warning in self.config.quorum_warnings():
             log.warning("unsafe quorum setting", problem=warning)
+        self._log_startup()
         try:
             self.dispatch(Start(wall_ms()))
             self._accepting = True
             sd_notify("READY=1")
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(control.serve_forever(), name="control")]
+                tasks = [
+                    group.create_task(control.serve_forever(), name="control"),
+                    group.create_task(self._config_ticks(), name="config"),
+                ]
                 if self.qdevice is not None:
                     tasks.append(group.create_task(self.qdevice.run(), name="qdevice"))
                 if self.config.discovery:
@@ -449,25 +664,40 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """`votemesh-agent --config FILE [--log-level LEVEL]`."""
     parser = _Parser(prog="votemesh-agent", description="run one votemesh agent (foreground)")
-    parser.add_argument("--config", "-c", type=Path, required=True, help="the agent's TOML file")
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        required=True,
+        help="node.toml, or a single file with cluster_name (bootstraps version 0)",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     return parser
 
 
-async def _run(config: AgentConfig, keys: list[ClusterKey]) -> None:
-    await AgentRuntime(config, keys).run()
+EXIT_REMOVED = 3
+"""Exit status of an agent that stopped because it was removed from the cluster."""
+
+
+async def _run(startup: Startup, keys: list[ClusterKey]) -> int:
+    runtime = AgentRuntime(startup.agent, keys, startup)
+    await runtime.run()
+    if runtime.removed is not None and not runtime.leaving:
+        print(f"votemesh-agent: {runtime.removed}", file=sys.stderr)
+        return EXIT_REMOVED
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a configuration mistake)."""
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.config)
-        keys = load_keys(config.key_files)
+        startup = load_startup(args.config)
+        keys = load_keys(startup.agent.key_files)
         configure_logging(args.log_level)
-        asyncio.run(_run(config, keys))
+        return asyncio.run(_run(startup, keys))
     except ConfigError as exc:
         print(f"votemesh-agent: {exc}", file=sys.stderr)
         return 2
@@ -481,7 +711,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":
