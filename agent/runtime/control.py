@@ -11,6 +11,8 @@ then the body; the server closes the connection after answering.
 | `config`     | JSON: the committed cluster configuration, its version and digest   |
 | `delnode X`  | JSON outcome of removing node X (name or id) from the configuration |
 | `leave`      | JSON outcome of removing this node (it then stops)                  |
+| `join-token S` | JSON `{"join": string}`: a one-time join string valid S seconds |
+| `join-stats` | JSON counters of the join port (agent/runtime/join.py)              |
 
 Configuration changes are answered when the cluster answered (`agent/runtime/config_ops.py`);
 one that races another on this node is refused with "another configuration change is in
@@ -50,6 +52,8 @@ class ControlHandlers:
     events: Callable[[], list[dict[str, Any]]]
     config: Callable[[str, list[str]], Awaitable[tuple[bool, str]]] | None = None
     """Configuration requests (`config`, `delnode X`, `leave`): (ok, body)."""
+    join: Callable[[list[str]], tuple[bool, str]] | None = None
+    """`join-token S` / `join-stats` (the join server, None when it does not run)."""
 
 
 CONFIG_COMMANDS = ("config", "delnode", "leave")
@@ -67,7 +71,15 @@ def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
         return True, _json(handlers.events())
     if command == "expected" and len(args) == 1:
         return _expected(args[0], handlers)
+    if command in ("join-token", "join-stats"):
+        return _join(words, handlers)
     return False, f"unknown request {line.strip()[:80]!r}; send status, expected N or events\n"
+
+
+def _join(words: list[str], handlers: ControlHandlers) -> tuple[bool, str]:
+    if handlers.join is None:
+        return False, "this agent runs no join port (see its log); start it from node.toml\n"
+    return handlers.join([words[0].lower(), *words[1:]])
 
 
 def _expected(value: str, handlers: ControlHandlers) -> tuple[bool, str]:

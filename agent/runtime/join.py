@@ -19,21 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from agent import cluster_config
 from agent.cluster_config import ClusterConfig
-from agent.config import ConfigError
+from agent.config import AgentConfig, ConfigError
 from agent.join_admission import Joiner, JoinRefusedError, admit
 from agent.runtime import join_files
 from agent.runtime.join_files import ClusterFiles
 from agent.runtime.join_tokens import JoinTokens, TokenRefusedError
+from agent.runtime.keys import load_keys
 from proto import certificates
 from proto.cert_names import node_name_problem
 from proto.connection_limits import (
@@ -56,6 +59,9 @@ from proto.join import (
     frame_length,
     request_op,
 )
+
+if TYPE_CHECKING:
+    from agent.runtime.config_file import Startup
 
 log = structlog.get_logger("votemesh.agent.join")
 
@@ -167,6 +173,18 @@ class JoinServer:
         if self.server is not None and self.server.sockets:
             return int(self.server.sockets[0].getsockname()[1])
         return self.port
+
+    def control(self, words: list[str]) -> tuple[bool, str]:
+        """Control socket: `join-token SECONDS` -> {"join": string}; `join-stats`."""
+        if words[0] == "join-stats" and len(words) == 1:
+            return True, json.dumps(self.stats.as_dict(), sort_keys=True) + "\n"
+        if words[0] == "join-token" and len(words) == 2 and words[1].isdigit():
+            try:
+                text = self.mint(float(words[1]))
+            except (ValueError, ConfigError) as exc:
+                return False, f"no join token: {exc}\n"
+            return True, json.dumps({"join": text}) + "\n"
+        return False, "send join-token SECONDS or join-stats\n"
 
     # ------------------------------------------------------------ listener
     async def start(self) -> asyncio.Server:
@@ -340,6 +358,33 @@ class JoinServer:
         held = self.quiet.allow(f"{reason} {source_key(host)}", self.clock())
         if held is not None:
             log.warning("join refused", reason=reason, detail=detail, peer=host, suppressed=held)
+
+
+class RuntimeLike(JoinHost, Protocol):
+    """`AgentRuntime` as `start_join_server` sees it."""
+
+    @property
+    def startup(self) -> Startup: ...
+    @property
+    def config(self) -> AgentConfig: ...
+
+
+async def start_join_server(runtime: RuntimeLike) -> JoinServer | None:
+    """The agent's join server, bound; None (logged) for a single-file agent or when the files
+    or the port are missing: the agent runs on without a join port."""
+    startup, config = runtime.startup, runtime.config
+    if startup.single_file:
+        return None
+    files = ClusterFiles(startup.path.parent, Path(config.state_dir))
+    link0 = min(config.links, key=lambda k: k.index)
+    try:
+        keys = [k.secret for k in load_keys(config.key_files)]
+        server = JoinServer(runtime, files, keys, link0.address, startup.local.join_port)
+        await server.start()
+    except (ConfigError, OSError) as exc:
+        log.warning("join port off", reason=str(exc), effect="votemesh join-info is refused")
+        return None
+    return server
 
 
 def _check_csr(request: JoinRequest) -> Any:

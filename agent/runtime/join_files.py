@@ -30,7 +30,8 @@ from proto.cert_names import CLUSTER_CA_PREFIX
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
-DIR_MODE = 0o700
+DIR_MODE = 0o700  # the state dir, and a new directory for a key file
+CONFIG_DIR_MODE = 0o755  # /etc/votemesh: node.toml is readable, the keys in it are 0600
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class Membership:
 def write_membership(files: ClusterFiles, m: Membership) -> None:
     """Keys and certificates first, then the committed configuration, node.toml last: a failure
     half way leaves no node.toml that would start an agent on a partial set."""
+    files.config_dir.mkdir(mode=CONFIG_DIR_MODE, parents=True, exist_ok=True)
     for i, key in enumerate(m.keys):
         name = files.cluster_key if i == 0 else files.config_dir / f"cluster-{i}.key"
         write_file(name, key, PRIVATE_MODE)

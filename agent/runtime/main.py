@@ -77,6 +77,7 @@ from agent.runtime.config_ops import ConfigOps
 from agent.runtime.config_wire import CONFIG_MESSAGES
 from agent.runtime.control import ControlHandlers, serve_control
 from agent.runtime.discovery import DiscoveredPeer, Discovery, DiscoveryError
+from agent.runtime.join import JoinServer, start_join_server
 from agent.runtime.keys import load_keys
 from agent.runtime.qdevice import QdeviceRunner
 from agent.runtime.replication import ChangeOutcome, Replication
@@ -201,6 +202,7 @@ class AgentRuntime:
         self._stop = asyncio.Event()
         self.qdevice: QdeviceRunner | None = None
         self.discovery: Discovery | None = None
+        self.join: JoinServer | None = None
         self.static_links = {
             p.node_id: frozenset(link for link, _, _ in p.addresses) for p in config.peers
         }
@@ -531,6 +533,7 @@ class AgentRuntime:
             set_expected=self.set_expected,
             events=lambda: list(self.recent),
             config=ConfigOps(self).answer,
+            join=None if self.join is None else self.join.control,
         )
 
     def _log_startup(self) -> None:
@@ -568,6 +571,7 @@ class AgentRuntime:
         """Bind, start the core, serve until stopped; then close everything."""
         self._loop = asyncio.get_running_loop()
         await self.mesh.start()
+        self.join = await start_join_server(self)
         control = await serve_control(Path(self.config.control_socket), self.handlers())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -600,6 +604,8 @@ class AgentRuntime:
                     tasks.append(group.create_task(self.qdevice.run(), name="qdevice"))
                 if self.config.discovery:
                     tasks.append(group.create_task(self._discover(), name="discovery"))
+                if self.join is not None:
+                    tasks.append(group.create_task(self.join.run(), name="join"))
                 group.create_task(self._signals(tasks), name="signals")
         finally:
             sd_notify("STOPPING=1")

@@ -181,7 +181,7 @@ async def test_a_wrong_ca_fingerprint_sends_no_token(
     assert "does not match the join string's" in line
     assert "token not sent" in line
     assert member.server.stats.ca_served == 1
-    assert member.server.stats.refused == {}
+    assert set(member.server.stats.refused) <= {"disconnected"}  # the joiner hung up after `ca`
     assert (await _add(tmp_path, js.encode(), "b", "127.0.0.2"))[0] == 0
 
 
