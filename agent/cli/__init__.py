@@ -7,6 +7,7 @@
     votemesh events [--socket PATH | --config FILE]
     votemesh keygen FILE
     votemesh create NAME --link0 ADDR | join-info [--ttl 1h] | add JOIN-STRING --link0 ADDR
+    votemesh qdevice setup HOST[:PORT] --token T [--algorithm ffsplit|lms] | qdevice remove
 
 Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
 1 an error (one line on stderr saying what to do; never a traceback).
@@ -86,9 +87,10 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     _status_verbs(sub, only)
     if not only:
         _admin_verbs(sub)
-        from agent.cli import cluster  # noqa: PLC0415
+        from agent.cli import cluster, qdevice  # noqa: PLC0415
 
         cluster.add_arguments(sub)
+        qdevice.add_arguments(sub)
     return parser
 
 
@@ -103,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.cli import status as verbs  # noqa: PLC0415
         elif module == "cluster":
             from agent.cli import cluster as verbs  # type: ignore[no-redef]  # noqa: PLC0415
+        elif module == "qdevice":
+            from agent.cli import qdevice as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         else:
             from agent.cli import admin as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         return int(getattr(verbs, name)(args))

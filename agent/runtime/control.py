@@ -13,6 +13,7 @@ then the body; the server closes the connection after answering.
 | `leave`      | JSON outcome of removing this node (it then stops)                  |
 | `join-token S` | JSON `{"join": string}`: a one-time join string valid S seconds |
 | `join-stats` | JSON counters of the join port (agent/runtime/join.py)              |
+| `qdevice-setup ...` / `qdevice-remove` | JSON outcome (agent/runtime/qdevice_setup.py) |
 
 Configuration changes are answered when the cluster answered (`agent/runtime/config_ops.py`);
 one that races another on this node is refused with "another configuration change is in
@@ -54,9 +55,12 @@ class ControlHandlers:
     """Configuration requests (`config`, `delnode X`, `leave`): (ok, body)."""
     join: Callable[[list[str]], tuple[bool, str]] | None = None
     """`join-token S` / `join-stats` (the join server, None when it does not run)."""
+    qdevice: Callable[[list[str]], Awaitable[tuple[bool, str]]] | None = None
+    """`qdevice-setup ...` / `qdevice-remove`: a configuration change, answered when done."""
 
 
 CONFIG_COMMANDS = ("config", "delnode", "leave")
+QDEVICE_COMMANDS = ("qdevice-setup", "qdevice-remove")
 
 
 def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
@@ -134,6 +138,9 @@ async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.Abstra
             if words and words[0].lower() in CONFIG_COMMANDS and handlers.config is not None:
                 ok, body = await handlers.config(words[0].lower(), words[1:])
                 log.info("configuration request", request=line[:200], ok=ok, answer=body[:200])
+            elif words and words[0].lower() in QDEVICE_COMMANDS and handlers.qdevice is not None:
+                ok, body = await handlers.qdevice([words[0].lower(), *words[1:]])
+                log.info("qdevice request", request=words[0], ok=ok, answer=body[:200])
             else:
                 ok, body = answer(line, handlers)
             if line.lower().startswith("expected") and ok:

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import os
 import shutil
@@ -71,7 +72,7 @@ from agent.node import (
     Tick,
 )
 from agent.node_local import agent_config
-from agent.runtime import cluster_store
+from agent.runtime import cluster_store, qdevice_setup
 from agent.runtime.config_file import Startup, load_startup, startup_of
 from agent.runtime.config_ops import ConfigOps
 from agent.runtime.config_wire import CONFIG_MESSAGES
@@ -534,6 +535,7 @@ class AgentRuntime:
             events=lambda: list(self.recent),
             config=ConfigOps(self).answer,
             join=None if self.join is None else self.join.control,
+            qdevice=functools.partial(qdevice_setup.answer, self),
         )
 
     def _log_startup(self) -> None:
