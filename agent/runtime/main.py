@@ -88,8 +88,10 @@ from proto.mesh_messages import MeshMessage
 
 __all__ = ["AgentRuntime", "ChangeOutcome", "main"]
 
-FAREWELL = 10.0
-"""Seconds a removed node stays reachable, told the configuration that removed it."""
+FAREWELL = 300.0
+"""Seconds a removed node stays reachable and is told, once a second, the configuration that
+removed it (it may be cut off when the change is made and learn it only after the heal)."""
+FAREWELL_EVERY = 1.0
 RECENT_EVENTS = 256  # events kept for `votemesh events` / the control socket
 EVENT_LEVELS = {
     EventKind.DUPLICATE_NODE: "error",
@@ -185,6 +187,7 @@ class AgentRuntime:
         )
         self._farewell: dict[int, float] = {}
         """Removed nodes still reachable, until when (monotonic)."""
+        self._farewell_at = 0.0
         self.removed: str | None = None
         """Why this node stopped taking part: it is not in the agreed configuration."""
         self.leaving = False
@@ -335,6 +338,9 @@ class AgentRuntime:
     def _tell_removed(self) -> None:
         """Send removed nodes the committed configuration until their farewell ends."""
         now = time.monotonic()
+        if now < self._farewell_at:
+            return
+        self._farewell_at = now + FAREWELL_EVERY
         for node_id, until in list(self._farewell.items()):
             if now >= until:
                 del self._farewell[node_id]
