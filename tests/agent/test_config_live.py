@@ -300,3 +300,36 @@ def test_two_changes_racing_in_one_partition_one_wins_the_other_is_told_to_retry
     assert "another configuration change is in progress; retry" in results["second"].stderr
     assert results["first"].returncode == 0, results["first"].stderr
     cluster.wait("version 2", cluster.agreed([1, 2, 4], 2, [1, 2, 4]))
+
+
+def test_leave_is_refused_on_a_minority_then_removes_the_node_and_its_files(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    """`votemesh leave` on node 1 (the representative) while it is cut off: refused, nothing
+    removed. After the heal: the others hold version 2 without it, its agent stops with exit 0,
+    its key and cluster-config are gone and its configuration file is kept."""
+    lab = lab_factory(["n1", "n2", "n3"])
+    cluster = Cluster(lab, tmp_path / "work", 3)
+    cluster.start()
+    cluster.wait("version 1", cluster.agreed([1, 2, 3], 1, [1, 2, 3]))
+    agent1 = cluster.agents[1]
+    local = local_of(agent1.config_path)
+    leave = [str(BIN / "votemesh"), "leave", "--config", str(agent1.config_path)]
+
+    lab.partition(["n1"], ["n2", "n3"])
+    cluster.wait("node 1 alone", lambda: None if not cluster.status(1)["quorate"] else "quorate")
+    refused = subprocess.run(leave, capture_output=True, text=True, timeout=30, check=False)
+    assert refused.returncode == 1
+    assert "not quorate" in refused.stderr
+    assert all(Path(k).exists() for k in local.key_files)
+    lab.heal()
+    cluster.wait("healed", cluster.agreed([1, 2, 3], 1, [1, 2, 3]))
+
+    out = subprocess.run(leave, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "left the cluster" in out.stdout
+    cluster.wait("2 and 3 on version 2", cluster.agreed([2, 3], 2, [2, 3]))
+    assert cluster.exited(1) == 0
+    assert not any(Path(k).exists() for k in local.key_files)
+    assert not (Path(local.state_dir) / "cluster-config").exists()
+    assert agent1.config_path.exists()
