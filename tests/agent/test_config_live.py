@@ -329,6 +329,7 @@ def test_leave_is_refused_on_a_minority_then_removes_the_node_and_its_files(
     assert out.returncode == 0, out.stderr
     assert "left the cluster" in out.stdout
     cluster.wait("2 and 3 on version 2", cluster.agreed([2, 3], 2, [2, 3]))
+    cluster.wait("node 1 exits", lambda: None if cluster.exited(1) is not None else "running")
     assert cluster.exited(1) == 0
     assert not any(Path(k).exists() for k in local.key_files)
     assert not (Path(local.state_dir) / "cluster-config").exists()
