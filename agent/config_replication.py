@@ -396,10 +396,10 @@ class ConfigReplica:
         leader = self._leader
         if leader is None or not self.is_leader or msg.ring != self.ring:
             return "view changed; retry"
+        if leader.inflight is not None:  # before `ready`, which is False while one is in flight
+            return "another configuration change is in progress; retry"
         if not leader.ready:
             return "configuration not synchronised yet in this view; retry"
-        if leader.inflight is not None:
-            return "another configuration change is in progress; retry"
         if msg.base_version != self.committed.version:
             return f"configuration changed meanwhile (now version {self.committed.version}); retry"
         have, need, total = self._majority()

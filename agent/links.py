@@ -267,6 +267,36 @@ class Links:
             lk.due_at = self._round_after(lk.last_sent + self._heartbeat_interval / 2)
         return lk.due_at
 
+    def set_local(self, local: tuple[LinkConfig, ...]) -> None:
+        """The local links changed at run time (design §3.9): priorities apply at once (the
+        active link is re-chosen among the up links; a link that did not fail needs no failback
+        rounds), a removed link is dropped for every peer (down, if it was up) and an added one
+        is tracked for the peers that have an address on it (`set_peer` again: the node does).
+        Changes are returned by the next `received` or `tick`."""
+        self._priority = {link.index: link.priority for link in local}
+        for peer, state in sorted(self._peers.items()):
+            for index in sorted(set(state.links) - set(self._priority)):
+                if state.links.pop(index).up:
+                    self._pending.append(LinkDown(peer, index, f"link{index} removed locally"))
+            for index, lk in state.links.items():
+                lk.priority = self._priority[index]
+            self._pending += self._reselect(peer, state)
+            self._refresh(peer, state)
+
+    def set_timing(self, timing: Timing) -> None:
+        """New timings at run time: the next leases, suspicions, heartbeat rounds and probes
+        follow them (a peer's failure timeout is the node's to re-size: `set_timeout`)."""
+        self.timing = timing
+        self._failure_timeout = timing.failure_timeout
+        self._link_timeout = timing.link_timeout
+        self._heartbeat_interval = timing.heartbeat_interval
+        self._probe_interval = timing.probe_interval
+        self._phase %= self._heartbeat_interval
+        for peer, state in self._peers.items():
+            for lk in state.links.values():
+                lk.due_after = None
+            self._refresh(peer, state)
+
     def remove_peer(self, peer: int) -> None:
         """Forget a peer entirely (no events)."""
         self._peers.pop(peer, None)

@@ -198,6 +198,13 @@ class Membership:
         self._heard_at = now
         return changed
 
+    def set_timing(self, timing: Timing) -> None:
+        """New timings at run time: reports and proposals expire by the new lifetimes from the
+        next evaluation on (design §3.9, "Run-time changes")."""
+        self._timing = timing
+        self._report_ttl = timing.max_failure_timeout
+        self._proposal_ttl = timing.proposal_ttl
+
     def forget(self, peer: int) -> None:
         """Drop what `peer` reported (removed from the cluster, or restarted)."""
         self._reports.pop(peer, None)

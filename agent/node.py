@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError, QdeviceConfig, Timing
 from agent.events import AgentEvent, EventKind
 from agent.links import (
     ActiveLinkChanged,
@@ -35,6 +35,7 @@ from agent.membership import (
 )
 from agent.node_events import (
     Broadcast,
+    ConfigApplied,
     Emit,
     MaxSeqStored,
     MessageIn,
@@ -42,8 +43,11 @@ from agent.node_events import (
     NodeEvent,
     PeerAddresses,
     PersistMaxSeq,
+    QdeviceReconfigure,
     QdeviceUpdate,
     QdeviceVote,
+    Reconfigure,
+    Removed,
     SendTo,
     SetExpected,
     Start,
@@ -69,6 +73,7 @@ from agent.votequorum import (
     QuorumInput,
     QuorumLost,
     Votequorum,
+    runtime_options,
 )
 from proto.mesh_messages import (
     EXPECTED,
@@ -84,6 +89,7 @@ from proto.mesh_messages import (
 __all__ = [
     "AgentNode",
     "Broadcast",
+    "ConfigApplied",
     "Emit",
     "MaxSeqStored",
     "MessageIn",
@@ -91,8 +97,11 @@ __all__ = [
     "NodeEvent",
     "PeerAddresses",
     "PersistMaxSeq",
+    "QdeviceReconfigure",
     "QdeviceUpdate",
     "QdeviceVote",
+    "Reconfigure",
+    "Removed",
     "SendTo",
     "SetExpected",
     "Start",
@@ -114,6 +123,17 @@ SEQ_LEAP_EVERY = 10.0
 the 2**62 sequences, while a node that rejoins a cluster far ahead leaps once."""
 RETIRED_KEPT = 4  # earlier lives of a peer remembered: their late datagrams are stale, not rivals
 DUPLICATE_REPORT_EVERY = 60.0  # seconds between two duplicate_node events about one peer
+
+
+def transition_span(timing: Timing) -> float:
+    """How long a replaced configuration stays a quorum constraint after a run-time change
+    (design §3.9, "Safety across a change"): at least the time P + L until a node still at the
+    old version is inquorate, P (every member of the committing view applied it) bounded by one
+    longest failure timeout and L (the minority bound) by another plus the agreement rounds:
+    2 x max_failure_timeout + (agreement_rounds + 1) x heartbeat_interval (lan 2.9 s)."""
+    return 2 * timing.max_failure_timeout + (timing.agreement_rounds + 1) * (
+        timing.heartbeat_interval
+    )
 
 
 @dataclass
@@ -201,9 +221,12 @@ def _member_view(view: View | None) -> MemberView | None:
 class AgentNode:
     """One cluster node's decisions."""
 
-    def __init__(self, config: AgentConfig, incarnation: int, *, max_seq: int = 0) -> None:
+    def __init__(
+        self, config: AgentConfig, incarnation: int, *, max_seq: int = 0, config_version: int = 0
+    ) -> None:
         config.validate()
         self.config = config
+        self._init_reconfigure(config_version)
         self.node_id = config.node_id
         self.incarnation = incarnation
         self.links = Links(config.node_id, config.links, config.timing)
@@ -260,6 +283,20 @@ class AgentNode:
         self._missing_since: dict[int, float] = {}
         """When each peer left this node's view (gone when it is back in one)."""
 
+    def _init_reconfigure(self, config_version: int) -> None:
+        """The state of run-time configuration changes (design §3.9)."""
+        self.config_version = config_version
+        """The cluster configuration's version this node runs (0 = unknown; heartbeats carry
+        it). `Reconfigure` raises it."""
+        self._listed = {p.node_id: p.votes for p in self.config.peers}
+        """Configured peers and their votes (empty: discovery-only, design §3.9)."""
+        self._removed: set[int] = set()
+        """Peers a run-time change removed: their datagrams are dropped (`removed_node`)."""
+        self.reconfigure_refusal: str | None = None
+        """Why the last `Reconfigure` was refused (None: applied)."""
+        self._removed_reason = ""
+        """Set when this node was removed from the configuration (the core is inert then)."""
+
     # ------------------------------------------------------------ public API
     def handle(self, event: NodeEvent, now: float) -> list[NodeEffect]:
         """Process one event; return the effects in order."""
@@ -286,6 +323,8 @@ class AgentNode:
             self._stop(event.reason)
         elif isinstance(event, MaxSeqStored):
             self._stored(event)
+        elif isinstance(event, Reconfigure):
+            self._reconfigure(event)
         else:
             self._qdevice(event)
         return self._out
@@ -330,8 +369,8 @@ class AgentNode:
         self._step()
 
     def _peer_addresses(self, peer: int, links: frozenset[int]) -> None:
-        if peer == self.node_id:
-            return
+        if peer == self.node_id or (self._listed and peer not in self._listed):
+            return  # with a node list, discovery only proposes addresses (design §3.9)
         self.peers.setdefault(peer, _Peer(timeout=self._failure_timeout))
         self.links.set_peer(peer, links)
 
@@ -367,6 +406,8 @@ class AgentNode:
         peer = self.peers.get(ev.peer)
         if ev.peer == self.node_id or peer is None:
             self.last_drop = "own_node_id" if ev.peer == self.node_id else "unknown_peer"
+            if ev.peer in self._removed:
+                self.last_drop = "removed_node"
             return  # per-peer state only for configured or discovered nodes
         if ev.incarnation == peer.left and self._now - peer.left_at < peer.timeout:
             self.last_drop = "left"
@@ -538,6 +579,9 @@ class AgentNode:
 
     def _stop(self, reason: str) -> None:
         """Say Leave on every link each peer has, once; then handle nothing more."""
+        self._say_leave(reason)
+
+    def _say_leave(self, reason: str) -> None:
         self._stopped = True
         by_link: dict[int, list[int]] = {}
         for pid in sorted(self.peers):
@@ -545,6 +589,154 @@ class AgentNode:
                 by_link.setdefault(link, []).append(pid)
         for link, peers in sorted(by_link.items()):
             self._out.append(Broadcast(link, tuple(peers), Leave(reason)))
+
+    # ------------------------------------------------------------ run-time changes (§3.9)
+    def _reconfigure(self, ev: Reconfigure) -> None:
+        """Apply a new configuration without a restart, or refuse it with one line (design
+        §3.9, "Run-time changes"); never raises (the runtime would stop the agent)."""
+        self.reconfigure_refusal = self._config_refusal(ev)
+        if self.reconfigure_refusal:
+            self._emit(EventKind.CONFIG_REFUSED, self.reconfigure_refusal, version=ev.version)
+            return
+        if not ev.member:
+            self._remove_self(ev.version)
+            return
+        old = self.config
+        if ev.config == old and ev.version in (0, self.config_version):
+            return  # nothing new
+        options, restart = runtime_options(old.quorum, ev.config.quorum)
+        new = replace(ev.config, quorum=options)
+        old_peers = {p.node_id: p for p in old.peers}
+        new_peers = {p.node_id: p for p in new.peers}
+        added = tuple(sorted(set(new_peers) - set(old_peers)))
+        removed = tuple(sorted(set(old_peers) - set(new_peers)))
+        jump = self._jump(ev.version)
+        before = _quorum_inputs(old, self._device_votes())
+        self.config, self._listed = new, {p.node_id: p.votes for p in new.peers}
+        self.config_version = ev.version or self.config_version
+        changed = _changed(old, new, bool(added or removed))
+        restart += _bind_changes(old, new)
+        why = f"configuration version {ev.version} applied" if ev.version else "new configuration"
+        details = {"version": ev.version, "added": list(added), "removed": list(removed)}
+        self._emit(
+            EventKind.CONFIG_CHANGED,
+            f"{why}: {', '.join(changed) or 'no change that matters to quorum'}",
+            changed=list(changed),
+            restart_needed=list(restart),
+            **details,
+        )
+        self._out.append(ConfigApplied(new, ev.version, added, removed, restart))
+        self._apply_parts(old, new, removed)
+        self._reconfigure_qdevice(old.qdevice, new.qdevice, bool(added or removed))
+        moved = jump or before != _quorum_inputs(new, self._device_votes())
+        until = self._now + transition_span(new.timing) if moved else None
+        self._quorum_events(
+            self.quorum.reconfigure(
+                new.configured_votes(),
+                self._now,
+                options=options,
+                qdevice_votes=self._device_votes() if new.qdevice else 0,
+                transition_until=until,
+                jump=jump,
+                inp=self._quorum_input()[0],
+            )
+        )
+        self._update_quorum()
+        self._evaluate_at = self._now  # the view without removed nodes, with added ones
+        if self._started:
+            self._step()
+
+    def _config_refusal(self, ev: Reconfigure) -> str | None:
+        """Why `ev` cannot be applied (None: it can)."""
+        if ev.version and ev.version < self.config_version:
+            return (
+                f"configuration version {ev.version} is older than the applied version "
+                f"{self.config_version}; nothing changed"
+            )
+        if not ev.member:
+            return None
+        new = ev.config
+        if new.node_id != self.node_id:
+            return (
+                f"node_id {new.node_id} differs from the running node {self.node_id}: the node "
+                "id is node-local and cannot change at run time; restart with the new node.toml"
+            )
+        if new.cluster_name != self.config.cluster_name:
+            return (
+                f'cluster name "{new.cluster_name}" differs from the running '
+                f'"{self.config.cluster_name}": a cluster cannot be renamed at run time'
+            )
+        try:
+            new.validate()
+        except ConfigError as exc:
+            return f"configuration refused: {exc}"
+        return None
+
+    def _jump(self, version: int) -> str:
+        """Why the versions in between are unknown ("" when this is the next one)."""
+        if version and self.config_version and version > self.config_version + 1:
+            return (
+                f"version {version} applied after {self.config_version}, the configurations "
+                "in between are unknown"
+            )
+        return ""
+
+    def _apply_parts(self, old: AgentConfig, new: AgentConfig, removed: tuple[int, ...]) -> None:
+        """Hand the new configuration to the link layer and membership."""
+        if new.timing != old.timing:
+            self.links.set_timing(new.timing)
+            self.membership.set_timing(new.timing)
+            self._failure_timeout = new.timing.failure_timeout
+            self._timeouts_at, self._phased = self._now, False  # re-size and re-align now
+        if new.links != old.links:
+            self.links.set_local(new.links)
+        for pid in removed:
+            self._forget_peer(pid)
+        if self._started:
+            for peer in new.peers:
+                self._removed.discard(peer.node_id)
+                self._peer_addresses(peer.node_id, frozenset(i for i, _, _ in peer.addresses))
+        self._link_changes(self.links.tick(self._now))
+
+    def _forget_peer(self, pid: int) -> None:
+        """A node removed from the configuration: no state, no votes; its datagrams dropped."""
+        self.peers.pop(pid, None)
+        self.links.remove_peer(pid)
+        self.membership.forget(pid)
+        self._missing_since.pop(pid, None)
+        self._removed.add(pid)
+
+    def _reconfigure_qdevice(
+        self, old: QdeviceConfig | None, new: QdeviceConfig | None, nodes_changed: bool
+    ) -> None:
+        """Another device (or none): stop counting the old session's vote and ask for a new
+        session; a new node list only: tell the running session."""
+        restart = _device_identity(old) != _device_identity(new)
+        if restart and (self.qdevice_connected or self.qdevice_votes or self.qdevice_ring):
+            self._qdevice(QdeviceVote(False, False, "qdevice settings changed: new session"))
+        if restart:
+            self._last_qdevice_update = None  # the new session needs the current view
+        if restart or (nodes_changed and new is not None):
+            nodes = tuple(sorted(self.config.configured_votes()))
+            self._out.append(QdeviceReconfigure(new, nodes, restart))
+
+    def _remove_self(self, version: int) -> None:
+        """Not in the applied configuration: say so loudly, say Leave, stop counting, stop."""
+        reason = (
+            f"removed from the cluster configuration (version {version}): this node takes no "
+            "part; run `votemesh leave`, or add it again"
+        )
+        self._emit(EventKind.REMOVED_FROM_CLUSTER, reason, version=version)
+        self._say_leave("removed from the cluster configuration")
+        self._removed_reason = reason
+        self._quorum_events(self.quorum.disable(reason, self._now))
+        self._out.append(Removed(reason, version))
+
+    def _views_text(self) -> str:
+        """The status's `views`: forming, halted (ring ids not durable) or removed."""
+        if self._removed_reason:
+            return f"removed: {self._removed_reason}"
+        return f"halted: {self._store_error}" if self._store_error else "forming"
 
     def _clock_check(self, pid: int, peer: _Peer, their_wall_ms: int, our_wall_ms: int) -> None:
         skew = their_wall_ms - our_wall_ms
@@ -724,6 +916,7 @@ class AgentNode:
             proposal=_wire_view(self.membership.proposal),
             echoes=echoes,
             votes=self.config.quorum.votes,
+            config_version=self.config_version,
             # within the decode bound, or every peer would drop our heartbeats (bad_value)
             expected_votes=min(self.quorum.reported_expected, EXPECTED[1]),
             node_name=self.config.node_name,
@@ -787,6 +980,7 @@ class AgentNode:
             self._unsettled_since = None
             return Basis(key, frozenset({self.node_id}), 0, "heard", "ring id not stored")
         heard = self._heard() | {self.node_id}
+        known = frozenset(self.peers) | {self.node_id}  # a removed node never counts
         ring = self.qdevice_ring
         acked = self._views.get(ring) if ring is not None else None
         device = self._device_votes()
@@ -803,13 +997,13 @@ class AgentNode:
             if self._now < self._unsettled_since + self._sync_timeout():
                 held, now_ring = ring_text(*ring), ring_text(*key)
                 why = f"holding ring {held} and its device ACK while ring {now_ring} settles"
-                return Basis(ring, acked, device, "held", why)
+                return Basis(ring, acked & known, device, "held", why)
         counted = view.members & heard
-        if counted != view.members and self._majority(counted):
+        if counted != view.members & known and self._majority(counted):
             # A majority of the view is heard: count the agreed view itself until the next
             # one is installed, so that votequorum's history (auto_tie_breaker's last quorate
             # view, its previous view) only ever holds agreed views (sim seed 153).
-            counted = view.members
+            counted = view.members & known
         missing = sorted(view.members - counted)
         why = f"not hearing {missing}" if missing else f"ring {ring_text(*key)}"
         return Basis(key, counted, 0, "heard", why)
@@ -835,6 +1029,24 @@ class AgentNode:
         return self._unsettled_since + self._sync_timeout()
 
     def _update_quorum(self) -> None:
+        view = self.membership.view
+        view_key = (view.ring_id.representative, view.ring_id.seq)
+        inp, sets = self._quorum_input()
+        self._quorum_events(self.quorum.update(inp, self._now))
+        for m, sent in sorted(sets.items(), key=lambda item: item[1].key):
+            self._quorum_events(self.quorum.receive_expected_set(sent, m, self._now))
+        key, members = view_key, view.members
+        update = QdeviceUpdate(key, tuple(sorted(members)), self.quorum.status.quorate)
+        if self._holding() or self._store_error:
+            self._qdevice_due = True  # the ring id may not be durable yet: sent once it is
+            return
+        if update != self._last_qdevice_update:  # the session only needs changes
+            self._last_qdevice_update = update
+            self._out.append(update)
+
+    def _quorum_input(self) -> tuple[QuorumInput, dict[int, ExpectedSet]]:
+        """What quorum counts now (the basis, announced when it changed) as votequorum's
+        input, and the members' expected-votes overrides."""
         view = self.membership.view
         view_key = (view.ring_id.representative, view.ring_id.seq)
         self._views[view_key] = view.members
@@ -873,17 +1085,7 @@ class AgentNode:
             member_set_keys={m: s.key for m, s in sets.items()},
             member_tie_breakers={m: self.peers[m].tie_breaker for m in members if m in self.peers},
         )
-        self._quorum_events(self.quorum.update(inp, self._now))
-        for m, sent in sorted(sets.items(), key=lambda item: item[1].key):
-            self._quorum_events(self.quorum.receive_expected_set(sent, m, self._now))
-        key, members = view_key, view.members
-        update = QdeviceUpdate(key, tuple(sorted(members)), self.quorum.status.quorate)
-        if self._holding() or self._store_error:
-            self._qdevice_due = True  # the ring id may not be durable yet: sent once it is
-            return
-        if update != self._last_qdevice_update:  # the session only needs changes
-            self._last_qdevice_update = update
-            self._out.append(update)
+        return inp, sets
 
     def _set_expected(self, value: int | None) -> None:
         """The operator's `expected N` / `reset`: `expected_refusal` says why if refused."""
@@ -891,8 +1093,16 @@ class AgentNode:
         self._quorum_events(self.quorum.set_expected(value, self._now))
 
     def _votes_of(self, member: int) -> int:
+        """Our configuration's votes for a configured node (not what it reports: design §3.9,
+        "Counting rule"); 0 for a node not in a configured node list; the votes a discovered
+        node reports only when there is no node list (discovery-only)."""
         if member == self.node_id:
             return self.config.quorum.votes
+        listed = self._listed.get(member)
+        if listed is not None:
+            return listed
+        if self._listed:
+            return 0
         return self.peers[member].votes if member in self.peers else 1
 
     def _quorum_events(self, changes: list[QuorumChange]) -> None:
@@ -967,7 +1177,7 @@ class AgentNode:
             cluster=cfg.cluster_name,
             node_id=self.node_id,
             node_name=cfg.node_name,
-            config_version=None,
+            config_version=self.config_version or None,
             transport="udp",
             secure_auth=True,
             addresses=tuple(f"{x.address}:{x.port}" for x in sorted(cfg.links, key=_index)),
@@ -986,7 +1196,7 @@ class AgentNode:
             votes=cfg.quorum.votes,
             flags=tuple(sorted(verdict.flags)),
             why=verdict.reason,
-            views=f"halted: {self._store_error}" if self._store_error else "forming",
+            views=self._views_text(),
             durable_max_seq=self._durable_seq,
             qdevice=QdeviceInfo(
                 configured=True,
@@ -1009,6 +1219,43 @@ class AgentNode:
 def _index(link: Any) -> int:
     index: int = link.index
     return index
+
+
+def _quorum_inputs(config: AgentConfig, device_votes: int | None) -> tuple[object, ...]:
+    """What the quorum arithmetic depends on: configured votes, expected votes, two_node and
+    the device's votes (None: not compared)."""
+    q = config.quorum
+    return (config.configured_votes(), q.expected_votes, q.two_node, device_votes)
+
+
+def _changed(old: AgentConfig, new: AgentConfig, nodes: bool) -> tuple[str, ...]:
+    """Which parts of the configuration a run-time change touched, for the event."""
+    parts = {
+        "nodes": nodes,
+        "votes": old.configured_votes() != new.configured_votes(),
+        "quorum": old.quorum != new.quorum,
+        "timing": old.timing != new.timing,
+        "links": old.links != new.links
+        or {p.node_id: p.addresses for p in old.peers}
+        != {p.node_id: p.addresses for p in new.peers},
+        "qdevice": old.qdevice != new.qdevice,
+    }
+    return tuple(name for name, on in parts.items() if on)
+
+
+def _bind_changes(old: AgentConfig, new: AgentConfig) -> tuple[str, ...]:
+    """Local links whose bind address or port changed: only a restart rebinds them."""
+    before = {k.index: (k.address, k.port) for k in old.links}
+    return tuple(
+        f"link{k.index} bind address"
+        for k in sorted(new.links, key=_index)
+        if k.index in before and before[k.index] != (k.address, k.port)
+    )
+
+
+def _device_identity(q: QdeviceConfig | None) -> QdeviceConfig | None:
+    """The settings that make another session (all but sync_timeout, which the core reads)."""
+    return None if q is None else replace(q, sync_timeout=0.0)
 
 
 _TRANSITIONS = frozenset(

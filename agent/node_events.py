@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.config import AgentConfig, QdeviceConfig
 from agent.events import AgentEvent
 from proto.mesh_messages import MeshMessage
 
@@ -84,8 +85,32 @@ class MaxSeqStored:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """Apply a new configuration at run time, without a restart (design §3.9, "Run-time
+    changes"): nodes, votes, expected votes, quorum options that may change, timings, links and
+    qdevice settings. `version` is the cluster configuration's version (0 = unknown); it is
+    carried in heartbeats and the status. Refused (a `config_refused` event, nothing changes)
+    for another node id or cluster name, an invalid configuration or an older version."""
+
+    config: AgentConfig
+    version: int = 0
+    member: bool = True
+    """False: the applied cluster configuration does not list this node (`agent_config`
+    refused it): the node stops taking part (`Removed`); `config` is then not applied (pass
+    the running one) and only `version` is read."""
+
+
 NodeEvent = (
-    Start | Tick | MessageIn | PeerAddresses | SetExpected | QdeviceVote | Stop | MaxSeqStored
+    Start
+    | Tick
+    | MessageIn
+    | PeerAddresses
+    | SetExpected
+    | QdeviceVote
+    | Stop
+    | MaxSeqStored
+    | Reconfigure
 )
 
 
@@ -132,4 +157,47 @@ class QdeviceUpdate:
     quorate: bool
 
 
-NodeEffect = Broadcast | SendTo | Emit | PersistMaxSeq | QdeviceUpdate
+@dataclass(frozen=True, slots=True)
+class ConfigApplied:
+    """A `Reconfigure` was applied: the runtime replaces its copy of the configuration, the
+    mesh's peer addresses and admitted senders (`added`, `removed`), and warns about what only a
+    restart applies (`restart_needed`, one short phrase each). Comes before any datagram of the
+    same call, so a new peer's address is known before its first heartbeat."""
+
+    config: AgentConfig
+    version: int
+    added: tuple[int, ...]
+    removed: tuple[int, ...]
+    restart_needed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QdeviceReconfigure:
+    """The qdevice settings or the configured node list changed. `restart`: close the session
+    and, if `config` is not None, open a new one with it (the core already stopped counting the
+    old session's vote); else only send the new node list (`nodes`) on the running session."""
+
+    config: QdeviceConfig | None
+    nodes: tuple[int, ...]
+    restart: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """This node is not in the applied configuration: it said Leave and takes no part any
+    more; the runtime closes the qdevice session and stops (design §3.9)."""
+
+    reason: str
+    version: int
+
+
+NodeEffect = (
+    Broadcast
+    | SendTo
+    | Emit
+    | PersistMaxSeq
+    | QdeviceUpdate
+    | ConfigApplied
+    | QdeviceReconfigure
+    | Removed
+)

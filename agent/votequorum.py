@@ -59,6 +59,14 @@ Semantics (votequorum(5) section named in brackets):
   or auto_tie_breaker, with which "the quorum device will be disabled". [LMS, ATB]
 * No blip: the verdict depends only on the view passed to `update`, computed in one step, so a
   surviving majority's new view is quorate the moment it is installed.
+* Run-time configuration change (`reconfigure`, design §3.9 "Run-time changes"): the
+  configured votes, `expected_votes`, `two_node` and the device's votes follow at once (expected
+  votes also downwards); the other options keep their running values until a restart
+  (`runtime_options`), as corosync's reload does. With `transition_until` the configuration it
+  replaces stays a *constraint* until then: quorate also needs the counted members to hold the
+  quorum of the replaced configuration with its votes (joint counting; `jump` makes the
+  constraint unsatisfiable: the versions in between are unknown). `disable` ends quorum for
+  good (the node was removed from the configuration).
 """
 
 from __future__ import annotations
@@ -161,6 +169,53 @@ class ExpectedRefused:
 
 QuorumChange = QuorumGained | QuorumLost | ExpectedVotesChanged | ExpectedRefused
 
+RESTART_ONLY = (
+    "wait_for_all",
+    "last_man_standing",
+    "last_man_standing_window",
+    "auto_tie_breaker",
+    "auto_tie_breaker_node",
+    "tie_breaker_nodes",
+)
+"""Quorum options a run-time change does not apply (corosync reads them only at start:
+votequorum_readconfig with runtime set); `wait_for_all` while it follows two_node excepted."""
+
+
+def runtime_options(
+    running: QuorumOptions, wanted: QuorumOptions
+) -> tuple[QuorumOptions, tuple[str, ...]]:
+    """The options a run-time change applies: `wanted`, with the RESTART_ONLY ones kept at their
+    `running` values; and the names of those that differ (they need a restart)."""
+    kept = tuple(
+        name
+        for name in RESTART_ONLY
+        if getattr(running, name) != getattr(wanted, name)
+        and not (name == "wait_for_all" and _follows_two_node(running, wanted))
+    )
+    options = replace(wanted, **{name: getattr(running, name) for name in kept})
+    return options, tuple(f"quorum.{name}" for name in kept)
+
+
+def _follows_two_node(running: QuorumOptions, wanted: QuorumOptions) -> bool:
+    return running.wait_for_all is None and wanted.wait_for_all is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Constraint:
+    """A replaced configuration quorum must still satisfy until `until` (joint counting)."""
+
+    until: float
+    votes: Mapping[int, int]
+    """Its configured votes per node."""
+    listed: bool
+    """It listed nodes (else members it did not know counted the votes they report)."""
+    device: int
+    """Its device votes (at most these count)."""
+    quorum: int
+    """The votes it needed (0 with `jump`: never satisfied)."""
+    label: str
+
+
 _NO_VIEW = QuorumInput(frozenset(), {}, {})
 
 
@@ -205,6 +260,11 @@ class Votequorum:
         """When the last_man_standing window ends (None: no window running)."""
         self._cause = ""
         """Why expected votes moved during the current call ("" = the votes present did)."""
+        self._constraints: list[_Constraint] = []
+        """Replaced configurations quorum must still satisfy (`reconfigure`)."""
+        self._disabled = ""
+        """Why quorum is off for good ("" = it is not): `disable`."""
+        self._now = 0.0
         self._status = self._evaluate()
 
     def _configure(self, configured_votes: Mapping[int, int]) -> None:
@@ -280,9 +340,36 @@ class Votequorum:
             return [ExpectedRefused(sent.value, f"node {sent.origin}'s override: {refusal}")]
         return self._apply(sent.value, f"node {sent.origin} set expected votes {sent.value}", now)
 
-    def reconfigure(self, configured_votes: Mapping[int, int], now: float) -> list[QuorumChange]:
+    def reconfigure(
+        self,
+        configured_votes: Mapping[int, int],
+        now: float,
+        *,
+        options: QuorumOptions | None = None,
+        qdevice_votes: int | None = None,
+        transition_until: float | None = None,
+        jump: str = "",
+        inp: QuorumInput | None = None,
+    ) -> list[QuorumChange]:
         """The configured nodes or votes changed (`delnode`, a reload): expected votes become the
-        new configured value or the votes present, whichever is higher, also when lower."""
+        new configured value or the votes present, whichever is higher, also when lower.
+
+        `options`: the new quorum options (`runtime_options` applied: the caller keeps the ones
+        that need a restart); `qdevice_votes`: the new configured device votes. With
+        `transition_until`, the configuration replaced stays a constraint until then; `jump`
+        (why) makes that constraint unsatisfiable (design §3.9, "Safety across a change").
+        `inp`: what is counted under the new configuration (the same view: removed members gone,
+        votes as the new configuration gives them)."""
+        if transition_until is not None:
+            self._constraints.append(self._constraint(transition_until, jump))
+        if options is not None:
+            self._opts = options
+            if not options.effective_wait_for_all:
+                self._waiting = False  # a change can end a wait, never start one
+        if qdevice_votes is not None:
+            self._device_configured = 0 if self._device_disabled() else max(0, qdevice_votes)
+        if inp is not None:
+            self._inp = inp
         self._configure(configured_votes)
         self._known = set(self._configured) | set(self._inp.members)
         target = max(self._configured_expected(), self._total())
@@ -291,6 +378,42 @@ class Votequorum:
             self._cause = f"configuration changed: {len(self._configured)} nodes"
         self._expected = target
         return self._settle(now)
+
+    def disable(self, reason: str, now: float) -> list[QuorumChange]:
+        """Quorum off for good (this node was removed from the configuration): `reason` is the
+        verdict's reason from now on."""
+        self._disabled = reason
+        return self._settle(now)
+
+    def _constraint(self, until: float, jump: str) -> _Constraint:
+        """The configuration in force now, as a constraint until `until`."""
+        listed = len(self._configured) > 1
+        quorum = 0 if jump else self._status.quorum
+        label = jump or f"the previous configuration's {self._status.expected_votes} expected votes"
+        return _Constraint(
+            until, dict(self._configured), listed, self._device_configured, quorum, label
+        )
+
+    def _transition_refusal(self) -> str:
+        """Why a constraint denies quorum now ("" = none does)."""
+        inp = self._inp
+        for c in self._constraints:
+            if c.until <= self._now:
+                continue
+            if not c.quorum:
+                return f"configuration change: {c.label}; not quorate until the change settles"
+            have = min(self._device_votes(), c.device)
+            for m in inp.members:
+                if m in c.votes:
+                    have += c.votes[m]
+                elif not c.listed:
+                    have += max(0, inp.member_votes.get(m, 1))
+            if have < c.quorum:
+                return (
+                    f"configuration change: the counted members hold {have} of {c.label} "
+                    f"(need {c.quorum}) until the change settles"
+                )
+        return ""
 
     def proposed(self, ring: tuple[int, int], members: frozenset[int]) -> None:
         """This node is sending a proposal: if it holds a majority of the votes, other nodes may
@@ -304,8 +427,12 @@ class Votequorum:
         return self._settle(now)
 
     def next_deadline(self) -> float | None:
-        """When `tick` may next change something (the LMS window end), else None."""
-        return self._lms_due if self._lms_possible() else None
+        """When `tick` may next change something (the LMS window end, the end of a
+        configuration transition), else None."""
+        times = [c.until for c in self._constraints]
+        if self._lms_possible() and self._lms_due is not None:
+            times.append(self._lms_due)
+        return min(times, default=None)
 
     # -- votes and expected votes -----------------------------------------------------------
 
@@ -415,6 +542,8 @@ class Votequorum:
     def _settle(self, now: float) -> list[QuorumChange]:
         """Re-evaluate (twice if last_man_standing moved expected) and report the changes."""
         old = self._status
+        self._now = now
+        self._constraints = [c for c in self._constraints if c.until > now]
         self._end_wait_for_all()
         self._status = self._evaluate()
         self._apply_lms(now)
@@ -450,6 +579,8 @@ class Votequorum:
         two_node = self._two_node_active(expected)
         quorum = 1 if two_node else expected // 2 + 1
         flags = self._option_flags(two_node)
+        if self._disabled:
+            return QuorumStatus(False, expected, total, quorum, flags, self._disabled)
         if not self._inp.members:
             return QuorumStatus(False, expected, total, quorum, flags, "no view installed yet")
         if self._waiting:
@@ -457,7 +588,11 @@ class Votequorum:
             why = f"wait_for_all: not all nodes seen together yet (missing: {missing or 'votes'})"
             return QuorumStatus(False, expected, total, quorum, flags | {"WaitForAllStatus"}, why)
         status = QuorumStatus(False, expected, total, quorum, flags, "")
-        return _with_verdict(status, self._tie_breaker(expected, total, quorum))
+        status = _with_verdict(status, self._tie_breaker(expected, total, quorum))
+        refusal = self._transition_refusal() if status.quorate else ""
+        if refusal:
+            return replace(status, quorate=False, flags=status.flags - {"Quorate"}, reason=refusal)
+        return status
 
     def _option_flags(self, two_node: bool) -> frozenset[str]:
         opts = self._opts

@@ -8,6 +8,9 @@
     votemesh keygen FILE
     votemesh create NAME --link0 ADDR | join-info [--ttl 1h] | add JOIN-STRING --link0 ADDR
     votemesh qdevice setup HOST[:PORT] --token T [--algorithm ffsplit|lms] | qdevice remove
+    votemesh config show [--json] [--socket PATH | --config FILE]
+    votemesh delnode NAME|ID [--socket PATH | --config FILE]
+    votemesh leave [--config NODE_TOML]
 
 Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
 1 an error (one line on stderr saying what to do; never a traceback).
@@ -76,6 +79,23 @@ def _admin_verbs(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(verb="admin:cmd_keygen")
 
 
+def _config_verbs(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("config", help="the replicated cluster configuration")
+    config_sub = p.add_subparsers(dest="config_command", required=True, prog="votemesh config")
+    show = config_sub.add_parser("show", help="print it (TOML) with its version and digest")
+    show.add_argument("--json", action="store_true", help="the JSON document")
+    _where(show)
+    show.set_defaults(verb="config:cmd_config_show")
+    p = sub.add_parser("delnode", help="remove a node from the cluster (like pvecm delnode)")
+    p.add_argument("node", metavar="NAME|ID")
+    _where(p)
+    p.set_defaults(verb="config:cmd_delnode")
+    p = sub.add_parser("leave", help="remove this node from the cluster; keeps node.toml")
+    p.add_argument("--config", help="this node's node.toml (default /etc/votemesh/node.toml)")
+    p.add_argument("--socket", help="the agent's control socket (default: from --config)")
+    p.set_defaults(verb="config:cmd_leave")
+
+
 FAST_VERBS = ("status", "nodes", "explain")
 
 
@@ -91,6 +111,7 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
 
         cluster.add_arguments(sub)
         qdevice.add_arguments(sub)
+        _config_verbs(sub)
     return parser
 
 
@@ -107,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.cli import cluster as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         elif module == "qdevice":
             from agent.cli import qdevice as verbs  # type: ignore[no-redef]  # noqa: PLC0415
+        elif module == "config":
+            from agent.cli import config as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         else:
             from agent.cli import admin as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         return int(getattr(verbs, name)(args))

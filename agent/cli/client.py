@@ -30,20 +30,20 @@ def socket_path(args: argparse.Namespace) -> Path:
         return Path(args.socket)
     if args.config:
         from agent.config import ConfigError  # noqa: PLC0415
-        from agent.runtime.config_file import load_config  # noqa: PLC0415
+        from agent.runtime.config_file import local_of  # noqa: PLC0415
 
         try:
-            return Path(load_config(Path(args.config)).control_socket)
+            return Path(local_of(Path(args.config)).control_socket)
         except ConfigError as exc:
             raise UserError(str(exc)) from None
     return Path(DEFAULT_SOCKET)
 
 
-def ask(args: argparse.Namespace, line: str) -> Any:
+def ask(args: argparse.Namespace, line: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """Send one request; the answer's JSON body, or UserError saying what to do."""
     path = socket_path(args)
     try:
-        ok, body = request(path, line)
+        ok, body = request(path, line, timeout)
     except (FileNotFoundError, ConnectionRefusedError):
         raise UserError(
             f"no agent is listening on {path}; is votemesh-agent running? (--socket PATH)"
@@ -51,9 +51,7 @@ def ask(args: argparse.Namespace, line: str) -> Any:
     except PermissionError:
         raise UserError(f"{path}: permission denied; run as root or the votemesh group") from None
     except TimeoutError:
-        raise UserError(
-            f"the agent on {path} did not answer within {DEFAULT_TIMEOUT:g} s"
-        ) from None
+        raise UserError(f"the agent on {path} did not answer within {timeout:g} s") from None
     except OSError as exc:
         raise UserError(f"{path}: {exc.strerror or exc}") from None
     if not ok:

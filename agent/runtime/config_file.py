@@ -36,7 +36,13 @@ from agent.config import (
     Timing,
 )
 from agent.config_replication import Persist
-from agent.node_local import DEFAULT_JOIN_PORT, BindLink, NodeLocal, agent_config
+from agent.node_local import (
+    DEFAULT_JOIN_PORT,
+    BindLink,
+    NodeLocal,
+    agent_config,
+    from_agent_config,
+)
 from agent.runtime import cluster_store
 from proto.host_port import parse_host_port
 
@@ -388,8 +394,6 @@ def startup_of(config: AgentConfig, path: Path = Path("agent.toml")) -> Startup:
 
 
 def _single_file(path: Path, config: AgentConfig) -> Startup:
-    from agent.node_local import from_agent_config  # noqa: PLC0415 (one use)
-
     local = from_agent_config(config)
     bootstrap = cluster_config.from_agent_config(config)
     try:
@@ -436,3 +440,18 @@ def _stored(state_dir: Path) -> tuple[Persist | None, str | None]:
         return cluster_store.load(state_dir), None
     except ConfigError as exc:
         return None, str(exc)
+
+
+def local_of(path: Path) -> NodeLocal:
+    """The node-local settings of either kind of file (no stored configuration needed): what
+    `votemesh` needs to find the control socket, the key files and the state directory."""
+    text = _read_text(path)
+    try:
+        data = tomllib.loads(text)
+        if "cluster_name" in data:
+            return from_agent_config(parse_config(text, base=path.parent))
+        return _node_local(_Table(data, "", NODE_KEYS), path.parent)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

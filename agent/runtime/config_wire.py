@@ -31,7 +31,7 @@ from agent.config_replication import (
     State,
     Sync,
 )
-from proto.config_transfer import Assembly, chunks
+from proto.config_transfer import WINDOW, Assembly, chunks
 from proto.errors import DecodeError
 from proto.mesh_messages import (
     CHUNK_BYTES,
@@ -89,6 +89,21 @@ class _Fetch:
     source: int
     idle_ticks: int = 0
     waiting: list[tuple[int, WireConfigMessage]] = field(default_factory=list)
+    asked: set[int] = field(default_factory=set)
+    """Chunk indexes asked for and not received yet (at most the window)."""
+
+    def top_up(self) -> list[ConfigFetch]:
+        """Fetches that bring the outstanding requests back to the window (lowest first)."""
+        more = [f for f in self.assembly.wanted() if f.index not in self.asked]
+        more = more[: max(0, WINDOW - len(self.asked))]
+        self.asked.update(f.index for f in more)
+        return more
+
+    def resend(self) -> list[ConfigFetch]:
+        """The whole window again (some requests or chunks may have been lost)."""
+        wanted = self.assembly.wanted()
+        self.asked = {f.index for f in wanted}
+        return wanted
 
 
 def _ring(representative: int, seq: int) -> Ring:
@@ -176,11 +191,11 @@ class ConfigWire:
         if not missing:
             return [Received(sender, self._convert(wire))], []
         out: Outgoing = []
-        for ref in missing:
-            out += self._want(sender, wire, ref)
+        for i, ref in enumerate(missing):  # it waits on one fetch at a time: handed on once
+            out += self._want(sender, wire if i == 0 else None, ref)
         return [], out
 
-    def _want(self, sender: int, wire: WireConfigMessage, ref: ConfigRef) -> Outgoing:
+    def _want(self, sender: int, wire: WireConfigMessage | None, ref: ConfigRef) -> Outgoing:
         fetch = self.fetches.get(ref.digest)
         if fetch is None:
             if len(self.fetches) >= FETCHES_AT_ONCE:
@@ -188,12 +203,14 @@ class ConfigWire:
                 return []
             fetch = _Fetch(Assembly(ref.digest, ref.size), sender)
             self.fetches[ref.digest] = fetch
-            fetch.waiting.append((sender, wire))
-            return [(sender, f) for f in fetch.assembly.wanted()]
+            if wire is not None:
+                fetch.waiting.append((sender, wire))
+            return [(sender, f) for f in fetch.top_up()]
         if fetch.assembly.size != ref.size:
             raise DecodeError("bad_value", f"config {ref.digest.hex()[:12]}: two sizes")
-        fetch.waiting.append((sender, wire))
-        del fetch.waiting[:-WAITING_PER_FETCH]
+        if wire is not None:
+            fetch.waiting.append((sender, wire))
+            del fetch.waiting[:-WAITING_PER_FETCH]
         return []
 
     def _serve(self, sender: int, fetch: ConfigFetch) -> Outgoing:
@@ -211,8 +228,9 @@ class ConfigWire:
             raise DecodeError("chunk_unsolicited", f"config {chunk.digest.hex()[:12]}")
         fetch.assembly.add(chunk)
         fetch.idle_ticks = 0
+        fetch.asked.discard(chunk.index)
         if not fetch.assembly.complete:
-            return [], []
+            return [], [(fetch.source, f) for f in fetch.top_up()]
         del self.fetches[chunk.digest]
         try:
             blob = fetch.assembly.result()
@@ -274,7 +292,7 @@ class ConfigWire:
                 del self.fetches[digest]
                 self._drop("fetch_timeout", f"config {digest.hex()[:12]} from {fetch.source}")
                 continue
-            out += [(fetch.source, f) for f in fetch.assembly.wanted()]
+            out += [(fetch.source, f) for f in fetch.resend()]
         return out
 
 

@@ -48,7 +48,6 @@ from typing import Any, NoReturn
 import structlog
 
 from agent import cluster_config
-from agent import node as node_core
 from agent.cluster_config import ClusterConfig
 from agent.config import AgentConfig, ConfigError
 from agent.config_replication import ConfigReplica, QuorumInput, Ring
@@ -56,6 +55,7 @@ from agent.events import EventKind
 from agent.node import (
     AgentNode,
     Broadcast,
+    ConfigApplied,
     Emit,
     MaxSeqStored,
     MessageIn,
@@ -63,8 +63,11 @@ from agent.node import (
     NodeEvent,
     PeerAddresses,
     PersistMaxSeq,
+    QdeviceReconfigure,
     QdeviceUpdate,
     QdeviceVote,
+    Reconfigure,
+    Removed,
     SendTo,
     SetExpected,
     Start,
@@ -90,13 +93,17 @@ from proto.mesh_messages import MeshMessage
 
 __all__ = ["AgentRuntime", "ChangeOutcome", "main"]
 
-FAREWELL = 10.0
-"""Seconds a removed node stays reachable, told the configuration that removed it."""
+FAREWELL = 300.0
+"""Seconds a removed node stays reachable and is told, once a second, the configuration that
+removed it (it may be cut off when the change is made and learn it only after the heal)."""
+FAREWELL_EVERY = 1.0
 RECENT_EVENTS = 256  # events kept for `votemesh events` / the control socket
 EVENT_LEVELS = {
     EventKind.DUPLICATE_NODE: "error",
     EventKind.VIEWS_HALTED: "error",
     EventKind.VIEWS_RESUMED: "warning",
+    EventKind.CONFIG_REFUSED: "error",
+    EventKind.REMOVED_FROM_CLUSTER: "error",
 }
 """Log level of events that need an operator (every other event is an info line)."""
 RESERVED_LOG_KEYS = {"event", "level", "timestamp", "logger"}
@@ -160,7 +167,12 @@ class AgentRuntime:
         self.config = config
         self.state = StateDir(Path(config.state_dir))
         self.incarnation = self.state.next_incarnation()
-        self.node = AgentNode(config, self.incarnation, max_seq=self.state.load_max_seq())
+        self.node = AgentNode(
+            config,
+            self.incarnation,
+            max_seq=self.state.load_max_seq(),
+            config_version=startup.stored.committed.version if startup.stored else 0,
+        )
         sealer = Sealer(config.cluster_name, keys[0], config.node_id, self.incarnation)
         # Replay state only for nodes with an address (configured or discovered), and our own
         # id, so the core can tell another process using it (design §3.3).
@@ -187,6 +199,9 @@ class AgentRuntime:
         )
         self._farewell: dict[int, float] = {}
         """Removed nodes still reachable, until when (monotonic)."""
+        self._farewell_at = 0.0
+        self._removed_why: str | None = None
+        self._qdevice_task: asyncio.Task[None] | None = None
         self.removed: str | None = None
         """Why this node stopped taking part: it is not in the agreed configuration."""
         self.leaving = False
@@ -265,30 +280,58 @@ class AgentRuntime:
             self._apply(cluster)
 
     def _apply(self, cluster: ClusterConfig) -> None:
-        """Apply what can change at run time (design §3.9, "Run-time changes")."""
+        """Hand the core the new configuration (design §3.9, "Run-time changes"); its effects
+        (`ConfigApplied`, `QdeviceReconfigure`, `Removed`) update the rest of the runtime."""
         if cluster is not self.cluster_config:
             return  # a newer one came meanwhile and is applied by its own call
         try:
             new = agent_config(self.local, cluster)
         except ConfigError as exc:
-            self._removed_from(cluster, str(exc))
+            self._removed_why = str(exc)
+            self.dispatch(Reconfigure(self.config, cluster.version, member=False))
             return
-        old, self.config = self.config, new
-        self._update_peers(old, new)
-        reconfigure = getattr(node_core, "Reconfigure", None)
-        if reconfigure is not None:
-            self.dispatch(reconfigure(new))
-        else:  # until the core applies a configuration: at least reach the new members
-            for peer in new.peers:
-                self.dispatch(PeerAddresses(peer.node_id, self.mesh.peer_links(peer.node_id)))
-        if self.qdevice is not None:
-            self.qdevice.set_config(tuple(new.configured_votes()))
-        if old.qdevice != new.qdevice:
-            log.warning("qdevice settings changed", effect="restart the agent to use them")
-        if {(k.index, k.address, k.port) for k in old.links} != {
-            (k.index, k.address, k.port) for k in new.links
-        }:
-            log.warning("this node's link addresses changed", effect="restart the agent to bind")
+        self.dispatch(Reconfigure(new, cluster.version))
+        if self.node.reconfigure_refusal:
+            log.error(
+                "configuration not applied",
+                reason=self.node.reconfigure_refusal,
+                version=cluster.version,
+            )
+
+    def _config_applied(self, effect: ConfigApplied) -> None:
+        """The core applied a configuration: the runtime's copy, peers and warnings follow."""
+        old, self.config = self.config, effect.config
+        self._update_peers(old, effect.config)
+        for what in effect.restart_needed:
+            log.warning("configuration change needs a restart", change=what)
+
+    def _qdevice_reconfigure(self, effect: QdeviceReconfigure) -> None:
+        """A new node list for the running session, or a new session with new settings."""
+        if not effect.restart:
+            if self.qdevice is not None:
+                self.qdevice.set_config(effect.nodes)
+            return
+        old, self.qdevice = self.qdevice, None
+        if effect.config is not None:
+            runner = QdeviceRunner(
+                effect.config, self.config.node_id, self.config.cluster_name, self._qdevice_vote
+            )
+            runner.set_config(effect.nodes)
+            self.qdevice = runner
+        if self._loop is not None:
+            self._qdevice_task = self._loop.create_task(
+                self._swap_qdevice(old, self.qdevice), name="qdevice"
+            )
+
+    async def _swap_qdevice(self, old: QdeviceRunner | None, new: QdeviceRunner | None) -> None:
+        """Close the old qdevice session, then run the new one (until the agent stops)."""
+        if old is not None:
+            await old.close()
+        log.info(
+            "qdevice session restarted", server=None if new is None else new.status()["server"]
+        )
+        if new is not None:
+            await new.run()
 
     def _update_peers(self, old: AgentConfig, new: AgentConfig) -> None:
         """The mesh's peer addresses and opener admit set follow the configuration. A removed
@@ -311,16 +354,17 @@ class AgentRuntime:
         if gone:
             log.info("peers removed", peers=sorted(gone), reason="not in the configuration")
 
-    def _removed_from(self, cluster: ClusterConfig, why: str) -> None:
-        """This node is not in the agreed configuration any more: stop taking part, loudly."""
+    def _removed_from(self, effect: Removed) -> None:
+        """The core stopped taking part (not in the applied configuration): stop, loudly."""
+        why = self._removed_why or effect.reason
         self.removed = why
         if self.leaving:
-            log.warning("left the cluster", version=cluster.version, cluster=cluster.cluster_name)
+            log.warning("left the cluster", version=effect.version)
         else:
             log.error(
                 "removed from the cluster",
                 reason=why,
-                version=cluster.version,
+                version=effect.version,
                 effect="stopping: this node takes no part any more",
             )
         if self._loop is not None:  # the answer and the Commit datagrams go out first
@@ -338,6 +382,9 @@ class AgentRuntime:
     def _tell_removed(self) -> None:
         """Send removed nodes the committed configuration until their farewell ends."""
         now = time.monotonic()
+        if now < self._farewell_at:
+            return
+        self._farewell_at = now + FAREWELL_EVERY
         for node_id, until in list(self._farewell.items()):
             if now >= until:
                 del self._farewell[node_id]
@@ -384,6 +431,12 @@ class AgentRuntime:
             self._log_event(effect)
         elif isinstance(effect, QdeviceUpdate) and self.qdevice is not None:
             self.qdevice.update(effect.ring, effect.members, effect.quorate)
+        elif isinstance(effect, ConfigApplied):
+            self._config_applied(effect)
+        elif isinstance(effect, QdeviceReconfigure):
+            self._qdevice_reconfigure(effect)
+        elif isinstance(effect, Removed):
+            self._removed_from(effect)
 
     def _qdevice_vote(
         self, vote: bool, connected: bool, reason: str, ring: tuple[int, int] | None
@@ -401,6 +454,8 @@ class AgentRuntime:
             details["kept_address"] = self.mesh.source_of(peer, int(ev.details["kept"]))
             details["refused_address"] = self.mesh.source_of(peer, int(ev.details["refused"]))
         level = EVENT_LEVELS.get(ev.kind, "info")
+        if ev.kind is EventKind.REMOVED_FROM_CLUSTER and self.leaving:
+            level = "warning"  # asked for by `votemesh leave`
         getattr(log, level)(str(ev.kind), reason=ev.reason, **details)
         self.recent.append(
             {"event": str(ev.kind), "reason": ev.reason, "wall_ms": wall_ms(), **details}
@@ -479,6 +534,8 @@ class AgentRuntime:
     # ------------------------------------------------------------ tasks
     async def _signals(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop.wait()
+        if self._qdevice_task is not None:
+            self._qdevice_task.cancel()
         if self.qdevice is not None:
             # Before the Leave: qnetd must have dropped us when the survivors report their new
             # ring, else lms sees us on the old one and waits (design §3.4, clean stop).

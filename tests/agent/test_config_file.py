@@ -35,9 +35,9 @@ key_pem = "client.key"
 
 
 def documented_example() -> str:
-    """The first ```toml block of docs/agent.md."""
+    """The ```toml block under "## The configuration file" in docs/agent.md."""
     text = (ROOT / "docs" / "agent.md").read_text()
-    match = re.search(r"```toml\n(.*?)```", text, re.S)
+    match = re.search(r"## The configuration file\n.*?```toml\n(.*?)```", text, re.S)
     assert match is not None
     return match.group(1)
 

@@ -138,6 +138,22 @@ def test_two_changes_racing_in_one_partition_one_wins_the_other_is_told_to_retry
     assert set(net.versions().values()) == {2}
 
 
+def test_a_change_asked_while_another_is_in_flight_is_told_it_is_in_progress() -> None:
+    """Node 2's change is proposed but not yet acknowledged (the acks held); node 3's change
+    reaches the representative meanwhile: refused with "another configuration change is in
+    progress; retry" (was "not synchronised yet", which misleads: the view is ready)."""
+    net = started()
+    net.hold = {cr.Ack}
+    net.ask(2, 1, 20.0)
+    net.settle()
+    net.ask(3, 2, 30.0)
+    net.settle()
+    assert net.done[2] == cr.ChangeDone(
+        2, False, "another configuration change is in progress; retry"
+    )
+    assert 1 not in net.done
+
+
 def test_a_change_staged_before_a_view_change_is_committed_by_the_next_view() -> None:
     """Every member staged the change but the Commit was lost in a view change: the asker is told
     the outcome is unknown, and the next view re-proposes and commits the staged value (it may

@@ -3,6 +3,7 @@ two kinds of file (node.toml needs a stored configuration; a single file bootstr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,19 @@ def test_to_toml_reads_back_to_the_same_node_local(tmp_path: Path) -> None:
         clock_skew_bound=2.5,
     )
     assert parse_node_local(to_toml(local), base=tmp_path) == local
+
+
+def test_the_documented_node_toml_loads() -> None:
+    """The node.toml example in docs/agent.md reads back as written."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "agent.md").read_text()
+    match = re.search(r"## node.toml\n.*?```toml\n(.*?)```", text, re.S)
+    assert match is not None
+    local = parse_node_local(match.group(1), base=Path("/etc/votemesh"))
+    assert local.node_id == 3
+    assert local.key_files == ("/etc/votemesh/cluster.key",)
+    assert local.links == (BindLink(0, "192.0.2.13", 5407),)
+    assert local.join_port == 5408
 
 
 def test_relative_paths_are_taken_from_the_file_directory(tmp_path: Path) -> None:
