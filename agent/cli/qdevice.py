@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 QNETD_PORT = 5403
 ENROLL_PORT = 5404
-RESTART = "restart votemesh-agent on every node to use it (systemctl restart votemesh-agent)"
+APPLIED = "every node starts its qdevice client with it (votemesh status shows the Qdevice flag)"
+REMOVED = "every node stops its qdevice client"
 
 
 def add_arguments(sub: argparse._SubParsersAction[Any]) -> None:
@@ -64,7 +65,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     )
     doc = ask(args, request)
     print(f"{doc['text']}: cluster configuration version {doc['version']}")
-    print(RESTART)
+    print(APPLIED)
     return 0
 
 
@@ -72,5 +73,5 @@ def cmd_remove(args: argparse.Namespace) -> int:
     """Ask the local agent to remove the device from the cluster configuration."""
     doc = ask(args, "qdevice-remove")
     print(f"{doc['text']}: cluster configuration version {doc['version']}")
-    print(RESTART)
+    print(REMOVED)
     return 0

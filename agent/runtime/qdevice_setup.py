@@ -11,9 +11,8 @@ by the token's fingerprint, the key made here) in a private temporary directory,
 device settings with the credentials themselves (PEM text, not paths) into the cluster
 configuration, so every member gets them through replication. Like `pvecm qdevice setup`, an
 odd node count with ffsplit is refused unless forced: an odd cluster cannot split into equal
-halves, so ffsplit's one vote breaks no tie and only adds a dependency. Nodes use new device
-settings after a restart of their agent (the runtime says so; run-time application is the
-core's, issue 8).
+halves, so ffsplit's one vote breaks no tie and only adds a dependency. Every node applies the
+new device settings at run time (the runtime's `QdeviceReconfigure`: a new qdevice session).
 """
 
 from __future__ import annotations
