@@ -226,7 +226,7 @@ class JoinServer:
             self.tasks[conn] = task
         raw = writer.transport
         try:
-            await self._serve(reader, writer, host)
+            await self._serve(reader, writer, host, conn)
         except asyncio.CancelledError:
             raw.abort()
         finally:
@@ -236,7 +236,7 @@ class JoinServer:
                 raw.close()
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, conn: int
     ) -> None:
         started = self.clock()
         try:
@@ -249,7 +249,7 @@ class JoinServer:
             left = max(0.0, started + REQUEST_TIMEOUT - self.clock())
             try:
                 message = await asyncio.wait_for(_read_frame(reader), left)
-                reply = await self._answer(message, host)
+                reply = await self._answer(message, host, conn)
             except _RefusedError as exc:
                 reply = self._refuse(exc, host)
             except TimeoutError:
@@ -266,7 +266,7 @@ class JoinServer:
             started = self.clock()
         writer.close()
 
-    async def _answer(self, message: dict[str, Any], host: str) -> dict[str, Any]:
+    async def _answer(self, message: dict[str, Any], host: str, conn: int) -> dict[str, Any]:
         try:
             op = request_op(message)
         except DecodeError as exc:
@@ -274,10 +274,10 @@ class JoinServer:
         if op == "ca":
             self.stats.ca_served += 1
             return {"ok": True, "ca": self.ca_pem.decode()}
-        return await self._join(message, host)
+        return await self._join(message, host, conn)
 
     # ------------------------------------------------------------ a join
-    async def _join(self, message: dict[str, Any], host: str) -> dict[str, Any]:
+    async def _join(self, message: dict[str, Any], host: str, conn: int) -> dict[str, Any]:
         source = source_key(host)
         if not self.attempts.allowed(source, self.clock()):
             wait = self.attempts.retry_after(source, self.clock())
@@ -289,12 +289,21 @@ class JoinServer:
             request = JoinRequest.from_message(message)
         except DecodeError as exc:
             raise _RefusedError(exc.reason, exc.detail) from None
+        # Shielded: once a change may be under way, neither an eviction nor a shutdown of this
+        # connection's task cuts it short before the token is spent (J2); the lock is held by
+        # the shielded task, so no other join runs meanwhile.
+        return await asyncio.shield(self._locked_join(request, host, source, conn))
+
+    async def _locked_join(
+        self, request: JoinRequest, host: str, source: str, conn: int
+    ) -> dict[str, Any]:
         async with self.lock:
             try:
                 self.tokens.check(request.token, now=self.wall())
             except TokenRefusedError as exc:
                 self.attempts.failed(source, self.clock())
                 raise _RefusedError(exc.reason, str(exc)) from None
+            self.guard.established(conn)  # a right token: no longer evictable
             return await self._admit(request, host)
 
     async def _admit(self, request: JoinRequest, host: str) -> dict[str, Any]:

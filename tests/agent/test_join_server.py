@@ -28,6 +28,7 @@ from agent.cluster_config import ClusterConfig
 from agent.runtime import cluster_store, join_client, join_files
 from agent.runtime.join import JoinServer
 from agent.runtime.join_files import ClusterFiles
+from agent.runtime.join_tokens import TokenRefusedError
 from proto import certificates
 from proto.join import HEADER, JoinString, encode_frame, make_token
 
@@ -325,3 +326,41 @@ async def test_a_thousand_wrong_tokens_are_rate_limited_and_logged_briefly(
         )
     )  # fmt: skip
     assert joined.grant.node_id == 2
+
+
+async def test_a_connection_cut_during_the_change_still_spends_the_token(member: Member) -> None:
+    """J2: when the joiner's connection task is cancelled (evicted, or the agent stopping) while
+    the configuration change runs, the change still completes and the token is spent, so it
+    cannot admit a second node. (Before the join was shielded, the cancel left the node added
+    and the token usable.)"""
+    started, release = asyncio.Event(), asyncio.Event()
+    change = member.host.change_config
+
+    async def slow(mutate: Callable[[ClusterConfig], ClusterConfig]) -> Outcome:
+        started.set()
+        await release.wait()
+        return await change(mutate)
+
+    member.host.change_config = slow  # type: ignore[method-assign]
+    text = member.join_string()
+    js = JoinString.parse(text)
+    key = join_files.new_key()
+    joiner = asyncio.create_task(
+        asyncio.to_thread(
+            join_client.join, js, "b", ((0, "127.0.0.2", 0),), node_id=None, votes=None,
+            force=False, node_key=key,
+        )
+    )  # fmt: skip
+    await asyncio.wait_for(started.wait(), 10)
+    for task in list(member.server.tasks.values()):
+        task.cancel()
+    release.set()
+    with pytest.raises(join_client.JoinError):
+        await joiner
+    for _ in range(100):
+        if member.host.changes:
+            break
+        await asyncio.sleep(0.05)
+    assert member.host.changes == 1
+    with pytest.raises(TokenRefusedError, match="already used"):
+        member.server.tokens.check(js.token, now=member.clock[0])
