@@ -11,6 +11,7 @@ then the body; the server closes the connection after answering.
 | `config`     | JSON: the committed cluster configuration, its version and digest   |
 | `delnode X`  | JSON outcome of removing node X (name or id) from the configuration |
 | `leave`      | JSON outcome of removing this node (it then stops)                  |
+| `link add N NODE=ADDR...` / `link remove N` | JSON outcome of adding or removing link N |
 
 Configuration changes are answered when the cluster answered (`agent/runtime/config_ops.py`);
 one that races another on this node is refused with "another configuration change is in
@@ -52,7 +53,7 @@ class ControlHandlers:
     """Configuration requests (`config`, `delnode X`, `leave`): (ok, body)."""
 
 
-CONFIG_COMMANDS = ("config", "delnode", "leave")
+CONFIG_COMMANDS = ("config", "delnode", "leave", "link")
 
 
 def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:

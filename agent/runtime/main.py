@@ -48,7 +48,7 @@ import structlog
 
 from agent import cluster_config
 from agent.cluster_config import ClusterConfig
-from agent.config import AgentConfig, ConfigError
+from agent.config import AgentConfig, ConfigError, LinkConfig
 from agent.config_replication import ConfigReplica, QuorumInput, Ring
 from agent.events import EventKind
 from agent.node import (
@@ -299,8 +299,35 @@ class AgentRuntime:
         """The core applied a configuration: the runtime's copy, peers and warnings follow."""
         old, self.config = self.config, effect.config
         self._update_peers(old, effect.config)
+        self._update_links(old, effect.config)
         for what in effect.restart_needed:
             log.warning("configuration change needs a restart", change=what)
+
+    def _update_links(self, old: AgentConfig, new: AgentConfig) -> None:
+        """Bind a link added at run time, close a removed one (`votemesh link add|remove`)."""
+        before = {k.index for k in old.links}
+        for index in sorted(before - {k.index for k in new.links}):
+            self.mesh.remove_link(index)
+            log.info("link closed", link=index, reason="removed from the configuration")
+        for link in new.links:
+            if link.index not in before and self._loop is not None:
+                self._loop.create_task(self._bind(link), name=f"bind-link{link.index}")
+
+    async def _bind(self, link: LinkConfig) -> None:
+        """Bind one new link; a failure is logged (the others keep working), never fatal."""
+        try:
+            await self.mesh.add_link(link)
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - one line, the reason says it all
+                "link not bound",
+                link=link.index,
+                address=f"{link.address}:{link.port}",
+                reason=exc.strerror or str(exc),
+                effect="the node does not use this link; fix the address and restart",
+            )
+            return
+        host, port = self.mesh.local_address(link.index)
+        log.info("link bound", link=link.index, address=f"{host}:{port}")
 
     def _qdevice_reconfigure(self, effect: QdeviceReconfigure) -> None:
         """A new node list for the running session, or a new session with new settings."""
