@@ -159,6 +159,10 @@ def test_three_agents_agree_version_1_and_delnode_reaches_every_node_within_a_se
 
     cluster.wait("2 members, expected 2", two_left, timeout=5.0)
     assert time.monotonic() - started < 1.0 + 0.5  # the CLI's own start-up is ~0.3 s
+    for i in (1, 2):
+        text = cluster.cli(i, "status")
+        assert text.returncode == 0, text.stderr
+        assert "Config Version:   2\n" in text.stdout
     cluster.wait("node 3 stops", lambda: None if cluster.exited(3) is not None else "running")
     assert cluster.exited(3) == EXIT_REMOVED
     assert cluster.log_events(3, "removed from the cluster")[0]["level"] == "error"
