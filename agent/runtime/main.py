@@ -397,9 +397,16 @@ class AgentRuntime:
             self.stop()
 
     async def _config_ticks(self) -> None:
-        """Tick the replica every heartbeat interval (resends, fetches, a refused write)."""
+        """Tick the replica (resends, fetches, a refused write): every heartbeat interval while
+        anything is under way, once a second when settled (`Replication.tick_interval`)."""
+        woken = asyncio.Event()
+        self.replication.wake = woken.set
         while True:
-            await asyncio.sleep(self.config.timing.heartbeat_interval)
+            interval = self.replication.tick_interval(self.config.timing.heartbeat_interval)
+            # On the wall-clock multiples the heartbeat rounds use: one wake-up serves both.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), interval - time.time() % interval + 0.001)
+            woken.clear()
             self._guarded(self.replication.tick)
             self._guarded(self._tell_removed)
 
