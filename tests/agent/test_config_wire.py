@@ -23,6 +23,7 @@ from proto.mesh_messages import (
     ConfigChunk,
     ConfigCommit,
     ConfigFetch,
+    ConfigPropose,
     ConfigRef,
     MeshMessage,
     seal_message,
@@ -280,11 +281,11 @@ def test_a_change_asked_while_the_view_settles_is_asked_again_and_applied(tmp_pa
         repl.receive(2, peer.outgoing(cr.State(ring, base, None)))  # type: ignore[arg-type]
         for _ in range(100):
             await asyncio.sleep(0.02)
-            proposals = [m for p, m in rec.sent if p == 2 and type(m).__name__ == "ConfigPropose"]
+            proposals = [m for p, m in rec.sent if p == 2 and isinstance(m, ConfigPropose)]
             if proposals:
                 break
         proposal = proposals[-1]
-        config = repl.wire.configs[proposal.config.digest]  # type: ignore[attr-defined]
+        config = repl.wire.configs[proposal.config.digest]
         ack = cr.Ack(ring, config.version, cluster_config.digest(config))
         repl.receive(2, peer.outgoing(ack))  # type: ignore[arg-type]
         return await task
