@@ -343,14 +343,25 @@ class AgentRuntime:
             runner.set_config(effect.nodes)
             self.qdevice = runner
         if self._loop is not None:
+            old_task, self._qdevice_task = self._qdevice_task, None
             self._qdevice_task = self._loop.create_task(
-                self._swap_qdevice(old, self.qdevice), name="qdevice"
+                self._swap_qdevice(old, old_task, self.qdevice), name="qdevice"
             )
 
-    async def _swap_qdevice(self, old: QdeviceRunner | None, new: QdeviceRunner | None) -> None:
-        """Close the old qdevice session, then run the new one (until the agent stops)."""
+    async def _swap_qdevice(
+        self,
+        old: QdeviceRunner | None,
+        old_task: asyncio.Task[None] | None,
+        new: QdeviceRunner | None,
+    ) -> None:
+        """Close the old qdevice session and stop its task, then run the new one (until the
+        agent stops)."""
         if old is not None:
             await old.close()
+        if old_task is not None:
+            old_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await old_task
         log.info(
             "qdevice session restarted", server=None if new is None else new.status()["server"]
         )
@@ -565,12 +576,12 @@ class AgentRuntime:
     # ------------------------------------------------------------ tasks
     async def _signals(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop.wait()
-        if self._qdevice_task is not None:
-            self._qdevice_task.cancel()
         if self.qdevice is not None:
             # Before the Leave: qnetd must have dropped us when the survivors report their new
             # ring, else lms sees us on the old one and waits (design §3.4, clean stop).
             await self.qdevice.close()
+        if self._qdevice_task is not None:  # the running session's task (maybe a restarted one)
+            self._qdevice_task.cancel()
         for task in tasks:
             task.cancel()
 
@@ -688,7 +699,7 @@ class AgentRuntime:
                     group.create_task(self._config_ticks(), name="config"),
                 ]
                 if self.qdevice is not None:
-                    tasks.append(group.create_task(self.qdevice.run(), name="qdevice"))
+                    self._qdevice_task = group.create_task(self.qdevice.run(), name="qdevice")
                 if self.config.discovery:
                     tasks.append(group.create_task(self._discover(), name="discovery"))
                 group.create_task(self._signals(tasks), name="signals")
