@@ -289,6 +289,8 @@ class ConfigWire:
                 ring = _ring(wire.ring_representative, wire.ring_seq)
                 return Forward(ring, wire.request_id, wire.base_version, self._config(wire.config))
             case ConfigResult():
+                if not wire.text.isprintable():  # it is shown to the user as one line
+                    raise DecodeError("bad_value", "result text with control characters")
                 return Result(wire.request_id, wire.ok, wire.text)
         raise DecodeError("bad_value", f"{type(wire).__name__} is not a replica message")
 

@@ -25,6 +25,7 @@ from proto.mesh_messages import (
     ConfigFetch,
     ConfigPropose,
     ConfigRef,
+    ConfigResult,
     MeshMessage,
     seal_message,
 )
@@ -144,6 +145,14 @@ def test_unsolicited_chunks_and_fetches_of_unknown_content_are_counted() -> None
     assert a.incoming(2, ConfigFetch(ref.digest, 5)) == ([], [])  # beyond its size
     assert (b.counters["chunk_unsolicited"], b.counters["fetch_unknown"]) == (1, 1)
     assert a.counters["bad_value"] == 1
+
+
+def test_a_result_text_with_control_characters_is_dropped() -> None:
+    """A member's answer is printed to the user as one line: newlines or escapes drop it."""
+    b = ConfigWire()
+    assert b.incoming(1, ConfigResult(5, True, "ok\n\x1b[2Jfake")) == ([], [])
+    assert b.counters["bad_value"] == 1
+    assert b.incoming(1, ConfigResult(5, True, "applied as config_version 3"))[0]
 
 
 def test_fetches_are_resent_on_tick_and_given_up_after_the_patience() -> None:
