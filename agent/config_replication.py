@@ -354,7 +354,9 @@ class ConfigReplica:
         if staged:
             self._propose(leader, max(staged, key=lambda s: s.ring).config, None, out)
         elif self.committed.version == 0:
-            if self.bootstrap:
+            # Only a bootstrap that lists every member of the view: a file without the others
+            # (discovery only) would otherwise commit a version 1 that removes them.
+            if self.bootstrap and self.members <= set(self.committed.votes()):
                 self._propose(leader, self.committed.with_version(1), None, out)
         else:
             leader.ready = True

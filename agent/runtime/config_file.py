@@ -398,6 +398,8 @@ def _single_file(path: Path, config: AgentConfig) -> Startup:
     bootstrap = cluster_config.from_agent_config(config)
     try:
         cluster_config.validate(bootstrap)
+        if not config.peers:
+            raise ConfigError("it lists no [[peer]] (discovery finds the members)")
     except ConfigError as exc:
         why = f"{path}'s cluster part cannot be replicated: {exc}"
         return Startup(path, local, config, None, bootstrap, unreplicated=why)
