@@ -178,6 +178,13 @@ UNKNOWN_OUTCOME = (
     "is not applied"
 )
 
+NOT_SYNCED = "configuration not synchronised yet in this view; retry"
+NO_VIEW = "no view yet; retry"
+NOT_TAKING_PART = "this node is not taking part in the current view yet; retry"
+SETTLING = frozenset({NOT_SYNCED, NO_VIEW, NOT_TAKING_PART})
+"""Refusals that pass by themselves within a round trip or two of a new view (the adapter may
+ask again for a moment before it answers the user)."""
+
 ANSWERS_KEPT = 64
 """Results the representative keeps to answer a resent Forward (one per recent change)."""
 
@@ -273,6 +280,13 @@ class ConfigReplica:
         out.append(Persist(self.committed, self.staged, self.promised))
 
     @property
+    def settled(self) -> bool:
+        """Nothing here waits for an answer: no change asked on this node and, as the
+        representative, a ready view with nothing in flight (the adapter may tick it slower)."""
+        leader = self._leader
+        return not self._asked and (leader is None or (leader.ready and leader.inflight is None))
+
+    @property
     def is_leader(self) -> bool:
         return self.active and self.ring is not None and self.ring.representative == self.me
 
@@ -340,7 +354,9 @@ class ConfigReplica:
         if staged:
             self._propose(leader, max(staged, key=lambda s: s.ring).config, None, out)
         elif self.committed.version == 0:
-            if self.bootstrap:
+            # Only a bootstrap that lists every member of the view: a file without the others
+            # (discovery only) would otherwise commit a version 1 that removes them.
+            if self.bootstrap and self.members <= set(self.committed.votes()):
                 self._propose(leader, self.committed.with_version(1), None, out)
         else:
             leader.ready = True
@@ -350,7 +366,7 @@ class ConfigReplica:
     def _on_change(self, ev: ChangeRequested, out: list[Effect]) -> None:
         reason = self._refusal(ev)
         if reason is not None or self.ring is None:
-            out.append(ChangeDone(ev.request_id, False, reason or "no view yet; retry"))
+            out.append(ChangeDone(ev.request_id, False, reason or NO_VIEW))
             return
         forward = Forward(self.ring, ev.request_id, ev.base_version, ev.config)
         self._asked[ev.request_id] = forward
@@ -365,7 +381,7 @@ class ConfigReplica:
                 f"use `votemesh expected {need}` to force"
             )
         if not self.active:
-            return "this node is not taking part in the current view yet; retry"
+            return NOT_TAKING_PART
         if self.committed.version == 0:
             return "the cluster configuration is not agreed yet (version 0); start every node"
         if self._asked:
@@ -399,7 +415,7 @@ class ConfigReplica:
         if leader.inflight is not None:  # before `ready`, which is False while one is in flight
             return "another configuration change is in progress; retry"
         if not leader.ready:
-            return "configuration not synchronised yet in this view; retry"
+            return NOT_SYNCED
         if msg.base_version != self.committed.version:
             return f"configuration changed meanwhile (now version {self.committed.version}); retry"
         have, need, total = self._majority()

@@ -151,6 +151,8 @@ class _Peer:
     quorate: bool = False
     expected_set: ExpectedSet | None = None
     tie_breaker: int = 0
+    config_version: int = 0
+    """The configuration version its heartbeats report (0: unknown)."""
     left: int = 0
     """The incarnation that said Leave: its later datagrams (reordered) are ignored for a
     failure timeout from `left_at`."""
@@ -550,6 +552,8 @@ class AgentNode:
             peer.tie_breaker,
         )
         peer.name = hb.node_name
+        if hb.config_version != peer.config_version:
+            peer.config_version, changed = hb.config_version, True
         peer.votes, peer.expected, peer.quorate, peer.expected_set, peer.tie_breaker = reported
         if changed and pid in self.membership.view.members:
             self._update_quorum()
@@ -1068,7 +1072,7 @@ class AgentNode:
             )
         members = basis.members
         votes = {m: self._votes_of(m) for m in members}
-        expected = {m: self.peers[m].expected for m in members if m in self.peers}
+        expected = {m: self.peers[m].expected for m in members if self._same_config(m)}
         expected[self.node_id] = self.quorum.reported_expected
         heard = self._heard()
         settled = frozenset(
@@ -1091,6 +1095,15 @@ class AgentNode:
         """The operator's `expected N` / `reset`: `expected_refusal` says why if refused."""
         self.expected_refusal = None
         self._quorum_events(self.quorum.set_expected(value, self._now))
+
+    def _same_config(self, member: int) -> bool:
+        """The member runs our configuration version (or versions are unknown): only then do
+        its expected votes count here (design §3.9: a report from before or after a change is
+        about another total)."""
+        peer = self.peers.get(member)
+        if peer is None:
+            return False
+        return not self.config_version or peer.config_version in (0, self.config_version)
 
     def _votes_of(self, member: int) -> int:
         """Our configuration's votes for a configured node (not what it reports: design §3.9,

@@ -48,7 +48,8 @@ class NodeLocal:
     """Announce and browse `_votemesh._udp.local.` (the cluster configuration lists every
     member, so it is off unless asked for)."""
     links: tuple[BindLink, ...] = ()
-    """What to bind; empty = this node's addresses in the cluster configuration."""
+    """What to bind. A link of the cluster configuration without a table here is bound at this
+    node's address in the configuration (so `votemesh link add` needs no edit of this file)."""
     join_port: int = DEFAULT_JOIN_PORT
     """`[join] port`: TCP port of the join server on this node."""
     clock_skew_bound: float = 1.0
@@ -94,7 +95,10 @@ def agent_config(local: NodeLocal, cluster: ClusterConfig) -> AgentConfig:
             "join again"
         )
     priorities = {k.index: k.priority for k in me.links}
-    binds = local.links or tuple(BindLink(k.index, k.address, k.port) for k in me.links)
+    bound = {b.index for b in local.links}
+    binds = local.links + tuple(
+        BindLink(k.index, k.address, k.port) for k in me.links if k.index not in bound
+    )
     quorum = replace(cluster.quorum, votes=me.votes)
     peers = tuple(_peer(n) for n in cluster.nodes if n.node_id != local.node_id)
     if local.discovery and not peers and quorum.expected_votes is None:

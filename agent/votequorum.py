@@ -489,7 +489,8 @@ class Votequorum:
         ]
         best, who = max(reports, default=(0, 0))
         settled = self._status.quorate and "WaitForAllStatus" not in self._status.flags
-        if best and not settled and best != self._expected:
+        stale = self._expected < best <= self._ignore_upto  # the total before a drop
+        if best and not settled and best != self._expected and not stale:
             # corosync: an inquorate node takes a quorate member's expected votes, also lower
             self._expected, self._cause = best, f"quorate node {who} has expected votes {best}"
         elif best > max(self._expected, self._ignore_upto):

@@ -11,6 +11,7 @@
     votemesh config show [--json] [--socket PATH | --config FILE]
     votemesh delnode NAME|ID [--socket PATH | --config FILE]
     votemesh leave [--config NODE_TOML]
+    votemesh link add INDEX NODE=ADDR[:PORT]... [--priority N] | link remove INDEX
 
 Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
 1 an error (one line on stderr saying what to do; never a traceback).
@@ -94,6 +95,18 @@ def _config_verbs(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--config", help="this node's node.toml (default /etc/votemesh/node.toml)")
     p.add_argument("--socket", help="the agent's control socket (default: from --config)")
     p.set_defaults(verb="config:cmd_leave")
+    p = sub.add_parser("link", help="add or remove a redundant link on the running cluster")
+    link_sub = p.add_subparsers(dest="link_command", required=True, prog="votemesh link")
+    add = link_sub.add_parser("add", help="a new link: every node's address on it")
+    add.add_argument("index", type=int, choices=range(8), metavar="INDEX")
+    add.add_argument("addresses", nargs="+", metavar="NODE=ADDR[:PORT]")
+    add.add_argument("--priority", type=int, metavar="N", help="0-255, higher wins (default 0)")
+    _where(add)
+    add.set_defaults(verb="config:cmd_link_add")
+    remove = link_sub.add_parser("remove", help="remove a link from every node")
+    remove.add_argument("index", type=int, choices=range(8), metavar="INDEX")
+    _where(remove)
+    remove.set_defaults(verb="config:cmd_link_remove")
 
 
 FAST_VERBS = ("status", "nodes", "explain")

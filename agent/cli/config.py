@@ -1,4 +1,4 @@
-"""`votemesh config show`, `delnode NAME|ID`, `leave`: the replicated cluster configuration.
+"""`votemesh config show`, `delnode`, `leave`, `link add|remove`: the cluster configuration.
 
 Adapter ring. Each verb is one control-socket request to the local agent, which asks the
 cluster (design §3.9); a refusal is printed as the replication core's one-line reason with exit
@@ -77,6 +77,27 @@ def cmd_delnode(args: argparse.Namespace) -> int:
         raise UserError(f"give a node name or id as shown by `votemesh config show`, not {name!r}")
     doc = ask(args, f"delnode {name}", CHANGE_TIMEOUT)
     print(f"removed node {name}: {doc['text']}")
+    return 0
+
+
+def cmd_link_add(args: argparse.Namespace) -> int:
+    """Add a redundant link: every node's address on it; bound by the agents at run time."""
+    words = ["link", "add", str(args.index), *args.addresses]
+    if args.priority is not None and not 0 <= args.priority <= 255:
+        raise UserError(f"--priority {args.priority}: a whole number from 0 to 255")
+    if args.priority is not None:
+        words.append(f"priority={args.priority}")
+    if any(any(c.isspace() for c in w) for w in words):
+        raise UserError("write each address as NODE=ADDR[:PORT], without spaces")
+    doc = ask(args, " ".join(words), CHANGE_TIMEOUT)
+    print(f"link{args.index} added: {doc['text']}")
+    return 0
+
+
+def cmd_link_remove(args: argparse.Namespace) -> int:
+    """Remove a link from every node (not the last one)."""
+    doc = ask(args, f"link remove {args.index}", CHANGE_TIMEOUT)
+    print(f"link{args.index} removed: {doc['text']}")
     return 0
 
 

@@ -396,10 +396,9 @@ def startup_of(config: AgentConfig, path: Path = Path("agent.toml")) -> Startup:
 def _single_file(path: Path, config: AgentConfig) -> Startup:
     local = from_agent_config(config)
     bootstrap = cluster_config.from_agent_config(config)
-    try:
-        cluster_config.validate(bootstrap)
-    except ConfigError as exc:
-        why = f"{path}'s cluster part cannot be replicated: {exc}"
+    why = _unreplicable(bootstrap, config)
+    if why is not None:
+        why = f"{path}'s cluster part cannot be replicated: {why}"
         return Startup(path, local, config, None, bootstrap, unreplicated=why)
     stored, refused = _stored(Path(config.state_dir))
     if stored is None:
@@ -413,6 +412,17 @@ def _single_file(path: Path, config: AgentConfig) -> Startup:
         )
         warnings = (text,)
     return Startup(path, local, agreed, stored, bootstrap, None, warnings)
+
+
+def _unreplicable(bootstrap: ClusterConfig, config: AgentConfig) -> str | None:
+    """Why a single file's cluster part cannot be the cluster's configuration, if it cannot."""
+    if not config.peers:
+        return "it lists no [[peer]] (discovery finds the members)"
+    try:
+        cluster_config.validate(bootstrap)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _node_file(path: Path, local: NodeLocal) -> Startup:

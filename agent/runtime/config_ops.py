@@ -1,26 +1,30 @@
-"""Control-socket requests on the cluster configuration: `config`, `delnode X`, `leave`.
+"""Control-socket requests on the cluster configuration: `config`, `delnode X`, `leave`,
+`link add INDEX NODE=ADDR[:PORT]... [priority=N]`, `link remove INDEX`.
 
 Adapter ring. Each request is one line (proto/control_frame.py); the answer is JSON. The
 changes go through `AgentRuntime.change_config`, so every refusal is the replication core's
 one-line reason (not quorate, another change in progress, ...); the pure edits of a
-configuration (`without_node`) are here and unit-tested.
+configuration (`without_node`, `with_link`, `without_link`) are here and unit-tested.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from agent import cluster_config
-from agent.cluster_config import ClusterConfig, ClusterNode
-from agent.config import ConfigError, TieBreaker
+from agent.cluster_config import ClusterConfig, ClusterNode, NodeLink
+from agent.config import MAX_LINKS, ConfigError, TieBreaker
+from proto.host_port import parse_host_port
 
 if TYPE_CHECKING:
     from agent.runtime.main import AgentRuntime
     from agent.runtime.replication import ChangeOutcome
 
-COMMANDS = ("config", "delnode", "leave")
+COMMANDS = ("config", "delnode", "leave", "link")
+LINK_USAGE = "link add INDEX NODE=ADDR[:PORT]... [priority=N] | link remove INDEX"
 
 
 def config_document(config: ClusterConfig) -> dict[str, Any]:
@@ -105,6 +109,75 @@ def without_node(config: ClusterConfig, node_id: int) -> ClusterConfig:
     return replace(config, nodes=nodes, quorum=quorum)
 
 
+def _address(node: ClusterNode, text: str) -> tuple[str, int]:
+    default = node.links[0].port if node.links else 5407
+    try:
+        host, port = parse_host_port(text, default)
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ConfigError(
+            f"{node.name}={text[:64]}: write an IP address, e.g. {node.name}=192.0.2.11:5407"
+        ) from None
+
+
+def with_link(
+    config: ClusterConfig, index: int, addresses: dict[str, str], priority: int = 0
+) -> ClusterConfig:
+    """`config` with link `index` added: every node needs an address on it (`addresses` by node
+    name or id); the port defaults to the node's first link's port."""
+    if not 0 <= index < MAX_LINKS:
+        raise ConfigError(f"link index {index}: links are numbered 0 to {MAX_LINKS - 1}")
+    if any(k.index == index for k in config.nodes[0].links):
+        raise ConfigError(f"link{index} exists already; `votemesh link remove {index}` first")
+    given = {find_node(config, key).node_id: text for key, text in addresses.items()}
+    missing = [n.name for n in config.nodes if n.node_id not in given]
+    if missing:
+        raise ConfigError(
+            f"every node needs an address on link{index}; missing: {', '.join(missing)}"
+        )
+    nodes = []
+    for node in config.nodes:
+        host, port = _address(node, given[node.node_id])
+        link = NodeLink(index, host, port, priority)
+        nodes.append(replace(node, links=tuple(sorted((*node.links, link), key=lambda k: k.index))))
+    return replace(config, nodes=tuple(nodes))
+
+
+def without_link(config: ClusterConfig, index: int) -> ClusterConfig:
+    """`config` without link `index` on every node; the last link cannot go."""
+    indexes = [k.index for k in config.nodes[0].links]
+    if index not in indexes:
+        raise ConfigError(f"there is no link{index}; the links are {indexes}")
+    if len(indexes) == 1:
+        raise ConfigError(f"link{index} is the only link; add another one first")
+    nodes = tuple(
+        replace(n, links=tuple(k for k in n.links if k.index != index)) for n in config.nodes
+    )
+    return replace(config, nodes=nodes)
+
+
+def parse_link_request(args: list[str]) -> tuple[str, int, dict[str, str], int]:
+    """(add|remove, index, addresses by node, priority) from a `link` request's words."""
+    if len(args) < 2 or args[0] not in ("add", "remove") or not args[1].isdigit():
+        raise ConfigError(f"usage: {LINK_USAGE}")
+    action, index = args[0], int(args[1][:3])
+    addresses: dict[str, str] = {}
+    priority = 0
+    for word in args[2:]:
+        key, sep, value = word.partition("=")
+        if not sep or not key or not value:
+            raise ConfigError(f"{word[:64]!r}: write NODE=ADDR[:PORT] or priority=N")
+        if key == "priority":
+            if not value.isdigit() or int(value[:4]) > 255:
+                raise ConfigError(f"priority={value[:8]}: a whole number from 0 to 255")
+            priority = int(value)
+        else:
+            addresses[key] = value
+    if action == "remove" and (addresses or priority):
+        raise ConfigError(f"usage: {LINK_USAGE}")
+    return action, index, addresses, priority
+
+
 class ConfigOps:
     """The control socket's configuration requests for one runtime."""
 
@@ -119,7 +192,22 @@ class ConfigOps:
             return await self._delnode(args[0])
         if command == "leave" and not args:
             return await self._leave()
-        return False, f"usage: config | delnode NAME|ID | leave (not {command!r} {args[:3]})\n"
+        if command == "link":
+            return await self._link(args)
+        return False, f"usage: config | delnode NAME|ID | leave | {LINK_USAGE}\n"
+
+    async def _link(self, args: list[str]) -> tuple[bool, str]:
+        try:
+            action, index, addresses, priority = parse_link_request(args)
+        except ConfigError as exc:
+            return False, f"{exc}\n"
+        if action == "add":
+            outcome = await self.runtime.change_config(
+                lambda c: with_link(c, index, addresses, priority)
+            )
+        else:
+            outcome = await self.runtime.change_config(lambda c: without_link(c, index))
+        return _outcome(outcome)
 
     async def _delnode(self, name_or_id: str) -> tuple[bool, str]:
         committed = self.runtime.cluster_config

@@ -14,6 +14,7 @@ then the body; the server closes the connection after answering.
 | `join-token S` | JSON `{"join": string}`: a one-time join string valid S seconds |
 | `join-stats` | JSON counters of the join port (agent/runtime/join.py)              |
 | `qdevice-setup ...` / `qdevice-remove` | JSON outcome (agent/runtime/qdevice_setup.py) |
+| `link add N NODE=ADDR...` / `link remove N` | JSON outcome of adding or removing link N |
 
 Configuration changes are answered when the cluster answered (`agent/runtime/config_ops.py`);
 one that races another on this node is refused with "another configuration change is in
@@ -59,7 +60,7 @@ class ControlHandlers:
     """`qdevice-setup ...` / `qdevice-remove`: a configuration change, answered when done."""
 
 
-CONFIG_COMMANDS = ("config", "delnode", "leave")
+CONFIG_COMMANDS = ("config", "delnode", "leave", "link")
 QDEVICE_COMMANDS = ("qdevice-setup", "qdevice-remove")
 
 

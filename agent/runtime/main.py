@@ -49,7 +49,7 @@ import structlog
 
 from agent import cluster_config
 from agent.cluster_config import ClusterConfig
-from agent.config import AgentConfig, ConfigError
+from agent.config import AgentConfig, ConfigError, LinkConfig
 from agent.config_replication import ConfigReplica, QuorumInput, Ring
 from agent.events import EventKind
 from agent.node import (
@@ -302,8 +302,35 @@ class AgentRuntime:
         """The core applied a configuration: the runtime's copy, peers and warnings follow."""
         old, self.config = self.config, effect.config
         self._update_peers(old, effect.config)
+        self._update_links(old, effect.config)
         for what in effect.restart_needed:
             log.warning("configuration change needs a restart", change=what)
+
+    def _update_links(self, old: AgentConfig, new: AgentConfig) -> None:
+        """Bind a link added at run time, close a removed one (`votemesh link add|remove`)."""
+        before = {k.index for k in old.links}
+        for index in sorted(before - {k.index for k in new.links}):
+            self.mesh.remove_link(index)
+            log.info("link closed", link=index, reason="removed from the configuration")
+        for link in new.links:
+            if link.index not in before and self._loop is not None:
+                self._loop.create_task(self._bind(link), name=f"bind-link{link.index}")
+
+    async def _bind(self, link: LinkConfig) -> None:
+        """Bind one new link; a failure is logged (the others keep working), never fatal."""
+        try:
+            await self.mesh.add_link(link)
+        except OSError as exc:
+            log.error(  # noqa: TRY400 - one line, the reason says it all
+                "link not bound",
+                link=link.index,
+                address=f"{link.address}:{link.port}",
+                reason=exc.strerror or str(exc),
+                effect="the node does not use this link; fix the address and restart",
+            )
+            return
+        host, port = self.mesh.local_address(link.index)
+        log.info("link bound", link=link.index, address=f"{host}:{port}")
 
     def _qdevice_reconfigure(self, effect: QdeviceReconfigure) -> None:
         """A new node list for the running session, or a new session with new settings."""
@@ -319,14 +346,25 @@ class AgentRuntime:
             runner.set_config(effect.nodes)
             self.qdevice = runner
         if self._loop is not None:
+            old_task, self._qdevice_task = self._qdevice_task, None
             self._qdevice_task = self._loop.create_task(
-                self._swap_qdevice(old, self.qdevice), name="qdevice"
+                self._swap_qdevice(old, old_task, self.qdevice), name="qdevice"
             )
 
-    async def _swap_qdevice(self, old: QdeviceRunner | None, new: QdeviceRunner | None) -> None:
-        """Close the old qdevice session, then run the new one (until the agent stops)."""
+    async def _swap_qdevice(
+        self,
+        old: QdeviceRunner | None,
+        old_task: asyncio.Task[None] | None,
+        new: QdeviceRunner | None,
+    ) -> None:
+        """Close the old qdevice session and stop its task, then run the new one (until the
+        agent stops)."""
         if old is not None:
             await old.close()
+        if old_task is not None:
+            old_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await old_task
         log.info(
             "qdevice session restarted", server=None if new is None else new.status()["server"]
         )
@@ -373,9 +411,16 @@ class AgentRuntime:
             self.stop()
 
     async def _config_ticks(self) -> None:
-        """Tick the replica every heartbeat interval (resends, fetches, a refused write)."""
+        """Tick the replica (resends, fetches, a refused write): every heartbeat interval while
+        anything is under way, once a second when settled (`Replication.tick_interval`)."""
+        woken = asyncio.Event()
+        self.replication.wake = woken.set
         while True:
-            await asyncio.sleep(self.config.timing.heartbeat_interval)
+            interval = self.replication.tick_interval(self.config.timing.heartbeat_interval)
+            # On the wall-clock multiples the heartbeat rounds use: one wake-up serves both.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), interval - time.time() % interval + 0.001)
+            woken.clear()
             self._guarded(self.replication.tick)
             self._guarded(self._tell_removed)
 
@@ -534,12 +579,12 @@ class AgentRuntime:
     # ------------------------------------------------------------ tasks
     async def _signals(self, tasks: list[asyncio.Task[None]]) -> None:
         await self._stop.wait()
-        if self._qdevice_task is not None:
-            self._qdevice_task.cancel()
         if self.qdevice is not None:
             # Before the Leave: qnetd must have dropped us when the survivors report their new
             # ring, else lms sees us on the old one and waits (design §3.4, clean stop).
             await self.qdevice.close()
+        if self._qdevice_task is not None:  # the running session's task (maybe a restarted one)
+            self._qdevice_task.cancel()
         for task in tasks:
             task.cancel()
 
@@ -660,7 +705,7 @@ class AgentRuntime:
                     group.create_task(self._config_ticks(), name="config"),
                 ]
                 if self.qdevice is not None:
-                    tasks.append(group.create_task(self.qdevice.run(), name="qdevice"))
+                    self._qdevice_task = group.create_task(self.qdevice.run(), name="qdevice")
                 if self.config.discovery:
                     tasks.append(group.create_task(self._discover(), name="discovery"))
                 if self.join is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import structlog
 from agent.cluster_config import ClusterConfig, encode
 from agent.config import ConfigError
 from agent.config_replication import (
+    SETTLING,
     Applied,
     ChangeDone,
     ChangeRequested,
@@ -46,7 +48,7 @@ from agent.config_replication import (
 )
 from agent.runtime import cluster_store
 from agent.runtime.config_wire import ConfigWire, WireConfigMessage
-from proto.mesh_messages import REQUEST_IDS, MeshMessage
+from proto.mesh_messages import REQUEST_IDS, ConfigState, MeshMessage
 
 CHANGE_TIMEOUT = 10.0
 """Seconds a change waits for the representative's answer (a view change answers at once)."""
@@ -54,6 +56,19 @@ APPLY_WAIT = 2.0
 """Seconds an accepted change waits for the local commit (the Commit datagram precedes the
 answer, so this is normally a few ms)."""
 BUSY = "another configuration change is in progress; retry"
+NO_ANSWER = (
+    f"no answer from the representative within {CHANGE_TIMEOUT:g} s; check "
+    "`votemesh config show` and retry if the change is not applied"
+)
+SETTLE_WAIT = 3.0
+"""Seconds a change asked just after a view change keeps asking while the view settles."""
+SETTLE_RETRY = 0.1
+BRISK_FOR = 2.0
+"""Seconds after a view change or a replication message (other than a State report) during which
+the replica is ticked every heartbeat interval; otherwise `IDLE_TICK`."""
+IDLE_TICK = 1.0
+"""Seconds between ticks of a settled replica: its State report to the representative is a
+resend only, and ten a second per member doubled an idle representative's datagrams."""
 log = structlog.get_logger("votemesh.agent.config")
 
 
@@ -98,6 +113,29 @@ class Replication:
         """Request ids start at a random point: a representative keeps recent answers by
         (origin, request id), and a restarted agent must not be answered for its old life."""
         self._waiting: dict[int, asyncio.Future[tuple[bool, str]]] = {}
+        self._brisk_until = 0.0
+        self._changing = False
+        self.wake: Callable[[], None] = lambda: None
+        """Called when the replica should be ticked soon (a view change): the runtime's tick
+        loop stops sleeping its idle second."""
+
+    def tick_interval(self, heartbeat_interval: float) -> float:
+        """Seconds until the next tick: every heartbeat while anything is under way (a view
+        just changed, a change, a fetch, a refused write), else IDLE_TICK."""
+        busy = (
+            not self.replica.settled
+            or self._changing
+            or self.wire.fetches
+            or self._waiting
+            or self._unpersisted is not None
+            or time.monotonic() < self._brisk_until
+        )
+        return heartbeat_interval if busy else max(heartbeat_interval, IDLE_TICK)
+
+    def _brisk(self) -> None:
+        if time.monotonic() >= self._brisk_until:
+            self.wake()
+        self._brisk_until = time.monotonic() + BRISK_FOR
 
     @property
     def committed(self) -> ClusterConfig:
@@ -119,6 +157,7 @@ class Replication:
             self._run(quorum)
         if ring.seq >= 1 and (ring, members) != self._seen:
             self._seen = (ring, members)
+            self._brisk()
             self._run(ViewChanged(ring, members))
 
     def receive(self, sender: int, message: WireConfigMessage) -> None:
@@ -127,6 +166,8 @@ class Replication:
         if self.disabled:
             self.wire.last_drop = ("not_replicating", self.disabled)
             return
+        if not isinstance(message, ConfigState):
+            self._brisk()
         events, replies = self.wire.incoming(sender, message)
         self._transmit(replies)
         for event in events:
@@ -147,11 +188,29 @@ class Replication:
 
     # ------------------------------------------------------------ changes
     async def change(self, mutate: Callable[[ClusterConfig], ClusterConfig]) -> ChangeOutcome:
-        """Ask for `mutate(committed)` as the next version; the outcome in one line."""
+        """Ask for `mutate(committed)` as the next version; the outcome in one line. A refusal
+        that only says a new view is still settling is asked again for up to SETTLE_WAIT."""
         if self.disabled:
             return ChangeOutcome(False, self.disabled, self.committed.version)
-        if self._waiting:
+        if self._changing:
             return ChangeOutcome(False, BUSY, self.committed.version)
+        self._changing = True
+        loop = asyncio.get_running_loop()
+        until = loop.time() + SETTLE_WAIT
+        try:
+            while True:
+                outcome = await self._change_once(mutate)
+                if outcome.ok or outcome.text not in SETTLING or loop.time() >= until:
+                    break
+                await asyncio.sleep(SETTLE_RETRY)
+        finally:
+            self._changing = False
+        log.info(
+            "configuration change", ok=outcome.ok, result=outcome.text, version=outcome.version
+        )
+        return outcome
+
+    async def _change_once(self, mutate: Callable[[ClusterConfig], ClusterConfig]) -> ChangeOutcome:
         base = self.committed
         try:
             wanted = mutate(base)
@@ -166,18 +225,11 @@ class Replication:
             self._run(ChangeRequested(request_id, base.version, wanted))
             ok, text = await asyncio.wait_for(asyncio.shield(future), CHANGE_TIMEOUT)
         except TimeoutError:
-            ok, text = (
-                False,
-                (
-                    f"no answer from the representative within {CHANGE_TIMEOUT:g} s; check "
-                    "`votemesh config show` and retry if the change is not applied"
-                ),
-            )
+            ok, text = False, NO_ANSWER
         finally:
             self._waiting.pop(request_id, None)
         if ok:
             await self._committed_beyond(base.version)
-        log.info("configuration change", ok=ok, result=text, version=self.committed.version)
         return ChangeOutcome(ok, text, self.committed.version)
 
     async def _committed_beyond(self, version: int) -> None:

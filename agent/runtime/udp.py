@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, LinkConfig
 from agent.node_events import MessageIn
 from proto.datagram_seal import Opener, Sealer
 from proto.errors import DecodeError
@@ -137,24 +137,34 @@ class MeshTransport:
     # ------------------------------------------------------------ sockets
     async def start(self) -> None:
         """Bind every link's socket (OSError if an address is not local or the port is taken)."""
-        loop = asyncio.get_running_loop()
         try:
             for link in self.config.links:
-                family = socket.AF_INET6 if ":" in link.address else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-                    sock.bind((link.address, link.port))
-                except OSError:
-                    sock.close()
-                    raise
-                transport, _ = await loop.create_datagram_endpoint(
-                    functools.partial(_LinkProtocol, self, link.index), sock=sock
-                )
-                self.transports[link.index] = transport
+                await self.add_link(link)
         except OSError:
             self.close()
             raise
+
+    async def add_link(self, link: LinkConfig) -> None:
+        """Bind one link's socket (at start, or a link added at run time); OSError if not."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in link.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind((link.address, link.port))
+        except OSError:
+            sock.close()
+            raise
+        transport, _ = await loop.create_datagram_endpoint(
+            functools.partial(_LinkProtocol, self, link.index), sock=sock
+        )
+        self.transports[link.index] = transport
+
+    def remove_link(self, index: int) -> None:
+        """Close one link's socket (a link removed at run time)."""
+        transport = self.transports.pop(index, None)
+        if transport is not None:
+            transport.close()
 
     def local_address(self, link: int) -> Address:
         """(host, port) a link's socket is bound to (the real port when the config says 0)."""

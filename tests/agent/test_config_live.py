@@ -159,6 +159,10 @@ def test_three_agents_agree_version_1_and_delnode_reaches_every_node_within_a_se
 
     cluster.wait("2 members, expected 2", two_left, timeout=5.0)
     assert time.monotonic() - started < 1.0 + 0.5  # the CLI's own start-up is ~0.3 s
+    for i in (1, 2):
+        text = cluster.cli(i, "status")
+        assert text.returncode == 0, text.stderr
+        assert "Config Version:   2\n" in text.stdout
     cluster.wait("node 3 stops", lambda: None if cluster.exited(3) is not None else "running")
     assert cluster.exited(3) == EXIT_REMOVED
     assert cluster.log_events(3, "removed from the cluster")[0]["level"] == "error"
@@ -334,3 +338,38 @@ def test_leave_is_refused_on_a_minority_then_removes_the_node_and_its_files(
     assert not any(Path(k).exists() for k in local.key_files)
     assert not (Path(local.state_dir) / "cluster-config").exists()
     assert agent1.config_path.exists()
+
+
+def test_link_add_on_a_running_cluster_then_cutting_the_old_link_changes_no_view(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    """Each host gets a second address (198.18.1.x); `votemesh link add 1 n1=... n2=... n3=...`
+    -> version 2, every agent binds link1 without a restart; then link0 is cut between every
+    pair (iptables drops the link0 sources): the view and its ring id stay, all quorate."""
+    lab = lab_factory(["n1", "n2", "n3"])
+    cluster = Cluster(lab, tmp_path / "work", 3)
+    cluster.start()
+    cluster.wait("version 1", cluster.agreed([1, 2, 3], 1, [1, 2, 3]))
+    second = {i: f"198.18.1.{10 + i}" for i in (1, 2, 3)}
+    for i, address in second.items():
+        lab[f"n{i}"].run(["ip", "addr", "add", f"{address}/24", "dev", "eth0"])
+    out = cluster.cli(1, "link", "add", "1", *(f"n{i}={a}" for i, a in second.items()))
+    assert out.returncode == 0, out.stderr
+
+    def bound() -> str | None:
+        for i, doc in cluster.statuses([1, 2, 3]).items():
+            links = doc["runtime"]["local_links"]
+            if doc["config_version"] != 2 or "1" not in links:
+                return f"node {i}: version {doc['config_version']}, links {links}"
+            ups = {p["node_id"]: [k["link"] for k in p["links"] if k["up"]] for p in doc["peers"]}
+            if any(1 not in up for up in ups.values()):
+                return f"node {i}: links up {ups}"
+        return None
+
+    cluster.wait("link1 bound and up", bound)
+    before = {i: doc["ring_id"] for i, doc in cluster.statuses([1, 2, 3]).items()}
+    lab.partition(["n1"], ["n2"], ["n3"])  # drops the link0 (main) addresses only
+    time.sleep(4.0)  # > 2 x the lab failure timeout (1.8 s)
+    after = cluster.statuses([1, 2, 3])
+    assert {i: doc["ring_id"] for i, doc in after.items()} == before
+    assert all(doc["quorate"] and doc["members"] == [1, 2, 3] for doc in after.values())

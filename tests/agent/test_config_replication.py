@@ -213,6 +213,17 @@ def test_the_bootstrap_becomes_version_one_only_with_every_configured_node() -> 
     assert net.versions() == {1: 1, 2: 1, 3: 1}
 
 
+def test_a_bootstrap_that_does_not_list_every_member_of_the_view_is_not_committed() -> None:
+    """Discovery-only files list only their own node: a view {1, 2, 3} must not commit node 1's
+    file as version 1 (it would remove nodes 2 and 3); the configuration stays version 0."""
+    net = Net(3, version=0)
+    for n in (1, 2, 3):
+        net.replicas[n] = cr.ConfigReplica(n, cluster([n], version=0))
+    net.views({1, 2, 3})
+    net.settle()
+    assert net.versions() == {1: 0, 2: 0, 3: 0}
+
+
 def test_two_configurations_with_one_version_are_reported_as_a_conflict() -> None:
     """A Sync holding another configuration at our version is refused and reported (S4 alarm)."""
     net = started()

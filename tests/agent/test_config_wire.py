@@ -23,7 +23,9 @@ from proto.mesh_messages import (
     ConfigChunk,
     ConfigCommit,
     ConfigFetch,
+    ConfigPropose,
     ConfigRef,
+    ConfigResult,
     MeshMessage,
     seal_message,
 )
@@ -145,6 +147,14 @@ def test_unsolicited_chunks_and_fetches_of_unknown_content_are_counted() -> None
     assert a.counters["bad_value"] == 1
 
 
+def test_a_result_text_with_control_characters_is_dropped() -> None:
+    """A member's answer is printed to the user as one line: newlines or escapes drop it."""
+    b = ConfigWire()
+    assert b.incoming(1, ConfigResult(5, True, "ok\n\x1b[2Jfake")) == ([], [])
+    assert b.counters["bad_value"] == 1
+    assert b.incoming(1, ConfigResult(5, True, "applied as config_version 3"))[0]
+
+
 def test_fetches_are_resent_on_tick_and_given_up_after_the_patience() -> None:
     """A lost chunk is asked again on every tick; after FETCH_PATIENCE idle ticks the fetch is
     dropped (its message is resent by its sender anyway)."""
@@ -254,3 +264,42 @@ def test_a_change_on_a_node_that_is_not_quorate_is_refused_with_the_reason(
     assert outcome.text == "not quorate: 1 of 3 votes; use `votemesh expected 1` to force"
     assert outcome.version == 1
     assert len(rec.sent) == sent
+
+
+def test_a_change_asked_while_the_view_settles_is_asked_again_and_applied(tmp_path: Path) -> None:
+    """Node 1 is the representative of a new view {1, 2} but has no State from node 2 yet:
+    the core refuses "not synchronised yet"; the adapter asks again, node 2's State arrives,
+    the change is proposed, acknowledged and applied (the user never sees the transient)."""
+    rec = Recorder()
+    base = cluster([1, 2], 1)
+    repl = Replication(
+        cr.ConfigReplica(1, base),
+        tmp_path,
+        lambda p, m: rec.sent.append((p, m)),
+        rec.applied.append,
+    )
+    ring = cr.Ring(3, 1)
+    repl.observe(ring, frozenset({1, 2}), cr.QuorumInput(True, 2, 2))
+    peer = ConfigWire()  # node 2's codec
+    repl.wire.ref(base)  # node 1 holds the bytes of its own committed configuration
+    window = replace(base.quorum, last_man_standing_window=30.0)
+
+    async def scenario() -> cr.ChangeDone | object:
+        task = asyncio.create_task(repl.change(lambda c: replace(c, quorum=window)))
+        await asyncio.sleep(0.15)  # at least one refusal and one retry
+        repl.receive(2, peer.outgoing(cr.State(ring, base, None)))  # type: ignore[arg-type]
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            proposals = [m for p, m in rec.sent if p == 2 and isinstance(m, ConfigPropose)]
+            if proposals:
+                break
+        proposal = proposals[-1]
+        config = repl.wire.configs[proposal.config.digest]
+        ack = cr.Ack(ring, config.version, cluster_config.digest(config))
+        repl.receive(2, peer.outgoing(ack))  # type: ignore[arg-type]
+        return await task
+
+    outcome = asyncio.run(scenario())
+    assert outcome.ok, outcome  # type: ignore[attr-defined]
+    assert outcome.version == 2  # type: ignore[attr-defined]
+    assert rec.applied[-1].quorum.last_man_standing_window == 30.0

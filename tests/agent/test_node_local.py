@@ -13,7 +13,7 @@ from agent.config import ConfigError
 from agent.config_replication import Persist, Ring
 from agent.node_local import BindLink, NodeLocal, agent_config, to_toml
 from agent.runtime import cluster_store
-from agent.runtime.config_file import load_startup, parse_node_local
+from agent.runtime.config_file import load_startup, local_of, parse_node_local
 from tests.agent.cluster_fixtures import cluster
 
 SINGLE = """
@@ -182,3 +182,17 @@ def test_a_single_file_bootstraps_version_0_until_an_agreed_one_is_stored(tmp_pa
     assert "agreed one is used" in start.warnings[0]
     same = cluster_config.from_agent_config(start.agent).with_version(0)
     assert same.nodes == agreed.nodes
+
+
+def test_the_cli_finds_the_control_socket_in_either_kind_of_file(tmp_path: Path) -> None:
+    """`votemesh --config FILE` reads node.toml (no stored configuration needed) or a single
+    file: the control socket relative to the file's directory."""
+    node_toml = tmp_path / "node.toml"
+    node_toml.write_text('node_id = 1\nkey_files = ["k"]\ncontrol_socket = "a.sock"\n')
+    single = tmp_path / "agent.toml"
+    single.write_text(SINGLE)
+    assert local_of(node_toml).control_socket == str(tmp_path / "a.sock")
+    assert local_of(single).control_socket == str(tmp_path / "agent.sock")
+    (tmp_path / "bad.toml").write_text("node_id = [")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        local_of(tmp_path / "bad.toml")

@@ -334,3 +334,28 @@ def test_heartbeats_carry_the_config_version() -> None:
     assert beats
     assert all(isinstance(b, Heartbeat) and b.config_version == 9 for b in beats)
     assert net.nodes[1].status(net.now)["config_version"] == 9
+
+
+def test_members_not_yet_updated_do_not_pin_the_old_expected_votes() -> None:
+    """Votes {1: 1, 2: 0, 3: 1}, `delnode 3`, applied by node 2 first and by node 1 10 ms
+    later. During the transition both are inquorate (1 of the old 2 votes); node 1, not
+    yet updated, still reports expected votes 2 as a quorate member. That report is of another
+    configuration version and must not be taken: after the span both run at 1 of 1 expected
+    vote, quorate (sim reconfiguration seed 100 stayed inquorate for ever)."""
+    zero = {i: with_votes(config(i, 3), 2, 0) for i in (1, 2, 3)}
+    nodes = {i: AgentNode(cfg, 1, config_version=1) for i, cfg in zero.items()}
+    net = Net(nodes)
+    for i, node in nodes.items():
+        net.alive.add(i)
+        net.apply(i, node.handle(Start(wall_ms=0), 0.0))
+    net.run(2.05)  # between two heartbeat rounds
+    assert all(quorate(n) for n in nodes.values())
+    apply(net, 2, without(zero[2], 3), version=2)
+    net.run(0.01)  # within one heartbeat round: node 1 has not heard node 2's news yet
+    apply(net, 1, without(zero[1], 3), version=2)
+    net.alive.discard(3)  # it stopped (Removed)
+    net.run(transition_span(Timing.lan()) + 1.0)
+    for i in (1, 2):
+        assert nodes[i].view.members == frozenset({1, 2})
+        assert nodes[i].quorum.status.expected_votes == 1
+        assert quorate(nodes[i]), nodes[i].quorum.status.reason

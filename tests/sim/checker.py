@@ -36,6 +36,14 @@ the qnetd picks is the algorithm's business; S3 and F1 check the outcome).
 
 Exempt from the generic L1 rules: clusters with two_node, wait_for_all or last_man_standing, and
 runs with operator-set expected votes (their outcomes are pinned by the specific case tests).
+
+With configuration changes at run time (`SimNetwork.reconfigured`, tests/sim/reconfig.py), S1
+uses each node's own configured total at that moment (a node is exempt only while its expected
+votes are below it), and S3, L1 and F1 apply from `quiet_from` on: the last configuration
+applied anywhere plus the transition span (design §3.9), with the votes of the final
+configuration, and only if every running node holds the final version by then (`stable_checks`;
+a node that never shared a view with an updated one stays behind, and nothing is checked of the
+stable rules in that run).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from dataclasses import dataclass
 
 from agent.config import AgentConfig, QuorumOptions, Timing
 from agent.link_loss import WINDOW_INTERVALS
-from agent.node import TIMEOUT_REFRESH
+from agent.node import TIMEOUT_REFRESH, transition_span
 from tests.sim.network import NodeState, SimNetwork, Topology
 
 
@@ -103,6 +111,45 @@ class Checker:
         self.hold = _hold_span(first) if self.device else 0.0
         self.settle = settle if settle is not None else settle_time(self.timing)
         self._times = {n: [t for t, _ in h] for n, h in net.history.items()}
+        self.quiet_from = 0.0
+        """S3, L1 and F1 apply from here on (after the last run-time configuration change)."""
+        self.stable_checks = True
+        """False when a running node still ran an older configuration at `quiet_from`."""
+        self._totals = {
+            n: ([t for t, _, _ in h], [self._total_of(c) for _, _, c in h])
+            for n, h in net.config_history.items()
+        }
+        if net.reconfigured:
+            self._after_changes()
+
+    def _total_of(self, config: AgentConfig) -> int:
+        """The expected votes `config` starts from (its nodes' votes and the device's)."""
+        device = _device_votes(config) if self.net.qnetd is not None else 0
+        return config.quorum.expected_votes or sum(config.configured_votes().values()) + device
+
+    def _total_at(self, node: int, at: float) -> int:
+        """The configured total of the configuration `node` ran at `at`."""
+        times, totals = self._totals[node]
+        return totals[max(0, bisect.bisect_right(times, at) - 1)]
+
+    def _after_changes(self) -> None:
+        """Run-time configuration changes: where the stable rules start, with which votes."""
+        history = self.net.config_history
+        last = max(t for h in history.values() for t, _, _ in h)
+        last = max([last, *self.net.removed_at.values()])
+        self.quiet_from = last + transition_span(self.timing)
+        top = max(v for h in history.values() for _, v, _ in h)
+        final = next(c for h in history.values() for _, v, c in reversed(h) if v == top)
+        self.votes = final.configured_votes()
+        self.total = self._total_of(final)
+        topo = self.net.topologies[
+            max(0, bisect.bisect_right([x.at for x in self.net.topologies], self.quiet_from) - 1)
+        ]
+        for node in topo.alive:
+            times = [t for t, _, _ in history[node]]
+            version = history[node][max(0, bisect.bisect_right(times, self.quiet_from) - 1)][1]
+            if version != top:
+                self.stable_checks = False
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -179,7 +226,9 @@ class Checker:
                 touched.append(node)
                 i += 1
             counted = {
-                n: s.counts for n, s in current.items() if s.quorate and s.expected >= self.total
+                n: s.counts
+                for n, s in current.items()
+                if s.quorate and s.expected >= self._total_at(n, now)
             }
             for a in touched:
                 for b, members in counted.items():
@@ -229,7 +278,13 @@ class Checker:
         found: list[Violation] = []
         in_flight_until = 0.0  # the last arrival of a datagram sent under an earlier topology
         segments = self._segments(end)
-        for i, (topo, start, stop) in enumerate(segments):
+        if not self.stable_checks:
+            return []
+        for i, (topo, first, stop) in enumerate(segments):
+            start = max(first, self.quiet_from)  # after run-time configuration changes only
+            if stop <= start:
+                in_flight_until = max(in_flight_until, stop + self._slowest(topo, topo.alive))
+                continue
             slowest = self._slowest(topo, topo.alive - topo.paused)
             carried = max(0.0, in_flight_until - start) + self._stretch(segments, i)
             found += self._minority(topo, start, stop, slowest, carried)
@@ -355,8 +410,12 @@ class Checker:
         """F1: no node of a group that keeps quorum across a settled split reports inquorate."""
         found: list[Violation] = []
         segments = self._segments(end)
+        if not self.stable_checks:
+            return []
         for i in range(1, len(segments)):
             before, b_start, b_stop = segments[i - 1]
+            if b_start < self.quiet_from:
+                continue  # F1 is about splits after the last configuration change
             topo, start, stop = segments[i]
             if not self._settled_split(before, b_start, b_stop, topo, start, stop):
                 continue
@@ -424,6 +483,8 @@ class Checker:
 
     def l2_applies(self) -> bool:
         """Only benign link impairments: no cut, pause, crash or harsh link model ever."""
+        if self.net.reconfigured:
+            return False  # nodes come and go by configuration
         return all(
             not t.cuts and not t.paused and t.benign() for t in self.net.topologies
         ) and not any(s is None for h in self.net.history.values() for _, s in h)

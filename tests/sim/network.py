@@ -213,6 +213,10 @@ class _Slot:
     state: NodeState | None = None
     ticked_at: float = -1.0
     spin_streak: int = 0
+    version: int = 0
+    """The configuration version it applied (a restart starts from it, as from its disk)."""
+    startable: bool = True
+    """False for a node not added yet, or removed from the configuration (it stopped)."""
 
 
 class SimNetwork:
@@ -256,6 +260,14 @@ class SimNetwork:
         """The cluster's qnetd when its nodes have a `[qdevice]` (`attach_qnetd`)."""
         self.audit_interval = 1.0
         self.silent_changes: list[tuple[float, int]] = []
+        self.config_history: dict[int, list[tuple[float, int, AgentConfig]]] = {
+            i: [(0.0, 0, c)] for i, c in self.configs.items()
+        }
+        """(time, version, configuration) each node applied (`reconfigure`, design §3.9)."""
+        self.removed_at: dict[int, float] = {}
+        """When each node removed from the configuration stopped."""
+        self.reconfigured = False
+        """Set once a node applied a configuration at run time."""
         self._push(self.audit_interval, _ACTION, 0, self._audit)
         self._snapshot()
 
@@ -321,10 +333,12 @@ class SimNetwork:
     def start(self, node: int) -> None:
         """(Re)start a node: a fresh core, incarnation + 1, the last persisted max_seq."""
         slot = self.slots[node]
-        if slot.core is not None:
+        if slot.core is not None or not slot.startable:
             return
         slot.incarnation += 1
         slot.core = self.factory(slot.config, slot.incarnation, slot.max_seq)
+        if slot.version and isinstance(slot.core, iface.AgentNode):
+            slot.core.config_version = slot.version  # restarted from the stored configuration
         slot.paused_until = None
         slot.inbox.clear()
         self.note(f"n{node} start incarnation={slot.incarnation} max_seq={slot.max_seq}")
@@ -460,6 +474,31 @@ class SimNetwork:
             if slot.core is None:
                 self.start(node)
 
+    def reconfigure(
+        self, node: int, config: AgentConfig, version: int, member: bool = True
+    ) -> None:
+        """The node applies a committed configuration (replication's `Applied`, design §3.9);
+        `member` False: it is not in it (the node stops, as the runtime does on `Removed`)."""
+        slot = self.slots[node]
+        self.note(f"n{node} reconfigure to version {version}{'' if member else ' (removed)'}")
+        if slot.core is None:
+            return
+        self.call(node, iface.Reconfigure(config, version, member))
+
+    def add_node(self, node: int, config: AgentConfig, version: int) -> None:
+        """A node joins (`votemesh add`): it starts with the configuration it was handed."""
+        slot = self.slots[node]
+        slot.config, slot.version, slot.startable = config, version, True
+        self.configs[node] = config
+        self.config_history[node].append((self.now, version, config))
+        self.reconfigured = True
+        self.note(f"n{node} added with version {version}")
+        self.start(node)
+
+    def hold_back(self, node: int) -> None:
+        """A node that is not started until it is added (`add_node`)."""
+        self.slots[node].startable = False
+
     def set_expected(self, node: int, value: int | None) -> None:
         """`votemesh expected N` on one node."""
         self.note(f"n{node} operator sets expected votes {value}")
@@ -505,6 +544,9 @@ class SimNetwork:
         changed = self.observe_every or isinstance(event, iface.Start | iface.SetExpected)
         for effect in effects:
             changed = self._effect(node, slot, effect) or changed
+        if not slot.startable and slot.core is core:  # Removed: the runtime stops
+            self.crash(node)
+            return
         if changed:
             self._observe(node, core)
         for effect in effects:  # stored at once, as the runtime does (design §3.3)
@@ -529,6 +571,16 @@ class SimNetwork:
             self.qdevice_updates += 1
             if self.qnetd is not None:
                 self.qnetd.update(node, effect)
+        elif isinstance(effect, iface.ConfigApplied):
+            slot.config, self.configs[node] = effect.config, effect.config
+            slot.version = effect.version or slot.version
+            self.config_history[node].append((self.now, slot.version, effect.config))
+            self.reconfigured = True
+            return True
+        elif isinstance(effect, iface.Removed):
+            slot.startable = False
+            self.removed_at[node] = self.now
+            self.reconfigured = True
         return False
 
     def _send(self, src: int, inc: int, dst: int, link: int, msg: MeshMessage) -> None:

@@ -1,5 +1,6 @@
-"""`python -m tests.sim.replay SEED [--nodes N] [--tail LINES] [--algorithm lms]`: rerun one
-random schedule.
+"""`python -m tests.sim.replay SEED [--nodes N] [--tail LINES] [--algorithm lms] [--reconfig]`:
+rerun one random schedule (`--reconfig`: one with run-time configuration changes,
+tests/sim/reconfig.py).
 
 Prints the schedule, the whole trace (or its last LINES lines) and the checker's verdict; exits
 1 when a property was violated. The run is the same as in CI and in the soak: same seed, same
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tests.sim.reconfig import run_reconfig_seed
 from tests.sim.schedules import run_seed
 
 
@@ -20,8 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=None, help="force the cluster size (3-9)")
     parser.add_argument("--tail", type=int, default=0, help="print only the last LINES lines")
     parser.add_argument("--algorithm", default=None, help="the qnetd's algorithm (ffsplit, lms)")
+    parser.add_argument("--reconfig", action="store_true", help="with configuration changes")
     args = parser.parse_args(argv)
-    result = run_seed(args.seed, args.nodes, args.algorithm, trace_limit=None)
+    if args.reconfig:
+        run = run_reconfig_seed(args.seed, trace_limit=None)
+        result = run.result
+        print(f"changes committed: {run.driver.committed}, refused: {run.driver.refused}")
+    else:
+        result = run_seed(args.seed, args.nodes, args.algorithm, trace_limit=None)
     print(result.schedule.describe())
     print("--- trace ---")
     lines = list(result.net.trace)

@@ -3,7 +3,8 @@
 Runs many random fault schedules (seeds first-seed .. first-seed + runs - 1) through the
 simulator and the checker, in worker processes; every fourth seed also checks S4 with
 configuration replicas driven by that run's views (tests/sim/config_beside.py) and on a
-replication schedule of its own (tests/sim/config_sim.py). Prints progress every few
+replication schedule of its own (tests/sim/config_sim.py), and runs the seed's schedule with
+run-time configuration changes (tests/sim/reconfig.py). Prints progress every few
 seconds; on the first failing seed it prints the seed, the replay command and the trace tail,
 and exits 1 (the other seeds already in flight finish first). Exit 0 when every run held
 every property.
@@ -18,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tests.sim.config_beside import replay_beside
 from tests.sim.config_sim import run_config_seed
+from tests.sim.reconfig import run_reconfig_seed
 from tests.sim.schedules import run_seed
 
 CHUNK = 50
@@ -42,6 +44,9 @@ def run_chunk(first: int, count: int, nodes: int | None) -> tuple[int, float, st
             if config.violations:
                 replay = f"python -c 'from tests.sim.config_sim import *; run_config_seed({seed})'"
                 return seed - first + 1, node_seconds, f"{config.report()}\nreplay: {replay}"
+            changed = run_reconfig_seed(seed)
+            if not changed.ok:
+                return seed - first + 1, node_seconds, changed.report()
     return count, node_seconds, None
 
 
