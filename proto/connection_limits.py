@@ -133,6 +133,11 @@ class ConnectionGuard:
         self._forget(conn)
         self.established_ids.discard(conn)
 
+    def pending_from_source(self, conn: int) -> int:
+        """Unauthenticated connections open from `conn`'s source (0 if `conn` is not pending)."""
+        entry = self.pending.get(conn)
+        return 0 if entry is None else self.per_source[entry[0]]
+
     def expired(self, now: float) -> list[int]:
         """Pending connections past their deadline, forgotten and counted to drop."""
         due = []
