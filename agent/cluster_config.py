@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,14 +27,14 @@ from agent.config import (
     TieBreaker,
     Timing,
 )
+from proto import cert_names
 from proto.mesh_messages import CONFIG_VERSIONS
 
 ENCODING_VERSION = 1
 """First item of the canonical encoding; a later layout gets a new number."""
 MAX_NODES = 1024
-NAME_RULE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-"""Node and cluster names: a DNS label (RFC 1123: letters, digits, inner hyphens, 1-63 chars),
-as Proxmox requires of node names."""
+NAME_RULE = cert_names.NODE_NAME_RULE
+"""Node and cluster names: a DNS label (one rule, proto/cert_names.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,10 +211,9 @@ def validate(config: ClusterConfig) -> None:
 
 
 def _check_name(name: str, what: str) -> None:
-    if not NAME_RULE.fullmatch(name):
-        raise ConfigError(
-            f'{what} "{name}" is not valid: use 1-63 letters, digits or inner hyphens'
-        )
+    problem = cert_names.node_name_problem(name, what)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def _check_node(

@@ -14,6 +14,7 @@ so the arbitrator, which extracts names from `ssl`'s dict instead, starts withou
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,17 @@ CA_NAME = "QNet CA"  # corosync-qnetd-certutil's CA subject
 SERVER_NICKNAME = "QNetd Cert"  # corosync-qnetd's NSS nickname of its certificate
 CLIENT_NICKNAME = "Cluster Cert"  # qdevice's NSS nickname of the cluster certificate
 RESERVED_NAMES = (SERVER_NAME, CA_NAME, SERVER_NICKNAME, CLIENT_NICKNAME)
+NODE_NAME_RULE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+"""Node and cluster names of votemesh clusters, and the CN of a node certificate: a DNS label
+(RFC 1123: letters, digits, inner hyphens, 1-63 chars), as Proxmox requires of node names."""
+CLUSTER_CA_PREFIX = "votemesh CA "  # a cluster CA is `CN=votemesh CA <cluster name>`
+
+
+def node_name_problem(name: str, what: str = "node name") -> str | None:
+    """Why `name` is not a valid node or cluster name (one line that says what to use), or None."""
+    if NODE_NAME_RULE.fullmatch(name):
+        return None
+    return f'{what} "{name}" is not valid: use 1-63 letters, digits or inner hyphens'
 
 
 def host_names(common_names: Sequence[str], san_dns_names: Sequence[str] | None) -> list[str]:

@@ -32,3 +32,8 @@ class DecodeError(Exception):
 
 class LocalProtocolError(Exception):
     """Our own misuse of the wire layer, e.g. a value too wide for its field."""
+
+
+class CertificateError(Exception):
+    """A certificate problem the operator can fix (a bad request, a wrong key type); the message
+    is one line that says how. qnetd's `CertError` is this class."""

@@ -17,18 +17,16 @@ caller says `force`.
 from __future__ import annotations
 
 import datetime
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import NameOID
 
-from proto import cert_names
+from proto import cert_names, certificates
 from qnetd import state_files
 
 # The state directory's file helpers live in qnetd/state_files.py (no cryptography import).
@@ -49,10 +47,24 @@ write_atomic = state_files.write_atomic
 CA_NAME = cert_names.CA_NAME
 SERVER_NAME = cert_names.SERVER_NAME
 CLIENT_NICKNAME = cert_names.CLIENT_NICKNAME
-KEY_BITS = 2048  # NSS certutil default on Debian 12
-VALIDITY = datetime.timedelta(days=36525)  # 1200 months, as certutil -v 1200
+KEY_BITS = certificates.KEY_BITS
 FIRST_SERIAL = 100  # serial.txt starts at 100; every certificate takes the next number
-BACKDATE = datetime.timedelta(minutes=5)  # tolerate small clock skew between nodes
+
+# Building certificates is shared with the agent's cluster CA: proto/certificates.py.
+key_pem = certificates.key_pem
+cert_pem = certificates.cert_pem
+_name = certificates.name
+_rsa_public = certificates.rsa_public
+issue = certificates.issue
+ca_fingerprint = certificates.ca_fingerprint
+common_name = certificates.common_name
+make_request = certificates.make_request
+parse_request = certificates.parse_request
+
+
+def make_ca(key: rsa.RSAPrivateKey, serial: int, now: datetime.datetime) -> x509.Certificate:
+    """Self-signed `CN=QNet CA`, CA:TRUE pathlen 0 critical, as corosync-qnetd-certutil -i."""
+    return certificates.make_ca(key, serial, now, CA_NAME)
 
 
 @dataclass(frozen=True)
@@ -72,18 +84,6 @@ class ClientBundle:
     client_pem: Path
     client_key: Path
     client_p12: Path
-
-
-def key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    """Unencrypted PKCS#8 PEM, the form both OpenSSL and our loaders read."""
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def cert_pem(cert: x509.Certificate) -> bytes:
-    """PEM encoding of a certificate."""
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def load_cert(path: Path) -> x509.Certificate:
@@ -134,82 +134,9 @@ def _utcnow(now: datetime.datetime | None) -> datetime.datetime:
     return now if now is not None else datetime.datetime.now(datetime.UTC)
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
 def new_key() -> rsa.RSAPrivateKey:
     """A fresh RSA key with NSS's default size."""
     return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-
-
-def _builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: rsa.RSAPublicKey,
-    serial: int,
-    now: datetime.datetime,
-) -> x509.CertificateBuilder:
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-    )
-
-
-def make_ca(key: rsa.RSAPrivateKey, serial: int, now: datetime.datetime) -> x509.Certificate:
-    """Self-signed `CN=QNet CA`, CA:TRUE pathlen 0 critical, as corosync-qnetd-certutil -i."""
-    return (
-        _builder(_name(CA_NAME), _name(CA_NAME), key.public_key(), serial, now)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-
-
-def issue(
-    ca_cert: x509.Certificate,
-    ca_key: rsa.RSAPrivateKey,
-    subject: x509.Name,
-    public_key: rsa.RSAPublicKey,
-    *,
-    serial: int,
-    now: datetime.datetime,
-    dns_names: tuple[str, ...] = (),
-) -> x509.Certificate:
-    """An end-entity certificate for `subject` signed by the CA (SAN DNS names if given)."""
-    builder = _builder(subject, ca_cert.subject, public_key, serial, now).add_extension(
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(_rsa_public(ca_key.public_key())),
-        critical=False,
-    )
-    if dns_names:
-        san = x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names])
-        builder = builder.add_extension(san, critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def _rsa_public(key: object) -> rsa.RSAPublicKey:
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise CertError("only RSA keys are supported (NSS-based qdevice peers expect RSA)")
-    return key
 
 
 def check_request_key(csr: x509.CertificateSigningRequest) -> None:
@@ -298,37 +225,9 @@ def load_ca(paths: StatePaths) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     return load_cert(paths.ca_cert), load_key(paths.ca_key)
 
 
-def ca_fingerprint(cert: x509.Certificate) -> bytes:
-    """SHA-256 over the CA certificate's DER encoding (what enrollment tokens carry)."""
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-
-
 def state_ca_fingerprint(state_dir: Path) -> bytes:
     """SHA-256 fingerprint of the state directory's CA certificate."""
     return ca_fingerprint(load_cert(StatePaths(state_dir).ca_cert))
-
-
-def common_name(name: x509.Name) -> str | None:
-    """The subject's (last) CN as text, or None."""
-    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not attrs:
-        return None
-    value = attrs[-1].value
-    return value if isinstance(value, str) else value.decode(errors="replace")
-
-
-def parse_request(csr_bytes: bytes) -> x509.CertificateSigningRequest:
-    """A PKCS#10 request in PEM or DER with a valid self-signature, or a one-line CertError."""
-    try:
-        if b"-----BEGIN" in csr_bytes:
-            csr = x509.load_pem_x509_csr(csr_bytes)
-        else:
-            csr = x509.load_der_x509_csr(csr_bytes)
-    except ValueError as exc:
-        raise CertError("not a PKCS#10 certificate request (PEM or DER)") from exc
-    if not csr.is_signature_valid:
-        raise CertError("the certificate request's signature does not verify; make a new request")
-    return csr
 
 
 def check_cluster_name(cluster: str) -> None:
@@ -364,15 +263,6 @@ def sign_request(
         cert = issue(ca_cert, ca_key, _name(cluster), public_key, serial=serial, now=_utcnow(now))
         _record_issued(paths, cert, cluster)
     return cert
-
-
-def make_request(key: rsa.RSAPrivateKey, cluster: str) -> x509.CertificateSigningRequest:
-    """A PKCS#10 request `CN=<cluster>` as `corosync-qdevice-net-certutil -r` makes."""
-    return (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(_name(cluster))
-        .sign(key, hashes.SHA256())
-    )
 
 
 def p12_bytes(key: rsa.RSAPrivateKey, cert: x509.Certificate) -> bytes:

@@ -26,7 +26,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,41 +162,6 @@ class TokenStore:
         """Every stored record (hashes only)."""
         with self._locked() as records:
             return list(records)
-
-
-@dataclass
-class AttemptLimiter:
-    """Failed enrollment attempts per source: a token bucket of `burst`, refilled at `per_second`.
-
-    A source whose bucket is empty is refused before its token is even looked at. The table is
-    bounded: beyond `max_sources`, the least recently failed sources are forgotten.
-    """
-
-    burst: float = 10.0
-    per_second: float = 0.1
-    max_sources: int = 4096
-    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
-    """source -> (tokens left, at), least recently failed first."""
-
-    def _level(self, source: str, now: float) -> float:
-        tokens, at = self._buckets.get(source, (self.burst, now))
-        return min(self.burst, tokens + max(0.0, now - at) * self.per_second)
-
-    def allowed(self, source: str, now: float) -> bool:
-        """May this source try a token now?"""
-        return self._level(source, now) >= 1.0
-
-    def failed(self, source: str, now: float) -> None:
-        """Charge one failed attempt to `source`."""
-        level = self._level(source, now) - 1.0
-        self._buckets.pop(source, None)
-        self._buckets[source] = (max(0.0, level), now)
-        while len(self._buckets) > self.max_sources:
-            del self._buckets[next(iter(self._buckets))]
-
-    def retry_after(self, source: str, now: float) -> float:
-        """Seconds until `source` may try again (0 when it may now)."""
-        return max(0.0, (1.0 - self._level(source, now)) / self.per_second)
 
 
 def _find(records: list[TokenRecord], digest: str) -> int | None:

@@ -16,13 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from proto.errors import CertificateError
+
 PUBLIC_MODE = 0o644
 PRIVATE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-class CertError(Exception):
-    """A certificate problem the operator can fix; the message is one line that says how."""
+CertError = CertificateError
+"""A certificate problem the operator can fix; one line that says how (shared with proto)."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@
     votemesh expected N|reset [--socket PATH | --config FILE]
     votemesh events [--socket PATH | --config FILE]
     votemesh keygen FILE
+    votemesh create NAME --link0 ADDR | join-info [--ttl 1h] | add JOIN-STRING --link0 ADDR
+    votemesh qdevice setup HOST[:PORT] --token T [--algorithm ffsplit|lms] | qdevice remove
     votemesh config show [--json] [--socket PATH | --config FILE]
     votemesh delnode NAME|ID [--socket PATH | --config FILE]
     votemesh leave [--config NODE_TOML]
@@ -118,6 +120,10 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     _status_verbs(sub, only)
     if not only:
         _admin_verbs(sub)
+        from agent.cli import cluster, qdevice  # noqa: PLC0415
+
+        cluster.add_arguments(sub)
+        qdevice.add_arguments(sub)
         _config_verbs(sub)
     return parser
 
@@ -131,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if module == "status":
             from agent.cli import status as verbs  # noqa: PLC0415
+        elif module == "cluster":
+            from agent.cli import cluster as verbs  # type: ignore[no-redef]  # noqa: PLC0415
+        elif module == "qdevice":
+            from agent.cli import qdevice as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         elif module == "config":
             from agent.cli import config as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         else:

@@ -11,6 +11,9 @@ then the body; the server closes the connection after answering.
 | `config`     | JSON: the committed cluster configuration, its version and digest   |
 | `delnode X`  | JSON outcome of removing node X (name or id) from the configuration |
 | `leave`      | JSON outcome of removing this node (it then stops)                  |
+| `join-token S` | JSON `{"join": string}`: a one-time join string valid S seconds |
+| `join-stats` | JSON counters of the join port (agent/runtime/join.py)              |
+| `qdevice-setup ...` / `qdevice-remove` | JSON outcome (agent/runtime/qdevice_setup.py) |
 | `link add N NODE=ADDR...` / `link remove N` | JSON outcome of adding or removing link N |
 
 Configuration changes are answered when the cluster answered (`agent/runtime/config_ops.py`);
@@ -51,9 +54,14 @@ class ControlHandlers:
     events: Callable[[], list[dict[str, Any]]]
     config: Callable[[str, list[str]], Awaitable[tuple[bool, str]]] | None = None
     """Configuration requests (`config`, `delnode X`, `leave`): (ok, body)."""
+    join: Callable[[list[str]], tuple[bool, str]] | None = None
+    """`join-token S` / `join-stats` (the join server, None when it does not run)."""
+    qdevice: Callable[[list[str]], Awaitable[tuple[bool, str]]] | None = None
+    """`qdevice-setup ...` / `qdevice-remove`: a configuration change, answered when done."""
 
 
 CONFIG_COMMANDS = ("config", "delnode", "leave", "link")
+QDEVICE_COMMANDS = ("qdevice-setup", "qdevice-remove")
 
 
 def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
@@ -68,7 +76,15 @@ def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
         return True, _json(handlers.events())
     if command == "expected" and len(args) == 1:
         return _expected(args[0], handlers)
+    if command in ("join-token", "join-stats"):
+        return _join(words, handlers)
     return False, f"unknown request {line.strip()[:80]!r}; send status, expected N or events\n"
+
+
+def _join(words: list[str], handlers: ControlHandlers) -> tuple[bool, str]:
+    if handlers.join is None:
+        return False, "this agent runs no join port (see its log); start it from node.toml\n"
+    return handlers.join([words[0].lower(), *words[1:]])
 
 
 def _expected(value: str, handlers: ControlHandlers) -> tuple[bool, str]:
@@ -123,6 +139,9 @@ async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.Abstra
             if words and words[0].lower() in CONFIG_COMMANDS and handlers.config is not None:
                 ok, body = await handlers.config(words[0].lower(), words[1:])
                 log.info("configuration request", request=line[:200], ok=ok, answer=body[:200])
+            elif words and words[0].lower() in QDEVICE_COMMANDS and handlers.qdevice is not None:
+                ok, body = await handlers.qdevice([words[0].lower(), *words[1:]])
+                log.info("qdevice request", request=words[0], ok=ok, answer=body[:200])
             else:
                 ok, body = answer(line, handlers)
             if line.lower().startswith("expected") and ok:

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import os
 import signal
@@ -70,12 +71,14 @@ from agent.node import (
     Stop,
     Tick,
 )
+from agent.runtime import qdevice_setup
 from agent.runtime.config_file import Startup, load_startup, startup_of
 from agent.runtime.config_ops import ConfigOps
 from agent.runtime.config_runtime import ClusterConfigRuntime
 from agent.runtime.config_wire import CONFIG_MESSAGES
 from agent.runtime.control import ControlHandlers, serve_control
 from agent.runtime.discovery import DiscoveredPeer, Discovery, DiscoveryError
+from agent.runtime.join import JoinServer, start_join_server
 from agent.runtime.keys import load_keys
 from agent.runtime.qdevice import QdeviceRunner
 from agent.runtime.replication import ChangeOutcome, Replication
@@ -208,6 +211,7 @@ class AgentRuntime(ClusterConfigRuntime):
         self._stop = asyncio.Event()
         self.qdevice: QdeviceRunner | None = None
         self.discovery: Discovery | None = None
+        self.join: JoinServer | None = None
         self.static_links = {
             p.node_id: frozenset(link for link, _, _ in p.addresses) for p in config.peers
         }
@@ -416,6 +420,8 @@ class AgentRuntime(ClusterConfigRuntime):
             set_expected=self.set_expected,
             events=lambda: list(self.recent),
             config=ConfigOps(self).answer,
+            join=None if self.join is None else self.join.control,
+            qdevice=functools.partial(qdevice_setup.answer, self),
         )
 
     # ------------------------------------------------------------ run
@@ -423,6 +429,7 @@ class AgentRuntime(ClusterConfigRuntime):
         """Bind, start the core, serve until stopped; then close everything."""
         self._loop = asyncio.get_running_loop()
         await self.mesh.start()
+        self.join = await start_join_server(self)
         control = await serve_control(Path(self.config.control_socket), self.handlers())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -455,6 +462,8 @@ class AgentRuntime(ClusterConfigRuntime):
                     self._qdevice_task = group.create_task(self.qdevice.run(), name="qdevice")
                 if self.config.discovery:
                     tasks.append(group.create_task(self._discover(), name="discovery"))
+                if self.join is not None:
+                    tasks.append(group.create_task(self.join.run(), name="join"))
                 group.create_task(self._signals(tasks), name="signals")
         finally:
             sd_notify("STOPPING=1")

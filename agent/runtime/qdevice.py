@@ -38,11 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shlex
 import ssl
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -79,14 +82,33 @@ def client_tls_context(cfg: QdeviceConfig) -> ssl.SSLContext:
     ctx.check_hostname = False  # 'Qnetd Server' is no host name: see check_server_name()
     ctx.verify_mode = ssl.CERT_REQUIRED
     try:
-        ctx.load_verify_locations(cafile=cfg.ca_pem)
-        ctx.load_cert_chain(cfg.cert_pem, cfg.key_pem)
+        if cfg.ca_pem.startswith(PEM_BEGIN):  # `votemesh qdevice setup`: PEM text in the config
+            ctx.load_verify_locations(cadata=cfg.ca_pem)
+            _load_inline_chain(ctx, cfg.cert_pem, cfg.key_pem)
+        else:
+            ctx.load_verify_locations(cafile=cfg.ca_pem)
+            ctx.load_cert_chain(cfg.cert_pem, cfg.key_pem)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"qdevice TLS files unusable ({exc}); check qdevice.ca_pem, cert_pem and key_pem "
             "are readable PEM files (a certificate and its key)"
         ) from None
     return ctx
+
+
+PEM_BEGIN = "-----BEGIN"
+
+
+def _load_inline_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """`load_cert_chain` reads files only: write the PEM texts to a private temporary
+    directory (0700, key 0600), load them, and remove them at once."""
+    with tempfile.TemporaryDirectory(prefix="votemesh-qdevice-") as tmp:
+        cert, key = Path(tmp) / "client.pem", Path(tmp) / "client.key"
+        cert.write_text(cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key_pem)
+        ctx.load_cert_chain(cert, key)
 
 
 def server_name_problem(der: bytes | None) -> str | None:

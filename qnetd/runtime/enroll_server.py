@@ -35,6 +35,13 @@ from pathlib import Path
 
 import structlog
 
+from proto.connection_limits import (
+    AttemptLimiter,
+    ConnectionGuard,
+    ConnectionLimits,
+    LogLimiter,
+    source_key,
+)
 from proto.enrollment import (
     CA_PATH,
     ENROLL_PATH,
@@ -45,8 +52,7 @@ from proto.enrollment import (
     Token,
 )
 from proto.errors import DecodeError
-from qnetd.connection_limits import ConnectionGuard, ConnectionLimits, LogLimiter, source_key
-from qnetd.enrollment import REASONS, AttemptLimiter, TokenRejectedError, TokenStore
+from qnetd.enrollment import REASONS, TokenRejectedError, TokenStore
 from qnetd.runtime.pki_check import ensure_state_pki
 from qnetd.state_files import StatePaths
 

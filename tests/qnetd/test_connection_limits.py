@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from proto.connection_limits import AttemptLimiter
 from qnetd.connection_limits import ConnectionGuard, ConnectionLimits, LogLimiter, source_key
-from qnetd.enrollment import AttemptLimiter
 
 
 def test_source_key_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
