@@ -75,7 +75,7 @@ def open_fds() -> int:
         return 16
 
 
-def _rss_mb() -> float | None:
+def rss_mb() -> float | None:
     """Resident set size of this process in MB (Linux /proc), for the log."""
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -511,11 +511,11 @@ class QnetdServer:
 
         def trim() -> None:
             self._trim_handle = None
-            before = _rss_mb()
+            before = rss_mb()
             gc.collect()  # asyncio's SSL transports free in cycles; idle, no collection runs
             if self._trim is not None:
                 self._trim()
-            self.log.info("heap trimmed", rss_mb_before=before, rss_mb_after=_rss_mb())
+            self.log.info("heap trimmed", rss_mb_before=before, rss_mb_after=rss_mb())
 
         self._trim_handle = asyncio.get_running_loop().call_later(TRIM_DELAY, trim)
 
