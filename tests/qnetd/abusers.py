@@ -101,11 +101,64 @@ def close_all(socks: Iterable[socket.socket]) -> None:
             sock.close()
 
 
+def hold_once(
+    port: int,
+    target: int,
+    seconds: float,
+    sources: list[str],
+    max_rate: float,
+    *,
+    kinds: tuple[str, ...] = KINDS,
+) -> dict[str, int]:
+    """Open `target` abusive connections (at most `max_rate` per second, kinds and sources in
+    turn), hold them for `seconds` from the start without re-opening what the server closes,
+    then close them all. `held_max`: open at once as seen from here; `closed_by_server`: how many
+    the server closed (refused, evicted or timed out) while held."""
+    hello = client_hello()
+    held: set[socket.socket] = set()
+    opened = failed = held_max = closed_by_server = 0
+    started = time.monotonic()
+    end = started + seconds
+    with selectors.DefaultSelector() as selector:
+        while time.monotonic() < end:
+            while opened + failed < target and opened < max_rate * (time.monotonic() - started):
+                kind, source = kinds[opened % len(kinds)], sources[opened % len(sources)]
+                try:
+                    sock = open_abuser(port, kind, source, hello)
+                except OSError:
+                    failed += 1
+                    continue
+                held.add(sock)
+                selector.register(sock, selectors.EVENT_READ)
+                opened += 1
+            held_max = max(held_max, len(held))
+            for key, _ in selector.select(0.01 if opened + failed < target else 0.05):
+                peer = key.fileobj
+                if isinstance(peer, socket.socket) and is_closed_by_peer(peer):
+                    selector.unregister(peer)
+                    held.discard(peer)
+                    peer.close()
+                    closed_by_server += 1
+        close_all(held)
+    return {
+        "opened": opened,
+        "failed": failed,
+        "held_max": held_max,
+        "closed_by_server": closed_by_server,
+    }
+
+
 def hold(
-    port: int, target: int, seconds: float, sources: list[str], max_rate: float
+    port: int,
+    target: int,
+    seconds: float,
+    sources: list[str],
+    max_rate: float,
+    *,
+    kinds: tuple[str, ...] = KINDS,
 ) -> dict[str, int]:
     """Keep `target` abusive connections open for `seconds`, re-opening what the server drops
-    (at most `max_rate` new connections per second); a third of each kind, sources in turn."""
+    (at most `max_rate` new connections per second); kinds and sources in turn (churn)."""
     hello = client_hello()
     held: set[socket.socket] = set()
     opened = failed = held_max = 0
@@ -114,7 +167,7 @@ def hold(
     with selectors.DefaultSelector() as selector:
         while time.monotonic() < end:
             while len(held) < target and opened < max_rate * (time.monotonic() - started + 1):
-                kind, source = KINDS[opened % 3], sources[opened % len(sources)]
+                kind, source = kinds[opened % len(kinds)], sources[opened % len(sources)]
                 try:
                     sock = open_abuser(port, kind, source, hello)
                 except OSError:
@@ -135,15 +188,24 @@ def hold(
 
 
 def main(argv: list[str]) -> int:
-    """`python -m tests.qnetd.abusers PORT TARGET SECONDS SOURCES MAX_RATE`: hold, print JSON.
+    """`python -m tests.qnetd.abusers PORT TARGET SECONDS SOURCES MAX_RATE [MODE [KINDS]]`.
 
-    A process of its own, so the abuse does not share an interpreter lock with the measurements.
+    MODE `churn` (default: re-open what the server drops, `hold`) or `once` (`hold_once`);
+    KINDS a comma-separated subset of idle,preinit,tls_stalled (default all three in turn).
+    Prints the counts as JSON. A process of its own, so the abuse does not share an interpreter
+    lock with the measurements.
     """
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    port, target, seconds, sources, rate = argv
+    port, target, seconds, sources, rate = argv[:5]
+    mode = argv[5] if len(argv) > 5 else "churn"
+    kinds = tuple(argv[6].split(",")) if len(argv) > 6 else KINDS
+    if mode not in ("churn", "once") or not set(kinds) <= set(KINDS):
+        print(f"mode churn|once, kinds from {','.join(KINDS)}", file=sys.stderr)
+        return 1
     addresses = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(int(sources))]
-    result = hold(int(port), int(target), float(seconds), addresses, float(rate))
+    run = hold if mode == "churn" else hold_once
+    result = run(int(port), int(target), float(seconds), addresses, float(rate), kinds=kinds)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -58,6 +58,8 @@ class AsyncQdevice:
     echoed: asyncio.Event = field(default_factory=asyncio.Event)
     seq: int = 1
     echo_seq: int = 0
+    echo_replied: int = 0
+    """Highest ECHO_REPLY sequence number received."""
 
     async def start(self, ring: RingId, members: tuple[int, ...], config: tuple[int, ...]) -> None:
         """Connect, (STARTTLS), INIT, then the initial config / membership / quorum lists."""
@@ -107,13 +109,17 @@ class AsyncQdevice:
         await self.writer.drain()
 
     async def echo(self, timeout: float = 5.0) -> bool:
-        """Send one ECHO_REQUEST and wait for its reply."""
+        """Send one ECHO_REQUEST and wait for its reply (or a later one: the heartbeat loop may
+        send its own echo meanwhile)."""
         self.echo_seq += 1
-        self.echoed.clear()
-        self._write(EchoRequest(seq=self.echo_seq))
+        mine = self.echo_seq
+        self._write(EchoRequest(seq=mine))
         await self.writer.drain()
         try:
-            await asyncio.wait_for(self.echoed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                while self.echo_replied < mine:
+                    self.echoed.clear()
+                    await self.echoed.wait()
         except TimeoutError:
             return False
         return True
@@ -148,7 +154,8 @@ class AsyncQdevice:
                 if isinstance(msg, VoteInfo) and msg.vote is not None:
                     self.votes.append(Vote(msg.vote))
                     self._write(VoteInfoReply(seq=msg.seq))
-                elif isinstance(msg, EchoReply) and msg.seq == self.echo_seq:
+                elif isinstance(msg, EchoReply):
+                    self.echo_replied = max(self.echo_replied, msg.seq or 0)
                     self.echoed.set()
                 await self.received.put(msg)
         except (ConnectionError, OSError):
