@@ -120,23 +120,33 @@ async def echo_rtts(clients: list[AsyncQdevice], seconds: float) -> list[float]:
     return rtts
 
 
+@dataclass
+class Connects:
+    """New clients' connect + PREINIT + STARTTLS + INIT times, and the slowest one's steps."""
+
+    times: list[float] = field(default_factory=list)
+    slowest: dict[str, float] = field(default_factory=dict)
+
+
 async def connect_times(
     server: OurQnetd, creds: ClientCredentials, count: int, gap: float
-) -> list[float]:
+) -> Connects:
     """A new client of cluster `late` connects, PREINIT, STARTTLS, INIT, `count` times."""
-    times: list[float] = []
+    out = Connects()
     for node in range(1, count + 1):
         await asyncio.sleep(gap)
         client = AsyncQdevice(server.port, b"late", node, creds, heartbeat_ms=HEARTBEAT_MS)
         started = time.perf_counter()
         try:
             await asyncio.wait_for(client.start(RING, (node,), (node,)), 30)
-            times.append(time.perf_counter() - started)
+            out.times.append(time.perf_counter() - started)
         except (OSError, ConnectionError, TimeoutError):
-            times.append(float("inf"))
+            out.times.append(float("inf"))
+        if out.times[-1] >= max(out.times):
+            out.slowest = dict(client.steps)
         with contextlib.suppress(Exception):
             await client.close()
-    return times
+    return out
 
 
 def metrics(server: OurQnetd) -> str:
@@ -174,7 +184,7 @@ class Phase:
 
     name: str
     echo: list[float]
-    connect: list[float]
+    connect: Connects
     vote_changes: int
     fds: tuple[int, int]
     """(peak, end)"""
@@ -328,12 +338,16 @@ def print_table(title: str, phases: list[Phase]) -> None:
         print(
             _line([
                 p.name, _ms(p.echo, 50), _ms(p.echo, 99), ratio, str(len(p.echo)),
-                str(p.vote_changes), f"{_ms(p.connect, 50)} / {_ms(p.connect, 100)}",
+                str(p.vote_changes), f"{_ms(p.connect.times, 50)} / {_ms(p.connect.times, 100)}",
                 f"{p.fds[0]} / {p.fds[1]}",
                 f"{p.rss_kb[0] / 1024:.1f} / {p.rss_kb[1] / 1024:.1f}",
                 f"{(p.rss_kb[1] - idle.rss_kb[1]) / 1024:+.1f}",
             ])
         )  # fmt: skip
+    print("the slowest new client's steps (ms):")
+    for p in phases:
+        steps = ", ".join(f"{k} {v * 1000:.1f}" for k, v in p.connect.slowest.items())
+        print(f"  {p.name:<22} {steps}")
     print("refused or dropped before INIT, by reason (server /metrics), and the abusers' view:")
     for p in phases:
         if p.abuse is None and not any(p.refused.values()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from dataclasses import dataclass, field
 
 from proto.qnetd_enums import DecisionAlgorithm, NodeListType, TieBreakerMode, Vote
@@ -60,16 +61,28 @@ class AsyncQdevice:
     echo_seq: int = 0
     echo_replied: int = 0
     """Highest ECHO_REPLY sequence number received."""
+    steps: dict[str, float] = field(default_factory=dict)
+    """Seconds each step of `start` took: connect, preinit, tls, init."""
 
     async def start(self, ring: RingId, members: tuple[int, ...], config: tuple[int, ...]) -> None:
         """Connect, (STARTTLS), INIT, then the initial config / membership / quorum lists."""
+        mark = time.perf_counter()
+
+        def step(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            self.steps[name], mark = now - mark, now
+
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        step("connect")
         self.decoder = StreamDecoder()
         self._write(Preinit(seq=self.seq, cluster_name=self.cluster))
         await self._read_one()
+        step("preinit")
         if self.creds is not None:
             self._write(StartTls(seq=self._next()))
             await self.writer.start_tls(client_context(self.creds))
+            step("tls")
         self._write(
             Init(
                 seq=self._next(),
@@ -83,6 +96,7 @@ class AsyncQdevice:
             )
         )
         reply = await self._read_one()
+        step("init")
         if not isinstance(reply, InitReply) or reply.reply_error_code != 0:
             raise ConnectionError(f"INIT refused: {reply}")
         self._reader_task = asyncio.create_task(self._read_loop(), name="qdevice-read")
