@@ -210,6 +210,15 @@ def _preinit_metrics(server: QnetdServer) -> Any:
     yield GaugeMetricFamily(
         "votemesh_qnetd_preinit_connections", "Connections not INIT-ed yet", len(guard.pending)
     )
+    gate = server.handshakes
+    yield CounterMetricFamily(
+        "votemesh_qnetd_tls_handshakes_delayed",
+        "TLS handshakes that waited for a later loop turn (at most N start per turn)",
+        gate.delayed,
+    )
+    yield GaugeMetricFamily(
+        "votemesh_qnetd_tls_handshakes_waiting", "TLS handshakes waiting to start", gate.waiting
+    )
     yield GaugeMetricFamily(
         "votemesh_qnetd_fd_budget",
         "Connections the open-file limit leaves room for",
