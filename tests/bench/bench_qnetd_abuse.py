@@ -126,26 +126,38 @@ class Connects:
 
     times: list[float] = field(default_factory=list)
     slowest: dict[str, float] = field(default_factory=dict)
+    """Its last attempt's steps (connect, preinit, tls, init) and its number of attempts."""
 
 
 async def connect_times(
     server: OurQnetd, creds: ClientCredentials, count: int, gap: float
 ) -> Connects:
-    """A new client of cluster `late` connects, PREINIT, STARTTLS, INIT, `count` times."""
+    """A new client of cluster `late` connects, PREINIT, STARTTLS, INIT, `count` times. A
+    refused or dropped attempt is retried after 0.2 s (votemesh-agent's first retry, 0.1-0.2 s)
+    and the time counts from the first attempt: what a real client waits."""
     out = Connects()
     for node in range(1, count + 1):
         await asyncio.sleep(gap)
-        client = AsyncQdevice(server.port, b"late", node, creds, heartbeat_ms=HEARTBEAT_MS)
         started = time.perf_counter()
-        try:
-            await asyncio.wait_for(client.start(RING, (node,), (node,)), 30)
-            out.times.append(time.perf_counter() - started)
-        except (OSError, ConnectionError, TimeoutError):
-            out.times.append(float("inf"))
-        if out.times[-1] >= max(out.times):
-            out.slowest = dict(client.steps)
-        with contextlib.suppress(Exception):
-            await client.close()
+        attempts = 0
+        while True:
+            attempts += 1
+            client = AsyncQdevice(server.port, b"late", node, creds, heartbeat_ms=HEARTBEAT_MS)
+            try:
+                await asyncio.wait_for(client.start(RING, (node,), (node,)), 30)
+                elapsed = time.perf_counter() - started
+                break
+            except (OSError, ConnectionError, TimeoutError):
+                elapsed = float("inf")
+                if time.perf_counter() - started > 10:
+                    break
+                await asyncio.sleep(0.2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.close()
+        out.times.append(elapsed)
+        if elapsed >= max(out.times):
+            out.slowest = dict(client.steps) | {"attempts": attempts}
     return out
 
 
@@ -346,7 +358,10 @@ def print_table(title: str, phases: list[Phase]) -> None:
         )  # fmt: skip
     print("the slowest new client's steps (ms):")
     for p in phases:
-        steps = ", ".join(f"{k} {v * 1000:.1f}" for k, v in p.connect.slowest.items())
+        steps = ", ".join(
+            f"{k} {v}" if k == "attempts" else f"{k} {v * 1000:.1f}"
+            for k, v in p.connect.slowest.items()
+        )
         print(f"  {p.name:<22} {steps}")
     print("refused or dropped before INIT, by reason (server /metrics), and the abusers' view:")
     for p in phases:
