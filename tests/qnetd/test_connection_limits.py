@@ -34,7 +34,7 @@ def test_established_connections_leave_the_pending_set_and_count_against_fds() -
     guard.established(1)
     assert guard.next_deadline() is None
     assert guard.admit(2, "10.0.0.1", 0.0).admitted
-    assert guard.admit(3, "10.0.0.2", 0.4).reason == "fd_headroom"
+    assert guard.admit(3, "10.0.0.2", 0.5).reason == "fd_headroom"
     assert guard.admit(4, "10.0.0.2", 2.0).evicted == (2,)  # never the established one
     guard.closed(1)
     assert guard.admit(5, "10.0.0.2", 2.0).admitted
