@@ -283,11 +283,6 @@ class QnetdServer:
         self._refusal_log(str(verdict.reason), address=host)
         return False
 
-    def _pending_from_source(self, conn_id: int) -> int:
-        """Unauthenticated connections open from this connection's source (its gate priority)."""
-        entry = self.guard.pending.get(conn_id)
-        return 0 if entry is None else self.guard.per_source[entry[0]]
-
     def _refusal_log(self, reason: str, **fields: Any) -> None:
         """One warning per reason every 10 s, with how many were held back."""
         held = self._quiet.allow(reason, self.clock())
@@ -335,7 +330,7 @@ class QnetdServer:
                 return
             if conn.want_tls:
                 # at most N handshakes start per loop turn, quiet sources first
-                await self.handshakes.enter(self._pending_from_source(conn.conn_id))
+                await self.handshakes.enter(self.guard.pending_from_source(conn.conn_id))
                 if not conn.closed:
                     await self._upgrade(conn, self.ssl_context)
                 return
