@@ -1,4 +1,10 @@
-"""A set of named deadlines with O(log n) updates, for the sans-IO core's `next_deadline()`."""
+"""A set of named deadlines with O(log n) updates, for the sans-IO core's `next_deadline()`.
+
+Moving or cancelling a key leaves its old heap row behind (skipped when it reaches the top).
+Stale rows are bounded: once they outnumber the live keys (+ `SLACK`), the heap is rebuilt,
+O(1) amortized. Unbounded, the rows of a flood of connections that never INIT stayed for their
+180 s pre-INIT dead-peer time and kept the allocator's arenas from being freed.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+SLACK = 16
 
 
 class Deadlines(Generic[K]):
@@ -22,12 +29,16 @@ class Deadlines(Generic[K]):
         self._current[key] = at
         self._tiebreak += 1
         heapq.heappush(self._heap, (at, self._tiebreak, key))
-        if len(self._heap) > 4 * len(self._current) + 64:
-            self._compact()
+        self._bound_stale_rows()
 
     def cancel(self, key: K) -> None:
         """Forget `key` (no effect if it is not scheduled)."""
-        self._current.pop(key, None)
+        if self._current.pop(key, None) is not None:
+            self._bound_stale_rows()
+
+    def __len__(self) -> int:
+        """Rows in the heap, stale ones included (for tests of the bound)."""
+        return len(self._heap)
 
     def earliest(self) -> float | None:
         """The next deadline, or None if nothing is scheduled."""
@@ -46,6 +57,10 @@ class Deadlines(Generic[K]):
     def _drop_stale(self) -> None:
         while self._heap and self._current.get(self._heap[0][2]) != self._heap[0][0]:
             heapq.heappop(self._heap)
+
+    def _bound_stale_rows(self) -> None:
+        if len(self._heap) > 2 * len(self._current) + SLACK:
+            self._compact()
 
     def _compact(self) -> None:
         self._heap = [row for row in self._heap if self._current.get(row[2]) == row[0]]

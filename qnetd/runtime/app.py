@@ -20,6 +20,7 @@ from proto.qnetd_enums import TlsSupported
 from qnetd import status
 from qnetd.algorithms.registry import ALGORITHMS
 from qnetd.arbitration import QnetdCore
+from qnetd.runtime import memory_debug
 from qnetd.runtime.control import (
     ControlSocketInUseError,
     check_socket_path,
@@ -115,6 +116,7 @@ async def _refuse_live_http_socket(path: Path) -> None:
 
 
 async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
+    snapshots = memory_debug.start_if_asked()  # VOTEMESH_QNETD_TRACEMALLOC: off by default
     tune_tls_memory()
     context = server_ssl_context(*pki, options.settings.client_cert_required) if pki else None
     core = QnetdCore(options.settings, ALGORITHMS)
@@ -164,6 +166,8 @@ async def _serve(options: RunOptions, pki: tuple[str, str, str] | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if snapshots is not None:
+        memory_debug.install_snapshot_signal(snapshots)
     log.info(
         "qnetd started",
         listen=listen_text,
@@ -205,6 +209,15 @@ def _preinit_metrics(server: QnetdServer) -> Any:
     yield family
     yield GaugeMetricFamily(
         "votemesh_qnetd_preinit_connections", "Connections not INIT-ed yet", len(guard.pending)
+    )
+    gate = server.handshakes
+    yield CounterMetricFamily(
+        "votemesh_qnetd_tls_handshakes_delayed",
+        "TLS handshakes that waited for a later loop turn (at most N start per turn)",
+        gate.delayed,
+    )
+    yield GaugeMetricFamily(
+        "votemesh_qnetd_tls_handshakes_waiting", "TLS handshakes waiting to start", gate.waiting
     )
     yield GaugeMetricFamily(
         "votemesh_qnetd_fd_budget",

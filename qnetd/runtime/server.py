@@ -45,12 +45,14 @@ from qnetd.core_events import (
     Undecodable,
 )
 from qnetd.peer_names import PeerNames
+from qnetd.runtime.handshake_gate import HandshakeGate
 
 LISTEN_BACKLOG = 512  # corosync-qnetd uses 10; thousands of reconnecting clients need more
 TLS_HANDSHAKE_TIMEOUT = 10.0
 MAX_READ = 65536
-ACCEPT_BURST = 64  # accepts in a row before the accept loop yields to the others
-ACCEPT_BURST_S = 0.005  # or this many seconds
+ACCEPT_BURST = 16  # accepts in a row (~0.15 ms each) before the accept loop yields to the others
+DROPS_PER_TURN = 32  # expired connections dropped before the deadline loop yields
+TLS_STARTS_PER_TURN = 4  # TLS handshakes started per loop turn (qnetd/runtime/handshake_gate.py)
 TRIM_AFTER = 64  # pending connections gone since the last malloc_trim before trimming again
 TRIM_DELAY = 1.0  # seconds after the pending set emptied
 
@@ -75,7 +77,7 @@ def open_fds() -> int:
         return 16
 
 
-def _rss_mb() -> float | None:
+def rss_mb() -> float | None:
     """Resident set size of this process in MB (Linux /proc), for the log."""
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -176,6 +178,7 @@ class QnetdServer:
         self._trim = _malloc_trim()
         self._gone_since_trim = 0
         self._trim_handle: asyncio.TimerHandle | None = None
+        self.handshakes = HandshakeGate(TLS_STARTS_PER_TURN)
 
     def connection_limits(self) -> ConnectionLimits:
         """Limits from the settings, with the fd budget: soft RLIMIT_NOFILE - open now - reserve."""
@@ -227,11 +230,10 @@ class QnetdServer:
         return task
 
     async def _accept_loop(self, lsock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        burst, burst_started = 0, self.clock()
+        burst = 0
         while True:
             try:
-                sock, addr = await loop.sock_accept(lsock)
+                sock, addr, waited = await self._accept_one(lsock)
             except OSError as exc:  # EMFILE and friends: keep serving the others
                 self._refusal_log("accept_failed", error=str(exc))
                 await asyncio.sleep(0.1)
@@ -239,14 +241,15 @@ class QnetdServer:
             sock.setblocking(False)
             self._next_id += 1
             host, port = addr[0], addr[1]
-            # sock_accept returns without yielding while the backlog is not empty: yield every
-            # ACCEPT_BURST accepts, or a flood of connects holds the loop (measured: 0.5 s stalls
-            # at 1,000 accepts/s); yielding after each one lets the backlog grow instead, and a
-            # new client then waits behind hundreds of abusive connects.
-            burst += 1
-            if burst >= ACCEPT_BURST or self.clock() - burst_started > ACCEPT_BURST_S:
+            # While the backlog is not empty accepting never yields: yield every ACCEPT_BURST
+            # accepts, or a flood of connects holds the loop and every established client waits
+            # (measured: 0.5 s stalls at 1,000 accepts/s without yielding; 5-7 ms turns with 64
+            # accepts or 5 ms). Yielding after each one let the backlog grow instead, and a new
+            # client waited behind it.
+            burst = 1 if waited else burst + 1
+            if burst >= ACCEPT_BURST:
                 await asyncio.sleep(0)
-                burst, burst_started = 0, self.clock()
+                burst = 0
             if not self._admit(self._next_id, host, sock):
                 continue
             conn = _Conn(self._next_id, sock, f"{host}:{port}", self._new_decoder())
@@ -254,6 +257,16 @@ class QnetdServer:
             self._feed(Accepted(conn.conn_id, conn.address))
             if not conn.closed:
                 conn.task = self._spawn(self._exact_reads(conn), f"qnetd-conn-{conn.conn_id}")
+
+    @staticmethod
+    async def _accept_one(lsock: socket.socket) -> tuple[socket.socket, Any, bool]:
+        """(socket, address, whether the backlog was empty and we waited for it)."""
+        try:
+            sock, addr = lsock.accept()
+        except BlockingIOError:
+            sock, addr = await asyncio.get_running_loop().sock_accept(lsock)
+            return sock, addr, True
+        return sock, addr, False
 
     def _admit(self, conn_id: int, host: str, sock: socket.socket) -> bool:
         """Ask the connection guard; close a refused socket at once (the peer sees a reset)."""
@@ -290,8 +303,10 @@ class QnetdServer:
             timeout = None if deadline is None else max(0.0, deadline - self.clock())
             self._guard_wake.clear()
             await _wait_event(self._guard_wake, timeout)
-            for conn_id in self.guard.expired(self.clock()):
+            for count, conn_id in enumerate(self.guard.expired(self.clock()), 1):
                 self._drop_pending(conn_id, "preinit_timeout")
+                if count % DROPS_PER_TURN == 0:  # 1,000 expiring at once: spread over turns
+                    await asyncio.sleep(0)
 
     def _new_decoder(self) -> StreamDecoder:
         # Skipped messages are answered once whole, as corosync-qnetd does (docs/design.md 1.2).
@@ -314,7 +329,10 @@ class QnetdServer:
             if not _is_open(conn):  # the core may have dropped it while handling the data
                 return
             if conn.want_tls:
-                await self._upgrade(conn, self.ssl_context)
+                # at most N handshakes start per loop turn, quiet sources first
+                await self.handshakes.enter(self.guard.pending_from_source(conn.conn_id))
+                if not conn.closed:
+                    await self._upgrade(conn, self.ssl_context)
                 return
             if self._initialised(conn):
                 await self._upgrade(conn, None)
@@ -511,11 +529,11 @@ class QnetdServer:
 
         def trim() -> None:
             self._trim_handle = None
-            before = _rss_mb()
+            before = rss_mb()
             gc.collect()  # asyncio's SSL transports free in cycles; idle, no collection runs
             if self._trim is not None:
                 self._trim()
-            self.log.info("heap trimmed", rss_mb_before=before, rss_mb_after=_rss_mb())
+            self.log.info("heap trimmed", rss_mb_before=before, rss_mb_after=rss_mb())
 
         self._trim_handle = asyncio.get_running_loop().call_later(TRIM_DELAY, trim)
 

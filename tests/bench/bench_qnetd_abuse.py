@@ -1,16 +1,28 @@
-"""qnetd under abuse: 2,000 connections that never INIT while a good cluster keeps its votes.
+"""qnetd under abuse (issue 7, Must show): idle and half-open connections beside a good cluster.
 
-One `votemesh-qnetd run` on 127.0.0.1 with its default limits. A cluster of real qdevice-protocol
-clients (tests/qnetd/async_client.py: TLS with a client certificate, INIT, node lists, votes)
-connects first; then, for `VOTEMESH_BENCH_ABUSE_S` seconds (default 10), abusers keep up to
-`VOTEMESH_BENCH_ABUSERS` (default 2,000) connections open from 250 loopback sources
-(127.0.1.1 ...), a third each idle TCP, PREINIT-only and stalled TLS handshakes, re-opening what
-the server drops at up to `VOTEMESH_BENCH_ABUSE_RATE` (default 1,000) connections per second,
-from a process of their own (tests/qnetd/abusers.py). Printed, in one table: echo round trip
-p50/p99 of the cluster before / during / after, the time a new client needs to connect and INIT
-during the abuse (target: within 1 s), the server's fds and RSS before / peak / after, whether
-every cluster client kept its ACK, and the refusals by reason from /metrics. Figures only:
-nothing here fails on a timing.
+One `votemesh-qnetd run` on 127.0.0.1 with its default limits. Three clusters of three real
+qdevice-protocol clients each (tests/qnetd/async_client.py: STARTTLS with a client certificate
+naming the cluster, INIT, node lists, ffsplit votes, echoes at an 8 s heartbeat like
+corosync-qdevice) connect and get their ACKs. Then, phase by phase, from a process of its own
+(tests/qnetd/abusers.py) and 250 loopback sources (127.0.1.x):
+
+- idle: nothing else;
+- hold: `VOTEMESH_BENCH_ABUSERS` (2,000) connections opened once (at up to 2,000/s) and held
+  for `VOTEMESH_BENCH_HOLD_S` (8) s, a third each TCP connected and silent, PREINIT then silent,
+  and PREINIT + STARTTLS + a real ClientHello then silent (handshake half done); the server holds
+  what its caps allow (`--preinit-max` 1,024) and refuses or evicts the rest, by reason;
+- churn: a handshake flood, the same mix re-opened as fast as the server drops it, at up to
+  `VOTEMESH_BENCH_ABUSE_RATE` (1,000) connections/s for `VOTEMESH_BENCH_ABUSE_S` (10) s;
+  `VOTEMESH_BENCH_CHURN_KINDS` (idle,preinit,tls_stalled) picks the kinds;
+- after each: once the server has no connection pending, the same measurements again.
+
+Per phase: the cluster's ECHO round trip p50 / p99 (and p99 over idle), vote changes (any
+VOTE_INFO or lost connection of a cluster client: must be 0), a new legitimate client's
+connect + PREINIT + STARTTLS + INIT time (target: within 1 s), the server's fds and RSS (peak
+during the phase, at its end, and the end minus idle), and the refusals by reason from
+/metrics. With `VOTEMESH_BENCH_ALL_HELD=1` (default) a second server with `--preinit-max 4096`
+runs idle / hold / after, so that all 2,000 are held at once. Figures only: nothing here fails
+on a timing; a vote change fails the run (it is a bug, not a timing).
 """
 
 from __future__ import annotations
@@ -26,18 +38,37 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proto.qnetd_enums import Vote
 from proto.qnetd_options import RingId
 from tests.bench.qnetd_loadgen import percentile, sample_process
+from tests.interop.debian_qnetd import ClientCredentials
 from tests.qnetd.async_client import AsyncQdevice
 from tests.qnetd.our_qnetd import OurQnetd
 
-CLUSTER_NODES = 8
+CLUSTERS = ("alpha", "bravo", "charlie")
+NODES = (1, 2, 3)
+HEARTBEAT_MS = 8000  # corosync-qdevice's default
 SOURCES = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(250)]
 RING = RingId(1, 1)
+REASONS = ("per_source", "total", "fd_headroom", "deadline", "evicted", "handshake_busy")
+KINDS = "idle,preinit,tls_stalled"
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Sizes from the environment."""
+
+    abusers: int = int(os.environ.get("VOTEMESH_BENCH_ABUSERS", "2000"))
+    hold_s: float = float(os.environ.get("VOTEMESH_BENCH_HOLD_S", "8"))
+    churn_s: float = float(os.environ.get("VOTEMESH_BENCH_ABUSE_S", "10"))
+    churn_rate: float = float(os.environ.get("VOTEMESH_BENCH_ABUSE_RATE", "1000"))
+    churn_kinds: str = os.environ.get("VOTEMESH_BENCH_CHURN_KINDS", KINDS)
+    all_held: bool = os.environ.get("VOTEMESH_BENCH_ALL_HELD", "1") != "0"
+    quiet_s: float = 4.0
+    """Length of the idle and after phases."""
 
 
 def raise_own_fd_limit() -> int:
@@ -49,29 +80,33 @@ def raise_own_fd_limit() -> int:
     return soft
 
 
-@dataclass
-class Peak:
-    """Largest fds / RSS of the server seen by the sampler thread."""
-
-    fds: int = 0
-    rss_kb: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-
 def fds_and_rss(server: OurQnetd) -> tuple[int, int]:
     assert server.process is not None
     return server.fd_count(), sample_process(server.process.pid).rss_kb
 
 
-def sampler(server: OurQnetd, peak: Peak) -> None:
-    while not peak.stop.wait(0.1):
-        with contextlib.suppress(OSError):
-            fds, rss = fds_and_rss(server)
-            peak.fds, peak.rss_kb = max(peak.fds, fds), max(peak.rss_kb, rss)
+@dataclass
+class Sampler:
+    """Largest fds / RSS of the server since the last `reset`, sampled every 0.1 s."""
+
+    server: OurQnetd
+    fds: int = 0
+    rss_kb: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def reset(self) -> None:
+        self.fds, self.rss_kb = fds_and_rss(self.server)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.1):
+            with contextlib.suppress(OSError, AssertionError):
+                fds, rss = fds_and_rss(self.server)
+                self.fds, self.rss_kb = max(self.fds, fds), max(self.rss_kb, rss)
 
 
 async def echo_rtts(clients: list[AsyncQdevice], seconds: float) -> list[float]:
-    """Round trips of ECHO_REQUEST -> ECHO_REPLY, one client after another, for `seconds`."""
+    """Round trips of ECHO_REQUEST -> ECHO_REPLY, one client after another, for `seconds`;
+    a reply that does not come within 5 s counts as 5 s."""
     rtts: list[float] = []
     end = time.monotonic() + seconds
     i = 0
@@ -79,27 +114,51 @@ async def echo_rtts(clients: list[AsyncQdevice], seconds: float) -> list[float]:
         client = clients[i % len(clients)]
         i += 1
         started = time.perf_counter()
-        if await client.echo(timeout=5.0):
-            rtts.append(time.perf_counter() - started)
-        await asyncio.sleep(0.01)
+        ok = await client.echo(timeout=5.0)
+        rtts.append(time.perf_counter() - started if ok else 5.0)
+        await asyncio.sleep(0.005)
     return rtts
 
 
-async def connect_times(server: OurQnetd, creds: object, count: int, gap: float) -> list[float]:
-    """A new client of cluster `late` connects, does STARTTLS and INIT, `count` times."""
-    times: list[float] = []
+@dataclass
+class Connects:
+    """New clients' connect + PREINIT + STARTTLS + INIT times, and the slowest one's steps."""
+
+    times: list[float] = field(default_factory=list)
+    slowest: dict[str, float] = field(default_factory=dict)
+    """Its last attempt's steps (connect, preinit, tls, init) and its number of attempts."""
+
+
+async def connect_times(
+    server: OurQnetd, creds: ClientCredentials, count: int, gap: float
+) -> Connects:
+    """A new client of cluster `late` connects, PREINIT, STARTTLS, INIT, `count` times. A
+    refused or dropped attempt is retried after 0.2 s (votemesh-agent's first retry, 0.1-0.2 s)
+    and the time counts from the first attempt: what a real client waits."""
+    out = Connects()
     for node in range(1, count + 1):
         await asyncio.sleep(gap)
-        client = AsyncQdevice(server.port, b"late", node, creds, heartbeat_ms=60000)  # type: ignore[arg-type]
         started = time.perf_counter()
-        try:
-            await asyncio.wait_for(client.start(RING, (node,), (node,)), 30)
-            times.append(time.perf_counter() - started)
-        except (OSError, ConnectionError, TimeoutError):
-            times.append(float("inf"))
-        with contextlib.suppress(Exception):
-            await client.close()
-    return times
+        attempts = 0
+        while True:
+            attempts += 1
+            client = AsyncQdevice(server.port, b"late", node, creds, heartbeat_ms=HEARTBEAT_MS)
+            try:
+                await asyncio.wait_for(client.start(RING, (node,), (node,)), 30)
+                elapsed = time.perf_counter() - started
+                break
+            except (OSError, ConnectionError, TimeoutError):
+                elapsed = float("inf")
+                if time.perf_counter() - started > 10:
+                    break
+                await asyncio.sleep(0.2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.close()
+        out.times.append(elapsed)
+        if elapsed >= max(out.times):
+            out.slowest = dict(client.steps) | {"attempts": attempts}
+    return out
 
 
 def metrics(server: OurQnetd) -> str:
@@ -112,7 +171,13 @@ def sample_value(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
-    return float("nan")
+    return 0.0
+
+
+def refusals(server: OurQnetd) -> dict[str, float]:
+    text = metrics(server)
+    name = "votemesh_qnetd_preinit_refused_total"
+    return {r: sample_value(text, f'{name}{{reason="{r}"}}') for r in REASONS}
 
 
 async def wait_preinit_zero(server: OurQnetd, timeout: float) -> float:
@@ -126,126 +191,214 @@ async def wait_preinit_zero(server: OurQnetd, timeout: float) -> float:
 
 
 @dataclass
-class AbuseResult:
-    """Figures of one run: (before, during, after) triples and counters."""
+class Phase:
+    """Figures of one phase."""
 
-    echo: tuple[list[float], list[float], list[float]]
-    connect: tuple[list[float], list[float]]
-    fds: tuple[int, int, int]
-    rss_kb: tuple[int, int, int]
-    kept: bool
+    name: str
+    echo: list[float]
+    connect: Connects
+    vote_changes: int
+    fds: tuple[int, int]
+    """(peak, end)"""
+    rss_kb: tuple[int, int]
     refused: dict[str, float]
-    opened: int
-    held_max: int
-    failed: int
-    drained_s: float
+    abuse: dict[str, int] | None = None
 
 
-async def run(workdir: Path, abusers: int, abuse_s: float, rate: float) -> AbuseResult:
-    """Start the server and the cluster, measure before, during and after the abuse."""
-    server = OurQnetd(workdir)
-    server.start()
-    peak = Peak()
-    abuse: subprocess.Popen[str] | None = None
-    try:
-        creds = server.client_credentials("bench")
-        late_creds = server.client_credentials("late")
-        nodes = tuple(range(1, CLUSTER_NODES + 1))
-        clients = [AsyncQdevice(server.port, b"bench", n, creds, heartbeat_ms=60000) for n in nodes]
-        for client in clients:
-            await client.start(RING, nodes, nodes)
-        await asyncio.sleep(1.0)
-        await connect_times(server, late_creds, 1, 0)  # warm-up: certificates, code paths
-        # The first scrape imports prometheus_client (deferred at start): do it before the
-        # baseline so "after" compares like with like.
-        await asyncio.to_thread(metrics, server)
-        before = await echo_rtts(clients, 3.0)
-        before_connect = await connect_times(server, late_creds, 3, 0.2)
-        base_fds, base_rss = fds_and_rss(server)
-        thread = threading.Thread(target=sampler, args=(server, peak), daemon=True)
-        thread.start()
-        abuse = subprocess.Popen(
-            [sys.executable, "-m", "tests.qnetd.abusers", str(server.port), str(abusers),
-             str(abuse_s), str(len(SOURCES)), str(rate)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        ramp = min(2.0, abuse_s / 4)
-        await asyncio.sleep(ramp)  # let the flood build up
-        during, during_connect = await asyncio.gather(
-            echo_rtts(clients, abuse_s - ramp),
-            connect_times(server, late_creds, 8, (abuse_s - ramp) / 9),
+@dataclass
+class Cluster:
+    """The well-behaved clients and what they had seen when a phase began."""
+
+    clients: list[AsyncQdevice]
+    late: ClientCredentials
+
+    def mark(self) -> list[tuple[int, bool]]:
+        return [(len(c.votes), c.closed.is_set()) for c in self.clients]
+
+    def changes_since(self, mark: list[tuple[int, bool]]) -> int:
+        """VOTE_INFOs received and connections lost since `mark` (all must stay as they were)."""
+        now = self.mark()
+        return sum(
+            n - m + int(closed and not was) for (n, closed), (m, was) in zip(now, mark, strict=True)
         )
-        out, _ = await asyncio.to_thread(abuse.communicate, None, abuse_s + 60)
+
+
+async def phase(
+    name: str,
+    server: OurQnetd,
+    cluster: Cluster,
+    sampler: Sampler,
+    *,
+    seconds: float,
+    abuse: Sequence[str] | None = None,
+    connects: int = 3,
+) -> Phase:
+    """Measure for `seconds`, with the abusers' command running if given."""
+    sampler.reset()
+    mark = cluster.mark()
+    refused_before = await asyncio.to_thread(refusals, server)
+    proc = None
+    if abuse is not None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.qnetd.abusers", *abuse], stdout=subprocess.PIPE, text=True
+        )
+    echo, connect = await asyncio.gather(
+        echo_rtts(cluster.clients, seconds),
+        connect_times(server, cluster.late, connects, seconds / (connects + 1)),
+    )
+    counts = None
+    if proc is not None:
+        out, _ = await asyncio.to_thread(proc.communicate, None, seconds + 120)
         counts = json.loads(out.strip().splitlines()[-1])
-        drained = await wait_preinit_zero(server, 30)
-        await asyncio.sleep(2.0)  # the server trims its heap 1 s after the last one went
-        after = await echo_rtts(clients, 3.0)
-        peak.stop.set()
-        after_fds, after_rss = fds_and_rss(server)
-        text = await asyncio.to_thread(metrics, server)
-        kept = all(c.votes and c.votes[-1] is Vote.ACK and not c.closed.is_set() for c in clients)
-        refused = {
-            r: sample_value(text, f'votemesh_qnetd_preinit_refused_total{{reason="{r}"}}')
-            for r in ("per_source", "total", "fd_headroom", "deadline", "evicted")
-        }
+    fds_end, rss_end = fds_and_rss(server)
+    refused_after = await asyncio.to_thread(refusals, server)
+    return Phase(
+        name,
+        echo,
+        connect,
+        cluster.changes_since(mark),
+        (max(sampler.fds, fds_end), fds_end),
+        (max(sampler.rss_kb, rss_end), rss_end),
+        {r: refused_after[r] - refused_before[r] for r in REASONS},
+        counts,
+    )
+
+
+async def settle(server: OurQnetd) -> None:
+    """Until no connection is pending, then 2 s: the server trims its heap 1 s after that."""
+    await wait_preinit_zero(server, 60)
+    await asyncio.sleep(2.0)
+
+
+async def run(workdir: Path, knobs: Knobs, extra: Sequence[str], churn: bool) -> list[Phase]:
+    """One server: idle, hold, after hold and (if `churn`) churn, after churn."""
+    server = OurQnetd(workdir, None, None, *extra)
+    server.start()
+    sampler = Sampler(server)
+    clients: list[AsyncQdevice] = []
+    try:
+        for name in CLUSTERS:
+            creds = server.client_credentials(name)
+            for node in NODES:
+                client = AsyncQdevice(server.port, name.encode(), node, creds, HEARTBEAT_MS)
+                await client.start(RING, NODES, NODES)
+                clients.append(client)
+        cluster = Cluster(clients, server.client_credentials("late"))
+        await asyncio.sleep(1.0)  # every client has its ACK
+        await connect_times(server, cluster.late, 1, 0)  # warm-up: certificates, code paths
+        # The first scrape imports prometheus_client (deferred at start): before the baseline.
+        await asyncio.to_thread(metrics, server)
+        threading.Thread(target=sampler.run, daemon=True).start()
+        port, sources = str(server.port), str(len(SOURCES))
+        phases = [await phase("idle", server, cluster, sampler, seconds=knobs.quiet_s)]
+        hold = [port, str(knobs.abusers), str(knobs.hold_s), sources, "2000", "once", KINDS]
+        label = f"hold {knobs.abusers:,} for {knobs.hold_s:.0f} s"
+        phases.append(
+            await phase(
+                label, server, cluster, sampler, seconds=knobs.hold_s, abuse=hold, connects=6
+            )
+        )
+        await settle(server)
+        phases.append(await phase("after hold", server, cluster, sampler, seconds=knobs.quiet_s))
+        if churn:
+            rate = f"{knobs.churn_rate:.0f}"
+            flood = [port, str(knobs.abusers), str(knobs.churn_s), sources, rate, "churn"]
+            flood.append(knobs.churn_kinds)
+            label = f"churn {rate}/s for {knobs.churn_s:.0f} s"
+            phases.append(
+                await phase(
+                    label, server, cluster, sampler, seconds=knobs.churn_s, abuse=flood, connects=8
+                )
+            )
+            await settle(server)
+            phases.append(
+                await phase("after churn", server, cluster, sampler, seconds=knobs.quiet_s)
+            )
         for client in clients:
             await client.close()
-        return AbuseResult(
-            echo=(before, during, after),
-            connect=(before_connect, during_connect),
-            fds=(base_fds, peak.fds, after_fds),
-            rss_kb=(base_rss, peak.rss_kb, after_rss),
-            kept=kept,
-            refused=refused,
-            opened=counts["opened"],
-            held_max=counts["held_max"],
-            failed=counts["failed"],
-            drained_s=drained,
-        )
+        return phases
     finally:
-        peak.stop.set()
-        if abuse is not None and abuse.poll() is None:
-            abuse.kill()
-            abuse.wait(10)
+        sampler.stop.set()
         server.stop()
 
 
 def _ms(values: list[float], pct: float) -> str:
     value = percentile(values, pct)
-    return "-" if value is None else f"{value * 1000:.2f}"
+    return "-" if value is None else f"{value * 1000:.1f}"
 
 
-def _row(label: str, *cells: str) -> None:
-    print(f"{label:<42}" + "".join(f"{c:>12}" for c in cells))
+COLUMNS = (
+    ("phase", 24), ("echo p50", 9), ("p99", 7), ("p99/idle", 9), ("n", 5), ("votes chg", 10),
+    ("new client p50/max ms", 22), ("fds peak/end", 13), ("RSS MB peak/end", 16),
+    ("end-idle", 9),
+)  # fmt: skip
+
+
+def _line(cells: Sequence[str]) -> str:
+    first, *rest = ((c, w) for c, (_, w) in zip(cells, COLUMNS, strict=True))
+    return f"{first[0]:<{first[1]}}" + "".join(f"{c:>{w}}" for c, w in rest)
+
+
+def print_table(title: str, phases: list[Phase]) -> None:
+    idle = phases[0]
+    idle_p99 = percentile(idle.echo, 99) or 0.0
+    print(title)
+    print(_line([name for name, _ in COLUMNS]))
+    for p in phases:
+        p99 = percentile(p.echo, 99)
+        ratio = "-" if not p99 or not idle_p99 else f"{p99 / idle_p99:.1f}x"
+        print(
+            _line([
+                p.name, _ms(p.echo, 50), _ms(p.echo, 99), ratio, str(len(p.echo)),
+                str(p.vote_changes), f"{_ms(p.connect.times, 50)} / {_ms(p.connect.times, 100)}",
+                f"{p.fds[0]} / {p.fds[1]}",
+                f"{p.rss_kb[0] / 1024:.1f} / {p.rss_kb[1] / 1024:.1f}",
+                f"{(p.rss_kb[1] - idle.rss_kb[1]) / 1024:+.1f}",
+            ])
+        )  # fmt: skip
+    print("the slowest new client's steps (ms):")
+    for p in phases:
+        steps = ", ".join(
+            f"{k} {v}" if k == "attempts" else f"{k} {v * 1000:.1f}"
+            for k, v in p.connect.slowest.items()
+        )
+        print(f"  {p.name:<22} {steps}")
+    print("refused or dropped before INIT, by reason (server /metrics), and the abusers' view:")
+    for p in phases:
+        if p.abuse is None and not any(p.refused.values()):
+            continue
+        reasons = ", ".join(f"{k} {v:.0f}" for k, v in p.refused.items() if v)
+        a = p.abuse or {}
+        view = (
+            f"opened {a.get('opened', 0)}, held at once {a.get('held_max', 0)}, "
+            f"connect failed {a.get('failed', 0)}"
+        )
+        if "closed_by_server" in a:
+            view += f", closed by the server while held {a['closed_by_server']}"
+        print(f"  {p.name:<22} {reasons or 'none'}; abusers: {view}")
 
 
 def main() -> None:
-    """Run once with the sizes from the environment and print the table."""
+    """Run with the sizes from the environment and print the tables."""
     limit = raise_own_fd_limit()
-    abusers = int(os.environ.get("VOTEMESH_BENCH_ABUSERS", "2000"))
-    abuse_s = float(os.environ.get("VOTEMESH_BENCH_ABUSE_S", "10"))
-    rate = float(os.environ.get("VOTEMESH_BENCH_ABUSE_RATE", "1000"))
-    if limit < abusers + 200:
-        abusers = max(100, limit - 200)
-        print(f"open-file limit {limit}: abusers reduced to {abusers}")
+    knobs = Knobs()
+    if limit < knobs.abusers + 200:
+        knobs = Knobs(abusers=max(100, limit - 200))
+        print(f"open-file limit {limit}: abusers reduced to {knobs.abusers}")
+    changes = 0
     with tempfile.TemporaryDirectory(prefix="vm-abuse-") as tmp:
-        r = asyncio.run(run(Path(tmp), abusers, abuse_s, rate))
-    print(
-        f"qnetd under abuse: up to {abusers} connections that never INIT (idle / PREINIT-only / "
-        f"stalled TLS handshake) from {len(SOURCES)} sources for {abuse_s:.0f} s, re-opened at up "
-        f"to {rate:.0f}/s; a cluster of {CLUSTER_NODES} TLS clients"
-    )
-    _row("figure", "before", "during", "after")
-    _row("echo round trip p50 (ms)", *(_ms(v, 50) for v in r.echo))
-    _row("echo round trip p99 (ms)", *(_ms(v, 99) for v in r.echo))
-    _row("echo samples", *(str(len(v)) for v in r.echo))
-    _row("new client connect+STARTTLS+INIT p50 (ms)", *(_ms(v, 50) for v in r.connect), "")
-    _row("new client connect+STARTTLS+INIT max (ms)", *(_ms(v, 100) for v in r.connect), "")
-    _row("server fds (during: peak)", *(str(v) for v in r.fds))
-    _row("server RSS MB (during: peak)", *(f"{v / 1024:.1f}" for v in r.rss_kb))
-    _row("cluster kept its ACK votes", "", "", "yes" if r.kept else "NO")
-    print(
-        f"abuse: {r.opened} connections opened, at most {r.held_max} held at once, "
-        f"{r.failed} connects failed; server back to 0 pre-INIT {r.drained_s:.1f} s after"
-    )
-    print("refused by reason: " + ", ".join(f"{k} {v:.0f}" for k, v in r.refused.items()))
+        phases = asyncio.run(run(Path(tmp) / "default", knobs, (), churn=True))
+        print_table(
+            f"qnetd under abuse: {len(CLUSTERS)} clusters x {len(NODES)} TLS qdevice clients "
+            f"(certificates, ffsplit, heartbeat {HEARTBEAT_MS // 1000} s) beside up to "
+            f"{knobs.abusers:,} connections that never INIT, from {len(SOURCES)} sources; "
+            "server defaults (--preinit-max 1024, --preinit-per-source 16, --preinit-timeout 5)",
+            phases,
+        )
+        changes += sum(p.vote_changes for p in phases)
+        if knobs.all_held:
+            held = asyncio.run(run(Path(tmp) / "held", knobs, ("--preinit-max", "4096"), False))
+            print_table("the same hold with --preinit-max 4096 (all of them held at once)", held)
+            changes += sum(p.vote_changes for p in held)
+    if changes:
+        raise SystemExit(f"FAILED: {changes} vote changes or lost connections in the cluster")

@@ -102,48 +102,77 @@ def close_all(socks: Iterable[socket.socket]) -> None:
 
 
 def hold(
-    port: int, target: int, seconds: float, sources: list[str], max_rate: float
+    port: int,
+    target: int,
+    seconds: float,
+    sources: list[str],
+    max_rate: float,
+    *,
+    kinds: tuple[str, ...] = KINDS,
+    reopen: bool = True,
 ) -> dict[str, int]:
-    """Keep `target` abusive connections open for `seconds`, re-opening what the server drops
-    (at most `max_rate` new connections per second); a third of each kind, sources in turn."""
+    """Open abusive connections (at most `max_rate` per second, kinds and sources in turn) and
+    hold them for `seconds`, then close them all. `reopen` (churn): keep `target` open,
+    re-opening what the server drops; else open `target` once and re-open nothing. Counts:
+    opened, failed connects, `held_max` (open at once as seen from here) and `closed_by_server`
+    (refused, evicted or timed out while held)."""
     hello = client_hello()
     held: set[socket.socket] = set()
-    opened = failed = held_max = 0
-    end = time.monotonic() + seconds
+    counts = dict.fromkeys(("opened", "failed", "held_max", "closed_by_server"), 0)
     started = time.monotonic()
+    burst = 1.0 if reopen else 0.0  # churn may open a second's worth at once
     with selectors.DefaultSelector() as selector:
-        while time.monotonic() < end:
-            while len(held) < target and opened < max_rate * (time.monotonic() - started + 1):
-                kind, source = KINDS[opened % 3], sources[opened % len(sources)]
+        while time.monotonic() < started + seconds:
+            while (len(held) if reopen else counts["opened"] + counts["failed"]) < target and (
+                counts["opened"] < max_rate * (time.monotonic() - started + burst)
+            ):
+                n = counts["opened"]
                 try:
-                    sock = open_abuser(port, kind, source, hello)
+                    sock = open_abuser(
+                        port, kinds[n % len(kinds)], sources[n % len(sources)], hello
+                    )
                 except OSError:
-                    failed += 1
-                    break
+                    counts["failed"] += 1
+                    if reopen:
+                        break
+                    continue
                 held.add(sock)
                 selector.register(sock, selectors.EVENT_READ)
-                opened += 1
-            held_max = max(held_max, len(held))
-            for key, _ in selector.select(0.05):
+                counts["opened"] += 1
+            counts["held_max"] = max(counts["held_max"], len(held))
+            opening = not reopen and counts["opened"] + counts["failed"] < target
+            for key, _ in selector.select(0.01 if opening else 0.05):
                 peer = key.fileobj
                 if isinstance(peer, socket.socket) and is_closed_by_peer(peer):
                     selector.unregister(peer)
                     held.discard(peer)
                     peer.close()
+                    counts["closed_by_server"] += 1
         close_all(held)
-    return {"opened": opened, "failed": failed, "held_max": held_max}
+    return counts
 
 
 def main(argv: list[str]) -> int:
-    """`python -m tests.qnetd.abusers PORT TARGET SECONDS SOURCES MAX_RATE`: hold, print JSON.
+    """`python -m tests.qnetd.abusers PORT TARGET SECONDS SOURCES MAX_RATE [MODE [KINDS]]`.
 
-    A process of its own, so the abuse does not share an interpreter lock with the measurements.
+    MODE `churn` (default: re-open what the server drops) or `once` (open TARGET, no re-open);
+    KINDS a comma-separated subset of idle,preinit,tls_stalled (default all three in turn).
+    Prints the counts as JSON. A process of its own, so the abuse does not share an interpreter
+    lock with the measurements.
     """
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    port, target, seconds, sources, rate = argv
+    port, target, seconds, sources, rate = argv[:5]
+    mode = argv[5] if len(argv) > 5 else "churn"
+    kinds = tuple(argv[6].split(",")) if len(argv) > 6 else KINDS
+    if mode not in ("churn", "once") or not set(kinds) <= set(KINDS):
+        print(f"mode churn|once, kinds from {','.join(KINDS)}", file=sys.stderr)
+        return 1
     addresses = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(int(sources))]
-    result = hold(int(port), int(target), float(seconds), addresses, float(rate))
+    result = hold(
+        int(port), int(target), float(seconds), addresses, float(rate),
+        kinds=kinds, reopen=mode == "churn",
+    )  # fmt: skip
     print(json.dumps(result), flush=True)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from dataclasses import dataclass, field
 
 from proto.qnetd_enums import DecisionAlgorithm, NodeListType, TieBreakerMode, Vote
@@ -58,16 +59,30 @@ class AsyncQdevice:
     echoed: asyncio.Event = field(default_factory=asyncio.Event)
     seq: int = 1
     echo_seq: int = 0
+    echo_replied: int = 0
+    """Highest ECHO_REPLY sequence number received."""
+    steps: dict[str, float] = field(default_factory=dict)
+    """Seconds each step of `start` took: connect, preinit, tls, init."""
 
     async def start(self, ring: RingId, members: tuple[int, ...], config: tuple[int, ...]) -> None:
         """Connect, (STARTTLS), INIT, then the initial config / membership / quorum lists."""
+        mark = time.perf_counter()
+
+        def step(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            self.steps[name], mark = now - mark, now
+
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        step("connect")
         self.decoder = StreamDecoder()
         self._write(Preinit(seq=self.seq, cluster_name=self.cluster))
         await self._read_one()
+        step("preinit")
         if self.creds is not None:
             self._write(StartTls(seq=self._next()))
             await self.writer.start_tls(client_context(self.creds))
+            step("tls")
         self._write(
             Init(
                 seq=self._next(),
@@ -81,6 +96,7 @@ class AsyncQdevice:
             )
         )
         reply = await self._read_one()
+        step("init")
         if not isinstance(reply, InitReply) or reply.reply_error_code != 0:
             raise ConnectionError(f"INIT refused: {reply}")
         self._reader_task = asyncio.create_task(self._read_loop(), name="qdevice-read")
@@ -107,13 +123,17 @@ class AsyncQdevice:
         await self.writer.drain()
 
     async def echo(self, timeout: float = 5.0) -> bool:
-        """Send one ECHO_REQUEST and wait for its reply."""
+        """Send one ECHO_REQUEST and wait for its reply (or a later one: the heartbeat loop may
+        send its own echo meanwhile)."""
         self.echo_seq += 1
-        self.echoed.clear()
-        self._write(EchoRequest(seq=self.echo_seq))
+        mine = self.echo_seq
+        self._write(EchoRequest(seq=mine))
         await self.writer.drain()
         try:
-            await asyncio.wait_for(self.echoed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                while self.echo_replied < mine:
+                    self.echoed.clear()
+                    await self.echoed.wait()
         except TimeoutError:
             return False
         return True
@@ -148,7 +168,8 @@ class AsyncQdevice:
                 if isinstance(msg, VoteInfo) and msg.vote is not None:
                     self.votes.append(Vote(msg.vote))
                     self._write(VoteInfoReply(seq=msg.seq))
-                elif isinstance(msg, EchoReply) and msg.seq == self.echo_seq:
+                elif isinstance(msg, EchoReply):
+                    self.echo_replied = max(self.echo_replied, msg.seq or 0)
                     self.echoed.set()
                 await self.received.put(msg)
         except (ConnectionError, OSError):
