@@ -46,15 +46,13 @@ def test_expected_1_on_an_isolated_node_makes_it_quorate_and_explain_says_why(
 
     forced = cluster.cli(3, "expected", "1")
     assert forced.returncode == 0, forced.stderr
-    cluster.wait(
-        "node 3 quorate alone",
-        lambda: (
-            None
-            if (cluster.status(3)["quorate"], cluster.status(3)["expected_votes"]) == (True, 1)
-            else f"quorate/expected {cluster.status(3)['quorate'], cluster.status(3)['expected_votes']}"
-        ),
-        timeout=5.0,
-    )
+
+    def forced_alone() -> str | None:
+        doc = cluster.status(3)
+        got = (doc["quorate"], doc["expected_votes"])
+        return None if got == (True, 1) else f"quorate/expected {got}"
+
+    cluster.wait("node 3 quorate alone", forced_alone, timeout=5.0)
     explain = cluster.cli(3, "explain")
     assert explain.returncode == 0, explain.stderr
     text = explain.stdout
@@ -94,6 +92,6 @@ def test_delnode_reaches_every_remaining_node_well_within_a_second(
             if got == (2, [1, 2], 2, True):
                 seen[i] = time.monotonic() - started
         time.sleep(0.01)
-    print(f"delnode: answered {answered:.3f} s, applied on {sorted(seen.items())}")  # noqa: T201
+    print(f"delnode: answered {answered:.3f} s, applied on {sorted(seen.items())}")
     assert len(seen) == 2, seen
     assert max(seen.values()) < 1.0, seen
