@@ -70,8 +70,9 @@ class ClusterFiles:
         return self.state_dir / cluster_store.FILE_NAME
 
     def membership(self) -> str | None:
-        """Why this node already belongs to a cluster (one line), or None when it is free."""
-        for path in (self.node_toml, self.cluster_key, self.cluster_config):
+        """Why this node already belongs to a cluster (one line), or None when it is free. A
+        node.toml alone is not a membership: `votemesh leave` keeps it and removes the rest."""
+        for path in (self.cluster_key, self.cluster_config):
             if path.exists():
                 return f"this node already belongs to a cluster ({path} exists)"
         return None
