@@ -41,6 +41,8 @@ FAREWELL = 300.0
 """Seconds a removed node stays reachable and is told, once a second, the configuration that
 removed it (it may be cut off when the change is made and learn it only after the heal)."""
 FAREWELL_EVERY = 1.0
+BEHIND_HEARD = 5.0
+"""Seconds since a behind peer's last datagram during which it is sent our configuration."""
 log = structlog.get_logger("votemesh.agent")
 
 
@@ -274,17 +276,36 @@ class ClusterConfigRuntime:
             self._guarded(self._tell_removed)
 
     def _tell_removed(self) -> None:
-        """Send removed nodes the committed configuration until their farewell ends."""
+        """Once a second: send removed nodes the committed configuration until their farewell
+        ends, and peers outside our view that are behind (`_tell_behind`)."""
         now = time.monotonic()
         if now < self._farewell_at:
             return
         self._farewell_at = now + FAREWELL_EVERY
+        self._tell_behind(now)
         for node_id, until in list(self._farewell.items()):
             if now >= until:
                 del self._farewell[node_id]
                 self.mesh.addresses.pop(node_id, None)
                 continue
             self._config_send(node_id, self.replication.commit_notice())
+
+    def _tell_behind(self, now: float) -> None:
+        """Send the committed configuration to every configured peer we heard within
+        BEHIND_HEARD seconds whose heartbeats report an older version and that is not in our
+        installed view (in the view, step 1 syncs it). Such a node may never share a view with
+        us: it drops the datagrams of a node added meanwhile, and the clique rule may keep that
+        node in the view instead (design §3.9, "Catch-up outside a view"). A committed
+        configuration is safe to hand to anyone: the receiver takes it only if it is newer."""
+        committed = self.cluster_config
+        if committed.version < 1 or self.removed is not None:
+            return
+        members = self.node.view.members
+        for peer_id, peer in self.node.peers.items():
+            behind = 0 < peer.config_version < committed.version
+            if behind and peer_id not in members and now - peer.seen_at < BEHIND_HEARD:
+                self.replication.counters["behind_told"] += 1
+                self._config_send(peer_id, self.replication.commit_notice())
 
     def _log_startup(self) -> None:
         """Where the cluster configuration comes from; a refused store loudly."""

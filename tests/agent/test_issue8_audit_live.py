@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from proto.runtime.control_client import request
+from tests.agent.test_cluster_join_live import SETTLE, Node, _quorate
 from tests.agent.test_config_live import Cluster, pytestmark  # noqa: F401 - root/netns marks
+from tests.lab import netns
 from tests.lab.netns import LabFactory
 
 
@@ -95,3 +97,39 @@ def test_delnode_reaches_every_remaining_node_well_within_a_second(
     print(f"delnode: answered {answered:.3f} s, applied on {sorted(seen.items())}")
     assert len(seen) == 2, seen
     assert max(seen.values()) < 1.0, seen
+
+
+def test_a_node_behind_that_does_not_know_an_added_node_is_synced_outside_a_view(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    """n1, n2 and n3 (node id 9) made with create/add (version 3); n3 cut off while n4 is added
+    (node id 3, version 4, view {1, 2, 3}). After the heal n3 still runs version 3: it drops
+    n4's datagrams (unknown node), and the clique rule keeps n4 in the view ({1, 2, 3} ranks
+    above {1, 2, 9}), so n3 never shares a view with the others and step 1 never syncs it.
+    Members that hear n3 report an older version outside their view send it the committed
+    configuration: every node reaches version 4 and one view of four.
+    Before the fix n3 stayed at version 3 outside the view for good."""
+    lab = lab_factory(["n1", "n2", "n3", "n4"])
+    nodes = [Node(lab[f"n{i}"], tmp_path / f"n{i}") for i in (1, 2, 3, 4)]
+    n1, n2, n3, n4 = nodes
+    code, _out, err = n1.votemesh("create", "behind", "--name", "n1", "--link0",
+                                  n1.host.address, *n1.dirs)  # fmt: skip
+    assert code == 0, err
+    n1.start()
+    netns.wait_until(lambda: n1.status() or None, timeout=SETTLE, what="n1's agent")
+    for count, node in ((2, n2), (3, n3)):
+        # n3 takes id 9: n4 then gets id 3, and {1, 2, 3} ranks above {1, 2, 9} (equal sizes,
+        # smallest ids: design 3.1), so the clique rule keeps the added node in the view
+        extra = ("--nodeid", "9") if node is n3 else ()
+        code, _out, err = node.add(n1.join_info(), *extra)
+        assert code == 0, err
+        node.start()
+        _quorate(nodes[:count], count)
+    lab.partition([n1.host, n2.host, n4.host], [n3.host])
+    _quorate([n1, n2], 3)
+    code, _out, err = n4.add(n1.join_info())
+    assert code == 0, err
+    n4.start()
+    _quorate([n1, n2, n4], 4)
+    lab.heal()
+    _quorate(nodes, 4)
