@@ -181,6 +181,7 @@ class AgentRuntime(ClusterConfigRuntime):
             self._offer,
             fresh=lambda peer: self.node.last_fresh_peer == peer,
             core_drop=lambda: self.node.last_drop or self._config_drop,
+            stranger=lambda node, link, source: self._guarded(self._stranger, node, link, source),
         )
         self._config_drop: str | None = None
         self.replication = Replication(
@@ -193,6 +194,9 @@ class AgentRuntime(ClusterConfigRuntime):
         self._farewell: dict[int, float] = {}
         """Removed nodes still reachable, until when (monotonic)."""
         self._farewell_at = 0.0
+        self._probation: dict[int, float] = {}
+        """Node ids the configuration does not list, admitted until when (design §3.9)."""
+        self._probation_at = 0.0
         self._removed_why: str | None = None
         self._qdevice_task: asyncio.Task[None] | None = None
         self.removed: str | None = None
@@ -296,6 +300,8 @@ class AgentRuntime(ClusterConfigRuntime):
             return False
         self._config_drop = None
         self._guarded(self.dispatch, message)
+        if message.peer in self._probation:
+            self._guarded(self._vouched, message.peer)
         taken = self.node.last_drop is None or message.peer in self._farewell
         if isinstance(message.message, CONFIG_MESSAGES) and taken:
             self._guarded(self.replication.receive, message.peer, message.message)

@@ -7,6 +7,7 @@ today's single file, lab timing; partitions are iptables rules inside the namesp
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from proto.runtime.control_client import request
 from tests.agent.test_cluster_join_live import SETTLE, Node, _quorate
-from tests.agent.test_config_live import Cluster, pytestmark  # noqa: F401 - root/netns marks
+from tests.agent.test_config_live import EXIT_REMOVED, Cluster, pytestmark  # noqa: F401 - root/netns marks
 from tests.lab import netns
 from tests.lab.netns import LabFactory
 
@@ -133,3 +134,35 @@ def test_a_node_behind_that_does_not_know_an_added_node_is_synced_outside_a_view
     _quorate([n1, n2, n4], 4)
     lab.heal()
     _quorate(nodes, 4)
+
+
+def test_a_removed_node_is_told_by_members_restarted_since_the_change(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    """n3 is cut off while n1 deletes it (version 2); n1 and n2 then restart (nothing of the
+    change is left in memory, only version 2 on disk). After the heal n3, still running
+    version 1, sends them heartbeats from a node id their configuration does not list: they
+    take its authenticated datagrams as a sign it is a removed member and tell it the
+    configuration, so it logs the error and stops with exit status 3. Before the fix only a
+    member that had not restarted since the change told it: n3 ran on for good."""
+    lab = lab_factory(["n1", "n2", "n3"])
+    cluster = Cluster(lab, tmp_path / "work", 3)
+    cluster.start()
+    cluster.wait("version 1", cluster.agreed([1, 2, 3], 1, [1, 2, 3]))
+    lab.partition(["n1", "n2"], ["n3"])
+    cluster.wait("split", cluster.agreed([1, 2], 1, [1, 2]))
+    out = cluster.cli(1, "delnode", "n3")
+    assert out.returncode == 0, out.stderr
+    for i in (1, 2):
+        agent = cluster.agents[i].process
+        assert agent is not None
+        agent.process.send_signal(signal.SIGTERM)
+        agent.process.wait(timeout=10)
+    cluster.start(1, 2)
+    cluster.wait("restarted on version 2", cluster.agreed([1, 2], 2, [1, 2]))
+    lab.heal()
+    cluster.wait("n3 stops", lambda: None if cluster.exited(3) is not None else "running")
+    assert cluster.exited(3) == EXIT_REMOVED
+    [removed] = cluster.log_events(3, "removed from the cluster")
+    assert removed["version"] == 2
+    cluster.wait("1 and 2 still agree", cluster.agreed([1, 2], 2, [1, 2]))
