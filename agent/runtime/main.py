@@ -86,6 +86,7 @@ from agent.runtime.state import StateDir
 from agent.runtime.udp import MeshTransport
 from agent.status import RuntimeInfo, to_json
 from proto.datagram_seal import ClusterKey, Opener, Sealer
+from proto.mesh_messages import ConfigFetch
 
 __all__ = ["AgentRuntime", "ChangeOutcome", "main"]
 
@@ -302,7 +303,11 @@ class AgentRuntime(ClusterConfigRuntime):
         self._guarded(self.dispatch, message)
         if message.peer in self._probation:
             self._guarded(self._vouched, message.peer)
-        taken = self.node.last_drop is None or message.peer in self._farewell
+        # A node outside the configuration (told it was removed) may only fetch what we told it:
+        # it may hold the key, but its Commit or Forward must not change our configuration.
+        taken = self.node.last_drop is None or (
+            message.peer in self._farewell and isinstance(message.message, ConfigFetch)
+        )
         if isinstance(message.message, CONFIG_MESSAGES) and taken:
             self._guarded(self.replication.receive, message.peer, message.message)
             self._config_drop = self.replication.last_drop
