@@ -34,7 +34,8 @@ def test_expected_1_on_an_isolated_node_makes_it_quorate_and_explain_says_why(
     """Node 3 cut off from a quorate 3-node cluster is inquorate (1 of 3); `votemesh expected
     1` on it exits 0 and makes it quorate; `votemesh explain` on it says quorate with 1 of 1
     expected votes and lists the expected-votes change among its last transitions; the
-    majority {1, 2} stays quorate at its own expected votes 3 throughout."""
+    majority {1, 2} stays quorate at its own expected votes 3 throughout; after the heal every
+    node counts with expected votes 3 again (the highest wins: the override does not spread)."""
     lab = lab_factory(["n1", "n2", "n3"])
     cluster = Cluster(lab, tmp_path / "work", 3)
     cluster.start()
@@ -66,6 +67,16 @@ def test_expected_1_on_an_isolated_node_makes_it_quorate_and_explain_says_why(
     for i in (1, 2):
         doc = cluster.status(i)
         assert (doc["quorate"], doc["expected_votes"], doc["members"]) == (True, 3, [1, 2])
+
+    # after the heal the highest expected votes win (votequorum): the override does not spread
+    lab.heal()
+    cluster.wait("healed", cluster.agreed([1, 2, 3], 1, [1, 2, 3]))
+
+    def highest_wins() -> str | None:
+        got = {i: cluster.status(i)["expected_votes"] for i in (1, 2, 3)}
+        return None if set(got.values()) == {3} else f"expected votes {got}"
+
+    cluster.wait("expected votes 3 everywhere", highest_wins, timeout=10.0)
 
 
 def test_delnode_reaches_every_remaining_node_well_within_a_second(
