@@ -338,7 +338,8 @@ class ClusterConfigRuntime:
             "a node not in the configuration is sending",
             node=node_id,
             version=self.cluster_config.version,
-            effect="telling it the configuration: it was removed and should stop",
+            effect="telling it our configuration: a removed node stops (a node added after "
+            "our version ignores it)",
         )
 
     def _tell_behind(self, now: float) -> None:
