@@ -402,15 +402,21 @@ class ConfigReplica:
         leader = self._leader
         if leader is not None and leader.inflight is not None and leader.inflight.request == key:
             return
-        text = self._leader_refusal(msg)
+        text = self._leader_refusal(sender, msg)
         if text is not None or leader is None:
             self._send(sender, Result(msg.request_id, False, text or "view changed; retry"), out)
             return
         self._propose(leader, msg.config.with_version(msg.base_version + 1), key, out)
 
-    def _leader_refusal(self, msg: Forward) -> str | None:
+    def _leader_refusal(self, sender: int, msg: Forward) -> str | None:
         leader = self._leader
-        if leader is None or not self.is_leader or msg.ring != self.ring:
+        # a sender outside the view: one ring id names one member set (S2), so not this ring
+        if (
+            leader is None
+            or not self.is_leader
+            or msg.ring != self.ring
+            or sender not in self.members
+        ):
             return "view changed; retry"
         if leader.inflight is not None:  # before `ready`, which is False while one is in flight
             return "another configuration change is in progress; retry"

@@ -91,8 +91,8 @@ def agent_config(local: NodeLocal, cluster: ClusterConfig) -> AgentConfig:
     if me is None:
         raise ConfigError(
             f"node {local.node_id} is not in cluster {cluster.cluster_name}'s configuration "
-            f"(version {cluster.version}); it was removed: run `votemesh add JOIN-STRING` to "
-            "join again"
+            f"(version {cluster.version}); it was removed: run `votemesh leave` to clear it, "
+            "then `votemesh add JOIN-STRING` to join again"
         )
     priorities = {k.index: k.priority for k in me.links}
     bound = {b.index for b in local.links}

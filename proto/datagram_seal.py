@@ -45,6 +45,15 @@ through are stopped by the agent's freshness rule (design §3.3); a live sender'
 are never behind its window, so only a jumped or long-silent window re-anchors."""
 
 
+def claimed_sender(datagram: bytes) -> int | None:
+    """The node id a datagram's header claims (None if it has no header): unauthenticated, for
+    deciding what to do about a sender the Opener did not admit, never as proof."""
+    if len(datagram) < OVERHEAD or datagram[:2] != MAGIC:
+        return None
+    sender: int = HEADER.unpack_from(datagram)[5]
+    return sender
+
+
 def cluster_id(cluster_name: str) -> bytes:
     """8-byte id of a cluster name, carried in every datagram header."""
     return hashlib.sha256(b"votemesh cluster id\0" + cluster_name.encode()).digest()[:8]

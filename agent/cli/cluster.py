@@ -111,12 +111,19 @@ def _node_name(args: argparse.Namespace) -> str:
 
 
 def _files(args: argparse.Namespace) -> ClusterFiles:
+    from agent.config import ConfigError  # noqa: PLC0415
+    from agent.runtime import join_files  # noqa: PLC0415
     from agent.runtime.join_files import ClusterFiles  # noqa: PLC0415
 
     files = ClusterFiles(Path(args.config_dir).absolute(), Path(args.state_dir).absolute())
     problem = files.membership()
     if problem is not None and not args.force:
         raise UserError(f"{problem}; use --force to replace it")
+    try:  # before a key is made or the cluster is asked: `add` cannot be undone from here
+        join_files.check_writable(files.config_dir)
+        join_files.check_writable(files.state_dir)
+    except ConfigError as exc:
+        raise UserError(f"{exc} (--config-dir, --state-dir)") from None
     return files
 
 

@@ -113,12 +113,46 @@ def cmd_leave(args: argparse.Namespace) -> int:
         raise UserError(f"{exc}; give this node's file with --config FILE") from None
     if not args.socket:
         args.socket = local.control_socket
-    doc = ask(args, "leave", CHANGE_TIMEOUT)
-    _wait_stopped(socket_path(args))
-    removed = _remove_files(local.key_files, Path(local.state_dir), config.parent)
-    print(f"{doc['text']} (config_version {doc['version']}); removed: {', '.join(removed)}")
+    state_dir = Path(local.state_dir)
+    gone = _removed_version(local.node_id, state_dir)
+    if gone is not None and not _listening(socket_path(args)):
+        text = f"the cluster had removed this node already (config_version {gone})"
+    else:
+        doc = ask(args, "leave", CHANGE_TIMEOUT)
+        _wait_stopped(socket_path(args))
+        text = f"{doc['text']} (config_version {doc['version']})"
+    removed = _remove_files(local.key_files, state_dir, config.parent)
+    print(f"{text}; removed: {', '.join(removed)}")
     print(f"kept {config}: run `votemesh create NAME` or `votemesh add JOIN-STRING` to start again")
     return 0
+
+
+def _removed_version(node_id: int, state_dir: Path) -> int | None:
+    """The stored cluster configuration's version when it no longer lists this node (the
+    cluster deleted it and its agent stopped: nobody is left to tell), else None."""
+    from agent.config import ConfigError  # noqa: PLC0415
+    from agent.runtime import cluster_store  # noqa: PLC0415
+
+    try:
+        stored = cluster_store.load(state_dir)
+    except ConfigError:
+        return None
+    if stored is None or stored.committed.version < 1:
+        return None
+    listed = {n.node_id for n in stored.committed.nodes}
+    return None if node_id in listed else stored.committed.version
+
+
+def _listening(path: Path) -> bool:
+    """Some process answers on the control socket at `path`."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _wait_stopped(path: Path) -> None:

@@ -41,6 +41,16 @@ FAREWELL = 300.0
 """Seconds a removed node stays reachable and is told, once a second, the configuration that
 removed it (it may be cut off when the change is made and learn it only after the heal)."""
 FAREWELL_EVERY = 1.0
+PROBATION = 10.0
+"""Seconds a node id our configuration does not list stays admitted after its first datagram:
+if one of its datagrams authenticates meanwhile it is a removed member, told like one."""
+PROBATION_EVERY = 1.0
+"""Seconds between two node ids put on probation (their datagrams are not authenticated yet: a
+spoofer must not make us keep state, or send anything)."""
+STRANGERS_MAX = 16
+"""Removed nodes told and node ids on probation, at most."""
+BEHIND_HEARD = 5.0
+"""Seconds since a behind peer's last datagram during which it is sent our configuration."""
 log = structlog.get_logger("votemesh.agent")
 
 
@@ -59,6 +69,8 @@ class ClusterConfigRuntime:
     _loop: asyncio.AbstractEventLoop | None
     _farewell: dict[int, float]
     _farewell_at: float
+    _probation: dict[int, float]
+    _probation_at: float
     _removed_why: str | None
     _qdevice_task: asyncio.Task[None] | None
     removed: str | None
@@ -231,6 +243,7 @@ class ClusterConfigRuntime:
             self._farewell[node_id] = farewell_until
         for peer in new.peers:
             self._farewell.pop(peer.node_id, None)
+            self._probation.pop(peer.node_id, None)
         self.mesh.pinned = {(p.node_id, k) for p in new.peers for k, _, _ in p.addresses}
         for peer in new.peers:
             for link, host, port in peer.addresses:
@@ -274,17 +287,77 @@ class ClusterConfigRuntime:
             self._guarded(self._tell_removed)
 
     def _tell_removed(self) -> None:
-        """Send removed nodes the committed configuration until their farewell ends."""
+        """Once a second: send removed nodes the committed configuration until their farewell
+        ends, and peers outside our view that are behind (`_tell_behind`)."""
         now = time.monotonic()
         if now < self._farewell_at:
             return
         self._farewell_at = now + FAREWELL_EVERY
+        self._tell_behind(now)
+        for node_id, until in list(self._probation.items()):
+            if now >= until:
+                del self._probation[node_id]
+                self.mesh.addresses.pop(node_id, None)
         for node_id, until in list(self._farewell.items()):
             if now >= until:
                 del self._farewell[node_id]
                 self.mesh.addresses.pop(node_id, None)
                 continue
             self._config_send(node_id, self.replication.commit_notice())
+
+    def _stranger(self, node_id: int, link: int, source: tuple[str, int]) -> None:
+        """A datagram from a node id without an address here (not authenticated). A member
+        removed while it was cut off, or while we were down, still sends with the cluster key;
+        the members that made the change told it (FAREWELL), but one restarted since knows
+        nothing of it. So admit the id on probation (its address, PROBATION seconds, one id a
+        second, STRANGERS_MAX in all): if a datagram of it then authenticates (`_vouched`), it
+        is told like a removed node. Nothing is sent before that."""
+        now, committed = time.monotonic(), self.cluster_config
+        if (
+            committed.version < 1
+            or self.removed is not None
+            or now < self._probation_at
+            or node_id == self.config.node_id
+            or committed.node(node_id) is not None
+            or node_id in self._farewell
+            or len(self._farewell) + len(self._probation) >= STRANGERS_MAX
+        ):
+            return
+        self._probation_at = now + PROBATION_EVERY
+        self._probation[node_id] = now + PROBATION
+        self.mesh.set_peer_address(node_id, link, source)
+
+    def _vouched(self, node_id: int) -> None:
+        """An authenticated datagram from a node id on probation: a removed member (it holds
+        the key, our configuration does not list it): tell it until its farewell ends."""
+        if self._probation.pop(node_id, None) is None:
+            return
+        self._farewell[node_id] = time.monotonic() + FAREWELL
+        self._farewell_at = 0.0  # tell it at the next tick
+        log.warning(
+            "a node not in the configuration is sending",
+            node=node_id,
+            version=self.cluster_config.version,
+            effect="telling it our configuration: a removed node stops (a node added after "
+            "our version ignores it)",
+        )
+
+    def _tell_behind(self, now: float) -> None:
+        """Send the committed configuration to every configured peer we heard within
+        BEHIND_HEARD seconds whose heartbeats report an older version and that is not in our
+        installed view (in the view, step 1 syncs it). Such a node may never share a view with
+        us: it drops the datagrams of a node added meanwhile, and the clique rule may keep that
+        node in the view instead (design §3.9, "Catch-up outside a view"). A committed
+        configuration is safe to hand to anyone: the receiver takes it only if it is newer."""
+        committed = self.cluster_config
+        if committed.version < 1 or self.removed is not None:
+            return
+        members = self.node.view.members
+        for peer_id, peer in self.node.peers.items():
+            behind = 0 < peer.config_version < committed.version
+            if behind and peer_id not in members and now - peer.seen_at < BEHIND_HEARD:
+                self.replication.counters["behind_told"] += 1
+                self._config_send(peer_id, self.replication.commit_notice())
 
     def _log_startup(self) -> None:
         """Where the cluster configuration comes from; a refused store loudly."""

@@ -11,6 +11,7 @@ into the state dir (`agent/runtime/cluster_store.py`).
 from __future__ import annotations
 
 import datetime
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,16 +71,40 @@ class ClusterFiles:
         return self.state_dir / cluster_store.FILE_NAME
 
     def membership(self) -> str | None:
-        """Why this node already belongs to a cluster (one line), or None when it is free."""
-        for path in (self.node_toml, self.cluster_key, self.cluster_config):
+        """Why this node already belongs to a cluster (one line), or None when it is free. A
+        node.toml alone is not a membership: `votemesh leave` keeps it and removes the rest."""
+        for path in (self.cluster_key, self.cluster_config):
             if path.exists():
                 return f"this node already belongs to a cluster ({path} exists)"
         return None
 
 
+def make_dir(path: Path, mode: int = DIR_MODE) -> None:
+    """`path` and its parents (`mode` for new ones); ConfigError (one line) if that fails or it
+    is not writable, before anything is written or asked of the cluster."""
+    try:
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write in {path}: permission denied; run as root")
+
+
+def check_writable(path: Path) -> None:
+    """ConfigError (one line) if `path` could not be made or written in, judged from it or its
+    nearest existing ancestor; creates nothing (a refused command writes nothing)."""
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write in {existing}: permission denied; run as root")
+
+
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Atomically and durably; the directory is made (0700 for a new one) if missing."""
-    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    make_dir(path.parent)
     try:
         write_durable(path, data)
         path.chmod(mode)
@@ -159,7 +184,7 @@ class Membership:
 def write_membership(files: ClusterFiles, m: Membership) -> None:
     """Keys and certificates first, then the committed configuration, node.toml last: a failure
     half way leaves no node.toml that would start an agent on a partial set."""
-    files.config_dir.mkdir(mode=CONFIG_DIR_MODE, parents=True, exist_ok=True)
+    make_dir(files.config_dir, CONFIG_DIR_MODE)
     for i, key in enumerate(m.keys):
         name = files.cluster_key if i == 0 else files.config_dir / f"cluster-{i}.key"
         write_file(name, key, PRIVATE_MODE)
@@ -167,7 +192,7 @@ def write_membership(files: ClusterFiles, m: Membership) -> None:
     write_file(files.ca_cert, m.ca, PUBLIC_MODE)
     write_file(files.node_key, m.node_key, PRIVATE_MODE)
     write_file(files.node_cert, m.node_cert, PUBLIC_MODE)
-    files.state_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    make_dir(files.state_dir)
     try:
         cluster_store.save(files.state_dir, Persist(m.config, None, None))
     except OSError as exc:

@@ -86,6 +86,7 @@ from agent.runtime.state import StateDir
 from agent.runtime.udp import MeshTransport
 from agent.status import RuntimeInfo, to_json
 from proto.datagram_seal import ClusterKey, Opener, Sealer
+from proto.mesh_messages import ConfigFetch
 
 __all__ = ["AgentRuntime", "ChangeOutcome", "main"]
 
@@ -181,6 +182,7 @@ class AgentRuntime(ClusterConfigRuntime):
             self._offer,
             fresh=lambda peer: self.node.last_fresh_peer == peer,
             core_drop=lambda: self.node.last_drop or self._config_drop,
+            stranger=lambda node, link, source: self._guarded(self._stranger, node, link, source),
         )
         self._config_drop: str | None = None
         self.replication = Replication(
@@ -193,6 +195,9 @@ class AgentRuntime(ClusterConfigRuntime):
         self._farewell: dict[int, float] = {}
         """Removed nodes still reachable, until when (monotonic)."""
         self._farewell_at = 0.0
+        self._probation: dict[int, float] = {}
+        """Node ids the configuration does not list, admitted until when (design §3.9)."""
+        self._probation_at = 0.0
         self._removed_why: str | None = None
         self._qdevice_task: asyncio.Task[None] | None = None
         self.removed: str | None = None
@@ -296,7 +301,13 @@ class AgentRuntime(ClusterConfigRuntime):
             return False
         self._config_drop = None
         self._guarded(self.dispatch, message)
-        taken = self.node.last_drop is None or message.peer in self._farewell
+        if message.peer in self._probation:
+            self._guarded(self._vouched, message.peer)
+        # A node outside the configuration (told it was removed) may only fetch what we told it:
+        # it may hold the key, but its Commit or Forward must not change our configuration.
+        taken = self.node.last_drop is None or (
+            message.peer in self._farewell and isinstance(message.message, ConfigFetch)
+        )
         if isinstance(message.message, CONFIG_MESSAGES) and taken:
             self._guarded(self.replication.receive, message.peer, message.message)
             self._config_drop = self.replication.last_drop

@@ -34,7 +34,7 @@ import structlog
 
 from agent.config import AgentConfig, LinkConfig
 from agent.node_events import MessageIn
-from proto.datagram_seal import Opener, Sealer
+from proto.datagram_seal import Opener, Sealer, claimed_sender
 from proto.errors import DecodeError
 from proto.mesh_messages import MeshMessage, decode, seal_message
 
@@ -111,8 +111,13 @@ class MeshTransport:
         wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         fresh: Callable[[int], bool] = lambda _peer: True,
         core_drop: Callable[[], str | None] = lambda: None,
+        stranger: Callable[[int, int, Address], None] = lambda _node, _link, _addr: None,
     ) -> None:
         self.config = config
+        self.stranger = stranger
+        """Called with (claimed node id, link, source) for a datagram from a node id without
+        an address here (`unknown_peer`, not authenticated): a node removed from the cluster
+        may be behind it (design §3.9, "Removed node")."""
         self.sealer, self.opener = sealer, opener
         self.deliver = deliver
         """Takes one message; False = the agent is not running (counted as `not_running`)."""
@@ -230,6 +235,8 @@ class MeshTransport:
             header, payload = self.opener.open(data, time.monotonic())
         except DecodeError as exc:
             self.note_drop(exc.reason, exc.detail, addr)
+            if exc.reason == "unknown_peer":
+                self._stranger(link, data, addr)
             return
         if header.sender not in self.addresses:
             self.note_drop("unknown_peer", f"node {header.sender}", addr)
@@ -251,6 +258,11 @@ class MeshTransport:
         self.counters.accepted += 1
         if self.fresh(header.sender):
             self._confirm(header.sender, link, addr)
+
+    def _stranger(self, link: int, data: bytes, addr: Any) -> None:
+        sender = claimed_sender(data)
+        if sender is not None and isinstance(addr, tuple) and len(addr) >= 2:
+            self.stranger(sender, link, (str(addr[0]), int(addr[1])))
 
     def _remember_source(self, sender: int, incarnation: int, addr: Any) -> None:
         if not isinstance(addr, tuple) or len(addr) < 2:

@@ -15,7 +15,9 @@ docs/design.md §3.9 by its rules, without its messages:
   `Removed`); an added node starts 50-300 ms later with the new configuration (the join).
 * **Catch-up**: a node behind that has installed the same view as a node ahead of it applies
   that node's version 5-100 ms later (step 1's `Sync`: possibly several versions at once, a
-  jump); a view whose members all hold version w, one of them staged w + 1, and that holds a
+  jump); so does a node outside the view of a node ahead when the two hear each other and its
+  heartbeats report its older version (the runtime's once-a-second `_tell_behind`); a view
+  whose members all hold version w, one of them staged w + 1, and that holds a
   strict majority of w's votes commits w + 1 again (step 1's re-proposal).
 
 Changes: `delnode` (a random member, the cluster keeps at least two), `add` (a spare node id
@@ -51,6 +53,8 @@ LATE_DELAY = (0.15, 2.0)
 """Seconds after the commit at which a member whose `Commit`s were lost applies it."""
 JOIN_DELAY = (0.05, 0.3)
 CATCH_UP_EVERY = 0.05
+TELL_BEHIND_EVERY = 1.0  # agent/runtime/config_runtime.py FAREWELL_EVERY
+BEHIND_HEARD = 5.0  # agent/runtime/config_runtime.py BEHIND_HEARD
 """Seconds between two looks for nodes that are behind."""
 
 
@@ -176,6 +180,33 @@ class Reconfigurer:
                 return frozenset(view.members)
         return None
 
+    def _told_outside(self, node: int, version: int) -> list[int]:
+        """Versions of running nodes ahead that would send `node` their configuration outside
+        a view (config_runtime `_tell_behind`): `node` is not in their view, they heard it
+        within BEHIND_HEARD reporting `version`, and it heard them within BEHIND_HEARD (the
+        path works both ways). Applied with the Sync delay, no later than the next second's
+        tick (the CATCH_UP_EVERY poll that crosses a whole second)."""
+        now = self.net.now
+        second = int(now // TELL_BEHIND_EVERY) != int((now - CATCH_UP_EVERY) // TELL_BEHIND_EVERY)
+        if version < 1 or not second:  # once a second, on the poll that crosses it (no rng)
+            return []
+        mine = self._running(node)
+        if mine is None:
+            return []
+        told = []
+        for other, slot in sorted(self.net.slots.items()):
+            core = self._running(other)
+            if core is None or other == node or slot.version <= version:
+                continue
+            peer, back = core.peers.get(node), mine.peers.get(other)
+            if peer is None or back is None or node in core.view.members:
+                continue
+            fresh = self.net.now - max(peer.seen_at, -1e9) < BEHIND_HEARD
+            fresh = fresh and self.net.now - max(back.seen_at, -1e9) < BEHIND_HEARD
+            if fresh and peer.config_version == version:
+                told.append(slot.version)
+        return told
+
     def _running(self, node: int) -> AgentNode | None:
         """The node's core while it runs and is not paused."""
         slot = self.net.slots[node]
@@ -248,6 +279,8 @@ class Reconfigurer:
                 and self._installed(m) == view
                 and self.net.slots[m].version > slot.version
             ]
+            if not ahead:
+                ahead = self._told_outside(node, slot.version)
             if ahead:
                 version = max(ahead)
                 configs = shape_configs(self.shapes[version - 1], self.timing, self.quorum)
