@@ -2,6 +2,6 @@
 
 import sys
 
-from qnetd.cli import main
+from qnetd.launch import main
 
 sys.exit(main())

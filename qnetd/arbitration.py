@@ -165,6 +165,12 @@ class QnetdCore:
         """When the adapter must send `Tick` next (None: no timer pending)."""
         return self._deadlines.earliest()
 
+    def compact(self) -> None:
+        """Rebuild the per-connection tables at their present size (the adapter calls this after
+        a burst of connections is gone: a dict keeps the size it had at its fullest)."""
+        self.connections = dict(self.connections)
+        self._deadlines.compact()
+
     def client_count(self) -> int:
         """Connections that completed INIT."""
         return sum(len(c.clients) for c in self.clusters.values())

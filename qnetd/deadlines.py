@@ -58,6 +58,11 @@ class Deadlines(Generic[K]):
         while self._heap and self._current.get(self._heap[0][2]) != self._heap[0][0]:
             heapq.heappop(self._heap)
 
+    def compact(self) -> None:
+        """Drop every stale row and rebuild the tables at their present size."""
+        self._current = dict(self._current)
+        self._compact()
+
     def _bound_stale_rows(self) -> None:
         if len(self._heap) > 2 * len(self._current) + SLACK:
             self._compact()

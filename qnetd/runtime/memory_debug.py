@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import os
 import re
 import signal
@@ -28,6 +29,9 @@ from qnetd.runtime.server import rss_mb
 ENV = "VOTEMESH_QNETD_TRACEMALLOC"
 FRAMES_ENV = "VOTEMESH_QNETD_TRACEMALLOC_FRAMES"
 """Frames per traceback (default 10); 0 = no tracing, SIGUSR2 only logs the allocator figures."""
+REGIONS_ENV = "VOTEMESH_QNETD_MEMORY_REGIONS"
+"""1: each snapshot after the first also logs `sparse regions`: 1 MiB address regions new since
+the first that hold few small objects, with what they hold (what pins a pymalloc arena)."""
 
 
 def start_if_asked() -> Path | None:
@@ -47,10 +51,17 @@ def install_snapshot_signal(directory: Path) -> None:
     """SIGUSR2 writes the next snapshot into `directory` (and logs the totals)."""
     log = structlog.get_logger("votemesh.qnetd.memory")
     count = 0
+    idle_regions: set[int] = set()
 
     def dump() -> None:
-        nonlocal count
+        nonlocal count, idle_regions
         count += 1
+        if os.environ.get(REGIONS_ENV) == "1":  # costs memory of its own: the RSS figure grows
+            regions = objects_by_region()
+            if count == 1:
+                idle_regions = set(regions)
+            else:
+                log.info("sparse regions", regions=sparse_regions(regions, idle_regions))
         path = directory / f"snapshot-{count}.pickle"
         if tracemalloc.is_tracing():
             tracemalloc.take_snapshot().dump(str(path))
@@ -69,6 +80,45 @@ def install_snapshot_signal(directory: Path) -> None:
         )
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump)
+
+
+def objects_by_region() -> dict[int, list[object]]:
+    """Small objects reachable from the collector's lists, by 1 MiB address region (an arena of
+    pymalloc is 1 MiB; one may straddle two regions)."""
+    found: dict[int, object] = {}
+    for obj in gc.get_objects():
+        found[id(obj)] = obj
+        for ref in gc.get_referents(obj):
+            found.setdefault(id(ref), ref)
+    regions: dict[int, list[object]] = {}
+    for address, obj in found.items():
+        if sys.getsizeof(obj, 1024) <= 512:
+            regions.setdefault(address >> 20, []).append(obj)
+    return regions
+
+
+def sparse_regions(
+    regions: dict[int, list[object]], idle: set[int], most: int = 400
+) -> list[dict[str, object]]:
+    """Regions not seen when idle that hold at most `most` small objects: what pins them."""
+    out: list[dict[str, object]] = []
+    for region, objs in sorted(regions.items()):
+        if region in idle or len(objs) > most:
+            continue
+        kinds: dict[str, int] = {}
+        for obj in objs:
+            kinds[type(obj).__name__] = kinds.get(type(obj).__name__, 0) + 1
+        samples = [_short_repr(o) for o in objs[:12]]
+        out.append({"region": hex(region << 20), "objects": len(objs), "kinds": kinds,
+                    "samples": samples})  # fmt: skip
+    return out
+
+
+def _short_repr(obj: object) -> str:
+    try:
+        return repr(obj)[:80]
+    except Exception as exc:  # noqa: BLE001 (a half-built object's repr may fail)
+        return f"<{type(obj).__name__}: repr failed: {exc!r}>"[:80]
 
 
 def pymalloc_stats() -> dict[str, float]:

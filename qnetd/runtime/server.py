@@ -46,6 +46,7 @@ from qnetd.core_events import (
 )
 from qnetd.peer_names import PeerNames
 from qnetd.runtime.handshake_gate import HandshakeGate
+from qnetd.runtime.heap_release import release_after_burst
 
 LISTEN_BACKLOG = 512  # corosync-qnetd uses 10; thousands of reconnecting clients need more
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -55,6 +56,9 @@ DROPS_PER_TURN = 32  # expired connections dropped before the deadline loop yiel
 TLS_STARTS_PER_TURN = 4  # TLS handshakes started per loop turn (qnetd/runtime/handshake_gate.py)
 TRIM_AFTER = 64  # pending connections gone since the last malloc_trim before trimming again
 TRIM_DELAY = 1.0  # seconds after the pending set emptied
+LATE_TRIM_DELAY = TLS_HANDSHAKE_TIMEOUT + 1.0
+"""Seconds after the first trim for a second one: asyncio keeps up to ~100 of the burst's
+cancelled handshake timers (and what they reference) until their time has come."""
 
 
 def raise_fd_limit() -> int:
@@ -178,6 +182,10 @@ class QnetdServer:
         self._trim = _malloc_trim()
         self._gone_since_trim = 0
         self._trim_handle: asyncio.TimerHandle | None = None
+        self._trim_late = False
+        """`_trim_handle` is the second, late trim after a burst."""
+        self.trims = 0
+        """Heap releases after a burst (for tests)."""
         self.handshakes = HandshakeGate(TLS_STARTS_PER_TURN)
 
     def connection_limits(self) -> ConnectionLimits:
@@ -226,8 +234,18 @@ class QnetdServer:
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)  # not `self._tasks.discard`: the set is rebuilt
         return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+
+    def compact_tables(self) -> None:
+        """Rebuild the per-connection tables at their present size (after a burst)."""
+        self._conns = dict(self._conns)
+        self._tasks = set(self._tasks)
+        self.guard.compact()
+        self.core.compact()
 
     async def _accept_loop(self, lsock: socket.socket) -> None:
         burst = 0
@@ -524,18 +542,30 @@ class QnetdServer:
         pending set became empty, so the transports' close callbacks have run.
         """
         self._gone_since_trim = 0
-        if self._trim_handle is not None:
+        if self._trim_handle is not None and not self._trim_late:
             return
+        if self._trim_handle is not None:  # a new burst before the late trim: start over
+            self._trim_handle.cancel()
+        loop = asyncio.get_running_loop()
 
-        def trim() -> None:
+        def trim(late: bool) -> None:
             self._trim_handle = None
+            if late and self.guard.pending:  # another burst: it schedules its own
+                return
+            self.trims += 1
             before = rss_mb()
+            if not late:
+                release_after_burst(loop, self.compact_tables)
             gc.collect()  # asyncio's SSL transports free in cycles; idle, no collection runs
             if self._trim is not None:
                 self._trim()
-            self.log.info("heap trimmed", rss_mb_before=before, rss_mb_after=rss_mb())
+            self.log.info("heap trimmed", rss_mb_before=before, rss_mb_after=rss_mb(), late=late)
+            if not late:  # once the burst's cancelled handshake timers have expired too
+                self._trim_handle = loop.call_later(LATE_TRIM_DELAY, trim, True)
+                self._trim_late = True
 
-        self._trim_handle = asyncio.get_running_loop().call_later(TRIM_DELAY, trim)
+        self._trim_handle = loop.call_later(TRIM_DELAY, trim, False)
+        self._trim_late = False
 
     # ------------------------------------------------------------ timers
     async def _timer_loop(self) -> None:

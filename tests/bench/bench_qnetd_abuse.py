@@ -14,15 +14,17 @@ corosync-qdevice) connect and get their ACKs. Then, phase by phase, from a proce
 - churn: a handshake flood, the same mix re-opened as fast as the server drops it, at up to
   `VOTEMESH_BENCH_ABUSE_RATE` (1,000) connections/s for `VOTEMESH_BENCH_ABUSE_S` (10) s;
   `VOTEMESH_BENCH_CHURN_KINDS` (idle,preinit,tls_stalled) picks the kinds;
-- after each: once the server has no connection pending, the same measurements again.
+- after each: once the server has no connection pending, the same measurements again;
+- idle again: once more after the server's second (late) heap trim, 13 s after the last burst:
+  the RSS it returns to, and a second idle echo p99 (the noise band is printed).
 
 Per phase: the cluster's ECHO round trip p50 / p99 (and p99 over idle), vote changes (any
 VOTE_INFO or lost connection of a cluster client: must be 0), a new legitimate client's
 connect + PREINIT + STARTTLS + INIT time (target: within 1 s), the server's fds and RSS (peak
 during the phase, at its end, and the end minus idle), and the refusals by reason from
 /metrics. With `VOTEMESH_BENCH_ALL_HELD=1` (default) a second server with `--preinit-max 4096`
-runs idle / hold / after, so that all 2,000 are held at once. Figures only: nothing here fails
-on a timing; a vote change fails the run (it is a bug, not a timing).
+runs idle / hold / after / idle again, so that all 2,000 are held at once. Figures only: nothing
+here fails on a timing; a vote change fails the run (it is a bug, not a timing).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proto.qnetd_options import RingId
+from qnetd.runtime.server import LATE_TRIM_DELAY, TRIM_DELAY
 from tests.bench.qnetd_loadgen import percentile, sample_process
 from tests.interop.debian_qnetd import ClientCredentials
 from tests.qnetd.async_client import AsyncQdevice
@@ -264,10 +267,21 @@ async def phase(
     )
 
 
-async def settle(server: OurQnetd) -> None:
-    """Until no connection is pending, then 2 s: the server trims its heap 1 s after that."""
+async def settle(server: OurQnetd) -> float:
+    """Until no connection is pending, then 2 s: the server trims its heap 1 s after that.
+    Returns when nothing was pending any more (time.monotonic)."""
     await wait_preinit_zero(server, 60)
+    zero_at = time.monotonic()
     await asyncio.sleep(2.0)
+    return zero_at
+
+
+async def idle_again(server: OurQnetd, cluster: Cluster, sampler: Sampler, zero_at: float) -> Phase:
+    """The idle phase once more, after the server's late trim (`LATE_TRIM_DELAY` after the
+    first): RSS back to baseline, and a second idle echo p99 for the noise band."""
+    late = zero_at + TRIM_DELAY + LATE_TRIM_DELAY + 1.0
+    await asyncio.sleep(max(0.0, late - time.monotonic()))
+    return await phase("idle again", server, cluster, sampler, seconds=Knobs.quiet_s)
 
 
 async def run(workdir: Path, knobs: Knobs, extra: Sequence[str], churn: bool) -> list[Phase]:
@@ -298,7 +312,7 @@ async def run(workdir: Path, knobs: Knobs, extra: Sequence[str], churn: bool) ->
                 label, server, cluster, sampler, seconds=knobs.hold_s, abuse=hold, connects=6
             )
         )
-        await settle(server)
+        zero_at = await settle(server)
         phases.append(await phase("after hold", server, cluster, sampler, seconds=knobs.quiet_s))
         if churn:
             rate = f"{knobs.churn_rate:.0f}"
@@ -310,10 +324,11 @@ async def run(workdir: Path, knobs: Knobs, extra: Sequence[str], churn: bool) ->
                     label, server, cluster, sampler, seconds=knobs.churn_s, abuse=flood, connects=8
                 )
             )
-            await settle(server)
+            zero_at = await settle(server)
             phases.append(
                 await phase("after churn", server, cluster, sampler, seconds=knobs.quiet_s)
             )
+        phases.append(await idle_again(server, cluster, sampler, zero_at))
         for client in clients:
             await client.close()
         return phases
@@ -356,6 +371,13 @@ def print_table(title: str, phases: list[Phase]) -> None:
                 f"{(p.rss_kb[1] - idle.rss_kb[1]) / 1024:+.1f}",
             ])
         )  # fmt: skip
+    quiet = [q for p in phases if p.abuse is None and (q := percentile(p.echo, 99))]
+    if quiet:
+        print(
+            "echo p99 without abuse (idle, after each, idle again: the noise band): "
+            + " / ".join(f"{q * 1000:.1f}" for q in quiet)
+            + f" ms, max/min {max(quiet) / min(quiet):.1f}x"
+        )
     print("the slowest new client's steps (ms):")
     for p in phases:
         steps = ", ".join(

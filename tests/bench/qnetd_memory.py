@@ -95,8 +95,11 @@ async def scenario(workdir: Path, abusers: int, seconds: float, rate: float) -> 
     finally:
         server.stop()
     for line in server.log_path.read_text().splitlines():
-        if "tracemalloc snapshot" in line or "heap trimmed" in line:
-            print(line.split('"event"')[0])
+        if any(
+            f'"{event}"' in line
+            for event in ("tracemalloc snapshot", "heap trimmed", "sparse regions")
+        ):
+            print(line)
     if os.environ.get("VOTEMESH_QNETD_TRACEMALLOC_FRAMES", "10") != "0":
         compare(snaps)
 
