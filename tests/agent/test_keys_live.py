@@ -119,9 +119,7 @@ def test_rotate_key_with_every_node_up_then_with_one_down(
     assert "waiting for node(s) 3" in out, out
     newer = out.split()[3].rstrip(":")
     assert _keys(n1) == {"seals": new, "opens": [new, newer]}
-    code, _, err = n2.votemesh(
-        "rotate-key", "--wait", "0", "--socket", str(n2.socket), check=False
-    )
+    code, _, err = n2.votemesh("rotate-key", "--wait", "0", "--socket", str(n2.socket), check=False)
     assert code == 1
     assert err.strip().startswith("votemesh: a key rotation is in progress"), err
     assert "Traceback" not in err
@@ -162,9 +160,10 @@ def test_updatecerts_renews_the_node_certificate_and_the_join_port_serves_it(
     etc = n1.work / "etc"
     before = x509.load_pem_x509_certificate((etc / "node.pem").read_bytes())
     key_before = (etc / "node.key").read_bytes()
-    assert _served_cert(n1, n2, 5408) == hashlib.sha256(
-        before.public_bytes(serialization.Encoding.DER)
-    ).digest()
+    assert (
+        _served_cert(n1, n2, 5408)
+        == hashlib.sha256(before.public_bytes(serialization.Encoding.DER)).digest()
+    )
     toml = str(etc / "node.toml")
     for extra in ((), ("--force",)):
         code, out, err = n1.votemesh("updatecerts", "--config", toml, *extra)
