@@ -22,16 +22,14 @@ from cryptography.hazmat.primitives import serialization
 
 from proto.datagram_seal import ClusterKey
 from proto.runtime.control_client import request
-from tests.agent.test_cluster_join_live import (  # noqa: F401 - lab_factory is a fixture
-    Node,
-    _quorate,
-    lab_factory,
-    pytestmark,
-)
+from tests.agent import test_cluster_join_live as join_live
+from tests.agent.test_cluster_join_live import Node, _quorate
 from tests.lab import netns
 from tests.lab.netns import LabFactory, NotYetError, stop_process
 
 SETTLE = 30.0
+pytestmark = join_live.pytestmark
+lab_factory = join_live.lab_factory  # the fixture: namespaces and processes gone after a test
 
 
 def _keys(node: Node) -> dict[str, Any]:
@@ -45,7 +43,7 @@ def _key_id(path: Path) -> str:
 
 
 def _ring(node: Node) -> tuple[int, int]:
-    return tuple(node.status()["ring_id"])  # type: ignore[return-value]
+    return tuple(node.status()["ring_id"])
 
 
 def _cluster(lab_factory: LabFactory, tmp_path: Path) -> list[Node]:
@@ -183,4 +181,5 @@ def test_updatecerts_renews_the_node_certificate_and_the_join_port_serves_it(
     assert code == 0, err
     code, _, err = n1.votemesh("updatecerts", "--config", str(tmp_path / "no.toml"), check=False)
     assert code == 1
-    assert len(err.strip().splitlines()) == 1 and err.startswith("votemesh: "), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("votemesh: "), err
