@@ -15,7 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
-from agent.cli.client import DEFAULT_SOCKET, UserError, ask
+from agent.cli import qdevice
+from agent.cli.client import UserError, ask
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,9 +34,7 @@ def add_arguments(sub: argparse._SubParsersAction[Any]) -> None:
         "--wait", type=float, default=60.0, metavar="SECONDS",
         help="follow the rotation this long (default 60; 0: start it and return)",
     )  # fmt: skip
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--socket", help=f"the agent's control socket (default {DEFAULT_SOCKET})")
-    where.add_argument("--config", help="take the control socket from this node.toml")
+    qdevice.control_socket_options(p)
     p.set_defaults(verb="keys:cmd_rotate_key")
     p = sub.add_parser("updatecerts", help="renew this node's certificate (like pvecm)")
     p.add_argument("--force", action="store_true", help="also make a new node key")
