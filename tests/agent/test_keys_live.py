@@ -3,8 +3,9 @@
 Three lab hosts made a cluster with `create` / `join-info` / `add` (the helpers of
 test_cluster_join_live.py). Design §3.12: a rotation with every node up ends with every node
 sealing and opening only the new key, the old key gone from every key file, and no view change;
-a node down during a rotation holds it in `distribute` (the old key stays in use) and, once
-started again, takes the new key from the configuration and lets the rotation finish.
+a node down during a rotation holds it in `distribute` (the old key stays in use), a node that
+joins meanwhile gets both keys and confirms, and the node that was down, once started again,
+takes the new key from the configuration and lets the rotation finish.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ def _ring(node: Node) -> tuple[int, int]:
     return tuple(node.status()["ring_id"])
 
 
-def _cluster(lab_factory: LabFactory, tmp_path: Path) -> list[Node]:
-    lab = lab_factory(["k1", "k2", "k3"])
-    nodes = [Node(lab[f"k{i}"], tmp_path / f"k{i}") for i in (1, 2, 3)]
+def _cluster(lab_factory: LabFactory, tmp_path: Path, spare: int = 0) -> list[Node]:
+    """k1..k3 in one cluster (k1 created it), plus `spare` hosts with nothing on them."""
+    lab = lab_factory([f"k{i}" for i in range(1, 4 + spare)])
+    nodes = [Node(lab[f"k{i}"], tmp_path / f"k{i}") for i in range(1, 4 + spare)]
     n1 = nodes[0]
     code, _, err = n1.votemesh(
         "create", "labkeys", "--name", "k1", "--link0", n1.host.address, *n1.dirs
@@ -87,10 +89,11 @@ def test_rotate_key_with_every_node_up_then_with_one_down(
     lab_factory: LabFactory, tmp_path: Path
 ) -> None:
     """All up: every node ends on the new key, the old key file content is gone, the ring id
-    never changes. One down: the rotation waits in `distribute` with the old key sealing; the
-    node, started again, takes the key from the configuration and the rotation completes."""
-    nodes = _cluster(lab_factory, tmp_path)
-    n1, n2, n3 = nodes
+    never changes. One down: the rotation waits in `distribute` with the old key sealing; a
+    node that joins meanwhile gets both keys and confirms; the node that was down, started
+    again, takes the key from the configuration and the rotation completes on all four."""
+    n1, n2, n3, n4 = _cluster(lab_factory, tmp_path, spare=1)
+    nodes = [n1, n2, n3]
     old = _key_id(n1.work / "etc" / "cluster.key")
     rings = [_ring(n) for n in nodes]
     before = json.loads(request(n1.socket, "config", 5.0)[1])["config_version"]
@@ -128,12 +131,26 @@ def test_rotate_key_with_every_node_up_then_with_one_down(
     assert err.strip().startswith("votemesh: a key rotation is in progress"), err
     assert "Traceback" not in err
     assert _key_id(n3.work / "etc" / "cluster.key") == new  # k3 still has only the old key
+    code, _, err = n4.add(n1.join_info())
+    assert code == 0, err
+    assert _key_id(n4.work / "etc" / "cluster-1.key") == newer  # both keys, sealing key first
+    n4.start()
+    netns.wait_until(
+        lambda: (
+            4 in json.loads(request(n1.socket, "config", 5.0)[1])["key_rotation"]["confirmed"]
+            or None
+        ),
+        timeout=SETTLE,
+        what="k4 confirmed the new key",
+    )
     n3.start()
+    nodes.append(n4)
     _all_on(nodes, newer)
     _quorate(nodes, json.loads(request(n1.socket, "config", 5.0)[1])["config_version"])
+    assert _key_id(n4.work / "etc" / "cluster.key") == newer
 
     # -- not quorate: refused in one line, no key written, nothing changed
-    for node in (n2, n3):
+    for node in (n2, n3, n4):
         assert node.agent is not None
         stop_process(node.agent.process)
     netns.wait_until(
