@@ -52,7 +52,7 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     print(f"new cluster key {key_id}: distributing (configuration version {started['version']})")
     until = time.monotonic() + args.wait
     phase = "distribute"
-    while time.monotonic() < until:
+    while True:  # at least once: --wait 0 still reports where the rotation is
         record = ask(args, "config").get("key_rotation") or {}
         if record.get("key_id") != key_id:
             raise UserError(f"the configuration no longer names key {key_id}; see config show")
@@ -62,6 +62,8 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
         if phase == "done":
             print("every node seals with the new key; the old key is retired")
             return 0
+        if time.monotonic() >= until:
+            break
         time.sleep(POLL)
     waiting = ", ".join(str(i) for i in record.get("waiting_for", [])) or "none"
     print(

@@ -164,6 +164,46 @@ def test_rotate_key_with_every_node_up_then_with_one_down(
     assert _keys(n1) == {"seals": newer, "opens": [newer]}
 
 
+def _rotation(node: Node) -> dict[str, Any]:
+    return dict(json.loads(request(node.socket, "config", 5.0)[1])["key_rotation"])
+
+
+def test_a_node_down_across_the_switch_seals_as_its_stored_phase_says_and_catches_up(
+    lab_factory: LabFactory, tmp_path: Path
+) -> None:
+    """k3 confirms `distribute` (it holds cluster.key.new) and stops; the others move to
+    `switch` and seal with the new key. k3, started again from its stored `distribute`, opens
+    both keys and seals with the old one, which the others still open: it rejoins, takes
+    `switch` from the configuration, and the rotation completes on all three."""
+    n1, n2, n3 = _cluster(lab_factory, tmp_path)
+    assert n2.agent is not None
+    stop_process(n2.agent.process)
+    _quorate([n1, n3], 3)  # after the last join's transition (design §3.9, joint counting)
+    code, out, err = n1.votemesh("rotate-key", "--wait", "0", "--socket", str(n1.socket))
+    assert code == 0, err
+    new = out.split()[3].rstrip(":")
+    netns.wait_until(
+        lambda: _rotation(n1)["confirmed"] == [1, 3] or None, timeout=SETTLE, what="k3 confirmed"
+    )
+    assert (n3.work / "etc" / "cluster.key.new").exists()
+    assert n3.agent is not None
+    stop_process(n3.agent.process)
+    n2.start()
+    netns.wait_until(
+        lambda: _rotation(n1)["phase"] == "switch" or None, timeout=SETTLE, what="switch"
+    )
+    netns.wait_until(
+        lambda: _rotation(n1)["waiting_for"] == [3] or None,
+        timeout=SETTLE,
+        what="k2 confirmed the switch",
+    )
+    assert _keys(n1)["seals"] == _keys(n2)["seals"] == new
+    assert _rotation(n1)["phase"] == "switch"
+    n3.start()
+    _all_on([n1, n2, n3], new)
+    _quorate([n1, n2, n3], json.loads(request(n1.socket, "config", 5.0)[1])["config_version"])
+
+
 def _served_cert(node: Node, client: Node, port: int) -> bytes:
     """SHA-256 of the certificate node's join port presents, seen from `client`'s host."""
     script = textwrap.dedent(f"""
