@@ -18,6 +18,7 @@ from agent.config import ConfigError
 from agent.key_rotation import KeyRotation, Phase
 from agent.runtime.join_files import new_key
 from agent.runtime.key_rotation import KeyRing
+from agent.runtime.replication import ChangeOutcome
 from proto import certificates
 from proto.datagram_seal import ClusterKey, Opener, Sealer
 from proto.errors import DecodeError
@@ -141,6 +142,13 @@ class _Runtime:
     cluster_config: Any
     join: Any = None
     mesh: Any = field(default=None)
+    outcome: ChangeOutcome = field(default_factory=lambda: ChangeOutcome(True, "applied", 2))
+    asked: list[Any] = field(default_factory=list)
+
+    async def change_config(self, mutate: Any) -> ChangeOutcome:
+        """The replication's answer (set by the test); the asked config is kept."""
+        self.asked.append(mutate(self.cluster_config))
+        return self.outcome
 
     def __post_init__(self) -> None:
         self.config = SimpleNamespace(
@@ -220,3 +228,39 @@ def test_a_node_without_the_ca_key_does_not_confirm(tmp_path: Path) -> None:
     assert not (tmp_path / "cluster.key.new").exists()
     assert ring.as_dict() == {"seals": OLD.key_id.hex(), "opens": [OLD.key_id.hex()]}
     assert not ring.should_confirm(runtime.cluster_config)
+
+
+def test_rotate_key_writes_the_new_key_0600_first_and_a_refusal_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """`rotate-key`: the new key is on disk (0600) before the change is asked, the change
+    carries a `distribute` record that unwraps to that key; a refused change (not quorate)
+    removes the file and the key and says why in one line; a key file that cannot be written
+    is one line and asks nothing."""
+    import asyncio  # noqa: PLC0415
+
+    ring, runtime = _ring(tmp_path, None, ca=b"yes")
+    ok, body = asyncio.run(ring.rotate())
+    assert ok, body
+    record = runtime.asked[-1].key_rotation
+    assert record.phase is Phase.DISTRIBUTE
+    new_file = tmp_path / "cluster.key.new"
+    assert ClusterKey(new_file.read_bytes()).key_id == record.key_id
+    assert stat.S_IMODE(new_file.stat().st_mode) == 0o600
+
+    new_file.unlink()
+    runtime.outcome = ChangeOutcome(False, "not quorate: 1 of 3 votes", 1)
+    ok, body = asyncio.run(ring.rotate())
+    assert not ok
+    assert body == "key not rotated: not quorate: 1 of 3 votes\n"
+    assert not new_file.exists()
+    assert runtime.asked[-1].key_rotation.key_id not in ring.keys
+
+    (tmp_path / "blocked").write_text("a file, not a directory")
+    ring.files = (tmp_path / "blocked" / "cluster.key",)
+    asked = len(runtime.asked)
+    ok, body = asyncio.run(ring.rotate())
+    assert not ok
+    assert body.startswith("cannot write ")
+    assert len(body.strip().splitlines()) == 1
+    assert len(runtime.asked) == asked
