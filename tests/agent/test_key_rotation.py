@@ -3,6 +3,7 @@ canonical encoding, the opener's keyring swap, and the runtime's key files acros
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -237,8 +238,6 @@ def test_rotate_key_writes_the_new_key_0600_first_and_a_refusal_leaves_nothing(
     carries a `distribute` record that unwraps to that key; a refused change (not quorate)
     removes the file and the key and says why in one line; a key file that cannot be written
     is one line and asks nothing."""
-    import asyncio  # noqa: PLC0415
-
     ring, runtime = _ring(tmp_path, None, ca=b"yes")
     ok, body = asyncio.run(ring.rotate())
     assert ok, body
