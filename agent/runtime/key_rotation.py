@@ -204,11 +204,14 @@ class KeyRing:
         return self.seal_id == record.key_id
 
     async def run(self) -> None:
-        """The `keys` task: confirm phases until the agent stops."""
+        """The `keys` task: confirm phases until the agent stops. It sleeps until a record is
+        applied, then checks every RETRY_EVERY while a rotation is under way (no idle wake-up)."""
         self.publish()
         while True:
+            record = self.runtime.cluster_config.key_rotation
+            under_way = record is not None and record.in_progress
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), RETRY_EVERY)
+                await asyncio.wait_for(self.wake.wait(), RETRY_EVERY if under_way else None)
             self.wake.clear()
             config = self.runtime.cluster_config
             if not self.should_confirm(config):
