@@ -119,9 +119,11 @@ class KeyRing:
             write_durable(self.new_path, new.secret)  # on disk before it is used
             self.keys[new.key_id] = new
             log.info("cluster key received", key_id=new.key_id.hex(), file=str(self.new_path))
-        opens = [record.old_key_id, record.key_id] if record.old_key_id in self.keys else []
+        if record.old_key_id not in self.keys:  # only the new key (its old key file was lost)
+            self._install(record.key_id, [record.key_id])
+            return
         seal = record.key_id if record.phase is Phase.SWITCH else record.old_key_id
-        self._install(seal, opens or [record.key_id])
+        self._install(seal, [record.old_key_id, record.key_id])
 
     def _done(self, record: KeyRotation) -> None:
         new = self.keys.get(record.key_id)

@@ -263,3 +263,13 @@ def test_rotate_key_writes_the_new_key_0600_first_and_a_refusal_leaves_nothing(
     assert body.startswith("cannot write ")
     assert len(body.strip().splitlines()) == 1
     assert len(runtime.asked) == asked
+
+
+def test_a_node_holding_only_the_new_key_seals_and_opens_with_it(tmp_path: Path) -> None:
+    """A node whose old key file is gone but that holds the distributed key (cluster.key
+    holds the new key) seals and opens with the new key instead of failing on the old one."""
+    ring, runtime = _ring(tmp_path, _record(), ca=b"yes")
+    ring.keys = {NEW.key_id: NEW}
+    ring.apply(runtime.cluster_config)
+    assert ring.problem is None
+    assert ring.as_dict() == {"seals": NEW.key_id.hex(), "opens": [NEW.key_id.hex()]}
