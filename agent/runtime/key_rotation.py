@@ -101,7 +101,7 @@ class KeyRing:
                 self._done(record)
             else:
                 self._under_way(record, config.cluster_name)
-        except ConfigError as exc:
+        except (ConfigError, ValueError) as exc:  # ValueError: a key of the wrong size
             self._trouble(str(exc), record)
             return
         self.problem = None
