@@ -27,6 +27,7 @@ from agent.config import (
     TieBreaker,
     Timing,
 )
+from agent.key_rotation import KeyRotation
 from proto import cert_names
 from proto.mesh_messages import CONFIG_VERSIONS
 
@@ -75,6 +76,8 @@ class ClusterConfig:
     must stay 1."""
     timing: Timing = field(default_factory=Timing)
     qdevice: QdeviceConfig | None = None
+    key_rotation: KeyRotation | None = None
+    """The cluster key's rotation record (design §3.12); None until the first `rotate-key`."""
 
     def node(self, node_id: int) -> ClusterNode | None:
         """The configured node with this id, if any."""
@@ -142,6 +145,8 @@ def encode(config: ClusterConfig) -> bytes:
         _timing_fields(config.timing),
         _qdevice_fields(config.qdevice),
     ]
+    if config.key_rotation is not None:  # absent before the first rotation: older digests hold
+        body.append(config.key_rotation.fields())
     return bytes(msgpack.packb(body, use_bin_type=True))
 
 
@@ -167,7 +172,9 @@ def decode(data: bytes) -> ClusterConfig:
 
 
 def _from_body(body: Any) -> ClusterConfig:
-    enc, name, version, nodes, quorum, timing, qdevice = body
+    enc, name, version, nodes, quorum, timing, qdevice, *rest = body
+    if len(rest) > 1:
+        raise ValueError("trailing items")
     if enc != ENCODING_VERSION:
         raise ValueError("encoding version")
     q = QuorumOptions(
@@ -185,6 +192,7 @@ def _from_body(body: Any) -> ClusterConfig:
         qdevice=None
         if qdevice is None
         else QdeviceConfig(*qdevice[:11], tuple(qdevice[11]), qdevice[12]),  # type: ignore[call-arg]
+        key_rotation=KeyRotation.from_fields(rest[0]) if rest else None,
     )
 
 
@@ -208,6 +216,8 @@ def validate(config: ClusterConfig) -> None:
     config.timing.validate()
     if config.qdevice is not None:
         config.qdevice.validate()
+    if config.key_rotation is not None:
+        config.key_rotation.validate()
 
 
 def _check_name(name: str, what: str) -> None:

@@ -268,6 +268,19 @@ class Opener:
         self._ciphers[slot] = cipher  # cached only once it proved itself
         return payload
 
+    def set_keys(self, keys: list[ClusterKey]) -> None:
+        """Open with these keys from now on (a key rotation, design §3.12); replay windows are
+        kept (they are per sender and incarnation, not per key)."""
+        if not 0 < len(keys) <= MAX_KEYRING:
+            raise LocalProtocolError(f"keyring needs 1 to {MAX_KEYRING} keys, got {len(keys)}")
+        self._keys = {k.key_id: k for k in keys}
+        for slot in [s for s in self._ciphers if s[0] not in self._keys]:
+            del self._ciphers[slot]
+
+    def key_ids(self) -> list[bytes]:
+        """The ids of the keys it opens with."""
+        return list(self._keys)
+
     def forget(self, sender: int) -> None:
         """Drop a removed node's replay state (a node deleted from the cluster)."""
         self._windows.pop(sender, None)

@@ -12,6 +12,7 @@
     votemesh delnode NAME|ID [--socket PATH | --config FILE]
     votemesh leave [--config NODE_TOML]
     votemesh link add INDEX NODE=ADDR[:PORT]... [--priority N] | link remove INDEX
+    votemesh rotate-key [--wait S] | updatecerts [--force] [--config NODE_TOML]
 
 Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
 1 an error (one line on stderr saying what to do; never a traceback).
@@ -120,10 +121,11 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     _status_verbs(sub, only)
     if not only:
         _admin_verbs(sub)
-        from agent.cli import cluster, qdevice  # noqa: PLC0415
+        from agent.cli import cluster, keys, qdevice  # noqa: PLC0415
 
         cluster.add_arguments(sub)
         qdevice.add_arguments(sub)
+        keys.add_arguments(sub)
         _config_verbs(sub)
     return parser
 
@@ -143,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from agent.cli import qdevice as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         elif module == "config":
             from agent.cli import config as verbs  # type: ignore[no-redef]  # noqa: PLC0415
+        elif module == "keys":
+            from agent.cli import keys as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         else:
             from agent.cli import admin as verbs  # type: ignore[no-redef]  # noqa: PLC0415
         return int(getattr(verbs, name)(args))

@@ -48,7 +48,7 @@ def show_text(doc: dict[str, Any]) -> str:
         f"cluster_name = {_value(doc['cluster_name'])}",
         f"config_version = {doc['config_version']}",
     ]
-    for table in ("quorum", "timing", "qdevice"):
+    for table in ("quorum", "timing", "qdevice", "key_rotation"):
         body = doc.get(table)
         if body is None:
             continue
@@ -171,6 +171,7 @@ def _remove_files(keys: tuple[str, ...], state_dir: Path, here: Path) -> list[st
     from agent.runtime import cluster_store  # noqa: PLC0415
 
     paths = [Path(k) for k in keys]
+    paths += [Path(keys[0] + ".new")] if keys else []  # a key a rotation distributed (§3.12)
     paths += [state_dir / cluster_store.FILE_NAME, state_dir / cluster_store.BACKUP_NAME]
     paths += [here / name for name in CLUSTER_FILES]
     removed = []

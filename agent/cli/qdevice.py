@@ -33,14 +33,15 @@ def add_arguments(sub: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("--tie-breaker", default="lowest", help="lowest, highest or a node id")
     s.add_argument("--enroll-port", type=int, default=ENROLL_PORT, help="qnetd's enrollment port")
     s.add_argument("--force", action="store_true", help="ffsplit with an odd node count")
-    _where(s)
+    control_socket_options(s)
     s.set_defaults(verb="qdevice:cmd_setup")
     r = verbs.add_parser("remove", help="remove the quorum device from every node")
-    _where(r)
+    control_socket_options(r)
     r.set_defaults(verb="qdevice:cmd_remove")
 
 
-def _where(p: argparse.ArgumentParser) -> None:
+def control_socket_options(p: argparse.ArgumentParser) -> None:
+    """--socket PATH | --config NODE_TOML (shared by the verbs that ask the local agent)."""
     where = p.add_mutually_exclusive_group()
     where.add_argument("--socket", help=f"the agent's control socket (default {DEFAULT_SOCKET})")
     where.add_argument("--config", help="take the control socket from this node.toml")

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 from agent import cluster_config
 from agent.cluster_config import ClusterConfig, ClusterNode, NodeLink
 from agent.config import MAX_LINKS, ConfigError, TieBreaker
+from agent.key_rotation import waiting_for
 from proto.host_port import parse_host_port
 
 if TYPE_CHECKING:
     from agent.runtime.main import AgentRuntime
     from agent.runtime.replication import ChangeOutcome
 
-COMMANDS = ("config", "delnode", "leave", "link")
+COMMANDS = ("config", "delnode", "leave", "link", "rotate-key", "keys")
 LINK_USAGE = "link add INDEX NODE=ADDR[:PORT]... [priority=N] | link remove INDEX"
 
 
@@ -73,6 +74,21 @@ def config_document(config: ClusterConfig) -> dict[str, Any]:
             "tls": d.tls,
             "votes": d.votes,
         },
+        "key_rotation": key_document(config),
+    }
+
+
+def key_document(config: ClusterConfig) -> dict[str, Any] | None:
+    """The key rotation record without the wrapped key (design §3.12)."""
+    r = config.key_rotation
+    if r is None:
+        return None
+    return {
+        "phase": r.phase.name.lower(),
+        "key_id": r.key_id.hex(),
+        "old_key_id": r.old_key_id.hex(),
+        "confirmed": list(r.confirmed),
+        "waiting_for": waiting_for(r, {n.node_id for n in config.nodes}),
     }
 
 
@@ -194,7 +210,14 @@ class ConfigOps:
             return await self._leave()
         if command == "link":
             return await self._link(args)
+        if command in ("rotate-key", "keys") and not args:
+            return await self._keys(command)
         return False, f"usage: config | delnode NAME|ID | leave | {LINK_USAGE}\n"
+
+    async def _keys(self, command: str) -> tuple[bool, str]:
+        if command == "keys":
+            return True, _json(self.runtime.keys.as_dict())
+        return await self.runtime.keys.rotate()
 
     async def _link(self, args: list[str]) -> tuple[bool, str]:
         try:

@@ -35,6 +35,7 @@ from proto.mesh_messages import MeshMessage
 if TYPE_CHECKING:
     from agent.node import AgentNode, NodeEvent
     from agent.runtime.config_file import Startup
+    from agent.runtime.key_rotation import KeyRing
     from agent.runtime.udp import MeshTransport
 
 FAREWELL = 300.0
@@ -65,6 +66,7 @@ class ClusterConfigRuntime:
     mesh: MeshTransport
     replication: Replication
     qdevice: QdeviceRunner | None
+    keys: KeyRing
     static_links: dict[int, frozenset[int]]
     _loop: asyncio.AbstractEventLoop | None
     _farewell: dict[int, float]
@@ -145,6 +147,7 @@ class ClusterConfigRuntime:
         (`ConfigApplied`, `QdeviceReconfigure`, `Removed`) update the rest of the runtime."""
         if cluster is not self.cluster_config:
             return  # a newer one came meanwhile and is applied by its own call
+        self.keys.apply(cluster)  # a key rotation's phase (design §3.12)
         try:
             new = agent_config(self.local, cluster)
         except ConfigError as exc:

@@ -15,6 +15,9 @@ then the body; the server closes the connection after answering.
 | `join-stats` | JSON counters of the join port (agent/runtime/join.py)              |
 | `qdevice-setup ...` / `qdevice-remove` | JSON outcome (agent/runtime/qdevice_setup.py) |
 | `link add N NODE=ADDR...` / `link remove N` | JSON outcome of adding or removing link N |
+| `rotate-key` | JSON `{"key_id", "version"}`: a key rotation started (runtime/key_rotation.py) |
+| `keys`       | JSON `{"seals", "opens"}`: the key ids this node seals and opens with |
+| `join-reload` | JSON: the join port reloaded node.pem / node.key (`votemesh updatecerts`) |
 
 Configuration changes are answered when the cluster answered (`agent/runtime/config_ops.py`);
 one that races another on this node is refused with "another configuration change is in
@@ -60,7 +63,7 @@ class ControlHandlers:
     """`qdevice-setup ...` / `qdevice-remove`: a configuration change, answered when done."""
 
 
-CONFIG_COMMANDS = ("config", "delnode", "leave", "link")
+CONFIG_COMMANDS = ("config", "delnode", "leave", "link", "rotate-key", "keys")
 QDEVICE_COMMANDS = ("qdevice-setup", "qdevice-remove")
 
 
@@ -76,7 +79,7 @@ def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
         return True, _json(handlers.events())
     if command == "expected" and len(args) == 1:
         return _expected(args[0], handlers)
-    if command in ("join-token", "join-stats"):
+    if command in ("join-token", "join-stats", "join-reload"):
         return _join(words, handlers)
     return False, f"unknown request {line.strip()[:80]!r}; send status, expected N or events\n"
 

@@ -184,7 +184,19 @@ class JoinServer:
             except (ValueError, ConfigError) as exc:
                 return False, f"no join token: {exc}\n"
             return True, json.dumps({"join": text}) + "\n"
-        return False, "send join-token SECONDS or join-stats\n"
+        if words[0] == "join-reload" and len(words) == 1:
+            return self.reload()
+        return False, "send join-token SECONDS, join-stats or join-reload\n"
+
+    def reload(self) -> tuple[bool, str]:
+        """`votemesh updatecerts`: the next connection gets the new node.pem / node.key (a
+        handshake under way keeps the context it started with)."""
+        try:
+            self.context = _server_context(self.files)
+        except ConfigError as exc:
+            return False, f"join port kept its certificate: {exc}\n"
+        log.info("join certificate reloaded", cert=str(self.files.node_cert))
+        return True, json.dumps({"ok": True, "text": "join port certificate reloaded"}) + "\n"
 
     # ------------------------------------------------------------ listener
     async def start(self) -> asyncio.Server:

@@ -79,6 +79,7 @@ from agent.runtime.config_wire import CONFIG_MESSAGES
 from agent.runtime.control import ControlHandlers, serve_control
 from agent.runtime.discovery import DiscoveredPeer, Discovery, DiscoveryError
 from agent.runtime.join import JoinServer, start_join_server
+from agent.runtime.key_rotation import KeyRing
 from agent.runtime.keys import load_keys
 from agent.runtime.qdevice import QdeviceRunner
 from agent.runtime.replication import ChangeOutcome, Replication
@@ -225,6 +226,9 @@ class AgentRuntime(ClusterConfigRuntime):
                 config.qdevice, config.node_id, config.cluster_name, self._qdevice_vote
             )
             self.qdevice.set_config(tuple(config.configured_votes()))
+        self.keys = KeyRing(self, keys)
+        self.keys.load_pending()
+        self.keys.apply(self.cluster_config)  # a rotation under way or cut by a restart
 
     # ------------------------------------------------------------ the core
     def dispatch(self, event: NodeEvent) -> None:
@@ -475,6 +479,7 @@ class AgentRuntime(ClusterConfigRuntime):
                     tasks.append(group.create_task(self._discover(), name="discovery"))
                 if self.join is not None:
                     tasks.append(group.create_task(self.join.run(), name="join"))
+                tasks.append(group.create_task(self.keys.run(), name="keys"))
                 group.create_task(self._signals(tasks), name="signals")
         finally:
             sd_notify("STOPPING=1")

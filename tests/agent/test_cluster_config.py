@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from agent import cluster_config as cc
 from agent.cluster_config import ClusterConfig, ClusterNode, NodeLink
 from agent.config import AgentConfig, ConfigError, LinkConfig, PeerConfig, QuorumOptions, Timing
+from agent.key_rotation import KeyRotation, Phase
 from tests.agent.cluster_fixtures import cluster, node
 
 
@@ -35,7 +36,22 @@ def configs(draw: st.DrawFn) -> ClusterConfig:
         wait_for_all=draw(st.none() | st.booleans()),
     )
     timing = Timing(heartbeat_interval=draw(st.sampled_from([0.1, 0.2, 1])))
-    return ClusterConfig("prod", draw(st.integers(0, 2**32 - 1)), nodes, quorum, timing)
+    version = draw(st.integers(0, 2**32 - 1))
+    return ClusterConfig("prod", version, nodes, quorum, timing, key_rotation=draw(rotations()))
+
+
+@st.composite
+def rotations(draw: st.DrawFn) -> KeyRotation | None:
+    """No record, or a valid key rotation record in any phase (design §3.12)."""
+    if draw(st.booleans()):
+        return None
+    phase = draw(st.sampled_from(list(Phase)))
+    new, old = draw(
+        st.lists(st.binary(min_size=4, max_size=4), min_size=2, max_size=2, unique=True)
+    )
+    wrapped = b"" if phase is Phase.DONE else draw(st.binary(min_size=60, max_size=200))
+    confirmed = sorted(draw(st.sets(st.integers(1, 2**32 - 1), max_size=5)))
+    return KeyRotation(phase, new, old, wrapped, tuple(confirmed))
 
 
 @given(configs())
