@@ -101,7 +101,10 @@ class VoteTracker:
     def apply(self, vote: int, ring: RingId) -> str:
         """Consume one VOTE; returns what happened, for the VoteChanged reason and logs."""
         if vote == Vote.NACK:
-            self.acked = None  # any NACK revokes what we hold, also one for an older ring
+            self.acked = None  # any NACK revokes what we hold, also one for another ring
+            if ring != self.sent_ring and self.cast is Cast.ACK:
+                self.cast = Cast.NACK  # counted implies an ACK we still hold: stop counting too
+                return f"NACK for ring {ring} (ours {self.sent_ring}) revokes the ACK"
         if ring != self.sent_ring:
             return f"ignored {_name(vote)} for stale ring {ring} (ours {self.sent_ring})"
         cast = _CAST_OF_VOTE.get(Vote(vote))

@@ -151,6 +151,20 @@ def voting(now: float = 0.0) -> QdeviceSession:
     return session
 
 
+def test_a_nack_for_another_ring_stops_the_count_with_the_ack_it_revokes() -> None:
+    """Regression (Hypothesis found it, 2026-12-07; fails before the fix): ACK for our ring, then
+    a NACK naming another ring revoked the held ACK but left the vote counted, so the node
+    counted the device with no held ring (`vote` True, `held_ring` None)."""
+    session = voting()
+    effects = session.received(
+        NodeListReply(seq=2, node_list_type=0, ring_id=NEW_RING_ID, vote=Vote.NACK), 1.0
+    )
+    assert not session.vote
+    assert session.held_ring is None
+    (change,) = [e for e in effects if isinstance(e, VoteChanged)]
+    assert (change.vote, change.ring) == (False, None)
+
+
 # ----- connecting ------------------------------------------------------------------------------
 
 
