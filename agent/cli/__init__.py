@@ -18,12 +18,13 @@ Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2
 1 an error (one line on stderr saying what to do; never a traceback).
 
 Adapter ring. A monitoring script polls `status`, `nodes` and `explain`, so their usual command
-lines take a fast path (agent.cli.status.parse_words) that imports `json`, `_socket`,
+lines take a fast path (agent.cli.status.parse_words) that imports `_json`, `_socket`,
 `proto.control_frame`, `proto.runtime.control_client`, `agent.cli.client`, `.render`,
-`.status_reader` and nothing else: no argparse, `typing`, `dataclasses`, `pathlib`, `agent.status`,
-asyncio, structlog, cryptography, msgpack or agent core (tests/agent/test_cli_fast.py pins the
-list; `make bench` -> bench cli measures it). This module therefore imports only `agent.cli.client`
-at its top; argparse and the other verbs' modules load when the command line needs them.
+`.status_reader` and nothing else (`json` for `status --json`): no argparse, `re`, `typing`,
+`dataclasses`, `pathlib`, `agent.status`, asyncio, structlog, cryptography, msgpack or agent core
+(tests/agent/test_cli_fast.py pins the list; `make bench` -> bench cli measures it). This module
+therefore imports only `agent.cli.client` at its top; argparse and the other verbs' modules load
+when the command line needs them.
 """
 
 from __future__ import annotations

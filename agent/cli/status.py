@@ -5,13 +5,13 @@ Exit status like `corosync-quorumtool -s`: 0 quorate, 2 not quorate (`status`, `
 
 The fast path of a monitoring poll: `parse_words` reads the usual command lines of these three
 verbs without argparse; anything else (help, an abbreviation, a mistake) returns None and
-argparse handles it, so what argparse accepts and says stays the one behaviour. Imports: `json`,
-`_socket`, our renderer and record reader, nothing else (see agent/cli/__init__.py).
+argparse handles it, so what argparse accepts and says stays the one behaviour. Imports: `_json`,
+`_socket`, our renderer and record reader, nothing else (`json` for --json only; see
+agent/cli/__init__.py).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -80,6 +80,8 @@ def cmd_status(args: StatusArgs | argparse.Namespace) -> int:
     """pvecm status layout, or the schema-1 document with --json."""
     st, doc = fetch_status(args)
     if args.json:
+        import json  # noqa: PLC0415 - its encoder is needed here only
+
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(status_text(st, time.ctime(), hex_ids=not args.decimal))

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent import status as core_status
 from agent.cli import build_parser
+from agent.cli.client import loads
 from agent.cli.render import explain_text, nodes_text, status_text
 from agent.cli.status import parse_words
 from agent.cli.status_reader import DEFAULTS, FIELDS, SCHEMA, StatusError, read_status
@@ -149,8 +152,8 @@ def test_fast_path_loads_no_heavy_module_and_prints_the_same(
     state: str,
     code: int,
 ) -> None:
-    """Each verb loads only our eight small modules, `json` (and what `json` needs) and
-    `_socket`: none of HEAVY. It prints what the dataclass path prints, byte for byte (the Date
+    """Each verb loads only our eight small modules, `_json` and `_socket` (and `json` for
+    --json): none of HEAVY. It prints what the dataclass path prints, byte for byte (the Date
     line aside), with the same exit status (0 quorate, 2 not)."""
     path, served = agent_socket
     served[0] = state
@@ -158,6 +161,8 @@ def test_fast_path_loads_no_heavy_module_and_prints_the_same(
     assert result.returncode == code, result.stderr
     assert result.stderr == ""
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    if "--json" not in words:  # json's Python half pulls in re, enum, functools: ~7 ms
+        assert not loaded & {"json", "re", "enum", "functools"}, sorted(loaded)
     ours = {m for m in loaded if m.split(".")[0] in ("agent", "proto", "qnetd")}
     assert ours <= OURS, sorted(ours - OURS)
     st = STATES[state]
@@ -328,3 +333,26 @@ def test_anything_else_goes_to_argparse(words: list[str]) -> None:
     """Help, abbreviations, repeats, missing or dash-led values and mistakes: the fast reader
     says None, so argparse answers (its help, its one-line error) exactly as before."""
     assert parse_words(words) is None
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def json_outcome(reader: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "ok", reader(text)
+    except ValueError:
+        return "error", None
+
+
+@given(JSON_VALUES, st.sampled_from(["", " ", "\n\t", " x", "]", "\ufeff", "0"]), st.booleans())
+def test_loads_is_json_loads(value: Any, tail: str, lead: bool) -> None:
+    """The C-scanner reader gives json.loads's value, and refuses (ValueError) what it refuses:
+    JSON text with and without white space around it, trailing garbage, a BOM, a cut text."""
+    text = (" \r\n" if lead else "") + json.dumps(value) + tail
+    for case in (text, text[: len(text) // 2], tail + text):
+        assert json_outcome(loads, case) == json_outcome(json.loads, case), case
