@@ -12,6 +12,9 @@ Two modes, because where the bytecode comes from changes the figure:
   warm-up writes the cache there and the tree gets no __pycache__.
 - `env`: this process's environment as it is. With PYTHONDONTWRITEBYTECODE=1 (these sessions)
   and no __pycache__ in the checkout, every call compiles our modules from source.
+- `BENCH_CLI_BIN=DIR` adds a third: DIR/python and DIR/votemesh of another install, e.g. a
+  regular (not editable) one: `python3 -m venv /tmp/vm && /tmp/vm/bin/pip install --no-deps .`
+  (the status verbs need none of the dependencies).
 
 Prints figures, never fails on a timing. Target (issue 8 item 4): under 50 ms wall per call.
 """
@@ -75,13 +78,16 @@ def _row(name: str, m: dict[str, float], calls: int) -> str:
     )
 
 
-def modes(cache: Path) -> dict[str, dict[str, str]]:
-    """The two environments the calls run in (see the module docstring)."""
+def modes(cache: Path) -> dict[str, tuple[Path, dict[str, str]]]:
+    """The binaries and environments the calls run with (see the module docstring)."""
     bytecode = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     bytecode["PYTHONPYCACHEPREFIX"] = str(cache)
     as_is = dict(os.environ)
     flag = "PYTHONDONTWRITEBYTECODE=1" if as_is.get("PYTHONDONTWRITEBYTECODE") else "bytecode"
-    return {"bytecode (as installed)": bytecode, f"env ({flag})": as_is}
+    chosen = {"bytecode (as installed)": (BIN, bytecode), f"env ({flag})": (BIN, as_is)}
+    if other := os.environ.get("BENCH_CLI_BIN"):
+        chosen[f"BENCH_CLI_BIN={other}"] = (Path(other), as_is)
+    return chosen
 
 
 def main() -> None:
@@ -93,12 +99,12 @@ def main() -> None:
             cluster.wait_for(lambda: cluster.one_view([1, 2]), 30, "one view")
             sock = str(cluster.agents[1].control_socket)
             print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-            for mode, env in modes(Path(tmp) / "pycache").items():
+            for mode, (bin_dir, env) in modes(Path(tmp) / "pycache").items():
                 print(f"{mode}:")
-                base = measure([str(BIN / "python"), "-c", "pass"], calls, env)
+                base = measure([str(bin_dir / "python"), "-c", "pass"], calls, env)
                 print(_row("python -c pass", base, calls))
                 for verb in VERBS:
-                    argv = [str(BIN / "votemesh"), *verb, "--socket", sock]
+                    argv = [str(bin_dir / "votemesh"), *verb, "--socket", sock]
                     print(_row("votemesh " + " ".join(verb), measure(argv, calls, env), calls))
             print("load average at end:   {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
         finally:
