@@ -28,6 +28,7 @@ from agent.cli.status import parse_words
 from agent.cli.status_reader import DEFAULTS, FIELDS, SCHEMA, StatusError, read_status
 from agent.status import from_json, to_json
 from proto.control_frame import encode_reply
+from tests.agent.live_agents import BIN
 from tests.agent.test_status_text import DATE, GOLDEN, STATES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,6 +177,35 @@ def test_fast_path_loads_no_heavy_module_and_prints_the_same(
         assert result.stdout == nodes_text(st)
     else:
         assert result.stdout == explain_text(st)
+
+
+def test_the_installed_console_script_takes_the_fast_path(
+    agent_socket: tuple[Path, list[str]],
+) -> None:
+    """The real entry point (`.venv/bin/votemesh`, from pyproject's [project.scripts]) under
+    `-X importtime`: whatever the interpreter and the install load first, the poll itself loads
+    none of HEAVY (a heavier entry module or a new top-level import fails here)."""
+    path, _ = agent_socket
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            str(BIN / "votemesh"),
+            "status",
+            "--socket",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Cluster information\n")
+    loaded = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "agent.cli.status_reader" in loaded
+    assert not loaded & (set(HEAVY) - {"pathlib"}), sorted(loaded & set(HEAVY))
 
 
 def test_other_verbs_and_mistakes_still_take_argparse(tmp_path: Path) -> None:
