@@ -153,9 +153,9 @@ def test_fast_path_loads_no_heavy_module_and_prints_the_same(
     state: str,
     code: int,
 ) -> None:
-    """Each verb loads only our eight small modules, `_json` and `_socket` (and `json` for
-    --json): none of HEAVY. It prints what the dataclass path prints, byte for byte (the Date
-    line aside), with the same exit status (0 quorate, 2 not)."""
+    """Each verb loads only OURS (seven small modules, three package files), `_json` and
+    `_socket` (and `json` for --json): none of HEAVY. It prints what the dataclass path prints,
+    byte for byte (the Date line aside), with the same exit status (0 quorate, 2 not)."""
     path, served = agent_socket
     served[0] = state
     result, loaded = run_cli(tmp_path, *words, "--socket", str(path))
