@@ -17,32 +17,45 @@
 Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
 1 an error (one line on stderr saying what to do; never a traceback).
 
-Adapter ring. The import path of `status`, `nodes` and `explain` is kept small (argparse, json,
-socket, `agent.status`, `proto.control_frame`): no asyncio, structlog, cryptography or agent core,
-so a monitoring script's poll costs little more than the interpreter's start
-(`make bench` -> bench cli). Other verbs import what they need when they run.
+Adapter ring. A monitoring script polls `status`, `nodes` and `explain`, so their usual command
+lines take a fast path (agent.cli.status.parse_words) that imports `_json`, `_socket`,
+`proto.control_frame`, `proto.runtime.control_client`, `agent.cli.client`, `.render`,
+`.status_reader` and nothing else (`json` for `status --json`): no argparse, `re`, `typing`,
+`dataclasses`, `pathlib`, `agent.status`, asyncio, structlog, cryptography, msgpack or agent core
+(tests/agent/test_cli_fast.py pins the list; `make bench` -> bench cli measures it). This module
+therefore imports only `agent.cli.client` at its top; argparse and the other verbs' modules load
+when the command line needs them.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from agent.cli.client import DEFAULT_SOCKET, UserError
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~10 ms per CLI call
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
     from typing import NoReturn
+
+    from agent.cli.status import StatusArgs
+
+    _Parser = argparse.ArgumentParser
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_QUORATE = 0, 1, 2
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: what is wrong and where to look, exit status 1."""
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse with one-line errors: what is wrong and where to look, exit status 1
+    (made on first use: importing argparse is off the fast path)."""
+    import argparse  # noqa: PLC0415
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.exit(EXIT_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    return Parser
 
 
 def _where(p: argparse.ArgumentParser) -> None:
@@ -116,7 +129,7 @@ FAST_VERBS = ("status", "nodes", "explain")
 def build_parser(only: str = "") -> argparse.ArgumentParser:
     """The whole command line; `only` (a FAST_VERBS name) builds just that verb, because
     building every subparser costs a few ms on each monitoring poll."""
-    parser = _Parser(prog="votemesh", description="votemesh cluster membership and quorum")
+    parser = _parser_class()(prog="votemesh", description="votemesh cluster membership and quorum")
     sub = parser.add_subparsers(dest="command", required=True, prog="votemesh")
     _status_verbs(sub, only)
     if not only:
@@ -134,7 +147,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     words = sys.argv[1:] if argv is None else list(argv)
     only = words[0] if words and words[0] in FAST_VERBS else ""
-    args = build_parser(only).parse_args(words)
+    if only:
+        from agent.cli.status import parse_words  # noqa: PLC0415
+
+        fast = parse_words(words)
+        if fast is not None:
+            return _run(fast)
+    return _run(build_parser(only).parse_args(words))
+
+
+def _run(args: argparse.Namespace | StatusArgs) -> int:
+    """Call the verb's function; a user's mistake is one line on stderr and exit status 1."""
     module, _, name = str(args.verb).partition(":")
     try:
         if module == "status":
