@@ -443,9 +443,20 @@ class AgentRuntime(ClusterConfigRuntime):
     async def run(self) -> None:
         """Bind, start the core, serve until stopped; then close everything."""
         self._loop = asyncio.get_running_loop()
-        await self.mesh.start()
         self.join = await start_join_server(self)
         control = await serve_control(Path(self.config.control_socket), self.handlers())
+        try:
+            # Bound last: from here to Start nothing awaits, so no datagram can arrive before
+            # the core runs (one did, and was dropped as not_running, while the control socket
+            # and the join port were set up after the bind).
+            await self.mesh.start()
+        except BaseException:
+            control.close()
+            if self.join is not None and self.join.server is not None:
+                self.join.server.close()
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.config.control_socket).unlink()
+            raise
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
