@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,6 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
 ]
-
-
-@pytest.fixture
-def lab_factory(tmp_path: Path) -> Iterator[LabFactory]:
-    """Labs for one test; every namespace and process is gone after it, pass or fail."""
-    with LabFactory(tmp_path) as factory:
-        yield factory
 
 
 @dataclass

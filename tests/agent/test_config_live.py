@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,6 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
 ]
-
-
-@pytest.fixture
-def lab_factory(tmp_path: Path) -> Iterator[LabFactory]:
-    """Labs for one test; every namespace and process is gone after it, pass or fail."""
-    with LabFactory(tmp_path) as factory:
-        yield factory
 
 
 class Cluster:

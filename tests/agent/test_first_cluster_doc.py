@@ -15,10 +15,7 @@ import re
 import shlex
 import stat
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.agent.test_config_live import pytestmark  # noqa: F401 - root and netns marks
 from tests.lab import netns
@@ -27,13 +24,6 @@ from tests.lab.netns import Host, LabFactory, NotYetError, TrackedProcess
 BIN = Path(sys.executable).parent
 SETTLE = 30.0
 OVERLAID = ("/etc", "/var/lib")
-
-
-@pytest.fixture
-def lab_factory(tmp_path: Path) -> Iterator[LabFactory]:
-    """Labs for one test; every namespace and process is gone after it, pass or fail."""
-    with LabFactory(tmp_path) as factory:
-        yield factory
 
 
 def _own_etc_and_var_lib(host: Host) -> None:

@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from proto.runtime.control_client import request
 from tests.agent.test_cluster_join_live import SETTLE, Node, _quorate
 from tests.agent.test_config_live import EXIT_REMOVED, Cluster, pytestmark  # noqa: F401 - root/netns marks
 from tests.lab import netns
 from tests.lab.netns import LabFactory
-
-
-@pytest.fixture
-def lab_factory(tmp_path: Path) -> Iterator[LabFactory]:
-    """Labs for one test; every namespace and process is gone after it, pass or fail."""
-    with LabFactory(tmp_path) as factory:
-        yield factory
 
 
 def test_expected_1_on_an_isolated_node_makes_it_quorate_and_explain_says_why(

@@ -31,7 +31,6 @@ from tests.lab.netns import LabFactory, NotYetError, stop_process
 
 SETTLE = 30.0
 pytestmark = join_live.pytestmark
-lab_factory = join_live.lab_factory  # the fixture: namespaces and processes gone after a test
 
 
 def _keys(node: Node) -> dict[str, Any]:
