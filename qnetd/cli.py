@@ -136,6 +136,13 @@ def _add_connection_limits(p: Any) -> None:
     g.add_argument("--preinit-per-source", type=int, default=16, help="not INIT-ed, per address")
     g.add_argument("--preinit-max", type=int, default=1024, help="not INIT-ed, in all")
     g.add_argument("--fd-reserve", type=int, default=128, help="file descriptors kept free")
+    g.add_argument(
+        "--tls-handshake-threads",
+        type=int,
+        default=1,
+        help="threads for the CPU of TLS handshakes, so that they do not delay established "
+        "clients; 0 = on the event loop",
+    )
 
 
 def _connection_limit_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,6 +151,7 @@ def _connection_limit_settings(args: argparse.Namespace) -> dict[str, Any]:
         "preinit_per_source": args.preinit_per_source,
         "preinit_max": args.preinit_max,
         "fd_reserve": args.fd_reserve,
+        "tls_handshake_threads": args.tls_handshake_threads,
     }
 
 

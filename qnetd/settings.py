@@ -39,6 +39,9 @@ class QnetdSettings:
     """Connections not yet INIT-ed in all."""
     fd_reserve: int = 128
     """File descriptors kept free for established clients' needs, HTTP, control and enrollment."""
+    tls_handshake_threads: int = 1
+    """Worker threads for the CPU of server TLS handshakes (qnetd/runtime/tls_offload.py);
+    0 runs them on the event-loop thread (asyncio's TLS), where they delay established clients."""
 
     @property
     def pre_init_dpd_seconds(self) -> float:
@@ -77,3 +80,5 @@ class QnetdSettings:
             raise ValueError("need 1 <= --preinit-per-source <= --preinit-max")
         if self.fd_reserve < 16:
             raise ValueError("--fd-reserve must be at least 16")
+        if not 0 <= self.tls_handshake_threads <= 16:
+            raise ValueError("--tls-handshake-threads must be between 0 and 16")

@@ -47,6 +47,7 @@ from qnetd.core_events import (
 from qnetd.peer_names import PeerNames
 from qnetd.runtime.handshake_gate import HandshakeGate
 from qnetd.runtime.heap_release import release_after_burst
+from qnetd.runtime.tls_offload import HandshakeWorkers, TlsSession, TlsStream, server_handshake
 
 LISTEN_BACKLOG = 512  # corosync-qnetd uses 10; thousands of reconnecting clients need more
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -187,6 +188,9 @@ class QnetdServer:
         self.trims = 0
         """Heap releases after a burst (for tests)."""
         self.handshakes = HandshakeGate(TLS_STARTS_PER_TURN)
+        threads = core.settings.tls_handshake_threads
+        self.tls_workers = HandshakeWorkers(threads) if ssl_context and threads else None
+        """Threads for the TLS handshakes' CPU work; None: asyncio's TLS, on the loop thread."""
 
     def connection_limits(self) -> ConnectionLimits:
         """Limits from the settings, with the fd budget: soft RLIMIT_NOFILE - open now - reserve."""
@@ -225,6 +229,8 @@ class QnetdServer:
         for lsock in self.listeners:
             lsock.close()
         self._stopped.set()
+        if self.tls_workers is not None:
+            self.tls_workers.stop()
         if self._trim_handle is not None:
             self._trim_handle.cancel()
         for task in list(self._tasks):
@@ -376,10 +382,18 @@ class QnetdServer:
         # From here on bytes arrive through the protocol, possibly before the await below
         # returns (TLS 1.3 lets the client's first record ride on its last handshake flight).
         conn.want_tls = False
-        conn.upgrading = True
+        protocol: Callable[[], asyncio.Protocol] = lambda: _StreamProtocol(self, conn)  # noqa: E731
+        in_handshake = context is not None  # a failure now is the TLS handshake's
         try:
+            if context is not None and self.tls_workers is not None:
+                # the handshake on our socket, its CPU on a worker thread; then a plain
+                # transport under TlsStream (qnetd/runtime/tls_offload.py)
+                session = await self._offloaded_handshake(conn, context, self.tls_workers)
+                protocol = lambda: TlsStream(session, _StreamProtocol(self, conn))  # noqa: E731
+                context, in_handshake = None, False
+            conn.upgrading = True
             transport, _ = await loop.connect_accepted_socket(
-                lambda: _StreamProtocol(self, conn),
+                protocol,
                 sock=conn.sock,
                 ssl=context,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
@@ -387,8 +401,8 @@ class QnetdServer:
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             if conn.closed:  # dropped while switching (deadline, eviction): counted there
                 return
-            reason = "tls_handshake_failed" if context else "socket_error"
-            if context is not None:
+            reason = "tls_handshake_failed" if in_handshake else "socket_error"
+            if in_handshake:
                 self.core.stats.tls_failures["handshake"] += 1
             held = self._quiet.allow(reason, self.clock())  # a flood must not flood the log
             if held is not None:
@@ -406,6 +420,14 @@ class QnetdServer:
             return
         self.log.debug("stream switched", conn=conn.conn_id, seconds=self.clock() - started)
         self.on_data(conn, b"")  # anything decoded-but-unprocessed while switching
+
+    async def _offloaded_handshake(
+        self, conn: _Conn, context: ssl.SSLContext, workers: HandshakeWorkers
+    ) -> TlsSession:
+        async with asyncio.timeout(TLS_HANDSHAKE_TIMEOUT):
+            return await server_handshake(
+                conn.sock, context, workers, lambda: self.guard.pending_from_source(conn.conn_id)
+            )
 
     def on_stream(self, conn: _Conn, transport: asyncio.BaseTransport) -> None:
         """The switched stream is up: flush queued replies, report the TLS peer."""
@@ -627,6 +649,9 @@ def server_ssl_context(
     """TLS server context: our certificate; client certificates required and checked if asked."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No TLS 1.2 renegotiation: it would re-run a handshake (an RSA signature) on the loop
+    # thread after the offloaded one (qnetd/runtime/tls_offload.py); qdevice never asks for it.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     context.load_cert_chain(cert_pem, key_pem)
     if client_cert_required:
         context.verify_mode = ssl.CERT_REQUIRED
