@@ -70,6 +70,8 @@ class Knobs:
     churn_rate: float = float(os.environ.get("VOTEMESH_BENCH_ABUSE_RATE", "1000"))
     churn_kinds: str = os.environ.get("VOTEMESH_BENCH_CHURN_KINDS", KINDS)
     all_held: bool = os.environ.get("VOTEMESH_BENCH_ALL_HELD", "1") != "0"
+    compare: bool = os.environ.get("VOTEMESH_BENCH_COMPARE_LOOP", "1") != "0"
+    """Also run the default server with `--tls-handshake-threads 0` (handshakes on the loop)."""
     quiet_s: float = 4.0
     """Length of the idle and after phases."""
 
@@ -400,6 +402,28 @@ def print_table(title: str, phases: list[Phase]) -> None:
         print(f"  {p.name:<22} {reasons or 'none'}; abusers: {view}")
 
 
+def print_comparison(loop: list[Phase], threads: list[Phase]) -> None:
+    """Echo p99 and the slowest new client, handshakes on the loop vs on a worker thread."""
+    print("TLS handshakes on the event loop (--tls-handshake-threads 0) vs on 1 worker (default):")
+    print(
+        f"{'phase':<24}{'loop p50/p99':>14}{'worker p50/p99':>16}{'p99 worker/loop':>17}"
+        f"{'new client max loop/worker':>28}"
+    )
+    for a, b in zip(loop, threads, strict=True):
+        pa, pb = percentile(a.echo, 99), percentile(b.echo, 99)
+        ratio = "-" if not pa or not pb else f"{pb / pa:.2f}"
+        print(
+            f"{a.name:<24}{_ms(a.echo, 50) + ' / ' + _ms(a.echo, 99):>14}"
+            f"{_ms(b.echo, 50) + ' / ' + _ms(b.echo, 99):>16}{ratio:>17}"
+            f"{_ms(a.connect.times, 100) + ' / ' + _ms(b.connect.times, 100):>28}"
+        )
+    for label, phases in (("loop", loop), ("worker", threads)):
+        quiet = [q for p in phases if p.abuse is None and (q := percentile(p.echo, 99))]
+        if quiet:
+            band = f"{min(quiet) * 1000:.1f}-{max(quiet) * 1000:.1f}"
+            print(f"  quiet echo p99 band, {label}: {band} ms")
+
+
 def main() -> None:
     """Run with the sizes from the environment and print the tables."""
     limit = raise_own_fd_limit()
@@ -409,6 +433,12 @@ def main() -> None:
         print(f"open-file limit {limit}: abusers reduced to {knobs.abusers}")
     changes = 0
     with tempfile.TemporaryDirectory(prefix="vm-abuse-") as tmp:
+        on_loop: list[Phase] = []
+        if knobs.compare:  # first, so that the default run's table stays the last word
+            on_loop = asyncio.run(
+                run(Path(tmp) / "loop", knobs, ("--tls-handshake-threads", "0"), churn=True)
+            )
+            changes += sum(p.vote_changes for p in on_loop)
         phases = asyncio.run(run(Path(tmp) / "default", knobs, (), churn=True))
         print_table(
             f"qnetd under abuse: {len(CLUSTERS)} clusters x {len(NODES)} TLS qdevice clients "
@@ -422,5 +452,7 @@ def main() -> None:
             held = asyncio.run(run(Path(tmp) / "held", knobs, ("--preinit-max", "4096"), False))
             print_table("the same hold with --preinit-max 4096 (all of them held at once)", held)
             changes += sum(p.vote_changes for p in held)
+        if on_loop:
+            print_comparison(on_loop, phases)
     if changes:
         raise SystemExit(f"FAILED: {changes} vote changes or lost connections in the cluster")

@@ -34,12 +34,14 @@ from tests.qnetd.async_client import AsyncQdevice
 
 
 @asynccontextmanager
-async def serving(state_dir: Path) -> AsyncIterator[QnetdServer]:
+async def serving(
+    state_dir: Path, settings: QnetdSettings | None = None
+) -> AsyncIterator[QnetdServer]:
     paths = ensure_state_pki(state_dir)
     context = server_ssl_context(
         str(paths.ca_cert), str(paths.server_cert), str(paths.server_key), True
     )
-    server = QnetdServer(QnetdCore(QnetdSettings(), ALGORITHMS), context)
+    server = QnetdServer(QnetdCore(settings or QnetdSettings(), ALGORITHMS), context)
     await server.start(bind_listeners("127.0.0.1", 0, "4"))
     try:
         yield server
