@@ -219,6 +219,12 @@ def _preinit_metrics(server: QnetdServer) -> Any:
     yield GaugeMetricFamily(
         "votemesh_qnetd_tls_handshakes_waiting", "TLS handshakes waiting to start", gate.waiting
     )
+    workers = server.tls_workers
+    yield GaugeMetricFamily(
+        "votemesh_qnetd_tls_handshake_steps_queued",
+        "TLS handshake steps queued for or running on the handshake threads",
+        0 if workers is None else workers.waiting,
+    )
     yield GaugeMetricFamily(
         "votemesh_qnetd_fd_budget",
         "Connections the open-file limit leaves room for",

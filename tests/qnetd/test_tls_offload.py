@@ -25,7 +25,8 @@ from proto.qnetd_enums import Vote
 from proto.qnetd_messages import Preinit, StartTls, VoteInfo, encode
 from qnetd.runtime import server as server_module
 from qnetd.runtime import tls_offload
-from qnetd.runtime.server import QnetdServer
+from qnetd.runtime.pki_check import ensure_state_pki
+from qnetd.runtime.server import QnetdServer, server_ssl_context
 from qnetd.runtime.tls_offload import TlsRecordError, whole_records
 from qnetd.settings import QnetdSettings
 from tests.interop.wire_walk import full_walk
@@ -54,6 +55,7 @@ def test_whole_records_are_framed_and_garbage_is_refused_before_openssl() -> Non
         bytes([22, 2, 0, 0, 5]) + b"12345",  # SSL 2-style version
         two + b"\x00\x03\x03\x00\x01x",  # a bad type after good records
         b"\x80",  # one byte that cannot start a record
+        b"\x16\x01",  # a record type, then no TLS major version
     ):
         with pytest.raises(TlsRecordError):
             whole_records(garbage)
@@ -85,6 +87,16 @@ async def test_handshake_runs_on_a_worker_and_the_client_gets_its_vote(
         assert threads  # at least the ClientHello and the client's Finished
         assert threading.get_ident() not in threads
         assert server.tls_workers.steps == len(threads)
+
+
+def test_the_server_context_refuses_renegotiation(tmp_path: Path) -> None:
+    """No TLS 1.2 renegotiation: it would run a second handshake on the loop thread."""
+    paths = ensure_state_pki(tmp_path / "state")
+    context = server_ssl_context(
+        str(paths.ca_cert), str(paths.server_cert), str(paths.server_key), True
+    )
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.verify_mode == ssl.CERT_REQUIRED
 
 
 @pytest.mark.asyncio
