@@ -651,6 +651,7 @@ def server_ssl_context(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # No TLS 1.2 renegotiation: it would re-run a handshake (an RSA signature) on the loop
     # thread after the offloaded one (qnetd/runtime/tls_offload.py); qdevice never asks for it.
+    # OpenSSL 3 already refuses client-initiated renegotiation by default; 1.1.1 did not.
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.load_cert_chain(cert_pem, key_pem)
     if client_cert_required:
