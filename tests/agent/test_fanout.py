@@ -93,7 +93,8 @@ async def test_a_failing_sink_is_counted_and_keeps_going() -> None:
     for i in range(3):
         fan.publish("peer_lost", record(i))
     await asyncio.sleep(0.05)
-    assert bad.stats()["failed"] == 3 and bad.stats()["delivered"] == 0
+    assert bad.stats()["failed"] == 3
+    assert bad.stats()["delivered"] == 0
     assert len(good.got) == 3
     await fan.close()
 

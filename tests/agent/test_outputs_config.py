@@ -61,7 +61,8 @@ def test_outputs_parse_with_paths_relative_to_the_file(tmp_path: Path) -> None:
         ),
         HookConfig(("*",), ("/usr/bin/logger",)),
     )
-    assert outputs.hooks[1].wants("stalled") and not outputs.hooks[0].wants("stalled")
+    assert outputs.hooks[1].wants("stalled")
+    assert not outputs.hooks[0].wants("stalled")
     assert outputs.metrics == MetricsConfig("127.0.0.1", 9555)
 
 
