@@ -2,8 +2,10 @@
 
 Each connection starts in *exact-read* mode: the socket is read with `sock_recv` for exactly the
 bytes the stream decoder still wants, so nothing past a STARTTLS is ever consumed and the TLS
-handshake can take the socket over cleanly (`loop.connect_accepted_socket(ssl=...)`). After the
-upgrade (or after INIT on a plain connection) it switches to an `asyncio.Protocol` transport.
+handshake can take the socket over cleanly: by default on our own SSLObject with its CPU work on
+a worker thread (qnetd/runtime/tls_offload.py), with `--tls-handshake-threads 0` by asyncio
+(`loop.connect_accepted_socket(ssl=...)`). After the upgrade (or after INIT on a plain
+connection) it switches to an `asyncio.Protocol` transport.
 This module owns sockets and the clock; every decision is the core's.
 """
 
