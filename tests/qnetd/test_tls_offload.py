@@ -29,6 +29,7 @@ from qnetd.runtime.pki_check import ensure_state_pki
 from qnetd.runtime.server import QnetdServer, server_ssl_context
 from qnetd.runtime.tls_offload import TlsRecordError, whole_records
 from qnetd.settings import QnetdSettings
+from tests.interop.debian_qnetd import ClientCredentials
 from tests.interop.wire_walk import full_walk
 from tests.qnetd.abusers import client_hello, close_all, open_abuser
 from tests.qnetd.test_server_tables import credentials, serving, until
@@ -109,7 +110,10 @@ async def test_certificates_are_still_checked(tmp_path: Path) -> None:
     async with serving(state) as server:
         port = port_of(server)
         stats = server.core.stats.tls_failures
-        foreign = await asyncio.to_thread(credentials, tmp_path / "other-ca", "alpha")
+        other = await asyncio.to_thread(credentials, tmp_path / "other" / "ca", "alpha")
+        ours = await asyncio.to_thread(credentials, state, "alpha")
+        # trusts our server (so the client goes through), shows a certificate of another CA
+        foreign = ClientCredentials(ours.ca_pem, other.cert_pem, other.key_pem)
         with pytest.raises((OSError, ConnectionError)):  # ssl.SSLError is an OSError
             await asyncio.to_thread(full_walk, port, "alpha", foreign)
         await until(lambda: stats["handshake"] == 1)
