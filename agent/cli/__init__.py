@@ -58,6 +58,21 @@ def _parser_class() -> type[argparse.ArgumentParser]:
     return Parser
 
 
+def _version_action() -> type[argparse.Action]:
+    """`--version`: the installed package's version (read only when asked: importlib.metadata
+    is off the fast path)."""
+    import argparse  # noqa: PLC0415
+
+    class Version(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+            from importlib.metadata import version  # noqa: PLC0415
+
+            print(f"votemesh {version('votemesh')}")
+            parser.exit(0)
+
+    return Version
+
+
 def _where(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--socket", help=f"the agent's control socket (default {DEFAULT_SOCKET})")
@@ -130,6 +145,7 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     """The whole command line; `only` (a FAST_VERBS name) builds just that verb, because
     building every subparser costs a few ms on each monitoring poll."""
     parser = _parser_class()(prog="votemesh", description="votemesh cluster membership and quorum")
+    parser.add_argument("--version", nargs=0, action=_version_action(), help="print the version")
     sub = parser.add_subparsers(dest="command", required=True, prog="votemesh")
     _status_verbs(sub, only)
     if not only:

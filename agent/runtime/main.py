@@ -42,6 +42,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -550,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('votemesh')}")
     return parser
 
 

@@ -154,3 +154,14 @@ def test_status_nodes_explain_exit_statuses_on_a_lone_node(tmp_path: Path) -> No
         assert not typed.quorate
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize("program", ["votemesh", "votemesh-agent", "votemesh-qnetd"])
+def test_version(program: str) -> None:
+    """`--version` prints the program and the installed package's version on stdout, exit 0
+    (`votemesh-agent --version` needs no --config)."""
+    from importlib.metadata import version
+
+    result = run(program, "--version")
+    assert result.returncode == 0, result
+    assert result.stdout == f"{program} {version('votemesh')}\n"
