@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +43,7 @@ from agent.node_local import (
     agent_config,
     from_agent_config,
 )
+from agent.outputs import HookConfig, MetricsConfig, MqttConfig, Outputs
 from agent.runtime import cluster_store
 from proto.host_port import parse_host_port
 
@@ -52,6 +53,7 @@ T = TypeVar("T")
 TOP_KEYS = {
     "cluster_name", "node_id", "node_name", "key_files", "state_dir", "control_socket",
     "discovery", "clock_skew_bound", "timing", "quorum", "qdevice", "link", "peer",
+    "mqtt", "hook", "metrics",
 }  # fmt: skip
 TIMING_KEYS = {"preset", *Timing.__dataclass_fields__}
 QUORUM_KEYS = set(QuorumOptions.__dataclass_fields__)
@@ -60,10 +62,13 @@ LINK_KEYS = {"index", "address", "port", "priority"}
 PEER_KEYS = {"node_id", "name", "votes", *(f"link{i}" for i in range(MAX_LINKS))}
 NODE_KEYS = {
     "node_id", "key_files", "state_dir", "control_socket", "discovery", "clock_skew_bound",
-    "link", "join",
+    "link", "join", "mqtt", "hook", "metrics",
 }  # fmt: skip
 BIND_KEYS = {"index", "address", "port"}
 JOIN_KEYS = {"port"}
+MQTT_KEYS = set(MqttConfig.__dataclass_fields__)
+HOOK_KEYS = set(HookConfig.__dataclass_fields__)
+METRICS_KEYS = set(MetricsConfig.__dataclass_fields__)
 PRESETS: dict[str, Callable[[], Timing]] = {"lan": Timing.lan, "lab": Timing.lab}
 
 
@@ -301,6 +306,76 @@ def _host_port(text: str, default_port: int, where: str) -> tuple[str, int]:
     return _address(host, where), port
 
 
+# ---------------------------------------------------------------- event outputs
+
+
+def _outputs(top: _Table, base: Path) -> Outputs:
+    """`[mqtt]`, `[[hook]]`, `[metrics]` (design §3.13); relative paths against `base`."""
+    mqtt = None
+    if (data := top.table("mqtt")) is not None:
+        t = _Table(data, "mqtt", MQTT_KEYS)
+        files = {
+            k: t.text(k, f"/etc/votemesh/mqtt-{k[:-5]}", "")
+            for k in ("ca_file", "cert_file", "key_file", "password_file")
+        }
+        mqtt = MqttConfig(
+            host=t.text("host", "127.0.0.1", _REQUIRED),
+            port=t.integer("port", 1883, 1883),
+            tls=t.flag("tls", False),
+            username=t.text("username", "votemesh", ""),
+            topic_prefix=t.text("topic_prefix", "votemesh", "votemesh"),
+            client_id=t.text("client_id", "votemesh-alpha-1", ""),
+            keepalive=t.integer("keepalive", 10, 10),
+            home_assistant=t.flag("home_assistant", False),
+            discovery_prefix=t.text("discovery_prefix", "homeassistant", "homeassistant"),
+            queue=t.integer("queue", 1000, 1000),
+            **{k: _path(base, v) if v else "" for k, v in files.items()},
+        )
+    hooks = []
+    for i, data in enumerate(top.tables("hook")):
+        t = _Table(data, f"hook[{i}]", HOOK_KEYS)
+        command = t._get("command", (str, list), '["/usr/local/bin/on-quorum"]', _REQUIRED)
+        argv = (command,) if isinstance(command, str) else tuple(command)
+        if not all(isinstance(a, str) for a in argv):
+            raise ConfigError(f"hook[{i}].command must be a list of strings (argv, no shell)")
+        events = t._get("events", (str, list), '["quorum_gained", "quorum_lost"]', _REQUIRED)
+        kinds = (events,) if isinstance(events, str) else tuple(events)
+        if not all(isinstance(k, str) for k in kinds):
+            raise ConfigError(f"hook[{i}].events must be a list of event kinds")
+        if argv and argv[0] and "/" in argv[0]:
+            argv = (_path(base, argv[0]), *argv[1:])
+        hooks.append(
+            HookConfig(
+                events=kinds,
+                command=argv,
+                timeout=t.number("timeout", 10.0, 10.0),
+                queue=t.integer("queue", 100, 100),
+            )
+        )
+    metrics = None
+    if (data := top.table("metrics")) is not None:
+        t = _Table(data, "metrics", METRICS_KEYS)
+        metrics = MetricsConfig(
+            host=_address(t.text("host", "127.0.0.1", "127.0.0.1"), "metrics.host"),
+            port=_port(t, "port", 9466),
+        )
+    outputs = Outputs(mqtt, tuple(hooks), metrics)
+    outputs.validate()
+    return outputs
+
+
+def load_outputs(path: Path) -> Outputs:
+    """Only the event outputs of either kind of file (SIGHUP re-reads them); ConfigError."""
+    text = _read_text(path)
+    try:
+        data = tomllib.loads(text)
+        return _outputs(_Table(data, "", TOP_KEYS | NODE_KEYS), path.parent)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 # ---------------------------------------------------------------- node.toml and start-up
 
 
@@ -356,6 +431,8 @@ class Startup:
     """Why a single file's cluster part cannot be replicated (it breaks a rule of the cluster
     configuration, e.g. peers on fewer links): the agent runs on the file alone, configuration
     changes are refused with this reason."""
+    outputs: Outputs = field(default_factory=Outputs)
+    """MQTT, hooks, metrics (node-local; design §3.13)."""
 
     @property
     def single_file(self) -> bool:
@@ -380,12 +457,15 @@ def load_startup(path: Path) -> Startup:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
+        outputs = _outputs(_Table(data, "", TOP_KEYS | NODE_KEYS), path.parent)
         if "cluster_name" in data:
-            return _single_file(path, parse_config(text, base=path.parent))
+            return replace(
+                _single_file(path, parse_config(text, base=path.parent)), outputs=outputs
+            )
         local = _node_local(_Table(data, "", NODE_KEYS), path.parent)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return _node_file(path, local)
+    return replace(_node_file(path, local), outputs=outputs)
 
 
 def startup_of(config: AgentConfig, path: Path = Path("agent.toml")) -> Startup:

@@ -40,7 +40,6 @@ import logging
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -72,17 +71,19 @@ from agent.node import (
     Tick,
 )
 from agent.runtime import qdevice_setup
-from agent.runtime.config_file import Startup, load_startup, startup_of
+from agent.runtime.config_file import Startup, load_outputs, load_startup, local_of, startup_of
 from agent.runtime.config_ops import ConfigOps
 from agent.runtime.config_runtime import ClusterConfigRuntime
 from agent.runtime.config_wire import CONFIG_MESSAGES
 from agent.runtime.control import ControlHandlers, serve_control
 from agent.runtime.discovery import DiscoveredPeer, Discovery, DiscoveryError
+from agent.runtime.fanout import FanOut, LogSink, RecentSink, SinkContext
 from agent.runtime.join import JoinServer, start_join_server
 from agent.runtime.key_rotation import KeyRing
 from agent.runtime.keys import load_keys
 from agent.runtime.qdevice import QdeviceRunner
 from agent.runtime.replication import ChangeOutcome, Replication
+from agent.runtime.sinks import make_sinks
 from agent.runtime.state import StateDir
 from agent.runtime.systemd import sd_notify, watchdog
 from agent.runtime.udp import MeshTransport
@@ -206,7 +207,11 @@ class AgentRuntime(ClusterConfigRuntime):
         """Why this node stopped taking part: it is not in the agreed configuration."""
         self.leaving = False
         """`votemesh leave` asked the cluster to remove this node: its removal is expected."""
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self.outputs = startup.outputs
+        self.recent = RecentSink(RECENT_EVENTS)
+        self.fanout = FanOut([LogSink(), self.recent])
+        """Every event and status change leaves through here (design §3.13)."""
+        self._background: set[asyncio.Task[None]] = set()
         self.core_errors = 0
         self.timer_stats = TimerStats()
         self.started = time.monotonic()
@@ -283,6 +288,7 @@ class AgentRuntime(ClusterConfigRuntime):
         self.dispatch(QdeviceVote(vote, connected, reason, ring))
 
     def _log_event(self, effect: Emit) -> None:
+        """One core event, made JSON-ready, out through the fan-out (log line first)."""
         ev = effect.event
         details = {
             (f"detail_{k}" if k in RESERVED_LOG_KEYS else k): jsonable(v)
@@ -295,10 +301,8 @@ class AgentRuntime(ClusterConfigRuntime):
         level = EVENT_LEVELS.get(ev.kind, "info")
         if ev.kind is EventKind.REMOVED_FROM_CLUSTER and self.leaving:
             level = "warning"  # asked for by `votemesh leave`
-        getattr(log, level)(str(ev.kind), reason=ev.reason, **details)
-        self.recent.append(
-            {"event": str(ev.kind), "reason": ev.reason, "wall_ms": wall_ms(), **details}
-        )
+        record = {"event": str(ev.kind), "reason": ev.reason, **details}
+        self.fanout.publish(str(ev.kind), record, level)
 
     def _offer(self, message: MessageIn) -> bool:
         """From a socket callback: an opened message for the core (False: not running)."""
@@ -434,11 +438,90 @@ class AgentRuntime(ClusterConfigRuntime):
         return ControlHandlers(
             status=self.status,
             set_expected=self.set_expected,
-            events=lambda: list(self.recent),
+            events=lambda: list(self.recent.events),
             config=ConfigOps(self).answer,
             join=None if self.join is None else self.join.control,
             qdevice=functools.partial(qdevice_setup.answer, self),
         )
+
+    # ------------------------------------------------------------ event outputs
+    def sink_context(self) -> SinkContext:
+        """What the optional sinks may read of this agent."""
+        return SinkContext(
+            cluster=self.config.cluster_name,
+            node_id=self.config.node_id,
+            node_name=self.config.node_name,
+            status=self.status,
+            stats=self.fanout.stats,
+        )
+
+    def _start_outputs(self) -> None:
+        for sink in make_sinks(self.outputs, self.sink_context()):
+            self.fanout.start(sink)
+
+    async def _stop_outputs(self, grace: float) -> None:
+        for sink in list(self.fanout.sinks):
+            if sink not in (self.fanout.sinks[0], self.recent):
+                await self.fanout.stop(sink.name, grace)
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the node-local event outputs ([mqtt], [[hook]], [metrics]) and
+        restart those sinks; anything else node-local needs a restart (logged). A file that
+        does not parse changes nothing (one error line)."""
+        path = self.startup.path
+        try:
+            outputs, local = load_outputs(path), local_of(path)
+        except ConfigError as exc:
+            refused: str | None = str(exc)
+        else:
+            refused = None
+        if refused is not None:
+            log.error("reload refused; the running settings stay", reason=refused)
+            return
+        if local != self.local:
+            log.warning(
+                "reload: node-local settings other than [mqtt], [[hook]], [metrics] changed; "
+                "they take effect at the next restart",
+                config=str(path),
+            )
+        if outputs == self.outputs:
+            log.info("reloaded; event outputs unchanged", config=str(path))
+            return
+        await self._stop_outputs(grace=1.0)
+        self.outputs = outputs
+        self._start_outputs()
+        log.info(
+            "reloaded event outputs", config=str(path), sinks=[s.name for s in self.fanout.sinks]
+        )
+
+    def _hangup(self) -> None:
+        if self._loop is not None and not self._stop.is_set():
+            task = self._loop.create_task(self.reload(), name="reload")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _log_started(self) -> None:
+        """The "agent started" line and unsafe quorum settings."""
+        log.info(
+            "agent started",
+            cluster=self.config.cluster_name,
+            node_id=self.config.node_id,
+            node_name=self.config.node_name,
+            incarnation=self.incarnation,
+            links={
+                str(i): "{}:{}".format(*self.mesh.local_address(i)) for i in self.mesh.transports
+            },
+            peers=[p.node_id for p in self.config.peers],
+            control_socket=self.config.control_socket,
+        )
+        for warning in self.config.quorum_warnings():
+            log.warning("unsafe quorum setting", problem=warning)
+        self._log_startup()
+
+    def _signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
 
     # ------------------------------------------------------------ run
     async def run(self) -> None:
@@ -458,25 +541,10 @@ class AgentRuntime(ClusterConfigRuntime):
             with contextlib.suppress(FileNotFoundError):
                 Path(self.config.control_socket).unlink()
             raise
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
-        log.info(
-            "agent started",
-            cluster=self.config.cluster_name,
-            node_id=self.config.node_id,
-            node_name=self.config.node_name,
-            incarnation=self.incarnation,
-            links={
-                str(i): "{}:{}".format(*self.mesh.local_address(i)) for i in self.mesh.transports
-            },
-            peers=[p.node_id for p in self.config.peers],
-            control_socket=self.config.control_socket,
-        )
-        for warning in self.config.quorum_warnings():
-            log.warning("unsafe quorum setting", problem=warning)
-        self._log_startup()
+        self._signal_handlers(self._loop)
+        self._log_started()
         try:
+            self._start_outputs()  # before Start (nothing awaits): they hear the first view
             self.dispatch(Start(wall_ms()))
             self._accepting = True
             sd_notify("READY=1")
@@ -501,6 +569,8 @@ class AgentRuntime(ClusterConfigRuntime):
                 self.dispatch(Stop("shutdown"))  # Leave on every link: peers re-form at once
             if self._timer is not None:
                 self._timer.cancel()
+            await self._stop_outputs(grace=1.0)  # the last events and state reach the broker
+            self._loop.remove_signal_handler(signal.SIGHUP)
             self._loop = None  # nothing more reaches the core
             if self.discovery is not None:
                 await self.discovery.close()  # goodbye first: peers hear it within ~1 ms
