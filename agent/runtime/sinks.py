@@ -3,8 +3,11 @@ node-local `Outputs` turn on (design §3.13). One entry per kind of sink."""
 
 from __future__ import annotations
 
+import os
+
 from agent.outputs import Outputs
 from agent.runtime.fanout import Sink, SinkContext
+from agent.runtime.systemd import SystemdSink
 
 
 def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:  # noqa: ARG001 (entries come)
@@ -12,4 +15,6 @@ def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:  # noqa: ARG00
     A sink whose set-up fails at run time (broker down, port in use) logs one line and keeps
     trying or stays off; it never stops the agent."""
     sinks: list[Sink] = []
+    if os.environ.get("NOTIFY_SOCKET"):  # started by systemd (Type=notify)
+        sinks.append(SystemdSink(ctx.status))
     return sinks

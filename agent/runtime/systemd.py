@@ -25,6 +25,8 @@ from typing import Any
 
 import structlog
 
+from agent.runtime.fanout import Published, QueuedSink
+
 __all__ = ["SystemdSink", "sd_notify", "status_text", "watchdog", "watchdog_interval"]
 
 log = structlog.get_logger("votemesh.agent.systemd")
@@ -113,25 +115,34 @@ def status_text(doc: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-class SystemdSink:
-    """Keeps systemd's STATUS= line current (on only when NOTIFY_SOCKET is set).
+class SystemdSink(QueuedSink):
+    """Keeps systemd's STATUS= line current (made only when NOTIFY_SOCKET is set:
+    agent.runtime.sinks).
 
-    `status_changed()` is called by the fan-out on every status change: it rebuilds the line
-    from the status document and sends it only when it differs from the last one sent (a
-    heartbeat's RTT change is a status change, but not a new line)."""
+    It queues no events: each status change (coalesced by the fan-out, then by this sink's task)
+    rebuilds the line from the status document, and the line is sent only when it differs from
+    the last one systemd took (a link's RTT change is a status change, not a new line)."""
 
     name = "systemd"
 
     def __init__(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        super().__init__(capacity=1)
         self._status = status
         self.sent: str | None = None
         """The STATUS= text systemd last took."""
         self.updates = 0
         """STATUS= datagrams sent."""
 
-    def status_changed(self) -> None:
-        """Send STATUS= if the line changed."""
+    def wants(self, item: Published) -> bool:  # noqa: ARG002 (no event is queued)
+        return False
+
+    async def deliver_status(self) -> None:
+        """Send STATUS= if the line changed (a line systemd did not take is tried again at the
+        next change)."""
         text = status_text(self._status())
         if text != self.sent and sd_notify(f"STATUS={text}"):
             self.sent = text
             self.updates += 1
+
+    def stats(self) -> dict[str, int]:
+        return {**super().stats(), "status_updates": self.updates}

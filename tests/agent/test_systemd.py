@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from agent.outputs import Outputs
+from agent.runtime.fanout import Published, SinkContext
+from agent.runtime.sinks import make_sinks
 from agent.runtime.systemd import SystemdSink, sd_notify, status_text, watchdog_interval
 from tests.agent.test_node import Net
 
@@ -105,20 +108,32 @@ def test_watchdog_interval_refuses_nonsense_with_one_line(usec: str) -> None:
     assert "WatchdogSec=" in logs[0]["reason"]
 
 
-def test_sink_sends_only_changed_lines(notify: socket.socket) -> None:
-    """The sink sends STATUS= on the first status change and again only when the text differs."""
+@pytest.mark.asyncio
+async def test_sink_sends_only_changed_lines(notify: socket.socket) -> None:
+    """The sink queues no events; on status changes it sends STATUS= the first time and again
+    only when the text differs."""
     docs = [core_status(3, 3)] * 3 + [core_status(1, 3)]
     sink = SystemdSink(lambda: docs.pop(0))
+    sink.offer(Published(1, 0, "quorum_lost", {"event": "quorum_lost"}))
     for _ in range(4):
         sink.status_changed()
+        await sink.drain()
     lines = received(notify)
     assert [line.split(",")[0] for line in lines] == ["STATUS=quorate", "STATUS=NOT quorate"]
-    assert sink.updates == 2
     assert sink.sent is not None
     assert sink.sent.startswith("NOT quorate, 1/3 members")
+    assert sink.stats() == {
+        "queued": 0,
+        "offered": 0,
+        "delivered": 0,
+        "dropped": 0,
+        "failed": 0,
+        "status_updates": 2,
+    }
 
 
-def test_sink_retries_a_line_systemd_did_not_take(
+@pytest.mark.asyncio
+async def test_sink_retries_a_line_systemd_did_not_take(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the notify socket is missing nothing is counted as sent; once it is there, the
@@ -127,12 +142,23 @@ def test_sink_retries_a_line_systemd_did_not_take(
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     sink = SystemdSink(lambda: core_status(2, 2))
     sink.status_changed()
+    await sink.drain()
     assert (sink.sent, sink.updates) == (None, 0)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))
         sink.status_changed()
+        await sink.drain()
         assert sock.recv(4096).decode().startswith("STATUS=quorate, 2/2 members")
     assert sink.updates == 1
+
+
+def test_sink_only_under_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_sinks adds the systemd sink when NOTIFY_SOCKET is set, and not otherwise."""
+    ctx = SinkContext("c", 1, "n1", status=dict, stats=dict)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert [s.name for s in make_sinks(Outputs(), ctx)] == []
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    assert [s.name for s in make_sinks(Outputs(), ctx)] == ["systemd"]
 
 
 def test_sd_notify_never_raises_nor_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

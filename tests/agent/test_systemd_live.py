@@ -107,6 +107,34 @@ def test_ready_watchdog_and_stopping(
         cluster.close()
 
 
+@pytest.mark.timeout(90)
+def test_status_follows_quorum(
+    tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes (quorum 2): agent 1 alone says NOT quorate 1/2; when agent 2 starts the line
+    becomes quorate 2/2 members with the ring both share; when agent 2 stops it is NOT quorate
+    1/2 again, with a new ring. Every line is sent once (no repeats of the same text)."""
+    cluster = AgentCluster(tmp_path / "c", 2)
+    try:
+        start_under_systemd(cluster, 1, monkeypatch, NOTIFY_SOCKET=str(notify.path))
+        notify.wait_for(lambda m: m.startswith("STATUS=NOT quorate, 1/2 members"), 20, "alone")
+        cluster.start(2)
+        cluster.wait_for(lambda: cluster.one_view([1, 2]), 30, "a quorate view of 2")
+        status = cluster.agents[1].status()
+        assert status is not None
+        both = f"STATUS=quorate, 2/2 members, 2/2 votes, quorum 2, ring {status['ring']}"
+        notify.wait_for(lambda m: m == both, 10, both)
+        assert cluster.stop(2) == 0
+        after = notify.wait_for(lambda m: m.startswith("STATUS=NOT quorate"), 20, "quorum lost")
+        assert after.startswith("STATUS=NOT quorate, 1/2 members, 1/2 votes, quorum 2, ring ")
+        assert not after.endswith(status["ring"])
+        lines = [m for m in notify.texts() if m.startswith("STATUS=")]
+        assert all(a != b for a, b in itertools.pairwise(lines)), lines
+        assert "READY=1" in notify.texts()
+    finally:
+        cluster.close()
+
+
 @pytest.mark.timeout(60)
 def test_no_watchdog_for_another_pid(
     tmp_path: Path, notify: NotifySocket, monkeypatch: pytest.MonkeyPatch
