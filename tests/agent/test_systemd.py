@@ -3,9 +3,13 @@ environment, the sink sending only changed lines, and sd_notify on a real datagr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,13 @@ from structlog.testing import capture_logs
 from agent.outputs import Outputs
 from agent.runtime.fanout import Published, SinkContext
 from agent.runtime.sinks import make_sinks
-from agent.runtime.systemd import SystemdSink, sd_notify, status_text, watchdog_interval
+from agent.runtime.systemd import (
+    SystemdSink,
+    sd_notify,
+    status_text,
+    watchdog,
+    watchdog_interval,
+)
 from tests.agent.test_node import Net
 
 
@@ -188,3 +198,37 @@ def test_sd_notify_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
         assert sd_notify("STATUS=hello")
         assert sock.recv(100) == b"STATUS=hello"
+
+
+@pytest.mark.asyncio
+async def test_watchdog_pings_stop_while_the_loop_is_stuck(
+    notify: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pings come from the event loop itself (not a thread): while a callback blocks the
+    loop for 0.6 s no WATCHDOG=1 is sent, which is what lets systemd restart a wedged agent."""
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # a ping every 0.05 s
+    arrivals: list[float] = []
+    done = threading.Event()
+
+    def receive() -> None:  # in a thread: arrival times do not depend on the loop
+        notify.settimeout(0.05)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                notify.recv(64)
+                arrivals.append(time.monotonic())
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    task = asyncio.create_task(watchdog())
+    try:
+        await asyncio.sleep(0.3)
+        stuck_at = time.monotonic()
+        time.sleep(0.6)  # the point: a loop that does not run
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        done.set()
+        receiver.join()
+    during = [t for t in arrivals if stuck_at + 0.05 < t < stuck_at + 0.55]
+    assert len(arrivals) >= 8
+    assert during == []
