@@ -13,6 +13,7 @@
     votemesh leave [--config NODE_TOML]
     votemesh link add INDEX NODE=ADDR[:PORT]... [--priority N] | link remove INDEX
     votemesh rotate-key [--wait S] | updatecerts [--force] [--config NODE_TOML]
+    votemesh --version
 
 Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
 1 an error (one line on stderr saying what to do; never a traceback).
