@@ -10,7 +10,7 @@ which is what it should do if the socket really is gone).
 * `SystemdSink`: a fan-out sink (agent.runtime.fanout) that keeps `STATUS=` current, e.g.
   `quorate, 3/3 members, 3/3 votes, quorum 2, ring 1.4` (what `systemctl status` shows). It
   recomputes the line on every status change and sends it only when the text changed.
-* `watchdog_interval()` / `watchdog(every)`: `WATCHDOG=1` from the event loop every half of
+* `watchdog()` (a task of the agent's TaskGroup): `WATCHDOG=1` from the event loop every half of
   `$WATCHDOG_USEC` (when `$WATCHDOG_PID` is absent or ours), so a wedged loop stops pinging and
   systemd kills and restarts the agent (WatchdogSec=, Restart=on-failure).
 """
