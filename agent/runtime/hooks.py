@@ -161,6 +161,26 @@ def _killpg(pgid: int, sig: int) -> bool:
     return True
 
 
+def _group_running(pgid: int) -> bool:
+    """Some process of the group is still running (zombies waiting for a reaper do not count;
+    where /proc cannot be read, any member counts)."""
+    if not _killpg(pgid, 0):
+        return False
+    try:
+        entries = [e for e in Path("/proc").iterdir() if e.name.isdigit()]
+    except OSError:
+        return True
+    for entry in entries:
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # state ppid pgrp ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 class HookSink(QueuedSink):
     """One `[[hook]]`: its command for each event it names, one run at a time."""
 
@@ -258,7 +278,7 @@ class HookSink(QueuedSink):
         deadline = time.monotonic() + self.kill_grace
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(run.exited), self.kill_grace)
-        while time.monotonic() < deadline and _killpg(pgid, 0):  # its children, too
+        while time.monotonic() < deadline and _group_running(pgid):  # its children, too
             await asyncio.sleep(0.05)
         _killpg(pgid, signal.SIGKILL)
         await run.exited

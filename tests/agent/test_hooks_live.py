@@ -1,0 +1,172 @@
+"""Hooks on real agents (127.0.0.x, lab timing): quorum_gained and quorum_lost run the command
+with the documented environment and stdin; a hook that hangs is killed at its timeout while the
+agent keeps deciding and answering; a missing hook file is one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent.live_agents import BIN, AgentCluster
+from tests.agent.test_agents_live import SETTLE
+from tests.agent.test_hooks import alive
+
+RECORD = """#!/bin/sh
+f="$1/node$VOTEMESH_NODE_ID.$VOTEMESH_SEQ"
+env > "$f.env"
+cat > "$f.tmp"
+mv "$f.tmp" "$f.json"
+"""
+HANG = """#!/bin/sh
+sleep 30 &
+echo "$! $$" >> "$1/hang.pids"
+wait
+"""
+
+
+def cli_status(cluster: AgentCluster, node_id: int) -> tuple[float, dict[str, Any]]:
+    """`votemesh status --json` of one agent (exit 0 quorate, 2 not): (seconds taken, doc)."""
+    socket = str(cluster.agents[node_id].control_socket)
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / "votemesh"), "status", "--json", "--socket", socket],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    doc: dict[str, Any] = json.loads(result.stdout)
+    assert result.returncode == (0 if doc["quorate"] else 2), result.stderr
+    return time.monotonic() - started, doc
+
+
+def write_script(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def runs(out: Path, node: int, kind: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """The (environment, stdin JSON) of each finished run of node `node` for `kind`."""
+    found = []
+    for doc_path in sorted(out.glob(f"node{node}.*.json"), key=lambda p: int(p.name.split(".")[1])):
+        doc = json.loads(doc_path.read_text())
+        if doc["event"] != kind:
+            continue
+        env_path = doc_path.with_suffix(".env")
+        env = dict(line.split("=", 1) for line in env_path.read_text().splitlines() if "=" in line)
+        found.append((env, doc))
+    return found
+
+
+@pytest.fixture
+def hang_pids(tmp_path: Path) -> Iterator[Path]:
+    """The hang script's pids file; whatever it started is killed at the end (by pid)."""
+    path = tmp_path / "out" / "hang.pids"
+    yield path
+    if path.exists():
+        for pid in (int(p) for line in path.read_text().split("\n") for p in line.split()):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_quorum_gained_and_lost_run_hooks_with_environment_and_stdin(tmp_path: Path) -> None:
+    """Three agents: each runs its hook for quorum_gained (VOTEMESH_QUORATE=1, JSON on stdin
+    with the event and a quorate status); after kill -9 of two, the survivor runs it for
+    quorum_lost (VOTEMESH_QUORATE=0, members just itself)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    script = write_script(tmp_path / "record.sh", RECORD)
+    extra = (
+        f'[[hook]]\nevents = ["quorum_gained", "quorum_lost"]\n'
+        f'command = ["{script}", "{out}"]\ntimeout = 5\n'
+    )
+    cluster = AgentCluster(tmp_path / "agents", 3, extra=extra)
+    try:
+        cluster.start_all()
+        cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "a view of 3")
+        for node in (1, 2, 3):
+            cluster.wait_for(lambda n=node: bool(runs(out, n, "quorum_gained")), 10, "hook")
+            env, doc = runs(out, node, "quorum_gained")[-1]
+            assert env["VOTEMESH_EVENT"] == "quorum_gained"
+            assert env["VOTEMESH_QUORATE"] == "1"
+            assert env["VOTEMESH_CLUSTER"] == "live"
+            assert (env["VOTEMESH_NODE_ID"], env["VOTEMESH_NODE_NAME"]) == (
+                str(node),
+                f"node{node}",
+            )
+            assert env["VOTEMESH_SEQ"] == str(doc["seq"])
+            assert doc["reason"] == env["VOTEMESH_REASON"]
+            assert doc["status"]["quorate"] is True
+            assert doc["status"]["node_id"] == node
+        cluster.kill(2)
+        cluster.kill(3)
+        cluster.wait_for(lambda: bool(runs(out, 1, "quorum_lost")), SETTLE, "quorum_lost hook")
+        env, doc = runs(out, 1, "quorum_lost")[-1]
+        assert env["VOTEMESH_EVENT"] == "quorum_lost"
+        assert env["VOTEMESH_QUORATE"] == "0"
+        assert env["VOTEMESH_MEMBERS"] == "1"
+        assert doc["event"] == "quorum_lost"
+        assert doc["status"]["quorate"] is False
+        assert doc["status"]["members"] == [1]
+        ran = [r for r in cluster.agents[1].log_records() if r["event"] == "hook ran"]
+        assert {r["kind"] for r in ran} == {"quorum_gained", "quorum_lost"}
+        assert all(r["exit"] == 0 and r["hook"] == "hook:0" for r in ran)
+    finally:
+        cluster.close()
+
+
+def test_a_hanging_hook_is_killed_and_the_agent_keeps_deciding(
+    tmp_path: Path, hang_pids: Path
+) -> None:
+    """Every agent has a hook for every event that hangs (timeout 1 s), one whose file does not
+    exist, and a recorder for quorum_lost. The view forms and, when two agents stop, the
+    survivor loses quorum, runs its recorder, and `votemesh status` answers at once
+    throughout; the hanging runs are logged as timed out and leave no process behind; the
+    missing file is one clear line at start and one per event it misses."""
+    out = hang_pids.parent
+    out.mkdir()
+    hang = write_script(tmp_path / "hang.sh", HANG)
+    record = write_script(tmp_path / "record.sh", RECORD)
+    extra = (
+        f'[[hook]]\nevents = ["*"]\ncommand = ["{hang}", "{out}"]\ntimeout = 1\nqueue = 3\n'
+        f'[[hook]]\nevents = ["quorum_lost"]\ncommand = ["{tmp_path / "absent.sh"}"]\n'
+        f'[[hook]]\nevents = ["quorum_lost"]\ncommand = ["{record}", "{out}"]\n'
+    )
+    cluster = AgentCluster(tmp_path / "agents", 3, extra=extra)
+    try:
+        cluster.start_all()
+        cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "a view of 3")
+        took, doc = cli_status(cluster, 1)
+        assert doc["quorate"] is True
+        assert took < 5
+        cluster.stop(2)
+        cluster.stop(3)
+        cluster.wait_for(lambda: bool(runs(out, 1, "quorum_lost")), SETTLE, "quorum_lost hook")
+        took, doc = cli_status(cluster, 1)
+        assert took < 5
+        assert (doc["quorate"], doc["members"]) == (False, [1])
+        cluster.wait_for(
+            lambda: any(r["event"] == "hook timed out" for r in cluster.agents[1].log_records()),
+            10,
+            "a hook timed out line",
+        )
+        records = cluster.agents[1].log_records()
+        missing = [r for r in records if r["event"].startswith("hook command cannot run")]
+        assert len(missing) == 1
+        assert missing[0]["hook"] == "hook:1"
+        assert "does not exist" in missing[0]["problem"]
+        not_run = [r for r in records if r["event"] == "hook not run"]
+        assert [(r["hook"], r["kind"]) for r in not_run] == [("hook:1", "quorum_lost")]
+        assert not any("exception" in r for r in records)
+    finally:
+        cluster.close()
+    # the stopped agents killed their hanging runs' groups; node 1's too when it stopped
+    pids = [int(p) for p in hang_pids.read_text().split()]
+    assert pids
+    assert not [pid for pid in pids if alive(pid)]
