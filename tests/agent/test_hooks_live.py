@@ -4,6 +4,7 @@ agent keeps deciding and answering; a missing hook file is one clear line."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -91,7 +92,8 @@ def test_quorum_gained_and_lost_run_hooks_with_environment_and_stdin(tmp_path: P
         cluster.start_all()
         cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "a view of 3")
         for node in (1, 2, 3):
-            cluster.wait_for(lambda n=node: bool(runs(out, n, "quorum_gained")), 10, "hook")
+            gained = functools.partial(runs, out, node, "quorum_gained")
+            cluster.wait_for(lambda: bool(gained()), 10, "hook")  # noqa: B023 (used at once)
             env, doc = runs(out, node, "quorum_gained")[-1]
             assert env["VOTEMESH_EVENT"] == "quorum_gained"
             assert env["VOTEMESH_QUORATE"] == "1"
