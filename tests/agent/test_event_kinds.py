@@ -8,16 +8,14 @@ path that emits it fails here."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import pytest
 
-from agent.config import QdeviceConfig
 from agent.events import EventKind
-from agent.node import AgentNode, MessageIn, QdeviceVote, Reconfigure, SetExpected, Start, Stop
+from agent.node import MessageIn, QdeviceVote, Reconfigure, SetExpected, Stop
 from proto.mesh_messages import Heartbeat
 from tests.agent.test_durable_seq import FailingNet
-from tests.agent.test_node import Net, config, ring_of
+from tests.agent.test_node import Net, config, device_net
 
 
 def kinds(net: Net, node: int | None = None) -> set[EventKind]:
@@ -69,17 +67,9 @@ def expected_votes() -> set[EventKind]:
 
 
 def qdevice() -> set[EventKind]:
-    """The qdevice session connects with an ACK, then the connection is lost."""
-    device = QdeviceConfig(host="qnetd.test", tls="off")
-    nodes = {i: AgentNode(replace(config(i, 2), qdevice=device), incarnation=1) for i in (1, 2)}
-    net = Net(nodes)
-    for i, node in nodes.items():
-        net.alive.add(i)
-        net.apply(i, node.handle(Start(wall_ms=0), 0.0))
-    net.run(2.0)
-    one = nodes[1]
-    net.apply(1, one.handle(QdeviceVote(True, True, "ACK", ring_of(one)), net.now))
-    net.apply(1, one.handle(QdeviceVote(False, False, "connection lost", None), net.now))
+    """The qdevice session connects with an ACK (`device_net`), then the connection is lost."""
+    net = device_net()
+    net.apply(1, net.nodes[1].handle(QdeviceVote(False, False, "connection lost"), net.now))
     return kinds(net)
 
 
