@@ -259,7 +259,7 @@ async def test_a_command_that_cannot_run_is_one_clear_line_and_counted(
     tmp_path: Path, fan: FanOut, make: Callable[[Path], Path | str], problem: str
 ) -> None:
     """One error line when the sink starts, one `hook not run` line per missed event (counted
-    as failed), never a traceback; the sink keeps going and runs once the file is fixed."""
+    as failed), never a traceback; the sink keeps going."""
     command = make(tmp_path)
     sink = HookSink(hook(command), context(), "hook:0")
     with capture_logs() as logs:
@@ -277,6 +277,21 @@ async def test_a_command_that_cannot_run_is_one_clear_line_and_counted(
     assert not any("exc_info" in e or "exception" in e for e in logs)
     assert sink.stats()["failures"] == 2
     assert not fan._tasks["hook:0"].done()
+
+
+@pytest.mark.asyncio
+async def test_a_hook_installed_later_runs_without_a_reload(tmp_path: Path, fan: FanOut) -> None:
+    """The command is looked for on every event: once the file exists, the next event runs it."""
+    command = tmp_path / "later.sh"
+    sink = HookSink(hook(command, str(tmp_path)), context(), "h")
+    fan.start(sink)
+    sink.offer(event(seq=1))
+    await until(lambda: sink.stats()["runs"] == 1 and not sink.busy)
+    script(command, DUMP)
+    sink.offer(event(seq=2))
+    await until(lambda: sink.stats()["runs"] == 2 and not sink.busy)
+    assert (tmp_path / "env.2").exists()
+    assert sink.stats()["failures"] == 1
 
 
 @pytest.mark.asyncio

@@ -172,3 +172,42 @@ def test_a_hanging_hook_is_killed_and_the_agent_keeps_deciding(
     pids = [int(p) for p in hang_pids.read_text().split()]
     assert pids
     assert not [pid for pid in pids if alive(pid)]
+
+
+def test_sighup_adds_and_removes_a_hook(tmp_path: Path) -> None:
+    """A running agent without hooks: SIGHUP with a `[[hook]]` added starts it (`hook ready`),
+    and it runs for the next quorum_lost; SIGHUP with it removed stops it: later events run
+    nothing."""
+    out = tmp_path / "out"
+    out.mkdir()
+    record = write_script(tmp_path / "record.sh", RECORD)
+    cluster = AgentCluster(tmp_path / "agents", 2)
+    agent = cluster.agents[1]
+    original = agent.config_path.read_text()
+    try:
+        cluster.start_all()
+        cluster.wait_for(lambda: cluster.one_view([1, 2]), SETTLE, "a view of 2")
+        assert agent.process is not None
+        agent.config_path.write_text(
+            original + f'\n[[hook]]\nevents = ["*"]\ncommand = ["{record}", "{out}"]\n'
+        )
+        os.kill(agent.process.pid, signal.SIGHUP)
+        cluster.wait_for(
+            lambda: any(r["event"] == "hook ready" for r in agent.log_records()), 10, "hook ready"
+        )
+        cluster.kill(2)
+        cluster.wait_for(lambda: bool(runs(out, 1, "quorum_lost")), SETTLE, "quorum_lost hook")
+        agent.config_path.write_text(original)
+        os.kill(agent.process.pid, signal.SIGHUP)
+        cluster.wait_for(
+            lambda: any(r["event"] == "reloaded event outputs" for r in agent.log_records()[-5:]),
+            10,
+            "hooks removed",
+        )
+        before = len(list(out.glob("node1.*.json")))
+        cluster.start(2)
+        cluster.wait_for(lambda: cluster.one_view([1, 2]), SETTLE, "a view of 2 again")
+        time.sleep(0.5)
+        assert len(list(out.glob("node1.*.json"))) == before
+    finally:
+        cluster.close()
