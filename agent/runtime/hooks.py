@@ -231,16 +231,7 @@ class HookSink(QueuedSink):
         started = time.monotonic()
         run = _Run()
         try:
-            transport, _ = await asyncio.get_running_loop().subprocess_exec(
-                lambda: run,
-                *self.config.command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd="/",
-                start_new_session=True,
-            )
+            transport = await self._spawn(run, env)
         except OSError as exc:  # e.g. a script whose #! interpreter does not exist
             self.failed += 1
             log.warning("hook not run", **fields, problem=f"{self.config.command[0]}: {exc}")
@@ -255,6 +246,32 @@ class HookSink(QueuedSink):
         self._outcome(timed_out, {**fields, "command": list(self.config.command),
                                   "duration_ms": duration_ms, "exit": transport.get_returncode(),
                                   "stdout": run.text(1), "stderr": run.text(2)})  # fmt: skip
+
+    async def _spawn(self, run: _Run, env: dict[str, str]) -> asyncio.SubprocessTransport:
+        """Start the command in its own session. Cancelled meanwhile (the agent stops), the
+        start is finished and its whole group killed: asyncio alone would kill only the
+        leader, leaving whatever the hook had already started."""
+        spawn = asyncio.ensure_future(
+            asyncio.get_running_loop().subprocess_exec(
+                lambda: run,
+                *self.config.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd="/",
+                start_new_session=True,
+            )
+        )
+        try:
+            transport, _ = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                late, _ = await spawn
+                _killpg(late.get_pid(), signal.SIGKILL)
+                late.close()
+            raise
+        return transport
 
     async def _wait(self, transport: asyncio.SubprocessTransport, run: _Run, stdin: bytes) -> bool:
         """Feed stdin, wait for the exit (killing the group at the timeout) and, briefly, for

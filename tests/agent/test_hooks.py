@@ -432,3 +432,45 @@ async def test_a_status_that_cannot_be_read_leaves_the_event_variables(
     assert not any(line.startswith("VOTEMESH_QUORATE=") for line in env)
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["hook: status unavailable"]
     assert sink.stats()["failures"] == 0
+
+
+def running_with(token: str) -> list[int]:
+    """Pids of running (not zombie) processes whose command line contains `token`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if token.encode() in cmdline and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.asyncio
+async def test_stopping_the_sink_mid_run_leaves_no_process(tmp_path: Path) -> None:
+    """The agent stops (or SIGHUP replaces the hook) while a run is starting or going: the
+    run's whole process group is killed, whenever the cancel lands (also while the process is
+    being started, where asyncio alone kills only the leader and then waits for the pipes
+    its children hold)."""
+    token = f"30.{os.getpid()}{time.monotonic_ns() % 10**6}"
+    body = f"sleep {token} &\nsleep {token} &\nwait\n"
+    command = script(tmp_path / "bg.sh", body)
+    started = time.monotonic()
+    try:
+        for delay in (0, 0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.2):
+            fan = FanOut()
+            sink = HookSink(hook(command), context(), "h")
+            fan.start(sink)
+            await asyncio.sleep(0.01)
+            sink.offer(event(seq=1))
+            await asyncio.sleep(delay)
+            await fan.stop("h")
+        assert time.monotonic() - started < 10  # not held by the 30 s children
+        await asyncio.sleep(0.3)
+        assert running_with(token) == []
+    finally:
+        for pid in running_with(token):
+            os.kill(pid, signal.SIGKILL)
