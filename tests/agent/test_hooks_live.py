@@ -130,18 +130,22 @@ def test_a_hanging_hook_is_killed_and_the_agent_keeps_deciding(
     tmp_path: Path, hang_pids: Path
 ) -> None:
     """Every agent has a hook for every event that hangs (timeout 1 s), one whose file does not
-    exist, and a recorder for quorum_lost. The view forms and, when two agents stop, the
+    exist, a recorder for quorum_lost and one whose file is not executable. The view forms and, when two agents stop, the
     survivor loses quorum, runs its recorder, and `votemesh status` answers at once
     throughout; the hanging runs are logged as timed out and leave no process behind; the
-    missing file is one clear line at start and one per event it misses."""
+    missing and the non-executable file are each one clear line at start and one per event
+    they miss."""
     out = hang_pids.parent
     out.mkdir()
     hang = write_script(tmp_path / "hang.sh", HANG)
     record = write_script(tmp_path / "record.sh", RECORD)
+    plain = tmp_path / "plain.sh"
+    plain.write_text(RECORD)  # not executable
     extra = (
         f'[[hook]]\nevents = ["*"]\ncommand = ["{hang}", "{out}"]\ntimeout = 1\nqueue = 3\n'
         f'[[hook]]\nevents = ["quorum_lost"]\ncommand = ["{tmp_path / "absent.sh"}"]\n'
         f'[[hook]]\nevents = ["quorum_lost"]\ncommand = ["{record}", "{out}"]\n'
+        f'[[hook]]\nevents = ["quorum_lost"]\ncommand = ["{plain}"]\n'
     )
     cluster = AgentCluster(tmp_path / "agents", 3, extra=extra)
     try:
@@ -169,13 +173,18 @@ def test_a_hanging_hook_is_killed_and_the_agent_keeps_deciding(
             "a hook timed out line",
         )
         records = cluster.agents[1].log_records()
-        missing = [r for r in records if r["event"].startswith("hook command cannot run")]
-        assert len(missing) == 1
-        assert missing[0]["hook"] == "hook:1"
-        assert "does not exist" in missing[0]["problem"]
+        unusable = [r for r in records if r["event"].startswith("hook command cannot run")]
+        assert [(r["hook"], r["level"]) for r in unusable] == [
+            ("hook:1", "error"),
+            ("hook:3", "error"),
+        ]
+        assert "does not exist" in unusable[0]["problem"]
+        assert "is not executable" in unusable[1]["problem"]
         not_run = [r for r in records if r["event"] == "hook not run"]
-        assert not_run
-        assert {(r["hook"], r["kind"]) for r in not_run} == {("hook:1", "quorum_lost")}
+        assert {(r["hook"], r["kind"]) for r in not_run} == {
+            ("hook:1", "quorum_lost"),
+            ("hook:3", "quorum_lost"),
+        }
         assert not any("exception" in r for r in records)
     finally:
         cluster.close()
