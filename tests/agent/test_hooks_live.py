@@ -130,11 +130,11 @@ def test_a_hanging_hook_is_killed_and_the_agent_keeps_deciding(
     tmp_path: Path, hang_pids: Path
 ) -> None:
     """Every agent has a hook for every event that hangs (timeout 1 s), one whose file does not
-    exist, a recorder for quorum_lost and one whose file is not executable. The view forms and, when two agents stop, the
-    survivor loses quorum, runs its recorder, and `votemesh status` answers at once
-    throughout; the hanging runs are logged as timed out and leave no process behind; the
-    missing and the non-executable file are each one clear line at start and one per event
-    they miss."""
+    exist, a recorder for quorum_lost and one whose file is not executable. The view forms
+    and, when two agents stop, the survivor loses quorum, runs its recorder, and `votemesh
+    status` answers at once throughout; the hanging runs are logged as timed out and leave no
+    process behind; the missing and the non-executable file are each one clear line at start
+    and one per event they miss."""
     out = hang_pids.parent
     out.mkdir()
     hang = write_script(tmp_path / "hang.sh", HANG)
