@@ -3,13 +3,20 @@ node-local `Outputs` turn on (design §3.13). One entry per kind of sink."""
 
 from __future__ import annotations
 
+import os
+
 from agent.outputs import Outputs
 from agent.runtime.fanout import Sink, SinkContext
+from agent.runtime.hooks import make_hook_sinks
+from agent.runtime.systemd import SystemdSink
 
 
-def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:  # noqa: ARG001 (entries come)
+def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:
     """The optional sinks `outputs` asks for (MQTT, hooks, metrics, systemd), not yet started.
     A sink whose set-up fails at run time (broker down, port in use) logs one line and keeps
     trying or stays off; it never stops the agent."""
     sinks: list[Sink] = []
+    sinks += make_hook_sinks(outputs.hooks, ctx)  # one per [[hook]]
+    if os.environ.get("NOTIFY_SOCKET"):  # started by systemd (Type=notify)
+        sinks.append(SystemdSink(ctx.status))
     return sinks
