@@ -246,3 +246,11 @@ async def test_the_loop_thread_does_a_fraction_of_the_handshake_work(tmp_path: P
     print(f"loop-thread CPU per handshake (ms): on the loop {per_handshake[0]}, "
           f"with a worker {per_handshake[1]}")  # fmt: skip
     assert spent[1] < 0.5 * spent[0], per_handshake
+
+
+@pytest.mark.parametrize("threads", [-1, 17])
+def test_the_thread_count_is_range_checked(threads: int) -> None:
+    """0 (on the loop) to 16; anything else is a one-line settings error."""
+    with pytest.raises(ValueError, match="--tls-handshake-threads must be between 0 and 16"):
+        QnetdSettings(tls_handshake_threads=threads).validate()
+    QnetdSettings(tls_handshake_threads=0).validate()
