@@ -141,7 +141,7 @@ def _add_connection_limits(p: Any) -> None:
         "--tls-handshake-threads",
         type=int,
         default=1,
-        help="threads for the CPU of TLS handshakes, so that they do not delay established "
+        help="threads for the CPU of TLS handshakes, off the event loop that serves established "
         "clients; 0 = on the event loop",
     )
 
