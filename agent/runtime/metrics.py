@@ -26,7 +26,7 @@ from importlib import metadata
 from typing import Any
 
 import structlog
-from prometheus_client import generate_latest
+from prometheus_client import ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
@@ -300,6 +300,7 @@ class MetricsSink:
         self.scrapes = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatusCollector(self))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
         self.http = TinyHttpServer(
             {"/metrics": self.metrics, "/healthz": self.healthz}, limits or HttpLimits()
         )

@@ -14,6 +14,7 @@ Only processes started here are signalled, by PID; every one is stopped in `fina
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -299,6 +300,33 @@ def test_qdevice_loss_shows_in_metrics(tmp_path: Path) -> None:
         if cluster is not None:
             cluster.close()
         qnetd.stop()
+
+
+@pytest.mark.timeout(60)
+def test_sighup_moves_the_metrics_port(tmp_path: Path) -> None:
+    """A new `[metrics]` port and SIGHUP: the new port answers, the old one no longer does,
+    the agent stays quorate; the process series (CPU, memory) are there too."""
+    cluster = AgentCluster(tmp_path, 1)
+    agent = cluster.agents[1]
+    original = agent.config_path.read_text()
+    old = with_metrics(cluster)[1]
+    try:
+        cluster.start_all()
+        cluster.wait_for(lambda: bool(scrape(old)), SETTLE, "metrics on the first port")
+        assert ("process_cpu_seconds_total", ()) in scrape(old)
+        new_port = free_tcp_port(agent.address)
+        agent.config_path.write_text(
+            f'{original}\n[metrics]\nhost = "{agent.address}"\nport = {new_port}\n'
+        )
+        assert agent.process is not None
+        os.kill(agent.process.pid, signal.SIGHUP)
+        new = f"http://{agent.address}:{new_port}"
+        cluster.wait_for(lambda: bool(scrape(new)), 10, "metrics on the new port")
+        assert http_get(f"{old}/healthz")[0] == 0  # nothing listens there any more
+        assert http_get(f"{new}/healthz") == (200, "ok\n")
+        assert agent.running
+    finally:
+        cluster.close()
 
 
 # ---------------------------------------------------------------- bad input
