@@ -279,6 +279,7 @@ class StatusCollector:
         yield from qdevice_families(doc)
         yield from datagram_families(doc)
         yield from sink_families(ctx.stats())
+        yield from sink.http_families()
 
 
 class MetricsSink:
@@ -338,6 +339,26 @@ class MetricsSink:
             else None,
         }
         return Answer(code, json.dumps(body).encode() + b"\n", "application/json")
+
+    def http_families(self) -> Iterator[Metric]:
+        """This endpoint's own scrapes and refusals."""
+        yield CounterMetricFamily(
+            "votemesh_metrics_scrapes", "Answers to GET /metrics.", float(self.scrapes)
+        )
+        refused = CounterMetricFamily(
+            "votemesh_metrics_refused",
+            "HTTP requests to the metrics endpoint not answered normally, by reason.",
+            labels=["reason"],
+        )
+        counters = self.http.counters
+        for reason, count in (
+            ("bad_request", counters.bad_requests),
+            ("timeout", counters.timeouts),
+            ("connection_cap", counters.refused),
+            ("error", counters.errors),
+        ):
+            refused.add_metric([reason], float(count))
+        yield refused
 
     # ------------------------------------------------------------ lifetime
     async def run(self) -> None:

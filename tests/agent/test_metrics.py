@@ -48,7 +48,7 @@ def status_doc(**changes: Any) -> dict[str, Any]:
         peers=peers, transitions=(),
         runtime=RuntimeInfo(uptime_s=12.5, local_links={"0": "127.0.0.1:5405"},
                             datagrams={"received": 100, "accepted": 90, "sent": 80,
-                                       "send_errors": 1, "dropped": {"bad_seal": 7, "replay": 3}},
+                                       "send_errors": 1, "dropped": {"forged": 7, "replayed": 3}},
                             timers={}),
     )  # fmt: skip
     doc: dict[str, Any] = to_json(replace(status, **changes))
@@ -120,8 +120,8 @@ def test_exposition_of_a_status_document() -> None:
         ("votemesh_qdevice_connected", ()): 1.0,
         ("votemesh_qdevice_casting_vote", ()): 1.0,
         ("votemesh_qdevice_connects_total", ()): 2.0,
-        ("votemesh_datagrams_dropped_total", (("reason", "bad_seal"),)): 7.0,
-        ("votemesh_datagrams_dropped_total", (("reason", "replay"),)): 3.0,
+        ("votemesh_datagrams_dropped_total", (("reason", "forged"),)): 7.0,
+        ("votemesh_datagrams_dropped_total", (("reason", "replayed"),)): 3.0,
         ("votemesh_datagrams_received_total", ()): 100.0,
         ("votemesh_datagrams_sent_total", ()): 80.0,
         ("votemesh_datagrams_send_errors_total", ()): 1.0,
@@ -297,6 +297,9 @@ async def test_http_routes(served: tuple[MetricsSink, dict[str, Any], int]) -> N
     assert (await exchange(port, b"hello\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
     assert sink.stats()["scrapes"] == 2
     assert sink.stats()["bad_requests"] == 2
+    own = scrape(sink)  # a third scrape counts itself and reports the refusals
+    assert own[("votemesh_metrics_scrapes_total", ())] == 3
+    assert own[("votemesh_metrics_refused_total", (("reason", "bad_request"),))] == 2
 
 
 @pytest.mark.asyncio
