@@ -14,6 +14,7 @@ Only processes started here are signalled, by PID; every one is stopped in `fina
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -97,20 +98,24 @@ class Reading:
     members: float
     view_changes: float
     health: int
+    """/healthz's status code, a moment after the /metrics scrape."""
+    health_quorate: bool
+    """`quorate` in that same /healthz answer (JSON)."""
 
 
 def read(base: str) -> Reading | None:
-    """One /metrics plus one /healthz."""
+    """One /metrics plus one /healthz?format=json (two requests: quorum may change between)."""
     series = scrape(base)
     if not series:
         return None
-    code, _body = http_get(f"{base}/healthz")
+    code, body = http_get(f"{base}/healthz?format=json")
     return Reading(
         time.monotonic(),
         series[("votemesh_quorate", ())],
         series[("votemesh_members", ())],
         series[("votemesh_view_changes_total", ())],
         code,
+        bool(json.loads(body)["quorate"]),
     )
 
 
@@ -184,7 +189,7 @@ def test_split_shows_in_metrics_and_healthz(cluster3: tuple[AgentCluster, dict[i
         r.quorate for i, r in enumerate(readings) if i == 0 or r.quorate != readings[i - 1].quorate
     ]
     assert changes == [1, 0, 1], readings
-    assert all((r.health == 200) == (r.quorate == 1) for r in readings), readings
+    assert all((r.health == 200) == r.health_quorate for r in readings), readings
     print(f"\nsplit: kill -> votemesh_quorate 0 scraped after {lost.at - killed_at:.2f} s, "
           f"restart -> 1 after {back.at - restarted_at:.2f} s; "
           f"view changes {before.view_changes:.0f} -> {lost.view_changes:.0f} -> "
