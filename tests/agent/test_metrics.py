@@ -329,6 +329,20 @@ async def test_slow_client_is_cut_off(served: tuple[MetricsSink, dict[str, Any],
 
 
 @pytest.mark.asyncio
+async def test_slow_client_does_not_hold_up_a_scrape(
+    served: tuple[MetricsSink, dict[str, Any], int],
+) -> None:
+    """While one client sits on half a request, another client's scrape is answered at once
+    (well before the slow one's timeout)."""
+    _sink, _doc, port = served
+    slow = asyncio.create_task(exchange(port, b"GET /metrics HTTP/1.1\r\n", timeout=3.0))
+    await asyncio.sleep(0.05)
+    assert (await exchange(port, get("/metrics"))).startswith(b"HTTP/1.1 200 ")
+    assert not slow.done()  # answered while the slow client still waits for its timeout
+    assert await slow == b""
+
+
+@pytest.mark.asyncio
 async def test_connection_cap(served: tuple[MetricsSink, dict[str, Any], int]) -> None:
     """With the cap's worth of idle connections open, one more is closed unanswered
     (counted); once they time out a scrape works again."""
