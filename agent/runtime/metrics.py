@@ -53,6 +53,7 @@ SINK_COUNTERS = {
     "failed": ("votemesh_sink_failures_total", "Deliveries a sink failed (logged)."),
     "delivered": ("votemesh_sink_delivered_total", "Events a sink delivered."),
     "runs": ("votemesh_hook_runs_total", "Hook command runs started."),
+    "timeouts": ("votemesh_hook_timeouts_total", "Hook runs killed at their timeout."),
 }
 """Keys of a sink's `stats()` exposed as counters labelled by sink (when the sink has them)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from agent.outputs import Outputs
 from agent.runtime.fanout import Sink, SinkContext
+from agent.runtime.hooks import make_hook_sinks
 
 
 def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:
@@ -16,4 +17,5 @@ def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:
         from agent.runtime.metrics import MetricsSink  # noqa: PLC0415
 
         sinks.append(MetricsSink(outputs.metrics, ctx))
+    sinks += make_hook_sinks(outputs.hooks, ctx)  # one per [[hook]]
     return sinks

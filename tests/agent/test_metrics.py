@@ -59,13 +59,15 @@ STATS = {
     "log": {},
     "recent": {"kept": 5},
     "mqtt": {"queued": 4, "offered": 10, "delivered": 5, "dropped": 1, "failed": 2, "connected": 1},
-    "hook:quorum": {
+    "hook:0": {
         "queued": 0,
         "offered": 3,
         "delivered": 3,
         "dropped": 0,
         "failed": 1,
         "runs": 3,
+        "failures": 1,
+        "timeouts": 1,
     },
 }
 
@@ -170,9 +172,10 @@ def test_events_and_sink_counters() -> None:
     assert got[("votemesh_sink_queue_depth", (("sink", "mqtt"),))] == 4.0
     assert got[("votemesh_sink_dropped_total", (("sink", "mqtt"),))] == 1.0
     assert got[("votemesh_sink_failures_total", (("sink", "mqtt"),))] == 2.0
-    assert got[("votemesh_sink_failures_total", (("sink", "hook:quorum"),))] == 1.0
+    assert got[("votemesh_sink_failures_total", (("sink", "hook:0"),))] == 1.0
     assert got[("votemesh_sink_delivered_total", (("sink", "mqtt"),))] == 5.0
-    assert got[("votemesh_hook_runs_total", (("sink", "hook:quorum"),))] == 3.0
+    assert got[("votemesh_hook_runs_total", (("sink", "hook:0"),))] == 3.0
+    assert got[("votemesh_hook_timeouts_total", (("sink", "hook:0"),))] == 1.0
     assert got[("votemesh_mqtt_connected", ())] == 1.0
     assert ("votemesh_sink_queue_depth", (("sink", "log"),)) not in got  # no queue, no series
 

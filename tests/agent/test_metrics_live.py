@@ -137,6 +137,8 @@ def cluster3(tmp_path: Path) -> Iterator[tuple[AgentCluster, dict[int, str]]]:
     """Three agents with metrics on; stopped after the test, pass or fail."""
     cluster = AgentCluster(tmp_path, 3)
     urls = with_metrics(cluster)
+    with cluster.agents[1].config_path.open("a") as f:  # its runs show in /metrics
+        f.write('\n[[hook]]\nevents = ["quorum_lost"]\ncommand = ["/bin/true"]\n')
     try:
         cluster.start_all()
         cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "one view of 3")
@@ -149,8 +151,9 @@ def cluster3(tmp_path: Path) -> Iterator[tuple[AgentCluster, dict[int, str]]]:
 def test_split_shows_in_metrics_and_healthz(cluster3: tuple[AgentCluster, dict[int, str]]) -> None:
     """Node 1 scraped every 50 ms: healthy with 3 members (every node up, every peer link up);
     nodes 2 and 3 killed -> votemesh_quorate 0, members 1, more view changes, peers' member_up
-    and link_up 0, /healthz 503 `inquorate`; both started again -> quorate 1, members 3,
-    view changes higher still, /healthz 200. The readings go 1 -> 0 -> 1 in that order."""
+    and link_up 0, /healthz 503 `inquorate`, the quorum_lost hook's run counted; both started
+    again -> quorate 1, members 3, view changes higher still, /healthz 200. The readings go
+    1 -> 0 -> 1 in that order."""
     cluster, urls = cluster3
     base = urls[1]
     readings: list[Reading] = []
@@ -175,6 +178,10 @@ def test_split_shows_in_metrics_and_healthz(cluster3: tuple[AgentCluster, dict[i
     assert series[("votemesh_member_up", node_labels(2))] == 0
     assert series[("votemesh_link_up", link_labels(2))] == 0
     assert series[("votemesh_events_total", (("kind", "quorum_lost"),))] >= 1
+    hook = (("sink", "hook:0"),)
+    cluster.wait_for(lambda: scrape(base).get(("votemesh_hook_runs_total", hook)) == 1, 10,
+                     "the quorum_lost hook's run in /metrics")  # fmt: skip
+    assert scrape(base)[("votemesh_sink_failures_total", hook)] == 0
 
     restarted_at = time.monotonic()
     cluster.start(2)
