@@ -15,16 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.runtime.keys import keygen
+from tests.agent.test_metrics_live import Series, parse_exposition
 from tests.lab import netns
 from tests.lab.lab_agents import LabAgent, agent_config
 from tests.lab.netns import Host, LabFactory, NotYetError
 
 SETTLE = 30.0
 METRICS_PORT = 9466  # each host is its own network namespace: the default port is free
-Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def _missing() -> str | None:
@@ -51,13 +50,7 @@ def get(host: Host, path: str) -> tuple[int, str]:
 
 def scrape(host: Host) -> Series:
     code, body = get(host, "/metrics")
-    if code != 200:
-        return {}
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
+    return parse_exposition(body) if code == 200 else {}
 
 
 def picture(
