@@ -3,9 +3,12 @@ node-local `Outputs` turn on (design §3.13). One entry per kind of sink."""
 
 from __future__ import annotations
 
+import os
+
 from agent.outputs import Outputs
 from agent.runtime.fanout import Sink, SinkContext
 from agent.runtime.hooks import make_hook_sinks
+from agent.runtime.systemd import SystemdSink
 
 
 def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:
@@ -18,4 +21,6 @@ def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:
 
         sinks.append(MetricsSink(outputs.metrics, ctx))
     sinks += make_hook_sinks(outputs.hooks, ctx)  # one per [[hook]]
+    if os.environ.get("NOTIFY_SOCKET"):  # started by systemd (Type=notify)
+        sinks.append(SystemdSink(ctx.status))
     return sinks
