@@ -176,6 +176,13 @@ def qdevice_families(doc: Mapping[str, Any]) -> Iterator[Metric]:
     )
     if not qdevice["configured"]:
         return
+    info = GaugeMetricFamily(
+        "votemesh_qdevice_info",
+        "The configured quorum device (always 1).",
+        labels=["algorithm", "server"],
+    )
+    info.add_metric([str(qdevice["algorithm"]), str(qdevice["server"])], 1.0)
+    yield info
     yield GaugeMetricFamily(
         "votemesh_qdevice_connected",
         "1 while connected to the qnetd server.",

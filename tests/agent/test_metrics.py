@@ -122,6 +122,7 @@ def test_exposition_of_a_status_document() -> None:
         ("votemesh_qdevice_connected", ()): 1.0,
         ("votemesh_qdevice_casting_vote", ()): 1.0,
         ("votemesh_qdevice_connects_total", ()): 2.0,
+        ("votemesh_qdevice_info", (("algorithm", "ffsplit"), ("server", "127.0.0.9:5403"))): 1.0,
         ("votemesh_datagrams_dropped_total", (("reason", "forged"),)): 7.0,
         ("votemesh_datagrams_dropped_total", (("reason", "replayed"),)): 3.0,
         ("votemesh_datagrams_received_total", ()): 100.0,
