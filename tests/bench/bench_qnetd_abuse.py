@@ -58,6 +58,11 @@ SOURCES = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(250)]
 RING = RingId(1, 1)
 REASONS = ("per_source", "total", "fd_headroom", "deadline", "evicted", "handshake_busy")
 KINDS = "idle,preinit,tls_stalled"
+PREINIT_TIMEOUT = 5.0
+"""The server's default --preinit-timeout: held connections start to expire this long after the
+hold began."""
+HELD_SETTLE = 0.5
+"""Seconds after the abusers have all opened before `held_echo` starts (accepts drained)."""
 
 
 @dataclass(frozen=True)
@@ -109,18 +114,18 @@ class Sampler:
                 self.fds, self.rss_kb = max(self.fds, fds), max(self.rss_kb, rss)
 
 
-async def echo_rtts(clients: list[AsyncQdevice], seconds: float) -> list[float]:
-    """Round trips of ECHO_REQUEST -> ECHO_REPLY, one client after another, for `seconds`;
-    a reply that does not come within 5 s counts as 5 s."""
-    rtts: list[float] = []
+async def echo_rtts(clients: list[AsyncQdevice], seconds: float) -> list[tuple[float, float]]:
+    """(when it was sent: time.monotonic, round trip) of ECHO_REQUEST -> ECHO_REPLY, one client
+    after another, for `seconds`; a reply that does not come within 5 s counts as 5 s."""
+    rtts: list[tuple[float, float]] = []
     end = time.monotonic() + seconds
     i = 0
     while time.monotonic() < end:
         client = clients[i % len(clients)]
         i += 1
-        started = time.perf_counter()
+        sent, started = time.monotonic(), time.perf_counter()
         ok = await client.echo(timeout=5.0)
-        rtts.append(time.perf_counter() - started if ok else 5.0)
+        rtts.append((sent, time.perf_counter() - started if ok else 5.0))
         await asyncio.sleep(0.005)
     return rtts
 
@@ -208,6 +213,10 @@ class Phase:
     rss_kb: tuple[int, int]
     refused: dict[str, float]
     abuse: dict[str, int] | None = None
+    held_echo: list[float] | None = None
+    """Echoes sent while every abuser connection was open at once: from HELD_SETTLE after the
+    abusers said all were open until the first of them could reach the server's pre-INIT
+    timeout (the arrival burst and the expiry burst left out; they are in `echo`)."""
 
 
 @dataclass
@@ -243,30 +252,48 @@ async def phase(
     mark = cluster.mark()
     refused_before = await asyncio.to_thread(refusals, server)
     proc = None
+    opened_at: list[float] = []
+    started = time.monotonic()
     if abuse is not None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.qnetd.abusers", *abuse], stdout=subprocess.PIPE, text=True
         )
-    echo, connect = await asyncio.gather(
+    lines = None if proc is None else asyncio.to_thread(_abuser_lines, proc, opened_at, seconds)
+    echo, connect, out = await asyncio.gather(
         echo_rtts(cluster.clients, seconds),
         connect_times(server, cluster.late, connects, seconds / (connects + 1)),
+        lines if lines is not None else asyncio.sleep(0, result=[]),
     )
-    counts = None
-    if proc is not None:
-        out, _ = await asyncio.to_thread(proc.communicate, None, seconds + 120)
-        counts = json.loads(out.strip().splitlines()[-1])
+    counts = json.loads(out[-1]) if out else None
+    held = None
+    if opened_at:
+        window = (opened_at[0] + HELD_SETTLE, started + PREINIT_TIMEOUT)
+        held = [rtt for sent, rtt in echo if window[0] <= sent < window[1]]
     fds_end, rss_end = fds_and_rss(server)
     refused_after = await asyncio.to_thread(refusals, server)
     return Phase(
         name,
-        echo,
+        [rtt for _, rtt in echo],
         connect,
         cluster.changes_since(mark),
         (max(sampler.fds, fds_end), fds_end),
         (max(sampler.rss_kb, rss_end), rss_end),
         {r: refused_after[r] - refused_before[r] for r in REASONS},
         counts,
+        held,
     )
+
+
+def _abuser_lines(proc: subprocess.Popen[str], opened_at: list[float], seconds: float) -> list[str]:
+    """The abusers' output lines; when they say all are open, the time goes into `opened_at`."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        if "opened_all" in line:
+            opened_at.append(time.monotonic())
+        lines.append(line.strip())
+    proc.wait(timeout=seconds + 120)
+    return lines
 
 
 async def settle(server: OurQnetd) -> float:
@@ -373,6 +400,15 @@ def print_table(title: str, phases: list[Phase]) -> None:
                 f"{(p.rss_kb[1] - idle.rss_kb[1]) / 1024:+.1f}",
             ])
         )  # fmt: skip
+    for p in phases:
+        if p.held_echo:
+            p99 = percentile(p.held_echo, 99) or 0.0
+            print(
+                f"  {p.name}, while all {p.abuse.get('held_max', 0) if p.abuse else 0:,} are "
+                f"open ({HELD_SETTLE} s after the last opened until the first may expire): echo "
+                f"p50 {_ms(p.held_echo, 50)} / p99 {_ms(p.held_echo, 99)} ms, n {len(p.held_echo)}"
+                + (f", p99/idle {p99 / idle_p99:.1f}x" if idle_p99 else "")
+            )
     quiet = [q for p in phases if p.abuse is None and (q := percentile(p.echo, 99))]
     if quiet:
         print(

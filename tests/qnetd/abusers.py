@@ -113,7 +113,8 @@ def hold(
 ) -> dict[str, int]:
     """Open abusive connections (at most `max_rate` per second, kinds and sources in turn) and
     hold them for `seconds`, then close them all. `reopen` (churn): keep `target` open,
-    re-opening what the server drops; else open `target` once and re-open nothing. Counts:
+    re-opening what the server drops; else open `target` once and re-open nothing (and print
+    `{"opened_all": N}` once they are all open). Counts:
     opened, failed connects, `held_max` (open at once as seen from here) and `closed_by_server`
     (refused, evicted or timed out while held)."""
     hello = client_hello()
@@ -121,6 +122,7 @@ def hold(
     counts = dict.fromkeys(("opened", "failed", "held_max", "closed_by_server"), 0)
     started = time.monotonic()
     burst = 1.0 if reopen else 0.0  # churn may open a second's worth at once
+    announced = False
     with selectors.DefaultSelector() as selector:
         while time.monotonic() < started + seconds:
             while (len(held) if reopen else counts["opened"] + counts["failed"]) < target and (
@@ -141,6 +143,9 @@ def hold(
                 counts["opened"] += 1
             counts["held_max"] = max(counts["held_max"], len(held))
             opening = not reopen and counts["opened"] + counts["failed"] < target
+            if not reopen and not opening and not announced:  # tell the bench: all are open now
+                print(json.dumps({"opened_all": counts["opened"]}), flush=True)
+                announced = True
             for key, _ in selector.select(0.01 if opening else 0.05):
                 peer = key.fileobj
                 if isinstance(peer, socket.socket) and is_closed_by_peer(peer):
