@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from agent.outputs import Outputs
 from agent.runtime.fanout import Sink, SinkContext
+from agent.runtime.mqtt import MqttSink
 
 
-def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:  # noqa: ARG001 (entries come)
+def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:
     """The optional sinks `outputs` asks for (MQTT, hooks, metrics, systemd), not yet started.
     A sink whose set-up fails at run time (broker down, port in use) logs one line and keeps
     trying or stays off; it never stops the agent."""
     sinks: list[Sink] = []
+    if outputs.mqtt is not None:
+        sinks.append(MqttSink(outputs.mqtt, ctx))
     return sinks
