@@ -268,6 +268,10 @@ def describe(exc: BaseException) -> str:
     if value in (1, 132):
         return f"the broker refused the protocol version ({exc})"
     text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return f"{text}: is the broker running and listening there?"
+    if "certificate" in text.lower() or "ssl" in text.lower():
+        return f"TLS failed ({text}); check mqtt.ca_file / cert_file and the broker's certificate"
     if "timed out" in text:
         return f"no answer from the broker within {CONNECT_TIMEOUT_S:g} s ({text})"
     return text
@@ -408,7 +412,9 @@ class MqttSink(QueuedSink):
         await self._birth(client, "online")
         await self._discovery(client)
         self._status_stale = True  # the current state, then the queued events
-        self._published_summary = None
+        # What the broker holds now comes again after subscribing (it may have lost all).
+        self._retained_summary = self._published_summary = None
+        self._online = {}
 
     async def _birth(self, client: aiomqtt.Client, payload: str) -> None:
         await client.publish(

@@ -125,9 +125,10 @@ class Broker:
                 raise RuntimeError(f"mosquitto exited: {err} {self.log_path.read_text()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
             except OSError:
                 time.sleep(0.05)
+            else:
+                return
         raise RuntimeError("mosquitto did not listen within 10 s")
 
     def stop(self) -> None:
