@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
+from paho.mqtt.enums import CallbackAPIVersion
 
 from proto.certificates import cert_pem, key_pem, make_ca, name
 
