@@ -247,7 +247,10 @@ def test_unwritable_state_stops_view_forming_and_no_ring_id_is_reused(tmp_path: 
         cluster.start(3)
         cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "a view of 3")
         ns = ["nsenter", "-t", str(one.process.pid), "-m"]
-        subprocess.run([*ns, "mount", "-o", "remount,bind,ro", str(state)], check=True)
+        remount = subprocess.run(
+            [*ns, "mount", "-o", "remount,bind,ro", str(state)], capture_output=True, text=True
+        )
+        assert remount.returncode == 0, f"remount failed: {remount.stderr.strip()}"
         cluster.kill(3)
 
         def halted() -> bool:
