@@ -297,7 +297,9 @@ class MqttSink(QueuedSink):
         self.connect_failures = 0
         self._client: aiomqtt.Client | None = None
         self._ever_connected = False
+        self._connecting = False
         self._attempt = 0
+        self._connecting = False
         self._last_reason = ""
         self._last_logged = 0.0
         self._retained_summary: dict[str, Any] | None = None
@@ -334,6 +336,7 @@ class MqttSink(QueuedSink):
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff, until cancelled."""
         while True:
+            self._connecting = True  # a bad password file fails here: a connect failure
             try:
                 await self._session(self._make_client())
             except asyncio.CancelledError:
@@ -346,8 +349,10 @@ class MqttSink(QueuedSink):
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter
 
     def _failed_connection(self, exc: BaseException) -> None:
-        if self._client is None:
-            self.connect_failures += 1
+        if not self._connecting:
+            log.warning("mqtt connection lost; reconnecting", reason=str(exc) or type(exc).__name__)
+            return
+        self.connect_failures += 1
         reason = describe(exc)
         rc = getattr(exc, "rc", None)
         value = rc.value if isinstance(rc, ReasonCode) else rc
@@ -368,11 +373,13 @@ class MqttSink(QueuedSink):
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection: publish everything due, then deliver and listen until it breaks."""
+        self._connecting = True
         try:
             await client.__aenter__()
         except BaseException:
             _abandon(client)
             raise
+        self._connecting = False
         self._client = client
         try:
             self.connected = 1
@@ -529,10 +536,13 @@ class MqttSink(QueuedSink):
         if not summary_wanted(status, self._retained_summary, self._online):
             return
         summary = cluster_summary(status, self.topics, wall_ms)
-        if same_claim(self._retained_summary, summary) or same_claim(
+        if same_claim(self._retained_summary, summary):
+            return  # already said
+        by = (self._retained_summary or {}).get("published_by") or {}
+        if by.get("node_id") in (None, status["node_id"]) and same_claim(
             self._published_summary, summary
         ):
-            return  # already said (or said and on its way back to us)
+            return  # said, and on its way back to us
         await client.publish(
             self.topics.cluster_state, _dumps(summary), qos=1, retain=True, timeout=OP_TIMEOUT_S
         )

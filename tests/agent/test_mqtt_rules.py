@@ -3,6 +3,9 @@ summaries, and the one-line connect failures. Pure functions: no broker."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from functools import partial
 from typing import Any
 
 import aiomqtt
@@ -10,7 +13,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.outputs import MqttConfig
+from agent.runtime.fanout import SinkContext
 from agent.runtime.mqtt import (
+    MqttSink,
     Topics,
     _parse_summary,
     cluster_summary,
@@ -145,3 +151,37 @@ def test_a_well_formed_retained_summary_is_kept() -> None:
 )
 def test_connect_failures_say_what_to_check(exc: Exception, words: str) -> None:
     assert words in describe(exc)
+
+
+class RecordingClient:
+    """Stands in for the broker connection (the sink's publishing decisions are under test)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    async def publish(self, topic: str, payload: str, **_kwargs: Any) -> None:
+        self.published.append((topic, json.loads(payload)))
+
+
+def test_a_deferring_representative_publishes_again_when_the_winner_goes_offline() -> None:
+    """Regression: its own earlier claim was remembered as "already said", so after deferring
+    to a live quorate claim it never published again once that claim's publisher went away."""
+    doc = status(3, (3, 9), [3], False)
+    ctx = SinkContext("live", 3, "node3", status=lambda: doc, stats=dict)
+    sink = MqttSink(MqttConfig(host="127.0.0.1"), ctx)
+    client = RecordingClient()
+    publish = partial(sink._publish_status, client)  # type: ignore[arg-type]
+
+    def summaries() -> int:
+        return sum(topic == "votemesh/live/state" for topic, _ in client.published)
+
+    asyncio.run(publish())
+    assert summaries() == 1
+    sink._retained_summary = claim(1, (1, 8), [1, 2], True)
+    sink._online = dict(ONLINE)
+    asyncio.run(publish())
+    assert summaries() == 1  # deferred to the live quorate partition
+    sink._online["node1"] = "offline"
+    asyncio.run(publish())
+    assert summaries() == 2
+    assert client.published[-1][1]["published_by"]["node_id"] == 3
