@@ -416,12 +416,12 @@ class MqttSink(QueuedSink):
             await client.subscribe(
                 f"{self.config.discovery_prefix}/status", qos=1, timeout=OP_TIMEOUT_S
             )
-        await self._birth(client, "online")
-        await self._discovery(client)
-        self._status_stale = True  # the current state, then the queued events
         # What the broker holds now comes again after subscribing (it may have lost all).
         self._retained_summary = self._published_summary = None
         self._online = {}
+        await self._birth(client, "online")
+        await self._discovery(client)
+        await self._publish_status(client)  # the current state, then the queued events
 
     async def _birth(self, client: aiomqtt.Client, payload: str) -> None:
         await client.publish(

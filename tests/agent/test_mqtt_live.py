@@ -176,9 +176,13 @@ def test_retained_state_will_events_in_order_and_summary(tmp_path: Path, broker:
         cluster.close()
 
 
+@pytest.mark.parametrize("how", ["terminate", "sigstop"])
 def test_broker_outage_of_30_s_changes_nothing_and_states_are_current_after(
-    tmp_path: Path, broker: Broker
+    tmp_path: Path, broker: Broker, how: str
 ) -> None:
+    """terminate: the broker is gone and comes back empty (no persistence), on the same port.
+    sigstop: it hangs (TCP still accepted, nothing answered); when it resumes it fires the old
+    connections' wills, which must not leave anyone `offline`."""
     cluster = AgentCluster(tmp_path, 3, extra=mqtt_extra(broker.port))
     try:
         cluster.start_all()
@@ -188,33 +192,45 @@ def test_broker_outage_of_30_s_changes_nothing_and_states_are_current_after(
         first.close()
         ring = cluster.agents[1].status()["ring_id"]  # type: ignore[index]
 
-        broker.stop()  # a real stop: retained messages are gone (no persistence)
+        broker.stop() if how == "terminate" else broker.pause()
         stopped = time.monotonic()
         while time.monotonic() - stopped < 30:
             assert cluster.one_view([1, 2, 3]), "membership or quorum changed during the outage"
             assert cluster.agents[1].status()["ring_id"] == ring  # type: ignore[index]
             time.sleep(1)
-        broker.start()
+        broker.start() if how == "terminate" else broker.resume()
+        back = time.time()
 
         # Everything comes back by itself (backoff capped at 30 s); a new subscriber sees
-        # every node's current state and the summary, all published again after reconnect.
+        # every node's current state, availability and the summary, published after the return.
         after = Subscriber(broker.port, ["votemesh/#"])
+
+        def current() -> bool:
+            if not states_current(cluster, after, [1, 2, 3]):
+                return False
+            for i in (1, 2, 3):
+                state = after.last(f"votemesh/live/node{i}/state")
+                avail = after.last(f"votemesh/live/node{i}/availability")
+                if state is None or state.json()["wall_ms"] / 1000 < back:
+                    return False
+                if avail is None or avail.payload != b"online":
+                    return False
+            return after.last("votemesh/live/state") is not None
+
         try:
-            wait(lambda: states_current(cluster, after, [1, 2, 3]), 45, "states after the outage")
-            wait(lambda: after.last("votemesh/live/state") is not None, 10, "the summary")
+            wait(current, 45, "states, availability and summary after the outage")
+            time.sleep(2 * KEEPALIVE)  # late wills, if any, have been answered by now
+            assert current()
             summary = after.last("votemesh/live/state")
             assert summary is not None
             assert (summary.json()["members"], summary.json()["ring_id"]) == ([1, 2, 3], ring)
-            for i in (1, 2, 3):
-                avail = after.last(f"votemesh/live/node{i}/availability")
-                assert avail is not None
-                assert avail.payload == b"online"
         finally:
             after.close()
         assert cluster.one_view([1, 2, 3])
         for i in (1, 2, 3):
-            connects = mqtt_log(cluster, i, "mqtt connected")
-            assert connects[-1]["reconnects"] == 1
+            assert mqtt_log(cluster, i, "mqtt connected")[-1]["reconnects"] == 1
+            assert len(mqtt_log(cluster, i, "mqtt connection lost; reconnecting")) == 1
+            assert len(mqtt_log(cluster, i, "mqtt broker unavailable; retrying with backoff")) <= 1
     finally:
         cluster.close()
 

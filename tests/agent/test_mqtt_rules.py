@@ -14,7 +14,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.outputs import MqttConfig
-from agent.runtime.fanout import SinkContext
+from agent.runtime.fanout import Published, SinkContext
 from agent.runtime.mqtt import (
     MqttSink,
     Topics,
@@ -160,7 +160,11 @@ class RecordingClient:
         self.published: list[tuple[str, dict[str, Any]]] = []
 
     async def publish(self, topic: str, payload: str, **_kwargs: Any) -> None:
-        self.published.append((topic, json.loads(payload)))
+        doc = json.loads(payload) if payload.startswith("{") else {"text": payload}
+        self.published.append((topic, doc))
+
+    async def subscribe(self, topic: str, **_kwargs: Any) -> None:
+        pass
 
 
 def test_a_deferring_representative_publishes_again_when_the_winner_goes_offline() -> None:
@@ -185,3 +189,32 @@ def test_a_deferring_representative_publishes_again_when_the_winner_goes_offline
     asyncio.run(publish())
     assert summaries() == 2
     assert client.published[-1][1]["published_by"]["node_id"] == 3
+
+
+def test_after_a_connect_state_comes_before_the_events_queued_while_away() -> None:
+    """Events wait (bounded, oldest dropped) while disconnected; after the connect: birth,
+    state and summary first, then the queued events in their order."""
+    doc = status(1, (1, 8), [1, 2, 3], True)
+    ctx = SinkContext("live", 1, "node1", status=lambda: doc, stats=dict)
+    sink = MqttSink(MqttConfig(host="127.0.0.1", queue=3), ctx)
+    client = RecordingClient()
+    for seq in range(1, 6):
+        sink.offer(Published(seq, 1000 + seq, "view_installed", {"event": "view_installed"}))
+    asyncio.run(sink.drain())  # not connected: nothing sent, nothing failed
+    assert (len(sink.queue), sink.dropped, sink.failed, client.published) == (3, 2, 0, [])
+
+    async def connect_and_drain() -> None:
+        await sink._on_connected(client)  # type: ignore[arg-type]
+        sink._client = client  # type: ignore[assignment]
+        await sink.drain()
+
+    asyncio.run(connect_and_drain())
+    topics = [topic for topic, _ in client.published]
+    assert topics[:3] == [
+        "votemesh/live/node1/availability",
+        "votemesh/live/node1/state",
+        "votemesh/live/state",
+    ]
+    assert topics[3:] == ["votemesh/live/node1/events"] * 3
+    assert [doc["seq"] for _, doc in client.published[3:]] == [3, 4, 5]
+    assert sink.stats()["delivered"] == 3
