@@ -170,6 +170,22 @@ def test_retained_state_will_events_in_order_and_summary(tmp_path: Path, broker:
             "an inquorate summary",
         )
         assert live.last("votemesh/live/state").json()["published_by"]["node_id"] == 1  # type: ignore[union-attr]
+
+        # A clean stop says offline itself, at once (a clean disconnect has no will).
+        stopped_at = time.time()
+        cluster.stop(1)
+        wait(
+            lambda: (
+                (m := live.last("votemesh/live/node1/availability")) is not None
+                and m.payload == b"offline"
+            ),
+            KEEPALIVE,
+            "node1 offline after a clean stop",
+        )
+        offline = live.last("votemesh/live/node1/availability")
+        assert offline is not None
+        assert offline.payload == b"offline"
+        assert offline.at - stopped_at < KEEPALIVE
     finally:
         if live is not None:
             live.close()

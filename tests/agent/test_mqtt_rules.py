@@ -218,3 +218,12 @@ def test_after_a_connect_state_comes_before_the_events_queued_while_away() -> No
     assert topics[3:] == ["votemesh/live/node1/events"] * 3
     assert [doc["seq"] for _, doc in client.published[3:]] == [3, 4, 5]
     assert sink.stats()["delivered"] == 3
+
+
+def test_a_broker_refusing_mqtt_5_is_used_with_3_1_1() -> None:
+    ctx = SinkContext("live", 1, "node1", status=dict, stats=dict)
+    sink = MqttSink(MqttConfig(host="127.0.0.1"), ctx)
+    sink._connecting = True
+    sink._failed_connection(aiomqtt.MqttCodeError(ReasonCode(PacketTypes.CONNACK, identifier=132)))
+    assert sink.protocol == aiomqtt.ProtocolVersion.V311
+    assert sink.stats()["connect_failures"] == 1
