@@ -350,7 +350,10 @@ class MqttSink(QueuedSink):
 
     def _failed_connection(self, exc: BaseException) -> None:
         if not self._connecting:
-            log.warning("mqtt connection lost; reconnecting", reason=str(exc) or type(exc).__name__)
+            reason = str(exc) or type(exc).__name__
+            if exc.__cause__ is not None:
+                reason += f" ({exc.__cause__})"
+            log.warning("mqtt connection lost; reconnecting", reason=reason)
             return
         self.connect_failures += 1
         reason = describe(exc)
