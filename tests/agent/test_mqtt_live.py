@@ -289,25 +289,49 @@ def test_refused_credentials_log_one_line_and_keep_retrying(tmp_path: Path) -> N
 def test_absent_or_silent_broker_one_line_each_and_the_agent_keeps_deciding(
     tmp_path: Path, broker: Broker
 ) -> None:
+    """Agents whose broker never answers (SIGSTOP: TCP accepted, no CONNACK) or is absent
+    (refused) log one line each, keep deciding (node 2 killed: node 1 loses quorum), and the
+    events decided meanwhile reach the broker, in order, once it answers."""
+    sub = Subscriber(broker.port, ["votemesh/#"])  # subscribed before the broker hangs
     broker.pause()  # accepts TCP (the kernel does), never answers
-    silent = AgentCluster(tmp_path / "silent", 1, extra=mqtt_extra(broker.port))
+    silent = AgentCluster(tmp_path / "silent", 2, extra=mqtt_extra(broker.port))
     nothing = AgentCluster(tmp_path / "absent", 1, extra=mqtt_extra(free_tcp_port()))  # refused
     try:
         silent.start_all()
         nothing.start_all()
-        time.sleep(14)  # several attempts each (5 s CONNACK timeout; backoff)
+        silent.wait_for(lambda: silent.one_view([1, 2]), 30, "a view of 2")
+        silent.kill(2)
+        silent.wait_for(
+            lambda: (s := silent.agents[1].status()) is not None and not s["quorate"],
+            30,
+            "node 1 inquorate without node 2",
+        )
+        time.sleep(12)  # several attempts each (5 s CONNACK timeout; backoff)
         for cluster, reason in ((silent, "no answer from the broker"), (nothing, "refused")):
             lines = mqtt_log(cluster, 1, "mqtt broker unavailable; retrying with backoff")
             assert len(lines) == 1, lines
             assert reason in lines[0]["reason"].lower()
-            assert cluster.agents[1].status()["quorate"]  # type: ignore[index]
+            assert cluster.agents[1].running
+        assert nothing.agents[1].status()["quorate"]  # type: ignore[index]
+        resumed = time.time()
         broker.resume()
-        sub = Subscriber(broker.port, ["votemesh/#"])
-        try:
-            wait(lambda: states_current(silent, sub, [1]), 40, "state after the broker answers")
-        finally:
-            sub.close()
+        wait(lambda: states_current(silent, sub, [1]), 40, "state after the broker answers")
+        wait(
+            lambda: any(
+                m.json()["event"] == "quorum_lost"
+                for m in sub.received("votemesh/live/node1/events")
+            ),
+            10,
+            "the queued quorum_lost",
+        )
+        events = [m.json() for m in sub.received("votemesh/live/node1/events")]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # none lost
+        lost = next(
+            m for m in sub.received("votemesh/live/node1/events") if b"quorum_lost" in m.payload
+        )
+        assert lost.json()["wall_ms"] / 1000 < resumed < lost.at  # decided while away, queued
     finally:
+        sub.close()
         silent.close()
         nothing.close()
 
