@@ -68,6 +68,25 @@ def mqtt_log(cluster: AgentCluster, node_id: int, event: str) -> list[dict[str, 
     return [r for r in cluster.agents[node_id].log_records() if r.get("event") == event]
 
 
+def kill_2_until_1_is_inquorate(cluster: AgentCluster) -> None:
+    cluster.kill(2)
+    cluster.wait_for(
+        lambda: (s := cluster.agents[1].status()) is not None and not s["quorate"],
+        30,
+        "node 1 inquorate without node 2",
+    )
+
+
+def wait_for_quorum_lost(sub: Subscriber) -> None:
+    wait(
+        lambda: any(
+            b'"quorum_lost"' in m.payload for m in sub.received("votemesh/live/node1/events")
+        ),
+        10,
+        "quorum_lost of node 1 on the event stream",
+    )
+
+
 def test_retained_state_will_events_in_order_and_summary(tmp_path: Path, broker: Broker) -> None:
     cluster = AgentCluster(tmp_path, 3, extra=mqtt_extra(broker.port, "home_assistant = true\n"))
     live: Subscriber | None = None
@@ -127,20 +146,8 @@ def test_retained_state_will_events_in_order_and_summary(tmp_path: Path, broker:
 
         # Kill node 2 as well: node 1 loses quorum; its stream has the core's order, no gap.
         cluster.wait_for(lambda: cluster.one_view([1, 2]), 30, "a view of 1, 2")
-        cluster.kill(2)
-        cluster.wait_for(
-            lambda: (s := cluster.agents[1].status()) is not None and not s["quorate"],
-            30,
-            "node 1 inquorate",
-        )
-        wait(
-            lambda: any(
-                m.json()["event"] == "quorum_lost"
-                for m in live.received("votemesh/live/node1/events")
-            ),
-            10,
-            "quorum_lost on the stream",
-        )
+        kill_2_until_1_is_inquorate(cluster)
+        wait_for_quorum_lost(live)
         stream = [m.json() for m in live.received("votemesh/live/node1/events")]
         seqs = [e["seq"] for e in stream]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
@@ -300,12 +307,7 @@ def test_absent_or_silent_broker_one_line_each_and_the_agent_keeps_deciding(
         silent.start_all()
         nothing.start_all()
         silent.wait_for(lambda: silent.one_view([1, 2]), 30, "a view of 2")
-        silent.kill(2)
-        silent.wait_for(
-            lambda: (s := silent.agents[1].status()) is not None and not s["quorate"],
-            30,
-            "node 1 inquorate without node 2",
-        )
+        kill_2_until_1_is_inquorate(silent)
         time.sleep(12)  # several attempts each (5 s CONNACK timeout; backoff)
         for cluster, reason in ((silent, "no answer from the broker"), (nothing, "refused")):
             lines = mqtt_log(cluster, 1, "mqtt broker unavailable; retrying with backoff")
@@ -316,14 +318,7 @@ def test_absent_or_silent_broker_one_line_each_and_the_agent_keeps_deciding(
         resumed = time.time()
         broker.resume()
         wait(lambda: states_current(silent, sub, [1]), 40, "state after the broker answers")
-        wait(
-            lambda: any(
-                m.json()["event"] == "quorum_lost"
-                for m in sub.received("votemesh/live/node1/events")
-            ),
-            10,
-            "the queued quorum_lost",
-        )
+        wait_for_quorum_lost(sub)
         events = [m.json() for m in sub.received("votemesh/live/node1/events")]
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))  # none lost
         lost = next(
