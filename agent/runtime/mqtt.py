@@ -259,22 +259,31 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
 
+class LocalFileError(Exception):
+    """A file of this node's `[mqtt]` settings cannot be used (one line, says what to fix)."""
+
+
+_TLS_HINT = "TLS failed ({text}); check mqtt.ca_file / cert_file and the broker's certificate"
+_HINTS = (
+    ("refused", "{text}: is the broker running and listening there?"),
+    ("certificate", _TLS_HINT),
+    ("ssl", _TLS_HINT),
+    ("timed out", "no answer from the broker within " + f"{CONNECT_TIMEOUT_S:g}" + " s ({text})"),
+)
+
+
 def describe(exc: BaseException) -> str:
     """One line an operator can act on, for a failed connect."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, LocalFileError):
+        return text
     rc = getattr(exc, "rc", None)
     value = rc.value if isinstance(rc, ReasonCode) else rc
     if value in (4, 5, 134, 135):
         return f"the broker refused the credentials ({exc}); check mqtt.username / password_file"
     if value in (1, 132):
         return f"the broker refused the protocol version ({exc})"
-    text = str(exc) or type(exc).__name__
-    if "refused" in text.lower():
-        return f"{text}: is the broker running and listening there?"
-    if "certificate" in text.lower() or "ssl" in text.lower():
-        return f"TLS failed ({text}); check mqtt.ca_file / cert_file and the broker's certificate"
-    if "timed out" in text:
-        return f"no answer from the broker within {CONNECT_TIMEOUT_S:g} s ({text})"
-    return text
+    return next((hint.format(text=text) for word, hint in _HINTS if word in text.lower()), text)
 
 
 class MqttSink(QueuedSink):
@@ -299,7 +308,6 @@ class MqttSink(QueuedSink):
         self._ever_connected = False
         self._connecting = False
         self._attempt = 0
-        self._connecting = False
         self._last_reason = ""
         self._last_logged = 0.0
         self._retained_summary: dict[str, Any] | None = None
@@ -310,15 +318,32 @@ class MqttSink(QueuedSink):
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.config.tls:
             return None
-        context = ssl.create_default_context(cafile=self.config.ca_file or None)
-        if self.config.cert_file:
-            context.load_cert_chain(self.config.cert_file, self.config.key_file)
+        try:
+            context = ssl.create_default_context(cafile=self.config.ca_file or None)
+            if self.config.cert_file:
+                context.load_cert_chain(self.config.cert_file, self.config.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise LocalFileError(
+                f"cannot load mqtt.ca_file / cert_file / key_file ({exc}); fix the file"
+            ) from None
         return context
 
+    def _password(self) -> str | None:
+        """The first line of `password_file`, read at every connect (rotation needs no
+        restart)."""
+        if not self.config.password_file:
+            return None
+        path = self.config.password_file
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as exc:
+            raise LocalFileError(f"cannot read mqtt.password_file {path}: {exc.strerror}") from None
+        if not lines or not lines[0].strip():
+            raise LocalFileError(f"mqtt.password_file {path} is empty; write the password in it")
+        return lines[0].strip()
+
     def _make_client(self) -> aiomqtt.Client:
-        password = None
-        if self.config.password_file:  # read at every connect: a rotated password is picked up
-            password = Path(self.config.password_file).read_text().splitlines()[0].strip()
+        password = self._password()
         return aiomqtt.Client(
             self.config.host,
             self.config.port,

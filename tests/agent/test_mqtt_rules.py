@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -16,6 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.outputs import MqttConfig
 from agent.runtime.fanout import Published, SinkContext
 from agent.runtime.mqtt import (
+    LocalFileError,
     MqttSink,
     Topics,
     _parse_summary,
@@ -227,3 +229,26 @@ def test_a_broker_refusing_mqtt_5_is_used_with_3_1_1() -> None:
     sink._failed_connection(aiomqtt.MqttCodeError(ReasonCode(PacketTypes.CONNACK, identifier=132)))
     assert sink.protocol == aiomqtt.ProtocolVersion.V311
     assert sink.stats()["connect_failures"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "words"), [(None, "cannot read mqtt.password_file"), ("\n", "is empty")]
+)
+def test_an_unusable_password_file_is_one_clear_line(
+    tmp_path: Path, content: str | None, words: str
+) -> None:
+    path = tmp_path / "mqtt.pass"
+    if content is not None:
+        path.write_text(content)
+    config = MqttConfig(host="127.0.0.1", username="n", password_file=str(path))
+    sink = MqttSink(config, SinkContext("live", 1, "node1", status=dict, stats=dict))
+    with pytest.raises(LocalFileError) as caught:
+        sink._make_client()
+    assert words in describe(caught.value)
+
+
+def test_an_unreadable_ca_file_is_one_clear_line(tmp_path: Path) -> None:
+    config = MqttConfig(host="127.0.0.1", tls=True, ca_file=str(tmp_path / "missing.pem"))
+    sink = MqttSink(config, SinkContext("live", 1, "node1", status=dict, stats=dict))
+    with pytest.raises(LocalFileError, match=r"cannot load mqtt\.ca_file"):
+        sink._make_client()
