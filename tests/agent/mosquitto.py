@@ -212,6 +212,11 @@ class Subscriber:
         with self._lock:
             return [m for m in self.messages if topic is None or m.topic == topic]
 
+    def first(self, topic: str) -> Received | None:
+        """The first message on `topic` (for a new subscriber: the retained one, if any)."""
+        got = self.received(topic)
+        return got[0] if got else None
+
     def last(self, topic: str) -> Received | None:
         got = self.received(topic)
         return got[-1] if got else None

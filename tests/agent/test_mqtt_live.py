@@ -109,21 +109,22 @@ def test_retained_state_will_events_in_order_and_summary(tmp_path: Path, broker:
         # A new subscriber gets every node's state, availability and the summary at once.
         late = Subscriber(broker.port, ["votemesh/live/+/state", "votemesh/live/+/availability"])
         late_summary = Subscriber(broker.port, ["votemesh/live/state"])
-        time.sleep(0.5)
+        wait(lambda: len({m.topic for m in late.received()}) == 6, 5, "6 retained messages")
+        wait(lambda: late_summary.first("votemesh/live/state") is not None, 5, "the summary")
         late.close()
         late_summary.close()
         for i in (1, 2, 3):
-            state = late.last(f"votemesh/live/node{i}/state")
+            state = late.first(f"votemesh/live/node{i}/state")
             assert state is not None
             assert state.retain
             doc = state.json()
             assert set(doc) >= STATE_FIELDS
             assert (doc["node_id"], doc["members"], doc["quorate"]) == (i, [1, 2, 3], True)
             assert doc["config_version"] == 1
-            availability = late.last(f"votemesh/live/node{i}/availability")
+            availability = late.first(f"votemesh/live/node{i}/availability")
             assert availability is not None
             assert availability.payload == b"online"
-        summary = late_summary.last("votemesh/live/state")
+        summary = late_summary.first("votemesh/live/state")
         assert summary is not None
         assert summary.retain
         assert set(summary.json()) == SUMMARY_FIELDS
