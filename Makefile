@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice corosync-vqsim libnss3-tools \
   iproute2 iptables
 
-.PHONY: help demo demo-corosync wire-tour test lint format ci bench soak fuzz system-deps clean
+.PHONY: help demo demo-corosync wire-tour test lint format ci bench soak fuzz system-deps deb clean
 
 help:
 	@echo "make demo         live demo: 4 votemesh agents + votemesh-qnetd: split, loss, kill, rejoin (root)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench        benchmarks: print figures, never fail on timing (one: $(PY) -m tests.bench cli)"
 	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N, SOAK_FIRST=seed)"
 	@echo "make fuzz         differential fuzz vs corosync-qnetd, 5,000 cases (~5 min; FUZZ_CASES=N FUZZ_SEED=S; root)"
+	@echo "make deb          dist/votemesh_VERSION_ARCH.deb: the project + its dependencies in /opt/votemesh (Debian; DEB_OUT=DIR)"
 	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
 
 $(VENV)/.installed: pyproject.toml
@@ -79,6 +80,11 @@ fuzz: system-deps $(VENV)/.installed
 	@echo "differential fuzz: FUZZ_SEED=$(FUZZ_SEED) FUZZ_CASES=$(FUZZ_CASES)"
 	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -s -p no:cacheprovider \
 	  tests/interop/test_qnetd_differential_fuzz.py
+
+# A Debian package (docs/install.md): prints its path on the last line.
+DEB_OUT ?= dist
+deb: $(VENV)/.installed
+	@bash deploy/debian/build-deb.sh $(DEB_OUT)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

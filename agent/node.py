@@ -616,12 +616,14 @@ class AgentNode:
         removed = tuple(sorted(set(old_peers) - set(new_peers)))
         jump = self._jump(ev.version)
         before = _quorum_inputs(old, self._device_votes())
+        old_version = self.config_version
         self.config, self._listed = new, {p.node_id: p.votes for p in new.peers}
         self.config_version = ev.version or self.config_version
         changed = _changed(old, new, bool(added or removed))
         restart += _bind_changes(old, new)
         why = f"configuration version {ev.version} applied" if ev.version else "new configuration"
-        details = {"version": ev.version, "added": list(added), "removed": list(removed)}
+        details: dict[str, Any] = {"version": ev.version, "old_version": old_version}
+        details |= {"added": list(added), "removed": list(removed)}
         self._emit(
             EventKind.CONFIG_CHANGED,
             f"{why}: {', '.join(changed) or 'no change that matters to quorum'}",

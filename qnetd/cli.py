@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="votemesh-qnetd", description="votemesh quorum arbitrator (corosync-qnetd compatible)"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('votemesh')}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_run(sub)
     add_status(sub)

@@ -13,6 +13,7 @@
     votemesh leave [--config NODE_TOML]
     votemesh link add INDEX NODE=ADDR[:PORT]... [--priority N] | link remove INDEX
     votemesh rotate-key [--wait S] | updatecerts [--force] [--config NODE_TOML]
+    votemesh --version
 
 Exit status like corosync-quorumtool: 0 success (`status`/`explain`: quorate), 2 not quorate,
 1 an error (one line on stderr saying what to do; never a traceback).
@@ -56,6 +57,21 @@ def _parser_class() -> type[argparse.ArgumentParser]:
             self.exit(EXIT_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
     return Parser
+
+
+def _version_action() -> type[argparse.Action]:
+    """`--version`: the installed package's version (read only when asked: importlib.metadata
+    is off the fast path)."""
+    import argparse  # noqa: PLC0415
+
+    class Version(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+            from importlib.metadata import version  # noqa: PLC0415
+
+            print(f"votemesh {version('votemesh')}")
+            parser.exit(0)
+
+    return Version
 
 
 def _where(p: argparse.ArgumentParser) -> None:
@@ -130,6 +146,7 @@ def build_parser(only: str = "") -> argparse.ArgumentParser:
     """The whole command line; `only` (a FAST_VERBS name) builds just that verb, because
     building every subparser costs a few ms on each monitoring poll."""
     parser = _parser_class()(prog="votemesh", description="votemesh cluster membership and quorum")
+    parser.add_argument("--version", nargs=0, action=_version_action(), help="print the version")
     sub = parser.add_subparsers(dest="command", required=True, prog="votemesh")
     _status_verbs(sub, only)
     if not only:

@@ -23,8 +23,9 @@ One `asyncio.TaskGroup` with named tasks:
 Every effect of `AgentNode.handle` is executed here: datagrams go out through
 `agent.runtime.udp`, `Emit` becomes one structlog JSON line (`event` = the kind, `reason`,
 details), `PersistMaxSeq` is written to the state directory. The incarnation is persisted before
-the first datagram is sealed. Under systemd (Type=notify) it says READY=1 once the sockets are
-bound and STOPPING=1 on the way out.
+the first datagram is sealed. Under systemd (Type=notify, `agent.runtime.systemd`) it says
+READY=1 once the core runs, pings the watchdog from a `watchdog` task when WatchdogSec= is set,
+and says STOPPING=1 on the way out.
 """
 
 from __future__ import annotations
@@ -36,12 +37,11 @@ import dataclasses
 import enum
 import functools
 import logging
-import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -85,12 +85,13 @@ from agent.runtime.qdevice import QdeviceRunner
 from agent.runtime.replication import ChangeOutcome, Replication
 from agent.runtime.sinks import make_sinks
 from agent.runtime.state import StateDir
+from agent.runtime.systemd import sd_notify, watchdog
 from agent.runtime.udp import MeshTransport
 from agent.status import RuntimeInfo, to_json
 from proto.datagram_seal import ClusterKey, Opener, Sealer
 from proto.mesh_messages import ConfigFetch
 
-__all__ = ["AgentRuntime", "ChangeOutcome", "main"]
+__all__ = ["AgentRuntime", "ChangeOutcome", "main", "sd_notify"]
 
 RECENT_EVENTS = 256  # events kept for `votemesh events` / the control socket
 EVENT_LEVELS = {
@@ -551,6 +552,7 @@ class AgentRuntime(ClusterConfigRuntime):
                 tasks = [
                     group.create_task(control.serve_forever(), name="control"),
                     group.create_task(self._config_ticks(), name="config"),
+                    group.create_task(watchdog(), name="watchdog"),  # when WatchdogSec= is set
                 ]
                 if self.qdevice is not None:
                     self._qdevice_task = group.create_task(self.qdevice.run(), name="qdevice")
@@ -599,22 +601,6 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-def sd_notify(state: str) -> bool:
-    """Tell systemd (Type=notify) our state, e.g. "READY=1"; False when not under systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(address)
-            sock.sendall(state.encode())
-        except OSError:
-            return False
-    return True
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit status 2."""
 
@@ -635,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('votemesh')}")
     return parser
 
 

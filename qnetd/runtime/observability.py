@@ -30,13 +30,19 @@ def configure_logging(level: str = "info", json_lines: bool = True) -> None:
 
 
 def sd_notify(state: str) -> bool:
-    """Tell systemd (Type=notify) about our state, e.g. "READY=1"; False when not under systemd."""
+    """Tell systemd (Type=notify) about our state, e.g. "READY=1"; False when not under systemd or
+    the socket did not take the datagram at once (never raises, never waits). The same function
+    as agent.runtime.systemd.sd_notify (tests/test_sd_notify_copies.py keeps them equal)."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
+        sock.setblocking(False)
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError:
+            return False
     return True

@@ -81,6 +81,14 @@ def test_agent_refuses_exposed_key_and_busy_port(tmp_path: Path) -> None:
         one_line_error(run("votemesh-agent", "--config", str(agent.config_path)), "in use")
 
 
+def next_state(notify: socket.socket) -> bytes:
+    """The next notify message that is not a STATUS= line (agent.runtime.systemd sends those
+    on status changes; tests/agent/test_systemd_live.py checks them)."""
+    while (message := notify.recv(4096)).startswith(b"STATUS="):
+        pass
+    return message
+
+
 def test_status_table_expected_and_readiness(tmp_path: Path) -> None:
     """Under systemd the agent says READY=1; `votemesh status` prints the table, `expected N`
     overrides expected votes (visible in --json), `events` lists JSON lines, and SIGTERM says
@@ -96,7 +104,7 @@ def test_status_table_expected_and_readiness(tmp_path: Path) -> None:
         finally:
             del os.environ["NOTIFY_SOCKET"]
         try:
-            assert notify.recv(100) == b"READY=1"
+            assert next_state(notify) == b"READY=1"
             cluster.start(2)
             cluster.wait_for(lambda: cluster.one_view([1, 2]), 30, "a view of 2")
             config = str(cluster.agents[1].config_path)
@@ -123,7 +131,7 @@ def test_status_table_expected_and_readiness(tmp_path: Path) -> None:
             assert process is not None
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=20) == 0
-            assert notify.recv(100) == b"STOPPING=1"
+            assert next_state(notify) == b"STOPPING=1"
         finally:
             cluster.close()
 
@@ -154,3 +162,14 @@ def test_status_nodes_explain_exit_statuses_on_a_lone_node(tmp_path: Path) -> No
         assert not typed.quorate
     finally:
         cluster.close()
+
+
+@pytest.mark.parametrize("program", ["votemesh", "votemesh-agent", "votemesh-qnetd"])
+def test_version(program: str) -> None:
+    """`--version` prints the program and the installed package's version on stdout, exit 0
+    (`votemesh-agent --version` needs no --config)."""
+    from importlib.metadata import version
+
+    result = run(program, "--version")
+    assert result.returncode == 0, result
+    assert result.stdout == f"{program} {version('votemesh')}\n"

@@ -364,3 +364,16 @@ def test_members_not_yet_updated_do_not_pin_the_old_expected_votes() -> None:
         assert nodes[i].view.members == frozenset({1, 2})
         assert nodes[i].quorum.status.expected_votes == 1
         assert quorate(nodes[i]), nodes[i].quorum.status.reason
+
+
+def test_config_changed_names_the_old_and_the_new_version() -> None:
+    """issue 9 item 6: `config_changed` carries `old_version` (the version the core had applied;
+    0: none yet) and `version`, so a hook or subscriber sees what changed into what."""
+    net = formed(3)
+    first = apply(net, 1, with_votes(config(1, 3), 2, 2), version=4)
+    second = apply(net, 1, with_votes(config(1, 3), 2, 3), version=5)
+    changed = [
+        e.event.details for e in (*first, *second)
+        if isinstance(e, Emit) and e.event.kind is EventKind.CONFIG_CHANGED
+    ]  # fmt: skip
+    assert [(d["old_version"], d["version"]) for d in changed] == [(0, 4), (4, 5)]
