@@ -7,10 +7,11 @@
   lost/reachable, links ...). For every event a subscriber receives on
   `votemesh/live/+/events`: its receive time minus the event's `wall_ms` (stamped when the
   core's decision reached the fan-out). Same host, same clock.
-* Idle cost: 3 agents in one quorate view, CPU (utime + stime) per agent over 20 s, without
-  and with `[mqtt]` (keepalive 10 s).
+* Idle cost: 3 agents in one quorate view, CPU (utime + stime) per agent over 30 s, with
+  `[mqtt]` (keepalive 10 s) off and on, and `[metrics]` off and on (scraped every 15 s, as
+  Prometheus does by default).
 
-Prints figures; never fails on a timing. About two minutes on 2 cores.
+Prints figures; never fails on a timing. About three minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from tests.agent.live_agents import LAN_TIMING, AgentCluster
-from tests.agent.mosquitto import Broker, Subscriber
+from tests.agent.mosquitto import Broker, Subscriber, free_tcp_port
 from tests.bench.bench_agent import cpu_seconds, percentile
 
 ROUNDS = 10
-IDLE_SECONDS = 20.0
+IDLE_SECONDS = 30.0
+SCRAPE_EVERY = 15.0
 SETTLE = 60.0
 EVERYONE = [1, 2, 3]
 
@@ -74,16 +77,32 @@ def bench_latency(workdir: Path) -> None:
         )
 
 
-def idle_cpu(workdir: Path, extra: str) -> list[float]:
-    """CPU % of a core per agent, 3 agents idle in one view."""
+def with_metrics(cluster: AgentCluster) -> list[str]:
+    """Turn `[metrics]` on in every agent's config (its own address, a free port): the URLs."""
+    urls = []
+    for agent in cluster.agents.values():
+        port = free_tcp_port()
+        with agent.config_path.open("a") as config:
+            config.write(f'\n[metrics]\nhost = "{agent.address}"\nport = {port}\n')
+        urls.append(f"http://{agent.address}:{port}/metrics")
+    return urls
+
+
+def idle_cpu(workdir: Path, extra: str, metrics: bool) -> list[float]:
+    """CPU % of a core per agent, 3 agents idle in one view (scraped every 15 s with metrics)."""
     cluster = AgentCluster(workdir, 3, timing=LAN_TIMING, extra=extra)
+    urls = with_metrics(cluster) if metrics else []
     try:
         cluster.start_all()
         cluster.wait_for(lambda: cluster.one_view(EVERYONE), SETTLE, "one view")
         time.sleep(2.0)
         pids = [a.process.pid for a in cluster.agents.values() if a.process is not None]
         start, cpu0 = time.monotonic(), {pid: cpu_seconds(pid) for pid in pids}
-        time.sleep(IDLE_SECONDS)
+        while (left := IDLE_SECONDS - (time.monotonic() - start)) > 0:
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (loopback)
+                    answer.read()
+            time.sleep(min(SCRAPE_EVERY, left))
         elapsed = time.monotonic() - start
         return [(cpu_seconds(pid) - cpu0[pid]) / elapsed * 100 for pid in pids]
     finally:
@@ -93,14 +112,21 @@ def idle_cpu(workdir: Path, extra: str) -> list[float]:
 def bench_idle(workdir: Path) -> None:
     broker = Broker(workdir / "broker")
     broker.start()
+    runs = {}
     try:
-        off = idle_cpu(workdir / "off", "")
-        on = idle_cpu(workdir / "on", mqtt_extra(broker.port))
+        for mqtt in (False, True):
+            for metrics in (False, True):
+                extra = mqtt_extra(broker.port) if mqtt else ""
+                name = f"mqtt {'on ' if mqtt else 'off'}, metrics {'on ' if metrics else 'off'}"
+                runs[name] = idle_cpu(workdir / name.replace(" ", "_"), extra, metrics)
     finally:
         broker.stop()
-    print(f"  idle CPU per agent, 3 agents (LAN timing), {IDLE_SECONDS:.0f} s:")
-    for label, cpu in (("mqtt off", off), ("mqtt on ", on)):
-        print(f"    {label}  mean {statistics.mean(cpu):4.2f} %  max {max(cpu):4.2f} % of a core")
+    print(
+        f"  idle CPU per agent, 3 agents (LAN timing), {IDLE_SECONDS:.0f} s "
+        f"(metrics scraped every {SCRAPE_EVERY:.0f} s):"
+    )
+    for name, cpu in runs.items():
+        print(f"    {name}  mean {statistics.mean(cpu):4.2f} %  max {max(cpu):4.2f} % of a core")
 
 
 def main() -> None:
