@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,27 @@ def test_tls_to_the_broker_with_a_test_ca(tmp_path: Path) -> None:
         good.close()
         untrusted.close()
         broker.stop()
+
+
+def test_metrics_show_the_broker_connection(tmp_path: Path, broker: Broker) -> None:
+    """`votemesh_mqtt_connected` follows the real connection (the metrics sink reads the MQTT
+    sink's `stats()`)."""
+    cluster = AgentCluster(tmp_path, 1, extra=mqtt_extra(broker.port))
+    port = free_tcp_port()
+    with cluster.agents[1].config_path.open("a") as config:
+        config.write(f'\n[metrics]\nhost = "127.0.0.1"\nport = {port}\n')
+
+    def connected() -> float | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith("votemesh_mqtt_connected "):
+                    return float(line.split()[1])
+        return None
+
+    try:
+        cluster.start_all()
+        wait(lambda: connected() == 1.0, 20, "votemesh_mqtt_connected 1")
+        broker.stop()
+        wait(lambda: connected() == 0.0, 20, "votemesh_mqtt_connected 0")
+    finally:
+        cluster.close()
