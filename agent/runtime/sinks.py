@@ -16,6 +16,10 @@ def make_sinks(outputs: Outputs, ctx: SinkContext) -> list[Sink]:
     A sink whose set-up fails at run time (broker down, port in use) logs one line and keeps
     trying or stays off; it never stops the agent."""
     sinks: list[Sink] = []
+    if outputs.mqtt is not None:  # aiomqtt and paho only when asked for
+        from agent.runtime.mqtt import MqttSink  # noqa: PLC0415
+
+        sinks.append(MqttSink(outputs.mqtt, ctx))
     if outputs.metrics is not None:  # prometheus_client (~45 ms, ~4 MB) only when asked for
         from agent.runtime.metrics import MetricsSink  # noqa: PLC0415
 
