@@ -247,12 +247,18 @@ def test_unwritable_state_stops_view_forming_and_no_ring_id_is_reused(tmp_path: 
         cluster.start(3)
         cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), SETTLE, "a view of 3")
         ns = ["nsenter", "-t", str(one.process.pid), "-m"]
-        remount = subprocess.run(
-            [*ns, "mount", "-o", "remount,bind,ro", str(state)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        # A read-only remount fails with "mount point is busy" while the agent has a state file
+        # open for writing (it writes max_seq and the configuration atomically): try again.
+        for _ in range(50):
+            remount = subprocess.run(
+                [*ns, "mount", "-o", "remount,bind,ro", str(state)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if remount.returncode == 0 or "busy" not in remount.stderr:
+                break
+            time.sleep(0.05)
         assert remount.returncode == 0, f"remount failed: {remount.stderr.strip()}"
         cluster.kill(3)
 
