@@ -212,6 +212,9 @@ class AgentRuntime(ClusterConfigRuntime):
         self.fanout = FanOut([LogSink(), self.recent])
         """Every event and status change leaves through here (design §3.13)."""
         self._background: set[asyncio.Task[None]] = set()
+        # Held while sinks are stopped and started (a reload, the shutdown): one at a time;
+        # closed: the shutdown stopped them, a reload still waiting starts none.
+        self._outputs_lock, self._outputs_closed = asyncio.Lock(), False
         self.core_errors = 0
         self.timer_stats = TimerStats()
         self.started = time.monotonic()
@@ -464,10 +467,21 @@ class AgentRuntime(ClusterConfigRuntime):
             if sink not in (self.fanout.sinks[0], self.recent):
                 await self.fanout.stop(sink.name, grace)
 
+    async def _close_outputs(self) -> None:
+        """The shutdown: stop the optional sinks (after a reload under way); none start after."""
+        async with self._outputs_lock:
+            self._outputs_closed = True
+            await self._stop_outputs(grace=1.0)
+
     async def reload(self) -> None:
         """SIGHUP: re-read the node-local event outputs ([mqtt], [[hook]], [metrics]) and
         restart those sinks; anything else node-local needs a restart (logged). A file that
         does not parse changes nothing (one error line)."""
+        async with self._outputs_lock:  # a SIGHUP while one is stopping sinks waits for it
+            if not self._outputs_closed:
+                await self._reload()
+
+    async def _reload(self) -> None:
         path = self.startup.path
         try:
             outputs, local = load_outputs(path), local_of(path)
@@ -569,7 +583,7 @@ class AgentRuntime(ClusterConfigRuntime):
                 self.dispatch(Stop("shutdown"))  # Leave on every link: peers re-form at once
             if self._timer is not None:
                 self._timer.cancel()
-            await self._stop_outputs(grace=1.0)  # the last events and state reach the broker
+            await self._close_outputs()  # the last events and state reach the broker
             self._loop.remove_signal_handler(signal.SIGHUP)
             self._loop = None  # nothing more reaches the core
             if self.discovery is not None:

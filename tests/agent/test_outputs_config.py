@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -139,5 +140,38 @@ def test_sighup_rereads_outputs_and_a_broken_file_changes_nothing(tmp_path: Path
         cluster.wait_for(lambda: bool(logged("reloaded event outputs")), 5, "outputs reloaded")
         assert agent.running
         assert (agent.status() or {}).get("quorate") is True
+    finally:
+        cluster.close()
+
+
+def test_sighups_in_a_row_leave_one_sink_per_output(tmp_path: Path) -> None:
+    """A SIGHUP that arrives while an earlier reload is still stopping the old sinks (a hook run
+    in progress holds it for up to its 1 s grace) waits for it: the new outputs are applied
+    once, so no [[hook]] ends up with two sinks (each event would run it twice, and the extra
+    one is never stopped)."""
+    busy = '\n[[hook]]\nevents = ["*"]\ncommand = ["/bin/sleep", "5"]\n'
+    cluster = AgentCluster(tmp_path, 1, extra=busy)
+    agent = cluster.agents[1]
+    try:
+        cluster.start(1)
+        assert agent.process is not None
+        cluster.wait_for(lambda: bool((agent.status() or {}).get("quorate")), 10, "quorate")
+        agent.config_path.write_text(
+            agent.config_path.read_text().replace(busy, '\n[[hook]]\nevents = ["stalled"]\n'
+                                                  'command = ["/bin/true"]\n')
+        )  # fmt: skip
+        os.kill(agent.process.pid, signal.SIGHUP)  # stops the running hook: up to 1 s
+        time.sleep(0.3)
+        os.kill(agent.process.pid, signal.SIGHUP)
+
+        def reloads() -> list[dict[str, object]]:
+            return [r for r in agent.log_records() if str(r.get("event")).startswith("reloaded")]
+
+        cluster.wait_for(lambda: len(reloads()) >= 2, 5, "both reloads")
+        assert [r["event"] for r in reloads()] == [
+            "reloaded event outputs",
+            "reloaded; event outputs unchanged",
+        ]
+        assert reloads()[0]["sinks"] == ["log", "recent", "hook:0"]
     finally:
         cluster.close()
