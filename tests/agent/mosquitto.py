@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from proto.certificates import cert_pem, key_pem, make_ca, name
+from tests.lab.netns import stop_process
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
@@ -137,13 +138,8 @@ class Broker:
         if self.process is None:
             return
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            self.process.send_signal(signal.SIGCONT)  # a paused broker hears SIGTERM
+        stop_process(self.process, grace=10)
         if self.process.stderr is not None:
             self.process.stderr.close()
 
