@@ -19,6 +19,11 @@ then the body; the server closes the connection after answering.
 | `keys`       | JSON `{"seals", "opens"}`: the key ids this node seals and opens with |
 | `join-reload` | JSON: the join port reloaded node.pem / node.key (`votemesh updatecerts`) |
 
+Who may ask what: anyone who can open the socket (root, and the `votemesh` group of the
+packaged unit) may read: `status`, `events`, `config`, `keys`, `join-stats`. Every other request
+changes quorum or the cluster, or hands out a secret (`join-token`), and is refused unless the
+peer (SO_PEERCRED) is root or the agent's own user.
+
 Configuration changes are answered when the cluster answered (`agent/runtime/config_ops.py`);
 one that races another on this node is refused with "another configuration change is in
 progress; retry".
@@ -31,7 +36,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import stat
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +73,31 @@ class ControlHandlers:
 
 CONFIG_COMMANDS = ("config", "delnode", "leave", "link", "rotate-key", "keys")
 QDEVICE_COMMANDS = ("qdevice-setup", "qdevice-remove")
+
+READ_ONLY = frozenset({"status", "events", "config", "keys", "join-stats"})
+"""Requests that change nothing and reveal no secret: open to every user of the socket."""
+
+
+def peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    """The connecting process's user id (SO_PEERCRED), None when it cannot be read."""
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return int(struct.unpack("3i", creds)[1])
+
+
+def not_allowed(words: list[str], uid: int | None) -> str | None:
+    """Why this peer may not make this request (None: it may)."""
+    if not words or (words[0].lower() in READ_ONLY and len(words) == 1):
+        return None
+    if uid is not None and uid in (0, os.geteuid()):
+        return None
+    return (
+        f"{words[0][:40]} needs root (run it with sudo); other users of the control socket may "
+        "only read: status, events, config, keys, join-stats\n"
+    )
 
 
 def answer(line: str, handlers: ControlHandlers) -> tuple[bool, str]:
@@ -139,7 +172,10 @@ async def serve_control(path: Path, handlers: ControlHandlers) -> asyncio.Abstra
                 return
             line = decode_request(raw)
             words = line.split()
-            if words and words[0].lower() in CONFIG_COMMANDS and handlers.config is not None:
+            if (denied := not_allowed(words, peer_uid(writer))) is not None:
+                ok, body = False, denied
+                log.warning("control request refused", request=words[0][:40], reason="not root")
+            elif words and words[0].lower() in CONFIG_COMMANDS and handlers.config is not None:
                 ok, body = await handlers.config(words[0].lower(), words[1:])
                 log.info("configuration request", request=line[:200], ok=ok, answer=body[:200])
             elif words and words[0].lower() in QDEVICE_COMMANDS and handlers.qdevice is not None:
