@@ -56,6 +56,9 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 RELOG_S = 300.0
 """The same connect failure is logged again at most this often (with the attempt count)."""
+MAX_LEVELS = 1024
+"""Nodes' availability kept (a cluster has at most `proto.mesh_messages.MAX_NODES`): anyone who
+may publish under `<prefix>/<cluster>/+/availability` could otherwise grow the table forever."""
 _LEVEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 _VOLATILE = ("timestamp", "wall_ms")
@@ -502,7 +505,8 @@ class MqttSink(QueuedSink):
                 self._wake.set()
             elif message.topic.matches(t.every_availability):
                 level = topic.split("/")[-2]
-                self._online[level] = text
+                if level in self._online or len(self._online) < MAX_LEVELS:
+                    self._online[level] = text[:16]
                 if level == t.node and text != "online":
                     await self._birth(client, "online")  # a stale will of ours, after a takeover
                 self._status_stale = True

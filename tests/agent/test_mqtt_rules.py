@@ -17,6 +17,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.outputs import MqttConfig
 from agent.runtime.fanout import Published, SinkContext
 from agent.runtime.mqtt import (
+    MAX_LEVELS,
     LocalFileError,
     MqttSink,
     Topics,
@@ -252,3 +253,39 @@ def test_an_unreadable_ca_file_is_one_clear_line(tmp_path: Path) -> None:
     sink = MqttSink(config, SinkContext("live", 1, "node1", status=dict, stats=dict))
     with pytest.raises(LocalFileError, match=r"cannot load mqtt\.ca_file"):
         sink._make_client()
+
+
+class FloodingClient(RecordingClient):
+    """A broker connection whose subscription delivers `messages` (then ends)."""
+
+    def __init__(self, messages: list[aiomqtt.Message]) -> None:
+        super().__init__()
+        self._queued = messages
+
+    @property
+    def messages(self) -> Any:
+        async def each() -> Any:
+            for message in self._queued:
+                yield message
+
+        return each()
+
+
+def test_a_flood_of_availability_topics_is_bounded() -> None:
+    """Anyone allowed to publish under votemesh/<cluster>/+/availability cannot grow the sink's
+    table of nodes' availability without bound (at most MAX_LEVELS levels, short values); a
+    known node's availability is still followed. Fails before: 5,000 junk levels were kept."""
+    doc = status(1, (1, 8), [1, 2, 3], True)
+    ctx = SinkContext("live", 1, "node1", status=lambda: doc, stats=dict)
+    sink = MqttSink(MqttConfig(host="127.0.0.1"), ctx)
+    topic = "votemesh/live/{}/availability"
+    flood = [
+        aiomqtt.Message(topic.format(name), payload, 1, True, 0, None)
+        for name, payload in [("node2", b"online")]
+        + [(f"junk{i}", b"x" * 1000) for i in range(5000)]
+        + [("node2", b"offline")]
+    ]
+    asyncio.run(sink._listen(FloodingClient(flood)))  # type: ignore[arg-type]
+    assert len(sink._online) == MAX_LEVELS
+    assert max(len(v) for v in sink._online.values()) <= 16
+    assert sink._online["node2"] == "offline"
