@@ -316,6 +316,7 @@ class MqttSink(QueuedSink):
         self._retained_summary: dict[str, Any] | None = None
         self._published_summary: dict[str, Any] | None = None
         self._online: dict[str, str] = {}
+        self._discovery_due = False
 
     # ------------------------------------------------------------ connection
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -512,8 +513,8 @@ class MqttSink(QueuedSink):
                 self._status_stale = True
                 self._wake.set()
             elif self.config.home_assistant and text == "online":
-                await self._discovery(client)  # Home Assistant (re)started
-                self._status_stale = True
+                self._discovery_due = True  # Home Assistant (re)started: sent by the drain,
+                self._status_stale = True  # once however many announcements came meanwhile
                 self._wake.set()
 
     # ------------------------------------------------------------ deliveries
@@ -527,6 +528,13 @@ class MqttSink(QueuedSink):
             await self._publish_event(client, self.queue[0])
             self.queue.popleft()
             self.delivered += 1
+        if self._discovery_due:
+            self._discovery_due = False
+            try:
+                await self._discovery(client)
+            except BaseException:
+                self._discovery_due = True
+                raise
         if self._status_stale:
             self._status_stale = False
             try:

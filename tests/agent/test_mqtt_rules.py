@@ -289,3 +289,32 @@ def test_a_flood_of_availability_topics_is_bounded() -> None:
     assert len(sink._online) == MAX_LEVELS
     assert max(len(v) for v in sink._online.values()) <= 16
     assert sink._online["node2"] == "offline"
+
+
+def test_home_assistant_announcements_are_answered_once_per_drain() -> None:
+    """Each `online` on homeassistant/status used to re-send discovery at once (a status
+    document on the agent's loop and three publishes per message): a flood of announcements
+    cost the loop that much per message. Now they are coalesced: the deliverer sends discovery
+    once, then the state. Fails before: 500 announcements, 500 discovery rounds."""
+    doc = status(1, (1, 8), [1, 2, 3], True)
+    reads = 0
+
+    def read() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        return doc
+
+    ctx = SinkContext("live", 1, "node1", status=read, stats=dict)
+    sink = MqttSink(MqttConfig(host="127.0.0.1", home_assistant=True), ctx)
+    flood = [aiomqtt.Message("homeassistant/status", b"online", 1, False, 0, None)] * 500
+    client = FloodingClient(flood)
+
+    async def listen_then_drain() -> None:
+        await sink._listen(client)  # type: ignore[arg-type]
+        sink._client = client  # type: ignore[assignment]
+        await sink.drain()
+
+    asyncio.run(listen_then_drain())
+    configs = [t for t, _ in client.published if t.startswith("homeassistant/binary_sensor/")]
+    assert len(configs) == 2  # the node's and the cluster's sensor, once
+    assert reads == 2  # one status document for the discovery, one for the state
