@@ -463,9 +463,10 @@ class AgentRuntime(ClusterConfigRuntime):
             self.fanout.start(sink)
 
     async def _stop_outputs(self, grace: float) -> None:
-        for sink in list(self.fanout.sinks):
-            if sink not in (self.fanout.sinks[0], self.recent):
-                await self.fanout.stop(sink.name, grace)
+        """Stop the optional sinks together (each has `grace` to deliver what it holds)."""
+        keep = (self.fanout.sinks[0], self.recent)
+        names = [sink.name for sink in self.fanout.sinks if sink not in keep]
+        await asyncio.gather(*(self.fanout.stop(name, grace) for name in names))
 
     async def _close_outputs(self) -> None:
         """The shutdown: stop the optional sinks (after a reload under way); none start after."""

@@ -231,3 +231,25 @@ def test_sighup_adds_and_removes_a_hook(tmp_path: Path) -> None:
         assert len(list(out.glob("node1.*.json"))) == before
     finally:
         cluster.close()
+
+
+def test_busy_hooks_are_stopped_together_at_shutdown(tmp_path: Path) -> None:
+    """At SIGTERM every sink gets its 1 s grace at the same time, not one after the other: with
+    five hooks each in the middle of a run the agent is gone in about 1 s (it took over 5 s, a
+    second per hook, before the sinks were stopped concurrently)."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "busy.sh"
+    script.write_text(f'#!/bin/sh\necho x >> "{marker}"\nexec sleep 30\n')
+    script.chmod(0o755)
+    hooks = "".join(f'\n[[hook]]\nevents = ["*"]\ncommand = ["{script}"]\n' for _ in range(5))
+    cluster = AgentCluster(tmp_path, 1, extra=hooks)
+    try:
+        cluster.start(1)
+        cluster.wait_for(
+            lambda: marker.exists() and len(marker.read_text().split()) >= 5, 10, "5 hook runs"
+        )
+        started = time.monotonic()
+        assert cluster.stop(1) == 0
+        assert time.monotonic() - started < 3.5
+    finally:
+        cluster.close()
