@@ -385,10 +385,10 @@ class MetricsSink:
         self.address = server.sockets[0].getsockname()[:2]
         log.info("metrics listening", address="{}:{}".format(*self.address))
         try:
-            async with server:
-                await server.serve_forever()
-        finally:
+            await server.serve_forever()
+        finally:  # no `async with server`: from Python 3.12 its exit waits for every client
             self.listening = False
+            server.close()
             self.http.close_clients()
 
     async def close(self) -> None:
