@@ -174,7 +174,16 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path) -> None:
             pytest.skip(f"{', '.join(taken)} exist(s) on this machine; left alone")
         had_group = group_exists()
         started = time.monotonic()
-        build = run("make", "deb", f"DEB_OUT={tmp_path / 'out'}", cwd=ROOT, timeout=300)
+        # --no-print-directory: under `make test` (MAKELEVEL > 0) make would print
+        # "Entering directory" lines around the path
+        build = run(
+            "make",
+            "--no-print-directory",
+            "deb",
+            f"DEB_OUT={tmp_path / 'out'}",
+            cwd=ROOT,
+            timeout=300,
+        )
         build_s = time.monotonic() - started
         assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-3000:]
         deb = Path(build.stdout.strip().splitlines()[-1])
