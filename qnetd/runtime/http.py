@@ -115,26 +115,57 @@ async def serve_http_unix(
     return server
 
 
+MAX_CLIENTS = 16
+"""Scrapes served at once; a connection beyond them is closed at once (a scraper retries)."""
+EXCHANGE_TIMEOUT = 5.0
+"""Seconds for a whole request and its answer: a client that neither sends nor reads is cut."""
+
+
 def _handler(
     registry: Metrics, health: Callable[[], dict[str, Any]]
 ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    open_clients = 0
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_clients
+        if open_clients >= MAX_CLIENTS:
+            log.debug("http connection refused: too many at once")
+            writer.close()
+            return
+        open_clients += 1
+        done = False
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            status, ctype, body = _route(method, path, registry, health)
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                f"Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
+            async with asyncio.timeout(EXCHANGE_TIMEOUT):
+                await _exchange(reader, writer, registry, health)
+            done = True
         except (TimeoutError, ValueError, ConnectionError, OSError, asyncio.IncompleteReadError):
             log.debug("bad http request")
         finally:
-            writer.close()
+            open_clients -= 1
+            if done:
+                writer.close()  # everything is in the kernel's buffer by now
+            else:
+                writer.transport.abort()  # a client that does not read keeps nothing here
 
     return handle
+
+
+async def _exchange(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    registry: Metrics,
+    health: Callable[[], dict[str, Any]],
+) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+    status, ctype, body = _route(method, path, registry, health)
+    writer.transport.set_write_buffer_limits(high=0)  # drain() returns once all is sent
+    writer.write(
+        f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
 
 
 def _route(
