@@ -119,9 +119,14 @@ def test_quorum_gained_and_lost_run_hooks_with_environment_and_stdin(tmp_path: P
         assert doc["event"] == "quorum_lost"
         assert doc["status"]["quorate"] is False
         assert doc["status"]["members"] == [1]
-        ran = [r for r in cluster.agents[1].log_records() if r["event"] == "hook ran"]
-        assert {r["kind"] for r in ran} == {"quorum_gained", "quorum_lost"}
-        assert all(r["exit"] == 0 and r["hook"] == "hook:0" for r in ran)
+
+        def ran() -> list[dict[str, Any]]:
+            return [r for r in cluster.agents[1].log_records() if r["event"] == "hook ran"]
+
+        # "hook ran" is logged once the hook has exited, after it wrote its files
+        cluster.wait_for(lambda: any(r["kind"] == "quorum_lost" for r in ran()), 10, "hook ran")
+        assert {r["kind"] for r in ran()} == {"quorum_gained", "quorum_lost"}
+        assert all(r["exit"] == 0 and r["hook"] == "hook:0" for r in ran())
     finally:
         cluster.close()
 

@@ -104,6 +104,15 @@ def test_retained_state_will_events_in_order_and_summary(tmp_path: Path, broker:
     try:
         cluster.start_all()
         cluster.wait_for(lambda: cluster.one_view([1, 2, 3]), 30, "a view of 3")
+        # The first full view commits the bootstrap as version 1 a moment later: wait for it,
+        # else the states may be current at version 0 (failed once in CI under load).
+        cluster.wait_for(
+            lambda: all(
+                (cluster.agents[i].status() or {}).get("config_version") == 1 for i in (1, 2, 3)
+            ),
+            30,
+            "configuration version 1 everywhere",
+        )
         live = Subscriber(broker.port, ["votemesh/#", "homeassistant/#"])
         wait(lambda: states_current(cluster, live, [1, 2, 3]), 10, "three current states")
 
