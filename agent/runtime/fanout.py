@@ -292,8 +292,9 @@ class FanOut:
                 await asyncio.wait_for(closer(), max(grace, 1.0))
 
     async def close(self, grace: float = 0.0) -> None:
-        """Stop every sink (each may drain for up to `grace` seconds, concurrently)."""
-        await asyncio.gather(*(self.stop(s.name, grace) for s in list(self.sinks)))
+        """Stop every sink started with `start` (each may drain for up to `grace` seconds,
+        concurrently); the inline sinks given to the constructor (log, recent) stay."""
+        await asyncio.gather(*(self.stop(name, grace) for name in list(self._tasks)))
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Each sink's counters (queued, offered, delivered, dropped, failed, ...)."""

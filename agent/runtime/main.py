@@ -462,17 +462,11 @@ class AgentRuntime(ClusterConfigRuntime):
         for sink in make_sinks(self.outputs, self.sink_context()):
             self.fanout.start(sink)
 
-    async def _stop_outputs(self, grace: float) -> None:
-        """Stop the optional sinks together (each has `grace` to deliver what it holds)."""
-        keep = (self.fanout.sinks[0], self.recent)
-        names = [sink.name for sink in self.fanout.sinks if sink not in keep]
-        await asyncio.gather(*(self.fanout.stop(name, grace) for name in names))
-
     async def _close_outputs(self) -> None:
         """The shutdown: stop the optional sinks (after a reload under way); none start after."""
         async with self._outputs_lock:
             self._outputs_closed = True
-            await self._stop_outputs(grace=1.0)
+            await self.fanout.close(grace=1.0)
 
     async def reload(self) -> None:
         """SIGHUP: re-read the node-local event outputs ([mqtt], [[hook]], [metrics]) and
@@ -502,7 +496,7 @@ class AgentRuntime(ClusterConfigRuntime):
         if outputs == self.outputs:
             log.info("reloaded; event outputs unchanged", config=str(path))
             return
-        await self._stop_outputs(grace=1.0)
+        await self.fanout.close(grace=1.0)
         self.outputs = outputs
         self._start_outputs()
         log.info(
