@@ -42,10 +42,10 @@ system-deps:
 	fi
 
 demo: system-deps $(VENV)/.installed
-	$(PY) -m tests.lab.agent_demo
+	$(PY) -m votemesh_lab.demo
 
 demo-corosync: system-deps $(VENV)/.installed
-	$(PY) -m tests.lab.demo
+	$(PY) -m votemesh_lab.demo_corosync
 
 wire-tour: system-deps $(VENV)/.installed
 	$(PY) -m tests.interop.wire_tour
@@ -70,7 +70,7 @@ bench: $(VENV)/.installed
 SOAK_RUNS ?= 100000
 SOAK_FIRST ?= 0
 soak: $(VENV)/.installed
-	$(PY) -m tests.sim.soak --runs $(SOAK_RUNS) --first-seed $(SOAK_FIRST) --workers 2
+	$(PY) -m votemesh_lab.sim.soak --runs $(SOAK_RUNS) --first-seed $(SOAK_FIRST) --workers 2
 
 # FUZZ_SEED defaults to the clock so every run explores new cases; a failing case prints the
 # FUZZ_CASE_SEED that replays it alone.

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.lab.netns import LabFactory
+from votemesh_lab.netns import LabFactory
 
 
 @pytest.fixture

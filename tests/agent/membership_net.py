@@ -1,7 +1,7 @@
 """A small round-based network of `Membership` instances for the membership tests.
 
-Not the cluster simulator (tests/sim/ composes whole nodes): this drives only membership, the way
-`agent/node.py` does. Every heartbeat interval each node sets `heard` from the heartbeats that
+Not the cluster simulator (votemesh_lab.sim composes whole nodes): this drives only membership, the
+way `agent/node.py` does. Every heartbeat interval each node sets `heard` from the heartbeats that
 arrived within the failure timeout, evaluates, persists `max_seq` (before sending, as the runtime
 must) and sends its report along the directed links that are up, each copy dropped or delayed by
 whole rounds with the injected `random.Random`. Restarts come back with the persisted `max_seq`

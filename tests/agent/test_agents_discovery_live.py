@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from votemesh_lab import netns
+from votemesh_lab.netns import LabFactory, TrackedProcess
 
 from agent.runtime.keys import keygen
 from tests.agent.live_agents import BIN, control_request
-from tests.lab import netns
-from tests.lab.netns import LabFactory, TrackedProcess
 
 PORT = 5407
 

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.lab import netns
-from tests.lab.lab_agents import CLUSTER, LabAgent, pem_credentials, start_agents
-from tests.lab.netns import LabFactory
-from tests.lab.qnetd_under_test import IMPLEMENTATIONS, QnetdUnderTest
+from votemesh_lab import netns
+from votemesh_lab.agents import CLUSTER, LabAgent, pem_credentials, start_agents
+from votemesh_lab.netns import LabFactory
+from votemesh_lab.qnetd import IMPLEMENTATIONS, QnetdUnderTest
 
 SETTLE = 20.0  # deadline for each picture; lab timing loses a peer after 1.8 s
 SPLIT_HOLD = 4.0  # > one echo round and a few qnetd vote casts: a flapping vote shows up

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from votemesh_lab import netns
+from votemesh_lab.netns import Host, LabFactory, NotYetError, TrackedProcess
 
 from proto.join import JoinString, make_token
 from proto.runtime.control_client import request
-from tests.lab import netns
-from tests.lab.netns import Host, LabFactory, NotYetError, TrackedProcess
 
 BIN = Path(sys.executable).parent
 SETTLE = 30.0

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from votemesh_lab import netns
+from votemesh_lab.agents import LabAgent, agent_config
+from votemesh_lab.netns import Lab, LabFactory
 
 from agent.config_replication import Persist
 from agent.node_local import to_toml
@@ -28,9 +31,6 @@ from agent.runtime import cluster_store
 from agent.runtime.config_file import local_of
 from agent.runtime.keys import keygen
 from tests.agent.live_agents import BIN
-from tests.lab import netns
-from tests.lab.lab_agents import LabAgent, agent_config
-from tests.lab.netns import Lab, LabFactory
 
 SETTLE = 20.0
 EXIT_REMOVED = 3

@@ -20,6 +20,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
+from votemesh_lab.netns import (
+    Host,
+    LabError,
+    LabFactory,
+    NotYetError,
+    TrackedProcess,
+    missing_reason,
+    wait_until,
+)
 from zeroconf import ServiceStateChange, Zeroconf
 
 from agent.config import AgentConfig, LinkConfig
@@ -36,15 +45,6 @@ from agent.runtime.discovery import (
     peer_from_txt,
 )
 from proto.errors import DecodeError
-from tests.lab.netns import (
-    Host,
-    LabError,
-    LabFactory,
-    NotYetError,
-    TrackedProcess,
-    missing_reason,
-    wait_until,
-)
 
 LINK0 = (LinkConfig(0, "10.0.0.1", 5407),)
 ANY_V4 = "0.0.0.0"  # noqa: S104 (a link address under test, never bound)

@@ -17,9 +17,10 @@ import stat
 import sys
 from pathlib import Path
 
+from votemesh_lab import netns
+from votemesh_lab.netns import Host, LabFactory, NotYetError, TrackedProcess
+
 from tests.agent.test_config_live import pytestmark  # noqa: F401 - root and netns marks
-from tests.lab import netns
-from tests.lab.netns import Host, LabFactory, NotYetError, TrackedProcess
 
 BIN = Path(sys.executable).parent
 SETTLE = 30.0

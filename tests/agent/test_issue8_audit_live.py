@@ -11,11 +11,12 @@ import signal
 import time
 from pathlib import Path
 
+from votemesh_lab import netns
+from votemesh_lab.netns import LabFactory
+
 from proto.runtime.control_client import request
 from tests.agent.test_cluster_join_live import SETTLE, Node, _quorate
 from tests.agent.test_config_live import EXIT_REMOVED, Cluster, pytestmark  # noqa: F401 - root/netns marks
-from tests.lab import netns
-from tests.lab.netns import LabFactory
 
 
 def test_expected_1_on_an_isolated_node_makes_it_quorate_and_explain_says_why(

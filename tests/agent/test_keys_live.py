@@ -21,13 +21,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from votemesh_lab import netns
+from votemesh_lab.netns import LabFactory, NotYetError, stop_process
 
 from proto.datagram_seal import ClusterKey
 from proto.runtime.control_client import request
 from tests.agent import test_cluster_join_live as join_live
 from tests.agent.test_cluster_join_live import Node, _quorate
-from tests.lab import netns
-from tests.lab.netns import LabFactory, NotYetError, stop_process
 
 SETTLE = 30.0
 pytestmark = join_live.pytestmark

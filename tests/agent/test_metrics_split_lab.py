@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from votemesh_lab import netns
+from votemesh_lab.agents import LabAgent, agent_config
+from votemesh_lab.netns import Host, LabFactory, NotYetError
 
 from agent.runtime.keys import keygen
 from tests.agent.test_metrics_live import Series, parse_exposition
-from tests.lab import netns
-from tests.lab.lab_agents import LabAgent, agent_config
-from tests.lab.netns import Host, LabFactory, NotYetError
 
 SETTLE = 30.0
 METRICS_PORT = 9466  # each host is its own network namespace: the default port is free

@@ -1,6 +1,6 @@
 """AgentNode composed: a few nodes on a perfect in-memory network, time explicit.
 
-The full fault-injecting simulator lives in tests/sim/; these tests pin the composition: views
+The full fault-injecting simulator is votemesh_lab.sim; these tests pin the composition: views
 form, effects are well-formed, a surviving majority re-forms without losing quorum, events
 carry reasons.
 """

@@ -31,8 +31,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.lab.lab_agents import LabAgent, start_agents
-from tests.lab.netns import Lab, missing_reason
+from votemesh_lab.agents import LabAgent, start_agents
+from votemesh_lab.netns import Lab, missing_reason
 
 NODES = 5
 SETTLE = 60.0

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import time
 
+from votemesh_lab.checker import Checker
+from votemesh_lab.sim.iface import Broadcast, Start, Tick
+from votemesh_lab.sim.network import Core, LinkModel, NodeFactory, SimNetwork, cluster_configs
+from votemesh_lab.sim.network import default_factory as real
+from votemesh_lab.sim.schedules import run_seed
+
 from agent.config import AgentConfig
 from proto.mesh_messages import Heartbeat
-from tests.sim.checker import Checker
 from tests.sim.fake_node import FakeNode
-from tests.sim.iface import Broadcast, Start, Tick
-from tests.sim.network import Core, LinkModel, NodeFactory, SimNetwork, cluster_configs
-from tests.sim.network import default_factory as real
-from tests.sim.schedules import run_seed
 
 STEADY_SECONDS = 120.0  # simulated, per throughput run
 REPEATS = 3

@@ -39,9 +39,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.lab.lab_agents import LabAgent, pem_credentials, start_agents
-from tests.lab.netns import Lab, missing_reason
-from tests.lab.qnetd_under_test import IMPLEMENTATIONS, QnetdUnderTest
+from votemesh_lab.agents import LabAgent, pem_credentials, start_agents
+from votemesh_lab.netns import Lab, missing_reason
+from votemesh_lab.qnetd import IMPLEMENTATIONS, QnetdUnderTest
 
 ROUNDS = 20
 MAX_ROUNDS = 100

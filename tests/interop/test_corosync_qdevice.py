@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from tests.lab import corosync, netns
-from tests.lab.corosync import (
+from votemesh_lab import corosync, netns
+from votemesh_lab.corosync import (
     COROSYNC_PRIVATE_DIRS,
     CorosyncCluster,
     Expectation,
@@ -38,8 +37,8 @@ from tests.lab.corosync import (
     sides,
     votes,
 )
-from tests.lab.netns import Lab, LabFactory
-from tests.lab.qnetd_under_test import IMPLEMENTATIONS, DebianQnetdInNetns, QnetdUnderTest
+from votemesh_lab.netns import Lab, LabFactory
+from votemesh_lab.qnetd import IMPLEMENTATIONS, DebianQnetdInNetns, QnetdUnderTest
 
 RecordProperty = Callable[[str, object], None]
 

@@ -22,21 +22,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from agent.runtime.enroll import enroll
-from qnetd import certs
-from qnetd.enrollment import TokenStore
-from qnetd.runtime.enroll_server import start_enrollment_server
-from tests.lab.corosync import (
+from votemesh_lab.corosync import (
     COROSYNC_PRIVATE_DIRS,
     CorosyncCluster,
     QdeviceConfig,
     QdeviceCredentials,
     quorate_with_device,
 )
-from tests.lab.corosync import missing_reason as lab_missing_reason
-from tests.lab.netns import LabFactory
-from tests.lab.qnetd_under_test import VotemeshQnetd
+from votemesh_lab.corosync import missing_reason as lab_missing_reason
+from votemesh_lab.netns import LabFactory
+from votemesh_lab.qnetd import VotemeshQnetd
+
+from agent.runtime.enroll import enroll
+from qnetd import certs
+from qnetd.enrollment import TokenStore
+from qnetd.runtime.enroll_server import start_enrollment_server
 
 NODE_CERTUTIL = "corosync-qdevice-net-certutil"
 TOOLS = (NODE_CERTUTIL, "certutil", "pk12util", "tstclnt", "unshare")
@@ -53,7 +53,7 @@ def tools_missing() -> str | None:
     return None
 
 
-# our `run` and the namespace lab (tests/lab) too, for the real corosync-qdevice test
+# our `run` and the namespace lab (deploy/lab/votemesh_lab) too, for the real corosync-qdevice test
 LAB_MISSING = tools_missing() or lab_missing_reason() or VotemeshQnetd.unavailable_reason()
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""The agent demo (`make demo`, `python -m tests.lab.agent_demo`) runs end to end.
+"""The agent demo (`make demo`, `python -m votemesh_lab.demo`) runs end to end.
 
 It runs as a subprocess, as `make demo` runs it: the lab, votemesh-qnetd and four agents, every
 phase (healthy, split 2|2, heal, loss, kill -9 and rejoin, SIGTERM and rejoin), cleanup. Each
@@ -14,10 +14,9 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.lab import netns
-from tests.lab.agent_demo import HEADINGS, missing
-from tests.lab.netns import REPO_ROOT
+from votemesh_lab import netns
+from votemesh_lab.demo import HEADINGS, missing
+from votemesh_lab.netns import REPO_ROOT
 
 
 def _missing() -> str | None:
@@ -34,10 +33,10 @@ pytestmark = [
 
 @pytest.mark.timeout(170)
 def test_agent_demo_runs_every_phase_and_cleans_up() -> None:
-    """`python -m tests.lab.agent_demo` exits 0, prints each phase's heading and a summary, and
+    """`python -m votemesh_lab.demo` exits 0, prints each phase's heading and a summary, and
     leaves none of its namespaces behind."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.lab.agent_demo"],
+        [sys.executable, "-m", "votemesh_lab.demo"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

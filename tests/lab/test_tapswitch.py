@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.lab.netns import Host, Lab, lab_namespaces, missing_reason
-from tests.lab.tapswitch import ControlError, Switch
+from votemesh_lab.netns import Host, Lab, lab_namespaces, missing_reason
+from votemesh_lab.switch import ControlError, Switch
 
 REASON = missing_reason("tap")
 

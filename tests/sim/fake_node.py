@@ -10,10 +10,7 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Any
 
-from agent.config import AgentConfig
-from agent.events import AgentEvent, EventKind
-from proto.mesh_messages import Heartbeat, View
-from tests.sim.iface import (
+from votemesh_lab.sim.iface import (
     Broadcast,
     Emit,
     MessageIn,
@@ -24,6 +21,10 @@ from tests.sim.iface import (
     Start,
     Tick,
 )
+
+from agent.config import AgentConfig
+from agent.events import AgentEvent, EventKind
+from proto.mesh_messages import Heartbeat, View
 
 Effect = Broadcast | SendTo | Emit | PersistMaxSeq | QdeviceUpdate
 

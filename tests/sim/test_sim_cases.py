@@ -4,13 +4,13 @@ checker run on the whole run. Simulated time only; every case is deterministic."
 from __future__ import annotations
 
 import pytest
+from votemesh_lab.checker import Checker, minority_bound, settle_time
+from votemesh_lab.sim.network import LinkModel, NodeState, SimNetwork, cluster_configs
+from votemesh_lab.sim.qdevice import sim_qdevice_config
+from votemesh_lab.sim.schedules import SIM_LMS_SEED, run_seed
 
 from agent.config import QdeviceConfig, QuorumOptions, TieBreaker, Timing
 from agent.events import EventKind
-from tests.sim.checker import Checker, minority_bound, settle_time
-from tests.sim.network import LinkModel, NodeState, SimNetwork, cluster_configs
-from tests.sim.qdevice import sim_qdevice_config
-from tests.sim.schedules import SIM_LMS_SEED, run_seed
 
 TIMING = Timing.lan()
 BOUND = minority_bound(TIMING)

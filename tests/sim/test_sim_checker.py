@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from votemesh_lab.checker import Checker
+from votemesh_lab.sim.network import Core, SimNetwork, cluster_configs
+from votemesh_lab.sim.replay import main as replay_main
+from votemesh_lab.sim.schedules import RunResult, random_schedule
+
 from agent.config import AgentConfig
-from tests.sim.checker import Checker
 from tests.sim.fake_node import FakeNode, FaultyNode, FlickerNode
-from tests.sim.network import Core, SimNetwork, cluster_configs
-from tests.sim.replay import main as replay_main
-from tests.sim.schedules import RunResult, random_schedule
 
 
 def faulty(config: AgentConfig, incarnation: int, max_seq: int) -> Core:
@@ -87,12 +88,12 @@ def test_failure_report_names_seed_replay_and_trace_tail() -> None:
     result = RunResult(schedule, net, Checker(net).check(8.0))
     report = result.report(tail=20)
     assert report.startswith("seed 11 FAILED")
-    assert "python -m tests.sim.replay 11" in report
+    assert "python -m votemesh_lab.sim.replay 11" in report
     assert report.rstrip().endswith(net.trace[-1])
 
 
 def test_replay_command_prints_schedule_and_verdict(capsys: object) -> None:
-    """`python -m tests.sim.replay SEED --tail N` prints the schedule, the trace and the
+    """`python -m votemesh_lab.sim.replay SEED --tail N` prints the schedule, the trace and the
     verdict, and exits 0 when every property held."""
     code = replay_main(["3", "--tail", "5"])
     out = capsys.readouterr().out  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 """Configuration replication on random schedules (design §3.9): S4 and convergence, CI sample.
 
-500 seeds of `tests.sim.config_sim` (2-7 nodes, splits into up to three groups, crashes and
+500 seeds of `votemesh_lab.sim.config_sim` (2-7 nodes, splits into up to three groups, crashes and
 restarts from disk, message loss, duplication and reordering, expected-votes overrides, changes
 asked on random nodes on every side), about 6 s. `make soak` runs more (every fourth soak seed).
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import random
 
-from tests.sim.config_beside import replay_beside
-from tests.sim.config_sim import ConfigSim, run_config_seed
-from tests.sim.schedules import run_seed
+from votemesh_lab.sim.config_beside import replay_beside
+from votemesh_lab.sim.config_sim import ConfigSim, run_config_seed
+from votemesh_lab.sim.schedules import run_seed
 
 CI_RUNS = 500
 

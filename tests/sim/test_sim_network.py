@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from votemesh_lab.sim.iface import Broadcast, MessageIn, PersistMaxSeq, Start, Tick
+from votemesh_lab.sim.network import Core, LinkModel, SimNetwork, cluster_configs
+
 from agent.config import AgentConfig
 from proto.mesh_messages import Heartbeat
-from tests.sim.iface import Broadcast, MessageIn, PersistMaxSeq, Start, Tick
-from tests.sim.network import Core, LinkModel, SimNetwork, cluster_configs
 
 PERIOD = 0.01
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-
-from tests.sim.config_beside import replay_beside
-from tests.sim.schedules import random_schedule, run_seed
+from votemesh_lab.sim.config_beside import replay_beside
+from votemesh_lab.sim.schedules import random_schedule, run_seed
 
 CI_RUNS = 2000
 WORKERS = 2
@@ -39,7 +38,7 @@ def test_random_fault_schedules_hold_every_property() -> None:
     """2,000 seeded random fault schedules (partitions, one-way cuts, crash/restart, pauses,
     loss, duplication, reordering, slow and flapping links; a qnetd with ffsplit or lms; settled
     splits) over 3-9 nodes: S1, S2, S3, L1, F1 and no silent state change hold in every run;
-    configuration replicas driven by the nodes' views (tests/sim/config_beside.py) never make
+    configuration replicas driven by the nodes' views (votemesh_lab/sim/config_beside.py) never make
     two configurations with one version (S4)."""
     with ProcessPoolExecutor(max_workers=WORKERS) as pool:
         futures = [pool.submit(run_chunk, s, CHUNK) for s in range(0, CI_RUNS, CHUNK)]

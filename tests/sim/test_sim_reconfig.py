@@ -1,9 +1,9 @@
 """Run-time configuration changes in random fault schedules (CI sample; design §3.9).
 
 Configuration changes (delnode, add, votes) are committed in quorate majority views and applied
-by the nodes at different times, as replication applies them (tests/sim/reconfig.py), mixed into
-the random fault schedules of tests/sim/schedules.py; the checker's S1, S2, S3, L1, F1 and "no
-silent change" hold with each node's own configuration (tests/sim/checker.py).
+by the nodes at different times, as replication applies them (votemesh_lab.sim.reconfig), mixed
+into the random fault schedules of votemesh_lab.sim.schedules; the checker's S1, S2, S3, L1, F1
+and "no silent change" hold with each node's own configuration (votemesh_lab.checker).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+from votemesh_lab.checker import Checker
+from votemesh_lab.sim.reconfig import run_reconfig_seed
 
 import agent.node
-from tests.sim.checker import Checker
-from tests.sim.reconfig import run_reconfig_seed
 
 CI_RUNS = 150
 WORKERS = 2

@@ -32,10 +32,10 @@ from agent.config import AgentConfig, LinkConfig, PeerConfig, QdeviceConfig, Quo
 from agent.events import EventKind
 from agent.status import ring_text
 from proto.mesh_messages import MeshMessage
-from tests.sim import iface
+from votemesh_lab.sim import iface
 
 if TYPE_CHECKING:
-    from tests.sim.qdevice import SimQnetd
+    from votemesh_lab.sim.qdevice import SimQnetd
 
 EPOCH_MS = 1_764_000_000_000
 """Wall clock (ms since the epoch) at simulated time 0."""
@@ -299,7 +299,7 @@ class SimNetwork:
 
     def attach_qnetd(self, cfg: QdeviceConfig) -> SimQnetd:
         """Run a qnetd (real core, real client sessions) for nodes configured with `cfg`."""
-        from tests.sim.qdevice import SimQnetd
+        from votemesh_lab.sim.qdevice import SimQnetd  # noqa: PLC0415 (qdevice imports network)
 
         self.qnetd = SimQnetd(self, cfg)
         return self.qnetd
@@ -538,7 +538,8 @@ class SimNetwork:
     def _call(self, node: int, event: Any) -> None:
         slot = self.slots[node]
         core = slot.core
-        assert core is not None
+        if core is None:
+            raise RuntimeError("core is not set")
         effects = core.handle(event, self.now)
         self.handled += 1
         changed = self.observe_every or isinstance(event, iface.Start | iface.SetExpected)

@@ -38,10 +38,10 @@ from qnetd.arbitration import QnetdCore
 from qnetd.core_events import Accepted, ConnectionClosed, Disconnect, Log, Received, Send, Tick
 from qnetd.core_events import Effect as CoreEffect
 from qnetd.settings import QnetdSettings
-from tests.sim import iface
+from votemesh_lab.sim import iface
 
 if TYPE_CHECKING:
-    from tests.sim.network import SimNetwork
+    from votemesh_lab.sim.network import SimNetwork
 
 QNETD_DELAY = 0.0005
 """One-way delay between a node and the qnetd (seconds)."""

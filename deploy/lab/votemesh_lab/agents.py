@@ -1,7 +1,7 @@
 """Real `votemesh-agent` processes in the namespace lab, with an optional qdevice.
 
 Shared by the qdevice live test (`tests/agent/test_agents_qdevice_live.py`) and the agent demo
-(`tests/lab/agent_demo.py`). Each agent runs in lab host `n<id>` with static peers on the lab
+(`votemesh_lab/demo.py`). Each agent runs in lab host `n<id>` with static peers on the lab
 addresses, one link, discovery off, and its files (config, state, control socket) in a host-side
 directory; its output is the lab's `<host>/agent.log`. Credentials for the `[qdevice]` table come
 from the qnetd under test, as PEM files. No pytest here: the demo imports it as a script.
@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from agent.runtime.keys import keygen
 from tests.agent.live_agents import BIN, control_request
-from tests.lab.corosync import QdeviceCredentials
-from tests.lab.netns import Host, Lab, TrackedProcess
-from tests.lab.qnetd_under_test import QnetdUnderTest, VotemeshQnetd
+from votemesh_lab.corosync import QdeviceCredentials
+from votemesh_lab.netns import Host, Lab, TrackedProcess
+from votemesh_lab.qnetd import QnetdUnderTest, VotemeshQnetd
 
 CLUSTER = "qdlab"
 AGENT_PORT = 5407
@@ -56,8 +56,10 @@ def pem_credentials(qnetd: QnetdUnderTest, creds: QdeviceCredentials, out: Path)
     with warnings.catch_warnings():  # NSS's pk12util writes BER; cryptography warns, then reads it
         warnings.filterwarnings("ignore", "PKCS#12 bundle could not be parsed as DER", UserWarning)
         key, cert, _extra = pkcs12.load_key_and_certificates(creds.client_p12.read_bytes(), b"")
-    assert key is not None
-    assert cert is not None
+    if key is None:
+        raise RuntimeError("key is not set")
+    if cert is None:
+        raise RuntimeError("cert is not set")
     pem = PemCredentials(out / "ca.pem", out / "client.pem", out / "client.key")
     pem.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pem.cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -97,8 +99,10 @@ class LabAgent:
 
     def status(self) -> dict[str, Any]:
         """The status document; AssertionError (with the log tail) if the agent died."""
-        assert self.process is not None
-        assert self.process.alive(), f"agent {self.node_id} exited:\n{self.process.log_tail()}"
+        if self.process is None:
+            raise RuntimeError("self.process is not set")
+        if not self.process.alive():
+            raise AssertionError(f"agent {self.node_id} exited:\n{self.process.log_tail()}")
         try:
             ok, body = control_request(self.control_socket, "status")
         except OSError:
@@ -108,7 +112,8 @@ class LabAgent:
 
     def log_records(self) -> list[dict[str, Any]]:
         """The agent's JSON log lines so far (every run of it: the log is appended to)."""
-        assert self.process is not None
+        if self.process is None:
+            raise RuntimeError("self.process is not set")
         records = []
         for line in self.process.log_path.read_text().splitlines():
             try:

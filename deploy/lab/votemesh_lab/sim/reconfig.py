@@ -34,9 +34,9 @@ from dataclasses import dataclass, field, replace
 from agent.config import AgentConfig, LinkConfig, PeerConfig, QuorumOptions, Timing
 from agent.membership import MemberView, RingId
 from agent.node import AgentNode, transition_span
-from tests.sim.checker import Checker, Violation, settle_time
-from tests.sim.network import SimNetwork
-from tests.sim.schedules import (
+from votemesh_lab.checker import Checker, Violation, settle_time
+from votemesh_lab.sim.network import SimNetwork
+from votemesh_lab.sim.schedules import (
     CHECK_WINDOW,
     FORMATION,
     RunResult,
@@ -316,7 +316,7 @@ class ReconfigRun:
             [
                 (
                     f"reconfiguration seed {self.result.schedule.seed}: replay with "
-                    f"`python -m tests.sim.replay {self.result.schedule.seed} --reconfig`"
+                    f"`python -m votemesh_lab.sim.replay {self.result.schedule.seed} --reconfig`"
                 ),
                 f"changes committed: {self.driver.committed}, refused: {self.driver.refused}",
                 self.result.report(),

@@ -5,7 +5,7 @@ In network namespaces this script creates (a private bridge, no route out): one 
 tooling. It shows the cluster healthy, splits it in half (both halves still reach the qnetd),
 prints the arbitrator's decision and each node's quorum as it changes, heals it, and cleans up.
 
-    python -m tests.lab.demo [--nodes 2|4] [--keep-seconds N]
+    python -m votemesh_lab.demo_corosync [--nodes 2|4] [--keep-seconds N]
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.lab import corosync, netns
-from tests.lab.corosync import COROSYNC_PRIVATE_DIRS, CorosyncCluster, QdeviceConfig, QuorumStatus
-from tests.lab.netns import Lab
-from tests.lab.qnetd_under_test import VotemeshQnetd
+from votemesh_lab import corosync, netns
+from votemesh_lab.corosync import (
+    COROSYNC_PRIVATE_DIRS,
+    CorosyncCluster,
+    QdeviceConfig,
+    QuorumStatus,
+)
+from votemesh_lab.netns import Lab
+from votemesh_lab.qnetd import VotemeshQnetd
 
 CLUSTER = "demo"
 
@@ -95,7 +100,8 @@ def watch(
 
 def decisions(qnetd: VotemeshQnetd, since: int) -> list[str]:
     """Decision lines the qnetd logged after line `since`."""
-    assert qnetd.process is not None
+    if qnetd.process is None:
+        raise RuntimeError("qnetd.process is not set")
     lines = qnetd.process.log_path.read_text(errors="replace").splitlines()[since:]
     out = []
     for line in lines:
@@ -109,7 +115,8 @@ def decisions(qnetd: VotemeshQnetd, since: int) -> list[str]:
 
 
 def log_length(qnetd: VotemeshQnetd) -> int:
-    assert qnetd.process is not None
+    if qnetd.process is None:
+        raise RuntimeError("qnetd.process is not set")
     return len(qnetd.process.log_path.read_text(errors="replace").splitlines())
 
 

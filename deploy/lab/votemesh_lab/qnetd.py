@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
-from tests.lab.corosync import QdeviceCredentials
-from tests.lab.netns import Host, LabError, TrackedProcess, stop_process, wait_until
+from votemesh_lab.corosync import QdeviceCredentials
+from votemesh_lab.netns import Host, LabError, TrackedProcess, stop_process, wait_until
 
 DEFAULT_PORT = 5403
 #: The qnetd host needs these private (Debian's qnetd: NSS database, pid file and socket).
@@ -83,8 +83,10 @@ class QnetdUnderTest(abc.ABC):
         return self.process.log_tail() if self.process is not None else ""
 
     def _listening(self) -> bool | None:
-        assert self.host is not None
-        assert self.process is not None
+        if self.host is None:
+            raise RuntimeError("self.host is not set")
+        if self.process is None:
+            raise RuntimeError("self.process is not set")
         if not self.process.alive():
             raise LabError(f"{self.name} qnetd exited:\n{self.process.log_tail()}")
         out = self.host.run(["ss", "-Hltn", f"sport = :{self.port}"], check=False).stdout
@@ -177,7 +179,7 @@ class VotemeshQnetd(QnetdUnderTest):
         """--state-dir of every command."""
         return self.workdir / "state"
 
-    def _prepare(self, host: Host) -> None:
+    def _prepare(self, host: Host) -> None:  # noqa: ARG002 (the base class passes it)
         # `run` creates the CA and server certificate when missing (design.md 2.1).
         self.state_dir.mkdir(parents=True, exist_ok=True)
 

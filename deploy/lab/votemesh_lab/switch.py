@@ -2,7 +2,7 @@
 
 The kernels of our CI machines have no `sch_netem`, so the lab shapes traffic here instead::
 
-    python -m tests.lab.tapswitch --ports 3 --prefix t1a2b3c --control /tmp/x/switch.sock
+    python -m votemesh_lab.switch --ports 3 --prefix t1a2b3c --control /tmp/x/switch.sock
 
 creates TAP devices `t1a2b3c1` .. `t1a2b3c3` (port 1 .. 3) in the caller's network namespace,
 listens for control requests on the unix socket, prints ``ready`` on stdout and forwards frames
@@ -358,7 +358,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m tests.lab.tapswitch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m votemesh_lab.switch", description=__doc__)
     parser.add_argument("--ports", type=int, required=True, help="number of TAP ports (1-99)")
     parser.add_argument("--prefix", required=True, help="TAP names are PREFIX1..PREFIXN")
     parser.add_argument("--control", type=Path, required=True, help="unix control socket path")

@@ -10,7 +10,7 @@ process pauses, lossy, duplicating, reordering or slow links, a flapping link); 
 by healing everything;
 then a stable phase long enough for S3 and L1 to apply (the settle time and a margin). The same
 seed always gives the same schedule and, through `random.Random(seed)` in the network, the same
-run, so a failing seed replays exactly (`python -m tests.sim.replay SEED`).
+run, so a failing seed replays exactly (`python -m votemesh_lab.sim.replay SEED`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import QdeviceConfig, QuorumOptions, TieBreaker, Timing
-from tests.sim.checker import Checker, Violation, settle_time
-from tests.sim.network import LinkModel, NodeFactory, SimNetwork, cluster_configs, default_factory
-from tests.sim.qdevice import sim_qdevice_config
+from votemesh_lab.checker import Checker, Violation, settle_time
+from votemesh_lab.sim.network import (
+    LinkModel,
+    NodeFactory,
+    SimNetwork,
+    cluster_configs,
+    default_factory,
+)
+from votemesh_lab.sim.qdevice import sim_qdevice_config
 
 FORMATION = 1.5
 """Seconds of calm at the start for the first view to form."""
@@ -78,7 +84,7 @@ class Schedule:
 
     def replay_command(self) -> str:
         extra = f" --nodes {self.nodes}" if self.forced_nodes else ""
-        return f"python -m tests.sim.replay {self.seed}{extra}"
+        return f"python -m votemesh_lab.sim.replay {self.seed}{extra}"
 
     def describe(self) -> str:
         q = self.quorum

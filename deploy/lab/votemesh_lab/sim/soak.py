@@ -1,10 +1,10 @@
-"""`python -m tests.sim.soak --runs 100000 [--workers 2] [--first-seed 0] [--nodes N]`.
+"""`python -m votemesh_lab.sim.soak --runs 100000 [--workers 2] [--first-seed 0] [--nodes N]`.
 
 Runs many random fault schedules (seeds first-seed .. first-seed + runs - 1) through the
 simulator and the checker, in worker processes; every fourth seed also checks S4 with
-configuration replicas driven by that run's views (tests/sim/config_beside.py) and on a
-replication schedule of its own (tests/sim/config_sim.py), and runs the seed's schedule with
-run-time configuration changes (tests/sim/reconfig.py). Prints progress every few
+configuration replicas driven by that run's views (votemesh_lab/sim/config_beside.py) and on a
+replication schedule of its own (votemesh_lab/sim/config_sim.py), and runs the seed's schedule with
+run-time configuration changes (votemesh_lab/sim/reconfig.py). Prints progress every few
 seconds; on the first failing seed it prints the seed, the replay command and the trace tail,
 and exits 1 (the other seeds already in flight finish first). Exit 0 when every run held
 every property.
@@ -17,15 +17,15 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from tests.sim.config_beside import replay_beside
-from tests.sim.config_sim import run_config_seed
-from tests.sim.reconfig import run_reconfig_seed
-from tests.sim.schedules import run_seed
+from votemesh_lab.sim.config_beside import replay_beside
+from votemesh_lab.sim.config_sim import run_config_seed
+from votemesh_lab.sim.reconfig import run_reconfig_seed
+from votemesh_lab.sim.schedules import run_seed
 
 CHUNK = 50
 """Seeds per task: large enough to amortise the process hop, small enough for progress."""
 CONFIG_EVERY = 4
-"""Every fourth seed also runs a configuration-replication schedule (S4, tests/sim/config_sim)."""
+"""Every fourth seed also runs a configuration-replication schedule (S4, sim/config_sim.py)."""
 
 
 def run_chunk(first: int, count: int, nodes: int | None) -> tuple[int, float, str | None]:
@@ -42,7 +42,10 @@ def run_chunk(first: int, count: int, nodes: int | None) -> tuple[int, float, st
                 return seed - first + 1, node_seconds, f"{result.report()}\n{beside.violations}"
             config = run_config_seed(seed)
             if config.violations:
-                replay = f"python -c 'from tests.sim.config_sim import *; run_config_seed({seed})'"
+                replay = (
+                    "python -c 'from votemesh_lab.sim.config_sim import *; "
+                    f"run_config_seed({seed})'"
+                )
                 return seed - first + 1, node_seconds, f"{config.report()}\nreplay: {replay}"
             changed = run_reconfig_seed(seed)
             if not changed.ok:
@@ -51,7 +54,7 @@ def run_chunk(first: int, count: int, nodes: int | None) -> tuple[int, float, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.sim.soak", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m votemesh_lab.sim.soak", description=__doc__)
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--first-seed", type=int, default=0)

@@ -20,7 +20,7 @@ Partitions are iptables DROP rules in a chain of our own (`VMLAB-IN`, jumped to 
 the receiving host's namespace: a rule in B dropping A's address makes A -> B one-way silent.
 The host's own rules are never touched.
 
-`Lab(..., switch="tap")` replaces the bridge by `tests.lab.tapswitch`, a userspace switch process
+`Lab(..., switch="tap")` replaces the bridge by `votemesh_lab.switch`, a userspace switch process
 in the "-br" namespace whose TAP devices become the hosts' eth0: then `impair()` / `impair_all()`
 add delay, jitter, loss, duplication and rate per directed host pair, and `block()`,
 `partition()` and `heal()` drop frames in the switch instead of using iptables (the VMLAB-IN
@@ -31,8 +31,8 @@ Cleanup (`Lab.close()`, the context manager, `LabFactory`) stops only the proces
 started, by PID (SIGTERM, then SIGKILL), then the anchors, then deletes the namespaces; deleting
 the bridge namespace deletes every veth pair. Long-lived processes are started under
 `setpriv --pdeathsig KILL`, so they die with the test process even when it is killed outright;
-only the (empty) namespaces of such a lab stay: `python -m tests.lab.netns` lists them and
-`python -m tests.lab.netns remove vm-XXXXXX` deletes them.
+only the (empty) namespaces of such a lab stay: `python -m votemesh_lab.netns` lists them and
+`python -m votemesh_lab.netns remove vm-XXXXXX` deletes them.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ LINK = "eth0"
 HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,19}")
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "setpriv", "iptables", "iptables-restore", "sleep")
 SWITCHES = ("bridge", "tap")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+"""The directory holding `votemesh_lab`: `python -m votemesh_lab.switch` runs from there."""
 
 T = TypeVar("T")
 
@@ -228,7 +229,7 @@ class Host:
 class Lab:
     """A bridge (or tap switch) and hosts in network namespaces; `close()` removes it all.
 
-    `switch="tap"`: hosts hang off a `tests.lab.tapswitch` process (seeded with `switch_seed`)
+    `switch="tap"`: hosts hang off a `votemesh_lab.switch` process (seeded with `switch_seed`)
     instead of a kernel bridge, which makes `impair()` and `impair_all()` available.
     """
 
@@ -336,13 +337,13 @@ class Lab:
         return f"{self._tap_prefix}{port}"
 
     def _start_switch(self) -> None:
-        """Start tests.lab.tapswitch in the bridge namespace and wait for its "ready"."""
+        """Start votemesh_lab.switch in the bridge namespace and wait for its "ready"."""
         # A unix socket path must stay under 108 bytes; pytest's tmp_path can be longer.
         self._switch_dir = Path(tempfile.mkdtemp(prefix=f"{self.lab_id}-sw-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = ["setpriv", "--pdeathsig", "KILL", "nsenter",
                 f"--net=/run/netns/{self.bridge_netns}", "--",
-                sys.executable, "-m", "tests.lab.tapswitch", "--ports", str(len(self.hosts)),
+                sys.executable, "-m", "votemesh_lab.switch", "--ports", str(len(self.hosts)),
                 "--prefix", self._tap_prefix, "--control", str(self._switch_socket)]  # fmt: skip
         if self.switch_seed is not None:
             args += ["--seed", str(self.switch_seed)]
@@ -350,9 +351,10 @@ class Lab:
         with log_path.open("wb") as log:
             self.switch_process = subprocess.Popen(
                 args, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                cwd=REPO_ROOT, start_new_session=True,
+                cwd=PACKAGE_PARENT, start_new_session=True,
             )  # fmt: skip
-        assert self.switch_process.stdout is not None
+        if self.switch_process.stdout is None:
+            raise RuntimeError("self.switch_process.stdout is not set")
         ready, _, _ = select.select([self.switch_process.stdout], [], [], 20.0)
         line = self.switch_process.stdout.readline() if ready else b""
         self.switch_process.stdout.close()
@@ -361,7 +363,8 @@ class Lab:
 
     @property
     def _switch_socket(self) -> Path:
-        assert self._switch_dir is not None
+        if self._switch_dir is None:
+            raise RuntimeError("self._switch_dir is not set")
         return self._switch_dir / "control.sock"
 
     def _add_static_neighbours(self) -> None:
@@ -462,7 +465,8 @@ class Lab:
                 start_new_session=True,
             )  # fmt: skip
         host.anchor = anchor
-        assert anchor.stdout is not None
+        if anchor.stdout is None:
+            raise RuntimeError("anchor.stdout is not set")
         ready, _, _ = select.select([anchor.stdout], [], [], 10.0)
         line = anchor.stdout.readline() if ready else b""
         anchor.stdout.close()
@@ -736,7 +740,7 @@ def remove_leftover_lab(lab_id: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tests.lab.netns [remove LAB_ID]`: list leftover labs, or remove one."""
+    """`python -m votemesh_lab.netns [remove LAB_ID]`: list leftover labs, or remove one."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         for lab_id, names in sorted(leftover_labs().items()):
@@ -749,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"netns: {exc}", file=sys.stderr)
             return 1
         return 0
-    print("usage: python -m tests.lab.netns [remove vm-XXXXXX]", file=sys.stderr)
+    print("usage: python -m votemesh_lab.netns [remove vm-XXXXXX]", file=sys.stderr)
     return 2
 
 

@@ -10,7 +10,7 @@ link (the view must not change), kill -9 of one agent and its rejoin, a clean st
 and its rejoin. Each phase waits for its expected picture (or fails, after cleanup, with what it
 saw) and then holds it for a few seconds. Everything it started is gone when it returns.
 
-    python -m tests.lab.agent_demo [--keep-seconds N] [--no-qdevice]
+    python -m votemesh_lab.demo [--keep-seconds N] [--no-qdevice]
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tests.lab import netns
-from tests.lab.demo import decisions, log_length, qnetd_view
-from tests.lab.lab_agents import LabAgent, pem_credentials, start_agents
-from tests.lab.netns import Lab, LabError
-from tests.lab.qnetd_under_test import VotemeshQnetd
+from votemesh_lab import netns
+from votemesh_lab.agents import LabAgent, pem_credentials, start_agents
+from votemesh_lab.demo_corosync import decisions, log_length, qnetd_view
+from votemesh_lab.netns import Lab, LabError
+from votemesh_lab.qnetd import VotemeshQnetd
 
 CLUSTER = "demo"
 NODES = (1, 2, 3, 4)
@@ -155,7 +155,8 @@ class Demo:
             if node_id in self.down:
                 out[node_id] = None
                 continue
-            assert agent.process is not None
+            if agent.process is None:
+                raise RuntimeError("agent.process is not set")
             if not agent.process.alive():
                 raise PhaseError(f"agent n{node_id} exited:\n{agent.process.log_tail(10)}")
             out[node_id] = agent.status()
@@ -261,7 +262,8 @@ class Demo:
     def phase_kill(self) -> None:
         heading("kill -9 n4: n1-n3 re-form a view of 3 and stay quorate; then n4 rejoins")
         agent = self.agents[4]
-        assert agent.process is not None
+        if agent.process is None:
+            raise RuntimeError("agent.process is not set")
         at = time.monotonic()
         os.kill(agent.process.pid, signal.SIGKILL)  # the agent itself: nsenter exec'd into it
         self.down.add(4)
@@ -274,7 +276,8 @@ class Demo:
     def phase_stop(self) -> None:
         heading("stop n3 (SIGTERM): it says Leave, the others re-form at once; then it rejoins")
         agent = self.agents[3]
-        assert agent.process is not None
+        if agent.process is None:
+            raise RuntimeError("agent.process is not set")
         at = time.monotonic()
         agent.process.process.terminate()
         self.down.add(3)
@@ -321,7 +324,7 @@ def run(device: bool, keep: float) -> list[str]:
     return summary
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
+def _terminate(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through the `with` blocks: cleanup runs, one line, 130
 
 

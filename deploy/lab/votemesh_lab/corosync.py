@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lab.netns import Host, LabError, NotYetError, TrackedProcess, stop_processes, wait_until
+from votemesh_lab.netns import (
+    Host,
+    LabError,
+    NotYetError,
+    TrackedProcess,
+    stop_processes,
+    wait_until,
+)
 
 #: What a corosync node needs private (see the module docstring); pass to `Lab(private_dirs=)`.
 COROSYNC_PRIVATE_DIRS = ("/etc/corosync", "/var/lib/corosync", "/run")
@@ -146,7 +153,7 @@ def corosync_conf(
             "    }\n"
         )
     return (
-        "# written by tests/lab/corosync.py\n"
+        "# written by votemesh_lab/corosync.py\n"
         "totem {\n"
         "    version: 2\n"
         f"    cluster_name: {cluster_name}\n"

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent import config_replication as cr
 from agent.cluster_config import ClusterConfig, digest, from_agent_config
-from tests.sim.network import NodeState, SimNetwork
+from votemesh_lab.sim.network import NodeState, SimNetwork
 
 TICK = 0.1
 """Seconds between replica Ticks (the heartbeat interval the runtime will use)."""

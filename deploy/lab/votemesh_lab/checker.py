@@ -37,7 +37,7 @@ the qnetd picks is the algorithm's business; S3 and F1 check the outcome).
 Exempt from the generic L1 rules: clusters with two_node, wait_for_all or last_man_standing, and
 runs with operator-set expected votes (their outcomes are pinned by the specific case tests).
 
-With configuration changes at run time (`SimNetwork.reconfigured`, tests/sim/reconfig.py), S1
+With configuration changes at run time (`SimNetwork.reconfigured`, votemesh_lab/sim/reconfig.py), S1
 uses each node's own configured total at that moment (a node is exempt only while its expected
 votes are below it), and S3, L1 and F1 apply from `quiet_from` on: the last configuration
 applied anywhere plus the transition span (design §3.9), with the votes of the final
@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from agent.config import AgentConfig, QuorumOptions, Timing
 from agent.link_loss import WINDOW_INTERVALS
 from agent.node import TIMEOUT_REFRESH, transition_span
-from tests.sim.network import NodeState, SimNetwork, Topology
+from votemesh_lab.sim.network import NodeState, SimNetwork, Topology
 
 
 @dataclass(frozen=True, slots=True)

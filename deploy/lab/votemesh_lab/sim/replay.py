@@ -1,6 +1,7 @@
-"""`python -m tests.sim.replay SEED [--nodes N] [--tail LINES] [--algorithm lms] [--reconfig]`:
+"""`python -m votemesh_lab.sim.replay SEED [--nodes N] [--tail LINES] [--algorithm lms]
+[--reconfig]`:
 rerun one random schedule (`--reconfig`: one with run-time configuration changes,
-tests/sim/reconfig.py).
+votemesh_lab/sim/reconfig.py).
 
 Prints the schedule, the whole trace (or its last LINES lines) and the checker's verdict; exits
 1 when a property was violated. The run is the same as in CI and in the soak: same seed, same
@@ -12,12 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tests.sim.reconfig import run_reconfig_seed
-from tests.sim.schedules import run_seed
+from votemesh_lab.sim.reconfig import run_reconfig_seed
+from votemesh_lab.sim.schedules import run_seed
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.sim.replay", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m votemesh_lab.sim.replay", description=__doc__)
     parser.add_argument("seed", type=int)
     parser.add_argument("--nodes", type=int, default=None, help="force the cluster size (3-9)")
     parser.add_argument("--tail", type=int, default=0, help="print only the last LINES lines")
