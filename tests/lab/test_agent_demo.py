@@ -12,11 +12,11 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from votemesh_lab import netns
 from votemesh_lab.demo import HEADINGS, missing
-from votemesh_lab.netns import REPO_ROOT
 
 
 def _missing() -> str | None:
@@ -37,7 +37,7 @@ def test_agent_demo_runs_every_phase_and_cleans_up() -> None:
     leaves none of its namespaces behind."""
     result = subprocess.run(
         [sys.executable, "-m", "votemesh_lab.demo"],
-        cwd=REPO_ROOT,
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=160,
