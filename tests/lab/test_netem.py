@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import given
@@ -130,7 +131,7 @@ def test_delay_mean_and_sd_match_the_distribution(distribution: str) -> None:
 def test_delay_correlation_correlates_successive_delays() -> None:
     """delay_corr=50%: successive delays correlate (lag-1 > 0.3); without it they do not."""
 
-    def lag1(words: dict[str, object]) -> float:
+    def lag1(words: Mapping[str, object]) -> float:
         decisions = run(words, n=20_000)
         delays = [d.copies[0].due_at - i * GAP for i, d in enumerate(decisions)]
         return statistics.correlation(delays[:-1], delays[1:])
