@@ -26,7 +26,7 @@ GAP = 0.005  # frames 5 ms apart
 
 
 def run(
-    words: dict[str, object], n: int = N, seed: int = 1, frame_len: int = 100
+    words: Mapping[str, object], n: int = N, seed: int = 1, frame_len: int = 100
 ) -> list[Decision]:
     """n decisions on one pair, frames GAP apart, each copy considered sent at once."""
     imp = Impairment.parse(words)
