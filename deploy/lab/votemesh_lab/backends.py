@@ -34,7 +34,15 @@ from agent.runtime.keys import keygen
 from proto.runtime.control_client import request as control_request
 from votemesh_lab import nodeconf
 from votemesh_lab.broker import LabBroker
-from votemesh_lab.netns import PARTITION_CHAIN, Host, Lab, LabError, TrackedProcess, stop_process
+from votemesh_lab.netns import (
+    HOST_DIRS,
+    PARTITION_CHAIN,
+    Host,
+    Lab,
+    LabError,
+    TrackedProcess,
+    stop_process,
+)
 from votemesh_lab.nodeconf import NodeSpec
 from votemesh_lab.qnetd import VotemeshQnetd
 
@@ -74,6 +82,8 @@ class LabPlan:
     shaper: str = "tap"
     static_peers: bool = True
     """False: no [[peer]] tables (discovery finds the members)."""
+    lab_id: str | None = None
+    """The lab's 6-hex-digit id (`votemesh-lab up --id`); None: a random one."""
 
     def host_names(self) -> list[str]:
         """Every host of the lab, nodes first."""
@@ -167,8 +177,8 @@ class NetnsBackend:
             raise BackendError(f"links = {plan.links}: use 1 to {MAX_LINKS}")
         self.plan = plan
         plan.workdir.mkdir(parents=True, exist_ok=True)
-        self.lab = Lab(plan.workdir / "hosts", plan.host_names(), private_dirs=("/run",),
-                       switch="tap", switch_seed=plan.seed)  # fmt: skip
+        self.lab = Lab(plan.workdir / "hosts", plan.host_names(), private_dirs=HOST_DIRS,
+                       switch="tap", switch_seed=plan.seed, lab_id=plan.lab_id)  # fmt: skip
         try:
             self._extra_networks(plan.links)
             for host in self.lab.hosts.values():
