@@ -166,6 +166,23 @@ def stop_processes(processes: Sequence[subprocess.Popen[Any]], grace: float = 5.
             process.wait(timeout=grace)
 
 
+def json_line_request(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One JSON line to a unix stream socket, one JSON object back (the switch's and the
+    supervisor's control protocol); OSError when nobody answers, `{"ok": false}` on no reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data) if data else None
+    return reply if isinstance(reply, dict) else {"ok": False, "error": "no reply"}
+
+
 def wait_until(
     probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.25
 ) -> T:
@@ -487,17 +504,7 @@ class Lab:
         """One control request to the tap switch; LabError if it refuses or is not there."""
         if self.switch != "tap" or self.switch_process is None:
             raise LabError("impairment needs a lab made with switch='tap'")
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(10.0)
-            sock.connect(str(self._switch_socket))
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": "no reply"}
+        reply = json_line_request(self._switch_socket, request, 10.0)
         if not reply.get("ok"):
             raise LabError(f"tap switch refused {request}: {reply.get('error')}")
         return reply
@@ -690,6 +697,12 @@ class Lab:
                 stop_processes(group)
             except (OSError, subprocess.SubprocessError) as exc:
                 problems.append(f"stopping pids {[p.pid for p in group]}: {exc}")
+        try:
+            # C2: whatever else runs in our namespaces is ours too (e.g. started by `exec`);
+            # deleting a namespace's name would leave it running in a namespace nobody sees.
+            stop_pids(_namespace_pids(self._netns_created))
+        except (OSError, subprocess.SubprocessError) as exc:
+            problems.append(f"stopping the rest in our namespaces: {exc}")
         if self._switch_dir is not None:
             shutil.rmtree(self._switch_dir, ignore_errors=True)
         for name in reversed(self._netns_created):
@@ -935,14 +948,17 @@ def remove_lab(lab_id: str, *, purge: bool = False, grace: float = 5.0) -> list[
     check_lab_id(lab_id)
     removed: list[str] = []
     recorded = state.read(lab_id)
+    # Found before the supervisor goes: it deletes the namespaces' names, not strangers in them.
+    before = {p: s for p in leftovers(lab_id).processes if (s := state.start_time(p)) is not None}
     if recorded is not None and (sup := recorded.process("supervisor")) is not None:
         os.kill(sup.pid, signal.SIGTERM)
         if _wait_gone({sup.pid: sup.start}, grace + 10.0):
             os.kill(sup.pid, signal.SIGKILL)
         removed.append(f"supervisor {sup.pid}")
-    found = leftovers(lab_id)
-    if found.processes:
-        removed.append("processes " + " ".join(map(str, stop_pids(found.processes, grace))))
+    pids = {p for p, s in before.items() if state.same_process(p, s)}
+    pids |= set(leftovers(lab_id).processes)
+    if stopped := stop_pids(pids, grace):
+        removed.append("processes " + " ".join(map(str, stopped)))
     for name in lab_namespaces(lab_id):
         result = subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
                                 check=False)  # fmt: skip

@@ -301,20 +301,8 @@ def _optional_names(value: Any) -> list[str] | None:
 # ---------------------------------------------------------------- the client side
 def request(lab_id: str, doc: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """One request to a lab's supervisor; OSError when it does not answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(state.state_dir(lab_id) / state.CONTROL_SOCKET))
-        sock.sendall(json.dumps(doc).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    reply = json.loads(data) if data else None
-    if not isinstance(reply, dict):
-        raise OSError("the supervisor closed the connection without an answer")
-    return reply
+    path = state.state_dir(lab_id) / state.CONTROL_SOCKET
+    return netns.json_line_request(path, doc, timeout)
 
 
 # ---------------------------------------------------------------- the process
