@@ -58,7 +58,7 @@ def test_up_then_status_shows_every_node_quorate(lab_id: str) -> None:
     for host in ("n1", "n2", "n3"):
         assert rows[host][1:2] + rows[host][3:6] == ["running", "1,2,3", "yes", "3/3"], rows
     assert len({rows[h][2] for h in ("n1", "n2", "n3")}) == 1, rows  # one ring id
-    assert "network: applied g1: open" in table.stdout
+    assert "network: applied g0: open; verified 6/6 pairs" in table.stdout
     record = state.read(lab_id)
     assert record is not None
     assert sorted(record.namespaces) == sorted(netns.lab_namespaces(lab_id))
@@ -78,7 +78,7 @@ def test_partition_then_heal(lab_id: str) -> None:
     result = lab_cli("partition", "--lab", lab_id, "1", "2,3")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("applied g")
-    assert ": 1 | 2,3;" in result.stdout
+    assert ": 1 | 2,3; verified 6/6 pairs in" in result.stdout
     wait_for(lab_id, {"n1": ((1,), False), "n2": ((2, 3), True), "n3": ((2, 3), True)})
     healed = lab_cli("heal", "--lab", lab_id)
     assert healed.returncode == 0, healed.stderr
@@ -88,17 +88,21 @@ def test_partition_then_heal(lab_id: str) -> None:
 @pytest.mark.root
 @pytest.mark.timeout(60)
 def test_cut_is_one_way_and_shape_applies(lab_id: str) -> None:
-    """`cut '1->2'` leaves 2 -> 1 open (n1 still hears n2, so their views differ); `shape` and
-    `unshape` answer with the applied line; `heal` + `unshape` restore one view of three."""
+    """`cut '1->2'` blocks n1 -> n2 only (the matrix holds that one block, verified by probes
+    over all 6 ordered pairs); `shape` and `unshape` answer with the applied, verified line;
+    `heal` + `unshape` restore one view of three."""
     wait_for(lab_id, ALL)
     cut = lab_cli("cut", "--lab", lab_id, "1->2")
     assert cut.returncode == 0, cut.stdout + cut.stderr
     assert "cut 1->2" in cut.stdout, cut.stdout + cut.stderr
+    assert "verified 6/6 pairs" in cut.stdout
+    assert status(lab_id)["matrix"]["blocks"] == [["n1", "n2"]]
     shaped = lab_cli("shape", "--lab", lab_id, "1", "3", "delay=5ms", "loss=1%")
     assert shaped.returncode == 0, shaped.stderr
-    assert "1 shape rule" in shaped.stdout, shaped.stderr
+    assert "shape 1<->3 delay=5ms loss=1% (+1 shape rule); verified" in shaped.stdout
     doc = status(lab_id)
-    assert "1 shape rule" in doc["network"]
+    assert "(+1 shape rule)" in doc["network"]
+    assert doc["matrix"]["pairs"]["n1>n3"] == {"delay": "5ms", "loss": "1%"}
     assert lab_cli("unshape", "--lab", lab_id).returncode == 0
     assert lab_cli("heal", "--lab", lab_id).returncode == 0
     wait_for(lab_id, ALL)
@@ -171,9 +175,9 @@ def test_user_mistakes_are_one_line_exit_1(lab_id: str) -> None:
         ("cut", "--lab", lab_id, "1-2"): "SRC->DST",
         ("kill", "--lab", lab_id, "7"): "no node '7'",
         ("shape", "--lab", lab_id, "1", "loss=5%"): "name both sides or neither",
-        ("shape", "--lab", lab_id, "loss=5"): "loss=5: use 0% to 100%",
-        ("shape", "--lab", lab_id, "bogus=1"): "shape key 'bogus'",
-        ("shape", "--lab", lab_id, "delay=fast"): "delay=fast: use a number",
+        ("shape", "--lab", lab_id, "loss=150%"): "loss",
+        ("shape", "--lab", lab_id, "bogus=1"): "unknown key 'bogus'",
+        ("shape", "--lab", lab_id, "delay=fast"): "delay: 'fast' is not a value",
         ("unshape", "--lab", lab_id, "1", "2"): "no shape between those hosts",
         ("exec", "--lab", lab_id, "1"): "say what to run",
         ("down", "--lab", "nothex"): "use 6 hex digits",

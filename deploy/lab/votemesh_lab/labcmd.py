@@ -371,8 +371,9 @@ def cmd_exec(args: argparse.Namespace) -> NoReturn:
 
 # ---------------------------------------------------------------- the network
 def _print(reply: dict[str, Any]) -> int:
+    """The applied line; exit 1 when the matrix was not verified (the line says why)."""
     print(reply.get("line", ""))
-    return 0
+    return 1 if reply.get("verified") is False else 0
 
 
 def cmd_partition(args: argparse.Namespace) -> int:

@@ -34,7 +34,9 @@ from typing import Any
 
 from votemesh_lab import netns, state
 from votemesh_lab.backends import BackendError, LabPlan, NetnsBackend
-from votemesh_lab.netplan import NetworkError, NetworkPlan
+from votemesh_lab.grudge import GrudgeError
+from votemesh_lab.netem import ImpairmentError
+from votemesh_lab.netplan import NetworkPlan
 from votemesh_lab.state import LabState, ProcessRecord
 
 REQUEST_LIMIT = 1 << 16
@@ -161,7 +163,7 @@ class Supervisor:
             return {"ok": False, "error": f"unknown op {op!r}"}
         try:
             result: dict[str, Any] = handler(request)
-        except (RequestError, NetworkError, netns.LabError) as exc:
+        except (RequestError, GrudgeError, ImpairmentError, netns.LabError) as exc:
             return {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else op}
         return {"ok": True, **result}
 
@@ -192,6 +194,7 @@ class Supervisor:
         return {
             "lab": self.record.lab_id, "nodes": nodes, "qnetd": self._qnetd_votes(),
             "network": self._network().line, "workdir": self.record.workdir,
+            "matrix": self._network().matrix.to_request(),
         }  # fmt: skip
 
     def _qnetd_votes(self) -> dict[str, str] | None:
@@ -205,15 +208,18 @@ class Supervisor:
         except (OSError, ValueError, KeyError):
             return {}
 
+    def _changed(self, line: str) -> dict[str, Any]:
+        return {"line": line, "verified": self._network().verified}
+
     def op_partition(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"line": self._network().partition(_names_lists(request.get("groups")))}
+        return self._changed(self._network().partition(_names_lists(request.get("groups"))))
 
     def op_cut(self, request: dict[str, Any]) -> dict[str, Any]:
         pairs = [(a, b) for a, b in _names_lists(request.get("pairs"))]
-        return {"line": self._network().cut(pairs)}
+        return self._changed(self._network().cut(pairs))
 
     def op_heal(self, _request: dict[str, Any]) -> dict[str, Any]:
-        return {"line": self._network().heal()}
+        return self._changed(self._network().heal())
 
     def op_shape(self, request: dict[str, Any]) -> dict[str, Any]:
         params = request.get("params")
@@ -221,11 +227,11 @@ class Supervisor:
             raise RequestError("shape needs at least one key=value (e.g. loss=5% delay=20ms)")
         src, dst = _optional_names(request.get("src")), _optional_names(request.get("dst"))
         one_way = bool(request.get("one_way", False))
-        return {"line": self._network().shape(src, dst, one_way, params)}
+        return self._changed(self._network().shape(src, dst, one_way, params))
 
     def op_unshape(self, request: dict[str, Any]) -> dict[str, Any]:
         src, dst = _optional_names(request.get("src")), _optional_names(request.get("dst"))
-        return {"line": self._network().unshape(src, dst)}
+        return self._changed(self._network().unshape(src, dst))
 
     def op_signal(self, request: dict[str, Any]) -> dict[str, Any]:
         host, what = self._host(request), request.get("what")
@@ -334,7 +340,7 @@ def run(lab_id: str, ready_fd: int) -> int:
         supervisor.serve()
     except Stop:
         error = "stopped by a signal"
-    except (netns.LabError, NetworkError, OSError, ValueError, KeyError) as exc:
+    except (netns.LabError, GrudgeError, ImpairmentError, OSError, ValueError, KeyError) as exc:
         error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"supervisor: {exc}", file=sys.stderr, flush=True)
     finally:
