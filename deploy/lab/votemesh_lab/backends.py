@@ -38,7 +38,15 @@ from proto.runtime.control_client import request as control_request
 from votemesh_lab import nodeconf
 from votemesh_lab.broker import LabBroker
 from votemesh_lab.grudge import Matrix
-from votemesh_lab.netns import PARTITION_CHAIN, Host, Lab, LabError, TrackedProcess, stop_process
+from votemesh_lab.netns import (
+    HOST_DIRS,
+    PARTITION_CHAIN,
+    Host,
+    Lab,
+    LabError,
+    TrackedProcess,
+    stop_process,
+)
 from votemesh_lab.nodeconf import NodeSpec
 from votemesh_lab.probe import Verification
 from votemesh_lab.qnetd import VotemeshQnetd
@@ -80,6 +88,8 @@ class LabPlan:
     shaper: str = "tap"
     static_peers: bool = True
     """False: no [[peer]] tables (discovery finds the members)."""
+    lab_id: str | None = None
+    """The lab's 6-hex-digit id (`votemesh-lab up --id`); None: a random one."""
 
     @classmethod
     def of(cls, s: Scenario, seed: int = 0, workdir: Path = Path("lab-work")) -> LabPlan:
@@ -219,8 +229,8 @@ class NetnsBackend:
             raise BackendError(f"links = {plan.links}: use 1 to {MAX_LINKS}")
         self.plan = plan
         plan.workdir.mkdir(parents=True, exist_ok=True)
-        self.lab = Lab(plan.workdir / "hosts", plan.host_names(), private_dirs=("/run",),
-                       switch="tap", switch_seed=plan.seed)  # fmt: skip
+        self.lab = Lab(plan.workdir / "hosts", plan.host_names(), private_dirs=HOST_DIRS,
+                       switch="tap", switch_seed=plan.seed, lab_id=plan.lab_id)  # fmt: skip
         try:
             self._extra_networks(plan.links)
             for host in self.lab.hosts.values():
