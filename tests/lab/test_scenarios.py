@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from votemesh_lab import netns, scenario
@@ -47,6 +49,59 @@ pytestmark = [
 ]
 
 
+Records = list[dict[str, Any]]
+
+
+def timeline_of(out: Path) -> Records:
+    lines = (out / "timeline.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def fault_time(records: Records, ident: str, key: str = "verified_t") -> float:
+    """When a fault was verified (or `key`: applied_t)."""
+    return next(float(r[key]) for r in records if r["kind"] == "fault" and r["id"] == ident)
+
+
+def failover_moved_traffic_to_link1(out: Path) -> None:
+    """link-failover: every node moved its peers' traffic to link1 while link0 was down (the
+    `link_up active` lines), and the timeline has no view change after the cluster formed."""
+    records = timeline_of(out)
+    start, end = fault_time(records, "link0"), fault_time(records, "link0.undo")
+    for node in (1, 2, 3):
+        moved = [r for r in records if r["node"] == node and r["kind"] == "link_up"
+                 and r.get("active") and r.get("link") == 1 and start <= r["t"] <= end]  # fmt: skip
+        assert moved, f"n{node} never moved traffic to link1"
+    t0 = next(r for r in records if r["kind"] == "run")["t0"]
+    views = [r for r in records if r["kind"] == "view_installed" and r["t"] > t0 + 0.5]
+    assert views == []
+
+
+def discovery_without_static_peers(out: Path) -> None:
+    """zeroconf-discovery: the nodes ran with discovery on and no [[peer]] table at all."""
+    for node in (1, 2, 3):
+        config = (out / "logs" / f"n{node}" / "agent.toml").read_text()
+        assert "discovery = true" in config
+        assert "[[peer]]" not in config
+
+
+def qnetd_decided_the_split(out: Path) -> None:
+    """qdevice-2-2: after the split the qnetd ACKed nodes 1 and 2 and NACKed 3 and 4."""
+    records = timeline_of(out)
+    start, end = fault_time(records, "split"), fault_time(records, "split.undo", "applied_t")
+    last: dict[int, str] = {}
+    for r in records:
+        if r["kind"] == "qnetd_vote" and start <= r["t"] <= end:
+            last[r["to"]] = r["vote"]
+    assert last == {1: "ack", 2: "ack", 3: "nack", 4: "nack"}
+
+
+MUST_SHOW: dict[str, Callable[[Path], None]] = {
+    "link-failover": failover_moved_traffic_to_link1,
+    "zeroconf-discovery": discovery_without_static_peers,
+    "qdevice-2-2": qnetd_decided_the_split,
+}
+
+
 @pytest.mark.parametrize("name", CI_SUBSET)
 def test_library_scenario_is_valid(name: str, tmp_path: Path) -> None:
     """The scenario's run is judged valid: every checked property and every [[expect]] holds,
@@ -62,3 +117,5 @@ def test_library_scenario_is_valid(name: str, tmp_path: Path) -> None:
         assert (out / name_).stat().st_size > 0
     assert any((out / "logs").rglob("agent.log"))
     assert all(e["status"] == "met" for e in report["expectations"])
+    if name in MUST_SHOW:
+        MUST_SHOW[name](out)
