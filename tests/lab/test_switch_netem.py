@@ -71,28 +71,24 @@ def test_loss_and_delay_distribution_as_asked(lab: Lab, baseline_ms: float) -> N
 
 
 def test_duplicates_and_reorders_as_asked(lab: Lab) -> None:
-    """duplicate 5 %, delay 10ms, reorder 25 %: duplicated datagrams and out-of-order arrivals
-    within 4 sigma + 1 point of what the core predicts for the same send times (the sender's
-    own, as measured: a late sender catching up sends closer together, and more overtake)."""
+    """duplicate 5 %, delay 10ms, reorder 25 % (gap 1): duplicated datagrams, and datagrams sent
+    at once (under half the delay: netem's reordered ones), within 4 sigma + 1 point of the
+    asked shares; and they overtake: out-of-order arrivals are at least what the core predicts
+    for the sender's own send times (a late switch timer only makes more)."""
     words = {"delay": "10ms", "reorder": "25%", "duplicate": "5%"}
     assert lab.apply(one_way_rule(**words)).ok
     arrivals = traffic.one_way(lab["n1"], lab["n2"], COUNT, INTERVAL)
     measured = traffic.measure(arrivals, COUNT)
     assert measured.unique == COUNT
+    dup = measured.duplicates / COUNT
+    assert abs(dup - 0.05) <= traffic.share_tolerance(0.05, COUNT, 0.01), dup
+    at_once = sum(1 for d in measured.delays_ms if d < 5) / COUNT
+    assert abs(at_once - 0.25) <= traffic.share_tolerance(0.25, COUNT, 0.01), at_once
     sent = sorted({a.seq: a.sent_ns / 1e9 for a in arrivals}.items())
     asked = traffic.predicted_at(words, [t for _, t in sent], repeat=10)
-    dup_share = asked.duplicates / asked.sent
-    assert abs(measured.duplicates / COUNT - dup_share) <= traffic.share_tolerance(
-        dup_share, COUNT, 0.01
-    )
-    ooo_share = asked.out_of_order / asked.sent
-    assert ooo_share > 0.1
-    assert abs(measured.out_of_order / COUNT - ooo_share) <= traffic.share_tolerance(
-        ooo_share, COUNT, 0.01
-    ), (
-        measured.out_of_order,
-        ooo_share,
-    )
+    share = asked.out_of_order / asked.sent
+    floor = share - traffic.share_tolerance(share, COUNT, 0.01)
+    assert measured.out_of_order / COUNT >= floor, (measured.out_of_order, share)
 
 
 def test_rate_goodput_as_asked(lab: Lab) -> None:
