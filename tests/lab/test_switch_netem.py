@@ -14,11 +14,12 @@ import random
 import socket
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from votemesh_lab.grudge import Matrix, Rule, blocks_for
 from votemesh_lab.netem import Impairment
-from votemesh_lab.netns import Lab, missing_reason
+from votemesh_lab.netns import Lab, LabError, lab_namespaces, missing_reason
 from votemesh_lab.probe import Mismatch
 
 from tests.lab import traffic
@@ -139,3 +140,19 @@ def test_verifier_catches_a_one_way_cut_that_became_two_way(lab: Lab) -> None:
     assert str(verification.mismatches[0]) == "n2->n1 expected open, seen cut (0/3 probes)"
     assert verification.control == ("switch blocks n2->n1, not asked",)
     assert lab.apply(matrix).ok  # applying the matrix again repairs it
+
+
+def test_probe_processes_stop_with_the_lab(tmp_path: Path) -> None:
+    """The probe process apply() starts in each host is stopped by close(), with the lab's
+    namespaces; a matrix for other hosts is refused before anything is sent."""
+    lab = Lab(tmp_path, ["x", "y"], switch="tap")
+    try:
+        with pytest.raises(LabError, match="not this lab's"):
+            lab.apply(Matrix(("n1", "n2")))
+        assert lab.apply(Matrix(("x", "y"))).ok
+        probes = [t.pid for t in lab.processes if t.label == "probe"]
+        assert len(probes) == 2
+    finally:
+        lab.close()
+    assert [pid for pid in probes if Path(f"/proc/{pid}").exists()] == []
+    assert lab_namespaces(lab.lab_id) == []
