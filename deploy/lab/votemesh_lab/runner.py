@@ -425,7 +425,7 @@ def drop_startup_polls(records: Sequence[Record]) -> list[Record]:
             announced[node] = False
         elif r["kind"] == "state" and r["src"] != "status" and r.get("ring") is not None:
             announced[node] = True
-        elif r["kind"] == "state" and not announced.get(node, True):
+        elif r["kind"] == "state" and r["src"] == "status" and not announced.get(node, True):
             continue
         out.append(r)
     return out
