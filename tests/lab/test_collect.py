@@ -39,6 +39,7 @@ def agent_log(tmp_path: Path) -> Path:
             line(5.0, "agent started", incarnation=12),
             line(6.0, "view_installed", ring="1.6", ring_id=[1, 6], members=[1, 2, 3]),
             line(6.0, "quorum_gained", expected_votes=3, total_votes=3, quorum=2),
+            line(7.0, "expected_votes_changed", old=3, new=2),
         ])
         + "\n"
     )  # fmt: skip
@@ -54,15 +55,16 @@ def test_an_agent_log_becomes_events_and_folded_states(tmp_path: Path) -> None:
     events = [(r["kind"], r["seq"], r["incarnation"]) for r in records if r["kind"] != "state"]
     assert events == [
         ("view_installed", 1, 11), ("quorum_counts_changed", 2, 11), ("quorum_gained", 3, 11),
-        ("view_installed", 1, 12), ("quorum_gained", 2, 12),
+        ("view_installed", 1, 12), ("quorum_gained", 2, 12), ("expected_votes_changed", 3, 12),
     ]  # fmt: skip
     states = [(r["t"], r["ring"], r["members"], r["quorate"]) for r in records
               if r["kind"] == "state"]  # fmt: skip
     assert states == [
         (1.0, "1.4", [1, 2, 3], False), (1.0, "1.4", [1, 2, 3], False),
         (1.0, "1.4", [1, 2, 3], True), (6.0, "1.6", [1, 2, 3], False),
-        (6.0, "1.6", [1, 2, 3], True),
+        (6.0, "1.6", [1, 2, 3], True), (7.0, "1.6", [1, 2, 3], True),
     ]  # fmt: skip
+    assert records[-1]["expected"] == 2  # expected_votes_changed carries it as `new`
     for record in records:
         validate(record)  # every record follows design §4.6
 
@@ -79,7 +81,7 @@ def test_mqtt_events_mark_the_log_events_they_match(tmp_path: Path) -> None:
     assert sources[0] == ("view_installed", "mqtt")
     assert {src for _, src in sources[1:]} == {"log"}
     note = next(r for r in records if r["kind"] == "note")
-    assert "1 of 5 came over MQTT" in note["text"]
+    assert "1 of 6 came over MQTT" in note["text"]
 
 
 def test_qnetd_decisions_become_votes(tmp_path: Path) -> None:

@@ -94,6 +94,8 @@ class _Fold:
             self.config_version = e["version"]
         if isinstance(e.get("expected_votes"), int):
             self.expected = e["expected_votes"]
+        if kind == "expected_votes_changed" and isinstance(e.get("new"), int):
+            self.expected = e["new"]
         return self.as_record() != before
 
     def as_record(self) -> dict[str, Any]:
