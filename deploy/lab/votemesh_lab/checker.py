@@ -516,9 +516,8 @@ class Checker:
                 ordered = sorted(seqs)
                 for a, b in itertools.pairwise(ordered):
                     if b > a + 1:
-                        out.append(
-                            f"n{node}'s events missing after {seqs[a]:.2f} s (seq {a + 1}-{b - 1})"
-                        )
+                        lost = f"{a + 1}" if b == a + 2 else f"{a + 1}-{b - 1}"
+                        out.append(f"n{node}'s events missing after {seqs[a]:.2f} s (seq {lost})")
         return out
 
     # ---- the properties --------------------------------------------------------------------
