@@ -130,6 +130,7 @@ def _rows(ax: Axes, pic: Picture) -> None:
                         STRIP_PX,
                         facecolor=_ring_colour(pic, s.ring),
                         linewidth=0,
+                        zorder=3,
                     )
                 )
         for tick in row.ticks:
@@ -162,7 +163,7 @@ def _bands(ax: Axes, pic: Picture, rows: int) -> None:
     for band in pic.bands:
         colour = FAULT_COLOURS.get(band.f, OTHER_FAULT)
         if band.stop > band.start:
-            ax.axvspan(band.start, band.stop, color=colour, alpha=0.3, zorder=2)
+            ax.axvspan(band.start, band.stop, color=colour, alpha=0.35, zorder=2, linewidth=0)
         else:
             ax.vlines(band.start, 0, bottom, colors=colour, linewidth=2, zorder=2)
         ax.text(band.start, -2, band.id, fontsize=7, va="bottom", clip_on=False)
