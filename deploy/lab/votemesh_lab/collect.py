@@ -8,7 +8,7 @@ messages, the qnetd's log.
   it, a `state` record (ring, members, counted, quorate, expected, qdevice_vote,
   config_version) folded from the events. `src: log`.
 * With a broker: the events the MQTT tap received (`.../<node>/events`). An event the log also
-  has (same node, kind, within `MATCH_MS`) is recorded with `src: mqtt` and the MQTT `seq`; the
+  has (same node, kind, within `MATCH_MS`) is recorded with `src: mqtt` (and `mqtt_seq`); the
   log fills what MQTT missed (a broker outage) as `src: log`. A `note` says how many came by
   MQTT.
 * The qnetd's log: each `decision` line gives one `qnetd_vote` record per node it answered.
@@ -162,7 +162,8 @@ def mqtt_events(path: Path, names: Mapping[str, int]) -> dict[int, list[dict[str
 
 
 def mark_mqtt(records: list[Record], mqtt: Mapping[int, list[dict[str, Any]]]) -> Record:
-    """Log events also received over MQTT become `src: mqtt` (with MQTT's seq); a note."""
+    """Log events also received over MQTT become `src: mqtt` (MQTT's seq as `mqtt_seq`); a
+    note says how many."""
     took = 0
     total = 0
     for node, events in mqtt.items():
@@ -179,7 +180,7 @@ def mark_mqtt(records: list[Record], mqtt: Mapping[int, list[dict[str, Any]]]) -
                     used[i] = True
                     record["src"] = "mqtt"
                     if isinstance(event.get("seq"), int):
-                        record["seq"] = event["seq"]
+                        record["mqtt_seq"] = event["seq"]  # `seq` stays the log's count
                     took += 1
                     break
     text = f"events: {took} of {total} came over MQTT, the rest from the agents' logs"
