@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib
 import os
 import random
 import secrets
@@ -422,6 +423,10 @@ def run_record(run: Run, plan: LabPlan, parsed: dict[str, Any]) -> Record:
             "form_within": run.form_deadline, **_jsonable(parsed)}  # fmt: skip
     if run.scenario.properties is not None:
         record["properties"] = list(run.scenario.properties)
+    hosts = getattr(backend, "run_hosts_record", None)  # SSH: each host's clock offset
+    if callable(hosts):
+        with contextlib.suppress(LabError, OSError):
+            record["hosts"] = hosts()
     return record
 
 
@@ -487,9 +492,12 @@ def make_backend(args: argparse.Namespace) -> Backend:
         inventory = getattr(args, "inventory", None)
         if not inventory:
             raise ScenarioError("--backend ssh needs --inventory FILE")
-        from votemesh_lab import ssh  # type: ignore[attr-defined]  # noqa: PLC0415
-
-        backend: Backend = ssh.SshBackend.from_inventory(Path(inventory))
+        # lab-ssh's module, looked up when asked for (it needs OpenSSH, not every install has it)
+        ssh = importlib.import_module("votemesh_lab.ssh")
+        try:
+            backend: Backend = ssh.SshBackend.from_inventory(Path(inventory))
+        except (ValueError, OSError) as exc:  # ssh.InventoryError is a ValueError
+            raise ScenarioError(f"--inventory {inventory}: {exc}") from None
         return backend
     raise ScenarioError(f"--backend {name}: use netns or ssh")
 
