@@ -218,6 +218,11 @@ class NetnsBackend:
         self.daemons: dict[str, _Daemon] = {}
         self._links_down: set[tuple[str, int]] = set()
 
+    @property
+    def lab_id(self) -> str | None:
+        """The lab's id (its namespaces are vml-<id>-*), once up."""
+        return self.lab.lab_id if self.lab is not None else None
+
     # -- set-up -----------------------------------------------------------------------------
     def hosts(self) -> list[str]:
         return self._plan().host_names()

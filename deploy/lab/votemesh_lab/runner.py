@@ -64,6 +64,15 @@ class Interrupted(BaseException):
     """SIGTERM: treated like Ctrl-C (teardown, then unknown)."""
 
 
+class RunInterruptedError(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended the run; it was torn down, judged (unknown) and stored. `line`
+    is its verdict line. A KeyboardInterrupt, so a test session or a loop stops too."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -126,6 +135,8 @@ class Run:
         self.log(f"{self.scenario.name}: seed {self.seed}, {self.scenario.topology.nodes} nodes, "
                  f"backend {self.backend.name}")  # fmt: skip
         self.backend.up(plan)
+        lab_id = getattr(self.backend, "lab_id", None)
+        self.log(f"lab {lab_id} up: {', '.join(self.backend.hosts())}" if lab_id else "lab up")
         self.addresses = {h: self.backend.addresses(h) for h in self.backend.hosts()}
         for host in self.backend.hosts():
             self.proc(host, "started")
@@ -552,7 +563,11 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"votemesh-lab run: {exc}", file=sys.stderr)
         return 1
     out = store_dir(getattr(args, "out", None), s.name, seed)
-    status, line = run_scenario(s, backend, seed, out, parsed)
+    try:
+        status, line = run_scenario(s, backend, seed, out, parsed)
+    except RunInterruptedError as stop:
+        print(stop.line)
+        return EXIT["unknown"]
     print(line)
     return EXIT.get(status, 2)
 
@@ -604,7 +619,7 @@ def run_scenario(  # noqa: PLR0917 (the scenario, where, and what to record)
     status, line = judge(run, drop_startup_polls(records), out)
     _link_latest(out)
     if interrupted:
-        raise KeyboardInterrupt
+        raise RunInterruptedError(line)
     return status, line
 
 
@@ -641,7 +656,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed = s.seed if s.seed is not None else secrets.randbelow(2**31)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         out = Path(args.out) / s.name / f"{stamp}-s{seed}"
-        status, line = run_scenario(s, backend, seed, out, parsed)
+        try:
+            status, line = run_scenario(s, backend, seed, out, parsed)
+        except RunInterruptedError as stop:
+            print(stop.line, flush=True)
+            summary.append(f"unknown  {s.name} (interrupted: the rest not run)")
+            worst = max(worst, EXIT["unknown"])
+            break
         print(line, flush=True)
         summary.append(f"{status:<8} {s.name}")
         worst = max(worst, EXIT.get(status, 2))
