@@ -545,6 +545,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM are noted (the list) instead of raised while the block runs."""
+    got: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        got.append(signum)
+
+    try:
+        old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: nothing to defer
+        yield got
+        return
+    try:
+        yield got
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def command_run(args: argparse.Namespace) -> int:
     """`votemesh-lab run SCENARIO`: exit 0 valid, 3 invalid, 2 unknown, 1 a user mistake."""
     try:
@@ -600,13 +620,16 @@ def run_scenario(  # noqa: PLR0917 (the scenario, where, and what to record)
                 run.aborted = "interrupted"
                 interrupted = True
             finally:
-                run.record("end", reason="aborted" if run.aborted else "done")
-                with contextlib.suppress(LabError, OSError):
-                    logs = backend.collect(out)
-                try:
-                    backend.down()
-                except LabError as exc:
-                    log(f"teardown: {exc}")
+                with _deferred_interrupts() as got:  # a Ctrl-C now must not cut the teardown
+                    run.record("end", reason="aborted" if run.aborted or got else "done")
+                    with contextlib.suppress(LabError, OSError):
+                        logs = backend.collect(out)
+                    try:
+                        backend.down()
+                    except LabError as exc:
+                        log(f"teardown: {exc}")
+                if got and not interrupted:
+                    run.aborted, interrupted = run.aborted or "interrupted", True
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if run.aborted:
@@ -658,8 +681,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) / s.name / f"{stamp}-s{seed}"
         try:
             status, line = run_scenario(s, backend, seed, out, parsed)
-        except RunInterruptedError as stop:
-            print(stop.line, flush=True)
+        except KeyboardInterrupt as stop:  # the lab is down; what ran is stored
+            print(getattr(stop, "line", "interrupted"), flush=True)
             summary.append(f"unknown  {s.name} (interrupted: the rest not run)")
             worst = max(worst, EXIT["unknown"])
             break
