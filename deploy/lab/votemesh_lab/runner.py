@@ -298,10 +298,16 @@ class Run:
         return [grudge.node_name(v) for v in raw or ()]
 
     def _signal(self, n: Nemesis, what: str, state: str) -> tuple[float, float | None]:
+        """One signal to every named host at once. A SIGTERMed agent leaves the cluster at once
+        (its Leave makes the others re-form) and exits a little later: recorded `exited` when
+        the signal went (reason term), as the cluster sees it."""
         at = self.now()
         for host in self._hosts_of(n):
             self.backend.signal(host, what)  # type: ignore[arg-type]
-            self.proc(host, state)
+            if what == "term":
+                self.record("proc", node=_owner(host), state=state, reason="term")
+            else:
+                self.proc(host, state)
             if what in ("kill", "term"):
                 self._down.add(host)
                 self._paused.discard(host)
