@@ -47,6 +47,8 @@ FAULT_COLOURS = {
     "link-down": "#C8E6C9",
 }
 OTHER_FAULT = "#DDDDDD"
+LABEL_SHARE = 0.08
+"""A qnetd vote interval narrower than this share of the run gets no label (they would overlap)."""
 STEPS = (1, 2, 5, 10, 30, 60, 120, 300, 600)
 """Tick spacings in seconds; the first that gives at most 15 ticks is used."""
 
@@ -154,6 +156,8 @@ def _qnetd_row(ax: Axes, pic: Picture, index: int) -> None:
                 linewidth=0,
             )
         )
+        if vote.stop - vote.start < LABEL_SHARE * (pic.end - pic.start):
+            continue  # too narrow for its label
         label = ",".join(str(n) for n in vote.holders)
         ax.text(vote.start, top + ROW_PX / 2 + STRIP_PX / 2, f" {label}", va="center", fontsize=7)
 
