@@ -18,7 +18,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from votemesh_lab import netns, state
+from votemesh_lab import labcmd, netns, state
+from votemesh_lab.netns import LabFactory
 
 from tests.lab.lab_cli_support import (
     REASON,
@@ -167,3 +168,15 @@ def test_a_failed_test_leaves_nothing(tmp_path: Path) -> None:
     lab_id = out.read_text()
     assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id)
     assert traces(footprint(lab_id)) == []
+
+
+def test_down_without_an_id_never_picks_a_running_test_lab(tmp_path: Path) -> None:
+    """A lab made by a test (LabFactory: no state directory) with a process in it is not one
+    `down` or `down --all` picks by itself; once nothing runs in it, it is a dead leftover
+    they may remove."""
+    with LabFactory(tmp_path) as factory:
+        lab = factory(["n1"], switch="tap")
+        lab["n1"].start(["sleep", "300"], label="sleeper")
+        assert not labcmd.ours_to_remove(lab.lab_id)
+        assert lab.lab_id in netns.lab_ids_found()
+    assert netns.leftovers(lab.lab_id).empty()

@@ -50,7 +50,7 @@ def _lab_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     down = sub.add_parser("down", help="remove a lab (works after a crash too)")
     which = down.add_mutually_exclusive_group()
     which.add_argument("--lab", metavar="ID", help="the lab's id (default: the only one)")
-    which.add_argument("--all", action="store_true", help="every lab found")
+    which.add_argument("--all", action="store_true", help="every lab up made, and dead leftovers")
     down.add_argument("--purge", action="store_true", help="also delete the work directory")
     sub.add_parser("list", help="labs up, and leftovers of crashed ones")
     status = sub.add_parser("status", help="per node: ring, members, quorum, qdevice, links")

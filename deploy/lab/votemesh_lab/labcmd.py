@@ -213,19 +213,29 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- down, list
+def ours_to_remove(lab_id: str) -> bool:
+    """Made by `up` (it has a state directory), or a leftover nothing runs in any more. A lab
+    with neither is someone's running test (LabFactory): only `--lab ID` removes it."""
+    return state.state_dir(lab_id).exists() or not netns.leftovers(lab_id).processes
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     need_root()
-    if args.all:
-        ids = netns.lab_ids_found()
-    elif args.lab is not None:
+    skipped = []
+    if args.lab is not None:
         try:
             ids = [netns.check_lab_id(args.lab)]
         except netns.LabError as exc:
             raise UserError(str(exc)) from exc
     else:
-        ids = netns.lab_ids_found()
-        if len(ids) > 1:
+        found = netns.lab_ids_found()
+        ids = [i for i in found if ours_to_remove(i)]
+        skipped = [i for i in found if i not in ids]
+        if len(ids) > 1 and not args.all:
             raise UserError(f"{len(ids)} labs found ({', '.join(ids)}): use --lab ID or --all")
+    for lab_id in skipped:
+        print(f"lab {lab_id}: skipped, processes run in it and `up` did not make it "
+              f"(a test's lab?): `votemesh-lab down --lab {lab_id}` removes it")  # fmt: skip
     if not ids:
         print("no lab found")
         return 0
