@@ -58,7 +58,8 @@ def test_up_then_status_shows_every_node_quorate(lab_id: str) -> None:
     for host in ("n1", "n2", "n3"):
         assert rows[host][1:2] + rows[host][3:6] == ["running", "1,2,3", "yes", "3/3"], rows
     assert len({rows[h][2] for h in ("n1", "n2", "n3")}) == 1, rows  # one ring id
-    assert "network: applied g0: open; verified 6/6 pairs" in table.stdout
+    assert "network g0: blocks none; shapes none" in table.stdout
+    assert "last change: applied g0: open; verified 6/6 pairs" in table.stdout
     record = state.read(lab_id)
     assert record is not None
     assert sorted(record.namespaces) == sorted(netns.lab_namespaces(lab_id))

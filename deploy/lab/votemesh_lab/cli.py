@@ -74,7 +74,7 @@ def _lab_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     shape = sub.add_parser("shape", help="[A B] key=value...: netem impairments")
     _lab_option(shape)
     shape.add_argument("--one-way", action="store_true", help="A -> B only")
-    shape.add_argument("items", nargs="+", metavar="[A B] KEY=VALUE")
+    shape.add_argument("items", nargs=argparse.REMAINDER, metavar="[A B] KEY=VALUE")
     unshape = sub.add_parser("unshape", help="[A B]: remove impairments")
     _lab_option(unshape)
     unshape.add_argument("hosts", nargs="*", metavar="A B")

@@ -265,7 +265,8 @@ def cmd_list(_args: argparse.Namespace) -> int:
         else:
             left = netns.leftovers(lab_id)
             what = "; ".join(line.split(" ", 1)[1] for line in left.lines())
-            print(f"{lab_id}  leftover  {what}  (votemesh-lab down --lab {lab_id})")
+            kind = "leftover" if ours_to_remove(lab_id) else "running, not made by up (a test's?)"
+            print(f"{lab_id}  {kind}  {what}  (votemesh-lab down --lab {lab_id})")
     return 0
 
 
@@ -329,7 +330,9 @@ def render(reply: dict[str, Any]) -> Any:
     for row in status_rows(reply):
         style = "red" if row[4] == "NO" or row[1] != "running" else None
         table.add_row(*row, style=style)
-    footer = [line for line in (_qnetd_line(reply), f"network: {reply.get('network')}") if line]
+    lines = (_qnetd_line(reply), f"network {reply.get('matrix_text')}",
+             f"last change: {reply.get('network')}")  # fmt: skip
+    footer = [line for line in lines if line]
     return Group(table, *(Text(line) for line in footer))
 
 
@@ -422,9 +425,17 @@ def _scope(record: LabState, words: Sequence[str]) -> tuple[list[str] | None, li
 
 def cmd_shape(args: argparse.Namespace) -> int:
     need_root()
+    items = list(args.items)
+    if "--one-way" in items:  # allowed after the hosts too: `shape 1 2 --one-way loss=5%`
+        items.remove("--one-way")
+        args.one_way = True
+    if "--lab" in items[:-1]:
+        at = items.index("--lab")
+        args.lab = items[at + 1]
+        del items[at : at + 2]
     record = find_lab(args.lab)
-    words = [w for w in args.items if "=" not in w]
-    params = dict(w.split("=", 1) for w in args.items if "=" in w)
+    words = [w for w in items if "=" not in w]
+    params = dict(w.split("=", 1) for w in items if "=" in w)
     if not params:
         raise UserError("shape needs key=value settings, e.g. `shape loss=5% delay=20ms`")
     src, dst = _scope(record, words)

@@ -195,6 +195,7 @@ class Supervisor:
             "lab": self.record.lab_id, "nodes": nodes, "qnetd": self._qnetd_votes(),
             "network": self._network().line, "workdir": self.record.workdir,
             "matrix": self._network().matrix.to_request(),
+            "matrix_text": self._network().describe(),
         }  # fmt: skip
 
     def _qnetd_votes(self) -> dict[str, str] | None:
