@@ -73,6 +73,7 @@ def test_down_leaves_nothing() -> None:
         down = lab_cli("down", "--lab", lab_id, "--purge")
     assert down.returncode == 0, down.stdout + down.stderr
     assert f"lab {lab_id}: removed supervisor" in down.stdout, down.stdout
+    assert f"namespace vml-{lab_id}-n1" in down.stdout, down.stdout
     assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id)
     assert wait_no_traces(before) == []
     assert not state.default_workdir(lab_id).exists()

@@ -982,7 +982,8 @@ def remove_lab(lab_id: str, *, purge: bool = False, grace: float = 5.0) -> list[
     removed: list[str] = []
     recorded = state.read(lab_id)
     # Found before the supervisor goes: it deletes the namespaces' names, not strangers in them.
-    before = {p: s for p in leftovers(lab_id).processes if (s := state.start_time(p)) is not None}
+    found = leftovers(lab_id)
+    before = {p: s for p in found.processes if (s := state.start_time(p)) is not None}
     if recorded is not None and (sup := recorded.process("supervisor")) is not None:
         os.kill(sup.pid, signal.SIGTERM)
         if _wait_gone({sup.pid: sup.start}, grace + 10.0):
@@ -993,10 +994,9 @@ def remove_lab(lab_id: str, *, purge: bool = False, grace: float = 5.0) -> list[
     if stopped := stop_pids(pids, grace):
         removed.append("processes " + " ".join(map(str, stopped)))
     for name in lab_namespaces(lab_id):
-        result = subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
-                                check=False)  # fmt: skip
-        if result.returncode == 0:
-            removed.append(f"namespace {name}")
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30, check=False)
+    still = set(lab_namespaces(lab_id))
+    removed += [f"namespace {name}" for name in sorted(found.namespaces) if name not in still]
     for link in _root_links(lab_id):
         result = subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30,
                                 check=False)  # fmt: skip
