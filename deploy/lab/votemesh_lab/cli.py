@@ -91,7 +91,7 @@ def _scenario_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     run.add_argument("--out", default=None, metavar="DIR")
     run.add_argument("--backend", default="netns", choices=("netns", "ssh"))
     run.add_argument("--inventory", default=None, metavar="FILE")
-    run.add_argument("--shaper", default="tap", choices=("tap", "tc"))
+    run.add_argument("--shaper", default=None, choices=("tap", "tc"))
     check = sub.add_parser("check", help="judge a stored run again")
     check.add_argument("dir", metavar="DIR")
     sub.add_parser("library", help="the scenarios shipped with the package")
