@@ -43,7 +43,7 @@ def _lab_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     up.add_argument("--links", type=int, default=1, help="lab networks (default 1)")
     up.add_argument("--qnetd", metavar="ALGO", default="", help="votemesh-qnetd: ffsplit | lms")
     up.add_argument("--broker", action="store_true", help="mosquitto in host 'broker'")
-    up.add_argument("--corosync", action="store_true", help="corosync instead (not yet)")
+    up.add_argument("--corosync", action="store_true", help="Debian's corosync instead of votemesh")
     up.add_argument("--seed", type=int, default=0, help="the switch's random seed")
     up.add_argument("--id", metavar="ID", help="6 hex digits (default: random)")
     up.add_argument("--wait", type=float, default=30.0, help="seconds for agents to answer")

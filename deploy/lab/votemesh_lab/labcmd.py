@@ -116,7 +116,12 @@ def _validate_up(args: argparse.Namespace) -> str:
     if args.qnetd and args.qnetd not in ALGORITHMS:
         raise UserError(f"--qnetd {args.qnetd}: use {' or '.join(ALGORITHMS)}")
     if args.corosync:
-        raise UserError("--corosync is not in this build yet: `make demo-corosync` runs that stack")
+        from votemesh_lab.corostack import unavailable_reason as corosync_missing  # noqa: PLC0415
+
+        if (reason := corosync_missing()) is not None:
+            raise UserError(f"--corosync: {reason}")
+    if args.corosync and args.broker:
+        raise UserError("--broker goes with the votemesh agents, not with --corosync")
     if args.wait <= 0:
         raise UserError(f"--wait {args.wait}: use a number of seconds above 0")
     if args.broker:
@@ -191,7 +196,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     workdir = state.default_workdir(lab_id)
     workdir.mkdir(parents=True, mode=0o700)
     options = {"nodes": args.nodes, "links": args.links, "qnetd": args.qnetd or "",
-               "broker": args.broker, "seed": args.seed, "wait": args.wait}  # fmt: skip
+               "broker": args.broker, "seed": args.seed, "wait": args.wait,
+               "corosync": args.corosync}  # fmt: skip
     LabState(lab_id, str(workdir), options=options).write()
     started = time.monotonic()
     try:

@@ -84,8 +84,9 @@ PREFIX = "vml-"
 LAB_ID = re.compile(r"[0-9a-f]{6}")
 LAB_NAMESPACE = re.compile(r"^vml-([0-9a-f]{6})-")
 SWITCH_HOST = "sw"
-HOST_DIRS = ("/etc/votemesh", "/var/lib/votemesh", "/run")
-"""What every host of `votemesh-lab up` has private: the daemons run with their default paths."""
+HOST_DIRS = ("/etc/votemesh", "/var/lib/votemesh", "/etc/corosync", "/var/lib/corosync", "/run")
+"""What every host of `votemesh-lab up` has private: the daemons (votemesh's, corosync's) run
+with their default paths."""
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 """The directory holding `votemesh_lab`: `python -m votemesh_lab.switch` runs from there."""
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from votemesh_lab import netns, state
 from votemesh_lab.backends import BackendError, LabPlan, NetnsBackend
+from votemesh_lab.corostack import CorosyncBackend
 from votemesh_lab.grudge import GrudgeError
 from votemesh_lab.netem import ImpairmentError
 from votemesh_lab.netplan import NetworkPlan
@@ -61,7 +62,7 @@ class Supervisor:
 
     def __init__(self, record: LabState) -> None:
         self.record = record
-        self.backend = NetnsBackend()
+        self.backend = CorosyncBackend() if record.options.get("corosync") else NetnsBackend()
         self.network: NetworkPlan | None = None
         self.listener: socket.socket | None = None
 
