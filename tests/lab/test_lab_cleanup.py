@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from votemesh_lab import labcmd, netns, state
 from votemesh_lab.netns import LabFactory
 
 from tests.lab.lab_cli_support import (
+    BIN,
     REASON,
     Footprint,
     footprint,
@@ -94,6 +96,36 @@ def test_failed_up_leaves_nothing() -> None:
     assert "down" in log, log  # the supervisor had built the lab, then tore it down
     assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id)
     assert traces(footprint(lab_id)) == []
+    lab_cli("down", "--lab", lab_id, "--purge")
+
+
+@pytest.mark.parametrize("after", [0.05, 0.6, 2.0])
+def test_interrupted_up_leaves_nothing(after: float) -> None:
+    """SIGTERM to `up` while it waits (before the supervisor exists, while it builds, or once
+    the agents run): exit 130, one line, and nothing of the lab left, its supervisor included."""
+    lab_id = fresh_id()
+    up = subprocess.Popen(
+        [str(BIN / "votemesh-lab"), "up", "--nodes", "2", "--id", lab_id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(after)
+        up.send_signal(signal.SIGTERM)
+        _out, err = up.communicate(timeout=50)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    if up.returncode == 0:  # it was up before the signal came: a plain down then
+        lab_cli("down", "--lab", lab_id, "--purge")
+        pytest.skip(f"up finished within {after} s on this machine")
+    if up.returncode == -signal.SIGTERM:  # before Python ran our code: nothing was made
+        assert not state.default_workdir(lab_id).exists()
+    else:
+        assert up.returncode == 130, err
+        assert err.splitlines() == [f"votemesh-lab: interrupted; lab {lab_id} removed"], err
+    assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id)
+    assert wait_no_traces(footprint(lab_id), timeout=2.0) == []
     lab_cli("down", "--lab", lab_id, "--purge")
 
 

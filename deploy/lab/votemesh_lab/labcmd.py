@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 from votemesh_lab import netns, state
@@ -146,15 +148,17 @@ def _validate_up(args: argparse.Namespace) -> str:
     return lab_id
 
 
-def _spawn_supervisor(lab_id: str, log: Path) -> int:
-    """Double fork + setsid: the supervisor is nobody's child; returns the ready pipe's end."""
+def _spawn_supervisor(lab_id: str, log: Path) -> tuple[int, int]:
+    """Double fork + setsid: the supervisor is nobody's child. Returns (its PID, the read end of
+    the pipe on which it writes its ready line); the middle child writes the PID there first."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child never returns)
         try:
             os.close(read_end)
             os.setsid()
-            if os.fork() != 0:
+            if (grandchild := os.fork()) != 0:
+                os.write(write_end, f"{grandchild}\n".encode())
                 os._exit(0)
             out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
@@ -167,7 +171,13 @@ def _spawn_supervisor(lab_id: str, log: Path) -> int:
             os._exit(127)
     os.close(write_end)
     os.waitpid(pid, 0)
-    return read_end
+    first = b""
+    while not first.endswith(b"\n"):
+        chunk = os.read(read_end, 1)  # the middle child wrote it before it exited
+        if not chunk:
+            raise UserError(f"up failed: could not start the supervisor (log: {log})")
+        first += chunk
+    return int(first), read_end
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
@@ -191,19 +201,27 @@ def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _interrupted(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupted)  # C5: SIGTERM of `up` tears down like Ctrl-C
     lab_id = _validate_up(args)
     workdir = state.default_workdir(lab_id)
-    workdir.mkdir(parents=True, mode=0o700)
     options = {"nodes": args.nodes, "links": args.links, "qnetd": args.qnetd or "",
                "broker": args.broker, "seed": args.seed, "wait": args.wait,
                "corosync": args.corosync}  # fmt: skip
-    LabState(lab_id, str(workdir), options=options).write()
     started = time.monotonic()
+    supervisor = 0
     try:
-        ready = _read_ready(_spawn_supervisor(lab_id, workdir / "supervisor.log"),
-                            args.wait + BUILD_SECONDS)  # fmt: skip
+        workdir.mkdir(parents=True, mode=0o700)
+        LabState(lab_id, str(workdir), options=options).write()
+        supervisor, ready_fd = _spawn_supervisor(lab_id, workdir / "supervisor.log")
+        ready = _read_ready(ready_fd, args.wait + BUILD_SECONDS)
     except KeyboardInterrupt:
+        if supervisor:  # it tears down what it made; then nothing of it can come back
+            netns.stop_pids([supervisor], grace=BUILD_SECONDS)
         netns.remove_lab(lab_id)
         print(f"votemesh-lab: interrupted; lab {lab_id} removed", file=sys.stderr)
         return 130
