@@ -91,6 +91,8 @@ class Supervisor:
         wait = float(self.record.options.get("wait", 30.0))
         netns.wait_until(self._all_answer, timeout=wait, what="every agent to answer")
         line = self.network.apply_current()
+        if not self.network.verified:
+            raise netns.LabError(f"the open network did not verify: {line}")
         self.record.phase = "up"
         self.record.write()
         return line
