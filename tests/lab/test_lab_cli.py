@@ -8,6 +8,7 @@ leaves it; the fixture's `down` must leave nothing (test_lab_cleanup.py pins tha
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,3 +247,21 @@ def test_corosync_stack_under_the_same_commands() -> None:
         down = lab_cli("down", "--lab", lab, "--purge")
     assert down.returncode == 0, down.stdout + down.stderr
     assert netns.leftovers(lab).empty()
+
+
+def needs_a_missing_module(_args: object) -> int:
+    """A stand-in `run` that imports a part of the package this build lacks."""
+    importlib.import_module("votemesh_lab.no_such_part")
+    return 0
+
+
+def test_a_command_needing_a_missing_part_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lazily loaded command that itself needs a missing votemesh_lab module: one line, 1."""
+    monkeypatch.setitem(cli.LAZY, "run", (__name__, "needs_a_missing_module"))
+    assert cli.main(["run", "x.toml"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "votemesh-lab: `run` needs votemesh_lab.no_such_part, which is not in this build"
+    ]

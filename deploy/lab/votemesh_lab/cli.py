@@ -136,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         return _handler(args.command)(args)
+    except ModuleNotFoundError as exc:
+        if args.command not in LAZY or not (exc.name or "").startswith("votemesh_lab."):
+            raise
+        print(f"votemesh-lab: `{args.command}` needs {exc.name}, which is not in this build",
+              file=sys.stderr)  # fmt: skip
+        return 1
     except UserError as exc:
         print(f"votemesh-lab: {exc}", file=sys.stderr)
         return 1
