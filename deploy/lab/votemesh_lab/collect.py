@@ -8,7 +8,7 @@ messages, the qnetd's log.
   it, a `state` record (ring, members, counted, quorate, expected, qdevice_vote,
   config_version) folded from the events. `src: log`.
 * With a broker: the events the MQTT tap received (`.../<node>/events`). An event the log also
-  has (same node, kind, within `MATCH_MS`) is recorded with `src: mqtt` and the MQTT `seq`; the
+  has (same node, kind, within `MATCH_MS`) is recorded with `src: mqtt` (and `mqtt_seq`); the
   log fills what MQTT missed (a broker outage) as `src: log`. A `note` says how many came by
   MQTT.
 * The qnetd's log: each `decision` line gives one `qnetd_vote` record per node it answered.
@@ -94,14 +94,19 @@ class _Fold:
             self.config_version = e["version"]
         if isinstance(e.get("expected_votes"), int):
             self.expected = e["expected_votes"]
+        if kind == "expected_votes_changed" and isinstance(e.get("new"), int):
+            self.expected = e["new"]
         return self.as_record() != before
 
     def as_record(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in STATE_KEYS}
 
 
-def agent_records(path: Path, node: int, start_wall_ms: int) -> tuple[list[Record], int]:
-    """The events and folded states of one agent's log; (records, lines skipped)."""
+def agent_records(
+    path: Path, node: int, start_wall_ms: int, expected: int = 0
+) -> tuple[list[Record], int]:
+    """The events and folded states of one agent's log; (records, lines skipped). `expected`:
+    the expected votes a life starts with (the agent's configured value; events update it)."""
     records: list[Record] = []
     skipped = 0
     fold = _Fold()
@@ -114,14 +119,10 @@ def agent_records(path: Path, node: int, start_wall_ms: int) -> tuple[list[Recor
             continue
         t = (stamp - start_wall_ms) / 1000
         kind = str(line.get("event", ""))
-        if kind == "agent started":
-            fold, seq = _Fold(), 0
-            incarnation = (
-                line.get("incarnation") if isinstance(line.get("incarnation"), int) else None
-            )
-            records.append(
-                {"t": t, "node": node, "kind": "state", "src": "log", **fold.as_record()}
-            )
+        if kind == "agent started":  # a new life, in its start-up singleton view (no event)
+            fold, seq = _Fold(members=[node], expected=expected), 0
+            life = line.get("incarnation")
+            incarnation = life if isinstance(life, int) else None
             continue
         if EVENT_KIND.fullmatch(kind) is None or kind in NOT_EVENTS:
             continue
@@ -161,7 +162,8 @@ def mqtt_events(path: Path, names: Mapping[str, int]) -> dict[int, list[dict[str
 
 
 def mark_mqtt(records: list[Record], mqtt: Mapping[int, list[dict[str, Any]]]) -> Record:
-    """Log events also received over MQTT become `src: mqtt` (with MQTT's seq); a note."""
+    """Log events also received over MQTT become `src: mqtt` (MQTT's seq as `mqtt_seq`); a
+    note says how many."""
     took = 0
     total = 0
     for node, events in mqtt.items():
@@ -178,7 +180,7 @@ def mark_mqtt(records: list[Record], mqtt: Mapping[int, list[dict[str, Any]]]) -
                     used[i] = True
                     record["src"] = "mqtt"
                     if isinstance(event.get("seq"), int):
-                        record["seq"] = event["seq"]
+                        record["mqtt_seq"] = event["seq"]  # `seq` stays the log's count
                     took += 1
                     break
     text = f"events: {took} of {total} came over MQTT, the rest from the agents' logs"
@@ -204,13 +206,17 @@ def qnetd_records(path: Path, start_wall_ms: int) -> list[Record]:
     return records
 
 
-def collect(logs: Mapping[str, Path], start_wall_ms: int) -> list[Record]:
-    """Every host's records from the paths `Backend.collect` returned (host -> file)."""
+def collect(
+    logs: Mapping[str, Path], start_wall_ms: int, expected: Mapping[int, int] | None = None
+) -> list[Record]:
+    """Every host's records from the paths `Backend.collect` returned (host -> file);
+    `expected`: each node's expected votes at start (from its first status)."""
     records: list[Record] = []
     skipped: dict[str, int] = {}
     names = {name: int(name[1:]) for name in logs if _is_node(name)}
     for name, node in names.items():
-        got, skipped[name] = agent_records(logs[name], node, start_wall_ms)
+        start = (expected or {}).get(node, 0)
+        got, skipped[name] = agent_records(logs[name], node, start_wall_ms, start)
         records += got
     if "broker" in logs:
         records.append(mark_mqtt(records, mqtt_events(logs["broker"], names)))

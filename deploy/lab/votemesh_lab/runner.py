@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib
 import os
 import random
 import secrets
@@ -37,17 +38,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from votemesh_lab import collect, expect, grudge, netem, scenario
+from votemesh_lab import collect, expect, grudge, netem, report, scenario
 from votemesh_lab.backends import Backend, LabPlan, NetnsBackend, check_node_configs
+from votemesh_lab.checker import Checker
 from votemesh_lab.netns import LabError
 from votemesh_lab.scenario import Nemesis, Scenario, ScenarioError
+from votemesh_lab.timeline import Timeline
 
 POLL = 0.2
 STORE = Path("lab-store")
 #: Seconds the cluster gets after the final heal before the run ends (then the checker's own
 #: settle bound applies to what it saw).
 FINAL_SETTLE = 4.0
-EXIT = {"valid": 0, "unknown": 2, "invalid": 3}
+EXIT = report.EXIT
 
 Record = dict[str, Any]
 
@@ -85,9 +88,13 @@ class Run:
     start_wall_ms: int = 0
     start_mono: float = 0.0
     t0: float | None = None
+    form_deadline: float | None = None
+    """When formation had to be reached (run time): `form_within` after the lab was up."""
     aborted: str | None = None
     exec_failures: list[expect.Outcome] = field(default_factory=list)
     addresses: dict[str, list[str]] = field(default_factory=dict)
+    first_expected: dict[int, int] = field(default_factory=dict)
+    """Each node's expected votes in its first status (its configured value)."""
     _matrix: grudge.Matrix | None = None
     _baseline: tuple[grudge.Rule, ...] = ()
     _last_status: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -136,6 +143,7 @@ class Run:
     def _form(self) -> None:
         limit = self.scenario.topology.form_within
         deadline = self.now() + limit
+        self.form_deadline = round(deadline, 4)
         nodes = [f"n{i}" for i in range(1, self.scenario.topology.nodes + 1)]
         want = list(range(1, len(nodes) + 1))
         while True:
@@ -163,6 +171,7 @@ class Run:
             docs[host] = doc
             if not doc:
                 continue
+            self.first_expected.setdefault(i, int(doc.get("expected_votes") or 0))
             vote = bool((doc.get("qdevice") or {}).get("vote"))
             key = (doc.get("ring"), tuple(doc.get("members") or ()), doc.get("quorate"), vote,
                    doc.get("config_version"))  # fmt: skip
@@ -216,17 +225,18 @@ class Run:
             f, phase = "flap", "start" if n.f == "flap-on" else "stop"
         params = {k: v for k, v in n.params.items() if k not in ("period", "count")}
         rec = self.record("fault", id=n.id, f=f, phase=phase, params=params)
-        rec["applied_t"] = round(applied, 4)
+        rec["t"] = rec["applied_t"] = round(applied, 4)
         rec["verified_t"] = None if verified is None else round(verified, 4)
 
     def _apply(self, matrix: grudge.Matrix, why: str) -> tuple[float, float | None]:
         verification = self.backend.apply(matrix)
         self._matrix = matrix
-        applied = self.now() - float(verification.seconds)
-        self.record("net", blocks=sorted([s, d] for s, d in matrix.blocks),
+        applied = self.now() - float(verification.seconds)  # the switch took it then
+        net = self.record("net", blocks=sorted([s, d] for s, d in matrix.blocks),
                     links={f"{s}>{d}": matrix.effective(s, d).to_dict() for s, d in matrix.pairs()
                            if matrix.effective(s, d) != matrix.default()},
                     default=matrix.default().to_dict(), generation=matrix.generation)  # fmt: skip
+        net["t"] = round(applied, 4)
         mismatches = [dataclasses.asdict(m) for m in verification.mismatches]
         self.record("verify", generation=matrix.generation, ok=verification.ok,
                     mismatches=mismatches, unverified=[list(p) for p in verification.unverified],
@@ -406,10 +416,36 @@ def run_record(run: Run, plan: LabPlan, parsed: dict[str, Any]) -> Record:
     backend = run.backend
     nodes = {str(i): {"name": f"n{i}", "addresses": run.addresses.get(f"n{i}", []), "votes": 1}
              for i in range(1, plan.nodes + 1)}  # fmt: skip
-    return {"t": 0.0, "node": "lab", "kind": "run", "src": "lab",
+    record = {"t": 0.0, "node": "lab", "kind": "run", "src": "lab",
             "scenario": run.scenario.name, "seed": run.seed, "backend": backend.name,
             "version": version("votemesh"), "start_wall_ms": run.start_wall_ms, "nodes": nodes,
-            "t0": run.t0, "duration": run.scenario.duration, **_jsonable(parsed)}  # fmt: skip
+            "t0": run.t0, "duration": run.scenario.duration,
+            "form_within": run.form_deadline, **_jsonable(parsed)}  # fmt: skip
+    if run.scenario.properties is not None:
+        record["properties"] = list(run.scenario.properties)
+    hosts = getattr(backend, "run_hosts_record", None)  # SSH: each host's clock offset
+    if callable(hosts):
+        with contextlib.suppress(LabError, OSError):
+            record["hosts"] = hosts()
+    return record
+
+
+def drop_startup_polls(records: Sequence[Record]) -> list[Record]:
+    """Polled `state` records of a node taken after its (re)start but before its first
+    `view_installed`: the agent's start-up singleton view has a ring id no event announces (the
+    folded state says ring null there), which is not a silent change. The rest is kept."""
+    out: list[Record] = []
+    announced: dict[Any, bool] = {}
+    for r in sorted(records, key=lambda r: float(r["t"])):
+        node = r.get("node")
+        if r["kind"] == "proc" and r.get("state") == "started":
+            announced[node] = False
+        elif r["kind"] == "state" and r["src"] != "status" and r.get("ring") is not None:
+            announced[node] = True
+        elif r["kind"] == "state" and r["src"] == "status" and not announced.get(node, True):
+            continue
+        out.append(r)
+    return out
 
 
 def store_dir(out: str | None, name: str, seed: int) -> Path:
@@ -420,64 +456,30 @@ def store_dir(out: str | None, name: str, seed: int) -> Path:
     return STORE / name / f"{stamp}-s{seed}"
 
 
-def _judging_modules() -> tuple[Any, Any, Any, Any]:
-    """lab-timeline's checker, render, report and timeline (imported when judging: matplotlib is
-    heavy). Through importlib until that branch is merged: `run` stops here without them."""
-    import importlib  # noqa: PLC0415
+def judge(run: Run, records: list[Record], out: Path) -> tuple[str, str]:
+    """The checker's properties and the scenario's expectations over the records; writes
+    timeline.jsonl, scenario.toml, timeline.png and report.json; (status, verdict line)."""
+    from votemesh_lab import render  # noqa: PLC0415 (matplotlib only when drawing)
 
-    names = ("checker", "render", "report", "timeline")
-    return tuple(importlib.import_module(f"votemesh_lab.{n}") for n in names)  # type: ignore[return-value]
-
-
-def judge(run: Run, timeline_records: list[Record], out: Path) -> tuple[str, str]:
-    """Checker + expectations over the records; writes the store's files; (status, line)."""
-    checker, render, report, timeline = _judging_modules()
-
-    tl = timeline.Timeline(timeline_records)
-    verdict = checker.Checker(tl).check()
-    end = tl.end
-    t0 = run.t0
+    tl = Timeline(records)
+    s = run.scenario
+    verdict = Checker(tl, properties=s.properties).check()
     outcomes: list[expect.Outcome] = []
-    if t0 is not None:
-        nodes = list(range(1, run.scenario.topology.nodes + 1))
-        outcomes = expect.evaluate(
-            timeline_records, run.scenario.expects, t0=t0, end=end, nodes=nodes
-        )
+    if run.t0 is not None:
+        nodes = list(range(1, s.topology.nodes + 1))
+        outcomes = expect.evaluate(tl.records, s.expects, t0=run.t0, end=tl.end, nodes=nodes)
     outcomes += run.exec_failures
-    verdict = merge_expectations(verdict, outcomes, run.aborted)
-    tl.write_jsonl(out / "timeline.jsonl")
-    (out / "scenario.toml").write_text(run.scenario.text, encoding="utf-8")
-    report_path = report.write(out, tl, verdict, run.scenario.text,
-                               expectations=[o.to_dict() for o in outcomes])  # fmt: skip
-    line = report.verdict_line(verdict, tl, report_path)
+    expectations = [o.to_dict() for o in outcomes]
+    verdict = report.with_expectations(verdict, expectations)
+    tl.write_jsonl(out / report.TIMELINE)
+    (out / report.SCENARIO).write_text(s.text, encoding="utf-8")
+    line = report.verdict_line(verdict, tl, out / report.REPORT)
     try:
-        render.render_png(tl, verdict, out / "timeline.png")
-    except Exception as exc:  # noqa: BLE001 (a picture must not lose the verdict)
+        render.render_png(tl, verdict, out / report.PICTURE, title=line)
+    except Exception as exc:  # noqa: BLE001 (a picture that fails must not lose the verdict)
         print(f"timeline.png not drawn: {exc}", file=sys.stderr)
+    report.write(out, tl, verdict, s.text, expectations=expectations)
     return verdict.status, line
-
-
-def merge_expectations(
-    verdict: Any, outcomes: Sequence[expect.Outcome], aborted: str | None
-) -> Any:
-    """The checker's verdict with every missed expectation as a Violation (prop `expect`) and
-    every unknown one (and an aborted run) as an unknown reason."""
-    checker = _judging_modules()[0]
-
-    violations = list(verdict.violations)
-    unknown = list(verdict.unknown)
-    for o in outcomes:
-        if o.status == "missed":
-            violations.append(checker.Violation(
-                prop="expect", t=o.at or 0.0, nodes=tuple(o.nodes),
-                detail=f"expect[{o.index}] {o.text}: {o.detail}; seen {o.seen}"))  # fmt: skip
-        elif o.status == "unknown":
-            unknown.append(f"expect[{o.index}] {o.text}: {o.detail}")
-    if aborted:
-        unknown.append(f"run aborted: {aborted}")
-    violations.sort(key=lambda v: v.t)
-    status = "invalid" if violations else "unknown" if unknown else "valid"
-    return dataclasses.replace(verdict, status=status, violations=violations, unknown=unknown)
 
 
 # ------------------------------------------------------------------------------- the command
@@ -490,9 +492,12 @@ def make_backend(args: argparse.Namespace) -> Backend:
         inventory = getattr(args, "inventory", None)
         if not inventory:
             raise ScenarioError("--backend ssh needs --inventory FILE")
-        from votemesh_lab import ssh  # type: ignore[attr-defined]  # noqa: PLC0415
-
-        backend: Backend = ssh.SshBackend.from_inventory(Path(inventory))
+        # lab-ssh's module, looked up when asked for (it needs OpenSSH, not every install has it)
+        ssh = importlib.import_module("votemesh_lab.ssh")
+        try:
+            backend: Backend = ssh.SshBackend.from_inventory(Path(inventory))
+        except (ValueError, OSError) as exc:  # ssh.InventoryError is a ValueError
+            raise ScenarioError(f"--inventory {inventory}: {exc}") from None
         return backend
     raise ScenarioError(f"--backend {name}: use netns or ssh")
 
@@ -591,9 +596,12 @@ def run_scenario(  # noqa: PLR0917 (the scenario, where, and what to record)
         shutil.rmtree(workdir, ignore_errors=True)
     if run.aborted:
         log(f"aborted: {run.aborted}")
+    if run.aborted:
+        run.record("note", text=f"aborted: {run.aborted}")
     records = [run_record(run, plan, parsed), *run.records]
-    records += collect.collect(logs, run.start_wall_ms) if run.start_wall_ms else []
-    status, line = judge(run, records, out)
+    if run.start_wall_ms:
+        records += collect.collect(logs, run.start_wall_ms, run.first_expected)
+    status, line = judge(run, drop_startup_polls(records), out)
     _link_latest(out)
     if interrupted:
         raise KeyboardInterrupt
