@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from votemesh_lab import cli, corostack, netns, state
+from votemesh_lab import cli, corostack, netns, state, statusview
 
 from tests.lab.lab_cli_support import (
     REASON,
@@ -264,4 +264,30 @@ def test_a_command_needing_a_missing_part_is_one_line(
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "votemesh-lab: `run` needs votemesh_lab.no_such_part, which is not in this build"
+    ]
+
+
+def test_status_rows_from_a_reply() -> None:
+    """The table's rows: an agent's ring, members, quorate, votes, qdevice and per-link counts;
+    a paused agent and the qnetd host get dashes; an inquorate node says NO."""
+    link = {"link": 0, "up": True}
+    reply = {
+        "nodes": [
+            {"host": "n1", "role": "agent", "daemon": "running", "status": {
+                "ring": "1.4", "members": [1, 2], "quorate": True, "total_votes": 3,
+                "expected_votes": 3, "qdevice": {"configured": True, "vote": True, "votes": 1},
+                "peers": [{"links": [link, {"link": 1, "up": False}]}]}},
+            {"host": "n2", "role": "agent", "daemon": "running", "status": {
+                "ring": "2.5", "members": [2], "quorate": False, "total_votes": 1,
+                "expected_votes": 3, "qdevice": {"configured": True, "connected": True},
+                "peers": [{"links": [{"link": 0, "up": False}]}]}},
+            {"host": "n3", "role": "agent", "daemon": "paused", "status": {}},
+            {"host": "qnetd", "role": "qnetd", "daemon": "running", "status": {}},
+        ],
+    }  # fmt: skip
+    assert statusview.status_rows(reply) == [
+        ["n1", "running", "1.4", "1,2", "yes", "3/3", "vote (1)", "L0 1/1 L1 0/1"],
+        ["n2", "running", "2.5", "2", "NO", "1/3", "no vote", "L0 0/1"],
+        ["n3", "paused", "-", "-", "-", "-", "-", "-"],
+        ["qnetd", "running", "-", "-", "-", "-", "-", "-"],
     ]
