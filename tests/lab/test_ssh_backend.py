@@ -1,0 +1,266 @@
+"""The SSH backend (design §4.8) against sshd running in lab namespaces ("real hosts").
+
+Inventory checks are pure. The live test drives three agents on three hosts that run sshd with
+their own host keys and one authorized key made for the test, from a control host `ctl` inside
+the lab (no connection leaves the lab): up from an inventory file, a partition as iptables DROP
+rules in `VML-<id>`, heal, kill -9 and restart, logs collected, and `down` leaving nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from votemesh_lab import remote
+from votemesh_lab.backends import LabPlan
+from votemesh_lab.grudge import Matrix
+from votemesh_lab.netns import wait_until
+from votemesh_lab.ssh import InventoryError, SshBackend, SshError, load_inventory, parse_inventory
+
+from tests.lab.sshd_hosts import SshdLab, missing
+
+NODES = ("n1", "n2", "n3")
+
+# -- inventory (pure) ---------------------------------------------------------------------
+GOOD = """
+[ssh]
+user = "root"
+options = ["-o", "BatchMode=yes"]
+[remote]
+python = "/usr/bin/python3"
+[[host]]
+name = "n1"
+address = "10.0.0.11"
+links = ["10.0.0.11", "10.1.0.11"]
+[[host]]
+name = "qnetd"
+address = "10.0.0.20"
+role = "qnetd"
+"""
+
+
+def test_inventory_reads_hosts_roles_links_and_defaults(tmp_path: Path) -> None:
+    """A good inventory: node id from the name n<id>, links default [address], roles kept."""
+    path = tmp_path / "inventory.toml"
+    path.write_text(GOOD)
+    inventory = load_inventory(path)
+    n1, qnetd = inventory.hosts
+    assert (n1.name, n1.node_id, n1.links, n1.role) == (
+        "n1", 1, ("10.0.0.11", "10.1.0.11"), "agent",
+    )  # fmt: skip
+    assert (qnetd.role, qnetd.node_id, qnetd.links) == ("qnetd", None, ("10.0.0.20",))
+    assert inventory.user == "root"
+    assert inventory.options == ("-o", "BatchMode=yes")
+    assert inventory.python == "/usr/bin/python3"
+    assert inventory.port == 22
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "no [[host]] entries"),
+        ("[[host]]\nname = 'n1'\n", "[[host]] 1 address"),
+        ("[[host]]\nname = 'web'\naddress = 'h'\n", "node_id missing"),
+        ("[[host]]\nname = 'n1'\naddress = 'h'\nrole = 'db'\n", "role 'db'"),
+        ("[[host]]\nname = 'n1'\naddress = 'h'\nnode_id = 0\n", "node_id: an integer"),
+        ("[[host]]\nname = 'n1'\naddress = 'h'\nport = 22\n", "unknown key 'port'"),
+        ("[ssh]\nport = 70000\n[[host]]\nname = 'n1'\naddress = 'h'\n", "[ssh] port"),
+        ("[ssh]\noptions = '-v'\n[[host]]\nname = 'n1'\naddress = 'h'\n", "options: a list"),
+        ("[ssh]\nlauncher = 'systemd-run'\n[[host]]\nname = 'n1'\naddress = 'h'\n", "launcher"),
+        ("[[host]]\nname = 'n1'\naddress = 'h'\n[[host]]\nname = 'n1'\naddress = 'g'\n",
+         "name n1 appears twice"),
+        ("[[host]]\nname = 'n1'\naddress = 'h'\n[[host]]\nname = 'n2'\naddress = 'h'\n",
+         "link address h appears twice"),
+        ("[hosts]\n", "unknown table 'hosts'"),
+    ],
+)  # fmt: skip
+def test_bad_inventory_is_one_line_naming_the_key(text: str, says: str) -> None:
+    """Every mistake is an InventoryError of one line that names what is wrong."""
+    import tomllib
+
+    with pytest.raises(InventoryError) as caught:
+        parse_inventory(tomllib.loads(text), "inv.toml")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("inv.toml")
+    assert says in message
+
+
+def test_unreadable_or_broken_inventory_file(tmp_path: Path) -> None:
+    """A missing file and a file that is not TOML are one-line InventoryErrors too."""
+    with pytest.raises(InventoryError, match="cannot read"):
+        load_inventory(tmp_path / "nope.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[ssh\n")
+    with pytest.raises(InventoryError, match="not TOML"):
+        load_inventory(broken)
+
+
+# -- live (root) -------------------------------------------------------------------------
+live = pytest.mark.skipif(missing() is not None, reason=str(missing()))
+
+
+@pytest.fixture
+def sshd_lab(tmp_path: Path) -> Iterator[SshdLab]:
+    """ctl + n1..n3 running sshd; everything in their namespaces is killed at the end."""
+    lab = SshdLab(tmp_path, NODES)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def _matrix(generation: int, blocks: set[tuple[str, str]] | None = None) -> Matrix:
+    return Matrix(hosts=NODES, blocks=frozenset(blocks or set()), rules=(), generation=generation)
+
+
+Picture = dict[str, tuple[bool, list[int] | None]]
+"""host -> (quorate, members); members None: any (an inquorate loner may have no view)."""
+
+
+def _picture(backend: SshBackend) -> Callable[[], Picture]:
+    def read() -> Picture:
+        result: Picture = {}
+        for host in NODES:
+            status = backend.status(host)
+            result[host] = (bool(status.get("quorate")), list(status.get("members") or []))
+        return result
+
+    return read
+
+
+def _until(backend: SshBackend, want: Picture, what: str) -> float:
+    started = time.monotonic()
+    read = _picture(backend)
+
+    def matches(seen: Picture) -> bool:
+        return all(
+            seen[h][0] == quorate and (members is None or seen[h][1] == members)
+            for h, (quorate, members) in want.items()
+        )
+
+    def probe() -> bool | None:
+        return True if matches(read()) else None
+
+    wait_until(probe, timeout=20, what=f"{what} (last: {read()})", interval=0.3)
+    return time.monotonic() - started
+
+
+@pytest.mark.root
+@pytest.mark.timeout(90)
+@live
+def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
+    sshd_lab: SshdLab, tmp_path: Path
+) -> None:
+    """Up from an inventory file: all quorate; n3 cut off both ways (DROP rules in VML-<id>
+    on the receivers) goes inquorate while n1+n2 stay quorate; heal: one view again; kill -9 of
+    n2 then restart: n1+n3 carry on, n2 rejoins; logs come back over SSH as JSON event lines;
+    the clock offsets are measured; `down` leaves no pidfile process, chain or run dir on any
+    host (checked by the hosts' own `leftovers` and by `iptables -S` and the namespaces' PIDs)."""
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(sshd_lab.inventory_text())
+    backend = SshBackend(load_inventory(inventory))
+    try:
+        backend.up(LabPlan(nodes=3, cluster={"timing": {"preset": "lab"}}, workdir=tmp_path))
+        everyone = (True, [1, 2, 3])
+        _until(backend, dict.fromkeys(NODES, everyone), "all three quorate")
+        chain = remote.chain_name(backend.lab_id)
+        for name in NODES:  # the chain exists and is jumped to from INPUT on every host
+            rules = sshd_lab.lab[name].run(["iptables", "-S"]).stdout
+            assert f"-A INPUT -j {chain}" in rules
+
+        split = {("n3", "n1"), ("n3", "n2"), ("n1", "n3"), ("n2", "n3")}
+        verification = backend.apply(_matrix(1, split))
+        assert verification.ok, str(verification)
+        n3_rules = sshd_lab.lab["n3"].run(["iptables", "-S", chain]).stdout
+        assert n3_rules.count("-j DROP") == 2
+        _until(
+            backend,
+            {"n1": (True, [1, 2]), "n2": (True, [1, 2]), "n3": (False, None)},
+            "n3 alone and inquorate, n1+n2 quorate",
+        )
+
+        assert backend.apply(_matrix(2)).ok
+        _until(backend, dict.fromkeys(NODES, everyone), "one view after heal")
+
+        backend.signal("n2", "kill")
+        _until(
+            backend,
+            {"n1": (True, [1, 3]), "n2": (False, None), "n3": (True, [1, 3])},
+            "n1+n3 on after kill -9 of n2",
+        )
+        backend.start("n2")
+        _until(backend, dict.fromkeys(NODES, everyone), "n2 rejoined")
+
+        logs = backend.collect(tmp_path / "out")
+        assert set(logs) == set(NODES)
+        for host, path in logs.items():
+            assert path == tmp_path / "out" / "logs" / host / "agent.log"
+            kinds = {json.loads(line).get("event") for line in path.read_text().splitlines()
+                     if line.startswith("{")}  # fmt: skip
+            assert "view_installed" in kinds or "quorum_gained" in kinds, (host, kinds)
+        clocks = backend.run_hosts_record()
+        assert set(clocks) == set(NODES)
+        for record in clocks.values():  # one kernel clock: the offset is within its uncertainty
+            assert abs(record["offset_ms"]) <= record["uncertainty_ms"] + 1.0
+    finally:
+        backend.down()
+    for name in NODES:
+        assert sshd_lab.foreign_pids(name) == [], name
+        assert "VML-" not in sshd_lab.lab[name].run(["iptables", "-S"]).stdout
+        assert not sshd_lab.lab[name].host_path(f"/run/votemesh-lab/{backend.lab_id}").exists()
+    again = SshBackend(load_inventory(inventory), lab_id=backend.lab_id)
+    try:
+        assert again.leftovers() == {}
+    finally:
+        again.down()
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+@live
+def test_down_from_nothing_after_the_control_node_is_lost(
+    sshd_lab: SshdLab, tmp_path: Path
+) -> None:
+    """A second control node that knows only the inventory and the lab id removes what the
+    first left (its agents and chains) when the first never ran `down`."""
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(sshd_lab.inventory_text())
+    first = SshBackend(load_inventory(inventory))
+    first.up(LabPlan(nodes=3, cluster={"timing": {"preset": "lab"}}, workdir=tmp_path))
+    first.apply(_matrix(1, {("n1", "n2")}))
+    # The control node "dies": its SSH sessions end, nothing on the hosts is told.
+    if first._prober is not None:
+        first._prober.close()
+    for name in first.hosts():
+        first.ssh_host(name).close()
+    assert all(sshd_lab.foreign_pids(n) for n in NODES)
+    second = SshBackend(load_inventory(inventory), lab_id=first.lab_id)
+    left = second.leftovers()
+    assert set(left) == set(NODES)
+    assert all(entry["chain"] and entry["processes"] for entry in left.values())
+    second.down()
+    for name in NODES:
+        assert sshd_lab.foreign_pids(name) == [], name
+        assert "VML-" not in sshd_lab.lab[name].run(["iptables", "-S"]).stdout
+
+
+@pytest.mark.root
+@pytest.mark.timeout(30)
+@live
+def test_unreachable_host_is_one_line(sshd_lab: SshdLab, tmp_path: Path) -> None:
+    """A host nobody answers for is an SshError naming it; nothing is left running locally."""
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        sshd_lab.inventory_text('\n[[host]]\nname = "n9"\naddress = "198.18.0.250"\n')
+    )
+    backend = SshBackend(load_inventory(inventory))
+    with pytest.raises(SshError) as caught:
+        backend.connect()
+    assert "host n9" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(SshError, match="host n9"):
+        backend.down()  # cleans n1..n3 (nothing there), names the host it could not reach
