@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from votemesh_lab import remote
 from votemesh_lab.backends import LabPlan
-from votemesh_lab.grudge import Matrix
+from votemesh_lab.grudge import Matrix, Rule
+from votemesh_lab.netem import Impairment
 from votemesh_lab.netns import wait_until
 from votemesh_lab.ssh import InventoryError, SshBackend, SshError, load_inventory, parse_inventory
 
@@ -222,16 +223,29 @@ def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
 @pytest.mark.root
 @pytest.mark.timeout(60)
 @live
-def test_down_from_nothing_after_the_control_node_is_lost(
+def test_shaping_refused_without_netem_and_down_from_nothing(
     sshd_lab: SshdLab, tmp_path: Path
 ) -> None:
-    """A second control node that knows only the inventory and the lab id removes what the
-    first left (its agents and chains) when the first never ran `down`."""
+    """A shape on hosts without sch_netem is refused with one line naming the host (probed in a
+    scratch namespace there), before any rule changes. Then the control node is lost; a second
+    one that knows only the inventory and the lab id finds the agents, the chains and a lab
+    qdisc (root htb with the lab's handle on a recorded device) and removes all of them."""
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(sshd_lab.inventory_text())
     first = SshBackend(load_inventory(inventory))
     first.up(LabPlan(nodes=3, cluster={"timing": {"preset": "lab"}}, workdir=tmp_path))
-    first.apply(_matrix(1, {("n1", "n2")}))
+    assert first.apply(_matrix(1, {("n1", "n2")})).ok
+    shaped = _matrix(2).shape(Rule(None, None, False, Impairment.parse({"delay": "5ms"})))
+    if first.netem_missing("n1") is not None:
+        with pytest.raises(SshError) as caught:
+            first.apply(shaped)
+        assert str(caught.value).startswith("--shaper tc: host n1 has no sch_netem (")
+        assert "\n" not in str(caught.value)
+    run_dir = f"/run/votemesh-lab/{first.lab_id}"
+    major = f"{remote.tc_major(first.lab_id):x}"
+    rc, out = first.exec("n2", ["sh", "-c", f"tc qdisc add dev eth0 root handle {major}: htb "
+                                f"&& echo eth0 > {run_dir}/tc-devices"])  # fmt: skip
+    assert rc == 0, out
     # The control node "dies": its SSH sessions end, nothing on the hosts is told.
     if first._prober is not None:
         first._prober.close()
@@ -242,10 +256,13 @@ def test_down_from_nothing_after_the_control_node_is_lost(
     left = second.leftovers()
     assert set(left) == set(NODES)
     assert all(entry["chain"] and entry["processes"] for entry in left.values())
+    assert left["n2"]["qdiscs"] == ["eth0"]
     second.down()
     for name in NODES:
         assert sshd_lab.foreign_pids(name) == [], name
         assert "VML-" not in sshd_lab.lab[name].run(["iptables", "-S"]).stdout
+        qdiscs = sshd_lab.lab[name].run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+        assert f"{major}:" not in qdiscs, qdiscs
 
 
 @pytest.mark.root

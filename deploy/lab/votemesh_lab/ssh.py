@@ -498,11 +498,8 @@ class SshBackend:
         self.plan = plan
         try:
             self.connect()
-            chain = remote.chain_name(self.lab_id)
             for host in self._hosts.values():
-                host.check(
-                    ["sh", "-c", f"iptables -w -N {chain} && iptables -w -I INPUT -j {chain}"]
-                )
+                host.check(tc.chain_setup(self.lab_id))
             qdevice = self._start_qnetd(plan) if plan.qnetd else None
             self._start_agents(qdevice)
         except BaseException:
@@ -712,9 +709,12 @@ class SshBackend:
             return
         devices = self._devices(host.name)
         host.put(f"{remote.RUN_ROOT}/{self.lab_id}/tc-devices", "\n".join(devices) + "\n", 0o644)
-        commands = [c for d in devices for c in plan.tc_commands(d)]
-        batch = "".join(shlex.join(c[1:]) + "\n" for c in commands)
-        host.check(["tc", "-force", "-batch", "-"], input_text=batch)
+        for device in devices:
+            delete, *build = plan.tc_commands(device)
+            host.run(delete)  # fails when the lab has no qdisc there yet: fine
+            if build:
+                batch = "".join(shlex.join(c[1:]) + "\n" for c in build)
+                host.check(["tc", "-batch", "-"], input_text=batch)
         if wanted:
             self._shaped.add(host.name)
         else:

@@ -2,15 +2,18 @@
 
 For a host s (the sender), on each device that holds one of its lab addresses:
 
-    tc qdisc replace dev D root handle M: htb default 1          M = remote.tc_major(lab id)
+    tc qdisc del dev D root handle M:                            M = remote.tc_major(lab id)
+    tc qdisc add dev D root handle M: htb default 1
     tc class add dev D parent M: classid M:1 htb rate 10gbit     the default class: broadcast,
     tc qdisc add dev D parent M:1 netem <all-pairs rule>          multicast, anything unmatched
     tc class add dev D parent M: classid M:<10+i> htb rate 10gbit     one per destination d
     tc qdisc add dev D parent M:<10+i> netem <s->d impairment>        (index i in matrix.hosts)
-    tc filter add dev D parent M: protocol ip prio 1 flower dst_ip <d's address>/32 classid M:<10+i>
+    tc filter add dev D parent M: protocol ip prio 1 u32 match ip dst <d's address>/32 classid M:<10+i>
 
-Only pairs whose effective impairment is not empty get a class; with nothing to shape the root
-qdisc is deleted (`tc qdisc del`, which `-force` batches tolerate). The netem words are tc's own
+The filter is u32, not flower (design §4.3 named flower): u32 is built into kernels that lack
+cls_flower, this one among them, and does the same exact match on the destination address.
+Only pairs whose effective impairment is not empty get a class; with nothing to shape only the
+`del` is left. The netem words are tc's own
 (`Impairment.to_dict()` already holds tc units): `delay D J C distribution X`, `loss random P C`
 | `loss gemodel ...` | `loss state ...`, `duplicate`, `corrupt`, `reorder P C gap N`, `rate R
 OVERHEAD`, `limit N`, and `seed S` (a per-pair seed from the run seed, as the switch's) where
@@ -25,13 +28,15 @@ Readback: `iptables -S VML-<id>` must list exactly the requested DROP rules; `tc
 show the lab's htb root and one netem leaf per shaped destination. Field values of the leaves are
 checked by the data plane (the probes), not parsed back here.
 
-Pure: builds argv lists and compares text; `ssh.py` (and a namespace lab) run them.
+Builds argv lists and compares text; `ssh.py` (and a namespace lab) run them. The one I/O here
+is `local_netem_refusal()`, the probe on this machine before `--shaper tc` is accepted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,10 +63,29 @@ def netem_refusal(host: str, returncode: int, stderr: str) -> str | None:
     if returncode == 0:
         return None
     why = stderr.strip().splitlines()
+    where = host if host == "this machine" else f"host {host}"
     return (
-        f"--shaper tc: host {host} has no sch_netem ({why[-1] if why else 'tc failed'}); "
+        f"--shaper tc: {where} has no sch_netem ({why[-1] if why else 'tc failed'}); "
         "load it (modprobe sch_netem) or use the tap switch (--shaper tap)"
     )
+
+
+def local_netem_refusal() -> str | None:
+    """`--shaper tc` on this machine: None when sch_netem works in a scratch namespace, else
+    the one-line refusal (the probe creates and drops its own network namespace)."""
+    try:
+        result = subprocess.run(
+            NETEM_PROBE, capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return netem_refusal("here", 1, str(exc))
+    return netem_refusal("this machine", result.returncode, result.stderr)
+
+
+def chain_setup(lab_id: str) -> list[str]:
+    """argv (for a host's shell) creating the lab's chain and jumping to it from INPUT."""
+    chain = chain_name(lab_id)
+    return ["sh", "-c", f"iptables -w -N {chain} && iptables -w -I INPUT -j {chain}"]
 
 
 def pair_seed(seed: int, src: str, dst: str, generation: int) -> int:
@@ -208,20 +232,25 @@ class HostPlan:
     # -- tc ----------------------------------------------------------------------------------
 
     def tc_commands(self, device: str) -> list[list[str]]:
-        """The tc argv lists for one device, in order (a `tc -force -batch` input, minus "tc")."""
+        """The tc argv lists for one device, in order.
+
+        The first deletes the lab's root qdisc (`handle M:`: the kernel refuses to delete any
+        other, so a host's own shaping is never removed; it fails harmlessly when there is none);
+        the rest build the plan's tree (`add`: refused where the host has its own root qdisc).
+        """
         m, dev = self.major, ["dev", device]
+        commands = [["tc", "qdisc", "del", *dev, "root", "handle", f"{m}:"]]
         if not self.shapes and self.default is None:
-            return [["tc", "qdisc", "del", *dev, "root", "handle", f"{m}:"]]
+            return commands
         htb = ["htb", "rate", HTB_RATE]
-        commands = [
-            ["tc", "qdisc", "replace", *dev, "root", "handle", f"{m}:", "htb", "default",
+        default = f"{m}:{DEFAULT_CLASS:x}"
+        commands += [
+            ["tc", "qdisc", "add", *dev, "root", "handle", f"{m}:", "htb", "default",
              f"{DEFAULT_CLASS:x}"],
-            ["tc", "class", "add", *dev, "parent", f"{m}:", "classid", f"{m}:{DEFAULT_CLASS:x}",
-             *htb],
+            ["tc", "class", "add", *dev, "parent", f"{m}:", "classid", default, *htb],
         ]  # fmt: skip
         if self.default is not None:
-            commands.append(["tc", "qdisc", "add", *dev, "parent", f"{m}:{DEFAULT_CLASS:x}",
-                             "netem", *self.default])  # fmt: skip
+            commands.append(["tc", "qdisc", "add", *dev, "parent", default, "netem", *self.default])
         for shape in self.shapes:
             classid = f"{m}:{shape.minor:x}"
             commands.append(["tc", "class", "add", *dev, "parent", f"{m}:", "classid", classid,
@@ -230,7 +259,7 @@ class HostPlan:
                              *shape.words])  # fmt: skip
             commands += [
                 ["tc", "filter", "add", *dev, "parent", f"{m}:", "protocol", "ip", "prio", "1",
-                 "flower", "dst_ip", f"{address}/32", "classid", classid]
+                 "u32", "match", "ip", "dst", f"{address}/32", "classid", classid]
                 for address in shape.addresses
             ]  # fmt: skip
         return commands
