@@ -18,6 +18,7 @@ Each host has a private `/run`, so `votemesh` in `exec` finds the agent at its d
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -30,13 +31,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from agent.config import ConfigError
+from agent.runtime.config_file import parse_config
 from agent.runtime.keys import keygen
 from proto.runtime.control_client import request as control_request
 from votemesh_lab import nodeconf
 from votemesh_lab.broker import LabBroker
-from votemesh_lab.netns import PARTITION_CHAIN, Host, Lab, LabError, TrackedProcess, stop_process
+from votemesh_lab.grudge import Matrix
+from votemesh_lab.netns import (
+    HOST_DIRS,
+    PARTITION_CHAIN,
+    Host,
+    Lab,
+    LabError,
+    TrackedProcess,
+    stop_process,
+)
 from votemesh_lab.nodeconf import NodeSpec
+from votemesh_lab.probe import Verification
 from votemesh_lab.qnetd import VotemeshQnetd
+from votemesh_lab.scenario import Scenario, ScenarioError
 
 Signal = Literal["kill", "pause", "resume", "term"]
 SIGNALS: dict[str, signal.Signals] = {
@@ -74,6 +88,16 @@ class LabPlan:
     shaper: str = "tap"
     static_peers: bool = True
     """False: no [[peer]] tables (discovery finds the members)."""
+    lab_id: str | None = None
+    """The lab's 6-hex-digit id (`votemesh-lab up --id`); None: a random one."""
+
+    @classmethod
+    def of(cls, s: Scenario, seed: int = 0, workdir: Path = Path("lab-work")) -> LabPlan:
+        """The plan of a scenario's [topology] and [cluster]."""
+        t = s.topology
+        return cls(nodes=t.nodes, links=t.links, qnetd=t.qnetd, broker=t.broker,
+                   cluster=s.plan_cluster(), seed=seed, workdir=workdir, shaper=t.shaper,
+                   static_peers=t.static_peers)  # fmt: skip
 
     def host_names(self) -> list[str]:
         """Every host of the lab, nodes first."""
@@ -95,9 +119,8 @@ class Backend(Protocol):
         """Build the lab and start every daemon (agents last); returns once all are started."""
         ...
 
-    def apply(self, matrix: Any) -> Any:
-        """Make the network exactly `matrix` (a `grudge.Matrix`), then verify it by probes;
-        returns the `probe.Verification`."""
+    def apply(self, matrix: Matrix) -> Verification:
+        """Make the network exactly `matrix`, then verify it by probes (design §4.3)."""
         ...
 
     def signal(self, host: str, what: Signal) -> None:
@@ -134,6 +157,45 @@ class Backend(Protocol):
         ...
 
 
+def check_node_configs(plan: LabPlan) -> dict[str, Any]:
+    """Every node's config, as a backend would write it (placeholder addresses and credential
+    paths), through the agent's own loader before anything starts: the first node's parsed
+    timing, quorum and qdevice (for the run record); ScenarioError naming the node if refused."""
+    specs = [
+        NodeSpec(i, f"n{i}", tuple(f"198.18.{k}.{i + 1}" for k in range(plan.links)))
+        for i in range(1, plan.nodes + 1)
+    ]
+    qdevice = None
+    if plan.qnetd:
+        qdevice = {"host": "198.18.0.250", "port": 5403, "algorithm": plan.qnetd,
+                   "tie_breaker": "lowest", "tls": "on", "ca_pem": "ca.pem",
+                   "cert_pem": "client.pem", "key_pem": "client.key"}  # fmt: skip
+        if plan.qnetd == "ffsplit":
+            qdevice["votes"] = 1
+    mqtt = {"host": "198.18.0.251", "port": 1883} if plan.broker else None
+    first: dict[str, Any] = {}
+    for spec in specs:
+        peers = [p for p in specs if p is not spec] if plan.static_peers else []
+        config = nodeconf.node_config(plan.cluster, spec, peers, key_file="cluster.key",
+                                      state_dir="state", qdevice=qdevice, mqtt=mqtt)  # fmt: skip
+        try:
+            parsed = parse_config(nodeconf.toml_text(config))
+        except ConfigError as exc:
+            why = f"[cluster] gives {spec.name} a config the agent refuses: {exc}"
+            raise ScenarioError(why) from None
+        if not first:
+            device = parsed.qdevice
+            first = {
+                "timing": dataclasses.asdict(parsed.timing),
+                "quorum": {k: v if not isinstance(v, tuple) else list(v)
+                           for k, v in dataclasses.asdict(parsed.quorum).items()},
+                "qdevice": None if device is None else {
+                    "algorithm": device.algorithm, "votes": device.votes,
+                    "tie_breaker": str(device.tie_breaker)},
+            }  # fmt: skip
+    return first
+
+
 # ---------------------------------------------------------------------------- the netns lab
 @dataclass
 class _Daemon:
@@ -167,8 +229,8 @@ class NetnsBackend:
             raise BackendError(f"links = {plan.links}: use 1 to {MAX_LINKS}")
         self.plan = plan
         plan.workdir.mkdir(parents=True, exist_ok=True)
-        self.lab = Lab(plan.workdir / "hosts", plan.host_names(), private_dirs=("/run",),
-                       switch="tap", switch_seed=plan.seed)  # fmt: skip
+        self.lab = Lab(plan.workdir / "hosts", plan.host_names(), private_dirs=HOST_DIRS,
+                       switch="tap", switch_seed=plan.seed, lab_id=plan.lab_id)  # fmt: skip
         try:
             self._extra_networks(plan.links)
             for host in self.lab.hosts.values():
@@ -288,14 +350,10 @@ class NetnsBackend:
             self.start(name)
 
     # -- faults -----------------------------------------------------------------------------
-    def apply(self, matrix: Any) -> Any:
+    def apply(self, matrix: Matrix) -> Verification:
         lab = self._lab()
-        apply = getattr(lab, "apply", None)
-        if apply is None:
-            raise BackendError("this lab has no Lab.apply yet (lab-netem's switch matrix)")
-        verification = apply(matrix, verify=True)
-        self._block_extra_networks(getattr(matrix, "blocks", frozenset()))
-        return verification
+        self._block_extra_networks(matrix.blocks)
+        return lab.apply(matrix, verify=True)
 
     def _block_extra_networks(self, blocks: frozenset[tuple[str, str]]) -> None:
         """The matrix's blocks on networks 1..: DROP by source address in the receiver."""

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -172,6 +173,12 @@ def judge(
     return tuple(mismatches), tuple(unverified)
 
 
+def _close_all(pipes: list[IO[bytes] | None]) -> None:
+    for pipe in pipes:
+        if pipe is not None:
+            pipe.close()
+
+
 class Prober:
     """One probe process per lab host, driven over pipes; all pairs probed in parallel."""
 
@@ -192,6 +199,8 @@ class Prober:
             tracked = TrackedProcess(host.name, "probe", process, log_path)
             lab.processes.append(tracked)
             self.processes[host.name] = tracked
+        pipes = [p for t in self.processes.values() for p in (t.process.stdin, t.process.stdout)]
+        weakref.finalize(lab, _close_all, pipes)  # the Lab stops the processes, this their pipes
         self._answers(dict.fromkeys(self.processes))  # each says {"ready": true}
 
     def _answers(self, requests: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
