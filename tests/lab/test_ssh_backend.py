@@ -243,8 +243,8 @@ def test_shaping_refused_without_netem_and_down_from_nothing(
         assert "\n" not in str(caught.value)
     run_dir = f"/run/votemesh-lab/{first.lab_id}"
     major = f"{remote.tc_major(first.lab_id):x}"
-    rc, out = first.exec("n2", ["sh", "-c", f"tc qdisc add dev eth0 root handle {major}: htb "
-                                f"&& echo eth0 > {run_dir}/tc-devices"])  # fmt: skip
+    rc, out = first.exec("n2", ["sh", "-c", (f"tc qdisc add dev eth0 root handle {major}: htb "
+                                f"&& echo eth0 > {run_dir}/tc-devices")])  # fmt: skip
     assert rc == 0, out
     # The control node "dies": its SSH sessions end, nothing on the hosts is told.
     if first._prober is not None:

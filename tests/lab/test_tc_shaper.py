@@ -31,7 +31,7 @@ HOSTS = ("n1", "n2", "n3")
 ADDRESSES = {"n1": ("198.18.0.2",), "n2": ("198.18.0.3",), "n3": ("198.18.0.4",)}
 
 
-def _rule(src: str | None, dst: str | None, one_way: bool = True, **words: str) -> Rule:
+def _rule(src: str | None, dst: str | None, *, one_way: bool = True, **words: str) -> Rule:
     return Rule(
         None if src is None else frozenset({src}),
         None if dst is None else frozenset({dst}),
@@ -93,7 +93,9 @@ def test_one_way_shape_is_a_class_a_netem_leaf_and_a_filter_on_the_sender() -> N
     pair's seed, and a u32 filter on n2's address; n2 and n3 shape nothing."""
     words = {"delay": "20ms", "jitter": "5ms", "delay_corr": "25%", "distribution": "normal",
              "loss": "5%", "loss_corr": "25%"}  # fmt: skip
-    matrix = Matrix(hosts=HOSTS).shape(_rule("n1", "n2", **words))
+    matrix = Matrix(hosts=HOSTS).shape(
+        Rule(frozenset({"n1"}), frozenset({"n2"}), True, Impairment.parse(words))
+    )
     plan = tc.HostPlan.build(LAB, "n1", matrix, ADDRESSES, seed=7)
     seed = tc.pair_seed(7, "n1", "n2", matrix.generation)
     assert _lines(plan) == [
@@ -101,10 +103,14 @@ def test_one_way_shape_is_a_class_a_netem_leaf_and_a_filter_on_the_sender() -> N
         f"tc qdisc add dev eth0 root handle {M}: htb default 1",
         f"tc class add dev eth0 parent {M}: classid {M}:1 htb rate 10gbit",
         f"tc class add dev eth0 parent {M}: classid {M}:11 htb rate 10gbit",
-        f"tc qdisc add dev eth0 parent {M}:11 netem delay 20ms 5ms 25% distribution normal "
-        f"loss random 5% 25% seed {seed}",
-        f"tc filter add dev eth0 parent {M}: protocol ip prio 1 u32 match ip dst 198.18.0.3/32 "
-        f"classid {M}:11",
+        (
+            f"tc qdisc add dev eth0 parent {M}:11 netem delay 20ms 5ms 25% distribution normal "
+            f"loss random 5% 25% seed {seed}"
+        ),
+        (
+            f"tc filter add dev eth0 parent {M}: protocol ip prio 1 u32 match ip dst 198.18.0.3/32 "
+            f"classid {M}:11"
+        ),
     ]
     for host in ("n2", "n3"):
         other = tc.HostPlan.build(LAB, host, matrix, ADDRESSES, seed=7)
@@ -124,12 +130,16 @@ def test_all_pairs_rule_fills_the_default_class_and_every_destination() -> None:
         f"tc qdisc add dev eth0 parent {M}:1 netem loss random 1%",
         f"tc class add dev eth0 parent {M}: classid {M}:11 htb rate 10gbit",
         f"tc qdisc add dev eth0 parent {M}:11 netem loss random 1%",
-        f"tc filter add dev eth0 parent {M}: protocol ip prio 1 u32 match ip dst 198.18.0.3/32 "
-        f"classid {M}:11",
+        (
+            f"tc filter add dev eth0 parent {M}: protocol ip prio 1 u32 match ip dst 198.18.0.3/32 "
+            f"classid {M}:11"
+        ),
         f"tc class add dev eth0 parent {M}: classid {M}:12 htb rate 10gbit",
         f"tc qdisc add dev eth0 parent {M}:12 netem delay 50ms loss random 1%",
-        f"tc filter add dev eth0 parent {M}: protocol ip prio 1 u32 match ip dst 198.18.0.4/32 "
-        f"classid {M}:12",
+        (
+            f"tc filter add dev eth0 parent {M}: protocol ip prio 1 u32 match ip dst 198.18.0.4/32 "
+            f"classid {M}:12"
+        ),
     ]
 
 
@@ -217,7 +227,9 @@ def test_refusal_is_one_line_naming_the_host_and_the_way_out() -> None:
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the probe makes a network namespace")
-@pytest.mark.skipif(shutil.which("tc") is None, reason="tc not installed (apt-get install iproute2)")
+@pytest.mark.skipif(
+    shutil.which("tc") is None, reason="tc not installed (apt-get install iproute2)"
+)
 def test_this_machine_is_probed_in_a_scratch_namespace() -> None:
     """The probe's verdict matches whether this kernel has sch_netem (modules listed or built
     in), and without it `--shaper tc` is refused with one line saying so."""
@@ -376,3 +388,20 @@ def _class_packets(text: str) -> dict[str, int]:
         elif words[:1] == ["Sent"] and handle is not None:
             packets[handle] = int(words[3])
     return packets
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the probe makes a network namespace")
+def test_netns_backend_refuses_shaper_tc_in_one_line_without_netem(tmp_path: Path) -> None:
+    """`shaper = "tc"` on a machine without sch_netem stops `up` before anything is built, with
+    the probe's one line (the NetnsBackend asks `tc.local_netem_refusal()`)."""
+    from votemesh_lab.backends import BackendError, LabPlan, NetnsBackend
+
+    if tc.local_netem_refusal() is None:
+        pytest.skip("this kernel has sch_netem: nothing to refuse")
+    backend = NetnsBackend()
+    with pytest.raises(BackendError) as caught:
+        backend.up(LabPlan(nodes=3, shaper="tc", workdir=tmp_path))
+    assert str(caught.value).startswith("--shaper tc: this machine has no sch_netem (")
+    assert "\n" not in str(caught.value)
+    assert backend.lab is None

@@ -490,7 +490,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
         inventory = getattr(args, "inventory", None)
         if not inventory:
             raise ScenarioError("--backend ssh needs --inventory FILE")
-        from votemesh_lab import ssh  # type: ignore[attr-defined]  # noqa: PLC0415
+        from votemesh_lab import ssh  # noqa: PLC0415
 
         backend: Backend = ssh.SshBackend.from_inventory(Path(inventory))
         return backend

@@ -420,6 +420,11 @@ class SshBackend:
         self.plan: LabPlan | None = None
         self.clocks: dict[str, list[ClockOffset]] = {}
 
+    @classmethod
+    def from_inventory(cls, path: Path, *, lab_id: str | None = None) -> SshBackend:
+        """A backend for the hosts of an inventory file; InventoryError (one line) if bad."""
+        return cls(load_inventory(path), lab_id=lab_id)
+
     # -- hosts -------------------------------------------------------------------------------
 
     def hosts(self) -> list[str]:

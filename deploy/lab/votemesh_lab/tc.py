@@ -8,7 +8,7 @@ For a host s (the sender), on each device that holds one of its lab addresses:
     tc qdisc add dev D parent M:1 netem <all-pairs rule>          multicast, anything unmatched
     tc class add dev D parent M: classid M:<10+i> htb rate 10gbit     one per destination d
     tc qdisc add dev D parent M:<10+i> netem <s->d impairment>        (index i in matrix.hosts)
-    tc filter add dev D parent M: protocol ip prio 1 u32 match ip dst <d's address>/32 classid M:<10+i>
+    tc filter add dev D parent M: protocol ip prio 1 u32 match ip dst <d>/32 classid M:<10+i>
 
 The filter is u32, not flower (design §4.3 named flower): u32 is built into kernels that lack
 cls_flower, this one among them, and does the same exact match on the destination address.
