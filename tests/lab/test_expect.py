@@ -168,3 +168,17 @@ def test_after_a_time_counts_from_t0() -> None:
     text = '[[expect]]\nafter = "4s"\nwithin = "0s"\nquorate = [1, 2, 3]\n'
     (got,) = expect.evaluate(formed(), expects(text), t0=1.0, end=30.0, nodes=[1, 2, 3])
     assert (got.status, got.at) == ("met", 5.0)
+
+
+def test_one_quorate_of_wants_exactly_one_whole_group_quorate() -> None:
+    """`one_quorate_of = [[1, 2], [3]]`: {1, 2} quorate and 3 not is met; nobody quorate, or
+    both sides quorate (a split brain), is missed naming the nodes."""
+    text = '[[expect]]\nafter = "split"\nwithin = "2s"\none_quorate_of = [[1, 2], [3]]\n'
+    (got,) = expect.evaluate(split_ok(), expects(text), t0=1.0, end=30.0, nodes=[1, 2, 3])
+    assert got.status == "met"
+    nobody = [*formed(), fault(5.0, "split"), *(state(6.0, n, [n], False) for n in (1, 2, 3))]
+    (got,) = expect.evaluate(nobody, expects(text), t0=1.0, end=30.0, nodes=[1, 2, 3])
+    assert (got.status, got.nodes) == ("missed", (1, 2, 3))
+    both = [r for r in split_ok() if not (r.get("node") == 3 and r["t"] == 6.5)]
+    (got,) = expect.evaluate(both, expects(text), t0=1.0, end=30.0, nodes=[1, 2, 3])
+    assert (got.status, got.nodes) == ("missed", (3,))

@@ -14,11 +14,12 @@ import random
 import socket
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from votemesh_lab.grudge import Matrix, Rule, blocks_for
 from votemesh_lab.netem import Impairment
-from votemesh_lab.netns import Lab, missing_reason
+from votemesh_lab.netns import Lab, LabError, lab_namespaces, missing_reason
 from votemesh_lab.probe import Mismatch
 
 from tests.lab import traffic
@@ -71,28 +72,24 @@ def test_loss_and_delay_distribution_as_asked(lab: Lab, baseline_ms: float) -> N
 
 
 def test_duplicates_and_reorders_as_asked(lab: Lab) -> None:
-    """duplicate 5 %, delay 10ms, reorder 25 %: duplicated datagrams and out-of-order arrivals
-    within 4 sigma + 1 point of what the core predicts for the same send times (the sender's
-    own, as measured: a late sender catching up sends closer together, and more overtake)."""
+    """duplicate 5 %, delay 10ms, reorder 25 % (gap 1): duplicated datagrams, and datagrams sent
+    at once (under half the delay: netem's reordered ones), within 4 sigma + 1 point of the
+    asked shares; and they overtake: out-of-order arrivals are at least what the core predicts
+    for the sender's own send times (a late switch timer only makes more)."""
     words = {"delay": "10ms", "reorder": "25%", "duplicate": "5%"}
     assert lab.apply(one_way_rule(**words)).ok
     arrivals = traffic.one_way(lab["n1"], lab["n2"], COUNT, INTERVAL)
     measured = traffic.measure(arrivals, COUNT)
     assert measured.unique == COUNT
+    dup = measured.duplicates / COUNT
+    assert abs(dup - 0.05) <= traffic.share_tolerance(0.05, COUNT, 0.01), dup
+    at_once = sum(1 for d in measured.delays_ms if d < 5) / COUNT
+    assert abs(at_once - 0.25) <= traffic.share_tolerance(0.25, COUNT, 0.01), at_once
     sent = sorted({a.seq: a.sent_ns / 1e9 for a in arrivals}.items())
     asked = traffic.predicted_at(words, [t for _, t in sent], repeat=10)
-    dup_share = asked.duplicates / asked.sent
-    assert abs(measured.duplicates / COUNT - dup_share) <= traffic.share_tolerance(
-        dup_share, COUNT, 0.01
-    )
-    ooo_share = asked.out_of_order / asked.sent
-    assert ooo_share > 0.1
-    assert abs(measured.out_of_order / COUNT - ooo_share) <= traffic.share_tolerance(
-        ooo_share, COUNT, 0.01
-    ), (
-        measured.out_of_order,
-        ooo_share,
-    )
+    share = asked.out_of_order / asked.sent
+    floor = share - traffic.share_tolerance(share, COUNT, 0.01)
+    assert measured.out_of_order / COUNT >= floor, (measured.out_of_order, share)
 
 
 def test_rate_goodput_as_asked(lab: Lab) -> None:
@@ -143,3 +140,19 @@ def test_verifier_catches_a_one_way_cut_that_became_two_way(lab: Lab) -> None:
     assert str(verification.mismatches[0]) == "n2->n1 expected open, seen cut (0/3 probes)"
     assert verification.control == ("switch blocks n2->n1, not asked",)
     assert lab.apply(matrix).ok  # applying the matrix again repairs it
+
+
+def test_probe_processes_stop_with_the_lab(tmp_path: Path) -> None:
+    """The probe process apply() starts in each host is stopped by close(), with the lab's
+    namespaces; a matrix for other hosts is refused before anything is sent."""
+    lab = Lab(tmp_path, ["x", "y"], switch="tap")
+    try:
+        with pytest.raises(LabError, match="not this lab's"):
+            lab.apply(Matrix(("n1", "n2")))
+        assert lab.apply(Matrix(("x", "y"))).ok
+        probes = [t.pid for t in lab.processes if t.label == "probe"]
+        assert len(probes) == 2
+    finally:
+        lab.close()
+    assert [pid for pid in probes if Path(f"/proc/{pid}").exists()] == []
+    assert lab_namespaces(lab.lab_id) == []

@@ -26,6 +26,7 @@ FRAME_OVERHEAD = 42
 #:   recv ADDR PORT IDLE MAX              every arrival: [seq, sent_ns, recv_ns]; stops IDLE s
 #:                                        after the last one or after MAX s
 #:   flood ADDR PORT SECONDS SIZE         send flat out for SECONDS; prints how many were sent
+#:   count ADDR PORT IDLE MAX             how many arrived, first to last arrival time (s)
 #:   echo ADDR PORT SECONDS               send every datagram back
 #:   rtt ADDR PORT COUNT GAP              round trips to an echo, in ms
 TOOL = r"""
@@ -33,7 +34,7 @@ import json, socket, struct, sys, time
 mode, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 now = time.monotonic_ns
-if mode in ("recv", "echo"):
+if mode in ("recv", "echo", "count"):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind((addr, port))
     print("ready", flush=True)
@@ -66,6 +67,20 @@ elif mode == "recv":
         out.append(list(struct.unpack("!IQ", data[:12])) + [now()])
         s.settimeout(min(idle, left))
     print(json.dumps({"arrivals": out}))
+elif mode == "count":
+    idle, end = float(sys.argv[4]), time.monotonic() + float(sys.argv[5])
+    count, first, last = 0, 0.0, 0.0
+    s.settimeout(float(sys.argv[5]))
+    while (left := end - time.monotonic()) > 0:
+        try:
+            s.recv(65536)
+        except TimeoutError:
+            break
+        last = time.monotonic()
+        first = first or last
+        count += 1
+        s.settimeout(min(idle, left))
+    print(json.dumps({"received": count, "seconds": last - first}))
 elif mode == "echo":
     end = time.monotonic() + float(sys.argv[4])
     while (left := end - time.monotonic()) > 0:

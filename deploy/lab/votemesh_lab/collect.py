@@ -94,14 +94,19 @@ class _Fold:
             self.config_version = e["version"]
         if isinstance(e.get("expected_votes"), int):
             self.expected = e["expected_votes"]
+        if kind == "expected_votes_changed" and isinstance(e.get("new"), int):
+            self.expected = e["new"]
         return self.as_record() != before
 
     def as_record(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in STATE_KEYS}
 
 
-def agent_records(path: Path, node: int, start_wall_ms: int) -> tuple[list[Record], int]:
-    """The events and folded states of one agent's log; (records, lines skipped)."""
+def agent_records(
+    path: Path, node: int, start_wall_ms: int, expected: int = 0
+) -> tuple[list[Record], int]:
+    """The events and folded states of one agent's log; (records, lines skipped). `expected`:
+    the expected votes a life starts with (the agent's configured value; events update it)."""
     records: list[Record] = []
     skipped = 0
     fold = _Fold()
@@ -114,14 +119,10 @@ def agent_records(path: Path, node: int, start_wall_ms: int) -> tuple[list[Recor
             continue
         t = (stamp - start_wall_ms) / 1000
         kind = str(line.get("event", ""))
-        if kind == "agent started":
-            fold, seq = _Fold(), 0
-            incarnation = (
-                line.get("incarnation") if isinstance(line.get("incarnation"), int) else None
-            )
-            records.append(
-                {"t": t, "node": node, "kind": "state", "src": "log", **fold.as_record()}
-            )
+        if kind == "agent started":  # a new life, in its start-up singleton view (no event)
+            fold, seq = _Fold(members=[node], expected=expected), 0
+            life = line.get("incarnation")
+            incarnation = life if isinstance(life, int) else None
             continue
         if EVENT_KIND.fullmatch(kind) is None or kind in NOT_EVENTS:
             continue
@@ -204,13 +205,17 @@ def qnetd_records(path: Path, start_wall_ms: int) -> list[Record]:
     return records
 
 
-def collect(logs: Mapping[str, Path], start_wall_ms: int) -> list[Record]:
-    """Every host's records from the paths `Backend.collect` returned (host -> file)."""
+def collect(
+    logs: Mapping[str, Path], start_wall_ms: int, expected: Mapping[int, int] | None = None
+) -> list[Record]:
+    """Every host's records from the paths `Backend.collect` returned (host -> file);
+    `expected`: each node's expected votes at start (from its first status)."""
     records: list[Record] = []
     skipped: dict[str, int] = {}
     names = {name: int(name[1:]) for name in logs if _is_node(name)}
     for name, node in names.items():
-        got, skipped[name] = agent_records(logs[name], node, start_wall_ms)
+        start = (expected or {}).get(node, 0)
+        got, skipped[name] = agent_records(logs[name], node, start_wall_ms, start)
         records += got
     if "broker" in logs:
         records.append(mark_mqtt(records, mqtt_events(logs["broker"], names)))

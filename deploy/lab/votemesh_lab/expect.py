@@ -12,7 +12,9 @@ Two forms:
   when at some time T in [after, after + within] every listed condition is true and stays true
   until T + hold. Conditions: `quorate` (up, running, quorate), `inquorate` (not quorate, or down
   or paused), `one_view` (these nodes' members are exactly the list, one ring id), `qdevice_vote`
-  (these nodes count the device vote, no other running node does).
+  (these nodes count the device vote, no other running node does), `one_quorate_of` (exactly
+  one of these groups is wholly quorate, the others have no quorate node: "one half wins",
+  whichever).
 * a **window** `during = [id1, id2]`: `max_view_changes` (view_installed events per node),
   `max_inquorate_s` (seconds not quorate per node, down included) over `nodes` (default: all),
   and `never_lost` (these nodes emit no `quorum_lost`).
@@ -157,6 +159,13 @@ def picture_problems(expect: Expect, h: History, t: float, nodes: Sequence[int])
             s = h.at(n, t)
             if not s.up or s.paused or s.members != want or len(rings) != 1:
                 bad.append(n)
+    if expect.one_quorate_of is not None:
+        quorate = [g for g in expect.one_quorate_of if all(h.at(n, t).acting_quorate() for n in g)]
+        for g in expect.one_quorate_of:
+            if g in quorate[:1]:
+                continue
+            acting = [n for n in g if h.at(n, t).acting_quorate()]
+            bad += acting if quorate else list(g)
     if expect.qdevice_vote is not None:
         for n in nodes:
             s = h.at(n, t)

@@ -6,9 +6,10 @@ Two checks after every change, both must pass:
 2. data plane: for every ordered pair (s, d), s sends K datagrams ``{lab, g, s, d, n}`` to d's
    UDP port 5399 and **d reports what it received** over its own pipe to the lab process, never
    by a reply (which would cross the other direction). A pair is `open` when at least one
-   arrived within delay + 4 * jitter + 0.5 s, else `cut`; it must match `cut` for a block and
-   `open` otherwise. K is the smallest number >= 3 with loss^K < 1e-6 (at most 60); a pair
-   losing more than 80 % is `unverified`, listed but not failed.
+   arrived within delay + 4 * jitter (+ the probes' serialisation at `rate`) + 0.5 s, else
+   `cut`; it must match `cut` for a block and `open` otherwise. K is the smallest number >= 3
+   with loss^K < 1e-6 (at most 60); a pair losing more than 80 % is `unverified`, listed but
+   not failed.
 
 The per-host side runs in every lab host as ``python -m votemesh_lab.probe --name n1 --address
 198.18.0.2 --lab ID``: it binds the address, counts valid probes by (generation, nonce, source),
@@ -48,6 +49,8 @@ MISS_CHANCE = 1e-6
 SETTLE = 0.5
 """Seconds a probe may take beyond the pair's delay + 4 * jitter."""
 MAX_DATAGRAM = 512
+#: A probe on the wire: about 100 bytes of JSON + UDP, IPv4 and Ethernet headers, in bits.
+PROBE_FRAME_BITS = 150 * 8
 KEPT_ROUNDS = 8
 ANSWER_TIMEOUT = 10.0
 
@@ -154,7 +157,11 @@ def plan(matrix: Matrix) -> tuple[list[PairPlan], float]:
                 unverified=not blocked and loss > UNVERIFIABLE_LOSS,
             )
         )
-        wait = max(wait, (impairment.delay or 0.0) + 4 * (impairment.jitter or 0.0) + SETTLE)
+        serialise = (
+            probe_count(loss) * PROBE_FRAME_BITS / impairment.rate if impairment.rate else 0.0
+        )
+        spread = (impairment.delay or 0.0) + 4 * (impairment.jitter or 0.0) + serialise
+        wait = max(wait, spread + SETTLE)
     return plans, wait
 
 

@@ -216,17 +216,18 @@ class Run:
             f, phase = "flap", "start" if n.f == "flap-on" else "stop"
         params = {k: v for k, v in n.params.items() if k not in ("period", "count")}
         rec = self.record("fault", id=n.id, f=f, phase=phase, params=params)
-        rec["applied_t"] = round(applied, 4)
+        rec["t"] = rec["applied_t"] = round(applied, 4)
         rec["verified_t"] = None if verified is None else round(verified, 4)
 
     def _apply(self, matrix: grudge.Matrix, why: str) -> tuple[float, float | None]:
         verification = self.backend.apply(matrix)
         self._matrix = matrix
-        applied = self.now() - float(verification.seconds)
-        self.record("net", blocks=sorted([s, d] for s, d in matrix.blocks),
+        applied = self.now() - float(verification.seconds)  # the switch took it then
+        net = self.record("net", blocks=sorted([s, d] for s, d in matrix.blocks),
                     links={f"{s}>{d}": matrix.effective(s, d).to_dict() for s, d in matrix.pairs()
                            if matrix.effective(s, d) != matrix.default()},
                     default=matrix.default().to_dict(), generation=matrix.generation)  # fmt: skip
+        net["t"] = round(applied, 4)
         mismatches = [dataclasses.asdict(m) for m in verification.mismatches]
         self.record("verify", generation=matrix.generation, ok=verification.ok,
                     mismatches=mismatches, unverified=[list(p) for p in verification.unverified],
@@ -410,6 +411,24 @@ def run_record(run: Run, plan: LabPlan, parsed: dict[str, Any]) -> Record:
             "scenario": run.scenario.name, "seed": run.seed, "backend": backend.name,
             "version": version("votemesh"), "start_wall_ms": run.start_wall_ms, "nodes": nodes,
             "t0": run.t0, "duration": run.scenario.duration, **_jsonable(parsed)}  # fmt: skip
+
+
+def drop_startup_polls(records: Sequence[Record]) -> list[Record]:
+    """Polled `state` records of a node taken after its (re)start but before its first
+    `view_installed`: the agent's start-up singleton view has a ring id no event announces (the
+    folded state says ring null there), which is not a silent change. The rest is kept."""
+    out: list[Record] = []
+    announced: dict[Any, bool] = {}
+    for r in sorted(records, key=lambda r: float(r["t"])):
+        node = r.get("node")
+        if r["kind"] == "proc" and r.get("state") == "started":
+            announced[node] = False
+        elif r["kind"] == "state" and r["src"] != "status" and r.get("ring") is not None:
+            announced[node] = True
+        elif r["kind"] == "state" and r["src"] == "status" and not announced.get(node, True):
+            continue
+        out.append(r)
+    return out
 
 
 def store_dir(out: str | None, name: str, seed: int) -> Path:

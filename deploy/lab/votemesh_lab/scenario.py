@@ -64,7 +64,7 @@ NEMESES: dict[str, tuple[frozenset[str], str | None]] = {
     "clock": (frozenset({"nodes", "mode", "delta"}), None),
     "exec": (frozenset({"node", "argv", "expect_rc", "timeout"}), None),
 }
-EXPECT_PICTURE = ("quorate", "inquorate", "one_view", "qdevice_vote")
+EXPECT_PICTURE = ("quorate", "inquorate", "one_view", "qdevice_vote", "one_quorate_of")
 EXPECT_WINDOW = ("max_view_changes", "max_inquorate_s", "never_lost")
 EXPECT_KEYS = frozenset({"after", "within", "hold", "during", "nodes", "note",
                          *EXPECT_PICTURE, *EXPECT_WINDOW})  # fmt: skip
@@ -134,6 +134,8 @@ class Expect:
     inquorate: tuple[int, ...] | None = None
     one_view: tuple[int, ...] | None = None
     qdevice_vote: tuple[int, ...] | None = None
+    one_quorate_of: tuple[tuple[int, ...], ...] | None = None
+    """Exactly one of these groups is quorate (all of it), every other group inquorate."""
     during: tuple[str, str] | None = None
     nodes: tuple[int, ...] | None = None
     """The nodes `max_view_changes` / `max_inquorate_s` look at (default: every node)."""
@@ -561,8 +563,16 @@ def _expect(index: int, raw: object, scenario: Scenario) -> Expect:
     lists = {
         k: _node_ids(f"{where}.{k}", t[k], nodes)
         for k in (*EXPECT_PICTURE, "never_lost", "nodes")
-        if k in t
+        if k in t and k != "one_quorate_of"
     }
+    groups = None
+    if "one_quorate_of" in t:
+        raw_groups = t["one_quorate_of"]
+        if not isinstance(raw_groups, list) or len(raw_groups) < 2:
+            raise ScenarioError(
+                f"{where}.one_quorate_of: two or more groups, e.g. [[1, 2], [3, 4]]"
+            )
+        groups = tuple(_node_ids(f"{where}.one_quorate_of", g, nodes) for g in raw_groups)
     picture = [k for k in EXPECT_PICTURE if k in t]
     window = [k for k in EXPECT_WINDOW if k in t]
     if "during" in t:
@@ -608,6 +618,7 @@ def _expect(index: int, raw: object, scenario: Scenario) -> Expect:
         hold=parse_time(f"{where}.hold", t.get("hold", 0.0)),
         quorate=lists.get("quorate"), inquorate=lists.get("inquorate"),
         one_view=lists.get("one_view"), qdevice_vote=lists.get("qdevice_vote"),
+        one_quorate_of=groups,
     )  # fmt: skip
 
 

@@ -72,6 +72,9 @@ MAX_FRAME = 65536
 #: Control requests carry a whole matrix: 16 hosts, 240 pairs of netem words fit many times.
 MAX_REQUEST = 4 * 1024 * 1024
 ETHERNET_HEADER = 14
+#: Scheduling priority boost (as root): a busy machine then delays the switch's timer less than
+#: it delays the daemons under test, so delays stay as asked (docs/benchmarks.md, "Lab switch").
+NICE = -10
 
 Pair = tuple[int, int]
 LEGACY_FIELDS = ("delay_ms", "jitter_ms", "loss", "duplicate", "rate_kbit")
@@ -436,6 +439,8 @@ async def serve_control(switch: Switch, path: Path) -> asyncio.Server:
 async def run(args: argparse.Namespace) -> None:
     """Create the TAPs, serve control, say ready, forward until SIGTERM or SIGINT."""
     fds: dict[int, int] = {}
+    with contextlib.suppress(OSError):  # the lab's clock: ahead of the daemons it carries
+        os.nice(NICE)
     try:
         for port in range(1, args.ports + 1):
             fds[port] = open_tap(f"{args.prefix}{port}")
