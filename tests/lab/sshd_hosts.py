@@ -109,7 +109,7 @@ class SshdLab:
         wait_until(listening, timeout=15, what=f"sshd in {host.name}")
 
     def inventory_text(self, extra_hosts: str = "") -> str:
-        """The inventory TOML: every host an agent n<id> on its lab address."""
+        """The inventory TOML: every host on its lab address, an agent n<id> or the qnetd."""
         options = [
             "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self.keys / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
@@ -117,7 +117,9 @@ class SshdLab:
         ]  # fmt: skip
         prefix = self.ctl.nsenter()
         hosts = "".join(
-            f'\n[[host]]\nname = "{n}"\naddress = "{self.lab[n].address}"\n' for n in self.names
+            f'\n[[host]]\nname = "{n}"\naddress = "{self.lab[n].address}"\n'
+            + ('role = "qnetd"\n' if n == "qnetd" else "")
+            for n in self.names
         )
         return (
             f'[ssh]\nuser = "root"\noptions = {_toml_list(options)}\n'
