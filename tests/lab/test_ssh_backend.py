@@ -301,7 +301,8 @@ def test_a_scenario_file_runs_over_ssh_and_is_judged_valid(tmp_path: Path) -> No
     """`votemesh-lab run two-node-1-1 --backend ssh --inventory FILE`: the library's scenario
     (2 nodes + votemesh-qnetd, split 1|1, heal) runs on hosts reached only over SSH (the qnetd
     too, its client credentials copied to the nodes), the runner's checker judges it valid, the
-    store holds the logs of all three hosts, and nothing is left on them."""
+    run record carries each host's clock offset, the store holds the logs of all three hosts,
+    and nothing is left on them."""
     import argparse
 
     from votemesh_lab import runner
@@ -317,6 +318,10 @@ def test_a_scenario_file_runs_over_ssh_and_is_judged_valid(tmp_path: Path) -> No
         report = json.loads((out / "report.json").read_text())
         assert report["verdict"] == "valid"
         assert report["backend"] == "ssh"
+        run = json.loads((out / "timeline.jsonl").read_text().splitlines()[0])
+        assert run["kind"] == "run"
+        assert set(run["hosts"]) == {"n1", "n2", "qnetd"}  # each host's clock, measured twice
+        assert all(abs(h["offset_ms"]) <= h["uncertainty_ms"] + 1 for h in run["hosts"].values())
         for host in ("n1", "n2", "qnetd"):
             assert any((out / "logs" / host).glob("*.log")), host
             assert lab.foreign_pids(host) == [], host

@@ -410,7 +410,15 @@ def run_record(run: Run, plan: LabPlan, parsed: dict[str, Any]) -> Record:
     return {"t": 0.0, "node": "lab", "kind": "run", "src": "lab",
             "scenario": run.scenario.name, "seed": run.seed, "backend": backend.name,
             "version": version("votemesh"), "start_wall_ms": run.start_wall_ms, "nodes": nodes,
-            "t0": run.t0, "duration": run.scenario.duration, **_jsonable(parsed)}  # fmt: skip
+            "t0": run.t0, "duration": run.scenario.duration, **_jsonable(parsed),
+            **_host_clocks(backend)}  # fmt: skip
+
+
+def _host_clocks(backend: Backend) -> dict[str, Any]:
+    """`hosts`: per host `offset_ms` and `uncertainty_ms` where the backend measures clocks
+    (the SSH backend, design §4.6); namespaces share this machine's clock: nothing."""
+    measured = getattr(backend, "run_hosts_record", None)
+    return {"hosts": measured()} if callable(measured) else {}
 
 
 def drop_startup_polls(records: Sequence[Record]) -> list[Record]:
