@@ -187,6 +187,10 @@ def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
         assert backend.apply(_matrix(2)).ok
         _until(backend, dict.fromkeys(NODES, everyone), "one view after heal")
 
+        rc, out = backend.exec("n1", ["votemesh", "nodes"])  # the CLI finds this lab's agent
+        assert rc == 0, out
+        assert "n3" in out, out
+
         backend.signal("n2", "kill")
         _until(
             backend,

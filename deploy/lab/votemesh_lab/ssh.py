@@ -66,6 +66,8 @@ QNETD_PORT = 5403
 QDEVICE_HEARTBEAT = 2.0
 SIGNAL_WORDS = {"kill": "KILL", "pause": "STOP", "resume": "CONT", "term": "TERM"}
 CLOCK_ROUNDS = 10
+CLI = "import sys; from agent.cli import main; sys.exit(main())"
+"""`votemesh` on a host, through the inventory's Python (its PATH may not have the script)."""
 
 
 class InventoryError(ValueError):
@@ -456,12 +458,16 @@ class SshBackend:
         """The host's work directory for this lab (config, key, state, logs; kept after down)."""
         return f"{self.inventory.workdir}/{self.lab_id}/{name}"
 
+    def _active(self) -> list[SshHost]:
+        """The plan's hosts once `up` was called, else every host of the inventory."""
+        return [self._hosts[name] for name in self.hosts()]
+
     def connect(self) -> None:
         """Open every ControlMaster, check the host can run the lab, measure its clock."""
-        for host in self._hosts.values():
+        for host in self._active():
             if host.master is None:
                 host.open()
-        for host in self._hosts.values():
+        for host in self._active():
             probe = host.run([self.inventory.python, "-c", "import agent, votemesh_lab"])
             if probe.returncode != 0:
                 raise SshError(
@@ -473,7 +479,7 @@ class SshBackend:
 
     def measure_clocks(self) -> dict[str, ClockOffset]:
         """One offset per host now (appended to `clocks`: up and collect each add one)."""
-        now = {name: host.clock_offset() for name, host in self._hosts.items()}
+        now = {host.name: host.clock_offset() for host in self._active()}
         for name, offset in now.items():
             self.clocks.setdefault(name, []).append(offset)
         return now
@@ -504,7 +510,7 @@ class SshBackend:
         self.plan = plan
         try:
             self.connect()
-            for host in self._hosts.values():
+            for host in self._active():
                 host.check(tc.chain_setup(self.lab_id))
             qdevice = self._start_qnetd(plan) if plan.qnetd else None
             self._start_agents(qdevice)
@@ -615,8 +621,7 @@ class SshBackend:
 
     def status(self, host: str) -> dict[str, Any]:
         """The agent's status document (`votemesh status --json`), {} while it does not answer."""
-        script = "import sys; from agent.cli import main; sys.exit(main())"
-        argv = [self.inventory.python, "-c", script, "status", "--json",
+        argv = [self.inventory.python, "-c", CLI, "status", "--json",
                 "--config", f"{self.host_dir(host)}/agent.toml"]  # fmt: skip
         result = self._host(host).run(argv, timeout=15)
         if result.returncode != 0:
@@ -628,7 +633,15 @@ class SshBackend:
         return document if isinstance(document, dict) else {}
 
     def exec(self, host: str, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, str]:
-        """Run a command on the host: (exit code, stdout + stderr)."""
+        """Run a command on the host: (exit code, stdout + stderr).
+
+        `votemesh ...` is the CLI of the inventory's Python, pointed at this lab's agent on the
+        host (`--socket`, appended unless the command names a socket or config itself).
+        """
+        argv = list(argv)
+        if argv[:1] == ["votemesh"] and not {"--socket", "--config"} & set(argv):
+            socket_path = f"{self.host_dir(host)}/agent.sock"
+            argv = [self.inventory.python, "-c", CLI, *argv[1:], "--socket", socket_path]
         try:
             result = self._host(host).run(argv, timeout=timeout)
         except SshError as exc:
