@@ -9,6 +9,7 @@ rules in `VML-<id>`, heal, kill -9 and restart, logs collected, and `down` leavi
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,6 +99,32 @@ def test_unreadable_or_broken_inventory_file(tmp_path: Path) -> None:
     broken.write_text("[ssh\n")
     with pytest.raises(InventoryError, match="not TOML"):
         load_inventory(broken)
+
+
+@pytest.mark.parametrize(
+    ("plan", "says"),
+    [
+        (LabPlan(nodes=3), "no host 'n3' in the inventory (it has n1, qnetd, n2)"),
+        (LabPlan(nodes=1, links=3), "host n1 has 2 link address(es), the scenario uses 3"),
+        (LabPlan(nodes=1, broker=True), "broker = true: the ssh backend has no broker yet"),
+        (LabPlan(nodes=2), "host n2 needs role 'agent'"),
+    ],
+)
+def test_a_plan_the_inventory_cannot_carry_is_refused_before_any_connection(
+    plan: LabPlan, says: str
+) -> None:
+    """up() checks the plan against the inventory first: a missing host, too few link
+    addresses for the scenario's lab networks, a broker, a host with the wrong role; each one
+    line, and no ssh is started (the hosts' addresses here do not exist)."""
+    import tomllib
+
+    role = "agent" if "n3" in says else "broker"
+    text = GOOD + f'[[host]]\nname = "n2"\naddress = "10.0.0.12"\nrole = "{role}"\nnode_id = 2\n'
+    backend = SshBackend(parse_inventory(tomllib.loads(text)))
+    with pytest.raises(InventoryError) as caught:
+        backend.up(plan)
+    assert says in str(caught.value)
+    assert all(backend.ssh_host(h.name).master is None for h in backend.inventory.hosts)
 
 
 # -- live (root) -------------------------------------------------------------------------
@@ -255,6 +282,7 @@ def test_shaping_refused_without_netem_and_down_from_nothing(
         first._prober.close()
     for name in first.hosts():
         first.ssh_host(name).close()
+    shutil.rmtree(first.control_dir)  # what a dead control node leaves in its own /tmp
     assert all(sshd_lab.foreign_pids(n) for n in NODES)
     second = SshBackend(load_inventory(inventory), lab_id=first.lab_id)
     left = second.leftovers()

@@ -412,8 +412,10 @@ class SshBackend:
         self.lab_id = lab_id or secrets.token_hex(3)
         if remote.LAB_ID.fullmatch(self.lab_id) is None:
             raise InventoryError(f"lab id {self.lab_id!r}: 6 lowercase hex digits")
-        # ControlPath must stay under 108 bytes: a short private directory of our own.
-        self._control_dir = Path(tempfile.mkdtemp(prefix=f"vml-{self.lab_id}-ssh-"))
+        # ControlPath must stay under 108 bytes: a short private directory of our own, made
+        # (0700) when the first connection opens and removed by `down`.
+        suffix = secrets.token_hex(4)
+        self._control_dir = Path(tempfile.gettempdir()) / f"vml-{self.lab_id}-ssh-{suffix}"
         self._hosts = {h.name: SshHost(h, inventory, self._control_dir) for h in inventory.hosts}
         self._daemons: dict[str, tuple[str, list[str]]] = {}  # host -> (pidfile name, argv)
         self._netem: dict[str, str | None] = {}  # host -> why it cannot shape (None: it can)
@@ -451,8 +453,10 @@ class SshBackend:
         return self._hosts[name]
 
     def addresses(self, host: str) -> list[str]:
-        """The host's address on each lab network (the inventory's `links`)."""
-        return list(self._host(host).spec.links)
+        """The host's address on each lab network (the inventory's `links`, as many as the
+        plan uses)."""
+        links = self._host(host).spec.links
+        return list(links[: self.plan.links] if self.plan is not None else links)
 
     def host_dir(self, name: str) -> str:
         """The host's work directory for this lab (config, key, state, logs; kept after down)."""
@@ -505,8 +509,14 @@ class SshBackend:
             raise InventoryError("broker = true: the ssh backend has no broker yet (set it false)")
         for name in plan.host_names():
             role = "agent" if name.startswith("n") else name
-            if self.inventory.host(name).role != role:
+            spec = self.inventory.host(name)
+            if spec.role != role:
                 raise InventoryError(f"host {name} needs role {role!r} in the inventory")
+            if role == "agent" and len(spec.links) < plan.links:
+                raise InventoryError(
+                    f"host {name} has {len(spec.links)} link address(es), the scenario uses "
+                    f"{plan.links} lab networks: list them in its `links`"
+                )
         self.plan = plan
         try:
             self.connect()
@@ -560,7 +570,7 @@ class SshBackend:
         """Every node of the plan: id, host name, link addresses."""
         plan = self._plan()
         return [
-            NodeSpec(self._hosts[n].spec.node_id or i, n, self._hosts[n].spec.links)
+            NodeSpec(self._hosts[n].spec.node_id or i, n, tuple(self.addresses(n)))
             for i, n in enumerate(plan.host_names()[: plan.nodes], start=1)
         ]
 
