@@ -127,6 +127,28 @@ def test_a_plan_the_inventory_cannot_carry_is_refused_before_any_connection(
     assert all(backend.ssh_host(h.name).master is None for h in backend.inventory.hosts)
 
 
+def test_votemesh_lab_run_over_ssh_refuses_a_bad_inventory_in_one_line(tmp_path: Path) -> None:
+    """`votemesh-lab run SCENARIO --backend ssh --inventory FILE`: an unreadable inventory and
+    one without the scenario's hosts are one line on stderr and exit 1, nothing started."""
+    import subprocess
+    import sys
+
+    short = tmp_path / "short.toml"
+    short.write_text('[[host]]\nname = "n1"\naddress = "10.9.9.9"\n')
+    for inventory, says in ((tmp_path / "none.toml", "cannot read"),
+                            (short, "no host 'n2' in the inventory (it has n1)")):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "votemesh_lab.cli", "run", "kill-restart", "--backend", "ssh",
+             "--inventory", str(inventory), "--out", str(tmp_path / "out")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("votemesh-lab run: ")
+        assert says in lines[0]
+
+
 # -- live (root) -------------------------------------------------------------------------
 live = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 

@@ -538,6 +538,9 @@ def preflight(s: Scenario, backend: Backend) -> None:
             reason = broker.unavailable_reason()
         if reason is not None:
             raise ScenarioError(f"cannot run here: {reason}")
+    check_plan = getattr(backend, "check_plan", None)  # the SSH backend: plan vs inventory
+    if callable(check_plan):
+        check_plan(LabPlan.of(s))
 
 
 @contextlib.contextmanager

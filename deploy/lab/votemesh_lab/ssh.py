@@ -53,6 +53,7 @@ from votemesh_lab import nodeconf, remote, tc
 from votemesh_lab.netns import LabError, TrackedProcess, stop_process, stop_processes
 from votemesh_lab.nodeconf import NodeSpec
 from votemesh_lab.probe import Prober
+from votemesh_lab.scenario import ScenarioError
 
 if TYPE_CHECKING:
     from votemesh_lab.backends import LabPlan
@@ -70,8 +71,9 @@ CLI = "import sys; from agent.cli import main; sys.exit(main())"
 """`votemesh` on a host, through the inventory's Python (its PATH may not have the script)."""
 
 
-class InventoryError(ValueError):
-    """A bad inventory file: one line naming the file and the key."""
+class InventoryError(ScenarioError):
+    """A bad inventory file, or a plan it cannot carry: one line naming the file or host and the
+    key (a ScenarioError: `votemesh-lab run` prints it and exits 1, nothing started)."""
 
 
 class SshError(LabError):
@@ -503,8 +505,9 @@ class SshBackend:
 
     # -- up ----------------------------------------------------------------------------------
 
-    def up(self, plan: LabPlan) -> None:
-        """Connect, make the chain on every host, start the qnetd, push configs, start agents."""
+    def check_plan(self, plan: LabPlan) -> None:
+        """InventoryError (one line) when the inventory cannot carry the plan: a host missing or
+        with the wrong role, fewer link addresses than lab networks, a broker."""
         if plan.broker:
             raise InventoryError("broker = true: the ssh backend has no broker yet (set it false)")
         for name in plan.host_names():
@@ -517,6 +520,10 @@ class SshBackend:
                     f"host {name} has {len(spec.links)} link address(es), the scenario uses "
                     f"{plan.links} lab networks: list them in its `links`"
                 )
+
+    def up(self, plan: LabPlan) -> None:
+        """Connect, make the chain on every host, start the qnetd, push configs, start agents."""
+        self.check_plan(plan)
         self.plan = plan
         try:
             self.connect()
