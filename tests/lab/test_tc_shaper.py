@@ -405,3 +405,26 @@ def test_netns_backend_refuses_shaper_tc_in_one_line_without_netem(tmp_path: Pat
     assert str(caught.value).startswith("--shaper tc: this machine has no sch_netem (")
     assert "\n" not in str(caught.value)
     assert backend.lab is None
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: votemesh-lab run's preflight")
+def test_votemesh_lab_run_shaper_tc_is_one_line_exit_1_without_netem(tmp_path: Path) -> None:
+    """`votemesh-lab run kill-restart --shaper tc` on a kernel without sch_netem: one line on
+    stderr naming the missing sch_netem and what to do, exit 1, no lab built."""
+    import subprocess
+    import sys
+
+    if tc.local_netem_refusal() is None:
+        pytest.skip("this kernel has sch_netem: nothing to refuse")
+    result = subprocess.run(
+        [sys.executable, "-m", "votemesh_lab.cli", "run", "kill-restart", "--shaper", "tc",
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--shaper tc: this machine has no sch_netem (" in lines[0]
+    assert "use the tap switch (--shaper tap)" in lines[0]
+    assert not (tmp_path / "out").exists()

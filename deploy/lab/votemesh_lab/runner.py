@@ -531,9 +531,11 @@ def preflight(s: Scenario, backend: Backend) -> None:
             raise ScenarioError("votemesh-lab run needs root (network namespaces): use sudo")
         if any(n.f == "clock" for n in s.nemeses):
             raise ScenarioError("clock nemeses need the ssh backend: namespaces share one clock")
-        from votemesh_lab import broker, netns  # noqa: PLC0415
+        from votemesh_lab import broker, netns, tc  # noqa: PLC0415
 
         reason = netns.missing_reason("tap")
+        if reason is None and s.topology.shaper == "tc":
+            reason = tc.local_netem_refusal()
         if reason is None and s.topology.broker:
             reason = broker.unavailable_reason()
         if reason is not None:
@@ -569,10 +571,10 @@ def command_run(args: argparse.Namespace) -> int:
         if seed is None:
             seed = secrets.randbelow(2**31)
         backend = make_backend(args)
-        preflight(s, backend)
         if getattr(args, "shaper", None) and args.shaper != s.topology.shaper:
             topology = dataclasses.replace(s.topology, shaper=args.shaper)
             s = dataclasses.replace(s, topology=topology)
+        preflight(s, backend)
     except ScenarioError as exc:
         print(f"votemesh-lab run: {exc}", file=sys.stderr)
         return 1
