@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice corosync-vqsim libnss3-tools \
-  iproute2 iptables
+  iproute2 iptables openssh-server openssh-client
 
 .PHONY: help demo demo-corosync wire-tour test lint format ci bench soak fuzz system-deps deb clean chaos
 

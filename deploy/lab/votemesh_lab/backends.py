@@ -35,7 +35,7 @@ from agent.config import ConfigError
 from agent.runtime.config_file import parse_config
 from agent.runtime.keys import keygen
 from proto.runtime.control_client import request as control_request
-from votemesh_lab import nodeconf
+from votemesh_lab import nodeconf, tc
 from votemesh_lab.broker import LabBroker
 from votemesh_lab.grudge import Matrix
 from votemesh_lab.netns import (
@@ -231,6 +231,8 @@ class NetnsBackend:
         return self._plan().host_names()
 
     def up(self, plan: LabPlan) -> None:
+        if plan.shaper == "tc" and (no_netem := tc.local_netem_refusal()) is not None:
+            raise BackendError(no_netem)
         if plan.shaper != "tap":
             raise BackendError(f"shaper {plan.shaper!r}: the netns backend has 'tap' only here")
         if not 1 <= plan.links <= MAX_LINKS:

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import importlib
 import os
 import random
 import secrets
@@ -509,12 +508,9 @@ def make_backend(args: argparse.Namespace) -> Backend:
         inventory = getattr(args, "inventory", None)
         if not inventory:
             raise ScenarioError("--backend ssh needs --inventory FILE")
-        # lab-ssh's module, looked up when asked for (it needs OpenSSH, not every install has it)
-        ssh = importlib.import_module("votemesh_lab.ssh")
-        try:
-            backend: Backend = ssh.SshBackend.from_inventory(Path(inventory))
-        except (ValueError, OSError) as exc:  # ssh.InventoryError is a ValueError
-            raise ScenarioError(f"--inventory {inventory}: {exc}") from None
+        from votemesh_lab import ssh  # noqa: PLC0415
+
+        backend: Backend = ssh.SshBackend.from_inventory(Path(inventory))
         return backend
     raise ScenarioError(f"--backend {name}: use netns or ssh")
 
@@ -526,13 +522,18 @@ def preflight(s: Scenario, backend: Backend) -> None:
             raise ScenarioError("votemesh-lab run needs root (network namespaces): use sudo")
         if any(n.f == "clock" for n in s.nemeses):
             raise ScenarioError("clock nemeses need the ssh backend: namespaces share one clock")
-        from votemesh_lab import broker, netns  # noqa: PLC0415
+        from votemesh_lab import broker, netns, tc  # noqa: PLC0415
 
         reason = netns.missing_reason("tap")
+        if reason is None and s.topology.shaper == "tc":
+            reason = tc.local_netem_refusal()
         if reason is None and s.topology.broker:
             reason = broker.unavailable_reason()
         if reason is not None:
             raise ScenarioError(f"cannot run here: {reason}")
+    check_plan = getattr(backend, "check_plan", None)  # the SSH backend: plan vs inventory
+    if callable(check_plan):
+        check_plan(LabPlan.of(s))
 
 
 @contextlib.contextmanager
@@ -581,10 +582,10 @@ def command_run(args: argparse.Namespace) -> int:
         if seed is None:
             seed = secrets.randbelow(2**31)
         backend = make_backend(args)
-        preflight(s, backend)
         if getattr(args, "shaper", None) and args.shaper != s.topology.shaper:
             topology = dataclasses.replace(s.topology, shaper=args.shaper)
             s = dataclasses.replace(s, topology=topology)
+        preflight(s, backend)
     except ScenarioError as exc:
         print(f"votemesh-lab run: {exc}", file=sys.stderr)
         return 1
