@@ -18,7 +18,7 @@ help:
 	@echo "make bench        benchmarks: print figures, never fail on timing (one: $(PY) -m tests.bench cli)"
 	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N, SOAK_FIRST=seed)"
 	@echo "make fuzz         differential fuzz vs corosync-qnetd, 5,000 cases (~5 min; FUZZ_CASES=N FUZZ_SEED=S; root)"
-	@echo "make chaos        every library scenario through votemesh-lab run, reports in lab-store/ (~40 min; CHAOS=\"split-3-2 ...\"; root)"
+	@echo "make chaos        every library scenario through votemesh-lab run, reports in lab-store/ (~30 min; CHAOS=\"split-3-2 ...\"; root)"
 	@echo "make deb          dist/votemesh_VERSION_ARCH.deb: the project + its dependencies in /opt/votemesh (Debian; DEB_OUT=DIR)"
 	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
 
