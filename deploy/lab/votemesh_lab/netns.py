@@ -56,7 +56,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from votemesh_lab.grudge import Matrix
+    from votemesh_lab.probe import Prober, Verification
 
 #: RFC 2544 benchmarking range: never routed, so it cannot shadow a real network.
 DEFAULT_SUBNET = ipaddress.IPv4Network("198.18.0.0/24")
@@ -344,7 +348,8 @@ class Lab:
         args = ["setpriv", "--pdeathsig", "KILL", "nsenter",
                 f"--net=/run/netns/{self.bridge_netns}", "--",
                 sys.executable, "-m", "votemesh_lab.switch", "--ports", str(len(self.hosts)),
-                "--prefix", self._tap_prefix, "--control", str(self._switch_socket)]  # fmt: skip
+                "--prefix", self._tap_prefix, "--control", str(self._switch_socket),
+                "--hosts", ",".join(self.hosts)]  # fmt: skip
         if self.switch_seed is not None:
             args += ["--seed", str(self.switch_seed)]
         log_path = self.workdir / "tapswitch.log"
@@ -616,6 +621,34 @@ class Lab:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- the requested network, applied and verified (design §4.3; owned by lab-netem) --------
+
+    _prober: Prober | None = None
+
+    def apply(self, matrix: Matrix, *, verify: bool = True) -> Verification:
+        """Give the switch the whole matrix in one request, then verify it (`verify()`).
+
+        Tap labs only. With `verify=False` the result says nothing was probed (`pairs` 0).
+        """
+        from votemesh_lab.probe import Verification  # noqa: PLC0415 (probe imports netns)
+
+        if set(matrix.hosts) != set(self.hosts):
+            raise LabError(f"matrix hosts {matrix.hosts} are not this lab's {tuple(self.hosts)}")
+        self.switch_request(matrix.to_request())
+        if verify:
+            return self.verify(matrix)
+        return Verification(matrix.generation, True, (), (), 0, 0.0)
+
+    def verify(self, matrix: Matrix) -> Verification:
+        """Control-plane readback equal to the request, and a probe over every ordered pair."""
+        from votemesh_lab.probe import Prober, compare  # noqa: PLC0415 (probe imports netns)
+
+        held = self.switch_request({"op": "matrix"})["matrix"]
+        control = compare(matrix.to_request(), held)
+        if self._prober is None:
+            self._prober = Prober(self)
+        return self._prober.verify(matrix, control)
 
 
 _OPEN_LABS: list[Lab] = []
