@@ -108,6 +108,7 @@ def test_unreadable_or_broken_inventory_file(tmp_path: Path) -> None:
         (LabPlan(nodes=1, links=3), "host n1 has 2 link address(es), the scenario uses 3"),
         (LabPlan(nodes=1, broker=True), "broker = true: the ssh backend has no broker yet"),
         (LabPlan(nodes=2), "host n2 needs role 'agent'"),
+        (LabPlan(nodes=4), "host n4 has node_id 9: the scenario's n4 is node id 4"),
     ],
 )
 def test_a_plan_the_inventory_cannot_carry_is_refused_before_any_connection(
@@ -118,8 +119,11 @@ def test_a_plan_the_inventory_cannot_carry_is_refused_before_any_connection(
     line, and no ssh is started (the hosts' addresses here do not exist)."""
     import tomllib
 
-    role = "agent" if "n3" in says else "broker"
+    role = "broker" if "role" in says else "agent"
     text = GOOD + f'[[host]]\nname = "n2"\naddress = "10.0.0.12"\nrole = "{role}"\nnode_id = 2\n'
+    if "n4" in says:
+        text += '[[host]]\nname = "n3"\naddress = "h3"\n[[host]]\nname = "n4"\naddress = "h4"\n'
+        text += "node_id = 9\n"
     backend = SshBackend(parse_inventory(tomllib.loads(text)))
     with pytest.raises(InventoryError) as caught:
         backend.up(plan)
