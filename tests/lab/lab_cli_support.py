@@ -108,6 +108,13 @@ def traces(before: Footprint) -> list[str]:
             if inside and state.start_time(int(proc.name)) is not None:
                 found.append(f"process {proc.name} in a lab namespace")
     found += [f"pid {p}" for p, s in before.pids.items() if state.same_process(p, s)]
+    for proc in Path("/proc").iterdir():  # a supervisor of the lab, by its command line
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if b"votemesh_lab.supervisor" in argv and lab_id.encode() in argv:
+            found.append(f"supervisor {proc.name}")
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
     found += [f"mount {line}" for line in mountinfo if lab_id in line]
     if state.state_dir(lab_id).exists():

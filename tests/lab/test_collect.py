@@ -48,8 +48,10 @@ def agent_log(tmp_path: Path) -> Path:
 
 def test_an_agent_log_becomes_events_and_folded_states(tmp_path: Path) -> None:
     """Events keep their fields and get seq per life and the life's incarnation; after each
-    change a `state` record; a restart starts again in the singleton view; non-events and
-    garbage lines are not records (garbage is counted)."""
+    step of the agent's core a `state` record (events within 5 ms are one step: seen in a
+    bridge run, the new view still 'quorate' for the microseconds before its quorum_lost made
+    the checker report a split brain); a restart starts again in the singleton view; non-events
+    and garbage lines are not records (garbage is counted)."""
     records, skipped = collect.agent_records(agent_log(tmp_path), 2, START_MS, expected=3)
     assert skipped == 1
     events = [(r["kind"], r["seq"], r["incarnation"]) for r in records if r["kind"] != "state"]
@@ -59,10 +61,11 @@ def test_an_agent_log_becomes_events_and_folded_states(tmp_path: Path) -> None:
     ]  # fmt: skip
     states = [(r["t"], r["ring"], r["members"], r["quorate"]) for r in records
               if r["kind"] == "state"]  # fmt: skip
+    # one state per core step: view_installed + quorum_counts_changed + quorum_gained at 1.0 s
+    # are one step, so no state record shows the view before its quorum verdict
     assert states == [
-        (1.0, "1.4", [1, 2, 3], False), (1.0, "1.4", [1, 2, 3], False),
-        (1.0, "1.4", [1, 2, 3], True), (6.0, "1.6", [1, 2, 3], False),
-        (6.0, "1.6", [1, 2, 3], True), (7.0, "1.6", [1, 2, 3], True),
+        (1.0, "1.4", [1, 2, 3], True), (6.0, "1.6", [1, 2, 3], True),
+        (7.0, "1.6", [1, 2, 3], True),
     ]  # fmt: skip
     assert records[-1]["expected"] == 2  # expected_votes_changed carries it as `new`
     for record in records:

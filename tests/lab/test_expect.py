@@ -182,3 +182,17 @@ def test_one_quorate_of_wants_exactly_one_whole_group_quorate() -> None:
     both = [r for r in split_ok() if not (r.get("node") == 3 and r["t"] == 6.5)]
     (got,) = expect.evaluate(both, expects(text), t0=1.0, end=30.0, nodes=[1, 2, 3])
     assert (got.status, got.nodes) == ("missed", (3,))
+
+
+def test_a_window_runs_from_the_faults_application_to_the_undos() -> None:
+    """`during` counts from when the lab made the first fault to when it made the second: the
+    merge view right after the heal (before its probes ended) is not the split's; a view change
+    right after the split was made (before its probes ended) is. Seen in CI: split-3-2 counted
+    the post-heal merge as a second view change."""
+    text = '[[expect]]\nduring = ["split", "split.undo"]\nnodes = [1]\nmax_view_changes = 1\n'
+    after_heal = [*split_ok(), event(4.7, 1, "view_installed"), event(14.7, 1, "view_installed")]
+    (got,) = expect.evaluate(after_heal, expects(text), t0=1.0, end=30.0, nodes=[1, 2, 3])
+    assert got.status == "met"
+    early = [*split_ok(), event(4.6, 1, "view_installed"), event(4.8, 1, "view_installed")]
+    (got,) = expect.evaluate(early, expects(text), t0=1.0, end=30.0, nodes=[1, 2, 3])
+    assert (got.status, got.at) == ("missed", 4.8)

@@ -15,12 +15,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
-from votemesh_lab import netns, state
+from votemesh_lab import labcmd, netns, state
+from votemesh_lab.netns import LabFactory
 
 from tests.lab.lab_cli_support import (
+    BIN,
     REASON,
     Footprint,
     footprint,
@@ -72,6 +75,7 @@ def test_down_leaves_nothing() -> None:
         down = lab_cli("down", "--lab", lab_id, "--purge")
     assert down.returncode == 0, down.stdout + down.stderr
     assert f"lab {lab_id}: removed supervisor" in down.stdout, down.stdout
+    assert f"namespace vml-{lab_id}-n1" in down.stdout, down.stdout
     assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id)
     assert wait_no_traces(before) == []
     assert not state.default_workdir(lab_id).exists()
@@ -92,6 +96,36 @@ def test_failed_up_leaves_nothing() -> None:
     assert "down" in log, log  # the supervisor had built the lab, then tore it down
     assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id)
     assert traces(footprint(lab_id)) == []
+    lab_cli("down", "--lab", lab_id, "--purge")
+
+
+@pytest.mark.parametrize("after", [0.05, 0.6, 2.0])
+def test_interrupted_up_leaves_nothing(after: float) -> None:
+    """SIGTERM to `up` while it waits (before the supervisor exists, while it builds, or once
+    the agents run): exit 130, one line, and nothing of the lab left, its supervisor included."""
+    lab_id = fresh_id()
+    up = subprocess.Popen(
+        [str(BIN / "votemesh-lab"), "up", "--nodes", "2", "--id", lab_id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(after)
+        up.send_signal(signal.SIGTERM)
+        _out, err = up.communicate(timeout=50)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    if up.returncode == 0:  # it was up before the signal came: a plain down then
+        lab_cli("down", "--lab", lab_id, "--purge")
+        pytest.skip(f"up finished within {after} s on this machine")
+    if up.returncode == -signal.SIGTERM:  # before Python ran our code: nothing was made
+        assert not state.default_workdir(lab_id).exists()
+    else:
+        assert up.returncode == 130, err
+        assert err.splitlines() == [f"votemesh-lab: interrupted; lab {lab_id} removed"], err
+    assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id)
+    assert wait_no_traces(footprint(lab_id), timeout=2.0) == []
     lab_cli("down", "--lab", lab_id, "--purge")
 
 
@@ -167,3 +201,15 @@ def test_a_failed_test_leaves_nothing(tmp_path: Path) -> None:
     lab_id = out.read_text()
     assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id)
     assert traces(footprint(lab_id)) == []
+
+
+def test_down_without_an_id_never_picks_a_running_test_lab(tmp_path: Path) -> None:
+    """A lab made by a test (LabFactory: no state directory) with a process in it is not one
+    `down` or `down --all` picks by itself; once nothing runs in it, it is a dead leftover
+    they may remove."""
+    with LabFactory(tmp_path) as factory:
+        lab = factory(["n1"], switch="tap")
+        lab["n1"].start(["sleep", "300"], label="sleeper")
+        assert not labcmd.ours_to_remove(lab.lab_id)
+        assert lab.lab_id in netns.lab_ids_found()
+    assert netns.leftovers(lab.lab_id).empty()

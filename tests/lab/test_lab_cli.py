@@ -8,15 +8,17 @@ leaves it; the fixture's `down` must leave nothing (test_lab_cleanup.py pins tha
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from votemesh_lab import cli, netns, state
+from votemesh_lab import cli, corostack, netns, state, statusview
 
 from tests.lab.lab_cli_support import (
     REASON,
+    agents,
     fresh_id,
     lab_cli,
     one_line_error,
@@ -58,7 +60,8 @@ def test_up_then_status_shows_every_node_quorate(lab_id: str) -> None:
     for host in ("n1", "n2", "n3"):
         assert rows[host][1:2] + rows[host][3:6] == ["running", "1,2,3", "yes", "3/3"], rows
     assert len({rows[h][2] for h in ("n1", "n2", "n3")}) == 1, rows  # one ring id
-    assert "network: applied g0: open; verified 6/6 pairs" in table.stdout
+    assert "network g0: blocks none; shapes none" in table.stdout
+    assert "last change: applied g0: open; verified 6/6 pairs" in table.stdout
     record = state.read(lab_id)
     assert record is not None
     assert sorted(record.namespaces) == sorted(netns.lab_namespaces(lab_id))
@@ -211,3 +214,80 @@ def test_missing_scenario_module_is_one_line(
     err = capsys.readouterr().err.splitlines()
     assert err == [("votemesh-lab: `library` is not in this build "
                    "(votemesh_lab.no_such_module is missing)")]  # fmt: skip
+
+
+@pytest.mark.root
+@pytest.mark.interop
+@pytest.mark.timeout(60)
+def test_corosync_stack_under_the_same_commands() -> None:
+    """`up --corosync --qnetd ffsplit`: Debian's corosync + corosync-qdevice on n1..n3 with
+    votemesh-qnetd; status reads corosync-quorumtool: all quorate with the device vote;
+    `partition 1 2,3` leaves n1 alone and inquorate, {2,3} quorate; kill 3 + restart 3 brings
+    n3 back into one view of three; `down` leaves nothing."""
+    if REASON is not None:
+        pytest.skip(REASON)
+    if (reason := corostack.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    lab = fresh_id()
+    result = lab_cli("up", "--nodes", "3", "--corosync", "--qnetd", "ffsplit", "--id", lab)
+    try:
+        assert result.returncode == 0, result.stderr
+        doc = wait_for(lab, ALL)
+        assert all(d["qdevice"]["vote"] for d in agents(doc).values()), doc
+        assert lab_cli("partition", "--lab", lab, "1", "2,3").returncode == 0
+        doc = wait_for(lab, {"n1": ((1,), False), "n2": ((2, 3), True), "n3": ((2, 3), True)})
+        assert lab_cli("heal", "--lab", lab).returncode == 0
+        wait_for(lab, ALL)
+        assert lab_cli("kill", "--lab", lab, "3").returncode == 0
+        wait_for(lab, {"n1": ((1, 2), True), "n2": ((1, 2), True)})
+        restarted = lab_cli("restart", "--lab", lab, "3")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        wait_for(lab, ALL)
+    finally:
+        down = lab_cli("down", "--lab", lab, "--purge")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert netns.leftovers(lab).empty()
+
+
+def needs_a_missing_module(_args: object) -> int:
+    """A stand-in `run` that imports a part of the package this build lacks."""
+    importlib.import_module("votemesh_lab.no_such_part")
+    return 0
+
+
+def test_a_command_needing_a_missing_part_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lazily loaded command that itself needs a missing votemesh_lab module: one line, 1."""
+    monkeypatch.setitem(cli.LAZY, "run", (__name__, "needs_a_missing_module"))
+    assert cli.main(["run", "x.toml"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "votemesh-lab: `run` needs votemesh_lab.no_such_part, which is not in this build"
+    ]
+
+
+def test_status_rows_from_a_reply() -> None:
+    """The table's rows: an agent's ring, members, quorate, votes, qdevice and per-link counts;
+    a paused agent and the qnetd host get dashes; an inquorate node says NO."""
+    link = {"link": 0, "up": True}
+    reply = {
+        "nodes": [
+            {"host": "n1", "role": "agent", "daemon": "running", "status": {
+                "ring": "1.4", "members": [1, 2], "quorate": True, "total_votes": 3,
+                "expected_votes": 3, "qdevice": {"configured": True, "vote": True, "votes": 1},
+                "peers": [{"links": [link, {"link": 1, "up": False}]}]}},
+            {"host": "n2", "role": "agent", "daemon": "running", "status": {
+                "ring": "2.5", "members": [2], "quorate": False, "total_votes": 1,
+                "expected_votes": 3, "qdevice": {"configured": True, "connected": True},
+                "peers": [{"links": [{"link": 0, "up": False}]}]}},
+            {"host": "n3", "role": "agent", "daemon": "paused", "status": {}},
+            {"host": "qnetd", "role": "qnetd", "daemon": "running", "status": {}},
+        ],
+    }  # fmt: skip
+    assert statusview.status_rows(reply) == [
+        ["n1", "running", "1.4", "1,2", "yes", "3/3", "vote (1)", "L0 1/1 L1 0/1"],
+        ["n2", "running", "2.5", "2", "NO", "1/3", "no vote", "L0 0/1"],
+        ["n3", "paused", "-", "-", "-", "-", "-", "-"],
+        ["qnetd", "running", "-", "-", "-", "-", "-", "-"],
+    ]

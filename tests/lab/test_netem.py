@@ -9,7 +9,7 @@ import statistics
 from collections.abc import Mapping
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from votemesh_lab.netem import (
     Decision,
@@ -251,6 +251,7 @@ def test_parse_errors_are_one_line_naming_the_key(words: dict[str, object], key:
     assert key in message
 
 
+@example(delay=0.99999, loss=0.0, rate=1.0, gemodel=[0.0, 0.0, 0.0, 0.0])  # 999990us
 @given(
     delay=st.floats(0, 60),
     loss=st.floats(0, 100),

@@ -4,11 +4,15 @@ config the agent's own loader accepts; a bad file is refused with one line namin
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 from votemesh_lab import nodeconf, scenario
 from votemesh_lab.backends import LabPlan, check_node_configs
+from votemesh_lab.runner import _deferred_interrupts, command_run
 from votemesh_lab.scenario import ScenarioError
 
 from agent.runtime.config_file import parse_config
@@ -149,3 +153,27 @@ def test_command_library_lists_every_name_and_purpose(capsys: pytest.CaptureFixt
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(LIBRARY)
     assert any(line.startswith("split-3-2 ") and "majority" in line for line in lines)
+
+
+def test_run_refuses_a_bad_file_with_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`votemesh-lab run bad.toml`: one line on stderr naming the key, exit 1, nothing ran."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("nodes = 3", "nodes = 3\ncolour = 1"))
+    args = argparse.Namespace(scenario=str(bad), seed=None, out=str(tmp_path / "out"),
+                              backend="netns", inventory=None, shaper=None)  # fmt: skip
+    assert command_run(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "unknown key topology.colour" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ctrl_c_during_teardown_is_deferred_not_raised() -> None:
+    """Seen in make chaos: a SIGINT that arrived while the lab was being torn down cut
+    Lab.close short and left the lab's namespaces. During teardown it is only noted."""
+    with _deferred_interrupts() as got:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert got == [signal.SIGINT]

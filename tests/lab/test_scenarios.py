@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from votemesh_lab import netns, scenario
 from votemesh_lab.backends import NetnsBackend
 from votemesh_lab.runner import run_scenario
 
+REPO = Path(__file__).resolve().parents[2]
 CI_SUBSET = (
     "split-3-2",
     "oneway-cut",
@@ -119,3 +123,30 @@ def test_library_scenario_is_valid(name: str, tmp_path: Path) -> None:
     assert all(e["status"] == "met" for e in report["expectations"])
     if name in MUST_SHOW:
         MUST_SHOW[name](out)
+
+
+def test_ctrl_c_tears_the_lab_down_and_stores_an_unknown_verdict(tmp_path: Path) -> None:
+    """SIGINT to a running `python -m votemesh_lab.runner` (what `make chaos` and `run` do):
+    the lab is torn down (no namespace, link, process or mount of its id is left), the run is
+    judged unknown and stored, exit status 2."""
+    out = tmp_path / "store"
+    args = [sys.executable, "-m", "votemesh_lab.runner", "pause-5s", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO) as child:
+        assert child.stdout is not None
+        lab_id = ""
+        for text in child.stdout:
+            if text.startswith("lab ") and " up: " in text:
+                lab_id = text.split()[1].rstrip(":")
+            if text.startswith("formed at"):
+                break
+        if not lab_id:
+            child.kill()
+        assert lab_id, "the runner never said which lab it made"
+        child.send_signal(signal.SIGINT)
+        rest = child.stdout.read()
+        assert child.wait(timeout=60) == 2
+    assert "unknown: " in rest
+    assert netns.leftovers(lab_id).empty(), netns.leftovers(lab_id).lines()
+    (report,) = out.rglob("report.json")
+    assert json.loads(report.read_text())["verdict"] == "unknown"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from votemesh_lab.checker import Checker
 from votemesh_lab.sim.network import Core, SimNetwork, cluster_configs
 from votemesh_lab.sim.replay import main as replay_main
-from votemesh_lab.sim.schedules import RunResult, random_schedule
-from votemesh_lab.timeline import Timeline
+from votemesh_lab.sim.schedules import RunResult, random_schedule, run_seed
+from votemesh_lab.timeline import Timeline, read_jsonl
 
 from agent.config import AgentConfig
 from tests.sim.fake_node import FakeNode, FaultyNode, FlickerNode
@@ -104,3 +106,29 @@ def test_replay_command_prints_schedule_and_verdict(capsys: object) -> None:
     assert "--- trace ---" in out
     assert code == 0
     assert "all properties hold" in out
+
+
+def test_a_simulated_run_is_judged_the_same_from_its_jsonl(tmp_path: Path) -> None:
+    """The simulator's records are the lab's format: written to timeline.jsonl, read back (and
+    validated), they give the same verdict, violations and all, as the run's own timeline."""
+    for factory, seed in ((faulty, 3), (fake, 3)):
+        timeline = split_run(factory).timeline()
+        again = read_jsonl(timeline.write_jsonl(tmp_path / f"{seed}.jsonl"))
+        first, second = Checker(timeline).check(), Checker(again).check()
+        assert (second.status, second.violations) == (first.status, first.violations)
+    assert first.status == "valid"
+    assert {"run", "state", "proc", "net", "config", "view_installed", "end"} <= {
+        r["kind"] for r in again
+    }
+
+
+def test_a_qnetd_run_records_the_qnetd_votes() -> None:
+    """With a qnetd, the simulator records who got its vote (`qnetd_vote`), and the run record
+    names the device, so the checker counts its votes."""
+    result = run_seed(0)  # seed 0 draws a qnetd
+    timeline = result.net.timeline()
+    assert timeline.run["qdevice"] is not None
+    votes = timeline.of_kind("qnetd_vote")
+    assert votes
+    assert {r["vote"] for r in votes} <= {"ack", "nack"}
+    assert Checker(timeline).device == 1

@@ -124,7 +124,8 @@ class Backend(Protocol):
         ...
 
     def signal(self, host: str, what: Signal) -> None:
-        """kill (SIGKILL), pause (SIGSTOP), resume (SIGCONT) or term (SIGTERM) its daemon."""
+        """kill (SIGKILL), pause (SIGSTOP), resume (SIGCONT) or term (SIGTERM) its daemon.
+        Returns once sent (a killed daemon is reaped first): several hosts get one at once."""
         ...
 
     def start(self, host: str) -> None:
@@ -203,6 +204,8 @@ class _Daemon:
 
     process: TrackedProcess | None = None
     paused: bool = False
+    stopping: bool = False
+    """SIGTERM was sent: it may still be leaving; `start` waits for it to exit."""
 
 
 class NetnsBackend:
@@ -217,6 +220,11 @@ class NetnsBackend:
         self.broker: LabBroker | None = None
         self.daemons: dict[str, _Daemon] = {}
         self._links_down: set[tuple[str, int]] = set()
+
+    @property
+    def lab_id(self) -> str | None:
+        """The lab's id (its namespaces are vml-<id>-*), once up."""
+        return self.lab.lab_id if self.lab is not None else None
 
     # -- set-up -----------------------------------------------------------------------------
     def hosts(self) -> list[str]:
@@ -386,15 +394,21 @@ class NetnsBackend:
         process = daemon.process
         if process is None or not process.alive():
             raise BackendError(f"{host}: its daemon is not running")
+        was_paused = daemon.paused
         os.kill(process.pid, SIGNALS[what])
         daemon.paused = what == "pause"
-        if what in ("kill", "term"):
-            if what == "term" and daemon.paused:
-                os.kill(process.pid, signal.SIGCONT)
-            stop_process(process.process, grace=10.0)  # reaps it; SIGKILL after 10 s
+        if what == "term":
+            if was_paused:
+                os.kill(process.pid, signal.SIGCONT)  # a stopped process hears no SIGTERM
+            daemon.stopping = True  # it leaves the cluster now and exits soon; not waited for
+        elif what == "kill":
+            stop_process(process.process, grace=10.0)  # reaps it
 
     def start(self, host: str) -> None:
         daemon = self._daemon(host)
+        if daemon.process is not None and daemon.stopping:
+            stop_process(daemon.process.process, grace=10.0)  # the SIGTERMed one exits first
+        daemon.stopping = False
         if daemon.process is not None and daemon.process.alive():
             return
         target = self._host(host)

@@ -80,6 +80,8 @@ from votemesh_lab.timeline import (
 
 PROPERTIES = ("S1", "S2", "S3", "L1", "F1", "L2", "S4", "silent")
 """Every property the checker knows, in the order it reports them."""
+AGENT_SOURCES = frozenset({"log", "mqtt", "status", "sim"})
+"""Where a node's own records come from (the lab's `lab` records say nothing of the agent)."""
 MAX_L2 = 20
 """L2 violations reported at most (a flapping view makes many)."""
 SILENT_GRACE = 2.0
@@ -505,7 +507,8 @@ class Checker:
         out = []
         for node in self.nodes:
             records = self.timeline.of_node(node)
-            if not records and node not in self.held:
+            own = [r for r in records if r["src"] in AGENT_SOURCES]
+            if not own and node not in self.held:
                 out.append(f"n{node}'s events missing (nothing recorded)")
                 continue
             seen: dict[object, dict[int, float]] = {}
@@ -516,9 +519,8 @@ class Checker:
                 ordered = sorted(seqs)
                 for a, b in itertools.pairwise(ordered):
                     if b > a + 1:
-                        out.append(
-                            f"n{node}'s events missing after {seqs[a]:.2f} s (seq {a + 1}-{b - 1})"
-                        )
+                        lost = f"{a + 1}" if b == a + 2 else f"{a + 1}-{b - 1}"
+                        out.append(f"n{node}'s events missing after {seqs[a]:.2f} s (seq {lost})")
         return out
 
     # ---- the properties --------------------------------------------------------------------

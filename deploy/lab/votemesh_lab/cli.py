@@ -43,14 +43,14 @@ def _lab_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     up.add_argument("--links", type=int, default=1, help="lab networks (default 1)")
     up.add_argument("--qnetd", metavar="ALGO", default="", help="votemesh-qnetd: ffsplit | lms")
     up.add_argument("--broker", action="store_true", help="mosquitto in host 'broker'")
-    up.add_argument("--corosync", action="store_true", help="corosync instead (not yet)")
+    up.add_argument("--corosync", action="store_true", help="Debian's corosync instead of votemesh")
     up.add_argument("--seed", type=int, default=0, help="the switch's random seed")
     up.add_argument("--id", metavar="ID", help="6 hex digits (default: random)")
     up.add_argument("--wait", type=float, default=30.0, help="seconds for agents to answer")
     down = sub.add_parser("down", help="remove a lab (works after a crash too)")
     which = down.add_mutually_exclusive_group()
     which.add_argument("--lab", metavar="ID", help="the lab's id (default: the only one)")
-    which.add_argument("--all", action="store_true", help="every lab found")
+    which.add_argument("--all", action="store_true", help="every lab up made, and dead leftovers")
     down.add_argument("--purge", action="store_true", help="also delete the work directory")
     sub.add_parser("list", help="labs up, and leftovers of crashed ones")
     status = sub.add_parser("status", help="per node: ring, members, quorum, qdevice, links")
@@ -74,7 +74,7 @@ def _lab_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     shape = sub.add_parser("shape", help="[A B] key=value...: netem impairments")
     _lab_option(shape)
     shape.add_argument("--one-way", action="store_true", help="A -> B only")
-    shape.add_argument("items", nargs="+", metavar="[A B] KEY=VALUE")
+    shape.add_argument("items", nargs=argparse.REMAINDER, metavar="[A B] KEY=VALUE")
     unshape = sub.add_parser("unshape", help="[A B]: remove impairments")
     _lab_option(unshape)
     unshape.add_argument("hosts", nargs="*", metavar="A B")
@@ -91,7 +91,7 @@ def _scenario_commands(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     run.add_argument("--out", default=None, metavar="DIR")
     run.add_argument("--backend", default="netns", choices=("netns", "ssh"))
     run.add_argument("--inventory", default=None, metavar="FILE")
-    run.add_argument("--shaper", default="tap", choices=("tap", "tc"))
+    run.add_argument("--shaper", default=None, choices=("tap", "tc"))
     check = sub.add_parser("check", help="judge a stored run again")
     check.add_argument("dir", metavar="DIR")
     sub.add_parser("library", help="the scenarios shipped with the package")
@@ -136,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         return _handler(args.command)(args)
+    except ModuleNotFoundError as exc:
+        if args.command not in LAZY or not (exc.name or "").startswith("votemesh_lab."):
+            raise
+        print(f"votemesh-lab: `{args.command}` needs {exc.name}, which is not in this build",
+              file=sys.stderr)  # fmt: skip
+        return 1
     except UserError as exc:
         print(f"votemesh-lab: {exc}", file=sys.stderr)
         return 1

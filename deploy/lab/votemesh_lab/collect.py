@@ -8,7 +8,7 @@ messages, the qnetd's log.
   it, a `state` record (ring, members, counted, quorate, expected, qdevice_vote,
   config_version) folded from the events. `src: log`.
 * With a broker: the events the MQTT tap received (`.../<node>/events`). An event the log also
-  has (same node, kind, within `MATCH_MS`) is recorded with `src: mqtt` and the MQTT `seq`; the
+  has (same node, kind, within `MATCH_MS`) is recorded with `src: mqtt` (and `mqtt_seq`); the
   log fills what MQTT missed (a broker outage) as `src: log`. A `note` says how many came by
   MQTT.
 * The qnetd's log: each `decision` line gives one `qnetd_vote` record per node it answered.
@@ -33,19 +33,27 @@ NOT_EVENTS = frozenset({"run", "state", "proc", "fault", "net", "config", "qnetd
                         "verify_failed", "note", "end"})  # fmt: skip
 DROP_FIELDS = frozenset({"event", "level", "timestamp", "logger"})
 MATCH_MS = 250
+BURST = 0.005
+"""Seconds between two events of one agent within which they are one step of its core."""
 STATE_KEYS = ("ring", "members", "counted", "quorate", "expected", "qdevice_vote",
               "config_version")  # fmt: skip
 
 
-def wall_ms(timestamp: str) -> int | None:
-    """An ISO 8601 time (`2026-12-07T13:34:22.808546Z`) -> milliseconds since the epoch."""
+def wall_seconds(timestamp: str) -> float | None:
+    """An ISO 8601 time (`2026-12-07T13:34:22.808546Z`) -> seconds since the epoch."""
     try:
         when = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     except (ValueError, AttributeError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
-    return round(when.timestamp() * 1000)
+    return when.timestamp()
+
+
+def wall_ms(timestamp: str) -> int | None:
+    """An ISO 8601 time -> milliseconds since the epoch."""
+    seconds = wall_seconds(timestamp)
+    return None if seconds is None else round(seconds * 1000)
 
 
 def json_lines(path: Path) -> Iterator[dict[str, Any] | None]:
@@ -106,18 +114,28 @@ def agent_records(
     path: Path, node: int, start_wall_ms: int, expected: int = 0
 ) -> tuple[list[Record], int]:
     """The events and folded states of one agent's log; (records, lines skipped). `expected`:
-    the expected votes a life starts with (the agent's configured value; events update it)."""
+    the expected votes a life starts with (the agent's configured value; events update it).
+
+    Events the core emitted in one step (view_installed, quorum_counts_changed, quorum_lost
+    within `BURST` of each other) give ONE state record, after the last of them: the agent never
+    showed the states in between (e.g. the new view still counted quorate before its
+    quorum_lost), and a checker must not see them."""
     records: list[Record] = []
     skipped = 0
     fold = _Fold()
     seq = 0
     incarnation: int | None = None
+    pending: Record | None = None
+    last_t = float("-inf")
     for line in json_lines(path):
-        stamp = wall_ms(line.get("timestamp", "")) if line is not None else None
+        stamp = wall_seconds(line.get("timestamp", "")) if line is not None else None
         if line is None or stamp is None:
             skipped += 1
             continue
-        t = (stamp - start_wall_ms) / 1000
+        t = round(stamp - start_wall_ms / 1000, 6)
+        if pending is not None and t - last_t > BURST:
+            records.append(pending)
+            pending = None
         kind = str(line.get("event", ""))
         if kind == "agent started":  # a new life, in its start-up singleton view (no event)
             fold, seq = _Fold(members=[node], expected=expected), 0
@@ -127,15 +145,17 @@ def agent_records(
         if EVENT_KIND.fullmatch(kind) is None or kind in NOT_EVENTS:
             continue
         seq += 1
+        last_t = t
         fields = {k: v for k, v in line.items() if k not in DROP_FIELDS and k not in _RESERVED}
         record = {"t": t, "node": node, "kind": kind, "src": "log", **fields, "seq": seq,
-                  "wall_ms": stamp}  # fmt: skip
+                  "wall_ms": round(stamp * 1000)}  # fmt: skip
         if incarnation is not None:
             record["incarnation"] = incarnation
         records.append(record)
         if fold.apply(kind, line):
-            records.append({"t": t, "node": node, "kind": "state", "src": "log",
-                            **fold.as_record()})  # fmt: skip
+            pending = {"t": t, "node": node, "kind": "state", "src": "log", **fold.as_record()}
+    if pending is not None:
+        records.append(pending)
     return records, skipped
 
 
@@ -162,7 +182,8 @@ def mqtt_events(path: Path, names: Mapping[str, int]) -> dict[int, list[dict[str
 
 
 def mark_mqtt(records: list[Record], mqtt: Mapping[int, list[dict[str, Any]]]) -> Record:
-    """Log events also received over MQTT become `src: mqtt` (with MQTT's seq); a note."""
+    """Log events also received over MQTT become `src: mqtt` (MQTT's seq as `mqtt_seq`); a
+    note says how many."""
     took = 0
     total = 0
     for node, events in mqtt.items():
@@ -179,7 +200,7 @@ def mark_mqtt(records: list[Record], mqtt: Mapping[int, list[dict[str, Any]]]) -
                     used[i] = True
                     record["src"] = "mqtt"
                     if isinstance(event.get("seq"), int):
-                        record["seq"] = event["seq"]
+                        record["mqtt_seq"] = event["seq"]  # `seq` stays the log's count
                     took += 1
                     break
     text = f"events: {took} of {total} came over MQTT, the rest from the agents' logs"

@@ -4,7 +4,8 @@ Each node's state is a step function of time built from the timeline: `state` re
 agents' events; polled `status` records only for a node that has no others) and `proc` records
 (killed / exited = down, paused = frozen and counted as not acting). Times are the timeline's
 (seconds since the run started); `t0` (the cluster first formed) comes from the `run` record and
-a nemesis id stands for its `fault` record's `verified_t` (else `applied_t`, else `t`).
+a nemesis id after `after` stands for its `fault` record's `verified_t` (the probes saw it),
+in `during` for its `applied_t` (the lab made it: the cluster may react before the probes end).
 
 Two forms:
 
@@ -137,13 +138,13 @@ def history(records: Iterable[Mapping[str, Any]], nodes: Sequence[int]) -> Histo
 
 
 # ------------------------------------------------------------------------------- judging
-def fault_times(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """Nemesis id -> the time its fault counts from (verified, else applied, else recorded);
-    an undo is the fault `<id>.undo` (phase stop)."""
+def fault_times(records: Iterable[Mapping[str, Any]], key: str = "verified_t") -> dict[str, float]:
+    """Nemesis id -> its fault's `key` time (verified_t: when the probes saw it; applied_t:
+    when the lab made it), else the record's time; an undo is the fault `<id>.undo`."""
     out: dict[str, float] = {}
     for r in records:
         if r.get("kind") == "fault":
-            when = r.get("verified_t", r.get("applied_t"))
+            when = r.get(key)
             out.setdefault(str(r["id"]), float(when if when is not None else r["t"]))
     return out
 
@@ -281,10 +282,11 @@ def evaluate(
     records = sorted(records, key=lambda r: float(r["t"]))
     h = history(records, nodes)
     faults = fault_times(records)
+    made = fault_times(records, "applied_t")
     out = []
     for expect in expects:
-        if expect.during is not None:
-            first, last = (faults.get(i) for i in expect.during)
+        if expect.during is not None:  # while the first was in force, until the second was made
+            first, last = (made.get(i) for i in expect.during)
             if first is None or last is None:
                 missing = [i for i in expect.during if i not in faults]
                 out.append(Outcome(expect.index, expect.text, "unknown",

@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
-from votemesh_lab import netns, state
+from votemesh_lab import netns, state, statusview
 from votemesh_lab.state import LabState
 
 MAX_NODES = 32
@@ -116,7 +118,12 @@ def _validate_up(args: argparse.Namespace) -> str:
     if args.qnetd and args.qnetd not in ALGORITHMS:
         raise UserError(f"--qnetd {args.qnetd}: use {' or '.join(ALGORITHMS)}")
     if args.corosync:
-        raise UserError("--corosync is not in this build yet: `make demo-corosync` runs that stack")
+        from votemesh_lab.corostack import unavailable_reason as corosync_missing  # noqa: PLC0415
+
+        if (reason := corosync_missing()) is not None:
+            raise UserError(f"--corosync: {reason}")
+    if args.corosync and args.broker:
+        raise UserError("--broker goes with the votemesh agents, not with --corosync")
     if args.wait <= 0:
         raise UserError(f"--wait {args.wait}: use a number of seconds above 0")
     if args.broker:
@@ -141,15 +148,17 @@ def _validate_up(args: argparse.Namespace) -> str:
     return lab_id
 
 
-def _spawn_supervisor(lab_id: str, log: Path) -> int:
-    """Double fork + setsid: the supervisor is nobody's child; returns the ready pipe's end."""
+def _spawn_supervisor(lab_id: str, log: Path) -> tuple[int, int]:
+    """Double fork + setsid: the supervisor is nobody's child. Returns (its PID, the read end of
+    the pipe on which it writes its ready line); the middle child writes the PID there first."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child never returns)
         try:
             os.close(read_end)
             os.setsid()
-            if os.fork() != 0:
+            if (grandchild := os.fork()) != 0:
+                os.write(write_end, f"{grandchild}\n".encode())
                 os._exit(0)
             out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
@@ -162,7 +171,13 @@ def _spawn_supervisor(lab_id: str, log: Path) -> int:
             os._exit(127)
     os.close(write_end)
     os.waitpid(pid, 0)
-    return read_end
+    first = b""
+    while not first.endswith(b"\n"):
+        chunk = os.read(read_end, 1)  # the middle child wrote it before it exited
+        if not chunk:
+            raise UserError(f"up failed: could not start the supervisor (log: {log})")
+        first += chunk
+    return int(first), read_end
 
 
 def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
@@ -186,18 +201,27 @@ def _read_ready(fd: int, timeout: float) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _interrupted(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupted)  # C5: SIGTERM of `up` tears down like Ctrl-C
     lab_id = _validate_up(args)
     workdir = state.default_workdir(lab_id)
-    workdir.mkdir(parents=True, mode=0o700)
     options = {"nodes": args.nodes, "links": args.links, "qnetd": args.qnetd or "",
-               "broker": args.broker, "seed": args.seed, "wait": args.wait}  # fmt: skip
-    LabState(lab_id, str(workdir), options=options).write()
+               "broker": args.broker, "seed": args.seed, "wait": args.wait,
+               "corosync": args.corosync}  # fmt: skip
     started = time.monotonic()
+    supervisor = 0
     try:
-        ready = _read_ready(_spawn_supervisor(lab_id, workdir / "supervisor.log"),
-                            args.wait + BUILD_SECONDS)  # fmt: skip
+        workdir.mkdir(parents=True, mode=0o700)
+        LabState(lab_id, str(workdir), options=options).write()
+        supervisor, ready_fd = _spawn_supervisor(lab_id, workdir / "supervisor.log")
+        ready = _read_ready(ready_fd, args.wait + BUILD_SECONDS)
     except KeyboardInterrupt:
+        if supervisor:  # it tears down what it made; then nothing of it can come back
+            netns.stop_pids([supervisor], grace=BUILD_SECONDS)
         netns.remove_lab(lab_id)
         print(f"votemesh-lab: interrupted; lab {lab_id} removed", file=sys.stderr)
         return 130
@@ -213,19 +237,29 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- down, list
+def ours_to_remove(lab_id: str) -> bool:
+    """Made by `up` (it has a state directory), or a leftover nothing runs in any more. A lab
+    with neither is someone's running test (LabFactory): only `--lab ID` removes it."""
+    return state.state_dir(lab_id).exists() or not netns.leftovers(lab_id).processes
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     need_root()
-    if args.all:
-        ids = netns.lab_ids_found()
-    elif args.lab is not None:
+    skipped = []
+    if args.lab is not None:
         try:
             ids = [netns.check_lab_id(args.lab)]
         except netns.LabError as exc:
             raise UserError(str(exc)) from exc
     else:
-        ids = netns.lab_ids_found()
-        if len(ids) > 1:
+        found = netns.lab_ids_found()
+        ids = [i for i in found if ours_to_remove(i)]
+        skipped = [i for i in found if i not in ids]
+        if len(ids) > 1 and not args.all:
             raise UserError(f"{len(ids)} labs found ({', '.join(ids)}): use --lab ID or --all")
+    for lab_id in skipped:
+        print(f"lab {lab_id}: skipped, processes run in it and `up` did not make it "
+              f"(a test's lab?): `votemesh-lab down --lab {lab_id}` removes it")  # fmt: skip
     if not ids:
         print("no lab found")
         return 0
@@ -255,74 +289,12 @@ def cmd_list(_args: argparse.Namespace) -> int:
         else:
             left = netns.leftovers(lab_id)
             what = "; ".join(line.split(" ", 1)[1] for line in left.lines())
-            print(f"{lab_id}  leftover  {what}  (votemesh-lab down --lab {lab_id})")
+            kind = "leftover" if ours_to_remove(lab_id) else "running, not made by up (a test's?)"
+            print(f"{lab_id}  {kind}  {what}  (votemesh-lab down --lab {lab_id})")
     return 0
 
 
 # ---------------------------------------------------------------- status
-def _links(doc: dict[str, Any]) -> str:
-    up: dict[int, list[int]] = {}
-    for peer in doc.get("peers", ()):
-        for link in peer.get("links", ()):
-            counts = up.setdefault(int(link.get("link", 0)), [0, 0])
-            counts[0] += 1 if link.get("up") else 0
-            counts[1] += 1
-    return " ".join(f"L{k} {u}/{n}" for k, (u, n) in sorted(up.items())) or "-"
-
-
-def _qdevice(doc: dict[str, Any]) -> str:
-    qdevice = doc.get("qdevice") or {}
-    if not qdevice.get("configured"):
-        return "-"
-    if qdevice.get("vote"):
-        return f"vote ({qdevice.get('votes')})"
-    return "no vote" if qdevice.get("connected") else "not connected"
-
-
-def status_rows(reply: dict[str, Any]) -> list[list[str]]:
-    """One row per host: node, daemon, ring, members, quorate, votes, qdevice, links."""
-    rows = []
-    for node in reply.get("nodes", ()):
-        doc = node.get("status") or {}
-        if node.get("role") != "agent" or not doc:
-            rows.append([node["host"], node["daemon"], *["-"] * 6])
-            continue
-        members = ",".join(str(m) for m in doc.get("members", ()))
-        rows.append([
-            node["host"], node["daemon"], str(doc.get("ring", "-")), members,
-            "yes" if doc.get("quorate") else "NO",
-            f"{doc.get('total_votes')}/{doc.get('expected_votes')}", _qdevice(doc), _links(doc),
-        ])  # fmt: skip
-    return rows
-
-
-HEADERS = ["node", "daemon", "ring", "members", "quorate", "votes", "qdevice", "links"]
-
-
-def _qnetd_line(reply: dict[str, Any]) -> str:
-    votes = reply.get("qnetd")
-    if votes is None:
-        return ""
-    shown = " ".join(f"n{n}={v}" for n, v in votes.items()) or "(no clients yet)"
-    return f"qnetd votes: {shown}"
-
-
-def render(reply: dict[str, Any]) -> Any:
-    """The status table as a rich renderable (a Group of the table and the footer lines)."""
-    from rich.console import Group  # noqa: PLC0415 (only status draws)
-    from rich.table import Table  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
-
-    table = Table(title=f"lab {reply.get('lab')}", title_justify="left", box=None)
-    for header in HEADERS:
-        table.add_column(header)
-    for row in status_rows(reply):
-        style = "red" if row[4] == "NO" or row[1] != "running" else None
-        table.add_row(*row, style=style)
-    footer = [line for line in (_qnetd_line(reply), f"network: {reply.get('network')}") if line]
-    return Group(table, *(Text(line) for line in footer))
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     need_root()
     record = find_lab(args.lab)
@@ -333,15 +305,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(control(record, {"op": "status"}), indent=1))
         return 0
     if not args.watch:
-        console.print(render(control(record, {"op": "status"})))
+        console.print(statusview.render(control(record, {"op": "status"})))
         return 0
     from rich.live import Live  # noqa: PLC0415
 
-    with Live(render(control(record, {"op": "status"})), console=console, screen=False) as live:
+    with Live(
+        statusview.render(control(record, {"op": "status"})), console=console, screen=False
+    ) as live:
         try:
             while True:
                 time.sleep(1.0)
-                live.update(render(control(record, {"op": "status"})))
+                live.update(statusview.render(control(record, {"op": "status"})))
         except KeyboardInterrupt:
             return 0
 
@@ -412,9 +386,17 @@ def _scope(record: LabState, words: Sequence[str]) -> tuple[list[str] | None, li
 
 def cmd_shape(args: argparse.Namespace) -> int:
     need_root()
+    items = list(args.items)
+    if "--one-way" in items:  # allowed after the hosts too: `shape 1 2 --one-way loss=5%`
+        items.remove("--one-way")
+        args.one_way = True
+    if "--lab" in items[:-1]:
+        at = items.index("--lab")
+        args.lab = items[at + 1]
+        del items[at : at + 2]
     record = find_lab(args.lab)
-    words = [w for w in args.items if "=" not in w]
-    params = dict(w.split("=", 1) for w in args.items if "=" in w)
+    words = [w for w in items if "=" not in w]
+    params = dict(w.split("=", 1) for w in items if "=" in w)
     if not params:
         raise UserError("shape needs key=value settings, e.g. `shape loss=5% delay=20ms`")
     src, dst = _scope(record, words)

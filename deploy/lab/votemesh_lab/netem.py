@@ -38,7 +38,8 @@ MAX_OVERHEAD = 65535
 #: The loss model is one slot: a later rule's loss of any kind replaces an earlier one's.
 LOSS_FIELDS = ("loss", "loss_corr", "gemodel", "loss_state")
 
-_TIME_UNITS = {"s": 1.0, "sec": 1.0, "ms": 1e-3, "msec": 1e-3, "us": 1e-6, "usec": 1e-6}
+#: Per second (a time is value / this: the same operation format_time checks, so it is exact).
+_TIME_UNITS = {"s": 1.0, "sec": 1.0, "ms": 1e3, "msec": 1e3, "us": 1e6, "usec": 1e6}
 _RATE_UNITS = {
     "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
     "bps": 8.0, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9,
@@ -68,7 +69,7 @@ def parse_time(key: str, raw: object) -> float:
     value, unit = _split(key, raw)
     if unit not in _TIME_UNITS:
         raise ImpairmentError(f"{key}: give a time with a unit (s, ms, us), e.g. {key}=20ms")
-    seconds = value * _TIME_UNITS[unit]
+    seconds = value / _TIME_UNITS[unit]
     if not 0 <= seconds <= MAX_TIME:
         raise ImpairmentError(f"{key}: {raw!r} is out of range 0 .. {MAX_TIME:g}s")
     return seconds

@@ -84,8 +84,9 @@ PREFIX = "vml-"
 LAB_ID = re.compile(r"[0-9a-f]{6}")
 LAB_NAMESPACE = re.compile(r"^vml-([0-9a-f]{6})-")
 SWITCH_HOST = "sw"
-HOST_DIRS = ("/etc/votemesh", "/var/lib/votemesh", "/run")
-"""What every host of `votemesh-lab up` has private: the daemons run with their default paths."""
+HOST_DIRS = ("/etc/votemesh", "/var/lib/votemesh", "/etc/corosync", "/var/lib/corosync", "/run")
+"""What every host of `votemesh-lab up` has private: the daemons (votemesh's, corosync's) run
+with their default paths."""
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 """The directory holding `votemesh_lab`: `python -m votemesh_lab.switch` runs from there."""
 
@@ -982,7 +983,8 @@ def remove_lab(lab_id: str, *, purge: bool = False, grace: float = 5.0) -> list[
     removed: list[str] = []
     recorded = state.read(lab_id)
     # Found before the supervisor goes: it deletes the namespaces' names, not strangers in them.
-    before = {p: s for p in leftovers(lab_id).processes if (s := state.start_time(p)) is not None}
+    found = leftovers(lab_id)
+    before = {p: s for p in found.processes if (s := state.start_time(p)) is not None}
     if recorded is not None and (sup := recorded.process("supervisor")) is not None:
         os.kill(sup.pid, signal.SIGTERM)
         if _wait_gone({sup.pid: sup.start}, grace + 10.0):
@@ -993,10 +995,9 @@ def remove_lab(lab_id: str, *, purge: bool = False, grace: float = 5.0) -> list[
     if stopped := stop_pids(pids, grace):
         removed.append("processes " + " ".join(map(str, stopped)))
     for name in lab_namespaces(lab_id):
-        result = subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
-                                check=False)  # fmt: skip
-        if result.returncode == 0:
-            removed.append(f"namespace {name}")
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30, check=False)
+    still = set(lab_namespaces(lab_id))
+    removed += [f"namespace {name}" for name in sorted(found.namespaces) if name not in still]
     for link in _root_links(lab_id):
         result = subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30,
                                 check=False)  # fmt: skip

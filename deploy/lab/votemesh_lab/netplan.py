@@ -98,6 +98,17 @@ class NetworkPlan:
         """Apply the matrix as it stands (the first, open one of `up`)."""
         return self._apply("open")
 
+    def describe(self) -> str:
+        """The whole matrix in one line: `g9: blocks 1->2 2->1; shapes 2<->3 loss=1%`."""
+        blocks = " ".join(
+            f"{group_text([a])}->{group_text([b])}" for a, b in sorted(self.matrix.blocks)
+        )
+        shapes = "; ".join(
+            f"{_scope(r)} " + " ".join(f"{k}={v}" for k, v in r.impairment.to_dict().items())
+            for r in self.matrix.rules
+        )
+        return f"g{self.matrix.generation}: blocks {blocks or 'none'}; shapes {shapes or 'none'}"
+
     # -- applying ---------------------------------------------------------------------------
     def _apply(self, text: str) -> str:
         verification = self.backend.apply(self.matrix)

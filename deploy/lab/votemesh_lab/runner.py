@@ -37,17 +37,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from votemesh_lab import collect, expect, grudge, netem, scenario
+from votemesh_lab import collect, expect, grudge, netem, report, scenario
 from votemesh_lab.backends import Backend, LabPlan, NetnsBackend, check_node_configs
+from votemesh_lab.checker import Checker
 from votemesh_lab.netns import LabError
 from votemesh_lab.scenario import Nemesis, Scenario, ScenarioError
+from votemesh_lab.timeline import Timeline
 
 POLL = 0.2
 STORE = Path("lab-store")
 #: Seconds the cluster gets after the final heal before the run ends (then the checker's own
 #: settle bound applies to what it saw).
 FINAL_SETTLE = 4.0
-EXIT = {"valid": 0, "unknown": 2, "invalid": 3}
+EXIT = report.EXIT
 
 Record = dict[str, Any]
 
@@ -59,6 +61,15 @@ class RunAbortedError(Exception):
 
 class Interrupted(BaseException):
     """SIGTERM: treated like Ctrl-C (teardown, then unknown)."""
+
+
+class RunInterruptedError(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended the run; it was torn down, judged (unknown) and stored. `line`
+    is its verdict line. A KeyboardInterrupt, so a test session or a loop stops too."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
 
 
 def _jsonable(value: Any) -> Any:
@@ -85,9 +96,13 @@ class Run:
     start_wall_ms: int = 0
     start_mono: float = 0.0
     t0: float | None = None
+    form_deadline: float | None = None
+    """When formation had to be reached (run time): `form_within` after the lab was up."""
     aborted: str | None = None
     exec_failures: list[expect.Outcome] = field(default_factory=list)
     addresses: dict[str, list[str]] = field(default_factory=dict)
+    first_expected: dict[int, int] = field(default_factory=dict)
+    """Each node's expected votes in its first status (its configured value)."""
     _matrix: grudge.Matrix | None = None
     _baseline: tuple[grudge.Rule, ...] = ()
     _last_status: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -119,6 +134,8 @@ class Run:
         self.log(f"{self.scenario.name}: seed {self.seed}, {self.scenario.topology.nodes} nodes, "
                  f"backend {self.backend.name}")  # fmt: skip
         self.backend.up(plan)
+        lab_id = getattr(self.backend, "lab_id", None)
+        self.log(f"lab {lab_id} up: {', '.join(self.backend.hosts())}" if lab_id else "lab up")
         self.addresses = {h: self.backend.addresses(h) for h in self.backend.hosts()}
         for host in self.backend.hosts():
             self.proc(host, "started")
@@ -136,6 +153,7 @@ class Run:
     def _form(self) -> None:
         limit = self.scenario.topology.form_within
         deadline = self.now() + limit
+        self.form_deadline = round(deadline, 4)
         nodes = [f"n{i}" for i in range(1, self.scenario.topology.nodes + 1)]
         want = list(range(1, len(nodes) + 1))
         while True:
@@ -163,6 +181,7 @@ class Run:
             docs[host] = doc
             if not doc:
                 continue
+            self.first_expected.setdefault(i, int(doc.get("expected_votes") or 0))
             vote = bool((doc.get("qdevice") or {}).get("vote"))
             key = (doc.get("ring"), tuple(doc.get("members") or ()), doc.get("quorate"), vote,
                    doc.get("config_version"))  # fmt: skip
@@ -278,10 +297,16 @@ class Run:
         return [grudge.node_name(v) for v in raw or ()]
 
     def _signal(self, n: Nemesis, what: str, state: str) -> tuple[float, float | None]:
+        """One signal to every named host at once. A SIGTERMed agent leaves the cluster at once
+        (its Leave makes the others re-form) and exits a little later: recorded `exited` when
+        the signal went (reason term), as the cluster sees it."""
         at = self.now()
         for host in self._hosts_of(n):
             self.backend.signal(host, what)  # type: ignore[arg-type]
-            self.proc(host, state)
+            if what == "term":
+                self.record("proc", node=_owner(host), state=state, reason="term")
+            else:
+                self.proc(host, state)
             if what in ("kill", "term"):
                 self._down.add(host)
                 self._paused.discard(host)
@@ -407,18 +432,18 @@ def run_record(run: Run, plan: LabPlan, parsed: dict[str, Any]) -> Record:
     backend = run.backend
     nodes = {str(i): {"name": f"n{i}", "addresses": run.addresses.get(f"n{i}", []), "votes": 1}
              for i in range(1, plan.nodes + 1)}  # fmt: skip
-    return {"t": 0.0, "node": "lab", "kind": "run", "src": "lab",
+    record = {"t": 0.0, "node": "lab", "kind": "run", "src": "lab",
             "scenario": run.scenario.name, "seed": run.seed, "backend": backend.name,
             "version": version("votemesh"), "start_wall_ms": run.start_wall_ms, "nodes": nodes,
-            "t0": run.t0, "duration": run.scenario.duration, **_jsonable(parsed),
-            **_host_clocks(backend)}  # fmt: skip
-
-
-def _host_clocks(backend: Backend) -> dict[str, Any]:
-    """`hosts`: per host `offset_ms` and `uncertainty_ms` where the backend measures clocks
-    (the SSH backend, design §4.6); namespaces share this machine's clock: nothing."""
-    measured = getattr(backend, "run_hosts_record", None)
-    return {"hosts": measured()} if callable(measured) else {}
+            "t0": run.t0, "duration": run.scenario.duration,
+            "form_within": run.form_deadline, **_jsonable(parsed)}  # fmt: skip
+    if run.scenario.properties is not None:
+        record["properties"] = list(run.scenario.properties)
+    hosts = getattr(backend, "run_hosts_record", None)  # SSH: each host's clock offset
+    if callable(hosts):
+        with contextlib.suppress(LabError, OSError):
+            record["hosts"] = hosts()
+    return record
 
 
 def drop_startup_polls(records: Sequence[Record]) -> list[Record]:
@@ -447,64 +472,30 @@ def store_dir(out: str | None, name: str, seed: int) -> Path:
     return STORE / name / f"{stamp}-s{seed}"
 
 
-def _judging_modules() -> tuple[Any, Any, Any, Any]:
-    """lab-timeline's checker, render, report and timeline (imported when judging: matplotlib is
-    heavy). Through importlib until that branch is merged: `run` stops here without them."""
-    import importlib  # noqa: PLC0415
+def judge(run: Run, records: list[Record], out: Path) -> tuple[str, str]:
+    """The checker's properties and the scenario's expectations over the records; writes
+    timeline.jsonl, scenario.toml, timeline.png and report.json; (status, verdict line)."""
+    from votemesh_lab import render  # noqa: PLC0415 (matplotlib only when drawing)
 
-    names = ("checker", "render", "report", "timeline")
-    return tuple(importlib.import_module(f"votemesh_lab.{n}") for n in names)  # type: ignore[return-value]
-
-
-def judge(run: Run, timeline_records: list[Record], out: Path) -> tuple[str, str]:
-    """Checker + expectations over the records; writes the store's files; (status, line)."""
-    checker, render, report, timeline = _judging_modules()
-
-    tl = timeline.Timeline(timeline_records)
-    verdict = checker.Checker(tl).check()
-    end = tl.end
-    t0 = run.t0
+    tl = Timeline(records)
+    s = run.scenario
+    verdict = Checker(tl, properties=s.properties).check()
     outcomes: list[expect.Outcome] = []
-    if t0 is not None:
-        nodes = list(range(1, run.scenario.topology.nodes + 1))
-        outcomes = expect.evaluate(
-            timeline_records, run.scenario.expects, t0=t0, end=end, nodes=nodes
-        )
+    if run.t0 is not None:
+        nodes = list(range(1, s.topology.nodes + 1))
+        outcomes = expect.evaluate(tl.records, s.expects, t0=run.t0, end=tl.end, nodes=nodes)
     outcomes += run.exec_failures
-    verdict = merge_expectations(verdict, outcomes, run.aborted)
-    tl.write_jsonl(out / "timeline.jsonl")
-    (out / "scenario.toml").write_text(run.scenario.text, encoding="utf-8")
-    report_path = report.write(out, tl, verdict, run.scenario.text,
-                               expectations=[o.to_dict() for o in outcomes])  # fmt: skip
-    line = report.verdict_line(verdict, tl, report_path)
+    expectations = [o.to_dict() for o in outcomes]
+    verdict = report.with_expectations(verdict, expectations)
+    tl.write_jsonl(out / report.TIMELINE)
+    (out / report.SCENARIO).write_text(s.text, encoding="utf-8")
+    line = report.verdict_line(verdict, tl, out / report.REPORT)
     try:
-        render.render_png(tl, verdict, out / "timeline.png")
-    except Exception as exc:  # noqa: BLE001 (a picture must not lose the verdict)
+        render.render_png(tl, verdict, out / report.PICTURE, title=line)
+    except Exception as exc:  # noqa: BLE001 (a picture that fails must not lose the verdict)
         print(f"timeline.png not drawn: {exc}", file=sys.stderr)
+    report.write(out, tl, verdict, s.text, expectations=expectations)
     return verdict.status, line
-
-
-def merge_expectations(
-    verdict: Any, outcomes: Sequence[expect.Outcome], aborted: str | None
-) -> Any:
-    """The checker's verdict with every missed expectation as a Violation (prop `expect`) and
-    every unknown one (and an aborted run) as an unknown reason."""
-    checker = _judging_modules()[0]
-
-    violations = list(verdict.violations)
-    unknown = list(verdict.unknown)
-    for o in outcomes:
-        if o.status == "missed":
-            violations.append(checker.Violation(
-                prop="expect", t=o.at or 0.0, nodes=tuple(o.nodes),
-                detail=f"expect[{o.index}] {o.text}: {o.detail}; seen {o.seen}"))  # fmt: skip
-        elif o.status == "unknown":
-            unknown.append(f"expect[{o.index}] {o.text}: {o.detail}")
-    if aborted:
-        unknown.append(f"run aborted: {aborted}")
-    violations.sort(key=lambda v: v.t)
-    status = "invalid" if violations else "unknown" if unknown else "valid"
-    return dataclasses.replace(verdict, status=status, violations=violations, unknown=unknown)
 
 
 # ------------------------------------------------------------------------------- the command
@@ -561,6 +552,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM are noted (the list) instead of raised while the block runs."""
+    got: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        got.append(signum)
+
+    try:
+        old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: nothing to defer
+        yield got
+        return
+    try:
+        yield got
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def command_run(args: argparse.Namespace) -> int:
     """`votemesh-lab run SCENARIO`: exit 0 valid, 3 invalid, 2 unknown, 1 a user mistake."""
     try:
@@ -579,7 +590,11 @@ def command_run(args: argparse.Namespace) -> int:
         print(f"votemesh-lab run: {exc}", file=sys.stderr)
         return 1
     out = store_dir(getattr(args, "out", None), s.name, seed)
-    status, line = run_scenario(s, backend, seed, out, parsed)
+    try:
+        status, line = run_scenario(s, backend, seed, out, parsed)
+    except RunInterruptedError as stop:
+        print(stop.line)
+        return EXIT["unknown"]
     print(line)
     return EXIT.get(status, 2)
 
@@ -612,23 +627,29 @@ def run_scenario(  # noqa: PLR0917 (the scenario, where, and what to record)
                 run.aborted = "interrupted"
                 interrupted = True
             finally:
-                run.record("end", reason="aborted" if run.aborted else "done")
-                with contextlib.suppress(LabError, OSError):
-                    logs = backend.collect(out)
-                try:
-                    backend.down()
-                except LabError as exc:
-                    log(f"teardown: {exc}")
+                with _deferred_interrupts() as got:  # a Ctrl-C now must not cut the teardown
+                    run.record("end", reason="aborted" if run.aborted or got else "done")
+                    with contextlib.suppress(LabError, OSError):
+                        logs = backend.collect(out)
+                    try:
+                        backend.down()
+                    except LabError as exc:
+                        log(f"teardown: {exc}")
+                if got and not interrupted:
+                    run.aborted, interrupted = run.aborted or "interrupted", True
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if run.aborted:
         log(f"aborted: {run.aborted}")
+    if run.aborted:
+        run.record("note", text=f"aborted: {run.aborted}")
     records = [run_record(run, plan, parsed), *run.records]
-    records += collect.collect(logs, run.start_wall_ms) if run.start_wall_ms else []
-    status, line = judge(run, records, out)
+    if run.start_wall_ms:
+        records += collect.collect(logs, run.start_wall_ms, run.first_expected)
+    status, line = judge(run, drop_startup_polls(records), out)
     _link_latest(out)
     if interrupted:
-        raise KeyboardInterrupt
+        raise RunInterruptedError(line)
     return status, line
 
 
@@ -665,7 +686,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed = s.seed if s.seed is not None else secrets.randbelow(2**31)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         out = Path(args.out) / s.name / f"{stamp}-s{seed}"
-        status, line = run_scenario(s, backend, seed, out, parsed)
+        try:
+            status, line = run_scenario(s, backend, seed, out, parsed)
+        except KeyboardInterrupt as stop:  # the lab is down; what ran is stored
+            print(getattr(stop, "line", "interrupted"), flush=True)
+            summary.append(f"unknown  {s.name} (interrupted: the rest not run)")
+            worst = max(worst, EXIT["unknown"])
+            break
         print(line, flush=True)
         summary.append(f"{status:<8} {s.name}")
         worst = max(worst, EXIT.get(status, 2))

@@ -34,6 +34,7 @@ from typing import Any
 
 from votemesh_lab import netns, state
 from votemesh_lab.backends import BackendError, LabPlan, NetnsBackend
+from votemesh_lab.corostack import CorosyncBackend
 from votemesh_lab.grudge import GrudgeError
 from votemesh_lab.netem import ImpairmentError
 from votemesh_lab.netplan import NetworkPlan
@@ -61,7 +62,7 @@ class Supervisor:
 
     def __init__(self, record: LabState) -> None:
         self.record = record
-        self.backend = NetnsBackend()
+        self.backend = CorosyncBackend() if record.options.get("corosync") else NetnsBackend()
         self.network: NetworkPlan | None = None
         self.listener: socket.socket | None = None
 
@@ -90,6 +91,8 @@ class Supervisor:
         wait = float(self.record.options.get("wait", 30.0))
         netns.wait_until(self._all_answer, timeout=wait, what="every agent to answer")
         line = self.network.apply_current()
+        if not self.network.verified:
+            raise netns.LabError(f"the open network did not verify: {line}")
         self.record.phase = "up"
         self.record.write()
         return line
@@ -195,6 +198,7 @@ class Supervisor:
             "lab": self.record.lab_id, "nodes": nodes, "qnetd": self._qnetd_votes(),
             "network": self._network().line, "workdir": self.record.workdir,
             "matrix": self._network().matrix.to_request(),
+            "matrix_text": self._network().describe(),
         }  # fmt: skip
 
     def _qnetd_votes(self) -> dict[str, str] | None:

@@ -262,6 +262,10 @@ class Timeline:
         """The agents' own events (every kind the lab and the simulator do not write)."""
         return [r for r in self.records if r["kind"] not in LAB_KINDS]
 
+    def events_of(self, node: int) -> list[Record]:
+        """One node's own events, in order."""
+        return [r for r in self.of_node(node) if r["kind"] not in LAB_KINDS]
+
     def merged(self, *others: Timeline) -> Timeline:
         """One timeline of this one's records and the others' (one run record: the first)."""
         records = list(self.records)
@@ -398,14 +402,15 @@ class Link:
         return self.delay + self.jitter + (self.reorder_delay if self.reorder else 0)
 
     def to_dict(self) -> dict[str, float]:
-        """The impairment as numbers (seconds, shares); fields at their default left out."""
-        out: dict[str, float] = {}
-        for name in ("delay", "jitter", "loss", "duplicate", "reorder"):
-            if value := getattr(self, name):
-                out[name] = value
-        if self.reorder:
-            out["reorder_delay"] = self.reorder_delay
-        return out
+        """The impairment as a `net` record's numbers (seconds and shares, every field)."""
+        return {
+            "delay": self.delay,
+            "jitter": self.jitter,
+            "loss": self.loss,
+            "duplicate": self.duplicate,
+            "reorder": self.reorder,
+            "reorder_delay": self.reorder_delay,
+        }
 
     @classmethod
     def parse(cls, impairment: Mapping[str, object]) -> Link:

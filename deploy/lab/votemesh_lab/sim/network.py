@@ -36,7 +36,7 @@ from agent.events import EventKind
 from agent.status import ring_text
 from proto.mesh_messages import MeshMessage
 from votemesh_lab.sim import iface
-from votemesh_lab.timeline import Record, Timeline, net_record
+from votemesh_lab.timeline import Link, Network, Record, Timeline, net_record
 
 if TYPE_CHECKING:
     from votemesh_lab.sim.qdevice import SimQnetd
@@ -67,42 +67,13 @@ class SimulationError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class LinkModel:
-    """One direction of one node pair: what happens to each datagram."""
+class LinkModel(Link):
+    """One direction of one node pair: what happens to each datagram (the timeline's `Link`,
+    whose `benign` is DESIGN L2's conditions, with a LAN's 0.5 ms as the default delay).
+    `jitter` is uniform in [-jitter, +jitter] (never below zero in total) and reorders too;
+    `reorder` holds a datagram back by up to `reorder_delay`, letting later ones pass."""
 
     delay: float = 0.0005
-    """Base one-way delay, seconds."""
-    jitter: float = 0.0
-    """Uniform extra delay in [-jitter, +jitter] (never below zero in total); reorders too."""
-    loss: float = 0.0
-    """Probability a datagram is dropped."""
-    duplicate: float = 0.0
-    """Probability a datagram arrives twice (the copy with its own delay)."""
-    reorder: float = 0.0
-    """Probability a datagram is held back by up to `reorder_delay`, letting later ones pass."""
-    reorder_delay: float = 0.05
-
-    @property
-    def benign(self) -> bool:
-        """No worse than DESIGN L2's conditions: loss <= 5 %, jitter <= 20 ms, nothing else."""
-        return (
-            self.loss <= 0.05
-            and self.jitter <= 0.02
-            and self.delay <= 0.05
-            and self.duplicate == 0
-            and self.reorder == 0
-        )
-
-    def as_dict(self) -> dict[str, float]:
-        """The model as a timeline impairment (seconds and shares)."""
-        return {
-            "delay": self.delay,
-            "jitter": self.jitter,
-            "loss": self.loss,
-            "duplicate": self.duplicate,
-            "reorder": self.reorder,
-            "reorder_delay": self.reorder_delay,
-        }
 
 
 class Core(Protocol):
@@ -210,29 +181,8 @@ class NodeState:
         return f"ring={ring} members={sorted(self.members)} {q} expected={self.expected}{counted}"
 
 
-@dataclass(frozen=True, slots=True)
-class Topology:
-    """The network from `at` until the next snapshot."""
-
-    at: float
-    alive: frozenset[int]
-    paused: frozenset[int]
-    cuts: frozenset[tuple[int, int]]
-    links: Mapping[tuple[int, int], LinkModel]
-    default: LinkModel
-
-    def link(self, src: int, dst: int) -> LinkModel:
-        return self.links.get((src, dst), self.default)
-
-    def mutual(self, a: int, b: int) -> bool:
-        """Both directions up (not cut) between two running nodes."""
-        running = self.alive - self.paused
-        return a in running and b in running and (a, b) not in self.cuts and (b, a) not in self.cuts
-
-    def benign(self) -> bool:
-        """Every link between running nodes is no worse than L2's conditions."""
-        running = self.alive - self.paused
-        return all(self.link(a, b).benign for a in running for b in running if a != b)
+Topology = Network
+"""The network from `at` until the next snapshot (the timeline's `Network`)."""
 
 
 @dataclass(slots=True)
@@ -575,9 +525,9 @@ class SimNetwork:
             self.topologies[-1] = topo
         else:
             self.topologies.append(topo)
-        links = {pair: model.as_dict() for pair, model in topo.links.items()}
+        links = {pair: model.to_dict() for pair, model in topo.links.items()}
         self.records.append(
-            net_record(self.now, running, paused, cuts, links, topo.default.as_dict(), "sim")
+            net_record(self.now, running, paused, cuts, links, topo.default.to_dict(), "sim")
         )
 
     def _cut_by_links(self) -> set[tuple[int, int]]:
