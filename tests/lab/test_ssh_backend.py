@@ -8,6 +8,7 @@ rules in `VML-<id>`, heal, kill -9 and restart, logs collected, and `down` leavi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -19,7 +20,7 @@ from votemesh_lab import remote
 from votemesh_lab.backends import LabPlan
 from votemesh_lab.grudge import Matrix, Rule
 from votemesh_lab.netem import Impairment
-from votemesh_lab.netns import wait_until
+from votemesh_lab.netns import LabError, wait_until
 from votemesh_lab.ssh import InventoryError, SshBackend, SshError, load_inventory, parse_inventory
 
 from tests.lab.sshd_hosts import SshdLab, missing
@@ -185,6 +186,23 @@ def sshd_lab(tmp_path: Path) -> Iterator[SshdLab]:
         lab.close()
 
 
+@pytest.fixture
+def backends(sshd_lab: SshdLab) -> Iterator[Callable[..., SshBackend]]:
+    """SshBackend(...) for a test; each one that connected and was not taken down is taken
+    down (on its hosts, its SSH masters closed) before the lab goes, whatever the test did."""
+    made: list[SshBackend] = []
+
+    def make(inventory: Path, lab_id: str | None = None) -> SshBackend:
+        made.append(SshBackend(load_inventory(inventory), lab_id=lab_id))
+        return made[-1]
+
+    yield make
+    for backend in reversed(made):
+        if backend.control_dir.exists():  # connected and not taken down yet
+            with contextlib.suppress(LabError, OSError):
+                backend.down()
+
+
 def _matrix(generation: int, blocks: set[tuple[str, str]] | None = None) -> Matrix:
     return Matrix(hosts=NODES, blocks=frozenset(blocks or set()), rules=(), generation=generation)
 
@@ -225,7 +243,7 @@ def _until(backend: SshBackend, want: Picture, what: str) -> float:
 @pytest.mark.timeout(90)
 @live
 def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
-    sshd_lab: SshdLab, tmp_path: Path
+    sshd_lab: SshdLab, backends: Callable[..., SshBackend], tmp_path: Path
 ) -> None:
     """Up from an inventory file: all quorate; n3 cut off both ways (DROP rules in VML-<id>
     on the receivers) goes inquorate while n1+n2 stay quorate; heal: one view again; kill -9 of
@@ -234,7 +252,7 @@ def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
     host (checked by the hosts' own `leftovers` and by `iptables -S` and the namespaces' PIDs)."""
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(sshd_lab.inventory_text())
-    backend = SshBackend(load_inventory(inventory))
+    backend = backends(inventory)
     try:
         backend.up(LabPlan(nodes=3, cluster={"timing": {"preset": "lab"}}, workdir=tmp_path))
         everyone = (True, [1, 2, 3])
@@ -288,18 +306,14 @@ def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
         assert sshd_lab.foreign_pids(name) == [], name
         assert "VML-" not in sshd_lab.lab[name].run(["iptables", "-S"]).stdout
         assert not sshd_lab.lab[name].host_path(f"/run/votemesh-lab/{backend.lab_id}").exists()
-    again = SshBackend(load_inventory(inventory), lab_id=backend.lab_id)
-    try:
-        assert again.leftovers() == {}
-    finally:
-        again.down()
+    assert backends(inventory, backend.lab_id).leftovers() == {}
 
 
 @pytest.mark.root
 @pytest.mark.timeout(60)
 @live
 def test_shaping_refused_without_netem_and_down_from_nothing(
-    sshd_lab: SshdLab, tmp_path: Path
+    sshd_lab: SshdLab, backends: Callable[..., SshBackend], tmp_path: Path
 ) -> None:
     """A shape on hosts without sch_netem is refused with one line naming the host (probed in a
     scratch namespace there), before any rule changes. Then the control node is lost; a second
@@ -307,7 +321,7 @@ def test_shaping_refused_without_netem_and_down_from_nothing(
     qdisc (root htb with the lab's handle on a recorded device) and removes all of them."""
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(sshd_lab.inventory_text())
-    first = SshBackend(load_inventory(inventory))
+    first = backends(inventory)
     first.up(LabPlan(nodes=3, cluster={"timing": {"preset": "lab"}}, workdir=tmp_path))
     assert first.apply(_matrix(1, {("n1", "n2")})).ok
     shaped = _matrix(2).shape(Rule(None, None, False, Impairment.parse({"delay": "5ms"})))
@@ -328,7 +342,7 @@ def test_shaping_refused_without_netem_and_down_from_nothing(
         first.ssh_host(name).close()
     shutil.rmtree(first.control_dir)  # what a dead control node leaves in its own /tmp
     assert all(sshd_lab.foreign_pids(n) for n in NODES)
-    second = SshBackend(load_inventory(inventory), lab_id=first.lab_id)
+    second = backends(inventory, first.lab_id)
     left = second.leftovers()
     assert set(left) == set(NODES)
     assert all(entry["chain"] and entry["processes"] for entry in left.values())
@@ -344,13 +358,15 @@ def test_shaping_refused_without_netem_and_down_from_nothing(
 @pytest.mark.root
 @pytest.mark.timeout(30)
 @live
-def test_unreachable_host_is_one_line(sshd_lab: SshdLab, tmp_path: Path) -> None:
+def test_unreachable_host_is_one_line(
+    sshd_lab: SshdLab, backends: Callable[..., SshBackend], tmp_path: Path
+) -> None:
     """A host nobody answers for is an SshError naming it; nothing is left running locally."""
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(
         sshd_lab.inventory_text('\n[[host]]\nname = "n9"\naddress = "198.18.0.250"\n')
     )
-    backend = SshBackend(load_inventory(inventory))
+    backend = backends(inventory)
     with pytest.raises(SshError) as caught:
         backend.connect()
     assert "host n9" in str(caught.value)

@@ -279,6 +279,7 @@ class SshHost:
             if self.master.poll() is not None or time.monotonic() > deadline:
                 error = log.read_text(errors="replace").strip().splitlines()
                 stop_process(self.master)
+                self.master = None  # a later call (down) tries again
                 raise SshError(
                     f"host {self.name}: ssh to {self.inventory.user}@{self.spec.address} failed: "
                     f"{error[-1] if error else 'timed out'}"
