@@ -115,11 +115,21 @@ def traces(before: Footprint) -> list[str]:
             continue
         if b"votemesh_lab.supervisor" in argv and lab_id.encode() in argv:
             found.append(f"supervisor {proc.name}")
+    found += [f"root namespace {line}" for line in root_lab_routes()]
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
     found += [f"mount {line}" for line in mountinfo if lab_id in line]
     if state.state_dir(lab_id).exists():
         found.append(f"state dir {state.state_dir(lab_id)}")
     return found
+
+
+def root_lab_routes() -> list[str]:
+    """Addresses and routes of the lab subnets (198.18.0.0/16) in the root namespace (C1)."""
+    lines = []
+    for args in (["ip", "-4", "-o", "addr"], ["ip", "-4", "route", "show", "table", "all"]):
+        out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        lines += [line for line in out.splitlines() if "198.18." in line]
+    return lines
 
 
 def wait_no_traces(before: Footprint, timeout: float = 10.0) -> list[str]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +20,13 @@ import pytest
 from votemesh_lab import cli, corostack, netns, state, statusview
 
 from tests.lab.lab_cli_support import (
+    BIN,
     REASON,
     agents,
     fresh_id,
     lab_cli,
     one_line_error,
+    root_lab_routes,
     status,
     wait_for,
 )
@@ -71,6 +76,24 @@ def test_up_then_status_shows_every_node_quorate(lab_id: str) -> None:
     assert {"supervisor", "switch"} <= set(roles), roles
     for process in record.live_processes():
         assert state.start_time(process.pid) == process.start
+    assert root_lab_routes() == []  # C1: nothing of the lab in the root namespace
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_status_watch_redraws_until_ctrl_c(lab_id: str) -> None:
+    """`status --watch` draws the table, keeps redrawing, and ends with exit 0 on Ctrl-C."""
+    watch = subprocess.Popen(
+        [str(BIN / "votemesh-lab"), "status", "--watch", "--lab", lab_id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3.0)
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=20)
+    assert watch.returncode == 0, err
+    assert err == ""
+    assert "n3" in out
+    assert "last change: applied g" in out
 
 
 @pytest.mark.root

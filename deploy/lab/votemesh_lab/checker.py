@@ -145,6 +145,16 @@ class NodeView:
             f"expected={self.expected}{counted}"
         )
 
+    def record_fields(self) -> dict[str, Any]:
+        """The fields of a `state` record showing this view."""
+        return {
+            "ring": self.ring,
+            "members": sorted(self.members),
+            "counted": None if self.counted is None else sorted(self.counted),
+            "quorate": self.quorate,
+            "expected": self.expected,
+        }
+
     @classmethod
     def of(cls, r: Mapping[str, Any]) -> NodeView:
         counted = r.get("counted")

@@ -35,6 +35,7 @@ from agent.config import AgentConfig, LinkConfig, PeerConfig, QdeviceConfig, Quo
 from agent.events import EventKind
 from agent.status import ring_text
 from proto.mesh_messages import MeshMessage
+from votemesh_lab.checker import NodeView
 from votemesh_lab.sim import iface
 from votemesh_lab.timeline import Link, Network, Record, Timeline, net_record
 
@@ -174,11 +175,13 @@ class NodeState:
         """The member set quorum counts."""
         return self.members if self.counted is None else self.counted
 
+    def view(self) -> NodeView:
+        """The state as the timeline has it (the ring id as text, "1.1a")."""
+        ring = ring_text(*self.ring) if self.ring else None
+        return NodeView(ring, self.members, self.quorate, self.expected, self.counted)
+
     def describe(self) -> str:
-        ring = ring_text(*self.ring) if self.ring else "-"
-        q = "QUORATE" if self.quorate else "inquorate"
-        counted = "" if self.counts == self.members else f" counting={sorted(self.counts)}"
-        return f"ring={ring} members={sorted(self.members)} {q} expected={self.expected}{counted}"
+        return self.view().describe()
 
 
 Topology = Network
@@ -694,19 +697,8 @@ class SimNetwork:
         )
         if state != self.slots[node].state:
             self._record(node, state)
-            self.records.append(
-                {
-                    "t": self.now,
-                    "node": node,
-                    "kind": "state",
-                    "src": src,
-                    "ring": ring_text(*state.ring) if state.ring else None,
-                    "members": sorted(state.members),
-                    "counted": None if state.counted is None else sorted(state.counted),
-                    "quorate": state.quorate,
-                    "expected": state.expected,
-                }
-            )
+            record: Record = {"t": self.now, "node": node, "kind": "state", "src": src}
+            self.records.append(record | state.view().record_fields())
 
     def _proc(self, node: int, state: str, reason: str = "") -> None:
         record: Record = {"t": self.now, "node": node, "kind": "proc", "src": "sim"}
