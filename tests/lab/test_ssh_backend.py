@@ -8,6 +8,7 @@ rules in `VML-<id>`, heal, kill -9 and restart, logs collected, and `down` leavi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -19,7 +20,7 @@ from votemesh_lab import remote
 from votemesh_lab.backends import LabPlan
 from votemesh_lab.grudge import Matrix, Rule
 from votemesh_lab.netem import Impairment
-from votemesh_lab.netns import wait_until
+from votemesh_lab.netns import LabError, wait_until
 from votemesh_lab.ssh import InventoryError, SshBackend, SshError, load_inventory, parse_inventory
 
 from tests.lab.sshd_hosts import SshdLab, missing
@@ -108,6 +109,7 @@ def test_unreadable_or_broken_inventory_file(tmp_path: Path) -> None:
         (LabPlan(nodes=1, links=3), "host n1 has 2 link address(es), the scenario uses 3"),
         (LabPlan(nodes=1, broker=True), "broker = true: the ssh backend has no broker yet"),
         (LabPlan(nodes=2), "host n2 needs role 'agent'"),
+        (LabPlan(nodes=4), "host n4 has node_id 9: the scenario's n4 is node id 4"),
     ],
 )
 def test_a_plan_the_inventory_cannot_carry_is_refused_before_any_connection(
@@ -118,8 +120,11 @@ def test_a_plan_the_inventory_cannot_carry_is_refused_before_any_connection(
     line, and no ssh is started (the hosts' addresses here do not exist)."""
     import tomllib
 
-    role = "agent" if "n3" in says else "broker"
+    role = "broker" if "role" in says else "agent"
     text = GOOD + f'[[host]]\nname = "n2"\naddress = "10.0.0.12"\nrole = "{role}"\nnode_id = 2\n'
+    if "n4" in says:
+        text += '[[host]]\nname = "n3"\naddress = "h3"\n[[host]]\nname = "n4"\naddress = "h4"\n'
+        text += "node_id = 9\n"
     backend = SshBackend(parse_inventory(tomllib.loads(text)))
     with pytest.raises(InventoryError) as caught:
         backend.up(plan)
@@ -149,6 +154,24 @@ def test_votemesh_lab_run_over_ssh_refuses_a_bad_inventory_in_one_line(tmp_path:
         assert says in lines[0]
 
 
+def test_host_clock_offsets_are_taken_off_the_collected_times(tmp_path: Path) -> None:
+    """A host whose clock runs 250 ms ahead of the control node's: its log lines land 0.25 s
+    earlier on the run's timeline than the same lines from a host with no offset (design §4.6:
+    the offsets measured over SSH are applied when the logs are read)."""
+    from votemesh_lab import collect
+
+    line = {"reason": "r", "ring_id": [1, 2], "ring": "1.2", "members": [1, 2], "joined": [2],
+            "left": [], "event": "view_installed", "level": "info",
+            "timestamp": "2026-12-07T12:00:10.000000Z"}  # fmt: skip
+    for host in ("n1", "n2"):
+        (tmp_path / f"{host}.log").write_text(json.dumps(line) + "\n")
+    logs = {"n1": tmp_path / "n1.log", "n2": tmp_path / "n2.log"}
+    start = 1796644800000  # 2026-12-07T12:00:00Z in ms
+    records = collect.collect(logs, start, offsets_ms={"n2": 250.0})
+    views = {r["node"]: r["t"] for r in records if r["kind"] == "view_installed"}
+    assert views == {1: 10.0, 2: 9.75}
+
+
 # -- live (root) -------------------------------------------------------------------------
 live = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
@@ -161,6 +184,23 @@ def sshd_lab(tmp_path: Path) -> Iterator[SshdLab]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def backends(sshd_lab: SshdLab) -> Iterator[Callable[..., SshBackend]]:
+    """SshBackend(...) for a test; each one that connected and was not taken down is taken
+    down (on its hosts, its SSH masters closed) before the lab goes, whatever the test did."""
+    made: list[SshBackend] = []
+
+    def make(inventory: Path, lab_id: str | None = None) -> SshBackend:
+        made.append(SshBackend(load_inventory(inventory), lab_id=lab_id))
+        return made[-1]
+
+    yield make
+    for backend in reversed(made):
+        if backend.control_dir.exists():  # connected and not taken down yet
+            with contextlib.suppress(LabError, OSError):
+                backend.down()
 
 
 def _matrix(generation: int, blocks: set[tuple[str, str]] | None = None) -> Matrix:
@@ -203,7 +243,7 @@ def _until(backend: SshBackend, want: Picture, what: str) -> float:
 @pytest.mark.timeout(90)
 @live
 def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
-    sshd_lab: SshdLab, tmp_path: Path
+    sshd_lab: SshdLab, backends: Callable[..., SshBackend], tmp_path: Path
 ) -> None:
     """Up from an inventory file: all quorate; n3 cut off both ways (DROP rules in VML-<id>
     on the receivers) goes inquorate while n1+n2 stay quorate; heal: one view again; kill -9 of
@@ -212,7 +252,7 @@ def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
     host (checked by the hosts' own `leftovers` and by `iptables -S` and the namespaces' PIDs)."""
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(sshd_lab.inventory_text())
-    backend = SshBackend(load_inventory(inventory))
+    backend = backends(inventory)
     try:
         backend.up(LabPlan(nodes=3, cluster={"timing": {"preset": "lab"}}, workdir=tmp_path))
         everyone = (True, [1, 2, 3])
@@ -266,18 +306,14 @@ def test_three_agents_over_ssh_partition_heal_kill_restart_collect_down(
         assert sshd_lab.foreign_pids(name) == [], name
         assert "VML-" not in sshd_lab.lab[name].run(["iptables", "-S"]).stdout
         assert not sshd_lab.lab[name].host_path(f"/run/votemesh-lab/{backend.lab_id}").exists()
-    again = SshBackend(load_inventory(inventory), lab_id=backend.lab_id)
-    try:
-        assert again.leftovers() == {}
-    finally:
-        again.down()
+    assert backends(inventory, backend.lab_id).leftovers() == {}
 
 
 @pytest.mark.root
 @pytest.mark.timeout(60)
 @live
 def test_shaping_refused_without_netem_and_down_from_nothing(
-    sshd_lab: SshdLab, tmp_path: Path
+    sshd_lab: SshdLab, backends: Callable[..., SshBackend], tmp_path: Path
 ) -> None:
     """A shape on hosts without sch_netem is refused with one line naming the host (probed in a
     scratch namespace there), before any rule changes. Then the control node is lost; a second
@@ -285,7 +321,7 @@ def test_shaping_refused_without_netem_and_down_from_nothing(
     qdisc (root htb with the lab's handle on a recorded device) and removes all of them."""
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(sshd_lab.inventory_text())
-    first = SshBackend(load_inventory(inventory))
+    first = backends(inventory)
     first.up(LabPlan(nodes=3, cluster={"timing": {"preset": "lab"}}, workdir=tmp_path))
     assert first.apply(_matrix(1, {("n1", "n2")})).ok
     shaped = _matrix(2).shape(Rule(None, None, False, Impairment.parse({"delay": "5ms"})))
@@ -306,7 +342,7 @@ def test_shaping_refused_without_netem_and_down_from_nothing(
         first.ssh_host(name).close()
     shutil.rmtree(first.control_dir)  # what a dead control node leaves in its own /tmp
     assert all(sshd_lab.foreign_pids(n) for n in NODES)
-    second = SshBackend(load_inventory(inventory), lab_id=first.lab_id)
+    second = backends(inventory, first.lab_id)
     left = second.leftovers()
     assert set(left) == set(NODES)
     assert all(entry["chain"] and entry["processes"] for entry in left.values())
@@ -322,13 +358,15 @@ def test_shaping_refused_without_netem_and_down_from_nothing(
 @pytest.mark.root
 @pytest.mark.timeout(30)
 @live
-def test_unreachable_host_is_one_line(sshd_lab: SshdLab, tmp_path: Path) -> None:
+def test_unreachable_host_is_one_line(
+    sshd_lab: SshdLab, backends: Callable[..., SshBackend], tmp_path: Path
+) -> None:
     """A host nobody answers for is an SshError naming it; nothing is left running locally."""
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(
         sshd_lab.inventory_text('\n[[host]]\nname = "n9"\naddress = "198.18.0.250"\n')
     )
-    backend = SshBackend(load_inventory(inventory))
+    backend = backends(inventory)
     with pytest.raises(SshError) as caught:
         backend.connect()
     assert "host n9" in str(caught.value)

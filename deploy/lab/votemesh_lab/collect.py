@@ -227,21 +227,29 @@ def qnetd_records(path: Path, start_wall_ms: int) -> list[Record]:
 
 
 def collect(
-    logs: Mapping[str, Path], start_wall_ms: int, expected: Mapping[int, int] | None = None
+    logs: Mapping[str, Path],
+    start_wall_ms: int,
+    expected: Mapping[int, int] | None = None,
+    offsets_ms: Mapping[str, float] | None = None,
 ) -> list[Record]:
     """Every host's records from the paths `Backend.collect` returned (host -> file);
-    `expected`: each node's expected votes at start (from its first status)."""
+    `expected`: each node's expected votes at start (from its first status); `offsets_ms`:
+    each host's clock minus the lab's (the SSH backend measures them), taken off its times."""
+
+    def start_of(host: str) -> int:
+        return start_wall_ms + round((offsets_ms or {}).get(host, 0.0))
+
     records: list[Record] = []
     skipped: dict[str, int] = {}
     names = {name: int(name[1:]) for name in logs if _is_node(name)}
     for name, node in names.items():
         start = (expected or {}).get(node, 0)
-        got, skipped[name] = agent_records(logs[name], node, start_wall_ms, start)
+        got, skipped[name] = agent_records(logs[name], node, start_of(name), start)
         records += got
     if "broker" in logs:
         records.append(mark_mqtt(records, mqtt_events(logs["broker"], names)))
     if "qnetd" in logs:
-        records += qnetd_records(logs["qnetd"], start_wall_ms)
+        records += qnetd_records(logs["qnetd"], start_of("qnetd"))
     bad = {k: v for k, v in skipped.items() if v}
     if bad:
         text = "lines skipped (not JSON or no time): " + ", ".join(

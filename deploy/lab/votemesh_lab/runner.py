@@ -645,7 +645,9 @@ def run_scenario(  # noqa: PLR0917 (the scenario, where, and what to record)
         run.record("note", text=f"aborted: {run.aborted}")
     records = [run_record(run, plan, parsed), *run.records]
     if run.start_wall_ms:
-        records += collect.collect(logs, run.start_wall_ms, run.first_expected)
+        clocks = records[0].get("hosts", {})  # SSH: each host's clock minus ours
+        offsets = {host: float(c["offset_ms"]) for host, c in clocks.items()}
+        records += collect.collect(logs, run.start_wall_ms, run.first_expected, offsets)
     status, line = judge(run, drop_startup_polls(records), out)
     _link_latest(out)
     if interrupted:

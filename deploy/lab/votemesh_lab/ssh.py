@@ -279,6 +279,7 @@ class SshHost:
             if self.master.poll() is not None or time.monotonic() > deadline:
                 error = log.read_text(errors="replace").strip().splitlines()
                 stop_process(self.master)
+                self.master = None  # a later call (down) tries again
                 raise SshError(
                     f"host {self.name}: ssh to {self.inventory.user}@{self.spec.address} failed: "
                     f"{error[-1] if error else 'timed out'}"
@@ -507,7 +508,8 @@ class SshBackend:
 
     def check_plan(self, plan: LabPlan) -> None:
         """InventoryError (one line) when the inventory cannot carry the plan: a host missing or
-        with the wrong role, fewer link addresses than lab networks, a broker."""
+        with the wrong role, an agent n<i> whose node_id is not i, fewer link addresses than lab
+        networks, a broker."""
         if plan.broker:
             raise InventoryError("broker = true: the ssh backend has no broker yet (set it false)")
         for name in plan.host_names():
@@ -515,6 +517,11 @@ class SshBackend:
             spec = self.inventory.host(name)
             if spec.role != role:
                 raise InventoryError(f"host {name} needs role {role!r} in the inventory")
+            if role == "agent" and spec.node_id != int(name[1:]):
+                raise InventoryError(
+                    f"host {name} has node_id {spec.node_id}: the scenario's {name} is node id "
+                    f"{name[1:]} (drop node_id or make it {name[1:]})"
+                )
             if role == "agent" and len(spec.links) < plan.links:
                 raise InventoryError(
                     f"host {name} has {len(spec.links)} link address(es), the scenario uses "
@@ -577,7 +584,7 @@ class SshBackend:
         """Every node of the plan: id, host name, link addresses."""
         plan = self._plan()
         return [
-            NodeSpec(self._hosts[n].spec.node_id or i, n, tuple(self.addresses(n)))
+            NodeSpec(i, n, tuple(self.addresses(n)))
             for i, n in enumerate(plan.host_names()[: plan.nodes], start=1)
         ]
 
