@@ -25,7 +25,7 @@ help:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q -e '.[test,dev,lab]'
 	@touch $@
 
 # Installs Debian's corosync stack and mosquitto when we are root on Debian and they are missing;

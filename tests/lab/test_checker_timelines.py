@@ -204,6 +204,26 @@ def test_render_png_writes_a_1200_px_wide_png(tmp_path: Path) -> None:
     assert out.stat().st_size > 5000
 
 
+def test_without_matplotlib_the_picture_is_one_line_and_the_rest_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """matplotlib is the `lab` extra: without it no PNG, one line naming what to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.delitem(sys.modules, "votemesh_lab.render", raising=False)
+    timeline = read_jsonl(TIMELINES / "split-brain.jsonl")
+    drawn = report.draw(timeline, Checker(timeline).check(), tmp_path / "timeline.png", "t")
+    assert drawn is False
+    assert not (tmp_path / "timeline.png").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = (
+        "votemesh-lab: timeline.png not drawn: matplotlib is not installed"
+        " (pip install 'votemesh[lab]')"
+    )
+    assert err == [expected]
+
+
 def test_the_picture_rows() -> None:
     """The figure's data: one row per node with quorate / inquorate / down spans and their
     rings, view and quorum-lost ticks, the fault band, the violation marks."""

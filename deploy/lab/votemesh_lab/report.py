@@ -208,6 +208,22 @@ def write(
     return path
 
 
+def draw(timeline: Timeline, verdict: Verdict, path: Path, title: str) -> bool:
+    """The timeline picture (matplotlib: the `lab` extra). Without matplotlib the run is judged
+    and stored all the same; one line on stderr says what to install."""
+    try:
+        from votemesh_lab.render import render_png  # noqa: PLC0415 (matplotlib only when drawing)
+    except ModuleNotFoundError as exc:
+        print(
+            f"votemesh-lab: {path.name} not drawn: {exc.name} is not installed"
+            " (pip install 'votemesh[lab]')",
+            file=sys.stderr,
+        )
+        return False
+    render_png(timeline, verdict, path, title=title)
+    return True
+
+
 def _stored(directory: Path) -> dict[str, Any]:
     """The run's previous report.json ({} if none or unreadable)."""
     try:
@@ -240,10 +256,8 @@ def command_check(args: argparse.Namespace) -> int:
     verdict = with_expectations(verdict, expectations)
     scenario = directory / SCENARIO
     text = scenario.read_text(encoding="utf-8") if scenario.is_file() else None
-    from votemesh_lab.render import render_png  # noqa: PLC0415 (matplotlib only when drawing)
-
     line = verdict_line(verdict, timeline, directory / REPORT)
-    render_png(timeline, verdict, directory / PICTURE, title=line)
+    draw(timeline, verdict, directory / PICTURE, line)
     write(directory, timeline, verdict, text, expectations=expectations)
     print(line)
     return EXIT[verdict.status]

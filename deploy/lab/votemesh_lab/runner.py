@@ -475,8 +475,6 @@ def store_dir(out: str | None, name: str, seed: int) -> Path:
 def judge(run: Run, records: list[Record], out: Path) -> tuple[str, str]:
     """The checker's properties and the scenario's expectations over the records; writes
     timeline.jsonl, scenario.toml, timeline.png and report.json; (status, verdict line)."""
-    from votemesh_lab import render  # noqa: PLC0415 (matplotlib only when drawing)
-
     tl = Timeline(records)
     s = run.scenario
     verdict = Checker(tl, properties=s.properties).check()
@@ -491,7 +489,7 @@ def judge(run: Run, records: list[Record], out: Path) -> tuple[str, str]:
     (out / report.SCENARIO).write_text(s.text, encoding="utf-8")
     line = report.verdict_line(verdict, tl, out / report.REPORT)
     try:
-        render.render_png(tl, verdict, out / report.PICTURE, title=line)
+        report.draw(tl, verdict, out / report.PICTURE, line)
     except Exception as exc:  # noqa: BLE001 (a picture that fails must not lose the verdict)
         print(f"timeline.png not drawn: {exc}", file=sys.stderr)
     report.write(out, tl, verdict, s.text, expectations=expectations)
