@@ -69,13 +69,13 @@ from votemesh_lab.qnetd import DebianQnetdInNetns, QnetdUnderTest, VotemeshQnetd
 from tests.bench.lab_compare import (
     INQUORATE,
     QUORATE,
-    VIEW,
     Metric,
     Record,
     Samples,
     first_inquorate,
     first_quorate,
     first_view_without,
+    in_view_of,
     inquorate_seconds,
     last_change,
     latest,
@@ -367,16 +367,6 @@ def wait_for(
         if time.monotonic() > end:
             raise MissedError(f"no {what} within {deadline:.0f} s")
         time.sleep(0.1)
-
-
-def in_view_of(records: Sequence[Record], members: Sequence[int], since: float) -> bool:
-    """The node's last view (logged at or after `since`) is exactly `members`, and its last
-    quorum record says quorate."""
-    views = [r for r in records if r.kind == VIEW]
-    quorum = [r for r in records if r.kind in (QUORATE, INQUORATE)]
-    if not views or views[-1].t < since or sorted(views[-1].members) != sorted(members):
-        return False
-    return bool(quorum) and quorum[-1].kind == QUORATE
 
 
 def all_in_one_view(stack: Stack, since: float, fresh: Sequence[str] = ()) -> bool:

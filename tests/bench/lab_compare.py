@@ -150,6 +150,16 @@ def last_change(records_by_node: Mapping[str, Iterable[Record]], start: float) -
     return max(times) if times else None
 
 
+def in_view_of(records: Sequence[Record], members: Sequence[int], since: float) -> bool:
+    """The node's last view (logged at or after `since`) is exactly `members`, and its last
+    quorum record says quorate."""
+    views = [r for r in records if r.kind == VIEW]
+    quorum = [r for r in records if r.kind in (QUORATE, INQUORATE)]
+    if not views or views[-1].t < since or sorted(views[-1].members) != sorted(members):
+        return False
+    return bool(quorum) and quorum[-1].kind == QUORATE
+
+
 def view_changes(records: Iterable[Record], start: float, end: float) -> int:
     """Views one node installed in [start, end)."""
     return sum(1 for r in between(records, start, end) if r.kind == VIEW)
