@@ -208,7 +208,7 @@ def check_installed(tmp_path: Path) -> None:
     from importlib.metadata import version
 
     expected = version("votemesh")
-    for program in ("votemesh", "votemesh-agent", "votemesh-qnetd"):
+    for program in ("votemesh", "votemesh-agent", "votemesh-qnetd", "votemesh-lab"):
         result = run(program, "--version", env=CLEAN_PATH)
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"{program} {expected}\n"

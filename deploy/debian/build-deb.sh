@@ -3,7 +3,7 @@
 #
 #   /opt/votemesh                 a venv of Debian's python3.X (no pip in it), the project and its
 #                                 dependencies from the package registry, byte-compiled
-#   /usr/bin/votemesh{,-agent,-qnetd}  links to the venv's console scripts
+#   /usr/bin/votemesh{,-agent,-qnetd,-lab} links to the venv's console scripts
 #   /lib/systemd/system/          votemesh-agent.service, votemesh-qnetd.service (not enabled)
 #   /etc/votemesh                 empty: `votemesh create` / `votemesh add` fill it
 #   /usr/share/doc/votemesh       install.md, first-cluster.md, agent.md, qnetd.md, README.md
@@ -74,7 +74,7 @@ find "$stage" -name direct_url.json -delete  # names the temporary source copy
 install -d "$root/usr/bin" "$root/lib/systemd/system" "$root/usr/share/doc/votemesh" \
     "$root/DEBIAN"
 install -d -m 0755 "$root/etc/votemesh"
-for script in votemesh votemesh-agent votemesh-qnetd; do
+for script in votemesh votemesh-agent votemesh-qnetd votemesh-lab; do
     [ -x "$stage/bin/$script" ] || { echo "make deb: no $script in the venv" >&2; exit 1; }
     ln -s "$prefix/bin/$script" "$root/usr/bin/$script"
 done
@@ -92,12 +92,14 @@ Architecture: $arch
 Maintainer: votemesh developers <votemesh@localhost>
 Installed-Size: $size
 Depends: python$pyver, adduser
+Recommends: iproute2, util-linux, iptables, mosquitto
 Section: admin
 Priority: optional
 Description: cluster membership and quorum agents, and a corosync-qnetd compatible arbitrator
  votemesh-agent runs on every node of a cluster: sealed UDP heartbeats on redundant links,
  membership, votequorum (two_node, wait_for_all, last_man_standing, auto_tie_breaker) and a
  qdevice client. votemesh-qnetd is a quorum arbitrator wire-compatible with corosync-qnetd.
+ votemesh-lab runs a cluster in network namespaces under scripted faults and judges it.
  The votemesh command creates and joins clusters without root SSH and shows their status.
  .
  The program and its Python dependencies live in their own environment under /opt/votemesh.
