@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice corosync-vqsim libnss3-tools \
   iproute2 iptables
 
-.PHONY: help demo demo-corosync wire-tour test lint format ci bench bench-lab soak fuzz system-deps deb clean
+.PHONY: help demo demo-corosync wire-tour test lint format ci bench bench-lab soak fuzz system-deps deb clean chaos
 
 help:
 	@echo "make demo         live demo: 4 votemesh agents + votemesh-qnetd: split, loss, kill, rejoin (root)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-lab    votemesh vs corosync+qdevice+qnetd in the lab, one table (root; ~5-6 h, BENCH_LAB_QUICK=1 ~25 min)"
 	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N, SOAK_FIRST=seed)"
 	@echo "make fuzz         differential fuzz vs corosync-qnetd, 5,000 cases (~5 min; FUZZ_CASES=N FUZZ_SEED=S; root)"
+	@echo "make chaos        every library scenario through votemesh-lab run, reports in lab-store/ (~40 min; CHAOS=\"split-3-2 ...\"; root)"
 	@echo "make deb          dist/votemesh_VERSION_ARCH.deb: the project + its dependencies in /opt/votemesh (Debian; DEB_OUT=DIR)"
 	@echo "make system-deps  apt-get install $(APT_PACKAGES) (root, Debian)"
 
@@ -85,6 +86,13 @@ fuzz: system-deps $(VENV)/.installed
 	@echo "differential fuzz: FUZZ_SEED=$(FUZZ_SEED) FUZZ_CASES=$(FUZZ_CASES)"
 	FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q -s -p no:cacheprovider \
 	  tests/interop/test_qnetd_differential_fuzz.py
+
+# The whole scenario library (docs/lab.md "Scenarios"), one run after another; each run's
+# report.json, timeline.jsonl, timeline.png and logs land in lab-store/<scenario>/<UTC>-s<seed>/.
+# Exit status: 0 when every verdict is valid. CHAOS="split-3-2 bridge" runs only those.
+CHAOS ?=
+chaos: system-deps $(VENV)/.installed
+	$(PY) -m votemesh_lab.runner --out lab-store $(CHAOS)
 
 # A Debian package (docs/install.md): prints its path on the last line.
 DEB_OUT ?= dist

@@ -40,6 +40,7 @@ stage=$root$prefix
 # The source, copied (the build writes build/ and *.egg-info next to it).
 mkdir -p "$work/src"
 cp -r pyproject.toml README.md agent qnetd proto "$work/src/"
+mkdir -p "$work/src/deploy" && cp -r deploy/lab "$work/src/deploy/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 
 version=$("$deb_python" - "$work/src/pyproject.toml" <<'EOF'

@@ -98,13 +98,13 @@ def stability(minutes: float = 10.0) -> None:
     start = time.perf_counter()
     net = steady(5, minutes * 60, real, link)
     wall = time.perf_counter() - start
-    checker = Checker(net)
+    checker = Checker(net.timeline())
     formed = checker.formation()
     print(
         f"  L2: 5 nodes, 5 % loss, 25 +- 20 ms, {minutes:.0f} simulated minutes: "
         f"{checker.view_changes()} view changes after formation at "
         f"{formed if formed is None else round(formed, 3)} s; "
-        f"{len(checker.check(net.now))} property violations; {net.spins} spins; "
+        f"{len(checker.check().violations)} property violations; {net.spins} spins; "
         f"{wall:.1f} s wall ({5 * minutes * 60 / wall:,.0f} node-seconds/s)"
     )
 

@@ -49,6 +49,6 @@ def test_agent_demo_runs_every_phase_and_cleans_up() -> None:
         assert f"--- {heading}" in output, f"no heading {heading!r} in:\n{output[-4000:]}"
     assert "summary: " in output
     assert "lab removed" in output
-    lab_id = re.search(r"^lab (vm-[0-9a-f]{6}):", output, re.MULTILINE)
+    lab_id = re.search(r"^lab ([0-9a-f]{6}):", output, re.MULTILINE)
     assert lab_id is not None, output[:2000]
     assert lab_id.group(1) not in netns.leftover_labs(), "the demo left namespaces behind"

@@ -55,16 +55,22 @@ def one_view(net: SimNetwork, nodes: set[int]) -> NodeState:
     return next(iter(states.values()))
 
 
+def state_at(net: SimNetwork, node: int, at: float) -> NodeState | None:
+    """The node's reported state after every change at or before `at`."""
+    before = [s for t, s in net.history[node] if t <= at]
+    return before[-1] if before else None
+
+
 def clean(net: SimNetwork) -> None:
     """The checker finds nothing wrong in the whole run."""
-    found = Checker(net).check(net.now)
-    assert not found, "\n".join(map(str, found)) + "\n" + net.trace_tail()
+    verdict = Checker(net.timeline()).check()
+    found = [*map(str, verdict.violations), *verdict.unknown]
+    assert verdict.status == "valid", "\n".join(found) + "\n" + net.trace_tail()
 
 
 def quorate_since(net: SimNetwork, node: int, since: float) -> bool:
     """The node reported quorate at `since` and every time after."""
-    checker = Checker(net)
-    at_start = checker.state_at(node, since)
+    at_start = state_at(net, node, since)
     later = [s for t, s in net.history[node] if t > since]
     return all(s is not None and s.quorate for s in [at_start, *later])
 
@@ -258,7 +264,7 @@ def test_l2_no_view_change_under_loss_and_jitter() -> None:
     link = LinkModel(delay=0.025, jitter=0.02, loss=0.05)
     net = cluster(5, link=link)
     net.run_until(60.0)
-    checker = Checker(net)
+    checker = Checker(net.timeline())
     assert checker.l2_applies()
     assert checker.view_changes() == 0, net.trace_tail()
     clean(net)
@@ -296,7 +302,7 @@ def test_quorate_throughout_at_twenty_percent_loss() -> None:
     one_view(net, {1, 2, 3, 4, 5})
     t0 = net.now
     net.run_until(120.0)
-    assert Checker(net).view_changes() == 0, net.trace_tail()
+    assert Checker(net.timeline()).view_changes() == 0, net.trace_tail()
     assert all(quorate_since(net, n, t0) for n in (1, 2, 3, 4, 5))
     clean(net)
 
@@ -326,8 +332,8 @@ def test_redundant_links_fail_over_without_a_membership_change() -> None:
     net.run_until(t0 + 6.0)
     net.cut_link(3, 2, 0)
     net.run_until(t0 + 9.0)
-    assert Checker(net).l2_applies()
-    assert Checker(net).view_changes() == 0, net.trace_tail()
+    assert Checker(net.timeline()).l2_applies()
+    assert Checker(net.timeline()).view_changes() == 0, net.trace_tail()
     assert all(quorate_since(net, n, t0) for n in (1, 2, 3))
     for node in (1, 2, 3):
         assert not events_of(net, node, EventKind.QUORUM_LOST, t0)
@@ -358,7 +364,7 @@ def test_a_paused_node_revalidates_before_it_announces_anything() -> None:
     assert one_view(net, {1, 2}).members == {1, 2}
     net.run_until(t0 + 5.0 + SETTLE)
     resumed = t0 + 5.0
-    at_resume = Checker(net).state_at(3, resumed)
+    at_resume = state_at(net, 3, resumed)
     later = [at_resume] + [s for t, s in net.history[3] if t >= resumed]
     assert not any(s is not None and s.ring == old.ring and s.quorate for s in later), later
     assert not events_of(net, 3, EventKind.CLOCK_SKEW, t0)
@@ -395,7 +401,7 @@ def test_a_link_that_heals_late_is_not_a_stall() -> None:
         net.run_until(heal + 2.5)
     for node in (1, 2, 3):
         assert not events_of(net, node, EventKind.STALLED, 0.0), net.trace_tail()
-    assert Checker(net).view_changes() == 0, net.trace_tail()
+    assert Checker(net.timeline()).view_changes() == 0, net.trace_tail()
     assert all(quorate_since(net, n, t0) for n in (1, 2, 3))
     failbacks = [line for line in net.trace if "failback" in line and float(line.split()[0]) > t0]
     assert failbacks, "link0 came back and took the traffic"

@@ -32,7 +32,7 @@ def run_chunk(first: int, count: int) -> tuple[Counter[str], int, list[str]]:
     for seed in range(first, first + count):
         run = run_reconfig_seed(seed)
         kinds.update(change.split()[0] for change in run.driver.committed)
-        checked += Checker(run.result.net).stable_checks
+        checked += Checker(run.result.net.timeline()).stable_checks
         if not run.ok:
             failures.append(run.report())
     return kinds, checked, failures

@@ -10,6 +10,7 @@ from the qnetd under test, as PEM files. No pytest here: the demo imports it as 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,13 +22,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from agent.runtime.keys import keygen
-from tests.agent.live_agents import BIN, control_request
+from proto.runtime.control_client import request as control_request
 from votemesh_lab.corosync import QdeviceCredentials
 from votemesh_lab.netns import Host, Lab, TrackedProcess
 from votemesh_lab.qnetd import QnetdUnderTest, VotemeshQnetd
 
 CLUSTER = "qdlab"
 AGENT_PORT = 5407
+BIN = Path(sys.executable).parent
+"""Where the running interpreter's entry points are (votemesh-agent, votemesh-qnetd)."""
 QDEVICE_HEARTBEAT = 2.0  # echo period and timeout (qdevice's default is 8 s); min 1 s
 
 

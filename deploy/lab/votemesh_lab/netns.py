@@ -1,19 +1,24 @@
-"""Hosts in network namespaces on a private bridge: run commands, partition, heal, clean up.
+"""Hosts in network namespaces on a private switch: run commands, partition, heal, clean up.
 
-One lab (every name carries a per-run random suffix, so two runs never collide)::
+One lab has an id of 6 hex digits, and every resource carries it (docs/design.md §4.2)::
 
-    vm-<hex>-br     holds only the bridge "br0" and one veth port per host
-    vm-<hex>-n1     a host: "lo" and "eth0" (veth to the bridge), one address on the lab subnet
-    vm-<hex>-qnetd  ...any number of hosts, named by the caller
+    vml-<id>-sw     holds only the bridge "br0" and one veth port per host (or the tap switch)
+    vml-<id>-n1     a host: "lo" and "eth0" (veth or TAP), one address on the lab subnet
+    vml-<id>-qnetd  ...any number of hosts, named by the caller
+    t<id><port>     the TAP devices of a tap lab (made in, and moved out of, vml-<id>-sw)
 
-The bridge lives in a namespace of its own, never in the root namespace (where the host's
+The switch lives in a namespace of its own, never in the root namespace (where the host's
 br_netfilter would send bridged frames through the host's FORWARD chain). Hosts get no default
-route and nothing links the lab to the host's interfaces: traffic stays on the lab subnet.
+route and nothing links the lab to the host's interfaces: traffic stays on the lab subnet, which
+`_build` checks in every host (C1).
 
 Each host also has a private mount namespace, held open by an anchor process (`sleep infinity`,
-started through nsenter + unshare). Empty per-host directories are bind-mounted over the paths in
-`private_dirs` so daemons with compiled-in paths (corosync's /etc/corosync, /run, ...) do not
-collide; `Host.host_path()` maps such a path back to the host side. Every command in a host runs
+started through nsenter + unshare). Per-host directories `<workdir>/<host>/<path>` are
+bind-mounted over the paths in `private_dirs`, so daemons with compiled-in paths
+(/etc/votemesh, /var/lib/votemesh, /run, corosync's /etc/corosync ...) do not collide; a path
+that does not exist on the real host is made inside an overlay of its nearest existing parent
+(upper directory under `<workdir>/<host>/.overlay/`), so the real host never changes.
+`Host.host_path()` maps such a path back to the host side. Every command in a host runs
 through `nsenter -t <anchor> -n -m`.
 
 Partitions are iptables DROP rules in a chain of our own (`VMLAB-IN`, jumped to from INPUT) inside
@@ -21,7 +26,7 @@ the receiving host's namespace: a rule in B dropping A's address makes A -> B on
 The host's own rules are never touched.
 
 `Lab(..., switch="tap")` replaces the bridge by `votemesh_lab.switch`, a userspace switch process
-in the "-br" namespace whose TAP devices become the hosts' eth0: then `impair()` / `impair_all()`
+in the "-sw" namespace whose TAP devices become the hosts' eth0: then `impair()` / `impair_all()`
 add delay, jitter, loss, duplication and rate per directed host pair, and `block()`,
 `partition()` and `heal()` drop frames in the switch instead of using iptables (the VMLAB-IN
 chain stays, empty). Hosts of a tap lab get fixed MACs and permanent neighbour entries for each
@@ -29,10 +34,11 @@ other, so ARP never depends on loss and a one-way block stays one-way.
 
 Cleanup (`Lab.close()`, the context manager, `LabFactory`) stops only the processes the lab
 started, by PID (SIGTERM, then SIGKILL), then the anchors, then deletes the namespaces; deleting
-the bridge namespace deletes every veth pair. Long-lived processes are started under
-`setpriv --pdeathsig KILL`, so they die with the test process even when it is killed outright;
-only the (empty) namespaces of such a lab stay: `python -m votemesh_lab.netns` lists them and
-`python -m votemesh_lab.netns remove vm-XXXXXX` deletes them.
+the switch namespace deletes every veth pair. Long-lived processes are started under
+`setpriv --pdeathsig KILL`, so they die with the process that started them even when it is killed
+outright; what such a lab leaves (empty namespaces, a state directory) is found by
+`leftovers(lab_id)` and removed by `remove_lab(lab_id)` (`votemesh-lab down`, C3), which work
+from nothing but the id.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import secrets
 import select
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -56,7 +63,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from votemesh_lab.grudge import Matrix
+    from votemesh_lab.probe import Prober, Verification
+
+from votemesh_lab import state
 
 #: RFC 2544 benchmarking range: never routed, so it cannot shadow a real network.
 DEFAULT_SUBNET = ipaddress.IPv4Network("198.18.0.0/24")
@@ -66,10 +79,40 @@ LINK = "eth0"
 HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,19}")
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "setpriv", "iptables", "iptables-restore", "sleep")
 SWITCHES = ("bridge", "tap")
+PREFIX = "vml-"
+"""Every namespace of a lab is `vml-<id>-<host>` (and `vml-<id>-sw`)."""
+LAB_ID = re.compile(r"[0-9a-f]{6}")
+LAB_NAMESPACE = re.compile(r"^vml-([0-9a-f]{6})-")
+SWITCH_HOST = "sw"
+HOST_DIRS = ("/etc/votemesh", "/var/lib/votemesh", "/etc/corosync", "/var/lib/corosync", "/run")
+"""What every host of `votemesh-lab up` has private: the daemons (votemesh's, corosync's) run
+with their default paths."""
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 """The directory holding `votemesh_lab`: `python -m votemesh_lab.switch` runs from there."""
 
 T = TypeVar("T")
+
+
+def new_lab_id() -> str:
+    """A fresh lab id: 6 hex digits."""
+    return secrets.token_hex(3)
+
+
+def check_lab_id(lab_id: str) -> str:
+    """`lab_id` itself if it is 6 lower-case hex digits; LabError (one line) otherwise."""
+    if LAB_ID.fullmatch(lab_id) is None:
+        raise LabError(f"lab id {lab_id!r}: use 6 hex digits (a-f, 0-9), e.g. 3fa2c1")
+    return lab_id
+
+
+def namespace_prefix(lab_id: str) -> str:
+    """`vml-<id>-`: what every namespace of the lab starts with."""
+    return f"{PREFIX}{lab_id}-"
+
+
+def tap_prefix(lab_id: str) -> str:
+    """`t<id>`: what every TAP device of the lab starts with (then the port number)."""
+    return f"t{lab_id}"
 
 
 def host_mac(address: str) -> str:
@@ -126,6 +169,23 @@ def stop_processes(processes: Sequence[subprocess.Popen[Any]], grace: float = 5.
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=grace)
+
+
+def json_line_request(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One JSON line to a unix stream socket, one JSON object back (the switch's and the
+    supervisor's control protocol); OSError when nobody answers, `{"ok": false}` on no reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data) if data else None
+    return reply if isinstance(reply, dict) else {"ok": False, "error": "no reply"}
 
 
 def wait_until(
@@ -226,6 +286,50 @@ class Host:
         raise LabError(f"{inside} is not under a private directory of {self.name}")
 
 
+def _overlay_parent(path: str) -> str | None:
+    """None if `path` is a directory here; else its nearest existing parent, to be overlaid.
+
+    LabError when it cannot be made private without changing the real host: not absolute, not
+    a directory, or only `/` exists above it.
+    """
+    if not path.startswith("/") or ".." in Path(path).parts:
+        raise LabError(f"private directory {path!r}: use an absolute path without '..'")
+    here = Path(path)
+    if here.is_dir():
+        return None
+    if here.exists():
+        raise LabError(f"cannot make {path} private: it is not a directory on this host")
+    parent = next(p for p in here.parents if p.is_dir())
+    if parent == Path("/"):
+        raise LabError(f"cannot make {path} private: its parent {here.parent} does not exist")
+    return str(parent)
+
+
+def _private_mounts(root: Path, private_dirs: Sequence[str]) -> list[str]:
+    """Shell lines for the anchor: overlays of missing paths' parents, then the bind mounts.
+
+    `<root>/<path>` is bind-mounted over each path; a path missing on the real host is first
+    created inside an overlay of its nearest existing parent (upper in `<root>/.overlay/`).
+    """
+    lines = []
+    parents = sorted({p for d in private_dirs if (p := _overlay_parent(d)) is not None}, key=len)
+    for parent in parents:
+        base = root / ".overlay" / parent.strip("/").replace("/", "-")
+        upper, work = base / "upper", base / "work"
+        upper.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        lines.append(
+            f"mount -t overlay overlay -o lowerdir={parent},upperdir={upper},workdir={work} "
+            f"{shlex.quote(parent)}"
+        )
+    for private in sorted(private_dirs, key=len):
+        source = root / private.lstrip("/")
+        source.mkdir(parents=True, exist_ok=True)
+        quoted = shlex.quote(private)
+        lines.append(f"mkdir -p {quoted}; mount --bind {shlex.quote(str(source))} {quoted}")
+    return lines
+
+
 class Lab:
     """A bridge (or tap switch) and hosts in network namespaces; `close()` removes it all.
 
@@ -242,6 +346,7 @@ class Lab:
         subnet: ipaddress.IPv4Network = DEFAULT_SUBNET,
         switch: str = "bridge",
         switch_seed: int | None = None,
+        lab_id: str | None = None,
     ) -> None:
         if switch not in SWITCHES:
             raise LabError(f"switch {switch!r}: use one of {', '.join(SWITCHES)}")
@@ -253,14 +358,13 @@ class Lab:
         if len(host_names) + 2 > subnet.num_addresses - 2:
             raise LabError(f"{subnet} is too small for {len(host_names)} hosts")
         for private in private_dirs:
-            if not Path(private).is_dir():
-                # The mount point must exist; creating it would change the real host.
-                raise LabError(f"cannot make {private} private: it does not exist on this host")
-        self.lab_id = f"vm-{secrets.token_hex(3)}"
+            _overlay_parent(private)  # LabError for a path that cannot be made private
+        self.lab_id = check_lab_id(lab_id) if lab_id is not None else new_lab_id()
+        self.prefix = namespace_prefix(self.lab_id)
         self.workdir = workdir
         self.subnet = subnet
         self.private_dirs = tuple(private_dirs)
-        self.bridge_netns = f"{self.lab_id}-br"
+        self.bridge_netns = f"{self.prefix}{SWITCH_HOST}"
         self.hosts: dict[str, Host] = {}
         self.processes: list[TrackedProcess] = []
         self._netns_created: list[str] = []
@@ -275,12 +379,15 @@ class Lab:
         for name in host_names:
             self.hosts[name] = Host(
                 name=name,
-                netns=f"{self.lab_id}-{name}",
+                netns=f"{self.prefix}{name}",
                 address=str(next(addresses)),
                 root=workdir / name,
                 private_dirs=self.private_dirs,
                 lab=self,
             )
+        taken = lab_namespaces(self.lab_id)
+        if taken:
+            raise LabError(f"lab {self.lab_id} exists ({' '.join(taken)}): pick another id")
         _OPEN_LABS.append(self)
         try:
             self._build()
@@ -326,12 +433,26 @@ class Lab:
             host.run(["iptables", "-w", "-I", "INPUT", "-j", PARTITION_CHAIN])
         if self.switch == "tap":
             self._add_static_neighbours()
+        for host in self.hosts.values():
+            self._check_routes(host)
+
+    def _check_routes(self, host: Host) -> None:
+        """C1: a host routes only the lab subnet (no default route, nothing else)."""
+        routes = _run(["ip", "-n", host.netns, "-4", "route", "show"]).stdout.splitlines()
+        for line in routes:
+            destination = line.split()[0] if line.strip() else ""
+            try:
+                inside = ipaddress.IPv4Network(destination).subnet_of(self.subnet)
+            except ValueError:
+                inside = False
+            if not inside:
+                raise LabError(f"host {host.name} has a route outside the lab: {line.strip()}")
 
     # -- the tap switch ----------------------------------------------------------------------
 
     @property
     def _tap_prefix(self) -> str:
-        return f"t{self.lab_id.removeprefix('vm-')}"
+        return tap_prefix(self.lab_id)
 
     def _tap_name(self, port: int) -> str:
         return f"{self._tap_prefix}{port}"
@@ -339,12 +460,13 @@ class Lab:
     def _start_switch(self) -> None:
         """Start votemesh_lab.switch in the bridge namespace and wait for its "ready"."""
         # A unix socket path must stay under 108 bytes; pytest's tmp_path can be longer.
-        self._switch_dir = Path(tempfile.mkdtemp(prefix=f"{self.lab_id}-sw-"))
+        self._switch_dir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}sw-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = ["setpriv", "--pdeathsig", "KILL", "nsenter",
                 f"--net=/run/netns/{self.bridge_netns}", "--",
                 sys.executable, "-m", "votemesh_lab.switch", "--ports", str(len(self.hosts)),
-                "--prefix", self._tap_prefix, "--control", str(self._switch_socket)]  # fmt: skip
+                "--prefix", self._tap_prefix, "--control", str(self._switch_socket),
+                "--hosts", ",".join(self.hosts)]  # fmt: skip
         if self.switch_seed is not None:
             args += ["--seed", str(self.switch_seed)]
         log_path = self.workdir / "tapswitch.log"
@@ -388,17 +510,7 @@ class Lab:
         """One control request to the tap switch; LabError if it refuses or is not there."""
         if self.switch != "tap" or self.switch_process is None:
             raise LabError("impairment needs a lab made with switch='tap'")
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(10.0)
-            sock.connect(str(self._switch_socket))
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        reply: dict[str, Any] = json.loads(data) if data else {"ok": False, "error": "no reply"}
+        reply = json_line_request(self._switch_socket, request, 10.0)
         if not reply.get("ok"):
             raise LabError(f"tap switch refused {request}: {reply.get('error')}")
         return reply
@@ -449,12 +561,9 @@ class Lab:
         return counters
 
     def _start_anchor(self, host: Host) -> None:
-        mounts = []
-        for private in self.private_dirs:
-            source = host.root / private.lstrip("/")
-            source.mkdir(parents=True, exist_ok=True)
-            mounts.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(private)}")
-        script = "set -e; " + "; ".join([*mounts, "echo ready", "exec sleep infinity"])
+        script = "set -e; " + "; ".join(
+            [*_private_mounts(host.root, self.private_dirs), "echo ready", "exec sleep infinity"]
+        )
         host.root.mkdir(parents=True, exist_ok=True)
         args = ["setpriv", "--pdeathsig", "KILL", "nsenter", f"--net=/run/netns/{host.netns}",
                 "--", "unshare", "--mount", "--propagation", "private", "--",
@@ -594,6 +703,12 @@ class Lab:
                 stop_processes(group)
             except (OSError, subprocess.SubprocessError) as exc:
                 problems.append(f"stopping pids {[p.pid for p in group]}: {exc}")
+        try:
+            # C2: whatever else runs in our namespaces is ours too (e.g. started by `exec`);
+            # deleting a namespace's name would leave it running in a namespace nobody sees.
+            stop_pids(_namespace_pids(self._netns_created))
+        except (OSError, subprocess.SubprocessError) as exc:
+            problems.append(f"stopping the rest in our namespaces: {exc}")
         if self._switch_dir is not None:
             shutil.rmtree(self._switch_dir, ignore_errors=True)
         for name in reversed(self._netns_created):
@@ -617,6 +732,34 @@ class Lab:
     ) -> None:
         self.close()
 
+    # -- the requested network, applied and verified (design §4.3; owned by lab-netem) --------
+
+    _prober: Prober | None = None
+
+    def apply(self, matrix: Matrix, *, verify: bool = True) -> Verification:
+        """Give the switch the whole matrix in one request, then verify it (`verify()`).
+
+        Tap labs only. With `verify=False` the result says nothing was probed (`pairs` 0).
+        """
+        from votemesh_lab.probe import Verification  # noqa: PLC0415 (probe imports netns)
+
+        if set(matrix.hosts) != set(self.hosts):
+            raise LabError(f"matrix hosts {matrix.hosts} are not this lab's {tuple(self.hosts)}")
+        self.switch_request(matrix.to_request())
+        if verify:
+            return self.verify(matrix)
+        return Verification(matrix.generation, True, (), (), 0, 0.0)
+
+    def verify(self, matrix: Matrix) -> Verification:
+        """Control-plane readback equal to the request, and a probe over every ordered pair."""
+        from votemesh_lab.probe import Prober, compare  # noqa: PLC0415 (probe imports netns)
+
+        held = self.switch_request({"op": "matrix"})["matrix"]
+        control = compare(matrix.to_request(), held)
+        if self._prober is None:
+            self._prober = Prober(self)
+        return self._prober.verify(matrix, control)
+
 
 _OPEN_LABS: list[Lab] = []
 
@@ -627,13 +770,6 @@ def _close_forgotten_labs() -> None:
     while _OPEN_LABS:
         with contextlib.suppress(LabError):
             _OPEN_LABS.pop().close()
-
-
-def lab_namespaces(lab_id: str) -> list[str]:
-    """Namespaces named for `lab_id` that `ip netns list` shows right now."""
-    listing = _run(["ip", "netns", "list"]).stdout
-    names = [line.split()[0] for line in listing.splitlines() if line.strip()]
-    return [name for name in names if name.startswith(f"{lab_id}-")]
 
 
 class LabFactory:
@@ -713,49 +849,176 @@ def running_lab(
         yield lab
 
 
-LAB_ID = re.compile(r"^(vm-[0-9a-f]{6})-")
+# -- leftovers and removal from nothing but the id (C2-C4) -----------------------------------
+
+
+def _netns_names() -> list[str]:
+    listing = _run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.strip()]
+
+
+def lab_namespaces(lab_id: str) -> list[str]:
+    """Namespaces named for `lab_id` that `ip netns list` shows right now."""
+    prefix = namespace_prefix(lab_id)
+    return [name for name in _netns_names() if name.startswith(prefix)]
+
+
+def lab_ids_found() -> list[str]:
+    """Every lab id with a namespace or a state directory right now."""
+    ids = {m.group(1) for n in _netns_names() if (m := LAB_NAMESPACE.match(n)) is not None}
+    ids.update(i for i in state.known_ids() if LAB_ID.fullmatch(i))
+    return sorted(ids)
+
+
+def _root_links(lab_id: str) -> list[str]:
+    """Links in the root namespace named for the lab (a TAP or veth that escaped)."""
+    listing = _run(["ip", "-o", "link", "show"]).stdout
+    names = [
+        line.split(":")[1].strip().split("@")[0] for line in listing.splitlines() if ":" in line
+    ]
+    return [n for n in names if n.startswith(tap_prefix(lab_id)) or lab_id in n]
+
+
+def _namespace_pids(names: Iterable[str]) -> set[int]:
+    pids: set[int] = set()
+    for name in names:
+        result = subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=30, check=False
+        )
+        pids.update(int(p) for p in result.stdout.split() if p.isdigit())
+    return {pid for pid in pids if state.start_time(pid) is not None}
+
+
+def _mount_lines(lab_id: str) -> list[str]:
+    """Lines of /proc/self/mountinfo naming the lab (its /run/netns bind mounts, its dirs)."""
+    marks = (namespace_prefix(lab_id), str(state.state_dir(lab_id)))
+    text = Path("/proc/self/mountinfo").read_text()
+    return [line for line in text.splitlines() if any(mark in line for mark in marks)]
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What of a lab exists right now; all empty after `down` (C4)."""
+
+    lab_id: str
+    namespaces: tuple[str, ...]
+    links: tuple[str, ...]
+    processes: tuple[int, ...]
+    mounts: tuple[str, ...]
+    state_files: tuple[str, ...]
+
+    def empty(self) -> bool:
+        return not (
+            self.namespaces or self.links or self.processes or self.mounts or self.state_files
+        )
+
+    def lines(self) -> list[str]:
+        """One line per kind that is not empty."""
+        kinds = (
+            ("namespaces", self.namespaces), ("links", self.links),
+            ("processes", tuple(str(p) for p in self.processes)),
+            ("mounts", tuple(m.split()[4] for m in self.mounts)),
+            ("state", self.state_files),
+        )  # fmt: skip
+        return [f"{self.lab_id} {kind}: {' '.join(items)}" for kind, items in kinds if items]
+
+
+def leftovers(lab_id: str) -> Leftovers:
+    """Namespaces, root-namespace links, processes (in a lab namespace, or recorded in lab.json
+    with the same start time), mountinfo lines and state files of lab `lab_id` (C2-C4)."""
+    check_lab_id(lab_id)
+    names = lab_namespaces(lab_id)
+    pids = _namespace_pids(names)
+    recorded = state.read(lab_id)
+    if recorded is not None:
+        pids.update(p.pid for p in recorded.live_processes())
+    directory = state.state_dir(lab_id)
+    files = sorted(str(p) for p in directory.rglob("*")) if directory.exists() else []
+    if directory.exists():
+        files.insert(0, str(directory))
+    return Leftovers(
+        lab_id, tuple(names), tuple(_root_links(lab_id)), tuple(sorted(pids)),
+        tuple(_mount_lines(lab_id)), tuple(files),
+    )  # fmt: skip
+
+
+def _signal_all(pids: Iterable[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _wait_gone(pids: dict[int, int], timeout: float) -> dict[int, int]:
+    """Wait until the processes (pid -> start time) are gone; those still there at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {p: s for p, s in pids.items() if state.same_process(p, s)}
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+def stop_pids(pids: Iterable[int], grace: float = 5.0) -> list[int]:
+    """SIGTERM processes by PID, SIGKILL those left after `grace` s; the PIDs that were
+    running. Each PID is pinned to its start time first, so a recycled PID is never signalled
+    twice."""
+    pinned = {pid: s for pid in pids if (s := state.start_time(pid)) is not None}
+    _signal_all(pinned, signal.SIGTERM)
+    left = _wait_gone(pinned, grace)
+    _signal_all(left, signal.SIGKILL)
+    _wait_gone(left, 5.0)
+    return sorted(pinned)
+
+
+def remove_lab(lab_id: str, *, purge: bool = False, grace: float = 5.0) -> list[str]:
+    """Remove everything of lab `lab_id`, from lab.json if it is there, else from the id alone
+    (C3); idempotent. Returns one line per thing removed; `leftovers(lab_id)` says what is left.
+
+    Order: the supervisor (SIGTERM: it tears the lab down itself; SIGKILL after `grace`), then
+    every process left in a lab namespace or recorded with its start time, then the namespaces
+    (which frees TAPs and veths), then stray root-namespace links, the state directory, and with
+    `purge` the work directory.
+    """
+    check_lab_id(lab_id)
+    removed: list[str] = []
+    recorded = state.read(lab_id)
+    # Found before the supervisor goes: it deletes the namespaces' names, not strangers in them.
+    found = leftovers(lab_id)
+    before = {p: s for p in found.processes if (s := state.start_time(p)) is not None}
+    if recorded is not None and (sup := recorded.process("supervisor")) is not None:
+        os.kill(sup.pid, signal.SIGTERM)
+        if _wait_gone({sup.pid: sup.start}, grace + 10.0):
+            os.kill(sup.pid, signal.SIGKILL)
+        removed.append(f"supervisor {sup.pid}")
+    pids = {p for p, s in before.items() if state.same_process(p, s)}
+    pids |= set(leftovers(lab_id).processes)
+    if stopped := stop_pids(pids, grace):
+        removed.append("processes " + " ".join(map(str, stopped)))
+    for name in lab_namespaces(lab_id):
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30, check=False)
+    still = set(lab_namespaces(lab_id))
+    removed += [f"namespace {name}" for name in sorted(found.namespaces) if name not in still]
+    for link in _root_links(lab_id):
+        result = subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=30,
+                                check=False)  # fmt: skip
+        if result.returncode == 0:
+            removed.append(f"link {link}")
+    directory = state.state_dir(lab_id)
+    if directory.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(f"state {directory}")
+    if purge:
+        workdir = Path(recorded.workdir) if recorded is not None else state.default_workdir(lab_id)
+        if workdir.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            removed.append(f"workdir {workdir}")
+    return removed
 
 
 def leftover_labs() -> dict[str, list[str]]:
-    """Lab ids whose namespaces exist right now (e.g. after a test process was SIGKILLed)."""
-    listing = _run(["ip", "netns", "list"]).stdout
+    """Lab id -> its namespaces, for every lab with namespaces right now."""
     labs: dict[str, list[str]] = {}
-    for line in listing.splitlines():
-        name = line.split()[0] if line.strip() else ""
-        if (match := LAB_ID.match(name)) is not None:
+    for name in _netns_names():
+        if (match := LAB_NAMESPACE.match(name)) is not None:
             labs.setdefault(match.group(1), []).append(name)
     return labs
-
-
-def remove_leftover_lab(lab_id: str) -> list[str]:
-    """Delete the namespaces of one dead lab; refuses while any process still runs in one."""
-    names = lab_namespaces(lab_id)
-    for name in names:
-        pids = _run(["ip", "netns", "pids", name]).stdout.split()
-        if pids:
-            raise LabError(f"{name} still has processes {pids}: is that lab's test still running?")
-    for name in names:
-        _run(["ip", "netns", "del", name])
-    return names
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m votemesh_lab.netns [remove LAB_ID]`: list leftover labs, or remove one."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args:
-        for lab_id, names in sorted(leftover_labs().items()):
-            print(f"{lab_id}: {' '.join(sorted(names))}")
-        return 0
-    if len(args) == 2 and args[0] == "remove" and LAB_ID.match(args[1] + "-"):
-        try:
-            print("removed:", " ".join(remove_leftover_lab(args[1])) or "nothing")
-        except LabError as exc:
-            print(f"netns: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    print("usage: python -m votemesh_lab.netns [remove vm-XXXXXX]", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,10 +13,13 @@ All randomness comes from one `random.Random(seed)`, so a seed replays exactly.
 
 The network records what the checker needs: every node's reported state (ring id, members,
 quorate, expected votes) whenever it changes, and a snapshot of the topology whenever a fault
-changes it. A bounded trace of faults and node events is kept for failure reports. The network
-reads a node's `status()` after it emits a state event (view installed, quorum gained or lost,
-expected votes changed), and audits every node's status once a simulated second: a state change
-that no event announced is recorded in `silent_changes` (DESIGN §3 "no silent failure").
+changes it; `timeline()` gives the run as timeline records (design §4.6: `run`, `state`,
+`proc`, `net`, `config`, the nodes' events, `qnetd_vote`, `end`), which the checker reads as
+it reads a lab run's. A bounded trace of faults and node events is kept for failure reports.
+The network reads a node's `status()` after it emits a state event (view installed, quorum
+gained or lost, expected votes changed), and audits every node's status once a simulated
+second: a state change that no event announced is recorded in `silent_changes` and as a `state`
+record with `src` "status" (DESIGN §3 "no silent failure").
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from agent.config import AgentConfig, LinkConfig, PeerConfig, QdeviceConfig, Quo
 from agent.events import EventKind
 from agent.status import ring_text
 from proto.mesh_messages import MeshMessage
+from votemesh_lab.checker import NodeView
 from votemesh_lab.sim import iface
+from votemesh_lab.timeline import Link, Network, Record, Timeline, net_record
 
 if TYPE_CHECKING:
     from votemesh_lab.sim.qdevice import SimQnetd
@@ -63,31 +68,13 @@ class SimulationError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class LinkModel:
-    """One direction of one node pair: what happens to each datagram."""
+class LinkModel(Link):
+    """One direction of one node pair: what happens to each datagram (the timeline's `Link`,
+    whose `benign` is DESIGN L2's conditions, with a LAN's 0.5 ms as the default delay).
+    `jitter` is uniform in [-jitter, +jitter] (never below zero in total) and reorders too;
+    `reorder` holds a datagram back by up to `reorder_delay`, letting later ones pass."""
 
     delay: float = 0.0005
-    """Base one-way delay, seconds."""
-    jitter: float = 0.0
-    """Uniform extra delay in [-jitter, +jitter] (never below zero in total); reorders too."""
-    loss: float = 0.0
-    """Probability a datagram is dropped."""
-    duplicate: float = 0.0
-    """Probability a datagram arrives twice (the copy with its own delay)."""
-    reorder: float = 0.0
-    """Probability a datagram is held back by up to `reorder_delay`, letting later ones pass."""
-    reorder_delay: float = 0.05
-
-    @property
-    def benign(self) -> bool:
-        """No worse than DESIGN L2's conditions: loss <= 5 %, jitter <= 20 ms, nothing else."""
-        return (
-            self.loss <= 0.05
-            and self.jitter <= 0.02
-            and self.delay <= 0.05
-            and self.duplicate == 0
-            and self.reorder == 0
-        )
 
 
 class Core(Protocol):
@@ -151,6 +138,26 @@ def _fields(q: QuorumOptions) -> dict[str, Any]:
     return {name: getattr(q, name) for name in q.__dataclass_fields__}
 
 
+_RESERVED = frozenset({"t", "node", "kind", "src", "seq", "incarnation", "reason"})
+"""Record fields an event's details must not shadow."""
+
+
+def _device(q: QdeviceConfig | None) -> dict[str, Any] | None:
+    """What the checker needs of a qdevice configuration."""
+    if q is None:
+        return None
+    return {"algorithm": q.algorithm, "votes": q.votes, "sync_timeout": q.sync_timeout}
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A frozen dataclass's fields as JSON values (enums as their values, tuples as lists)."""
+    out: dict[str, Any] = {}
+    for name in obj.__dataclass_fields__:
+        value = getattr(obj, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class NodeState:
     """What a node reports: installed view, quorate flag, expected votes, and the members its
@@ -168,36 +175,17 @@ class NodeState:
         """The member set quorum counts."""
         return self.members if self.counted is None else self.counted
 
+    def view(self) -> NodeView:
+        """The state as the timeline has it (the ring id as text, "1.1a")."""
+        ring = ring_text(*self.ring) if self.ring else None
+        return NodeView(ring, self.members, self.quorate, self.expected, self.counted)
+
     def describe(self) -> str:
-        ring = ring_text(*self.ring) if self.ring else "-"
-        q = "QUORATE" if self.quorate else "inquorate"
-        counted = "" if self.counts == self.members else f" counting={sorted(self.counts)}"
-        return f"ring={ring} members={sorted(self.members)} {q} expected={self.expected}{counted}"
+        return self.view().describe()
 
 
-@dataclass(frozen=True, slots=True)
-class Topology:
-    """The network from `at` until the next snapshot."""
-
-    at: float
-    alive: frozenset[int]
-    paused: frozenset[int]
-    cuts: frozenset[tuple[int, int]]
-    links: Mapping[tuple[int, int], LinkModel]
-    default: LinkModel
-
-    def link(self, src: int, dst: int) -> LinkModel:
-        return self.links.get((src, dst), self.default)
-
-    def mutual(self, a: int, b: int) -> bool:
-        """Both directions up (not cut) between two running nodes."""
-        running = self.alive - self.paused
-        return a in running and b in running and (a, b) not in self.cuts and (b, a) not in self.cuts
-
-    def benign(self) -> bool:
-        """Every link between running nodes is no worse than L2's conditions."""
-        running = self.alive - self.paused
-        return all(self.link(a, b).benign for a in running for b in running if a != b)
+Topology = Network
+"""The network from `at` until the next snapshot (the timeline's `Network`)."""
 
 
 @dataclass(slots=True)
@@ -268,6 +256,10 @@ class SimNetwork:
         """When each node removed from the configuration stopped."""
         self.reconfigured = False
         """Set once a node applied a configuration at run time."""
+        self.records: list[Record] = []
+        """Timeline records as they happened (`timeline()` adds the run, config and end)."""
+        self.held_back: set[int] = set()
+        self._event_seq: dict[int, int] = {}
         self._push(self.audit_interval, _ACTION, 0, self._audit)
         self._snapshot()
 
@@ -342,6 +334,8 @@ class SimNetwork:
         slot.paused_until = None
         slot.inbox.clear()
         self.note(f"n{node} start incarnation={slot.incarnation} max_seq={slot.max_seq}")
+        self._event_seq[node] = 0
+        self._proc(node, "started")
         self._snapshot()
         self._call(node, iface.Start(self._wall()))
         for peer in slot.config.peers:
@@ -351,8 +345,9 @@ class SimNetwork:
         if self.qnetd is not None and slot.core is not None:
             self.qnetd.node_started(node)
 
-    def crash(self, node: int) -> None:
-        """kill -9: the core is dropped; datagrams to it are lost until it restarts."""
+    def crash(self, node: int, *, reason: str = "") -> None:
+        """kill -9: the core is dropped; datagrams to it are lost until it restarts. `reason`
+        (leave, removed): the process exited on its own."""
         slot = self.slots[node]
         if slot.core is None:
             return
@@ -364,6 +359,7 @@ class SimNetwork:
         if self.qnetd is not None:
             self.qnetd.node_gone(node, "crash")
         self.note(f"n{node} CRASH")
+        self._proc(node, "exited" if reason else "killed", reason)
         self._record(node, None)
         self._snapshot()
 
@@ -383,7 +379,7 @@ class SimNetwork:
         if self.slots[node].core is None:
             return
         self._call(node, iface.Stop("shutdown"))
-        self.crash(node)
+        self.crash(node, reason="leave")
 
     def restart(self, node: int) -> None:
         """Start a crashed node again (no-op when it runs)."""
@@ -396,6 +392,7 @@ class SimNetwork:
             return
         slot.paused_until = self.now + duration
         self.note(f"n{node} PAUSE {duration:.3f}s")
+        self._proc(node, "paused")
         self._push(slot.paused_until, _RESUME, node, slot.incarnation)
         self._snapshot()
 
@@ -498,10 +495,21 @@ class SimNetwork:
     def hold_back(self, node: int) -> None:
         """A node that is not started until it is added (`add_node`)."""
         self.slots[node].startable = False
+        self.held_back.add(node)
 
     def set_expected(self, node: int, value: int | None) -> None:
         """`votemesh expected N` on one node."""
         self.note(f"n{node} operator sets expected votes {value}")
+        self.records.append(
+            {
+                "t": self.now,
+                "node": node,
+                "kind": "note",
+                "src": "sim",
+                "operator": "expected",
+                "text": f"votemesh expected {value}",
+            }
+        )
         self.operator_lowered = True
         if self.slots[node].core is not None:
             self._call(node, iface.SetExpected(value))
@@ -520,6 +528,10 @@ class SimNetwork:
             self.topologies[-1] = topo
         else:
             self.topologies.append(topo)
+        links = {pair: model.to_dict() for pair, model in topo.links.items()}
+        self.records.append(
+            net_record(self.now, running, paused, cuts, links, topo.default.to_dict(), "sim")
+        )
 
     def _cut_by_links(self) -> set[tuple[int, int]]:
         """Pairs whose every shared link is cut in that direction (`cut_link`)."""
@@ -546,7 +558,7 @@ class SimNetwork:
         for effect in effects:
             changed = self._effect(node, slot, effect) or changed
         if not slot.startable and slot.core is core:  # Removed: the runtime stops
-            self.crash(node)
+            self.crash(node, reason="removed")
             return
         if changed:
             self._observe(node, core)
@@ -565,6 +577,7 @@ class SimNetwork:
         elif isinstance(effect, iface.Emit):
             ev = effect.event
             self.note(f"n{node} {ev.kind}: {ev.reason}")
+            self._event(node, slot, ev)
             return ev.kind in STATE_EVENTS
         elif isinstance(effect, iface.PersistMaxSeq):
             slot.max_seq = max(slot.max_seq, effect.value)
@@ -628,6 +641,7 @@ class SimNetwork:
         slot.paused_until = None
         inbox, slot.inbox = slot.inbox, []
         self.note(f"n{node} RESUME with {len(inbox)} queued datagrams")
+        self._proc(node, "resumed")
         self._snapshot()
         for src, inc, link, msg in inbox:
             self.delivered += 1
@@ -665,13 +679,13 @@ class SimNetwork:
         for node, slot in self.slots.items():
             if slot.core is not None and slot.paused_until is None:
                 before = slot.state
-                self._observe(node, slot.core)
+                self._observe(node, slot.core, "status")
                 if slot.state != before:
                     self.silent_changes.append((self.now, node))
                     self.note(f"n{node} SILENT state change (no event announced it)")
         self._push(self.now + self.audit_interval, _ACTION, 0, self._audit)
 
-    def _observe(self, node: int, core: Core) -> None:
+    def _observe(self, node: int, core: Core, src: str = "sim") -> None:
         status = core.status(self.now)
         ring = status.get("ring_id")
         state = NodeState(
@@ -683,6 +697,69 @@ class SimNetwork:
         )
         if state != self.slots[node].state:
             self._record(node, state)
+            record: Record = {"t": self.now, "node": node, "kind": "state", "src": src}
+            self.records.append(record | state.view().record_fields())
+
+    def _proc(self, node: int, state: str, reason: str = "") -> None:
+        record: Record = {"t": self.now, "node": node, "kind": "proc", "src": "sim"}
+        record |= {"state": state, "incarnation": self.slots[node].incarnation}
+        if reason:
+            record["reason"] = reason
+        self.records.append(record)
+
+    def _event(self, node: int, slot: _Slot, ev: Any) -> None:
+        """An agent event as a timeline record (its details under their own names; one that
+        would shadow a record field gets an `event_` prefix)."""
+        seq = self._event_seq.get(node, 0) + 1
+        self._event_seq[node] = seq
+        record: Record = {"t": self.now, "node": node, "kind": str(ev.kind), "src": "sim"}
+        for key, value in ev.details.items():
+            record[f"event_{key}" if key in _RESERVED else key] = value
+        record |= {"reason": ev.reason, "seq": seq, "incarnation": slot.incarnation}
+        self.records.append(record)
+
+    def timeline(self) -> Timeline:
+        """The run so far as a timeline: the run record (the first node's configuration, each
+        node's votes; `held` for nodes not started from the start), what happened, every
+        configuration each node applied (`config`), and the end (now)."""
+        first = next(iter(self.configs.values()))
+        votes = first.configured_votes()
+        nodes = {
+            str(n): {
+                "name": c.node_name,
+                "addresses": [lk.address for lk in c.links],
+                "votes": votes.get(n, 0),
+                "held": n in self.held_back or self.slots[n].incarnation == 0,
+            }
+            for n, c in sorted(self.configs.items())
+        }
+        qdevice = _device(first.qdevice) if self.qnetd is not None else None
+        run: Record = {"t": 0.0, "node": "lab", "kind": "run", "src": "sim"}
+        run |= {
+            "scenario": "sim",
+            "seed": self.seed,
+            "backend": "sim",
+            "nodes": nodes,
+            "timing": _plain(first.timing),
+            "quorum": _plain(first.quorum),
+            "qdevice": qdevice,
+        }
+        configs = [
+            {
+                "t": t,
+                "node": n,
+                "kind": "config",
+                "src": "sim",
+                "config_version": version,
+                "votes": {str(k): v for k, v in sorted(config.configured_votes().items())},
+                "quorum": _plain(config.quorum),
+                "qdevice": _device(config.qdevice) if qdevice else None,
+            }
+            for n, history in self.config_history.items()
+            for t, version, config in history
+        ]
+        end: Record = {"t": self.now, "node": "lab", "kind": "end", "src": "sim", "reason": "done"}
+        return Timeline([run, *self.records, *configs, end])
 
     def _record(self, node: int, state: NodeState | None) -> None:
         self.slots[node].state = state

@@ -163,6 +163,10 @@ class SimQnetd:
             elif isinstance(effect, VoteChanged):
                 vote = iface.QdeviceVote(effect.vote, client.connected, effect.reason, effect.ring)
                 self.net.note(f"n{node} qdevice vote={effect.vote} ring={effect.ring}")
+                self.net.records.append(
+                    {"t": self.net.now, "node": "qnetd", "kind": "qnetd_vote", "src": "sim"}
+                    | {"to": node, "vote": "ack" if effect.vote else "nack"}
+                )
                 self.net.at(self.net.now, functools.partial(self._to_node, node, client, vote))
             elif isinstance(effect, SessionEvent):
                 client.connected = effect.name == "connected"

@@ -34,13 +34,14 @@ from dataclasses import dataclass, field, replace
 from agent.config import AgentConfig, LinkConfig, PeerConfig, QuorumOptions, Timing
 from agent.membership import MemberView, RingId
 from agent.node import AgentNode, transition_span
-from votemesh_lab.checker import Checker, Violation, settle_time
+from votemesh_lab.checker import Violation, settle_time
 from votemesh_lab.sim.network import SimNetwork
 from votemesh_lab.sim.schedules import (
     CHECK_WINDOW,
     FORMATION,
     RunResult,
     Schedule,
+    judge,
     random_schedule,
 )
 
@@ -364,6 +365,6 @@ def run_reconfig_seed(seed: int, *, trace_limit: int | None = 2000) -> ReconfigR
         net.run_until(schedule.end)
     except Exception as exc:  # noqa: BLE001 -- a core raising or a busy loop is a finding
         net.note("".join(traceback.format_exception(exc, limit=-4)).rstrip())
-        result = RunResult(schedule, net, [Violation("ERROR", net.now, f"{exc!r}")])
+        result = RunResult(schedule, net, [Violation("ERROR", net.now, (), f"{exc!r}")])
         return ReconfigRun(result, driver)
-    return ReconfigRun(RunResult(schedule, net, Checker(net).check(schedule.end)), driver)
+    return ReconfigRun(judge(schedule, net), driver)

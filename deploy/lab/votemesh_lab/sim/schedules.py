@@ -104,10 +104,12 @@ class RunResult:
     schedule: Schedule
     net: SimNetwork
     violations: list[Violation] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    """Why the checker could not judge the run (missing records, no formation)."""
 
     @property
     def ok(self) -> bool:
-        return not self.violations
+        return not self.violations and not self.unknown
 
     def report(self, tail: int = TRACE_TAIL) -> str:
         """Seed, replay command, violations, the schedule and the trace tail."""
@@ -116,6 +118,7 @@ class RunResult:
             [
                 f"seed {s.seed} FAILED ({count} violations); replay: {s.replay_command()}",
                 *(f"  {v}" for v in self.violations[:10]),
+                *(f"  unknown: {why}" for why in self.unknown),
                 s.describe(),
                 f"--- trace tail ({tail} lines) ---",
                 self.net.trace_tail(tail),
@@ -292,8 +295,14 @@ def run_schedule(
         net.run_until(schedule.end)
     except Exception as exc:  # noqa: BLE001 -- a core raising or a busy loop is a finding
         net.note("".join(traceback.format_exception(exc, limit=-4)).rstrip())
-        return RunResult(schedule, net, [Violation("ERROR", net.now, f"{exc!r}")])
-    return RunResult(schedule, net, Checker(net).check(schedule.end))
+        return RunResult(schedule, net, [Violation("ERROR", net.now, (), f"{exc!r}")])
+    return judge(schedule, net)
+
+
+def judge(schedule: Schedule, net: SimNetwork) -> RunResult:
+    """The checker's verdict on a finished run, read from the run's timeline."""
+    verdict = Checker(net.timeline()).check()
+    return RunResult(schedule, net, verdict.violations, verdict.unknown)
 
 
 def run_seed(
