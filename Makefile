@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := mosquitto corosync corosync-qnetd corosync-qdevice corosync-vqsim libnss3-tools \
   iproute2 iptables openssh-server openssh-client
 
-.PHONY: help demo demo-corosync wire-tour test lint format ci bench soak fuzz system-deps deb clean chaos
+.PHONY: help demo demo-corosync wire-tour test lint format ci bench bench-lab soak fuzz system-deps deb clean chaos
 
 help:
 	@echo "make demo         live demo: 4 votemesh agents + votemesh-qnetd: split, loss, kill, rejoin (root)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint         ruff format --check, ruff check, mypy --strict"
 	@echo "make ci           lint + test, as CI runs them"
 	@echo "make bench        benchmarks: print figures, never fail on timing (one: $(PY) -m tests.bench cli)"
+	@echo "make bench-lab    votemesh vs corosync+qdevice+qnetd in the lab, one table (root; ~5-6 h, BENCH_LAB_QUICK=1 ~25 min)"
 	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N, SOAK_FIRST=seed)"
 	@echo "make fuzz         differential fuzz vs corosync-qnetd, 5,000 cases (~5 min; FUZZ_CASES=N FUZZ_SEED=S; root)"
 	@echo "make chaos        every library scenario through votemesh-lab run, reports in lab-store/ (~30 min; CHAOS=\"split-3-2 ...\"; root)"
@@ -67,6 +68,10 @@ ci: lint test
 
 bench: $(VENV)/.installed
 	$(PY) -m tests.bench
+
+# Side by side with corosync (docs/benchmarks.md): one stack at a time in the namespace lab.
+bench-lab: system-deps $(VENV)/.installed
+	$(PY) -m tests.bench lab_corosync
 
 SOAK_RUNS ?= 100000
 SOAK_FIRST ?= 0
