@@ -207,6 +207,8 @@ def test_user_mistakes_are_one_line_exit_1(lab_id: str) -> None:
         ("unshape", "--lab", lab_id, "1", "2"): "no shape between those hosts",
         ("exec", "--lab", lab_id, "1"): "say what to run",
         ("down", "--lab", "nothex"): "use 6 hex digits",
+        ("up", "--nodes", "2", "--wait", "nan"): "--wait nan: use a number of seconds",
+        ("up", "--nodes", "2", "--wait", "inf"): "--wait inf: use a number of seconds",
     }
     for args, needle in cases.items():
         line = one_line_error(lab_cli(*args))

@@ -101,6 +101,8 @@ def test_repeats_and_durations_expand_into_ids_and_undos() -> None:
         (("nodes = 3", 'nodes = 3\nqnetd = "paxos"'), "topology.qnetd: 'paxos'"),
         (('name = "t"', 'name = "T T"'), "name: 'T T'"),
         (('purpose = "a test"\n', ""), "missing purpose"),
+        (('f = "partition"', "f = []"), "nemesis[0].f: []"),
+        (("quorate = [1, 2]", "during = [[1], [1]]"), "expect[0].during: no nemesis [1]"),
     ],
 )
 def test_a_bad_file_is_one_line_naming_the_key(change: tuple[str, str], message: str) -> None:
@@ -119,6 +121,14 @@ def test_a_cluster_table_the_agent_refuses_is_refused_before_anything_runs() -> 
     """[cluster] is the agent's own keys: a value the agent's loader refuses is one line."""
     s = scenario.parse(GOOD.replace("nodes = 3", "nodes = 3\n[cluster]\ntiming = { preset = 'x' }"))
     with pytest.raises(ScenarioError, match=r"n1 a config the agent refuses: .*timing\.preset"):
+        check_node_configs(LabPlan.of(s))
+
+
+def test_a_cluster_value_toml_cannot_hold_is_one_line() -> None:
+    """`[cluster] ... = inf` is valid TOML the agent's file cannot carry: one ScenarioError line
+    (was a ValueError traceback out of the TOML writer)."""
+    s = scenario.parse(GOOD.replace("nodes = 3", "nodes = 3\n[cluster]\ntiming = { x = inf }"))
+    with pytest.raises(ScenarioError, match=r"n1 a config the agent refuses: TOML has no inf"):
         check_node_configs(LabPlan.of(s))
 
 

@@ -181,7 +181,7 @@ def check_node_configs(plan: LabPlan) -> dict[str, Any]:
                                       state_dir="state", qdevice=qdevice, mqtt=mqtt)  # fmt: skip
         try:
             parsed = parse_config(nodeconf.toml_text(config))
-        except ConfigError as exc:
+        except (ConfigError, ValueError) as exc:  # ValueError: a value TOML cannot hold (inf)
             why = f"[cluster] gives {spec.name} a config the agent refuses: {exc}"
             raise ScenarioError(why) from None
         if not first:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -124,8 +125,8 @@ def _validate_up(args: argparse.Namespace) -> str:
             raise UserError(f"--corosync: {reason}")
     if args.corosync and args.broker:
         raise UserError("--broker goes with the votemesh agents, not with --corosync")
-    if args.wait <= 0:
-        raise UserError(f"--wait {args.wait}: use a number of seconds above 0")
+    if not (math.isfinite(args.wait) and 0 < args.wait <= 3600):
+        raise UserError(f"--wait {args.wait}: use a number of seconds above 0, at most 3600")
     if args.broker:
         from votemesh_lab.broker import unavailable_reason  # noqa: PLC0415
 

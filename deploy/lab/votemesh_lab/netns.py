@@ -876,7 +876,14 @@ def _root_links(lab_id: str) -> list[str]:
     names = [
         line.split(":")[1].strip().split("@")[0] for line in listing.splitlines() if ":" in line
     ]
-    return [n for n in names if n.startswith(tap_prefix(lab_id)) or lab_id in n]
+    return lab_links(lab_id, names)
+
+
+def lab_links(lab_id: str, names: Iterable[str]) -> list[str]:
+    """Of these root-namespace link names, the lab's own TAPs (`t<id><port>`) and nothing else:
+    a host link that merely contains the id (`br-<hex>`, `veth<hex>`) is never the lab's."""
+    tap = re.compile(rf"{re.escape(tap_prefix(lab_id))}\d{{1,3}}")
+    return [n for n in names if tap.fullmatch(n)]
 
 
 def _namespace_pids(names: Iterable[str]) -> set[int]:

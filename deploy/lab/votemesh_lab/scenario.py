@@ -397,7 +397,7 @@ def _nemesis(index: int, raw: object, topology: Topology) -> Nemesis:
     if not isinstance(raw, Mapping):
         raise ScenarioError(f"{where}: must be a [[nemesis]] table")
     f = raw.get("f")
-    if f not in NEMESES:
+    if not isinstance(f, str) or f not in NEMESES:
         raise ScenarioError(f"{where}.f: {f!r}: use one of {', '.join(NEMESES)}")
     own, undo = NEMESES[f]
     _table(where, raw, COMMON_KEYS | own)
@@ -580,7 +580,7 @@ def _expect(index: int, raw: object, scenario: Scenario) -> Expect:
         if not (isinstance(during, list) and len(during) == 2):
             raise ScenarioError(f'{where}.during: two nemesis ids, e.g. ["split", "split.undo"]')
         for ident in during:
-            if ident not in ids:
+            if not isinstance(ident, str) or ident not in ids:
                 raise ScenarioError(f"{where}.during: no nemesis {ident!r}; ids: "
                                     f"{', '.join(sorted(ids)) or 'none'}")  # fmt: skip
         if picture or not window:

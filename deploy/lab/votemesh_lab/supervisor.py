@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -151,7 +152,7 @@ class Supervisor:
                     break
                 data += chunk
             reply = self.handle(json.loads(data))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             reply = {"ok": False, "error": f"bad request: {exc}"}
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(reply).encode() + b"\n")
@@ -168,6 +169,10 @@ class Supervisor:
             result: dict[str, Any] = handler(request)
         except (RequestError, GrudgeError, ImpairmentError, netns.LabError) as exc:
             return {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else op}
+        except Exception as exc:  # noqa: BLE001 (a bad request must not end the lab)
+            print(f"supervisor: request {op} failed", file=sys.stderr)
+            traceback.print_exc()
+            return {"ok": False, "error": f"{op} failed: {type(exc).__name__}: {exc}"[:200]}
         return {"ok": True, **result}
 
     def _host(self, request: dict[str, Any]) -> str:

@@ -335,14 +335,21 @@ L2_LOSS, L2_JITTER, L2_DELAY = 0.05, 0.02, 0.05
 """DESIGN L2's benign conditions: loss <= 5 %, jitter <= 20 ms (and a LAN-like delay)."""
 
 
+def _number(text: str, value: object, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise TimelineError(f"{value!r} is not a {what}") from None
+
+
 def seconds(value: object) -> float:
     """A time: a number of seconds, or tc's "20ms" / "300us" / "1.5s"."""
     if isinstance(value, str):
         text = value.strip()
         for unit, scale in _TIME_UNITS:
             if text.endswith(unit) and not (unit == "s" and text[-2:] in {"ms", "us"}):
-                return float(text[: -len(unit)]) * scale
-        return float(text)
+                return _number(text[: -len(unit)], value, "time") * scale
+        return _number(text, value, "time")
     if _is_number(value):
         return float(value)  # type: ignore[arg-type]
     raise TimelineError(f"{value!r} is not a time")
@@ -352,7 +359,9 @@ def fraction(value: object) -> float:
     """A share: a number 0..1, or tc's "5%"."""
     if isinstance(value, str):
         text = value.strip()
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        if text.endswith("%"):
+            return _number(text[:-1], value, "share") / 100
+        return _number(text, value, "share")
     if _is_number(value):
         return float(value)  # type: ignore[arg-type]
     raise TimelineError(f"{value!r} is not a share")
