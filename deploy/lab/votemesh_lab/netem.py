@@ -13,6 +13,7 @@ Optional: None means "not set here", so rules overlay field by field (`overlay`)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -240,6 +241,10 @@ class Impairment:
 
     def is_passthrough(self) -> bool:
         """Nothing would change a frame: forward it at once (the switch's fast path)."""
+        return self._passthrough
+
+    @functools.cached_property
+    def _passthrough(self) -> bool:  # once per impairment, not per frame (frozen: never stale)
         return not any(getattr(self, name) for name in _EFFECTIVE)
 
     def loss_fraction(self) -> float:

@@ -129,6 +129,8 @@ class Switch:
         self, fds: dict[int, int], seed: int | str = 0, names: dict[int, str] | None = None
     ) -> None:
         self.fds = fds
+        self._flood = {s: tuple(sorted(p for p in fds if p != s)) for s in fds}
+        """Per source port, the ports a broadcast or unknown destination floods to (in order)."""
         self.seed = seed
         self.names = names or {port: str(port) for port in fds}
         self.ports = {name: port for port, name in self.names.items()}
@@ -185,9 +187,9 @@ class Switch:
         destination = self.mac_table.get(frame[0:6]) if not frame[0] & 1 else None
         if destination == source:
             return
-        targets = [destination] if destination is not None else self.fds.keys() - {source}
+        targets = (destination,) if destination is not None else self._flood[source]
         now = self._loop.time()
-        for target in sorted(targets):
+        for target in targets:
             self._impair((source, target), frame, now)
 
     def impairment_of(self, pair: Pair) -> Impairment:
@@ -266,12 +268,18 @@ class Switch:
 
     def _count(self, pair: Pair, what: str) -> None:
         self.counters[what] += 1
-        self.pair_counters.setdefault(pair, Counter())[what] += 1
+        self._pair_counter(pair)[what] += 1
 
     def _drop(self, pair: Pair | None, reason: str) -> None:
         self.counters[f"dropped_{reason}"] += 1
         if pair is not None:
-            self.pair_counters.setdefault(pair, Counter())[f"dropped_{reason}"] += 1
+            self._pair_counter(pair)[f"dropped_{reason}"] += 1
+
+    def _pair_counter(self, pair: Pair) -> Counter[str]:
+        counter = self.pair_counters.get(pair)
+        if counter is None:  # made once per pair, not per frame
+            counter = self.pair_counters[pair] = Counter()
+        return counter
 
     # -- control -----------------------------------------------------------------------------
 
