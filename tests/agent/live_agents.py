@@ -97,10 +97,14 @@ class AgentCluster:
         timing: str = LAB_TIMING,
         extra: str = "",
         via: dict[tuple[int, int], tuple[str, int]] | None = None,
+        *,
+        prefix: tuple[str, ...] = (),
     ) -> None:
-        """`via[(a, b)] = (host, port)`: agent a sends to peer b at that address (a relay)."""
+        """`via[(a, b)] = (host, port)`: agent a sends to peer b at that address (a relay).
+        `prefix`: a command every agent runs under (e.g. `ip netns exec NAME`; it must exec)."""
         self.workdir = workdir
         self.via = via or {}
+        self.prefix = prefix
         self.key_path = workdir / "cluster.key"
         workdir.mkdir(parents=True, exist_ok=True)
         keygen(self.key_path)
@@ -137,21 +141,45 @@ class AgentCluster:
             f'link0 = "{host}:{port}"'
         )
 
-    def start(self, node_id: int, *extra_args: str) -> LiveAgent:
-        """Start one agent (appending to its log) and wait until its control socket answers."""
+    def spawn(self, node_id: int, *extra_args: str) -> LiveAgent:
+        """Start one agent's process (appending to its log); do not wait for it."""
         agent = self.agents[node_id]
         args = [str(BIN / "votemesh-agent"), "--config", str(agent.config_path), *extra_args]
         with agent.log_path.open("ab") as log:
-            agent.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            agent.process = subprocess.Popen(
+                [*self.prefix, *args], stdout=log, stderr=subprocess.STDOUT
+            )
+        return agent
+
+    def start(self, node_id: int, *extra_args: str) -> LiveAgent:
+        """Start one agent (appending to its log) and wait until its control socket answers."""
+        agent = self.spawn(node_id, *extra_args)
         self.wait_for(lambda: agent.status() is not None or not agent.running, 20, "control")
         if not agent.running:
             raise RuntimeError(f"agent {node_id} exited: {agent.log_path.read_text()[-2000:]}")
         return agent
 
-    def start_all(self) -> None:
-        """Start every agent."""
+    def start_all(self, *, together: bool = False) -> None:
+        """Start every agent; `together`: all processes at once, then wait for every socket."""
+        if not together:
+            for node_id in self.agents:
+                self.start(node_id)
+            return
         for node_id in self.agents:
-            self.start(node_id)
+            self.spawn(node_id)
+        pending = set(self.agents)
+
+        def answering() -> bool:
+            for node_id in sorted(pending):
+                agent = self.agents[node_id]
+                if not agent.running:
+                    log = agent.log_path.read_text()[-2000:]
+                    raise RuntimeError(f"agent {node_id} exited: {log}")
+                if agent.status() is not None:
+                    pending.discard(node_id)
+            return not pending
+
+        self.wait_for(answering, 20 + len(self.agents), "every control socket", 0.2)
 
     def kill(self, node_id: int) -> None:
         """SIGKILL one agent we started, and reap it."""
