@@ -657,7 +657,8 @@ def bench(mode: Mode, tmp: Path) -> None:
     codes: list[tuple[str, Path | None]] = [("agents", None)]
     if mode.baseline:
         short, tree = baseline_tree(mode.baseline, tmp / "baseline")
-        codes.insert(0, (f"agents@{short}", tree))
+        print(f"  baseline: agents@{mode.baseline} is commit {short}, run right before each size")
+        codes.insert(0, (f"agents@{mode.baseline}", tree))
     rows: list[AgentRow] = []
     for nodes in mode.sizes:
         for label, code in codes:
