@@ -75,7 +75,7 @@ def test_24_agents_one_view_quiet_idle_kill_and_rejoin(tmp_path: Path) -> None:
         cluster.close()
     print(
         f"\n24 agents: formed in {formed:.1f} s, idle window ends at {idle_end - started:.1f} s, "
-        f"survivors' view {killed - idle_end:.1f} s after the kill, restart {restarted - killed:.1f}"
-        f" s, one view again {rejoined - restarted:.1f} s later; whole test "
-        f"{time.monotonic() - started:.1f} s"
+        f"survivors' view {killed - idle_end:.1f} s after the kill, restart "
+        f"{restarted - killed:.1f} s, one view again {rejoined - restarted:.1f} s later; "
+        f"whole test {time.monotonic() - started:.1f} s"
     )
