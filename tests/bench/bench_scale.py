@@ -234,6 +234,22 @@ class Namespace:
         """Remove every rule in the namespace's INPUT chain (only ours are there)."""
         self.run(["iptables", "-w", "-F", "INPUT"])
 
+    def loopback_counters(self) -> tuple[int, int]:
+        """(bytes, packets) sent on the namespace's lo so far: only our agents' datagrams."""
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.name, "cat", "/proc/net/dev"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        for line in result.stdout.splitlines():
+            name, _, numbers = line.partition(":")
+            if name.strip() == "lo":
+                fields = numbers.split()
+                return int(fields[8]), int(fields[9])  # transmit bytes, packets
+        raise BenchError(f"no lo in /proc/net/dev of {self.name}")
+
 
 def run(args: Sequence[str], stdin: str | None = None) -> None:
     """Run a set-up command; BenchError with its message when it fails."""
@@ -276,21 +292,32 @@ class AgentRow:
     majority_lost: int = 0
     heal: list[float] = field(default_factory=list)
     split_skipped: str | None = None
+    wire_bytes: float | None = None
+    """Mean bytes per datagram on lo (payload + 8 UDP + 20 IP + 14 Ethernet header bytes)."""
+    wire_per_s: float | None = None
+    """Bytes per second sent per agent on lo (headers included)."""
     load_idle: float = 0.0
     wall_s: float = 0.0
 
 
-def idle_window(cluster: AgentCluster, tails: dict[int, LogTail], row: AgentRow) -> None:
-    """CPU, RSS, datagrams/s and view changes of every agent over the idle window."""
+def idle_window(
+    cluster: AgentCluster, tails: dict[int, LogTail], row: AgentRow, ns: Namespace | None
+) -> None:
+    """CPU, RSS, datagrams/s, bytes and view changes of every agent over the idle window."""
     everyone = sorted(cluster.agents)
     time.sleep(2.0)
     pids = {i: a.process.pid for i, a in cluster.agents.items() if a.process is not None}
     before = {i: runtime(cluster, i) for i in everyone}
+    wire0 = ns.loopback_counters() if ns else None
     start_wall, start = time.time(), time.monotonic()
     cpu0 = {i: cpu_seconds(pid) for i, pid in pids.items()}
     time.sleep(row.idle_s)
     elapsed = time.monotonic() - start
     cpu = [(cpu_seconds(pid) - cpu0[i]) / elapsed * 100 for i, pid in pids.items()]
+    if ns and wire0:
+        wire_bytes, packets = (b - a for a, b in zip(wire0, ns.loopback_counters(), strict=True))
+        row.wire_bytes = wire_bytes / max(packets, 1)
+        row.wire_per_s = wire_bytes / elapsed / len(everyone)
     end_wall = time.time()
     row.load_idle = load()
     row.rss_mean = statistics.mean(rss_mib(pid) for pid in pids.values())
@@ -418,7 +445,7 @@ def measure(
         cluster.start_all(together=True)
         cluster.wait_for(lambda: cluster.one_view(everyone), SETTLE, f"one view of {nodes}", 0.25)
         row.formation_s = time.time() - begin
-        idle_window(cluster, tails, row)
+        idle_window(cluster, tails, row, ns)
         kill_rounds(cluster, tails, mode.kills(nodes), row)
         if ns is None:
             row.split_skipped = namespace_missing() or "no namespace"
@@ -485,6 +512,9 @@ HEADERS = [
     "RSS MiB",
     "sent/s",
     "recv/s",
+    "us CPU/dgram rx+tx",
+    "B/datagram",
+    "kB/s sent",
     "view chg idle",
     "kill->view p50 ms",
     "p99 ms",
@@ -495,6 +525,13 @@ HEADERS = [
     "wall s",
     "load",
 ]
+
+
+def us_per_datagram(row: AgentRow) -> float | None:
+    """An agent's CPU per datagram received and one sent, in microseconds (c_rx + c_tx of
+    design §3.14, wake-ups included): CPU over the mean of the two rates."""
+    pairs = (row.sent_per_s + row.received_per_s) / 2
+    return row.cpu_mean / 100 / pairs * 1e6 if pairs else None
 
 
 def agent_cells(row: AgentRow) -> list[str]:
@@ -510,6 +547,9 @@ def agent_cells(row: AgentRow) -> list[str]:
         cell(row.rss_mean),
         cell(row.sent_per_s, 0),
         cell(row.received_per_s, 0),
+        cell(us_per_datagram(row), 0),
+        cell(row.wire_bytes, 0),
+        cell(None if row.wire_per_s is None else row.wire_per_s / 1000, 1),
         cell(row.view_changes),
         cell(statistics.median(ms) if ms else None, 0),
         cell(percentile(ms, 99) if ms else None, 0),
@@ -547,6 +587,9 @@ def sim_cells(row: Mapping[str, Any], load_at: float) -> list[str]:
         cell(None),
         cell(None),
         cell(None),
+        cell(None),
+        cell(None),
+        cell(None),
         cell(ms("minority_inquorate_s"), 0),
         "never" if majority is None else cell(ms("majority_inquorate_s"), 0),
         cell(None),
@@ -571,6 +614,14 @@ def curves(rows: Sequence[AgentRow], sims: Sequence[Mapping[str, Any]]) -> list[
                 "/s",
             ),
             curve_line(f"{label}: RSS per agent", xs, [r.rss_mean for r in mine], "MiB"),
+            curve_line(
+                f"{label}: CPU per datagram received + sent",
+                xs,
+                [us_per_datagram(r) for r in mine],
+                "us",
+            ),
+            curve_line(f"{label}: bytes per datagram", xs, [r.wire_bytes for r in mine], "B"),
+            curve_line(f"{label}: bytes/s sent per agent", xs, [r.wire_per_s for r in mine], "B/s"),
             curve_line(
                 f"{label}: kill -9 -> view p99",
                 xs,
