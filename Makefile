@@ -16,6 +16,7 @@ help:
 	@echo "make lint         ruff format --check, ruff check, mypy --strict"
 	@echo "make ci           lint + test, as CI runs them"
 	@echo "make bench        benchmarks: print figures, never fail on timing (one: $(PY) -m tests.bench cli)"
+	@echo "                 (BENCH_SCALE_LONG=1: the scaling bench's 10-minute idle and 10 kills at 32 agents)"
 	@echo "make bench-lab    votemesh vs corosync+qdevice+qnetd in the lab, one table (root; ~5-6 h, BENCH_LAB_QUICK=1 ~25 min)"
 	@echo "make soak         100,000 random fault schedules through the simulator (about an hour; SOAK_RUNS=N, SOAK_FIRST=seed)"
 	@echo "make fuzz         differential fuzz vs corosync-qnetd, 5,000 cases (~5 min; FUZZ_CASES=N FUZZ_SEED=S; root)"
