@@ -50,6 +50,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -270,21 +271,43 @@ def namespace_missing() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Idle:
+    """The idle window's figures, per agent."""
+
+    seconds: float
+    cpu_mean: float
+    """% of a core."""
+    cpu_max: float
+    rss_mean: float
+    """MiB."""
+    sent_per_s: float
+    received_per_s: float
+    view_changes: int
+    """`view_installed` lines logged by any agent in the window (want 0)."""
+    one_view_after: bool
+    wire_bytes: float | None
+    """Mean bytes per datagram on lo (payload + 8 UDP + 20 IP + 14 Ethernet header bytes)."""
+    wire_per_s: float | None
+    """Bytes per second sent per agent on lo (headers included)."""
+    load: float
+
+    @property
+    def us_per_datagram(self) -> float | None:
+        """CPU per datagram received and one sent, in microseconds (c_rx + c_tx of design
+        §3.14, wake-ups included): CPU over the mean of the two rates."""
+        pairs = (self.sent_per_s + self.received_per_s) / 2
+        return self.cpu_mean / 100 / pairs * 1e6 if pairs else None
+
+
 @dataclass
 class AgentRow:
     """The figures of one cluster size (one code revision)."""
 
     label: str
     nodes: int
-    formation_s: float = 0.0
-    cpu_mean: float = 0.0
-    cpu_max: float = 0.0
-    rss_mean: float = 0.0
-    sent_per_s: float = 0.0
-    received_per_s: float = 0.0
-    idle_s: float = 0.0
-    view_changes: int = 0
-    one_view_after_idle: bool = False
+    formation_s: float | None = None
+    idle: Idle | None = None
     kill_last: list[float] = field(default_factory=list)
     kill_each: list[float] = field(default_factory=list)
     minority: list[float] = field(default_factory=list)
@@ -292,18 +315,15 @@ class AgentRow:
     majority_lost: int = 0
     heal: list[float] = field(default_factory=list)
     split_skipped: str | None = None
-    wire_bytes: float | None = None
-    """Mean bytes per datagram on lo (payload + 8 UDP + 20 IP + 14 Ethernet header bytes)."""
-    wire_per_s: float | None = None
-    """Bytes per second sent per agent on lo (headers included)."""
-    load_idle: float = 0.0
+    failed: str | None = None
+    """What went wrong (the figures before it stand)."""
     wall_s: float = 0.0
 
 
 def idle_window(
-    cluster: AgentCluster, tails: dict[int, LogTail], row: AgentRow, ns: Namespace | None
-) -> None:
-    """CPU, RSS, datagrams/s, bytes and view changes of every agent over the idle window."""
+    cluster: AgentCluster, tails: dict[int, LogTail], seconds: float, ns: Namespace | None
+) -> Idle:
+    """CPU, RSS, datagrams/s, bytes and view changes of every agent over `seconds` idle."""
     everyone = sorted(cluster.agents)
     time.sleep(2.0)
     pids = {i: a.process.pid for i, a in cluster.agents.items() if a.process is not None}
@@ -311,26 +331,36 @@ def idle_window(
     wire0 = ns.loopback_counters() if ns else None
     start_wall, start = time.time(), time.monotonic()
     cpu0 = {i: cpu_seconds(pid) for i, pid in pids.items()}
-    time.sleep(row.idle_s)
+    time.sleep(seconds)
     elapsed = time.monotonic() - start
     cpu = [(cpu_seconds(pid) - cpu0[i]) / elapsed * 100 for i, pid in pids.items()]
+    wire_bytes = wire_per_s = None
     if ns and wire0:
-        wire_bytes, packets = (b - a for a, b in zip(wire0, ns.loopback_counters(), strict=True))
-        row.wire_bytes = wire_bytes / max(packets, 1)
-        row.wire_per_s = wire_bytes / elapsed / len(everyone)
+        sent_bytes, packets = (b - a for a, b in zip(wire0, ns.loopback_counters(), strict=True))
+        wire_bytes = sent_bytes / max(packets, 1)
+        wire_per_s = sent_bytes / elapsed / len(everyone)
     end_wall = time.time()
-    row.load_idle = load()
-    row.rss_mean = statistics.mean(rss_mib(pid) for pid in pids.values())
+    load_now = load()
+    rss = statistics.mean(rss_mib(pid) for pid in pids.values())
     after = {i: runtime(cluster, i) for i in everyone}
-    row.cpu_mean, row.cpu_max = statistics.mean(cpu), max(cpu)
     sent, received = [], []
     for i in everyone:
         span = after[i]["uptime_s"] - before[i]["uptime_s"]
         sent.append((after[i]["sent"] - before[i]["sent"]) / span)
         received.append((after[i]["received"] - before[i]["received"]) / span)
-    row.sent_per_s, row.received_per_s = statistics.mean(sent), statistics.mean(received)
-    row.view_changes = sum(t.count(start_wall, end_wall, "view_installed") for t in tails.values())
-    row.one_view_after_idle = cluster.one_view(everyone)
+    return Idle(
+        seconds=seconds,
+        cpu_mean=statistics.mean(cpu),
+        cpu_max=max(cpu),
+        rss_mean=rss,
+        sent_per_s=statistics.mean(sent),
+        received_per_s=statistics.mean(received),
+        view_changes=sum(t.count(start_wall, end_wall, "view_installed") for t in tails.values()),
+        one_view_after=cluster.one_view(everyone),
+        wire_bytes=wire_bytes,
+        wire_per_s=wire_per_s,
+        load=load_now,
+    )
 
 
 def runtime(cluster: AgentCluster, node_id: int) -> dict[str, float]:
@@ -370,6 +400,16 @@ def wait_logged(
     return found
 
 
+def settle(cluster: AgentCluster, tails: Mapping[int, LogTail], after: float, what: str) -> float:
+    """Wait until every agent logged a view of all after `after`, then holds one view of all
+    (status documents, polled slowly: 32 status requests are CPU the agents need); the time of
+    the last agent's such view."""
+    everyone = sorted(cluster.agents)
+    logged = wait_logged(tails, everyone, after, "view_installed", what, members=everyone)
+    cluster.wait_for(lambda: cluster.one_view(everyone), SETTLE, what, 0.5)
+    return max(logged.values())
+
+
 def kill_rounds(
     cluster: AgentCluster, tails: dict[int, LogTail], kills: int, row: AgentRow
 ) -> None:
@@ -392,8 +432,9 @@ def kill_rounds(
         latencies = [at - killed_at for at in times.values()]
         row.kill_last.append(max(latencies))
         row.kill_each += latencies
+        restarted_at = time.time()
         cluster.start(victim)
-        cluster.wait_for(lambda: cluster.one_view(everyone), SETTLE, "one view again", 0.25)
+        settle(cluster, tails, restarted_at, f"one view again after restarting {victim}")
 
 
 def split_rounds(
@@ -425,7 +466,7 @@ def split_rounds(
         row.majority_lost += sum(
             tails[n].count(cut_at, max(whole.values()), "quorum_lost") for n in majority
         )
-        cluster.wait_for(lambda: cluster.one_view(everyone), SETTLE, "one view healed", 0.25)
+        settle(cluster, tails, healed_at, "one view after the heal")
 
 
 def measure(
@@ -438,35 +479,52 @@ def measure(
         prefix = (*prefix, "env", f"PYTHONPATH={code}")
     cluster = AgentCluster(workdir, nodes, timing=LAN_TIMING, prefix=prefix)
     tails = {i: LogTail(a.log_path) for i, a in cluster.agents.items()}
-    row = AgentRow(label, nodes, idle_s=mode.idle_s)
-    everyone = sorted(cluster.agents)
+    row = AgentRow(label, nodes)
     try:
         begin = time.time()
         cluster.start_all(together=True)
-        cluster.wait_for(lambda: cluster.one_view(everyone), SETTLE, f"one view of {nodes}", 0.25)
-        row.formation_s = time.time() - begin
-        idle_window(cluster, tails, row, ns)
+        row.formation_s = settle(cluster, tails, begin, f"one view of {nodes}") - begin
+        row.idle = idle_window(cluster, tails, mode.idle_s, ns)
         kill_rounds(cluster, tails, mode.kills(nodes), row)
         if ns is None:
             row.split_skipped = namespace_missing() or "no namespace"
         else:
             split_rounds(cluster, tails, ns, mode.splits, row)
+    except (RuntimeError, OSError) as error:  # BenchError too: the figures so far stand
+        row.failed = f"{error} ({views_seen(cluster)}; load {load():.2f})"
     finally:
         cluster.close()
     row.wall_s = time.monotonic() - started
     return row
 
 
+def views_seen(cluster: AgentCluster) -> str:
+    """What the running agents hold: the commonest (members, quorate) pictures, for a failure."""
+    pictures = Counter(
+        (len(doc["members"]), bool(doc["quorate"]))
+        for doc in cluster.statuses().values()
+        if doc is not None
+    )
+    shown = ", ".join(
+        f"{n} x {size} members{'' if q else ' inquorate'}"
+        for (size, q), n in pictures.most_common(4)
+    )
+    return f"agents hold: {shown or 'nothing (no status)'}"
+
+
 def print_row(row: AgentRow) -> None:
     """One size's figures as soon as they are in (the table comes at the end)."""
-    print(
-        f"  {row.label} N={row.nodes}: formed in {row.formation_s:.1f} s; idle {row.idle_s:g} s: "
-        f"CPU/agent mean {row.cpu_mean:.2f} % max {row.cpu_max:.2f} %, RSS {row.rss_mean:.1f} MiB, "
-        f"{row.sent_per_s:.0f} datagrams/s sent, {row.received_per_s:.0f}/s received, "
-        f"{row.view_changes} view changes, one view after: {row.one_view_after_idle} "
-        f"(load {row.load_idle:.2f})",
-        flush=True,
-    )
+    idle = row.idle
+    if row.formation_s is not None:
+        print(f"  {row.label} N={row.nodes}: formed in {row.formation_s:.1f} s", flush=True)
+    if idle is not None:
+        print(
+            f"    idle {idle.seconds:g} s: CPU/agent mean {idle.cpu_mean:.2f} % max "
+            f"{idle.cpu_max:.2f} %, RSS {idle.rss_mean:.1f} MiB, {idle.sent_per_s:.0f} "
+            f"datagrams/s sent, {idle.received_per_s:.0f}/s received, {idle.view_changes} view "
+            f"changes, one view after: {idle.one_view_after} (load {idle.load:.2f})",
+            flush=True,
+        )
     if row.kill_last:
         print(
             f"    kill -9 x{len(row.kill_last)} -> new view on all {row.nodes - 1} survivors: "
@@ -488,6 +546,8 @@ def print_row(row: AgentRow) -> None:
         )
     elif row.split_skipped:
         print(f"    split skipped: {row.split_skipped}", flush=True)
+    if row.failed:
+        print(f"  {row.label} N={row.nodes}: FAILED: {row.failed}", flush=True)
 
 
 def sim_rows(sizes: Sequence[int]) -> list[dict[str, Any]] | str:
@@ -527,30 +587,29 @@ HEADERS = [
 ]
 
 
-def us_per_datagram(row: AgentRow) -> float | None:
-    """An agent's CPU per datagram received and one sent, in microseconds (c_rx + c_tx of
-    design §3.14, wake-ups included): CPU over the mean of the two rates."""
-    pairs = (row.sent_per_s + row.received_per_s) / 2
-    return row.cpu_mean / 100 / pairs * 1e6 if pairs else None
-
-
 def agent_cells(row: AgentRow) -> list[str]:
-    """An agent row of the table."""
+    """An agent row of the table (`-`: not measured, e.g. after a failure)."""
+    idle = row.idle
     ms = [x * 1000 for x in row.kill_last]
+
+    def of(name: str) -> Any:
+        return None if idle is None else getattr(idle, name)
+
+    wire_per_s = of("wire_per_s")
     return [
-        row.label,
+        row.label + (" FAILED" if row.failed else ""),
         str(row.nodes),
         cell(row.formation_s),
-        cell(row.cpu_mean, 2),
-        cell(row.cpu_max, 2),
+        cell(of("cpu_mean"), 2),
+        cell(of("cpu_max"), 2),
         cell(None),
-        cell(row.rss_mean),
-        cell(row.sent_per_s, 0),
-        cell(row.received_per_s, 0),
-        cell(us_per_datagram(row), 0),
-        cell(row.wire_bytes, 0),
-        cell(None if row.wire_per_s is None else row.wire_per_s / 1000, 1),
-        cell(row.view_changes),
+        cell(of("rss_mean")),
+        cell(of("sent_per_s"), 0),
+        cell(of("received_per_s"), 0),
+        cell(of("us_per_datagram"), 0),
+        cell(of("wire_bytes"), 0),
+        cell(None if wire_per_s is None else wire_per_s / 1000, 1),
+        cell(of("view_changes")),
         cell(statistics.median(ms) if ms else None, 0),
         cell(percentile(ms, 99) if ms else None, 0),
         cell(max(row.minority) * 1000 if row.minority else None, 0),
@@ -562,7 +621,7 @@ def agent_cells(row: AgentRow) -> list[str]:
         cell(max(row.heal) * 1000 if row.heal else None, 0),
         cell(None),
         cell(row.wall_s, 0),
-        cell(row.load_idle, 2),
+        cell(of("load"), 2),
     ]
 
 
@@ -605,23 +664,19 @@ def curves(rows: Sequence[AgentRow], sims: Sequence[Mapping[str, Any]]) -> list[
     for label in dict.fromkeys(r.label for r in rows):
         mine = [r for r in rows if r.label == label]
         xs = [float(r.nodes) for r in mine]
+
+        def of(name: str, rows: list[AgentRow] = mine) -> list[float | None]:
+            return [None if r.idle is None else getattr(r.idle, name) for r in rows]
+
         lines += [
-            curve_line(f"{label}: CPU per agent", xs, [r.cpu_mean for r in mine], "% of a core"),
+            curve_line(f"{label}: CPU per agent", xs, of("cpu_mean"), "% of a core"),
+            curve_line(f"{label}: datagrams received/s per agent", xs, of("received_per_s"), "/s"),
+            curve_line(f"{label}: RSS per agent", xs, of("rss_mean"), "MiB"),
             curve_line(
-                f"{label}: datagrams received/s per agent",
-                xs,
-                [r.received_per_s for r in mine],
-                "/s",
+                f"{label}: CPU per datagram received + sent", xs, of("us_per_datagram"), "us"
             ),
-            curve_line(f"{label}: RSS per agent", xs, [r.rss_mean for r in mine], "MiB"),
-            curve_line(
-                f"{label}: CPU per datagram received + sent",
-                xs,
-                [us_per_datagram(r) for r in mine],
-                "us",
-            ),
-            curve_line(f"{label}: bytes per datagram", xs, [r.wire_bytes for r in mine], "B"),
-            curve_line(f"{label}: bytes/s sent per agent", xs, [r.wire_per_s for r in mine], "B/s"),
+            curve_line(f"{label}: bytes per datagram", xs, of("wire_bytes"), "B"),
+            curve_line(f"{label}: bytes/s sent per agent", xs, of("wire_per_s"), "B/s"),
             curve_line(
                 f"{label}: kill -9 -> view p99",
                 xs,
