@@ -626,7 +626,8 @@ def agent_cells(row: AgentRow) -> list[str]:
 
 
 def sim_cells(row: Mapping[str, Any], load_at: float) -> list[str]:
-    """A simulator row of the table (scale-sim's keys; a missing key is `-`)."""
+    """A simulator row of the table (scale-sim's keys; a missing key is `-`; its formation and
+    split times are simulated seconds, its wall time real)."""
 
     def ms(key: str) -> float | None:
         value = row.get(key)
@@ -634,7 +635,7 @@ def sim_cells(row: Mapping[str, Any], load_at: float) -> list[str]:
 
     majority = row.get("majority_inquorate_s")
     return [
-        "simulator",
+        f"simulator {row.get('split', '')}".strip(),
         str(row.get("nodes")),
         cell(row.get("formation_s")),
         cell(row.get("cost_pct_per_node"), 2),
@@ -651,10 +652,10 @@ def sim_cells(row: Mapping[str, Any], load_at: float) -> list[str]:
         cell(None),
         cell(ms("minority_inquorate_s"), 0),
         "never" if majority is None else cell(ms("majority_inquorate_s"), 0),
-        cell(None),
+        cell(ms("rejoined_s"), 0),
         cell(row.get("violations")),
         cell(row.get("wall_s"), 0),
-        cell(load_at, 2),
+        cell(row.get("load", load_at), 2),
     ]
 
 
