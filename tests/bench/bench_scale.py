@@ -764,8 +764,9 @@ def bench(mode: Mode, tmp: Path) -> None:
     codes: list[tuple[str, Path | None]] = [("agents", None)]
     if mode.baseline:
         short, tree = baseline_tree(mode.baseline, tmp / "baseline")
-        print(f"  baseline: agents@{mode.baseline} is commit {short}, run right before each size")
-        codes.insert(0, (f"agents@{mode.baseline}", tree))
+        name = short if len(mode.baseline) > len(short) else mode.baseline  # a hash: shortened
+        print(f"  baseline: agents@{name} is commit {short}, run right before each size")
+        codes.insert(0, (f"agents@{name}", tree))
     rows: list[AgentRow] = []
     for nodes in mode.sizes:
         for label, code in codes:
