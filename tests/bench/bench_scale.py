@@ -59,6 +59,7 @@ from typing import Any
 
 from tests.agent.live_agents import LAN_TIMING, AgentCluster
 from tests.bench.bench_agent import cpu_seconds, rss_mib
+from tests.bench.bench_lab_corosync import machine
 from tests.bench.scale_table import cell, curve_line, markdown_table, percentile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -724,17 +725,6 @@ def baseline_tree(rev: str, into: Path) -> tuple[str, Path]:
     )
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return short.stdout.strip(), into
-
-
-def machine() -> str:
-    """CPU model and count."""
-    model = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} CPUs ({model})"
 
 
 @contextlib.contextmanager
