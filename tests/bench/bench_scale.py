@@ -315,6 +315,8 @@ class AgentRow:
     majority_view: list[float] = field(default_factory=list)
     majority_lost: int = 0
     heal: list[float] = field(default_factory=list)
+    kill_load: float = 0.0
+    """The load average after the last kill round."""
     split_skipped: str | None = None
     failed: str | None = None
     """What went wrong (the figures before it stand)."""
@@ -433,6 +435,7 @@ def kill_rounds(
         latencies = [at - killed_at for at in times.values()]
         row.kill_last.append(max(latencies))
         row.kill_each += latencies
+        row.kill_load = load()
         restarted_at = time.time()
         cluster.start(victim)
         settle(cluster, tails, restarted_at, f"one view again after restarting {victim}")
@@ -532,7 +535,7 @@ def print_row(row: AgentRow) -> None:
             f"p50 {statistics.median(row.kill_last) * 1000:.0f} ms, "
             f"p99 {percentile(row.kill_last, 99) * 1000:.0f} ms "
             f"(each survivor: p50 {statistics.median(row.kill_each) * 1000:.0f}, "
-            f"min {min(row.kill_each) * 1000:.0f} ms)",
+            f"min {min(row.kill_each) * 1000:.0f} ms; load {row.kill_load:.2f})",
             flush=True,
         )
     if row.minority:
