@@ -450,8 +450,7 @@ class Links:
                         if hedge is not None:
                             out.append(DueSend(peer, hedge, "hedge"))
                 due = self._due(lk, kind)
-                if due < send:
-                    send = due
+                send = min(send, due)
             # Sending moves only the sends: what expires (the cached expiry, a lower bound
             # when the peer has no link up) does not depend on them.
             sends.set(peer, send)
