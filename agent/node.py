@@ -562,6 +562,10 @@ class AgentNode:
         )
         if changes:
             self._link_changes(changes)
+        self._take_report(pid, peer, hb, wall_ms)
+
+    def _take_report(self, pid: int, peer: _Peer, hb: Heartbeat, wall_ms: int) -> None:
+        """What a fresh heartbeat reports: votes, expected votes, its clock, its membership."""
         wire_set = hb.expected_set
         expected_set = None if wire_set is None else _expected_set(wire_set)
         changed = (
