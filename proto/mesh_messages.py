@@ -13,7 +13,7 @@ count, a ring sequence that leaves no room for a successor, a list of a million 
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -306,8 +306,24 @@ def _check_view(view: View) -> None:
     members = view.members
     if not members or members[0] != view.representative:
         raise DecodeError("bad_value", f"view {view.representative}: not its lowest member")
-    if any(a >= b for a, b in itertools.pairwise(members)):
+    if list(members) != sorted(set(members)):  # in C: no Python step per member
         raise DecodeError("bad_value", "view members not sorted and distinct")
+
+
+def heartbeat_per_peer(hb: Heartbeat) -> Callable[[int], bytes]:
+    """The payload for each peer of a round's heartbeat: `echoes` holds only that peer's own
+    echo (or none). The core builds one heartbeat with every peer's echo; on the wire each peer
+    gets its own (design §1.3): same field and tag, so an agent that looks for its id in the
+    tuple reads it. The rest of the heartbeat is packed once, here."""
+    apart = tagged_map.PackedApart(hb, "echoes")
+    echoes = {echo.node_id: echo for echo in hb.echoes}
+    none = apart.with_value(())
+
+    def payload(peer: int) -> bytes:
+        echo = echoes.get(peer)
+        return none if echo is None else apart.with_value((echo,))
+
+    return payload
 
 
 def seal_message(sealer: Sealer, msg: MeshMessage) -> bytes:
