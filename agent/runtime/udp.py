@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,7 +159,7 @@ class MeshTransport:
         """After the datagrams of one wake-up were each handed to `deliver` (design §3.14): the
         agent re-arms its timer and observes the core once per batch, not once per message."""
         """After `deliver`: why the core dropped that message (`AgentNode.last_drop`), or None."""
-        self.sources: dict[tuple[int, int], Address] = {}
+        self.sources: OrderedDict[tuple[int, int], Address] = OrderedDict()
         """(sender, incarnation) -> the source of its last authentic datagram (bounded)."""
         self.counters = DatagramCounters()
         self.transports: dict[int, _LinkSocket] = {}
@@ -306,8 +306,12 @@ class MeshTransport:
     def _remember_source(self, sender: int, incarnation: int, addr: Any) -> None:
         if not isinstance(addr, tuple) or len(addr) < 2:
             return
-        self.sources.pop((sender, incarnation), None)
-        self.sources[(sender, incarnation)] = (str(addr[0]), int(addr[1]))
+        key, source = (sender, incarnation), (str(addr[0]), int(addr[1]))
+        known = key in self.sources
+        self.sources[key] = source
+        self.sources.move_to_end(key)  # most recently heard last
+        if known:
+            return  # nothing to forget: no O(senders) scan per datagram
         mine = [key for key in self.sources if key[0] == sender]
         for key in mine[:-SOURCES_KEPT]:
             del self.sources[key]
