@@ -12,6 +12,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -84,9 +85,9 @@ class ClusterKey:
         return ChaCha20Poly1305(hkdf.derive(self.secret))
 
 
-@dataclass(frozen=True, slots=True)
-class EnvelopeHeader:
-    """The clear-text, authenticated header of a sealed datagram."""
+class EnvelopeHeader(NamedTuple):
+    """The clear-text, authenticated header of a sealed datagram (a named tuple: made for
+    every datagram received, at a third of a frozen dataclass's cost)."""
 
     kind: int
     cluster_id: bytes

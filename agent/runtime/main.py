@@ -157,6 +157,8 @@ class AgentRuntime(ClusterConfigRuntime):
     _batching = False
     """Between the first message of a socket's wake-up and its end: `dispatch` leaves the timer
     and the replica's observation to `_batch_done` (once per batch, design §3.14)."""
+    _observed: tuple[object, object] = (None, None)
+    """The core's view and verdict objects last handed to `_observe`."""
 
     def __init__(
         self, config: AgentConfig, keys: list[ClusterKey], startup: Startup | None = None
@@ -265,7 +267,7 @@ class AgentRuntime(ClusterConfigRuntime):
             self.dispatch(answer)
         if not self._batching:
             self._arm()
-            self._observe()
+            self._observe_changed()
 
     def _batch_done(self) -> None:
         """The end of one socket wake-up's messages: the next deadline and the replica's view
@@ -273,6 +275,14 @@ class AgentRuntime(ClusterConfigRuntime):
         if self._batching:
             self._batching = False
             self._arm()
+            self._observe_changed()
+
+    def _observe_changed(self) -> None:
+        """`_observe` unless the core's view and verdict are the very objects last observed
+        (both frozen: the same object is the same state, and the replica is fed changes only)."""
+        seen = (self.node.view, self.node.quorum.status)
+        if seen[0] is not self._observed[0] or seen[1] is not self._observed[1]:
+            self._observed = seen
             self._observe()
 
     def _store_max_seq(self, value: int) -> MaxSeqStored:

@@ -1,14 +1,23 @@
 """Mesh transport: one UDP socket per link, sealed datagrams in and out.
 
-Adapter ring. Every link of the config gets an asyncio `DatagramProtocol` bound to its address
-and port. A datagram is opened (`proto.mesh_messages`: envelope checks, AEAD, replay window),
-its sender must be a known peer, and the decoded message is handed to `deliver` as a
-`MessageIn`. Anything else is dropped and counted by reason (`DecodeError.reason`, plus
-`unknown_peer`, `bad_payload`, `bad_value`, `not_running`, and the core's reasons from
-`AgentNode.last_drop`), logged rate-limited (`WARN_REASONS` as warnings with the source
-address, the rest as debug lines): nothing a peer sends can raise out of the receive path.
-Outgoing messages are sealed once per `Broadcast` and sent to each peer's address on that
-link; a peer's addresses come from the static config or discovery (`discovered_address`).
+Adapter ring. Every link of the config gets a non-blocking UDP socket bound to its address and
+port, read by the event loop (`add_reader`). Each wake-up drains the datagrams waiting on the
+socket (at most BATCH_MAX, then the loop runs its timers and other sockets) and calls
+`batch_done` once after the last of them (the agent re-arms its timer and observes the core once
+per batch, design §3.14); no delay is added to gather more. Each datagram is opened
+(`proto.mesh_messages`: envelope checks, AEAD, replay window), its sender must be a known peer,
+and the decoded message is handed to `deliver` as a `MessageIn`. Anything else is dropped and
+counted by reason (`DecodeError.reason`, plus `unknown_peer`, `bad_payload`, `bad_value`,
+`not_running`, and the core's reasons from `AgentNode.last_drop`, asked after each message),
+logged rate-limited (`WARN_REASONS` as warnings with the source address, the rest as debug
+lines): nothing a peer sends can raise out of the receive path.
+
+Sending: a `Broadcast` or `SendTo` is sealed once and the same bytes go to each peer's address
+on that link, except a heartbeat with echoes: each peer gets its own datagram whose `echoes`
+holds only that peer's echo (design §1.3; the rest is packed once per round). `sendto` is called
+on the socket itself; a full send buffer (EAGAIN) drops the datagram and counts it in
+`send_errors` ("send buffer full"). A peer's addresses come from the static config or discovery
+(`discovered_address`).
 
 Addresses learned from authenticated traffic: multicast DNS is not authenticated, so a
 discovered address is only a proposal. When a fresh heartbeat from a peer opens under the
