@@ -16,7 +16,7 @@ from operator import attrgetter
 from typing import Any
 
 from agent.config import AgentConfig, ConfigError, QdeviceConfig, Timing
-from agent.deadline_heap import DeadlineHeap
+from agent.deadline_heap import Deadlines
 from agent.events import AgentEvent, EventKind
 from agent.links import (
     ActiveLinkChanged,
@@ -273,7 +273,10 @@ class AgentNode:
         self.last_fresh_peer: int | None = None
         """The peer whose fresh heartbeat the last `handle` accepted (the runtime then trusts
         the datagram's source address), else None."""
-        self._failure_timeout = config.timing.failure_timeout  # a property: computed once
+        self._failure_timeout, self._heartbeat_interval = (  # properties: computed once
+            config.timing.failure_timeout,
+            config.timing.heartbeat_interval,
+        )
         self._timeouts_at = 0.0
         self._phase, self._phased = 0.0, False
         self._last_qdevice_update: QdeviceUpdate | None = None
@@ -286,7 +289,14 @@ class AgentNode:
         """(at, kind, reason, ring, quorate) of the last view/quorum changes (`explain`)."""
         self._missing_since: dict[int, float] = {}
         """When each peer left this node's view (gone when it is back in one)."""
-        self._heard_heap = DeadlineHeap()  # (received_at + timeout, peer) of verified peers
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        """What keeps the work per heartbeat independent of the cluster size (design §3.14)."""
+        self._heard_by = Deadlines()
+        """Per verified peer, a lower bound of when it stops being heard (`_heard_expiry`)."""
+        self._wire_views: dict[MemberView, View] = {}
+        """The wire form of the installed view and the proposal (`_wire`)."""
 
     def _init_reconfigure(self, config_version: int) -> None:
         """The state of run-time configuration changes (design §3.9)."""
@@ -310,16 +320,17 @@ class AgentNode:
         self.last_drop = None
         if self._stopped:
             return self._out
-        if self._started and self._stalled(now):
+        asked = self._asked  # a stall: not run when it asked to be, for over the failure timeout
+        if asked is not None and now - asked > self._failure_timeout and self._started:
             self._revalidate(now)
-        if isinstance(event, Start):
-            self._start(event.wall_ms)
+        if isinstance(event, MessageIn):  # the common case first
+            self._wall_ms = event.wall_ms
+            self._message(event)
         elif isinstance(event, Tick):
             self._wall_ms = event.wall_ms
             self._step()
-        elif isinstance(event, MessageIn):
-            self._wall_ms = event.wall_ms
-            self._message(event)
+        elif isinstance(event, Start):
+            self._start(event.wall_ms)
         elif isinstance(event, PeerAddresses):
             self._peer_addresses(event.peer, event.links)
         elif isinstance(event, SetExpected):
@@ -342,12 +353,14 @@ class AgentNode:
         for t in (
             self.quorum.next_deadline(),
             self._evaluate_at,
-            self._heard_expiry(),
             self._retry_store_at,
             self._hold_deadline(),
         ):
             if t is not None and (best is None or t < best):
                 best = t
+        heard = self._heard_expiry(best)
+        if heard is not None and (best is None or heard < best):
+            best = heard
         # A deadline already past means "now" (a heartbeat due on a link that just became
         # active, last sent on long ago): the stall is measured from this handle's time then.
         self._asked = None if best is None else max(best, self._now)
@@ -380,11 +393,6 @@ class AgentNode:
         self.links.set_peer(peer, links)
 
     # ------------------------------------------------------------ stalls (design §3.7)
-    def _stalled(self, now: float) -> bool:
-        """The node was not run when it asked to be, for longer than the failure timeout."""
-        asked = self._asked
-        return asked is not None and now - asked > self._failure_timeout
-
     def _revalidate(self, now: float) -> None:
         """After a stall: nothing learnt before it counts. Every peer must echo a stamp sent
         from now on before its heartbeats count again (the datagrams that sat in the socket
@@ -422,12 +430,13 @@ class AgentNode:
         if peer.rival and self._now - peer.rival_at < peer.timeout:
             self._duplicate(ev.peer, peer)
         msg = ev.message
-        if isinstance(msg, Heartbeat) and not self._plausible_seqs(msg):
+        if isinstance(msg, Heartbeat):
+            if self._plausible_seqs(msg):
+                peer.seen_at = self._now
+                self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
             return
         peer.seen_at = self._now
-        if isinstance(msg, Heartbeat):
-            self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
-        elif isinstance(msg, Leave):
+        if isinstance(msg, Leave):
             self._left(ev.peer, peer, ev.incarnation, msg.reason)
         elif isinstance(msg, Probe):
             probe = self.config.timing.probe_interval
@@ -503,7 +512,10 @@ class AgentNode:
         """A reported ring sequence more than SEQ_STEP above ours is a leap: taken at most once
         every SEQ_LEAP_EVERY and never beyond SEQ_LEAP_MAX, else the heartbeat is dropped
         (design §3.3, "Hostile values"): nobody can use the sequences up."""
-        top = max((v.seq for v in (hb.view, hb.proposal) if v is not None), default=0)
+        view, proposal = hb.view, hb.proposal
+        top = 0 if view is None else view.seq
+        if proposal is not None and proposal.seq > top:
+            top = proposal.seq
         jump = top - self.membership.max_seq
         if jump <= SEQ_STEP:
             return True
@@ -514,53 +526,68 @@ class AgentNode:
         return False
 
     def _heartbeat(self, pid: int, peer: _Peer, link: int, hb: Heartbeat, wall_ms: int) -> None:
-        now_us = int(self._now * 1e6)
+        now = self._now
+        now_us = int(now * 1e6)
         rtt = reached = None
         echoed = 0
-        echo = self._own_echo(hb.echoes)
+        # Ours by bisection (O(log N)): senders sort echoes by node id (design §3.14). An
+        # unsorted tuple (hostile) can only make us miss ours.
+        echoes = hb.echoes
+        i = bisect_left(echoes, self.node_id, key=_ECHO_NODE)
+        echo = echoes[i] if i < len(echoes) and echoes[i].node_id == self.node_id else None
         if echo is not None and max(self._born_us, peer.echo_floor_us) <= echo.stamp_us <= now_us:
-            rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
+            rtt = max(0.0, now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
             if echo.stamp_us & 1:  # it went on the active link (even: a hedge copy)
-                reached = self._now - echo.held_us / 1e6  # ours last reached it about then
+                reached = now - echo.held_us / 1e6  # ours last reached it about then
             echoed = echo.stamp_us
         if hb.stamp_us <= peer.stamp_us and echoed <= peer.echo_us:
             self.last_drop = "not_newer"
             return  # not newer than one we have: reordered, duplicated or replayed
-        peer.stamp_us, peer.received_at = hb.stamp_us, self._now  # echoed back either way
+        peer.stamp_us, peer.received_at = hb.stamp_us, now  # echoed back either way
         peer.echo_us = max(peer.echo_us, echoed)
-        peer.verified = peer.verified or rtt is not None
         if not peer.verified:
-            return  # until it echoes one of our stamps: it may be an old recording
+            if rtt is None:
+                return  # until it echoes one of our stamps: it may be an old recording
+            peer.verified = True
         self._heard_moved(pid, peer)
         self.last_fresh_peer = pid
-        interval = self.config.timing.heartbeat_interval
-        self._link_changes(
-            self.links.received(
-                pid,
-                link,
-                self._now,
-                rtt_sample=rtt,
-                expected_interval=interval,
-                heartbeat=True,
-                reached=reached,
-            )
+        changes = self.links.received(
+            pid,
+            link,
+            now,
+            rtt_sample=rtt,
+            expected_interval=self._heartbeat_interval,
+            heartbeat=True,
+            reached=reached,
         )
-        expected_set = _expected_set(hb.expected_set)
-        reported = (hb.votes, hb.expected_votes, hb.quorate, expected_set, hb.tie_breaker)
-        changed = reported != (
-            peer.votes,
-            peer.expected,
-            peer.quorate,
-            peer.expected_set,
-            peer.tie_breaker,
+        if changes:
+            self._link_changes(changes)
+        self._take_report(pid, peer, hb, wall_ms)
+
+    def _take_report(self, pid: int, peer: _Peer, hb: Heartbeat, wall_ms: int) -> None:
+        """What a fresh heartbeat reports: votes, expected votes, its clock, its membership."""
+        wire_set = hb.expected_set
+        expected_set = None if wire_set is None else _expected_set(wire_set)
+        changed = (
+            hb.votes != peer.votes
+            or hb.expected_votes != peer.expected
+            or hb.quorate != peer.quorate
+            or expected_set != peer.expected_set
+            or hb.tie_breaker != peer.tie_breaker
         )
+        if changed:
+            peer.votes, peer.expected, peer.quorate = hb.votes, hb.expected_votes, hb.quorate
+            peer.expected_set, peer.tie_breaker = expected_set, hb.tie_breaker
         peer.name = hb.node_name
         if hb.config_version != peer.config_version:
             peer.config_version, changed = hb.config_version, True
-        peer.votes, peer.expected, peer.quorate, peer.expected_set, peer.tie_breaker = reported
         if changed and pid in self.membership.view.members:
             self._update_quorum()
-        self._clock_check(pid, peer, hb.wall_ms, wall_ms)
+        skew = hb.wall_ms - wall_ms
+        if peer.skewed or abs(skew) > self.config.clock_skew_bound * 1000:
+            self._clock_check(pid, peer, hb.wall_ms, wall_ms)
+        else:
+            peer.wall_skew_ms = skew  # within the bound, as before: nothing to say
         raw = (hb.heard, hb.view, hb.proposal)
         moved = self.membership.refresh(pid, self._now) if raw == peer.raw else None
         if moved is None:
@@ -570,14 +597,6 @@ class AgentNode:
             moved = self.membership.peer_report(pid, report, self._now)
         if moved and self._evaluate_at is None:
             self._evaluate_at = self._now + EVALUATE_DELAY
-
-    def _own_echo(self, echoes: tuple[Echo, ...]) -> Echo | None:
-        """Our entry in a heartbeat's echoes, found by bisection (O(log N)): senders sort them
-        by node id (design §3.14). An unsorted tuple (hostile) can only make us miss ours."""
-        i = bisect_left(echoes, self.node_id, key=_ECHO_NODE)
-        if i < len(echoes) and echoes[i].node_id == self.node_id:
-            return echoes[i]
-        return None
 
     def _left(self, pid: int, peer: _Peer, incarnation: int, reason: str) -> None:
         """A clean shutdown: not heard from now on, re-evaluate at once (no failure timeout)."""
@@ -704,6 +723,7 @@ class AgentNode:
             self.links.set_timing(new.timing)
             self.membership.set_timing(new.timing)
             self._failure_timeout = new.timing.failure_timeout
+            self._heartbeat_interval = new.timing.heartbeat_interval
             self._timeouts_at, self._phased = self._now, False  # re-size and re-align now
         if new.links != old.links:
             self.links.set_local(new.links)
@@ -804,7 +824,8 @@ class AgentNode:
                     self._heard_moved(pid, p)
                 self.links.set_timeout(pid, p.timeout)
         self._link_changes(self.links.tick(self._now))
-        heard_changed = self.membership.set_heard(self._heard(), self._now)
+        heard = self._heard()  # O(N): once per step (a heartbeat round, a timeout, a change)
+        heard_changed = self.membership.set_heard(heard, self._now)
         due = self._evaluate_at is not None and self._evaluate_at <= self._now
         if heard_changed or due or not self._evaluated:
             # Only when an input changed: see Membership.evaluate, "When to evaluate".
@@ -822,7 +843,7 @@ class AgentNode:
             if self._store_error:  # halted: the rounds pass unsent (no busy wake-ups)
                 self.links.due_sends(self._now)
             return  # heartbeats and probes wait for MaxSeqStored
-        self._send_due()
+        self._send_due(heard)
 
     def _align_rounds(self) -> None:
         """Put heartbeat rounds on whole multiples of the interval in wall-clock time (Links
@@ -884,29 +905,38 @@ class AgentNode:
             pid for pid, p in self.peers.items() if p.verified and now < p.received_at + p.timeout
         )
 
-    def _heard_expiry(self) -> float | None:
+    def _heard_expiry(self, horizon: float | None = None) -> float | None:
         """When the next heard peer stops being heard (the node must re-evaluate then): the
-        earliest `received_at + timeout` of a verified peer after now, from the lazy heap in
-        O(log N) amortized (an entry is stale once its peer's expiry moved, the peer was
-        forgotten or is no longer verified; one at or before now never counts again, as time
-        only moves forward)."""
-        return self._heard_heap.earliest(self._heard_until)
+        earliest `received_at + timeout` of a verified peer after now, where it comes before
+        `horizon` (else a lower bound at or after it, which does not change the minimum).
 
-    def _heard_until(self, at: float, pid: int) -> bool:
-        """`at` is `pid`'s current heard expiry, still ahead."""
-        p = self.peers.get(pid)
-        return p is not None and p.verified and at == p.received_at + p.timeout and self._now < at
+        Per verified peer `_heard_by` holds a lower bound: a heartbeat only moves the expiry
+        later, so it pushes nothing unless the peer had no bound (O(1)); a bound that reaches
+        the top is replaced by the real expiry (O(log N)), a peer no longer heard is dropped."""
+        bounds, peers, now = self._heard_by, self.peers, self._now
+        while (first := bounds.first()) is not None:
+            at, pid = first
+            if horizon is not None and at >= horizon:
+                return at
+            p = peers.get(pid)
+            expiry = p.received_at + p.timeout if p is not None and p.verified else math.inf
+            if expiry == at and now < at:
+                return at
+            bounds.set(pid, expiry if now < expiry else math.inf)
+        return None
 
     def _heard_moved(self, pid: int, p: _Peer) -> None:
-        """A verified peer's heard expiry may have moved: push it (O(log N))."""
+        """A verified peer's heard expiry moved: a new bound only if it had none or it moved
+        earlier (a shorter timeout, another life)."""
         if p.verified:
-            self._heard_heap.push(p.received_at + p.timeout, pid, len(self.peers), self._expiries)
+            expiry = p.received_at + p.timeout
+            bound = self._heard_by.at.get(pid)
+            if bound is None or expiry < bound:
+                self._heard_by.set(pid, expiry)
 
-    def _expiries(self) -> list[tuple[float, int]]:
-        """Every verified peer's heard expiry (to rebuild the heap)."""
-        return [(q.received_at + q.timeout, i) for i, q in self.peers.items() if q.verified]
-
-    def _send_due(self) -> None:
+    def _send_due(self, heard: frozenset[int]) -> None:
+        """Heartbeats and probes due now. `heard`: `_heard()` of this step (no peer's state
+        changed since it was computed)."""
         by_link: dict[int, list[int]] = {}
         hedges: dict[int, list[int]] = {}
         for due in self.links.due_sends(self._now):
@@ -918,12 +948,13 @@ class AgentNode:
                 probe = Probe(link=due.link, stamp_us=int(self._now * 1e6))
                 self._out.append(SendTo(due.peer, due.link, probe))
         for link, peers in sorted(by_link.items()):
-            self._out.append(Broadcast(link, tuple(sorted(peers)), self._heartbeat_for(link)))
+            beat = self._heartbeat_for(link, heard)
+            self._out.append(Broadcast(link, tuple(sorted(peers)), beat))
         for link, peers in sorted(hedges.items()):
-            hedge = self._heartbeat_for(link, hedge=True)
+            hedge = self._heartbeat_for(link, heard, hedge=True)
             self._out.append(Broadcast(link, tuple(sorted(peers)), hedge))
 
-    def _heartbeat_for(self, link: int, *, hedge: bool = False) -> Heartbeat:
+    def _heartbeat_for(self, link: int, heard: frozenset[int], *, hedge: bool = False) -> Heartbeat:
         """Stamps are odd on the active link and even (1 us older) on a hedge copy (design
         §3.6): the echo then tells which copy reached the peer, and where both did the active
         one counts (the older copy is dropped as not newer, or overtaken by it)."""
@@ -941,9 +972,9 @@ class AgentNode:
             link=link,
             stamp_us=stamp,
             wall_ms=max(0, self._wall_ms),
-            heard=tuple(sorted(self._heard())),
-            view=_wire_view(self.membership.view),
-            proposal=_wire_view(self.membership.proposal),
+            heard=tuple(sorted(heard)),
+            view=self._wire(self.membership.view),
+            proposal=self._wire(self.membership.proposal),
             echoes=echoes,
             votes=self.config.quorum.votes,
             config_version=self.config_version,
@@ -954,6 +985,17 @@ class AgentNode:
             expected_set=_wire_expected_set(self.quorum.expected_set),
             tie_breaker=self.quorum.tie_breaker,
         )
+
+    def _wire(self, view: MemberView) -> View:
+        """The wire form of the installed view or the proposal, made once per view: the same
+        object round after round (a receiver that compares with the last one it got, as the
+        simulator's nodes do, then finds them identical at once)."""
+        cached = self._wire_views.get(view)
+        if cached is None:
+            if len(self._wire_views) >= 2:
+                self._wire_views.clear()
+            cached = self._wire_views[view] = _wire_view(view)
+        return cached
 
     def _settled_quorate(self) -> bool:
         status = self.quorum.status

@@ -253,6 +253,10 @@ class Votequorum:
         self._tie_ring: tuple[int, int] = (0, 0)
         """L's ring id."""
         self._tie_high: tuple[int, int] = (0, 0)
+        self._proposed_votes: tuple[frozenset[int], dict[int, int], int] | None = None
+        self._node_votes_of: tuple[QuorumInput, dict[int, int], int] | None = None
+        """(input, configured votes, `_node_votes`) of the last count (a cache)."""
+        """(members, the configured votes, their sum) of the last `proposed` (a cache)."""
         """The highest ring id (by sequence, then representative) of a member set holding a
         majority of votes that this node installed or proposed; the tie-breaker counts only
         while it is L's (design §3.8)."""
@@ -418,7 +422,12 @@ class Votequorum:
     def proposed(self, ring: tuple[int, int], members: frozenset[int]) -> None:
         """This node is sending a proposal: if it holds a majority of the votes, other nodes may
         install it, so a tie-breaker from an older view is no longer safe to name."""
-        votes = sum(self._configured.get(m, 1) for m in members)
+        cached = self._proposed_votes
+        if cached is not None and cached[0] is members and cached[1] is self._configured:
+            votes = cached[2]  # asked once per heartbeat round, mostly for the same proposal
+        else:
+            votes = sum(self._configured.get(m, 1) for m in members)
+            self._proposed_votes = (members, self._configured, votes)
         if votes >= self._expected // 2 + 1:
             self._tie_high = max(self._tie_high, _order(ring))
 
@@ -429,10 +438,13 @@ class Votequorum:
     def next_deadline(self) -> float | None:
         """When `tick` may next change something (the LMS window end, the end of a
         configuration transition), else None."""
+        lms = self._lms_due if self._lms_due is not None and self._lms_possible() else None
+        if not self._constraints:  # the common case, asked once per wake-up: no list built
+            return lms
         times = [c.until for c in self._constraints]
-        if self._lms_possible() and self._lms_due is not None:
-            times.append(self._lms_due)
-        return min(times, default=None)
+        if lms is not None:
+            times.append(lms)
+        return min(times)
 
     # -- votes and expected votes -----------------------------------------------------------
 
@@ -444,8 +456,14 @@ class Votequorum:
         return 0 if self._device_disabled() else max(0, self._inp.qdevice_votes)
 
     def _node_votes(self) -> int:
-        votes = self._inp.member_votes
-        return sum(max(0, votes.get(m, self._configured.get(m, 1))) for m in self._inp.members)
+        inp, configured = self._inp, self._configured
+        cached = self._node_votes_of
+        if cached is not None and cached[0] is inp and cached[1] is configured:
+            return cached[2]  # the same (frozen) input: asked several times per update
+        votes = inp.member_votes
+        total = sum(max(0, votes.get(m, configured.get(m, 1))) for m in inp.members)
+        self._node_votes_of = (inp, configured, total)
+        return total
 
     def _total(self) -> int:
         return self._node_votes() + self._device_votes()
