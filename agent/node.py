@@ -9,11 +9,14 @@ time comes in `now` (monotonic seconds) and `wall_ms` (for the clock-skew check)
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any
 
 from agent.config import AgentConfig, ConfigError, QdeviceConfig, Timing
+from agent.deadline_heap import DeadlineHeap
 from agent.events import AgentEvent, EventKind
 from agent.links import (
     ActiveLinkChanged,
@@ -276,14 +279,14 @@ class AgentNode:
         self._last_qdevice_update: QdeviceUpdate | None = None
         self._started = False
         self._out: list[NodeEffect] = []
-        self._now = 0.0
-        self._wall_ms = 0
+        self._now, self._wall_ms = 0.0, 0
         self._asked: float | None = None
         """The deadline `next_deadline()` last handed out: an event much later is a stall."""
         self._transitions: deque[tuple[float, str, str, str, bool]] = deque(maxlen=TRANSITIONS_KEPT)
         """(at, kind, reason, ring, quorate) of the last view/quorum changes (`explain`)."""
         self._missing_since: dict[int, float] = {}
         """When each peer left this node's view (gone when it is back in one)."""
+        self._heard_heap = DeadlineHeap()  # (received_at + timeout, peer) of verified peers
 
     def _init_reconfigure(self, config_version: int) -> None:
         """The state of run-time configuration changes (design §3.9)."""
@@ -514,13 +517,12 @@ class AgentNode:
         now_us = int(self._now * 1e6)
         rtt = reached = None
         echoed = 0
-        floor = max(self._born_us, peer.echo_floor_us)
-        for echo in hb.echoes:
-            if echo.node_id == self.node_id and floor <= echo.stamp_us <= now_us:
-                rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
-                if echo.stamp_us & 1:  # it went on the active link (even: a hedge copy)
-                    reached = self._now - echo.held_us / 1e6  # ours last reached it about then
-                echoed = echo.stamp_us
+        echo = self._own_echo(hb.echoes)
+        if echo is not None and max(self._born_us, peer.echo_floor_us) <= echo.stamp_us <= now_us:
+            rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
+            if echo.stamp_us & 1:  # it went on the active link (even: a hedge copy)
+                reached = self._now - echo.held_us / 1e6  # ours last reached it about then
+            echoed = echo.stamp_us
         if hb.stamp_us <= peer.stamp_us and echoed <= peer.echo_us:
             self.last_drop = "not_newer"
             return  # not newer than one we have: reordered, duplicated or replayed
@@ -529,6 +531,7 @@ class AgentNode:
         peer.verified = peer.verified or rtt is not None
         if not peer.verified:
             return  # until it echoes one of our stamps: it may be an old recording
+        self._heard_moved(pid, peer)
         self.last_fresh_peer = pid
         interval = self.config.timing.heartbeat_interval
         self._link_changes(
@@ -567,6 +570,14 @@ class AgentNode:
             moved = self.membership.peer_report(pid, report, self._now)
         if moved and self._evaluate_at is None:
             self._evaluate_at = self._now + EVALUATE_DELAY
+
+    def _own_echo(self, echoes: tuple[Echo, ...]) -> Echo | None:
+        """Our entry in a heartbeat's echoes, found by bisection (O(log N)): senders sort them
+        by node id (design §3.14). An unsorted tuple (hostile) can only make us miss ours."""
+        i = bisect_left(echoes, self.node_id, key=_ECHO_NODE)
+        if i < len(echoes) and echoes[i].node_id == self.node_id:
+            return echoes[i]
+        return None
 
     def _left(self, pid: int, peer: _Peer, incarnation: int, reason: str) -> None:
         """A clean shutdown: not heard from now on, re-evaluate at once (no failure timeout)."""
@@ -787,7 +798,10 @@ class AgentNode:
             self._timeouts_at = self._now + TIMEOUT_REFRESH
             timing = self.config.timing
             for pid, p in self.peers.items():
-                p.timeout = timing.failure_timeout_at(self.links.receive_loss(pid))
+                timeout = timing.failure_timeout_at(self.links.receive_loss(pid))
+                if timeout != p.timeout:
+                    p.timeout = timeout
+                    self._heard_moved(pid, p)
                 self.links.set_timeout(pid, p.timeout)
         self._link_changes(self.links.tick(self._now))
         heard_changed = self.membership.set_heard(self._heard(), self._now)
@@ -871,16 +885,26 @@ class AgentNode:
         )
 
     def _heard_expiry(self) -> float | None:
-        """When the next heard peer stops being heard (the node must re-evaluate then)."""
-        now = self._now
-        return min(
-            (
-                p.received_at + p.timeout
-                for p in self.peers.values()
-                if p.verified and now < p.received_at + p.timeout
-            ),
-            default=None,
-        )
+        """When the next heard peer stops being heard (the node must re-evaluate then): the
+        earliest `received_at + timeout` of a verified peer after now, from the lazy heap in
+        O(log N) amortized (an entry is stale once its peer's expiry moved, the peer was
+        forgotten or is no longer verified; one at or before now never counts again, as time
+        only moves forward)."""
+        return self._heard_heap.earliest(self._heard_until)
+
+    def _heard_until(self, at: float, pid: int) -> bool:
+        """`at` is `pid`'s current heard expiry, still ahead."""
+        p = self.peers.get(pid)
+        return p is not None and p.verified and at == p.received_at + p.timeout and self._now < at
+
+    def _heard_moved(self, pid: int, p: _Peer) -> None:
+        """A verified peer's heard expiry may have moved: push it (O(log N))."""
+        if p.verified:
+            self._heard_heap.push(p.received_at + p.timeout, pid, len(self.peers), self._expiries)
+
+    def _expiries(self) -> list[tuple[float, int]]:
+        """Every verified peer's heard expiry (to rebuild the heap)."""
+        return [(q.received_at + q.timeout, i) for i, q in self.peers.items() if q.verified]
 
     def _send_due(self) -> None:
         by_link: dict[int, list[int]] = {}
@@ -1278,6 +1302,8 @@ def _device_identity(q: QdeviceConfig | None) -> QdeviceConfig | None:
     """The settings that make another session (all but sync_timeout, which the core reads)."""
     return None if q is None else replace(q, sync_timeout=0.0)
 
+
+_ECHO_NODE = attrgetter("node_id")
 
 _TRANSITIONS = frozenset(
     {
