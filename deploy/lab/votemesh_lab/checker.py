@@ -565,7 +565,7 @@ class Checker:
             holders: dict[frozenset[int], list[int]] = {}
             for n, members in counted.items():
                 first = holders.setdefault(members, [])
-                if len(first) < 2:  # noqa: PLR2004 (a node and one other)
+                if len(first) < 2:
                     first.append(n)
             for a in touched:
                 if a not in counted:

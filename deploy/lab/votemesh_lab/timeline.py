@@ -474,7 +474,9 @@ class Network:
         pair has no model of its own): O(overrides), not O(N^2)."""
         count = len(nodes)
         own = [m for (a, b), m in self.links.items() if a != b and a in nodes and b in nodes]
-        return own if len(own) >= count * (count - 1) else [*own, self.default] if count > 1 else own
+        if count < 2 or len(own) == count * (count - 1):
+            return own
+        return [*own, self.default]
 
 
 def net_record(  # noqa: PLR0917 (the Topology's fields, in its order)
