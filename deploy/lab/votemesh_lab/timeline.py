@@ -470,8 +470,8 @@ class Network:
         return all(link.benign for link in self.between(self.running))
 
     def between(self, nodes: frozenset[int]) -> list[Link]:
-        """The distinct link models of the directed pairs of `nodes` (the default once if any
-        pair has no model of its own): O(overrides), not O(N^2)."""
+        """The link models the directed pairs of `nodes` use: their own models, and the default
+        once if any pair has none. O(overrides), not O(N^2) pairs."""
         count = len(nodes)
         own = [m for (a, b), m in self.links.items() if a != b and a in nodes and b in nodes]
         if count < 2 or len(own) == count * (count - 1):
