@@ -1,55 +1,88 @@
-"""A lazy min-heap of deadlines keyed by peer: the earliest one in O(log N) amortized.
+"""Deadlines keyed by peer with a lazy min-heap: the earliest one in O(log N) amortized.
 
-Owns nothing but the heap (docs/design.md §3.14, "as built (scale-core)"). The owner keeps the
-current deadline of every key itself and pushes a key's new value whenever it changes; `earliest`
-drops entries that no longer match the owner's current value as they reach the top. Pure data
+Used by the node core (heard expiries) and the link layer (expiries, sends) so that neither
+scans every peer per `handle` (docs/design.md §3.14, "as built (scale-core)"). Pure data
 structure: no clock, no I/O.
 
-Invariant: for every key whose current deadline is not None, an entry (current, key) is in the
-heap (the owner pushed it when the value was set). So the first entry that matches its key's
-current value is the minimum over all keys. Stale entries are bounded: once they outnumber twice
-the live keys plus SLACK the heap is rebuilt from the owner's values (amortized O(1) per push),
-so it stays O(N) even when nobody asks for a long time.
+Invariant: for every key in `at`, an entry (at[key], key) is in the heap (pushed when the value
+was set). So the first heap entry that equals its key's value in `at` is the minimum over all
+keys; entries that no longer match are stale and dropped when they reach the top. Stale entries
+are bounded: once the heap holds more than twice the keys plus SLACK it is rebuilt from `at`
+(amortized O(1) per `set`), so it stays O(N) even when nobody asks for a long time.
+
+The owner may keep a *lower bound* of a key's deadline in it (the caller's business: it must
+replace a bound by the real value when the bound reaches the top, with `first`).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+import math
 
 SLACK = 64
 """Stale entries kept beyond twice the live keys before the heap is rebuilt."""
 
 
-class DeadlineHeap:
-    """(deadline, key) entries; a key's entry counts while it equals the owner's current value."""
+class Deadlines:
+    """Each key's current deadline (`at`) and a lazy min-heap over them: `set` is O(log N),
+    `earliest` and `pop_due` O(log N) amortized per entry they drop or return."""
 
-    __slots__ = ("_heap",)
+    __slots__ = ("_heap", "at")
 
     def __init__(self) -> None:
+        self.at: dict[int, float] = {}
+        """The current deadline of every key that has one."""
         self._heap: list[tuple[float, int]] = []
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(
-        self, at: float, key: int, live: int, current: Callable[[], Iterable[tuple[float, int]]]
-    ) -> None:
-        """`key`'s deadline is now `at`. `live` is how many keys have a deadline; `current`
-        lists every (deadline, key) when the heap must be rebuilt."""
+    def set(self, key: int, at: float) -> None:
+        """`key`'s deadline is `at` (math.inf: none)."""
+        current = self.at
+        if at == math.inf:
+            current.pop(key, None)
+            return
+        if current.get(key) == at:
+            return
+        current[key] = at
         heap = self._heap
         heapq.heappush(heap, (at, key))
-        if len(heap) > 2 * live + SLACK:
-            self._heap = list(current())
+        if len(heap) > 2 * len(current) + SLACK:
+            self._heap = [(t, k) for k, t in current.items()]
             heapq.heapify(self._heap)
 
-    def earliest(self, valid: Callable[[float, int], bool]) -> float | None:
-        """The smallest deadline whose entry is `valid` (matches its key's current value), after
-        dropping the stale entries above it; None when no entry is valid."""
-        heap = self._heap
+    def discard(self, key: int) -> None:
+        self.at.pop(key, None)
+
+    def earliest(self) -> float | None:
+        """The smallest current deadline (None: no key has one)."""
+        heap, current = self._heap, self.at
         while heap:
             at, key = heap[0]
-            if valid(at, key):
+            if current.get(key) == at:
                 return at
             heapq.heappop(heap)
         return None
+
+    def first(self) -> tuple[float, int] | None:
+        """The smallest current (deadline, key), after dropping stale entries above it."""
+        heap, current = self._heap, self.at
+        while heap:
+            at, key = heap[0]
+            if current.get(key) == at:
+                return at, key
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: float) -> list[int]:
+        """Remove and return, in ascending order, the keys whose deadline is at or before
+        `now`; the owner sets their next deadline once it has handled them."""
+        heap, current, due = self._heap, self.at, []
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            if current.get(key) == at:
+                del current[key]
+                due.append(key)
+        due.sort()
+        return due

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from agent.config import LinkConfig, Timing
-from agent.deadline_heap import DeadlineHeap
+from agent.deadline_heap import Deadlines
 from agent.link_loss import LossMeter
 from proto.mesh_messages import Echo
 
@@ -203,8 +203,13 @@ class Links:
         self._peers: dict[int, _Peer] = {}
         self._pending: list[LinkChange] = []
         self._now = -math.inf
-        self._deadlines: dict[int, float] = {}  # per peer, kept current by every mutation
-        self._heap = DeadlineHeap()  # (deadline, peer) pushed whenever `_deadlines` changes
+        # Per peer, kept current by every mutation (`_refresh`), each with a lazy heap: when
+        # something of it expires (a lease, the suspicion, a failover: `tick`'s work) and when
+        # its next heartbeat or probe is due (`due_sends`' work). A peer with neither is
+        # `_undated` (tick looks at it every time, as it always did).
+        self._expiries = Deadlines()
+        self._sends = Deadlines()
+        self._undated: set[int] = set()
         self._failure_timeout = timing.failure_timeout  # properties: computed once
         self._link_timeout = timing.link_timeout
         self._heartbeat_interval = timing.heartbeat_interval
@@ -302,7 +307,9 @@ class Links:
     def remove_peer(self, peer: int) -> None:
         """Forget a peer entirely (no events)."""
         self._peers.pop(peer, None)
-        self._deadlines.pop(peer, None)
+        self._expiries.discard(peer)
+        self._sends.discard(peer)
+        self._undated.discard(peer)
         self._pending = [c for c in self._pending if c.peer != peer]
 
     # ------------------------------------------------------------ input
@@ -326,43 +333,64 @@ class Links:
         self._now = max(self._now, now)
         changes, self._pending = self._pending, []
         state = self._peers.get(peer)
-        if state is None or link not in state.links:
+        lk = None if state is None else state.links.get(link)
+        if state is None or lk is None:
             return changes
+        # Whether a deadline of the peer may have moved earlier (or appeared): then it is
+        # recomputed. Otherwise this datagram only pushed its expiries later (last heard,
+        # leases, beat, reached) and left its sends alone, so the cached expiry stays a lower
+        # bound that `tick` and `next_deadline` correct when it comes due (design §3.14).
+        moved = False
+        interval = self._cadence(state, link, expected_interval)
         if heartbeat:
             state.beat = max(state.beat, now)
             if len(state.links) > 1:  # with one link its meter measures the same stream
-                state.beats.arrive(now, self._cadence(state, link, expected_interval))
+                state.beats.arrive(now, interval)
         if reached is not None and math.isfinite(reached):
+            moved = state.reached == -math.inf  # the outbound silence starts to count
             state.reached = max(state.reached, min(reached, now))
-        lk = state.links[link]
-        was_up, was_settled = lk.up, lk.settled()
-        interval = self._cadence(state, link, expected_interval)
+        was_up, was_settled = lk.up, not lk.went_down or lk.streak >= FAILBACK_ROUNDS
         # A heartbeat's echo answers the heartbeat we sent on the active link: on another link
         # it proves only that link's inbound half, not that it works both ways (failback).
         answers = reached is None or link == state.active
-        gap = self.timing.heartbeat_interval / 2
-        _measure(lk, now, rtt_sample, interval, gap, answers=answers)
+        _measure(lk, now, rtt_sample, interval, self._heartbeat_interval / 2, answers=answers)
         state.last_heard = max(state.last_heard, now)
         if not was_up:
-            lk.up = True
+            lk.up, moved = True, True
             changes.append(LinkUp(peer, link, f"link{link} heard from node {peer}"))
-        if not was_up or was_settled != lk.settled():  # nothing else moves the choice
-            changes += self._reselect(peer, state)
-        lk.lease_until = max(lk.lease_until, now + self._timeout(state, link))
+        if not was_up or was_settled != (not lk.went_down or lk.streak >= FAILBACK_ROUNDS):
+            # nothing else moves the choice
+            reselected = self._reselect(peer, state)
+            if reselected:
+                changes += reselected
+                moved = True
+        # Silence after which the link is down: failure_timeout if active, else link_timeout.
+        lease = now + (state.failure_timeout if link == state.active else self._link_timeout)
+        lk.lease_until = max(lk.lease_until, lease)
         if state.reach is not _Reach.REACHABLE:
             why = "heard again" if state.reach is _Reach.SUSPECTED else f"link{link} up"
-            state.reach = _Reach.REACHABLE
+            state.reach, moved = _Reach.REACHABLE, True
             changes.append(PeerReachable(peer, f"node {peer} reachable: {why}"))
-        self._refresh(peer, state)
+        if moved:
+            self._refresh(peer, state)
         return changes
 
     def tick(self, now: float) -> list[LinkChange]:
         """Expire leases, suspect silent peers, re-choose active links."""
         self._now = max(self._now, now)
         changes, self._pending = self._pending, []
-        for peer, state in sorted(self._peers.items()):
-            if now < self._deadlines.get(peer, -math.inf):
-                continue  # its cached deadline says nothing of it expires or is due yet
+        due = self._expiries.pop_due(now)  # only these may have something that expires by now
+        undated = self._undated
+        if undated:
+            due = sorted({*due, *undated})
+        for peer in due:
+            state = self._peers[peer]
+            if peer not in undated:
+                send = self._sends.at.get(peer, math.inf)
+                expiry = self._expiry_of(state, send)
+                if now < expiry:  # the cached one was a lower bound: nothing expires yet
+                    self._set_deadlines(peer, expiry, send)
+                    continue
             changes += self._tick_peer(peer, state, now)
             self._refresh(peer, state)
         return changes
@@ -399,18 +427,25 @@ class Links:
         a peer added between rounds gets one at once and joins the next round."""
         self._now = max(self._now, now)
         out: list[DueSend] = []
-        for peer, state in sorted(self._peers.items()):
-            if now < self._deadlines.get(peer, -math.inf):
-                continue  # nothing is due for it (sends are part of its deadline)
+        for peer in self._sends.pop_due(now):  # only these have a send due by now
+            state = self._peers[peer]
             active = self._sending_link(state)
-            for index, lk in sorted(state.links.items()):
+            links = state.links
+            send = math.inf
+            for index in sorted(links) if len(links) > 1 else links:
+                lk = links[index]
                 kind = "heartbeat" if index == active else "probe"
                 if now >= self._due(lk, kind):
                     self._mark_sent(lk, now)
                     out.append(DueSend(peer, index, kind))
                     if kind == "heartbeat" and (hedge := self._hedge_link(state, now)) is not None:
                         out.append(DueSend(peer, hedge, "hedge"))
-            self._refresh(peer, state)
+                send = min(send, self._due(lk, kind))
+            # Sending moves only the sends: what expires (the cached expiry, a lower bound
+            # when the peer has no link up) does not depend on them.
+            self._sends.set(peer, send)
+            if send == math.inf and peer not in self._expiries.at:
+                self._undated.add(peer)
         return out
 
     def _hedge_link(self, state: _Peer, now: float) -> int | None:
@@ -436,20 +471,28 @@ class Links:
 
     def next_deadline(self) -> float | None:
         """The earliest time `tick` or `due_sends` has something to do (None: nothing)."""
-        earliest = self._earliest()
+        send = self._sends.earliest()
+        expiry = self._earliest_expiry(send)
+        earliest = send if expiry is None else expiry if send is None else min(expiry, send)
         if self._pending and (earliest is None or self._now < earliest):
             return self._now
         return earliest
 
-    def _earliest(self) -> float | None:
-        """min(`_deadlines`) from the lazy heap: O(log N) amortized instead of a scan."""
-        return self._heap.earliest(self._is_current)
-
-    def _is_current(self, at: float, peer: int) -> bool:
-        return self._deadlines.get(peer) == at
-
-    def _current(self) -> list[tuple[float, int]]:
-        return [(at, peer) for peer, at in self._deadlines.items()]
+    def _earliest_expiry(self, horizon: float | None) -> float | None:
+        """The earliest expiry of any peer where it comes before `horizon` (else a lower bound
+        at or after it): cached lower bounds on the way are replaced by the real expiries."""
+        expiries, sends = self._expiries, self._sends.at
+        while (first := expiries.first()) is not None:
+            at, peer = first
+            if horizon is not None and at >= horizon:
+                return at
+            state = self._peers[peer]
+            send = sends.get(peer, math.inf)
+            expiry = self._expiry_of(state, send)
+            if expiry == at:
+                return at
+            self._set_deadlines(peer, expiry, send)
+        return None
 
     def heard(self, now: float) -> frozenset[int]:
         """Peers with a link whose lease covers `now`."""
@@ -560,10 +603,6 @@ class Links:
         spare = 2 * self._heartbeat_interval + self.timing.jitter_allowance
         return max(t / 2, t - spare)
 
-    def _timeout(self, state: _Peer, link: int) -> float:
-        """Silence after which a link is down: failure_timeout if active, else link_timeout."""
-        return state.failure_timeout if link == state.active else self._link_timeout
-
     @staticmethod
     def _expiry(state: _Peer, lk: _Link) -> float:
         """When an up link goes down: its lease; the active link's also lasts failure_timeout
@@ -597,25 +636,41 @@ class Links:
         lk.last_sent = now
 
     def _refresh(self, peer: int, state: _Peer) -> None:
-        """Recompute `peer`'s cached deadline (after anything that changed its state): the
-        earliest lease end of an up link, the suspicion time, and the next send on each link."""
-        best = math.inf
-        if state.reach is _Reach.REACHABLE:
-            best = state.last_heard + state.failure_timeout / 2
-        redundant = len(state.links) > 1  # else no failover, and leases are plain
-        if redundant and (failover := self._failover_at(state)) is not None:
-            best = min(best, failover[0])
+        """Recompute `peer`'s cached deadlines (after anything that changed its state): what
+        expires first (the earliest lease end of an up link, the suspicion time, a failover)
+        and the next send on any link."""
+        send = math.inf
         active = self._sending_link(state)
         for index, lk in state.links.items():
+            send = min(send, self._due(lk, "heartbeat" if index == active else "probe"))
+        self._set_deadlines(peer, self._expiry_of(state, send), send)
+
+    def _set_deadlines(self, peer: int, expiry: float, send: float) -> None:
+        self._expiries.set(peer, expiry)
+        self._sends.set(peer, send)
+        if expiry == send == math.inf:
+            self._undated.add(peer)
+        elif self._undated:
+            self._undated.discard(peer)
+
+    def _expiry_of(self, state: _Peer, send: float) -> float:
+        """When something of the peer expires next: the suspicion, an up link's lease, the
+        failover; with no link up while not yet unreachable, its next send (`send`), when tick
+        looked at it before."""
+        expiry = math.inf
+        if state.reach is _Reach.REACHABLE:
+            expiry = state.last_heard + state.failure_timeout / 2
+        redundant = len(state.links) > 1  # else no failover, and leases are plain
+        if redundant and (failover := self._failover_at(state)) is not None:
+            expiry = min(expiry, failover[0])
+        any_up = False
+        for lk in state.links.values():
             if lk.up:
-                best = min(best, self._expiry(state, lk) if redundant else lk.lease_until)
-            best = min(best, self._due(lk, "heartbeat" if index == active else "probe"))
-        deadlines = self._deadlines
-        if best == math.inf:
-            deadlines.pop(peer, None)
-        elif deadlines.get(peer) != best:
-            deadlines[peer] = best
-            self._heap.push(best, peer, len(deadlines), self._current)
+                any_up = True
+                expiry = min(expiry, self._expiry(state, lk) if redundant else lk.lease_until)
+        if not any_up and state.reach is not _Reach.UNREACHABLE:
+            expiry = min(expiry, send)  # tick declares it unreachable when it is next looked at
+        return expiry
 
     def _choose(self, state: _Peer) -> _Link | None:
         """Highest-priority up link; an up active link yields only to a settled better one."""

@@ -121,10 +121,11 @@ class ViewInstalled:
 MembershipChange = ProposalChanged | ViewInstalled
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Received:
     report: PeerReport
     at: float
+    """When it was last received (a repeat refreshes it in place: `refresh`)."""
 
 
 def _ids(members: frozenset[int]) -> str:
@@ -144,6 +145,7 @@ class Membership:
         self._timing = timing
         self._report_ttl = timing.max_failure_timeout  # properties: computed once
         self._proposal_ttl = timing.proposal_ttl
+        self._stale_after = min(self._report_ttl, self._proposal_ttl)
         self._max_seq = max_seq + 1  # the boot view takes a fresh seq: see the S2 argument
         self._view = MemberView(RingId(node_id, self._max_seq), frozenset({node_id}))
         self._proposal = self._view
@@ -181,12 +183,13 @@ class Membership:
         previous = self._reports.get(peer)
         if previous is None:
             return None
-        self._reports[peer] = _Received(previous.report, now)
-        return self._was_stale(previous, now)
+        stale = now - previous.at > self._stale_after
+        previous.at = now
+        return stale
 
     def _was_stale(self, previous: _Received, now: float) -> bool:
         """A repeated report counts as new when the one it repeats had expired."""
-        return now - previous.at > min(self._report_ttl, self._proposal_ttl)
+        return now - previous.at > self._stale_after
 
     def set_heard(self, heard: frozenset[int], now: float) -> bool:
         """The peers this node hears now (from the link layer). It expires like a report: a
@@ -204,6 +207,7 @@ class Membership:
         self._timing = timing
         self._report_ttl = timing.max_failure_timeout
         self._proposal_ttl = timing.proposal_ttl
+        self._stale_after = min(self._report_ttl, self._proposal_ttl)
 
     def forget(self, peer: int) -> None:
         """Drop what `peer` reported (removed from the cluster, or restarted)."""

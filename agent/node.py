@@ -16,7 +16,7 @@ from operator import attrgetter
 from typing import Any
 
 from agent.config import AgentConfig, ConfigError, QdeviceConfig, Timing
-from agent.deadline_heap import DeadlineHeap
+from agent.deadline_heap import Deadlines
 from agent.events import AgentEvent, EventKind
 from agent.links import (
     ActiveLinkChanged,
@@ -273,7 +273,10 @@ class AgentNode:
         self.last_fresh_peer: int | None = None
         """The peer whose fresh heartbeat the last `handle` accepted (the runtime then trusts
         the datagram's source address), else None."""
-        self._failure_timeout = config.timing.failure_timeout  # a property: computed once
+        self._failure_timeout, self._heartbeat_interval = (  # properties: computed once
+            config.timing.failure_timeout,
+            config.timing.heartbeat_interval,
+        )
         self._timeouts_at = 0.0
         self._phase, self._phased = 0.0, False
         self._last_qdevice_update: QdeviceUpdate | None = None
@@ -286,7 +289,7 @@ class AgentNode:
         """(at, kind, reason, ring, quorate) of the last view/quorum changes (`explain`)."""
         self._missing_since: dict[int, float] = {}
         """When each peer left this node's view (gone when it is back in one)."""
-        self._heard_heap = DeadlineHeap()  # (received_at + timeout, peer) of verified peers
+        self._heard_by = Deadlines()  # per verified peer: when it stops being heard, at the least
 
     def _init_reconfigure(self, config_version: int) -> None:
         """The state of run-time configuration changes (design §3.9)."""
@@ -342,12 +345,14 @@ class AgentNode:
         for t in (
             self.quorum.next_deadline(),
             self._evaluate_at,
-            self._heard_expiry(),
             self._retry_store_at,
             self._hold_deadline(),
         ):
             if t is not None and (best is None or t < best):
                 best = t
+        heard = self._heard_expiry(best)
+        if heard is not None and (best is None or heard < best):
+            best = heard
         # A deadline already past means "now" (a heartbeat due on a link that just became
         # active, last sent on long ago): the stall is measured from this handle's time then.
         self._asked = None if best is None else max(best, self._now)
@@ -503,7 +508,10 @@ class AgentNode:
         """A reported ring sequence more than SEQ_STEP above ours is a leap: taken at most once
         every SEQ_LEAP_EVERY and never beyond SEQ_LEAP_MAX, else the heartbeat is dropped
         (design §3.3, "Hostile values"): nobody can use the sequences up."""
-        top = max((v.seq for v in (hb.view, hb.proposal) if v is not None), default=0)
+        view, proposal = hb.view, hb.proposal
+        top = 0 if view is None else view.seq
+        if proposal is not None and proposal.seq > top:
+            top = proposal.seq
         jump = top - self.membership.max_seq
         if jump <= SEQ_STEP:
             return True
@@ -514,38 +522,40 @@ class AgentNode:
         return False
 
     def _heartbeat(self, pid: int, peer: _Peer, link: int, hb: Heartbeat, wall_ms: int) -> None:
-        now_us = int(self._now * 1e6)
+        now = self._now
+        now_us = int(now * 1e6)
         rtt = reached = None
         echoed = 0
         echo = self._own_echo(hb.echoes)
         if echo is not None and max(self._born_us, peer.echo_floor_us) <= echo.stamp_us <= now_us:
-            rtt = max(0.0, self._now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
+            rtt = max(0.0, now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
             if echo.stamp_us & 1:  # it went on the active link (even: a hedge copy)
-                reached = self._now - echo.held_us / 1e6  # ours last reached it about then
+                reached = now - echo.held_us / 1e6  # ours last reached it about then
             echoed = echo.stamp_us
         if hb.stamp_us <= peer.stamp_us and echoed <= peer.echo_us:
             self.last_drop = "not_newer"
             return  # not newer than one we have: reordered, duplicated or replayed
-        peer.stamp_us, peer.received_at = hb.stamp_us, self._now  # echoed back either way
+        peer.stamp_us, peer.received_at = hb.stamp_us, now  # echoed back either way
         peer.echo_us = max(peer.echo_us, echoed)
-        peer.verified = peer.verified or rtt is not None
         if not peer.verified:
-            return  # until it echoes one of our stamps: it may be an old recording
+            if rtt is None:
+                return  # until it echoes one of our stamps: it may be an old recording
+            peer.verified = True
         self._heard_moved(pid, peer)
         self.last_fresh_peer = pid
-        interval = self.config.timing.heartbeat_interval
-        self._link_changes(
-            self.links.received(
-                pid,
-                link,
-                self._now,
-                rtt_sample=rtt,
-                expected_interval=interval,
-                heartbeat=True,
-                reached=reached,
-            )
+        changes = self.links.received(
+            pid,
+            link,
+            now,
+            rtt_sample=rtt,
+            expected_interval=self._heartbeat_interval,
+            heartbeat=True,
+            reached=reached,
         )
-        expected_set = _expected_set(hb.expected_set)
+        if changes:
+            self._link_changes(changes)
+        wire_set = hb.expected_set
+        expected_set = None if wire_set is None else _expected_set(wire_set)
         reported = (hb.votes, hb.expected_votes, hb.quorate, expected_set, hb.tie_breaker)
         changed = reported != (
             peer.votes,
@@ -704,6 +714,7 @@ class AgentNode:
             self.links.set_timing(new.timing)
             self.membership.set_timing(new.timing)
             self._failure_timeout = new.timing.failure_timeout
+            self._heartbeat_interval = new.timing.heartbeat_interval
             self._timeouts_at, self._phased = self._now, False  # re-size and re-align now
         if new.links != old.links:
             self.links.set_local(new.links)
@@ -884,27 +895,34 @@ class AgentNode:
             pid for pid, p in self.peers.items() if p.verified and now < p.received_at + p.timeout
         )
 
-    def _heard_expiry(self) -> float | None:
+    def _heard_expiry(self, horizon: float | None = None) -> float | None:
         """When the next heard peer stops being heard (the node must re-evaluate then): the
-        earliest `received_at + timeout` of a verified peer after now, from the lazy heap in
-        O(log N) amortized (an entry is stale once its peer's expiry moved, the peer was
-        forgotten or is no longer verified; one at or before now never counts again, as time
-        only moves forward)."""
-        return self._heard_heap.earliest(self._heard_until)
+        earliest `received_at + timeout` of a verified peer after now, where it comes before
+        `horizon` (else a lower bound at or after it, which does not change the minimum).
 
-    def _heard_until(self, at: float, pid: int) -> bool:
-        """`at` is `pid`'s current heard expiry, still ahead."""
-        p = self.peers.get(pid)
-        return p is not None and p.verified and at == p.received_at + p.timeout and self._now < at
+        Per verified peer `_heard_by` holds a lower bound: a heartbeat only moves the expiry
+        later, so it pushes nothing unless the peer had no bound (O(1)); a bound that reaches
+        the top is replaced by the real expiry (O(log N)), a peer no longer heard is dropped."""
+        bounds, peers, now = self._heard_by, self.peers, self._now
+        while (first := bounds.first()) is not None:
+            at, pid = first
+            if horizon is not None and at >= horizon:
+                return at
+            p = peers.get(pid)
+            expiry = p.received_at + p.timeout if p is not None and p.verified else math.inf
+            if expiry == at and now < at:
+                return at
+            bounds.set(pid, expiry if now < expiry else math.inf)
+        return None
 
     def _heard_moved(self, pid: int, p: _Peer) -> None:
-        """A verified peer's heard expiry may have moved: push it (O(log N))."""
+        """A verified peer's heard expiry moved: a new bound only if it had none or it moved
+        earlier (a shorter timeout, another life)."""
         if p.verified:
-            self._heard_heap.push(p.received_at + p.timeout, pid, len(self.peers), self._expiries)
-
-    def _expiries(self) -> list[tuple[float, int]]:
-        """Every verified peer's heard expiry (to rebuild the heap)."""
-        return [(q.received_at + q.timeout, i) for i, q in self.peers.items() if q.verified]
+            expiry = p.received_at + p.timeout
+            bound = self._heard_by.at.get(pid)
+            if bound is None or expiry < bound:
+                self._heard_by.set(pid, expiry)
 
     def _send_due(self) -> None:
         by_link: dict[int, list[int]] = {}

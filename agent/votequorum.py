@@ -429,10 +429,13 @@ class Votequorum:
     def next_deadline(self) -> float | None:
         """When `tick` may next change something (the LMS window end, the end of a
         configuration transition), else None."""
+        lms = self._lms_due if self._lms_due is not None and self._lms_possible() else None
+        if not self._constraints:  # the common case, asked once per wake-up: no list built
+            return lms
         times = [c.until for c in self._constraints]
-        if self._lms_possible() and self._lms_due is not None:
-            times.append(self._lms_due)
-        return min(times, default=None)
+        if lms is not None:
+            times.append(lms)
+        return min(times)
 
     # -- votes and expected votes -----------------------------------------------------------
 

@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from agent.deadline_heap import SLACK, DeadlineHeap
+from agent.deadline_heap import SLACK, Deadlines
+from agent.link_loss import WINDOW_INTERVALS, LossMeter, missed
+from agent.links import Links, _Reach
 from agent.node import (
     AgentNode,
     Broadcast,
@@ -55,10 +57,32 @@ def brute_heard_expiry(node: AgentNode) -> float | None:
     )
 
 
+def brute_peer_deadline(links: Links, peer: int, state: Any) -> float:
+    """A peer's deadline as `Links._refresh` computed it before the heaps, from its state: the
+    suspicion, a failover, an up link's lease end, the next send on any link (a link never sent
+    on is due at the `now` of the last refresh: the cached value)."""
+    best = math.inf
+    if state.reach is _Reach.REACHABLE:
+        best = state.last_heard + state.failure_timeout / 2
+    redundant = len(state.links) > 1
+    if redundant and (failover := links._failover_at(state)) is not None:
+        best = min(best, failover[0])
+    active = links._sending_link(state)
+    for index, lk in state.links.items():
+        if lk.up:
+            best = min(best, links._expiry(state, lk) if redundant else lk.lease_until)
+        if lk.last_sent is None:
+            best = min(best, links._sends.at.get(peer, math.inf))
+        else:
+            best = min(best, links._due(lk, "heartbeat" if index == active else "probe"))
+    return best
+
+
 def brute_links_deadline(node: AgentNode) -> float | None:
-    """`Links.next_deadline` before the heap: the minimum of every peer's cached deadline."""
+    """`Links.next_deadline` before the heaps: the minimum of every peer's deadline."""
     links = node.links
-    earliest = min(links._deadlines.values(), default=None)
+    deadlines = [brute_peer_deadline(links, peer, state) for peer, state in links._peers.items()]
+    earliest = min((d for d in deadlines if d != math.inf), default=None)
     if links._pending and (earliest is None or links._now < earliest):
         return links._now
     return earliest
@@ -200,15 +224,16 @@ def test_next_deadline_equals_the_full_scan_across_random_runs(seed: int) -> Non
         elif action == 5:
             mesh.start(a)
         for core in mesh.nodes.values():
-            assert len(core._heard_heap) <= 2 * len(core.peers) + SLACK + 1
-            assert len(core.links._heap) <= 2 * len(core.links._deadlines) + SLACK + 1
+            assert len(core._heard_by) <= 2 * len(core.peers) + SLACK + 1
+            for part in (core.links._expiries, core.links._sends):
+                assert len(part) <= 2 * len(part.at) + SLACK + 1
     assert mesh.checks > 100
 
 
-def test_the_heard_heap_stays_bounded_when_nobody_asks() -> None:
-    """Heartbeats keep pushing expiries while `next_deadline()` is never called (a long
-    batch): the heap is rebuilt before it holds more than twice the peers plus a slack, and
-    the earliest entry is still right."""
+def test_the_heard_bounds_stay_bounded_when_nobody_asks() -> None:
+    """Expiries keep moving earlier (the worst case: each one a push) while `next_deadline()`
+    is never called (a long batch): the heap is rebuilt before it holds more than twice the
+    peers plus a slack, and the earliest expiry is still right."""
     mesh = Mesh(5, random.Random(1))
     for node in range(1, 6):
         mesh.start(node)
@@ -218,37 +243,33 @@ def test_the_heard_heap_stays_bounded_when_nobody_asks() -> None:
     for i in range(2000):
         pid = 2 + i % 4
         peer = core.peers[pid]
-        peer.received_at += 1e-6
+        peer.timeout -= 1e-5
         core._heard_moved(pid, peer)
-        assert len(core._heard_heap) <= 2 * len(core.peers) + SLACK + 1
+        assert len(core._heard_by) <= 2 * len(core.peers) + SLACK + 1
     assert core._heard_expiry() == brute_heard_expiry(core)
 
 
-def test_deadline_heap_drops_stale_entries_and_rebuilds() -> None:
-    current: dict[int, float] = {}
-
-    def valid(at: float, key: int) -> bool:
-        return current.get(key) == at
-
-    def listing() -> list[tuple[float, int]]:
-        return [(at, key) for key, at in current.items()]
-
-    heap = DeadlineHeap()
-    assert heap.earliest(valid) is None
+def test_deadlines_drop_stale_entries_and_rebuild() -> None:
+    deadlines = Deadlines()
+    assert deadlines.earliest() is None
     for key, at in ((1, 5.0), (2, 3.0), (3, 4.0)):
-        current[key] = at
-        heap.push(at, key, len(current), listing)
-    assert heap.earliest(valid) == 3.0
-    current[2] = 9.0
-    heap.push(9.0, 2, len(current), listing)
-    assert heap.earliest(valid) == 4.0
-    del current[3]
-    assert heap.earliest(valid) == 5.0
+        deadlines.set(key, at)
+    assert deadlines.earliest() == 3.0
+    deadlines.set(2, 9.0)
+    assert deadlines.first() == (4.0, 3)
+    deadlines.discard(3)
+    assert deadlines.earliest() == 5.0
     for i in range(500):
-        current[1] = 10.0 + i
-        heap.push(current[1], 1, len(current), listing)
-    assert len(heap) <= 2 * len(current) + SLACK + 1
-    assert heap.earliest(valid) == 9.0
+        deadlines.set(1, 10.0 + i)
+        assert len(deadlines) <= 2 * len(deadlines.at) + SLACK + 1
+    assert deadlines.earliest() == 9.0
+    deadlines.set(2, math.inf)  # no deadline any more
+    assert deadlines.at == {1: 509.0}
+    deadlines.set(3, 1.0)
+    deadlines.set(4, 2.0)
+    assert deadlines.pop_due(2.0) == [3, 4]
+    assert deadlines.at == {1: 509.0}
+    assert deadlines.earliest() == 509.0
 
 
 # ------------------------------------------------------------------ own echo
@@ -367,3 +388,44 @@ def test_a_heartbeat_costs_the_same_python_lines_at_48_nodes_as_at_16() -> None:
     small, large = _lines_per_heartbeat(16), _lines_per_heartbeat(48)
     assert large <= small + 8, (small, large)
     assert not math.isnan(small)
+
+
+# ------------------------------------------------------------------ loss meter
+def brute_loss(meter: LossMeter, now: float, outage: int | None) -> float:
+    """`LossMeter.loss` before its running counts: every mark of the window, one by one."""
+    if meter.last is None:
+        return 1.0
+    meter._trim(now)
+    start = now - meter.window()
+    holes = min(missed(now - meter.last, meter.interval), WINDOW_INTERVALS)
+    counted = extras = 0
+    for at, before, extra in meter.marks:
+        if extra:
+            extras += 1
+        elif outage is not None and before >= outage:
+            counted += 1
+        else:
+            counted += 1
+            holes += min(before, max(0, math.floor((at - start) / meter.interval)))
+    total = counted + holes
+    return 0.0 if total == 0 else max(0, holes - extras) / total
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_loss_from_running_counts_equals_the_scan(seed: int) -> None:
+    """Random loss, duplicates, reordering, outages and a cadence change: the running counts
+    give exactly the loss the scan over every mark gave."""
+    rng = random.Random(seed)
+    meter, now, interval = LossMeter(), 0.0, 0.1
+    for i in range(3000):
+        if i == 1500:
+            interval = 0.2
+        now += interval * (1 + rng.choice((0, 0, 0, 1, 2, 7)) * (rng.random() < 0.3))
+        now += rng.uniform(-0.02, 0.02)
+        meter.arrive(now, interval)
+        if rng.random() < 0.1:
+            meter.arrive(now + rng.uniform(0, 0.04), interval)  # a duplicate or a late one
+        at = now + rng.choice((0.0, 0.05, 0.3, 1.0))
+        for outage in (None, 6):
+            assert meter.loss(at, outage) == brute_loss(meter, at, outage)
+    assert meter.counted + meter.extras == len(meter.marks)
