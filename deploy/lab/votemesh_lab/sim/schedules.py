@@ -137,9 +137,8 @@ def random_schedule(seed: int, nodes: int | None = None, algorithm: str | None =
     algorithm is ffsplit or lms as drawn unless `algorithm` is given)."""
     rng = random.Random(seed * 7919 + 17)
     count = nodes or rng.randint(3, 9)
-    large = random.Random(seed * 15485863 + 29)  # a fourth generator: other seeds stay the same
-    if nodes is None and large.random() < LARGE_SHARE:
-        count = large.choice(LARGE_SIZES)
+    if nodes is None:
+        count = large_size(seed) or count
     quorum = QuorumOptions()
     if rng.random() < 0.2:
         breaker = rng.choice([TieBreaker.LOWEST, TieBreaker.HIGHEST])
@@ -194,6 +193,13 @@ def random_schedule(seed: int, nodes: int | None = None, algorithm: str | None =
     return Schedule(
         seed, count, quorum, timing, base, tuple(steps), t, end, nodes is not None, qdevice
     )
+
+
+def large_size(seed: int) -> int | None:
+    """The node count of a large-cluster seed (`LARGE_SHARE` of them), else None. A fourth
+    generator: every other seed keeps its schedule."""
+    large = random.Random(seed * 15485863 + 29)
+    return large.choice(LARGE_SIZES) if large.random() < LARGE_SHARE else None
 
 
 @dataclass(frozen=True, slots=True)
