@@ -647,15 +647,18 @@ class SimNetwork:
         broadcast on a clean LAN costs one entry, not one per peer. The random draws are made
         per destination in `dsts` order, as they always were (a seed replays as before)."""
         slots, now = self.slots, self.now
-        if not (self.cuts or self.link_cuts or self.links) and self.default_link.plain:
-            self._push(
-                now + self.default_link.delay,
-                _DELIVER,
-                src,
-                ([d for d in dsts if d in slots], inc, link, msg),
-            )
-            return
         cuts, link_cuts, links, default = self.cuts, self.link_cuts, self.links, self.default_link
+        if not links and default.plain:  # every copy arrives after one delay: one entry
+            group = [d for d in dsts if d in slots]
+            if cuts or link_cuts:
+                group = [
+                    d
+                    for d in group
+                    if (src, d) not in cuts and not (link_cuts and (src, d, link) in link_cuts)
+                ]
+            if group:
+                self._push(now + default.delay, _DELIVER, src, (group, inc, link, msg))
+            return
         rand = self.rng.random
         arrivals: dict[float, list[int]] = {}
         for dst in dsts:
