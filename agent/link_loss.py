@@ -66,12 +66,13 @@ class LossMeter:
             self.extras += 1
         else:
             self.last = now
-            holes = missed(gap, step)
+            holes = int(gap / step + 0.5) - 1  # missed(gap, step): gap / step >= 1/2 here
             self.marks.append((now, holes, False))
             self.counted += 1
             if holes:
                 self.holey.append((now, holes))
-        self._trim(now)
+        if self.marks[0][0] < now - WINDOW_INTERVALS * interval:
+            self._trim(now)
 
     def loss(self, now: float, outage: int | None = None) -> float:
         """Fraction of the window's expected datagrams that did not arrive (1.0: never heard).

@@ -215,6 +215,7 @@ class Links:
         self._heartbeat_interval = timing.heartbeat_interval
         self._probe_interval = timing.probe_interval
         self._phase = 0.0  # heartbeat rounds fall on phase + k x interval (set_phase)
+        self._last_round: tuple[tuple[float, float, float], float] = ((math.nan,) * 3, 0.0)
 
     # ------------------------------------------------------------ peers
     def set_peer(self, peer: int, links: frozenset[int]) -> None:
@@ -260,9 +261,14 @@ class Links:
             self._refresh(peer, state)
 
     def _round_after(self, t: float) -> float:
-        """The first heartbeat round instant at or after `t`."""
+        """The first heartbeat round instant at or after `t` (the last answer is kept: every
+        peer sent on in one round asks for the same `t`)."""
         hb, phase = self._heartbeat_interval, self._phase
-        return round(phase + math.ceil((t - phase) / hb - 1e-9) * hb, 9)  # whole ns: k x 0.1
+        key = (t, hb, phase)
+        if key != self._last_round[0]:
+            at = round(phase + math.ceil((t - phase) / hb - 1e-9) * hb, 9)  # whole ns: k x 0.1
+            self._last_round = (key, at)
+        return self._last_round[1]
 
     def _heartbeat_due(self, lk: _Link) -> float:
         """When the next heartbeat on `lk` is due: the first round at least half an interval
@@ -427,9 +433,10 @@ class Links:
         a peer added between rounds gets one at once and joins the next round."""
         self._now = max(self._now, now)
         out: list[DueSend] = []
-        for peer in self._sends.pop_due(now):  # only these have a send due by now
+        sends = self._sends
+        for peer in sends.pop_due(now):  # only these have a send due by now
             state = self._peers[peer]
-            active = self._sending_link(state)
+            active = state.active if state.active is not None else state.default_link()
             links = state.links
             send = math.inf
             for index in sorted(links) if len(links) > 1 else links:
@@ -438,12 +445,15 @@ class Links:
                 if now >= self._due(lk, kind):
                     self._mark_sent(lk, now)
                     out.append(DueSend(peer, index, kind))
-                    if kind == "heartbeat" and (hedge := self._hedge_link(state, now)) is not None:
-                        out.append(DueSend(peer, hedge, "hedge"))
-                send = min(send, self._due(lk, kind))
+                    if kind == "heartbeat" and len(links) > 1:
+                        hedge = self._hedge_link(state, now)
+                        if hedge is not None:
+                            out.append(DueSend(peer, hedge, "hedge"))
+                due = self._due(lk, kind)
+                send = min(send, due)
             # Sending moves only the sends: what expires (the cached expiry, a lower bound
             # when the peer has no link up) does not depend on them.
-            self._sends.set(peer, send)
+            sends.set(peer, send)
             if send == math.inf and peer not in self._expiries.at:
                 self._undated.add(peer)
         return out

@@ -289,7 +289,14 @@ class AgentNode:
         """(at, kind, reason, ring, quorate) of the last view/quorum changes (`explain`)."""
         self._missing_since: dict[int, float] = {}
         """When each peer left this node's view (gone when it is back in one)."""
-        self._heard_by = Deadlines()  # per verified peer: when it stops being heard, at the least
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        """What keeps the work per heartbeat independent of the cluster size (design §3.14)."""
+        self._heard_by = Deadlines()
+        """Per verified peer, a lower bound of when it stops being heard (`_heard_expiry`)."""
+        self._wire_views: dict[MemberView, View] = {}
+        """The wire form of the installed view and the proposal (`_wire`)."""
 
     def _init_reconfigure(self, config_version: int) -> None:
         """The state of run-time configuration changes (design §3.9)."""
@@ -313,16 +320,17 @@ class AgentNode:
         self.last_drop = None
         if self._stopped:
             return self._out
-        if self._started and self._stalled(now):
+        asked = self._asked  # a stall: not run when it asked to be, for over the failure timeout
+        if asked is not None and now - asked > self._failure_timeout and self._started:
             self._revalidate(now)
-        if isinstance(event, Start):
-            self._start(event.wall_ms)
+        if isinstance(event, MessageIn):  # the common case first
+            self._wall_ms = event.wall_ms
+            self._message(event)
         elif isinstance(event, Tick):
             self._wall_ms = event.wall_ms
             self._step()
-        elif isinstance(event, MessageIn):
-            self._wall_ms = event.wall_ms
-            self._message(event)
+        elif isinstance(event, Start):
+            self._start(event.wall_ms)
         elif isinstance(event, PeerAddresses):
             self._peer_addresses(event.peer, event.links)
         elif isinstance(event, SetExpected):
@@ -385,11 +393,6 @@ class AgentNode:
         self.links.set_peer(peer, links)
 
     # ------------------------------------------------------------ stalls (design §3.7)
-    def _stalled(self, now: float) -> bool:
-        """The node was not run when it asked to be, for longer than the failure timeout."""
-        asked = self._asked
-        return asked is not None and now - asked > self._failure_timeout
-
     def _revalidate(self, now: float) -> None:
         """After a stall: nothing learnt before it counts. Every peer must echo a stamp sent
         from now on before its heartbeats count again (the datagrams that sat in the socket
@@ -427,12 +430,13 @@ class AgentNode:
         if peer.rival and self._now - peer.rival_at < peer.timeout:
             self._duplicate(ev.peer, peer)
         msg = ev.message
-        if isinstance(msg, Heartbeat) and not self._plausible_seqs(msg):
+        if isinstance(msg, Heartbeat):
+            if self._plausible_seqs(msg):
+                peer.seen_at = self._now
+                self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
             return
         peer.seen_at = self._now
-        if isinstance(msg, Heartbeat):
-            self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
-        elif isinstance(msg, Leave):
+        if isinstance(msg, Leave):
             self._left(ev.peer, peer, ev.incarnation, msg.reason)
         elif isinstance(msg, Probe):
             probe = self.config.timing.probe_interval
@@ -526,7 +530,11 @@ class AgentNode:
         now_us = int(now * 1e6)
         rtt = reached = None
         echoed = 0
-        echo = self._own_echo(hb.echoes)
+        # Ours by bisection (O(log N)): senders sort echoes by node id (design §3.14). An
+        # unsorted tuple (hostile) can only make us miss ours.
+        echoes = hb.echoes
+        i = bisect_left(echoes, self.node_id, key=_ECHO_NODE)
+        echo = echoes[i] if i < len(echoes) and echoes[i].node_id == self.node_id else None
         if echo is not None and max(self._born_us, peer.echo_floor_us) <= echo.stamp_us <= now_us:
             rtt = max(0.0, now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
             if echo.stamp_us & 1:  # it went on the active link (even: a hedge copy)
@@ -554,23 +562,32 @@ class AgentNode:
         )
         if changes:
             self._link_changes(changes)
+        self._take_report(pid, peer, hb, wall_ms)
+
+    def _take_report(self, pid: int, peer: _Peer, hb: Heartbeat, wall_ms: int) -> None:
+        """What a fresh heartbeat reports: votes, expected votes, its clock, its membership."""
         wire_set = hb.expected_set
         expected_set = None if wire_set is None else _expected_set(wire_set)
-        reported = (hb.votes, hb.expected_votes, hb.quorate, expected_set, hb.tie_breaker)
-        changed = reported != (
-            peer.votes,
-            peer.expected,
-            peer.quorate,
-            peer.expected_set,
-            peer.tie_breaker,
+        changed = (
+            hb.votes != peer.votes
+            or hb.expected_votes != peer.expected
+            or hb.quorate != peer.quorate
+            or expected_set != peer.expected_set
+            or hb.tie_breaker != peer.tie_breaker
         )
+        if changed:
+            peer.votes, peer.expected, peer.quorate = hb.votes, hb.expected_votes, hb.quorate
+            peer.expected_set, peer.tie_breaker = expected_set, hb.tie_breaker
         peer.name = hb.node_name
         if hb.config_version != peer.config_version:
             peer.config_version, changed = hb.config_version, True
-        peer.votes, peer.expected, peer.quorate, peer.expected_set, peer.tie_breaker = reported
         if changed and pid in self.membership.view.members:
             self._update_quorum()
-        self._clock_check(pid, peer, hb.wall_ms, wall_ms)
+        skew = hb.wall_ms - wall_ms
+        if peer.skewed or abs(skew) > self.config.clock_skew_bound * 1000:
+            self._clock_check(pid, peer, hb.wall_ms, wall_ms)
+        else:
+            peer.wall_skew_ms = skew  # within the bound, as before: nothing to say
         raw = (hb.heard, hb.view, hb.proposal)
         moved = self.membership.refresh(pid, self._now) if raw == peer.raw else None
         if moved is None:
@@ -580,14 +597,6 @@ class AgentNode:
             moved = self.membership.peer_report(pid, report, self._now)
         if moved and self._evaluate_at is None:
             self._evaluate_at = self._now + EVALUATE_DELAY
-
-    def _own_echo(self, echoes: tuple[Echo, ...]) -> Echo | None:
-        """Our entry in a heartbeat's echoes, found by bisection (O(log N)): senders sort them
-        by node id (design §3.14). An unsorted tuple (hostile) can only make us miss ours."""
-        i = bisect_left(echoes, self.node_id, key=_ECHO_NODE)
-        if i < len(echoes) and echoes[i].node_id == self.node_id:
-            return echoes[i]
-        return None
 
     def _left(self, pid: int, peer: _Peer, incarnation: int, reason: str) -> None:
         """A clean shutdown: not heard from now on, re-evaluate at once (no failure timeout)."""
@@ -815,7 +824,8 @@ class AgentNode:
                     self._heard_moved(pid, p)
                 self.links.set_timeout(pid, p.timeout)
         self._link_changes(self.links.tick(self._now))
-        heard_changed = self.membership.set_heard(self._heard(), self._now)
+        heard = self._heard()  # O(N): once per step (a heartbeat round, a timeout, a change)
+        heard_changed = self.membership.set_heard(heard, self._now)
         due = self._evaluate_at is not None and self._evaluate_at <= self._now
         if heard_changed or due or not self._evaluated:
             # Only when an input changed: see Membership.evaluate, "When to evaluate".
@@ -833,7 +843,7 @@ class AgentNode:
             if self._store_error:  # halted: the rounds pass unsent (no busy wake-ups)
                 self.links.due_sends(self._now)
             return  # heartbeats and probes wait for MaxSeqStored
-        self._send_due()
+        self._send_due(heard)
 
     def _align_rounds(self) -> None:
         """Put heartbeat rounds on whole multiples of the interval in wall-clock time (Links
@@ -924,7 +934,9 @@ class AgentNode:
             if bound is None or expiry < bound:
                 self._heard_by.set(pid, expiry)
 
-    def _send_due(self) -> None:
+    def _send_due(self, heard: frozenset[int]) -> None:
+        """Heartbeats and probes due now. `heard`: `_heard()` of this step (no peer's state
+        changed since it was computed)."""
         by_link: dict[int, list[int]] = {}
         hedges: dict[int, list[int]] = {}
         for due in self.links.due_sends(self._now):
@@ -936,12 +948,13 @@ class AgentNode:
                 probe = Probe(link=due.link, stamp_us=int(self._now * 1e6))
                 self._out.append(SendTo(due.peer, due.link, probe))
         for link, peers in sorted(by_link.items()):
-            self._out.append(Broadcast(link, tuple(sorted(peers)), self._heartbeat_for(link)))
+            beat = self._heartbeat_for(link, heard)
+            self._out.append(Broadcast(link, tuple(sorted(peers)), beat))
         for link, peers in sorted(hedges.items()):
-            hedge = self._heartbeat_for(link, hedge=True)
+            hedge = self._heartbeat_for(link, heard, hedge=True)
             self._out.append(Broadcast(link, tuple(sorted(peers)), hedge))
 
-    def _heartbeat_for(self, link: int, *, hedge: bool = False) -> Heartbeat:
+    def _heartbeat_for(self, link: int, heard: frozenset[int], *, hedge: bool = False) -> Heartbeat:
         """Stamps are odd on the active link and even (1 us older) on a hedge copy (design
         §3.6): the echo then tells which copy reached the peer, and where both did the active
         one counts (the older copy is dropped as not newer, or overtaken by it)."""
@@ -959,9 +972,9 @@ class AgentNode:
             link=link,
             stamp_us=stamp,
             wall_ms=max(0, self._wall_ms),
-            heard=tuple(sorted(self._heard())),
-            view=_wire_view(self.membership.view),
-            proposal=_wire_view(self.membership.proposal),
+            heard=tuple(sorted(heard)),
+            view=self._wire(self.membership.view),
+            proposal=self._wire(self.membership.proposal),
             echoes=echoes,
             votes=self.config.quorum.votes,
             config_version=self.config_version,
@@ -972,6 +985,17 @@ class AgentNode:
             expected_set=_wire_expected_set(self.quorum.expected_set),
             tie_breaker=self.quorum.tie_breaker,
         )
+
+    def _wire(self, view: MemberView) -> View:
+        """The wire form of the installed view or the proposal, made once per view: the same
+        object round after round (a receiver that compares with the last one it got, as the
+        simulator's nodes do, then finds them identical at once)."""
+        cached = self._wire_views.get(view)
+        if cached is None:
+            if len(self._wire_views) >= 2:
+                self._wire_views.clear()
+            cached = self._wire_views[view] = _wire_view(view)
+        return cached
 
     def _settled_quorate(self) -> bool:
         status = self.quorum.status

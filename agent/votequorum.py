@@ -253,6 +253,8 @@ class Votequorum:
         self._tie_ring: tuple[int, int] = (0, 0)
         """L's ring id."""
         self._tie_high: tuple[int, int] = (0, 0)
+        self._proposed_votes: tuple[frozenset[int], dict[int, int], int] | None = None
+        """(members, the configured votes, their sum) of the last `proposed` (a cache)."""
         """The highest ring id (by sequence, then representative) of a member set holding a
         majority of votes that this node installed or proposed; the tie-breaker counts only
         while it is L's (design §3.8)."""
@@ -418,7 +420,12 @@ class Votequorum:
     def proposed(self, ring: tuple[int, int], members: frozenset[int]) -> None:
         """This node is sending a proposal: if it holds a majority of the votes, other nodes may
         install it, so a tie-breaker from an older view is no longer safe to name."""
-        votes = sum(self._configured.get(m, 1) for m in members)
+        cached = self._proposed_votes
+        if cached is not None and cached[0] is members and cached[1] is self._configured:
+            votes = cached[2]  # asked once per heartbeat round, mostly for the same proposal
+        else:
+            votes = sum(self._configured.get(m, 1) for m in members)
+            self._proposed_votes = (members, self._configured, votes)
         if votes >= self._expected // 2 + 1:
             self._tie_high = max(self._tie_high, _order(ring))
 
