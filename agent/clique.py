@@ -54,6 +54,47 @@ def mutual_graph(heard: Mapping[int, AbstractSet[int]]) -> dict[int, frozenset[i
     }
 
 
+class MutualGraph:
+    """`mutual_graph` kept between calls (membership evaluates it on every change): a row that
+    did not change (the same set object, or an equal set) is not read again, and only the edges
+    to changed, added or removed rows are checked again, O(N x changed rows) instead of
+    O(N^2) Python steps (65,000 at 256 nodes, design §3.14). Falls back to the full build when
+    more than an eighth of the rows changed. The result is always `mutual_graph(heard)`."""
+
+    __slots__ = ("_graph", "_heard")
+
+    def __init__(self) -> None:
+        self._heard: Mapping[int, AbstractSet[int]] = {}
+        self._graph: dict[int, frozenset[int]] = {}
+
+    def update(self, heard: Mapping[int, AbstractSet[int]]) -> dict[int, frozenset[int]]:
+        """`mutual_graph(heard)` (the caller must not change the rows it passed in later:
+        they are kept to compare with)."""
+        old_heard, old_graph = self._heard, self._graph
+        touched = {i for i, row in heard.items() if _changed(old_heard.get(i), row)}
+        touched.update(i for i in old_heard if i not in heard)
+        if len(touched) > len(heard) // 8:
+            graph = mutual_graph(heard)
+        else:
+            graph = {}
+            for i, row in heard.items():
+                if i in touched:
+                    graph[i] = frozenset(j for j in row if j != i and j in heard and i in heard[j])
+                    continue
+                edges = old_graph[i]
+                for c in touched:  # only edges to changed rows can differ from last time
+                    edge = c != i and c in row and c in heard and i in heard[c]
+                    if edge != (c in edges):
+                        edges = edges | {c} if edge else edges - {c}
+                graph[i] = edges
+        self._heard, self._graph = heard, graph
+        return graph
+
+
+def _changed(old: AbstractSet[int] | None, new: AbstractSet[int]) -> bool:
+    return old is not new and (old is None or old != new)
+
+
 def maximum_clique(graph: Graph, candidates: AbstractSet[int]) -> frozenset[int]:
     """The best clique (by `rank_key`) among `candidates`; empty when there are none.
 
@@ -70,6 +111,16 @@ def best_clique_containing(node: int, graph: Graph, candidates: AbstractSet[int]
     neighbours = set(graph.get(node, ())) & set(candidates)
     neighbours.discard(node)
     return maximum_clique(graph, neighbours) | {node}
+
+
+def _mask(bit: dict[int, int], nodes: set[int], row: set[int]) -> int:
+    """The bits of `row` (a subset of `nodes`): their sum (distinct powers of two), or, for a
+    row of more than half the nodes (near-complete graphs, the common case), all bits less the
+    sum of the few missing ones. `map` and `sum` run in C; summing few big ints keeps it
+    O(N) word operations per row instead of O(N^2)."""
+    if 2 * len(row) > len(nodes):
+        return (1 << len(nodes)) - 1 - sum(map(bit.__getitem__, nodes.difference(row)))
+    return sum(map(bit.__getitem__, row))
 
 
 def greedy_partition(graph: Graph) -> list[frozenset[int]]:
@@ -96,15 +147,12 @@ class _Search:
 
     def __init__(self, graph: Graph, candidates: AbstractSet[int]) -> None:
         nodes = set(candidates)
-        degree = {n: len(nodes & set(graph.get(n, ()))) for n in nodes}
-        self._ids = sorted(nodes, key=lambda n: (-degree[n], n))
+        rows = {n: nodes.intersection(graph.get(n, ())) for n in nodes}
+        self._ids = sorted(nodes, key=lambda n: (-len(rows[n]), n))
         bit = {node: 1 << index for index, node in enumerate(self._ids)}
-        self._adjacency = [
-            sum(bit[other] for other in graph.get(node, ()) if other in bit and other != node)
-            for node in self._ids
-        ]
-        self._bit = bit
         self.everyone = (1 << len(self._ids)) - 1
+        self._adjacency = [_mask(bit, nodes, rows[node]) & ~bit[node] for node in self._ids]
+        self._bit = bit
         self._best = 0
         self.steps = 0
 
@@ -112,7 +160,8 @@ class _Search:
         """The size of the largest clique among `candidates` (branch and bound, MCQ)."""
         self.steps = 0
         self._best = self._greedy(candidates)
-        self._grow(0, candidates)
+        if self._best < candidates.bit_count():  # else they are all one clique: no search
+            self._grow(0, candidates)
         return self._best
 
     def has_clique(self, candidates: int, size: int) -> bool:
@@ -125,6 +174,8 @@ class _Search:
         """The clique of `size` nodes with the smallest sorted id tuple: take the smallest id
         that still leaves room for a clique of `size` among larger ids, repeat."""
         self.steps = 0
+        if size == self.everyone.bit_count():  # every candidate: the only clique that large
+            return sorted(self._ids)
         chosen: list[int] = []
         allowed = self.everyone
         for node in sorted(self._ids):

@@ -69,7 +69,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.clique import best_clique_containing, mutual_graph, outranks
+from agent.clique import MutualGraph, best_clique_containing, outranks
 from agent.config import Timing
 from agent.status import ring_text
 
@@ -153,6 +153,7 @@ class Membership:
         self._heard_at = 0.0
         self._reports: dict[int, _Received] = {}
         self._matrix: dict[int, frozenset[int]] = {node_id: frozenset()}
+        self._mutual = MutualGraph()
         self.durable_seq: int | None = None
         """Set by the node: a view under a ring id of this node's own above it is not installed
         (not yet durable, design §3.3 "Durable before announced"). None: no limit."""
@@ -265,7 +266,7 @@ class Membership:
 
     def _members(self, fresh: dict[int, PeerReport]) -> frozenset[int]:
         """Best clique with me, skipping peers taken by a better clique without me."""
-        graph = mutual_graph(self._matrix)
+        graph = self._mutual.update(self._matrix)  # mutual_graph(self._matrix), incremental
         candidates = set(graph.get(self._me, ()))  # mutual, so in my (fresh) heard
         while True:
             members = best_clique_containing(self._me, graph, candidates)

@@ -254,6 +254,8 @@ class Votequorum:
         """L's ring id."""
         self._tie_high: tuple[int, int] = (0, 0)
         self._proposed_votes: tuple[frozenset[int], dict[int, int], int] | None = None
+        self._node_votes_of: tuple[QuorumInput, dict[int, int], int] | None = None
+        """(input, configured votes, `_node_votes`) of the last count (a cache)."""
         """(members, the configured votes, their sum) of the last `proposed` (a cache)."""
         """The highest ring id (by sequence, then representative) of a member set holding a
         majority of votes that this node installed or proposed; the tie-breaker counts only
@@ -454,8 +456,14 @@ class Votequorum:
         return 0 if self._device_disabled() else max(0, self._inp.qdevice_votes)
 
     def _node_votes(self) -> int:
-        votes = self._inp.member_votes
-        return sum(max(0, votes.get(m, self._configured.get(m, 1))) for m in self._inp.members)
+        inp, configured = self._inp, self._configured
+        cached = self._node_votes_of
+        if cached is not None and cached[0] is inp and cached[1] is configured:
+            return cached[2]  # the same (frozen) input: asked several times per update
+        votes = inp.member_votes
+        total = sum(max(0, votes.get(m, configured.get(m, 1))) for m in inp.members)
+        self._node_votes_of = (inp, configured, total)
+        return total
 
     def _total(self) -> int:
         return self._node_votes() + self._device_votes()

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from agent.clique import MutualGraph, _Search, best_clique_containing, mutual_graph
 from agent.deadline_heap import SLACK, Deadlines
 from agent.link_loss import WINDOW_INTERVALS, LossMeter, missed
 from agent.links import Links, _Reach
@@ -429,3 +430,47 @@ def test_loss_from_running_counts_equals_the_scan(seed: int) -> None:
         for outage in (None, 6):
             assert meter.loss(at, outage) == brute_loss(meter, at, outage)
     assert meter.counted + meter.extras == len(meter.marks)
+
+
+# ------------------------------------------------------------------ membership at scale
+@pytest.mark.parametrize("seed", range(4))
+def test_the_incremental_mutual_graph_equals_the_full_build(seed: int) -> None:
+    """Rows that change one or a few at a time (a peer heard or lost, one-way cuts, a report
+    that comes or goes, a partition and its heal), sometimes equal sets as new objects: the
+    kept graph is always `mutual_graph` of the rows."""
+    rng = random.Random(seed)
+    n = 40
+    rows: dict[int, frozenset[int]] = {i: frozenset(range(1, n + 1)) - {i} for i in range(1, n + 1)}
+    graph = MutualGraph()
+    for step in range(400):
+        action = rng.randrange(6)
+        i, j = rng.sample(range(1, n + 1), 2)
+        if action == 0 and i in rows:
+            rows[i] = rows[i] ^ {j}  # i starts or stops hearing j
+        elif action == 1:
+            rows.pop(i, None)  # its report expired
+        elif action == 2:
+            rows[i] = frozenset(rng.sample(range(1, n + 1), rng.randrange(n)))  # with self loops
+        elif action == 3 and i in rows:
+            rows[i] = frozenset(set(rows[i]))  # equal set, new object
+        elif action == 4 and step % 50 == 0:
+            cut = set(rng.sample(range(1, n + 1), n // 3))
+            rows = {k: frozenset(v - cut if k not in cut else v & cut) for k, v in rows.items()}
+        elif action == 5:
+            rows[i] = frozenset(range(1, n + 1)) - {i}
+        matrix = dict(rows)
+        assert graph.update(matrix) == mutual_graph(matrix)
+
+
+def test_a_clique_of_every_candidate_needs_no_search() -> None:
+    """256 nodes that all hear each other (formation, a clean partition): the best clique is
+    every candidate, found without a branch-and-bound search or a per-id check (the answer is
+    the same as the search's on the same graph minus one edge's absence)."""
+    nodes = range(1, 257)
+    graph = {i: frozenset(nodes) - {i} for i in nodes}
+    assert best_clique_containing(1, graph, set(graph[1])) == frozenset(nodes)
+    search = _Search(graph, set(nodes))
+    assert search.maximum_size(search.everyone) == 256
+    assert search.steps == 0  # no colouring: the greedy clique already holds everyone
+    cut = {**graph, 7: graph[7] - {9}, 9: graph[9] - {7}}  # one broken pair: a real search
+    assert best_clique_containing(1, cut, set(cut[1])) == frozenset(nodes) - {9}
