@@ -826,8 +826,10 @@ class AgentNode:
         self._link_changes(self.links.tick(self._now))
         heard = self._heard()  # O(N): once per step (a heartbeat round, a timeout, a change)
         heard_changed = self.membership.set_heard(heard, self._now)
+        if heard_changed and self._evaluate_at is None:  # peers expire within a few ms of each
+            self._evaluate_at = self._now + EVALUATE_DELAY  # other: one evaluation for them all
         due = self._evaluate_at is not None and self._evaluate_at <= self._now
-        if heard_changed or due or not self._evaluated:
+        if due or not self._evaluated:
             # Only when an input changed: see Membership.evaluate, "When to evaluate".
             self._evaluate_at, self._evaluated = None, True
             changes = self.membership.evaluate(self._now)

@@ -9,16 +9,23 @@ Figures only, never a failure on timing. `python -m tests.bench sim`.
 * stability (DESIGN L2): 5 nodes, 5 % loss and +-20 ms jitter on every link, 10 simulated
   minutes: view changes after the first formation (the target is 0), and ticks where a node's
   deadline did not move past `now` (spins).
+* scale (issue 11; sizes from BENCH_SIM_SCALE, default 64,128,256): `scale_rows(sizes)`, which
+  tests/bench/bench_scale.py imports for its table: N real cores form, split 60/40 and heal,
+  with the core cost per node, the null core's share, the split times and the checker's verdict.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
+from typing import Any
 
 from votemesh_lab.checker import Checker
 from votemesh_lab.sim.iface import Broadcast, Start, Tick
 from votemesh_lab.sim.network import Core, LinkModel, NodeFactory, SimNetwork, cluster_configs
 from votemesh_lab.sim.network import default_factory as real
+from votemesh_lab.sim.scale import START_SPREAD, split_heal
 from votemesh_lab.sim.schedules import run_seed
 
 from agent.config import AgentConfig
@@ -26,6 +33,8 @@ from proto.mesh_messages import Heartbeat
 from tests.sim.fake_node import FakeNode
 
 STEADY_SECONDS = 120.0  # simulated, per throughput run
+ROUND = 0.1
+"""The null core's heartbeat interval (seconds)."""
 REPEATS = 3
 
 
@@ -34,7 +43,8 @@ def fake(config: AgentConfig, incarnation: int, max_seq: int) -> Core:
 
 
 class NullCore:
-    """Heartbeats every peer every 100 ms and decides nothing: the simulator's own cost."""
+    """Heartbeats every peer every 100 ms, on the same round instants as every other node (as
+    the real core does, design §3.3), and decides nothing: the simulator's own cost."""
 
     def __init__(self, config: AgentConfig) -> None:
         self.peers = tuple(p.node_id for p in config.peers)
@@ -43,7 +53,7 @@ class NullCore:
 
     def handle(self, event: object, now: float) -> list[object]:
         if isinstance(event, Tick | Start) and now >= self.next_at:
-            self.next_at = now + 0.1
+            self.next_at = (math.floor(now / ROUND + 1e-9) + 1) * ROUND
             return [Broadcast(0, self.peers, self.beat)]
         return []
 
@@ -109,9 +119,65 @@ def stability(minutes: float = 10.0) -> None:
     )
 
 
+def null_pct_per_node(nodes: int, seconds: float) -> float:
+    """The simulator's own cost (null cores, clean LAN, after every node started): wall time per
+    simulated node-second, in % of a core."""
+    net = SimNetwork(cluster_configs(nodes), 1, default_link=LinkModel(), factory=null)
+    for node in range(1, nodes + 1):
+        net.at(START_SPREAD * node / nodes, lambda node=node: net.start(node))  # type: ignore[misc]
+    net.run_until(START_SPREAD + 0.2)
+    start = time.perf_counter()
+    net.run_until(net.now + seconds)
+    return 100 * (time.perf_counter() - start) / (nodes * seconds)
+
+
+def scale_rows(sizes: list[int]) -> list[dict[str, Any]]:
+    """One row per cluster size: N real cores form, split 60/40 (154|102 at 256) and heal
+    (`votemesh_lab.sim.scale.split_heal`), judged by the checker. Keys: nodes, split,
+    cost_pct_per_node (the real cores and the simulator, after formation), null_pct_per_node
+    (the simulator alone), formation_s, minority_inquorate_s (the slowest minority node),
+    majority_inquorate_s (None: never), rejoined_s (heal -> one view), wall_s (the whole run,
+    checker included), violations, load (1-minute load average at the end)."""
+    rows = []
+    for nodes in sizes:
+        minority = round(0.4 * nodes)
+        steady_s = 2.0 if nodes <= 64 else 1.0
+        run = split_heal(nodes, minority, steady=steady_s)
+        rows.append(
+            {
+                "nodes": nodes,
+                "split": f"{nodes - minority}|{minority}",
+                "cost_pct_per_node": run.cost_pct_per_node,
+                "null_pct_per_node": null_pct_per_node(nodes, steady_s),
+                "formation_s": run.formed_at,
+                "minority_inquorate_s": run.minority_inquorate_s,
+                "majority_inquorate_s": run.majority_inquorate_s,
+                "rejoined_s": run.rejoined_s,
+                "wall_s": run.wall_s,
+                "violations": None if run.verdict is None else len(run.verdict.violations),
+                "load": os.getloadavg()[0],
+            }
+        )
+    return rows
+
+
+def scale(sizes: list[int]) -> None:
+    """The scale rows, printed (issue 11)."""
+    for row in scale_rows(sizes):
+        print("  " + ", ".join(f"{k} {_figure(v)}" for k, v in row.items()), flush=True)
+
+
+def _figure(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def main() -> None:
     throughput()
     stability()
+    sizes = os.environ.get("BENCH_SIM_SCALE", "64,128,256")
+    scale([int(n) for n in sizes.split(",") if n.strip()])
 
 
 if __name__ == "__main__":

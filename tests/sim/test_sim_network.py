@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from votemesh_lab.sim.iface import Broadcast, MessageIn, PersistMaxSeq, Start, Tick
+from votemesh_lab.sim.iface import Broadcast, MessageIn, PersistMaxSeq, Start, Tick, reported
 from votemesh_lab.sim.network import Core, LinkModel, SimNetwork, cluster_configs
 
 from agent.config import AgentConfig
@@ -136,3 +137,75 @@ def test_crash_and_restart_with_higher_incarnation_and_persisted_seq() -> None:
     assert len(Recorder.made[1]) == 2
     assert (fresh.incarnation, fresh.max_seq) == (2, persisted)
     assert {i for _, p, i, _ in Recorder.made[2][-1].got if p == 1} == {1, 2}
+
+
+class Batcher(Recorder):
+    """A Recorder that also logs the order of `handle` and `next_deadline` calls."""
+
+    def __init__(self, config: AgentConfig, incarnation: int, max_seq: int) -> None:
+        super().__init__(config, incarnation, max_seq)
+        self.calls: list[tuple[str, float]] = []
+        self.now = 0.0
+
+    def handle(self, event: object, now: float) -> list[Any]:
+        self.now = now
+        self.calls.append(("handle", now))
+        return super().handle(event, now)
+
+    def next_deadline(self) -> float | None:
+        self.calls.append(("deadline", self.now))
+        return super().next_deadline()
+
+
+def test_deliveries_at_one_instant_are_one_batch() -> None:
+    """Nodes 1 and 2 heartbeat at the same instants: node 3 gets both datagrams at one instant
+    and is asked `next_deadline()` once after the two `handle` calls (design §3.14: as the
+    runtime drains a socket), never between them; what it receives is unchanged."""
+    Recorder.made = {}
+    net = SimNetwork(cluster_configs(3), 1, default_link=LinkModel(), factory=Batcher)
+    for node in (1, 2, 3):
+        net.start(node)
+    net.run_until(0.2)
+    node3 = Recorder.made[3][-1]
+    assert isinstance(node3, Batcher)
+    arrivals = sorted({t for t, p, _, _ in node3.got if p in {1, 2}})
+    assert len(arrivals) >= 15
+    for at in arrivals:
+        calls = [kind for kind, t in node3.calls if t == at]
+        assert calls.count("handle") >= 2
+        assert calls[-1] == "deadline"
+        assert calls.count("deadline") == 1, (at, calls)
+    assert stamps(3, 1) == stamps(3, 2) == list(range(1, len(stamps(3, 1)) + 1))
+
+
+def test_reported_state_is_what_status_shows() -> None:
+    """`iface.reported` reads an AgentNode's ring, members, counted members, quorate flag and
+    expected votes where its status document does: equal through formation, a split and the
+    heal, on every node."""
+    net = SimNetwork(cluster_configs(5), 3, default_link=LinkModel())
+    for node in range(1, 6):
+        net.at(0.01 * node, lambda node=node: net.start(node))  # type: ignore[misc]
+    checks = 0
+    phases: list[tuple[float, Callable[[], None] | None]] = [
+        (2.0, lambda: net.partition({1, 2}, {3, 4, 5})),
+        (4.0, net.heal),
+        (6.0, None),
+    ]
+    for until, action in phases:
+        while net.now < until:
+            net.run_until(net.now + 0.05)
+            for slot in net.slots.values():
+                fast = reported(slot.core, net.now)
+                full = slot.core.status(net.now) if slot.core else {}
+                assert fast["ring_id"] == tuple(full["ring_id"])
+                assert sorted(fast["members"]) == full["members"]
+                assert sorted(fast["counted"]) == full["counted"]
+                assert (fast["quorate"], fast["expected_votes"]) == (
+                    full["quorate"],
+                    full["expected_votes"],
+                )
+                checks += 1
+        if action:
+            action()
+    assert checks >= 5 * 100
+    assert net.quorate() == {1, 2, 3, 4, 5}

@@ -1,9 +1,9 @@
 """Random fault schedules (CI sample): every DESIGN §3 property after every run.
 
-2,000 seeds over 3-9 nodes (about a third with an ffsplit qnetd, a sixth more with an lms one, a
-third starting with a settled split for F1), spread over two worker processes (this machine has
-two cores). On a failure the assertion message holds the seed, the replay command and the trace
-tail.
+2,000 seeds over 3-9 nodes, 1 % of them large clusters of 12-32 nodes (issue 11), about a third
+with an ffsplit qnetd, a sixth more with an lms one, a third starting with a settled split for
+F1, spread over two worker processes (this machine has two cores). On a failure the assertion
+message holds the seed, the replay command and the trace tail.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 from votemesh_lab.sim.config_beside import replay_beside
-from votemesh_lab.sim.schedules import random_schedule, run_seed
+from votemesh_lab.sim.schedules import LARGE_SIZES, large_size, random_schedule, run_seed
 
 CI_RUNS = 2000
 WORKERS = 2
@@ -37,11 +37,15 @@ def run_chunk(first: int, count: int) -> tuple[int, list[str]]:
 def test_random_fault_schedules_hold_every_property() -> None:
     """2,000 seeded random fault schedules (partitions, one-way cuts, crash/restart, pauses,
     loss, duplication, reordering, slow and flapping links; a qnetd with ffsplit or lms; settled
-    splits) over 3-9 nodes: S1, S2, S3, L1, F1 and no silent state change hold in every run;
-    configuration replicas driven by the nodes' views (votemesh_lab/sim/config_beside.py) never make
-    two configurations with one version (S4)."""
+    splits) over 3-9 nodes and, for 1 % of the seeds, 12-32 nodes: S1, S2, S3, L1, F1 and no
+    silent state change hold in every run; configuration replicas driven by the nodes' views
+    (votemesh_lab/sim/config_beside.py) never make two configurations with one version (S4)."""
+    chunks = range(0, CI_RUNS, CHUNK)
+    # The chunks with a large cluster first, so that no worker is left with one at the end.
+    heavy = {s for s in chunks if any(large_size(seed) for seed in range(s, s + CHUNK))}
+    ordered = sorted(chunks, key=lambda s: s not in heavy)
     with ProcessPoolExecutor(max_workers=WORKERS) as pool:
-        futures = [pool.submit(run_chunk, s, CHUNK) for s in range(0, CI_RUNS, CHUNK)]
+        futures = [pool.submit(run_chunk, s, CHUNK) for s in ordered]
         results = [f.result() for f in futures]
     failures = [r for _, fs in results for r in fs]
     assert not failures, f"{len(failures)} failing seeds; first:\n{failures[0]}"
@@ -49,9 +53,14 @@ def test_random_fault_schedules_hold_every_property() -> None:
 
 
 def test_schedules_cover_sizes_and_faults() -> None:
-    """The CI sample covers every cluster size 3-9 and every fault kind."""
+    """The CI sample covers every cluster size 3-9, large clusters up to 32 nodes (issue 11)
+    and every fault kind."""
     schedules = [random_schedule(seed) for seed in range(CI_RUNS)]
-    assert {s.nodes for s in schedules} == set(range(3, 10))
+    assert {s.nodes for s in schedules} == set(range(3, 10)) | set(LARGE_SIZES)
+    assert max(s.nodes for s in schedules) == 32
+    large = [s for s in schedules if s.nodes > 9]
+    assert any(s.qdevice for s in large)
+    assert any(s.steps[s.nodes].action == "partition" for s in large)
     actions = {step.action for s in schedules for step in s.steps}
     expected = {"partition", "cut", "uncut", "crash", "restart", "pause", "set_link"}
     assert expected | {"set_default_link", "recover"} <= actions

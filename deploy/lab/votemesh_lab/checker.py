@@ -560,21 +560,33 @@ class Checker:
                 for n, s in current.items()
                 if s.quorate and s.expected >= self._total_at(n, now)
             }
+            # The distinct counted sets (a few, also at 256 nodes), each with its first two
+            # nodes: O(sets) per touched node instead of O(N) set intersections.
+            holders: dict[frozenset[int], list[int]] = {}
+            for n, members in counted.items():
+                first = holders.setdefault(members, [])
+                if len(first) < 2:
+                    first.append(n)
             for a in touched:
-                for b, members in counted.items():
-                    if a in counted and a != b and not counted[a] & members:
-                        key = (counted[a], members)
-                        if key not in seen:
-                            seen.add(key)
-                            found.append(
-                                Violation(
-                                    "S1",
-                                    now,
-                                    (a, b),
-                                    f"n{a} quorate with {sorted(counted[a])} and n{b} quorate "
-                                    f"with {sorted(members)}: disjoint",
-                                )
+                if a not in counted:
+                    continue
+                mine = counted[a]
+                for members, nodes in holders.items():
+                    b = next((n for n in nodes if n != a), None)
+                    if b is None or not mine.isdisjoint(members):
+                        continue
+                    key = (mine, members)
+                    if key not in seen:
+                        seen.add(key)
+                        found.append(
+                            Violation(
+                                "S1",
+                                now,
+                                (a, b),
+                                f"n{a} quorate with {sorted(mine)} and n{b} quorate "
+                                f"with {sorted(members)}: disjoint",
                             )
+                        )
         return found
 
     def silent(self) -> list[Violation]:
@@ -765,12 +777,7 @@ class Checker:
     @staticmethod
     def _slowest(topo: Network, running: frozenset[int]) -> float:
         """The longest one-way delay a datagram between running nodes can take."""
-        worst = 0.0
-        for a in running:
-            for b in running:
-                if a != b:
-                    worst = max(worst, topo.link(a, b).slowest)
-        return worst
+        return max([0.0, *(link.slowest for link in topo.between(running))])
 
     def _stable(self, topo: Network, start: float, stop: float) -> list[Violation]:
         running = sorted(topo.alive - topo.paused)

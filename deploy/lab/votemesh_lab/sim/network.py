@@ -11,15 +11,21 @@ incarnation and the last `PersistMaxSeq` value. A paused node receives nothing a
 do not fire; when it resumes, everything queued for it arrives in order.
 All randomness comes from one `random.Random(seed)`, so a seed replays exactly.
 
+Cost (design §3.14): one datagram's copies that arrive at one instant are one heap entry (a
+broadcast on a clean link: one entry for all peers) and share one immutable `MessageIn`; the
+deliveries to one node at one instant are a batch, as the runtime drains a socket: `handle`
+per datagram, then `next_deadline()` once.
+
 The network records what the checker needs: every node's reported state (ring id, members,
 quorate, expected votes) whenever it changes, and a snapshot of the topology whenever a fault
 changes it; `timeline()` gives the run as timeline records (design §4.6: `run`, `state`,
 `proc`, `net`, `config`, the nodes' events, `qnetd_vote`, `end`), which the checker reads as
 it reads a lab run's. A bounded trace of faults and node events is kept for failure reports.
-The network reads a node's `status()` after it emits a state event (view installed, quorum
-gained or lost, expected votes changed), and audits every node's status once a simulated
-second: a state change that no event announced is recorded in `silent_changes` and as a `state`
-record with `src` "status" (DESIGN §3 "no silent failure").
+The network reads a node's status (`iface.reported`: the fields it records, not the whole
+document) after it emits a state event (view installed, quorum gained or lost, expected votes
+changed), and audits every node's status once a simulated second: a state change that no
+event announced is recorded in `silent_changes` and as a `state` record with `src` "status"
+(DESIGN §3 "no silent failure").
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -75,6 +81,11 @@ class LinkModel(Link):
     `reorder` holds a datagram back by up to `reorder_delay`, letting later ones pass."""
 
     delay: float = 0.0005
+
+    @property
+    def plain(self) -> bool:
+        """Every datagram arrives once after `delay` (no random draw)."""
+        return not (self.loss or self.duplicate or self.jitter or self.reorder)
 
 
 class Core(Protocol):
@@ -260,6 +271,8 @@ class SimNetwork:
         """Timeline records as they happened (`timeline()` adds the run, config and end)."""
         self.held_back: set[int] = set()
         self._event_seq: dict[int, int] = {}
+        self._unarmed: dict[int, None] = {}
+        """Nodes that took deliveries at this instant and whose timer is not re-armed yet."""
         self._push(self.audit_interval, _ACTION, 0, self._audit)
         self._snapshot()
 
@@ -274,10 +287,19 @@ class SimNetwork:
         self._push(max(when, self.now), _ACTION, 0, action)
 
     def run_until(self, end: float) -> None:
-        """Process everything due up to and including `end`; then the clock reads `end`."""
-        heap = self._heap
-        while heap and heap[0][0] <= end:
-            at, _, kind, node, data = heapq.heappop(heap)
+        """Process everything due up to and including `end`; then the clock reads `end`.
+
+        Deliveries to one node at one instant are a batch (design §3.14, as the runtime drains
+        a socket): each is handed to the core with `handle`, and the node's `next_deadline()` is
+        read once, when the next happening is not another delivery at that instant."""
+        heap, unarmed = self._heap, self._unarmed
+        pop = heapq.heappop
+        while True:
+            if unarmed and (not heap or heap[0][2] != _DELIVER or heap[0][0] != self.now):
+                self._arm_batches()
+            if not heap or heap[0][0] > end:
+                break
+            at, _, kind, node, data = pop(heap)
             self.now = at
             if kind == _DELIVER:
                 self._deliver(node, data)
@@ -547,13 +569,26 @@ class SimNetwork:
         peer = next((p for p in self.configs[src].peers if p.node_id == dst), None)
         return set() if peer is None else mine & {a[0] for a in peer.addresses}
 
-    def _call(self, node: int, event: Any) -> None:
+    def _call(self, node: int, event: Any, *, batch: bool = False) -> None:
+        """Hand `event` to the node's core and carry out its effects; then re-arm its timer,
+        or (`batch`: a delivery) leave that to the end of the batch (`_arm_batches`)."""
         slot = self.slots[node]
         core = slot.core
         if core is None:
             raise RuntimeError("core is not set")
         effects = core.handle(event, self.now)
         self.handled += 1
+        if effects or self.observe_every or not batch:
+            self._after(node, slot, core, event, effects)
+            if slot.core is not core:
+                return
+        if batch:
+            self._unarmed[node] = None
+        else:
+            self._arm(node, slot, core)
+
+    def _after(self, node: int, slot: _Slot, core: Core, event: Any, effects: list[Any]) -> None:
+        """Carry out a core's effects (a Removed stops it; a PersistMaxSeq is stored at once)."""
         changed = self.observe_every or isinstance(event, iface.Start | iface.SetExpected)
         for effect in effects:
             changed = self._effect(node, slot, effect) or changed
@@ -565,15 +600,24 @@ class SimNetwork:
         for effect in effects:  # stored at once, as the runtime does (design §3.3)
             if isinstance(effect, iface.PersistMaxSeq) and slot.core is core:
                 self._call(node, iface.MaxSeqStored(effect.value))
-        self._arm(node, slot, core)
+
+    def _arm_batches(self) -> None:
+        """Re-arm the timer of every node that took a batch of deliveries at this instant."""
+        unarmed, slots = self._unarmed, self.slots
+        while unarmed:
+            node = next(iter(unarmed))
+            del unarmed[node]
+            slot = slots[node]
+            core = slot.core
+            if core is not None and slot.paused_until is None:
+                self._arm(node, slot, core)
 
     def _effect(self, node: int, slot: _Slot, effect: Any) -> bool:
         """Carry out one effect; True when it announces a change of the reported state."""
         if isinstance(effect, iface.Broadcast):
-            for peer in effect.peers:
-                self._send(node, slot.incarnation, peer, effect.link, effect.message)
+            self._send(node, slot.incarnation, effect.peers, effect.link, effect.message)
         elif isinstance(effect, iface.SendTo):
-            self._send(node, slot.incarnation, effect.peer, effect.link, effect.message)
+            self._send(node, slot.incarnation, (effect.peer,), effect.link, effect.message)
         elif isinstance(effect, iface.Emit):
             ev = effect.event
             self.note(f"n{node} {ev.kind}: {ev.reason}")
@@ -597,34 +641,65 @@ class SimNetwork:
             self.reconfigured = True
         return False
 
-    def _send(self, src: int, inc: int, dst: int, link: int, msg: MeshMessage) -> None:
-        if (src, dst) in self.cuts or dst not in self.slots:
+    def _send(self, src: int, inc: int, dsts: Iterable[int], link: int, msg: MeshMessage) -> None:
+        """One datagram from `src` to each of `dsts` through their links: the copies that
+        arrive at one instant are one happening (one heap entry, in `dsts` order), so a
+        broadcast on a clean LAN costs one entry, not one per peer. The random draws are made
+        per destination in `dsts` order, as they always were (a seed replays as before)."""
+        slots, now = self.slots, self.now
+        cuts, link_cuts, links, default = self.cuts, self.link_cuts, self.links, self.default_link
+        if not links and default.plain:  # every copy arrives after one delay: one entry
+            group = [d for d in dsts if d in slots]
+            if cuts or link_cuts:
+                group = [
+                    d
+                    for d in group
+                    if (src, d) not in cuts and not (link_cuts and (src, d, link) in link_cuts)
+                ]
+            if group:
+                self._push(now + default.delay, _DELIVER, src, (group, inc, link, msg))
             return
-        if self.link_cuts and (src, dst, link) in self.link_cuts:
-            return
-        model = self.links.get((src, dst), self.default_link)
         rand = self.rng.random
-        if model.loss and rand() < model.loss:
-            return
-        copies = 2 if model.duplicate and rand() < model.duplicate else 1
-        for _ in range(copies):
-            delay = model.delay
-            if model.jitter:
-                delay = max(0.0, delay + model.jitter * (2 * rand() - 1))
-            if model.reorder and rand() < model.reorder:
-                delay += model.reorder_delay * rand()
-            self._push(self.now + delay, _DELIVER, dst, (src, inc, link, msg))
+        arrivals: dict[float, list[int]] = {}
+        for dst in dsts:
+            if (src, dst) in cuts or dst not in slots:
+                continue
+            if link_cuts and (src, dst, link) in link_cuts:
+                continue
+            model = links.get((src, dst), default)
+            if model.plain:
+                arrivals.setdefault(now + model.delay, []).append(dst)
+                continue
+            if model.loss and rand() < model.loss:
+                continue
+            copies = 2 if model.duplicate and rand() < model.duplicate else 1
+            for _ in range(copies):
+                delay = model.delay
+                if model.jitter:
+                    delay = max(0.0, delay + model.jitter * (2 * rand() - 1))
+                if model.reorder and rand() < model.reorder:
+                    delay += model.reorder_delay * rand()
+                arrivals.setdefault(now + delay, []).append(dst)
+        for at, group in arrivals.items():
+            self._push(at, _DELIVER, src, (group, inc, link, msg))
 
-    def _deliver(self, node: int, data: tuple[int, int, int, MeshMessage]) -> None:
-        slot = self.slots[node]
-        if slot.core is None:
-            return
-        if slot.paused_until is not None:
-            slot.inbox.append(data)
-            return
-        self.delivered += 1
-        src, inc, link, msg = data
-        self._call(node, iface.MessageIn(src, inc, link, msg, self._wall()))
+    def _deliver(self, src: int, data: tuple[list[int], int, int, MeshMessage]) -> None:
+        """One datagram arriving at each of its destinations (one `MessageIn` shared by all:
+        it is immutable); a paused node queues it, a crashed one loses it."""
+        dsts, inc, link, msg = data
+        slots = self.slots
+        event = None
+        for dst in dsts:
+            slot = slots[dst]
+            if slot.core is None:
+                continue
+            if slot.paused_until is not None:
+                slot.inbox.append((src, inc, link, msg))
+                continue
+            if event is None:
+                event = iface.MessageIn(src, inc, link, msg, self._wall())
+            self.delivered += 1
+            self._call(dst, event, batch=True)
 
     def _timer(self, node: int, token: int) -> None:
         slot = self.slots[node]
@@ -643,11 +718,17 @@ class SimNetwork:
         self.note(f"n{node} RESUME with {len(inbox)} queued datagrams")
         self._proc(node, "resumed")
         self._snapshot()
-        for src, inc, link, msg in inbox:
+        for src, inc, link, msg in inbox:  # one batch: the deadline is read once, after it
+            if self.slots[node].core is None:  # removed by what it received
+                return
             self.delivered += 1
-            self._call(node, iface.MessageIn(src, inc, link, msg, self._wall()))
+            self._call(node, iface.MessageIn(src, inc, link, msg, self._wall()), batch=True)
+        self._unarmed.pop(node, None)
+        core = self.slots[node].core
+        if core is None:
+            return
         slot.timer_at = None
-        self._arm(node, slot, slot.core)
+        self._arm(node, slot, core)
         if self.qnetd is not None:
             self.qnetd.resumed(node)
 
@@ -686,7 +767,7 @@ class SimNetwork:
         self._push(self.now + self.audit_interval, _ACTION, 0, self._audit)
 
     def _observe(self, node: int, core: Core, src: str = "sim") -> None:
-        status = core.status(self.now)
+        status = iface.reported(core, self.now)
         ring = status.get("ring_id")
         state = NodeState(
             (int(ring[0]), int(ring[1])) if ring else None,

@@ -1,6 +1,7 @@
 """Random fault schedules from a seed, and running one through the simulator and the checker.
 
-A schedule is: nodes start within the first 0.3 s and form a view; in some schedules (drawn from
+A schedule is: 3-9 nodes (1 % of the seeds, from a fourth generator: 12, 16, 24 or 32) start
+within the first 0.3 s and form a view; in some schedules (drawn from
 a second generator, so older seeds keep their schedules) the cluster has a qnetd (ffsplit, or
 lms from a third generator: the real arbitration core and client sessions) and/or first splits
 cleanly into two groups once it has settled, for the settle time (what F1 checks), and half of
@@ -47,6 +48,10 @@ LMS_SHARE = 0.15
 generator, so every older ffsplit (or qnetd-less, not chosen) seed keeps its schedule. Our lms
 revokes before it grants (docs/design.md 3.4); 3.0.3's did not (SIM_LMS_SEED broke S1)."""
 SIM_LMS_SEED = 5135
+LARGE_SHARE = 0.01
+"""Share of schedules whose cluster is large (one of `LARGE_SIZES` nodes instead of 3-9), drawn
+from a fourth generator, so every other seed keeps its schedule (issue 11)."""
+LARGE_SIZES = (12, 16, 24, 32)
 QNETD_CUT_SHARE = 0.5
 """Share of the qnetd schedules where one node's path to the qnetd is cut for a while."""
 
@@ -127,10 +132,13 @@ class RunResult:
 
 
 def random_schedule(seed: int, nodes: int | None = None, algorithm: str | None = None) -> Schedule:
-    """The fault schedule of `seed` (3-9 nodes unless `nodes` is given; a qnetd schedule's
+    """The fault schedule of `seed` (3-9 nodes, or for `LARGE_SHARE` of the seeds one of
+    `LARGE_SIZES`, unless `nodes` is given; a qnetd schedule's
     algorithm is ffsplit or lms as drawn unless `algorithm` is given)."""
     rng = random.Random(seed * 7919 + 17)
     count = nodes or rng.randint(3, 9)
+    if nodes is None:
+        count = large_size(seed) or count
     quorum = QuorumOptions()
     if rng.random() < 0.2:
         breaker = rng.choice([TieBreaker.LOWEST, TieBreaker.HIGHEST])
@@ -185,6 +193,13 @@ def random_schedule(seed: int, nodes: int | None = None, algorithm: str | None =
     return Schedule(
         seed, count, quorum, timing, base, tuple(steps), t, end, nodes is not None, qdevice
     )
+
+
+def large_size(seed: int) -> int | None:
+    """The node count of a large-cluster seed (`LARGE_SHARE` of them), else None. A fourth
+    generator: every other seed keeps its schedule."""
+    large = random.Random(seed * 15485863 + 29)
+    return large.choice(LARGE_SIZES) if large.random() < LARGE_SHARE else None
 
 
 @dataclass(frozen=True, slots=True)
