@@ -526,7 +526,9 @@ def print_row(row: AgentRow) -> None:
             f"    idle {idle.seconds:g} s: CPU/agent mean {idle.cpu_mean:.2f} % max "
             f"{idle.cpu_max:.2f} %, RSS {idle.rss_mean:.1f} MiB, {idle.sent_per_s:.0f} "
             f"datagrams/s sent, {idle.received_per_s:.0f}/s received, {idle.view_changes} view "
-            f"changes, one view after: {idle.one_view_after} (load {idle.load:.2f})",
+            f"changes, one view after: {idle.one_view_after}, {cell(idle.us_per_datagram, 0)} us "
+            f"CPU per datagram received + sent, {cell(idle.wire_bytes, 0)} B per datagram on lo "
+            f"(load {idle.load:.2f})",
             flush=True,
         )
     if row.kill_last:
