@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from agent.config import LinkConfig, Timing
 from agent.deadline_heap import Deadlines
@@ -117,9 +118,10 @@ class PeerUnreachable:
 LinkChange = LinkUp | LinkDown | ActiveLinkChanged | PeerReachable | PeerSuspected | PeerUnreachable
 
 
-@dataclass(frozen=True, slots=True)
-class DueSend:
-    """What the node must send now: a heartbeat on the active link, a probe on the others."""
+class DueSend(NamedTuple):
+    """What the node must send now: a heartbeat on the active link, a probe on the others (a
+    tuple: one is made per peer per heartbeat round, at twice the speed of a frozen
+    dataclass)."""
 
     peer: int
     link: int
