@@ -120,6 +120,8 @@ class _LinkSocket:
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # an ICMP error queued on the socket, reported here
+                    if sock.fileno() < 0:
+                        break  # the link was removed by a message of this batch
                     mesh.send_failed(str(exc), None)
                     continue
                 try:
