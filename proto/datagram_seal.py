@@ -12,6 +12,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -84,9 +85,9 @@ class ClusterKey:
         return ChaCha20Poly1305(hkdf.derive(self.secret))
 
 
-@dataclass(frozen=True, slots=True)
-class EnvelopeHeader:
-    """The clear-text, authenticated header of a sealed datagram."""
+class EnvelopeHeader(NamedTuple):
+    """The clear-text, authenticated header of a sealed datagram (a named tuple: made for
+    every datagram received, at a third of a frozen dataclass's cost)."""
 
     kind: int
     cluster_id: bytes
@@ -126,6 +127,7 @@ class Sealer:
         self._cid = cluster_id(cluster_name)
         self._key_id = key.key_id
         self._cipher = key.sender_cipher(self._cid, node_id, incarnation)
+        self._prefixes: dict[int, bytes] = {}  # kind -> the header bytes before the counter
         self.counter = 0
         """Counter of the last datagram sealed (the next one uses counter + 1)."""
 
@@ -134,10 +136,13 @@ class Sealer:
         if self.counter >= MAX_U64:
             raise LocalProtocolError("counter exhausted: restart with a new incarnation")
         self.counter += 1
-        header = EnvelopeHeader(
-            kind, self._cid, self._key_id, self.node_id, self.incarnation, self.counter
-        ).pack()
-        return header + self._cipher.encrypt(_nonce(self.counter), payload, header)
+        prefix = self._prefixes.get(kind)
+        if prefix is None:  # the header but its counter: the same for every datagram of a kind
+            whole = EnvelopeHeader(kind, self._cid, self._key_id, self.node_id, self.incarnation, 0)
+            prefix = self._prefixes[kind] = whole.pack()[:-8]
+        counter = self.counter.to_bytes(8, "big")
+        header = prefix + counter
+        return header + self._cipher.encrypt(b"\0\0\0\0" + counter, payload, header)
 
 
 @dataclass(slots=True)

@@ -13,9 +13,11 @@ count, a ring sequence that leaves no room for a successor, a list of a million 
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+
+import msgpack
 
 from proto import tagged_map
 from proto.datagram_seal import EnvelopeHeader, Opener, Sealer
@@ -274,6 +276,7 @@ MESH_KINDS: dict[MeshKind, type[MeshMessage]] = {
     MeshKind.CONFIG_CHUNK: ConfigChunk,
 }
 _KIND_OF: dict[type, MeshKind] = {cls: kind for kind, cls in MESH_KINDS.items()}
+_CLASS_OF: dict[int, type[MeshMessage]] = {int(kind): cls for kind, cls in MESH_KINDS.items()}
 
 
 def kind_of(msg: MeshMessage) -> MeshKind:
@@ -288,10 +291,9 @@ def encode(msg: MeshMessage) -> bytes:
 
 def decode(kind: int, payload: bytes) -> MeshMessage:
     """A message from its envelope kind and opened payload."""
-    try:
-        cls = MESH_KINDS[MeshKind(kind)]
-    except ValueError:
-        raise DecodeError("unknown_kind", f"mesh kind {kind}") from None
+    cls = _CLASS_OF.get(kind)
+    if cls is None:
+        raise DecodeError("unknown_kind", f"mesh kind {kind}")
     msg = tagged_map.unpack(cls, payload)
     if isinstance(msg, Heartbeat):
         for view in (msg.view, msg.proposal):
@@ -306,8 +308,36 @@ def _check_view(view: View) -> None:
     members = view.members
     if not members or members[0] != view.representative:
         raise DecodeError("bad_value", f"view {view.representative}: not its lowest member")
-    if any(a >= b for a, b in itertools.pairwise(members)):
+    if members is _sorted_members[0]:
+        return  # the tuple the decoder gave for an equal list last time, checked then
+    if list(members) != sorted(set(members)):  # in C: no Python step per member
         raise DecodeError("bad_value", "view members not sorted and distinct")
+    _sorted_members[0] = members
+
+
+_sorted_members: list[tuple[int, ...]] = [()]
+"""The members tuple last found sorted and distinct (the decoder hands out the same tuple
+object for a list equal to the last one that passed its checks)."""
+
+
+def heartbeat_per_peer(hb: Heartbeat) -> Callable[[int], bytes]:
+    """The payload for each peer of a round's heartbeat: `echoes` holds only that peer's own
+    echo (or none). The core builds one heartbeat with every peer's echo; on the wire each peer
+    gets its own (design §1.3): same field and tag, so an agent that looks for its id in the
+    tuple reads it. The rest of the heartbeat is packed once, here."""
+    apart = tagged_map.PackedApart(hb, "echoes")
+    echoes = {echo.node_id: echo for echo in hb.echoes}
+    none = apart.with_value(())
+
+    def payload(peer: int) -> bytes:
+        echo = echoes.get(peer)
+        if echo is None:
+            return none
+        # An array of one Echo map, packed here in one call (tags 1-3 of Echo).
+        plain = {1: echo.node_id, 2: echo.stamp_us, 3: echo.held_us}
+        return apart.with_packed(b"\x91" + msgpack.packb(plain))
+
+    return payload
 
 
 def seal_message(sealer: Sealer, msg: MeshMessage) -> bytes:

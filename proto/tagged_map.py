@@ -3,7 +3,10 @@
 A field declares its tag with `tagged(n)`. Encoding writes `{tag: value}` and leaves out fields
 equal to their default; decoding ignores unknown tags (a newer sender's additions), fills missing
 ones with their default, and checks every value's type and range against the annotation, so a
-well-authenticated but malformed payload still raises `DecodeError("bad_payload")`.
+well-authenticated but malformed payload still raises `DecodeError("bad_payload")`. Each class
+gets a decoder generated once (ints and bools checked inline); lists of ints are checked with C
+builtins (the set of item types, min, max, len), so a heartbeat's decode takes no Python step
+per node id (docs/design.md §1.4, §3.14).
 
 Supported annotations: int (unsigned, < 2**64), bool, str (<= 255 chars), bytes (<= 4096),
 nested tagged dataclasses, `tuple[X, ...]` of those (<= 1024 items) and `X | None`. A field may
@@ -19,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from itertools import repeat
 from typing import Any, TypeVar
 
 import msgpack
@@ -30,6 +34,9 @@ MAX_ITEMS = 1024
 MAX_STR = 255
 MAX_BYTES = 4096
 MAX_UINT = 2**64
+COLUMNS_FROM = 8
+"""Items from which a list of int-only maps is checked column by column (fewer: map by map,
+which costs less for the one echo a heartbeat carries on the wire)."""
 T = TypeVar("T")
 Check = Callable[[Any], Any]
 
@@ -62,112 +69,183 @@ def field_limits(cls: type, name: str) -> tuple[tuple[int, int] | None, int]:
     raise LocalProtocolError(f"{cls.__name__} has no field {name}")
 
 
-def _bounded(check: Check, what: str, low: int, high: int) -> Check:
-    def bounded(value: Any) -> Any:
-        result = check(value)
-        if result is not None and not low <= result <= high:
-            raise DecodeError("bad_value", f"{what} = {result} outside [{low}, {high}]")
-        return result
-
-    return bounded
+class _Absent:
+    """Marks a tag missing from a decoded map (None is a value: an optional field's)."""
 
 
-def _bounded_tuple(check: Check, what: str, low: int, high: int, items: int) -> Check:
-    def bounded(value: Any) -> Any:
-        result = check(value)
-        if len(result) > items:
-            raise DecodeError("bad_value", f"{what}: {len(result)} items, at most {items}")
-        if result and type(result[0]) is int and not (low <= min(result) and max(result) <= high):
-            raise DecodeError("bad_value", f"{what}: an item outside [{low}, {high}]")
-        return result
-
-    return bounded
-
-
-def _bounded_len(check: Check, what: str, low: int, high: int) -> Check:
-    def bounded(value: Any) -> Any:
-        result = check(value)
-        if not low <= len(result) <= high:
-            raise DecodeError("bad_value", f"{what}: {len(result)} bytes, not {low}..{high}")
-        return result
-
-    return bounded
+_ABSENT: Any = _Absent()
+_INT = frozenset({int})
+_DICT = frozenset({dict})
 
 
 def _bad(what: str, value: Any) -> DecodeError:
     return DecodeError("bad_payload", f"{what}: unexpected {type(value).__name__}")
 
 
-def _check_int(value: Any) -> int:
-    if type(value) is not int or not 0 <= value < MAX_UINT:  # bool is not int here
-        raise _bad("int", value)
-    return value
+def _outside(what: str, value: int, low: int, high: int) -> DecodeError:
+    return DecodeError("bad_value", f"{what} = {value} outside [{low}, {high}]")
 
 
-def _check_int_tuple(value: Any) -> tuple[int, ...]:
-    """Fast path for node sets, the bulk of a heartbeat: one pass in C builtins."""
+def _ints(values: list[Any], what: str, low: int, high: int) -> None:
+    """Every item an int (bool is not) in [low, high]: C builtins only (set, map, min, max), no
+    Python step per item. bad_payload for a wrong type or a negative int, bad_value for one
+    outside the field's bounds."""
+    if not values:
+        return
+    if not _INT.issuperset(map(type, values)):
+        raise _bad(f"{what} item", next(v for v in values if type(v) is not int))
+    smallest, largest = min(values), max(values)
+    if smallest < 0 or largest >= MAX_UINT:
+        raise DecodeError("bad_payload", f"{what}: an item is not an unsigned 64-bit int")
+    if smallest < low or largest > high:
+        raise DecodeError("bad_value", f"{what}: an item outside [{low}, {high}]")
+
+
+def _check_int(what: str, low: int, high: int) -> Check:
+    def check(value: Any) -> int:
+        if type(value) is not int or not 0 <= value < MAX_UINT:  # bool is not int here
+            raise _bad(what, value)
+        if not low <= value <= high:
+            raise _outside(what, value, low, high)
+        return value
+
+    return check
+
+
+def _check_bool(what: str) -> Check:
+    def check(value: Any) -> bool:
+        if type(value) is not bool:
+            raise _bad(what, value)
+        return value
+
+    return check
+
+
+def _check_str(what: str) -> Check:
+    def check(value: Any) -> str:
+        if type(value) is not str or len(value) > MAX_STR:
+            raise _bad(what, value)
+        return value
+
+    return check
+
+
+def _check_bytes(what: str, bounds: tuple[int, int] | None) -> Check:
+    low, high = bounds or (0, MAX_BYTES)
+
+    def check(value: Any) -> bytes:
+        if type(value) is not bytes or len(value) > MAX_BYTES:
+            raise _bad(what, value)
+        if not low <= len(value) <= high:
+            raise DecodeError("bad_value", f"{what}: {len(value)} bytes, not {low}..{high}")
+        return value
+
+    return check
+
+
+def _list_of(what: str, items: int, value: Any) -> list[Any]:
+    """A decoded array of at most MAX_ITEMS (bad_payload) and `items` (bad_value) entries."""
     if type(value) is not list or len(value) > MAX_ITEMS:
-        raise _bad("list", value)
-    if value and not (
-        all(type(x) is int for x in value) and min(value) >= 0 and max(value) < MAX_UINT
-    ):
-        raise _bad("list of int", value)
-    return tuple(value)
-
-
-def _check_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _bad("bool", value)
+        raise _bad(what, value)
+    if len(value) > items:
+        raise DecodeError("bad_value", f"{what}: {len(value)} items, at most {items}")
     return value
 
 
-def _check_str(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > MAX_STR:
-        raise _bad("str", value)
-    return value
+def _check_int_tuple(what: str, low: int, high: int, items: int) -> Check:
+    """Node sets, the bulk of a heartbeat: checked in C builtins, O(1) Python steps."""
+
+    last: list[Any] = [_ABSENT, ()]  # the last list that passed, and its tuple
+
+    def check(value: Any) -> tuple[int, ...]:
+        # Every node sends the same view: a list equal to the last one that passed, and of
+        # ints only (True == 1, so the types are checked), is that one again.
+        if value == last[0] and _INT.issuperset(map(type, value)):
+            same: tuple[int, ...] = last[1]
+            return same
+        _ints(_list_of(what, items, value), what, low, high)
+        last[0], last[1] = value, tuple(value)
+        return last[1]  # type: ignore[no-any-return]
+
+    return check
 
 
-def _check_bytes(value: Any) -> bytes:
-    if not isinstance(value, bytes) or len(value) > MAX_BYTES:
-        raise _bad("bytes", value)
-    return value
+def _columns(cls: type) -> tuple[tuple[int, Any, str, int, int], ...] | None:
+    """(tag, default, name, low, high) per field when every field of `cls` is a plain int (Echo):
+    a list of them is then checked column by column in C; None otherwise."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if hints[f.name] is not int:
+            return None
+        low, high = f.metadata.get("bounds") or (0, MAX_UINT - 1)
+        default = _ABSENT if f.default is dataclasses.MISSING else f.default
+        rows.append((f.metadata["tag"], default, f"{cls.__name__}.{f.name}", low, high))
+    return tuple(rows)
 
 
-_SCALARS: dict[Any, Check] = {
-    int: _check_int,
-    bool: _check_bool,
-    str: _check_str,
-    bytes: _check_bytes,
-}
+def _check_object_tuple(what: str, item: type, items: int) -> Check:
+    """A list of nested maps. Maps of ints only (echoes) go column by column: each field's
+    values fetched with `map(dict.get, ...)` and checked by `_ints`, the objects built by one
+    `map(cls, *columns)`; short lists and any other item type map by map."""
+    columns = _columns(item)
+    decode_item: Check = _decoder(item)
+
+    def check(value: Any) -> tuple[Any, ...]:
+        value = _list_of(what, items, value)
+        if columns is None or len(value) < COLUMNS_FROM:
+            return tuple(map(decode_item, value))
+        if not _DICT.issuperset(map(type, value)):
+            raise _bad(item.__name__, next(v for v in value if type(v) is not dict))
+        cols = []
+        for tag, default, name, low, high in columns:
+            col = list(map(dict.get, value, repeat(tag, len(value)), repeat(default)))
+            if default is _ABSENT and _ABSENT in col:
+                raise DecodeError("bad_payload", f"{name} missing")
+            _ints(col, name, low, high)
+            cols.append(col)
+        return tuple(map(item, *cols))
+
+    return check
 
 
-def _checker(annotation: Any) -> Check:
-    """A function validating (and converting) one decoded value against its annotation."""
-    if annotation in _SCALARS:
-        return _SCALARS[annotation]
+def _optional(check: Check) -> Check:
+    return lambda value: None if value is None else check(value)
+
+
+def _checker(annotation: Any, what: str, meta: Mapping[str, Any]) -> Check:
+    """A function validating (and converting) one decoded value against its annotation and
+    the field's declared bounds and max_items."""
+    bounds = meta.get("bounds")
+    low, high = bounds or (0, MAX_UINT - 1)
+    items = meta.get("max_items", MAX_ITEMS)
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    scalar = {
+        int: lambda: _check_int(what, low, high),
+        bool: lambda: _check_bool(what),
+        str: lambda: _check_str(what),
+        bytes: lambda: _check_bytes(what, bounds),
+    }.get(annotation)
+    if scalar is not None:
+        return scalar()
     if origin in (types.UnionType, typing.Union) and len(args) == 2 and type(None) in args:
-        inner = _checker(next(a for a in args if a is not type(None)))
-        return lambda v: None if v is None else inner(v)
+        inner = next(a for a in args if a is not type(None))
+        return _optional(_checker(inner, what, meta))
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         if args[0] is int:
-            return _check_int_tuple
-        item = _checker(args[0])
-
-        def check_tuple(v: Any) -> tuple[Any, ...]:
-            if not isinstance(v, list | tuple) or len(v) > MAX_ITEMS:
-                raise _bad("list", v)
-            return tuple(item(x) for x in v)
-
-        return check_tuple
+            return _check_int_tuple(what, low, high, items)
+        if isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
+            return _check_object_tuple(what, args[0], items)
+        item = _checker(args[0], f"{what} item", {})
+        return lambda value: tuple(map(item, _list_of(what, items, value)))
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-        cls: type[Any] = annotation
-        return lambda v: _from_map(cls, v)
+        return _decoder(annotation)
     raise LocalProtocolError(f"tagged_map cannot carry {annotation!r}")
 
 
 _SCHEMAS: dict[type, tuple[tuple[int, str, Check, Any], ...]] = {}
+_DECODERS: dict[type, Callable[[Any], Any]] = {}
 
 
 def _schema(cls: type) -> tuple[tuple[int, str, Check, Any], ...]:
@@ -179,22 +257,65 @@ def _schema(cls: type) -> tuple[tuple[int, str, Check, Any], ...]:
         for f in dataclasses.fields(cls):
             if "tag" not in f.metadata:
                 raise LocalProtocolError(f"{cls.__name__}.{f.name} has no tag")
-            check = _checker(hints[f.name])
-            low, high = f.metadata.get("bounds") or (0, MAX_UINT - 1)
-            items = f.metadata.get("max_items", MAX_ITEMS)
-            what = f"{cls.__name__}.{f.name}"
-            if typing.get_origin(hints[f.name]) is tuple:
-                check = _bounded_tuple(check, what, low, high, items)
-            elif hints[f.name] is bytes and f.metadata.get("bounds") is not None:
-                check = _bounded_len(check, what, low, high)
-            elif f.metadata.get("bounds") is not None:
-                check = _bounded(check, what, low, high)
+            check = _checker(hints[f.name], f"{cls.__name__}.{f.name}", f.metadata)
             rows.append((f.metadata["tag"], f.name, check, f.default))
         tags = [r[0] for r in rows]
         if len(set(tags)) != len(tags):
             raise LocalProtocolError(f"{cls.__name__} reuses a tag")
         schema = _SCHEMAS[cls] = tuple(rows)
     return schema
+
+
+def _decoder(cls: type[T]) -> Callable[[Any], T]:
+    """The decoder of one class, generated once: a map's fields in declaration order, ints and
+    bools checked inline (a function call per field was most of a heartbeat's decode), other
+    fields by their checker, a missing field given its default, the object built with
+    positional arguments."""
+    decode = _DECODERS.get(cls)
+    if decode is None:
+        hints = typing.get_type_hints(cls)
+        env: dict[str, Any] = {"cls": cls, "A": _ABSENT, "bad": _bad, "oob": _outside}
+        env["DecodeError"] = DecodeError
+        lines = [
+            "def decode(data):",
+            "    if type(data) is not dict:",
+            "        raise bad(cls.__name__, data)",
+            "    get = data.get",
+        ]
+        names = []
+        for i, (f, (tag, name, check, default)) in enumerate(
+            zip(dataclasses.fields(cls), _schema(cls), strict=True)  # type: ignore[arg-type]
+        ):
+            var, what = f"v{i}", f"{cls.__name__}.{name}"
+            env[f"c{i}"], env[f"d{i}"], env[f"w{i}"] = check, default, what
+            lines.append(f"    {var} = get({tag}, A)")
+            lines.append(f"    if {var} is A:")
+            if default is dataclasses.MISSING:
+                lines.append(f"        raise DecodeError('bad_payload', w{i} + ' missing')")
+            else:
+                lines.append(f"        {var} = d{i}")
+            lines.extend(_inline_check(var, i, hints[name], f.metadata))
+            names.append(var)
+        lines.append(f"    return cls({', '.join(names)})")
+        exec("\n".join(lines), env)  # noqa: S102 (source built here from the class's schema)
+        decode = _DECODERS[cls] = env["decode"]
+    return decode
+
+
+def _inline_check(var: str, i: int, annotation: Any, meta: Mapping[str, Any]) -> list[str]:
+    """Source lines checking a present value `var` (field i): ints and bools inline, anything
+    else through its checker `c{i}`; the same errors as the checkers raise."""
+    if annotation is int:
+        low, high = meta.get("bounds") or (0, MAX_UINT - 1)
+        return [
+            f"    elif type({var}) is not int or {var} < 0 or {var} >= {MAX_UINT}:",
+            f"        raise bad(w{i}, {var})",
+            f"    elif {var} < {low} or {var} > {high}:",
+            f"        raise oob(w{i}, {var}, {low}, {high})",
+        ]
+    if annotation is bool:
+        return [f"    elif type({var}) is not bool:", f"        raise bad(w{i}, {var})"]
+    return ["    else:", f"        {var} = c{i}({var})"]
 
 
 def _to_map(obj: Any) -> dict[int, Any]:
@@ -210,32 +331,61 @@ def _to_map(obj: Any) -> dict[int, Any]:
 def _to_plain(value: Any) -> Any:
     kind = type(value)
     if kind is tuple:
-        if value and type(value[0]) in _SCALARS:
+        if value and type(value[0]) in _PLAIN:
             return value  # msgpack packs a tuple of scalars as an array as it is
         return [_to_plain(v) for v in value]
-    if kind in _SCALARS:
+    if kind in _PLAIN:
         return value
     return _to_map(value)
 
 
-def _from_map(cls: type[T], data: Any) -> T:
-    if not isinstance(data, dict):
-        raise _bad(cls.__name__, data)
-    values: dict[str, Any] = {}
-    for tag, name, check, default in _schema(cls):
-        if tag in data:
-            values[name] = check(data[tag])
-        elif default is dataclasses.MISSING:
-            raise DecodeError("bad_payload", f"{cls.__name__}: field {name} missing")
-    return cls(**values)
+_PLAIN = frozenset({int, bool, str, bytes})
 
 
 def pack(obj: Any) -> bytes:
     """msgpack bytes of a tagged dataclass."""
+    return _pack_plain(_to_map(obj))
+
+
+class PackedApart:
+    """A tagged object packed once but for one field, which `with_value` fills in per copy:
+    the common part is packed once (a round's heartbeat), each copy costs a few bytes
+    (the one echo of the peer it goes to). Decodes as the object with that field replaced."""
+
+    def __init__(self, obj: Any, name: str) -> None:
+        plain = _to_map(obj)
+        rows = [row for row in _schema(type(obj)) if row[1] == name]
+        if not rows:
+            raise LocalProtocolError(f"{type(obj).__name__} has no field {name}")
+        self._tag, self._default = rows[0][0], rows[0][3]
+        plain.pop(self._tag, None)
+        count = len(plain)
+        packed = _pack_plain(plain)
+        self._without = packed
+        self._with = _map_header(count + 1) + packed[len(_map_header(count)) :]
+        self._with += _pack_plain(self._tag)
+
+    def with_value(self, value: Any) -> bytes:
+        """msgpack bytes of the object with the field set to `value`."""
+        if value is None or value == self._default:
+            return self._without
+        return self._with + _pack_plain(_to_plain(value))
+
+    def with_packed(self, packed: bytes) -> bytes:
+        """The same with the field's value given as msgpack bytes (the caller packed it)."""
+        return self._with + packed
+
+
+def _map_header(count: int) -> bytes:
+    return b"%c" % (0x80 | count) if count < 16 else b"\xde" + count.to_bytes(2, "big")
+
+
+def _pack_plain(plain: Any) -> bytes:
+    """msgpack bytes of plain values (what `_to_map` makes)."""
     try:
-        return msgpack.packb(_to_map(obj), use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb(plain, use_bin_type=True)  # type: ignore[no-any-return]
     except (TypeError, OverflowError, ValueError) as exc:
-        raise LocalProtocolError(f"cannot pack {obj!r}: {exc}") from exc
+        raise LocalProtocolError(f"cannot pack {plain!r}: {exc}") from exc
 
 
 def unpack(cls: type[T], data: bytes) -> T:
@@ -253,4 +403,4 @@ def unpack(cls: type[T], data: bytes) -> T:
         )
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
         raise DecodeError("bad_payload", f"not msgpack: {exc}") from None
-    return _from_map(cls, plain)
+    return _decoder(cls)(plain)

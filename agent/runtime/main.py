@@ -154,6 +154,12 @@ class AgentRuntime(ClusterConfigRuntime):
     """One running agent: its core, sockets, control socket and state directory (the cluster
     configuration's part: `agent.runtime.config_runtime`)."""
 
+    _batching = False
+    """Between the first message of a socket's wake-up and its end: `dispatch` leaves the timer
+    and the replica's observation to `_batch_done` (once per batch, design §3.14)."""
+    _observed: tuple[object, object] = (None, None)
+    """The core's view and verdict objects last handed to `_observe`."""
+
     def __init__(
         self, config: AgentConfig, keys: list[ClusterKey], startup: Startup | None = None
     ) -> None:
@@ -186,6 +192,7 @@ class AgentRuntime(ClusterConfigRuntime):
             fresh=lambda peer: self.node.last_fresh_peer == peer,
             core_drop=lambda: self.node.last_drop or self._config_drop,
             stranger=lambda node, link, source: self._guarded(self._stranger, node, link, source),
+            batch_done=lambda: self._guarded(self._batch_done),
         )
         self._config_drop: str | None = None
         self.replication = Replication(
@@ -258,8 +265,25 @@ class AgentRuntime(ClusterConfigRuntime):
                 self._execute(effect)
         for answer in stored:  # the core holds every datagram back until it hears this
             self.dispatch(answer)
-        self._arm()
-        self._observe()
+        if not self._batching:
+            self._arm()
+            self._observe_changed()
+
+    def _batch_done(self) -> None:
+        """The end of one socket wake-up's messages: the next deadline and the replica's view
+        once for all of them."""
+        if self._batching:
+            self._batching = False
+            self._arm()
+            self._observe_changed()
+
+    def _observe_changed(self) -> None:
+        """`_observe` unless the core's view and verdict are the very objects last observed
+        (both frozen: the same object is the same state, and the replica is fed changes only)."""
+        seen = (self.node.view, self.node.quorum.status)
+        if seen[0] is not self._observed[0] or seen[1] is not self._observed[1]:
+            self._observed = seen
+            self._observe()
 
     def _store_max_seq(self, value: int) -> MaxSeqStored:
         """Persist max_seq (atomic, fsynced); the answer the core waits for."""
@@ -312,6 +336,7 @@ class AgentRuntime(ClusterConfigRuntime):
         if not self._accepting:
             return False
         self._config_drop = None
+        self._batching = True
         self._guarded(self.dispatch, message)
         if message.peer in self._probation:
             self._guarded(self._vouched, message.peer)
@@ -321,6 +346,7 @@ class AgentRuntime(ClusterConfigRuntime):
             message.peer in self._farewell and isinstance(message.message, ConfigFetch)
         )
         if isinstance(message.message, CONFIG_MESSAGES) and taken:
+            self._guarded(self._observe)  # the replica sees the view this message came in
             self._guarded(self.replication.receive, message.peer, message.message)
             self._config_drop = self.replication.last_drop
         return True

@@ -1,14 +1,23 @@
 """Mesh transport: one UDP socket per link, sealed datagrams in and out.
 
-Adapter ring. Every link of the config gets an asyncio `DatagramProtocol` bound to its address
-and port. A datagram is opened (`proto.mesh_messages`: envelope checks, AEAD, replay window),
-its sender must be a known peer, and the decoded message is handed to `deliver` as a
-`MessageIn`. Anything else is dropped and counted by reason (`DecodeError.reason`, plus
-`unknown_peer`, `bad_payload`, `bad_value`, `not_running`, and the core's reasons from
-`AgentNode.last_drop`), logged rate-limited (`WARN_REASONS` as warnings with the source
-address, the rest as debug lines): nothing a peer sends can raise out of the receive path.
-Outgoing messages are sealed once per `Broadcast` and sent to each peer's address on that
-link; a peer's addresses come from the static config or discovery (`discovered_address`).
+Adapter ring. Every link of the config gets a non-blocking UDP socket bound to its address and
+port, read by the event loop (`add_reader`). Each wake-up drains the datagrams waiting on the
+socket (at most BATCH_MAX, then the loop runs its timers and other sockets) and calls
+`batch_done` once after the last of them (the agent re-arms its timer and observes the core once
+per batch, design §3.14); no delay is added to gather more. Each datagram is opened
+(`proto.mesh_messages`: envelope checks, AEAD, replay window), its sender must be a known peer,
+and the decoded message is handed to `deliver` as a `MessageIn`. Anything else is dropped and
+counted by reason (`DecodeError.reason`, plus `unknown_peer`, `bad_payload`, `bad_value`,
+`not_running`, and the core's reasons from `AgentNode.last_drop`, asked after each message),
+logged rate-limited (`WARN_REASONS` as warnings with the source address, the rest as debug
+lines): nothing a peer sends can raise out of the receive path.
+
+Sending: a `Broadcast` or `SendTo` is sealed once and the same bytes go to each peer's address
+on that link, except a heartbeat with echoes: each peer gets its own datagram whose `echoes`
+holds only that peer's echo (design §1.3; the rest is packed once per round). `sendto` is called
+on the socket itself; a full send buffer (EAGAIN) drops the datagram and counts it in
+`send_errors` ("send buffer full"). A peer's addresses come from the static config or discovery
+(`discovered_address`).
 
 Addresses learned from authenticated traffic: multicast DNS is not authenticated, so a
 discovered address is only a proposal. When a fresh heartbeat from a peer opens under the
@@ -22,10 +31,9 @@ forged mDNS announcement cannot divert a live peer's heartbeats (refusals are co
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +44,22 @@ from agent.config import AgentConfig, LinkConfig
 from agent.node_events import MessageIn
 from proto.datagram_seal import Opener, Sealer, claimed_sender
 from proto.errors import DecodeError
-from proto.mesh_messages import MeshMessage, decode, seal_message
+from proto.mesh_messages import (
+    Heartbeat,
+    MeshKind,
+    MeshMessage,
+    decode,
+    heartbeat_per_peer,
+    seal_message,
+)
 
 log = structlog.get_logger("votemesh.agent.udp")
 
 RECEIVE_BUFFER = 1 << 20  # bytes: absorbs a burst of ~10,000 small datagrams
-SEND_BUFFER_LIMIT = 256 * 1024  # bytes queued in asyncio before we drop instead of buffering
+BATCH_MAX = 256
+"""Datagrams read per wake-up at most (then the loop runs its timers and other sockets): a
+round of a 256-node cluster, ~25 ms of work."""
+MAX_DATAGRAM = 65535  # bytes: the largest UDP payload (an older agent's heartbeat may be large)
 LOG_EVERY = 1.0  # seconds: at most one debug line per drop reason
 CONFIRMED_FOR = 10.0  # seconds an authenticated source address outranks discovery
 WARN_EVERY = 10.0  # seconds: at most one warning line per reason that names an outsider
@@ -61,6 +79,8 @@ class DatagramCounters:
     """What went through the sockets, for `status` and metrics."""
 
     received: int = 0
+    batches: int = 0
+    """Wake-ups that read the socket (received / batches = datagrams handled per wake-up)."""
     accepted: int = 0
     sent: int = 0
     send_errors: int = 0
@@ -72,6 +92,7 @@ class DatagramCounters:
         """JSON-ready counters."""
         return {
             "received": self.received,
+            "batches": self.batches,
             "accepted": self.accepted,
             "sent": self.sent,
             "send_errors": self.send_errors,
@@ -81,21 +102,39 @@ class DatagramCounters:
         }
 
 
-class _LinkProtocol(asyncio.DatagramProtocol):
-    """Hands every datagram of one link to the mesh; never raises."""
+class _LinkSocket:
+    """One link's non-blocking UDP socket, read by the event loop (`add_reader`): each wake-up
+    drains the datagrams waiting on it (at most BATCH_MAX) and ends the batch once."""
 
-    def __init__(self, mesh: MeshTransport, link: int) -> None:
-        self.mesh, self.link = mesh, link
+    def __init__(self, mesh: MeshTransport, link: int, sock: socket.socket) -> None:
+        self.mesh, self.link, self.sock = mesh, link, sock
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def readable(self) -> None:
+        """Every datagram waiting (up to BATCH_MAX) to the mesh, then one `batch_done`. A bug
+        below costs one datagram, never the socket."""
+        mesh, sock, link = self.mesh, self.sock, self.link
         try:
-            self.mesh.receive(self.link, data, addr)
-        except Exception:  # a bug below must cost one datagram, never the socket
-            self.mesh.counters.dropped["internal_error"] += 1
-            log.exception("datagram handling failed", link=self.link)
+            for _ in range(BATCH_MAX):
+                try:
+                    data, addr = sock.recvfrom(MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # an ICMP error queued on the socket, reported here
+                    if sock.fileno() < 0:
+                        break  # the link was removed by a message of this batch
+                    mesh.send_failed(str(exc), None)
+                    continue
+                try:
+                    mesh.receive(link, data, addr)
+                except Exception:
+                    mesh.counters.dropped["internal_error"] += 1
+                    log.exception("datagram handling failed", link=link)
+        finally:
+            mesh.counters.batches += 1
+            mesh.batch_done()
 
-    def error_received(self, exc: Exception) -> None:
-        self.mesh.send_failed(str(exc), None)
+    def sockname(self) -> Any:
+        return self.sock.getsockname()
 
 
 class MeshTransport:
@@ -112,6 +151,7 @@ class MeshTransport:
         fresh: Callable[[int], bool] = lambda _peer: True,
         core_drop: Callable[[], str | None] = lambda: None,
         stranger: Callable[[int, int, Address], None] = lambda _node, _link, _addr: None,
+        batch_done: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.stranger = stranger
@@ -126,11 +166,14 @@ class MeshTransport:
         """After `deliver`: was that datagram from this peer fresh (not a replayed recording)?
         Only then does its source address count (the core knows: `AgentNode.last_fresh_peer`)."""
         self.core_drop = core_drop
+        self.batch_done = batch_done
+        """After the datagrams of one wake-up were each handed to `deliver` (design §3.14): the
+        agent re-arms its timer and observes the core once per batch, not once per message."""
         """After `deliver`: why the core dropped that message (`AgentNode.last_drop`), or None."""
-        self.sources: dict[tuple[int, int], Address] = {}
+        self.sources: OrderedDict[tuple[int, int], Address] = OrderedDict()
         """(sender, incarnation) -> the source of its last authentic datagram (bounded)."""
         self.counters = DatagramCounters()
-        self.transports: dict[int, asyncio.DatagramTransport] = {}
+        self.transports: dict[int, _LinkSocket] = {}
         self.addresses: dict[int, dict[int, Address]] = {}
         self.pinned = {(p.node_id, link) for p in config.peers for link, _, _ in p.addresses}
         self.confirmed: dict[tuple[int, int], tuple[Address, float]] = {}
@@ -138,6 +181,7 @@ class MeshTransport:
             for link, host, port in peer.addresses:
                 self.set_peer_address(peer.node_id, link, (host, port))
         self._last_log: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ sockets
     async def start(self) -> None:
@@ -160,26 +204,32 @@ class MeshTransport:
         except OSError:
             sock.close()
             raise
-        transport, _ = await loop.create_datagram_endpoint(
-            functools.partial(_LinkProtocol, self, link.index), sock=sock
-        )
-        self.transports[link.index] = transport
+        sock.setblocking(False)
+        link_socket = _LinkSocket(self, link.index, sock)
+        loop.add_reader(sock, link_socket.readable)
+        self.transports[link.index] = link_socket
+        self._loop = loop
 
     def remove_link(self, index: int) -> None:
         """Close one link's socket (a link removed at run time)."""
-        transport = self.transports.pop(index, None)
-        if transport is not None:
-            transport.close()
+        link_socket = self.transports.pop(index, None)
+        if link_socket is not None:
+            self._close(link_socket)
+
+    def _close(self, link_socket: _LinkSocket) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(link_socket.sock)
+        link_socket.sock.close()
 
     def local_address(self, link: int) -> Address:
         """(host, port) a link's socket is bound to (the real port when the config says 0)."""
-        host, port = self.transports[link].get_extra_info("sockname")[:2]
+        host, port = self.transports[link].sockname()[:2]
         return host, port
 
     def close(self) -> None:
         """Close every socket."""
-        for transport in self.transports.values():
-            transport.close()
+        for link_socket in self.transports.values():
+            self._close(link_socket)
         self.transports.clear()
 
     # ------------------------------------------------------------ peers
@@ -267,8 +317,12 @@ class MeshTransport:
     def _remember_source(self, sender: int, incarnation: int, addr: Any) -> None:
         if not isinstance(addr, tuple) or len(addr) < 2:
             return
-        self.sources.pop((sender, incarnation), None)
-        self.sources[(sender, incarnation)] = (str(addr[0]), int(addr[1]))
+        key, source = (sender, incarnation), (str(addr[0]), int(addr[1]))
+        known = key in self.sources
+        self.sources[key] = source
+        self.sources.move_to_end(key)  # most recently heard last
+        if known:
+            return  # nothing to forget: no O(senders) scan per datagram
         mine = [key for key in self.sources if key[0] == sender]
         for key in mine[:-SOURCES_KEPT]:
             del self.sources[key]
@@ -305,25 +359,28 @@ class MeshTransport:
 
     # ------------------------------------------------------------ sending
     def send(self, link: int, peers: tuple[int, ...], message: MeshMessage) -> None:
-        """Seal `message` once and send it to each peer's address on `link`."""
-        transport = self.transports.get(link)
-        targets = [a for p in peers if (a := self.addresses.get(p, {}).get(link)) is not None]
-        if transport is None or not targets:
+        """Seal `message` and send it to each peer's address on `link`: once for all, or for a
+        heartbeat with echoes once per peer, each with only that peer's echo (design §1.3)."""
+        link_socket = self.transports.get(link)
+        if link_socket is None:
             return
-        datagram = seal_message(self.sealer, message)
-        for address in targets:
-            if _queued_bytes(transport) > SEND_BUFFER_LIMIT:
+        targets = [(p, a) for p in peers if (a := self.addresses.get(p, {}).get(link)) is not None]
+        if not targets:
+            return
+        sendto = link_socket.sock.sendto
+        if isinstance(message, Heartbeat) and message.echoes:
+            payload, seal = heartbeat_per_peer(message), self.sealer.seal
+            datagrams = [(seal(MeshKind.HEARTBEAT, payload(p)), a) for p, a in targets]
+        else:
+            datagram = seal_message(self.sealer, message)
+            datagrams = [(datagram, a) for _, a in targets]
+        for datagram, address in datagrams:
+            try:
+                sendto(datagram, address)
+            except BlockingIOError:
                 self.send_failed("send buffer full", address)
                 continue
-            try:
-                transport.sendto(datagram, address)
             except OSError as exc:
                 self.send_failed(str(exc), address)
                 continue
             self.counters.sent += 1
-
-
-def _queued_bytes(transport: asyncio.DatagramTransport) -> int:
-    """Bytes asyncio holds for a socket that would block (selector transports expose it)."""
-    size = getattr(transport, "get_write_buffer_size", None)
-    return int(size()) if callable(size) else 0
