@@ -135,9 +135,10 @@ def scale_rows(sizes: list[int]) -> list[dict[str, Any]]:
     """One row per cluster size: N real cores form, split 60/40 (154|102 at 256) and heal
     (`votemesh_lab.sim.scale.split_heal`), judged by the checker. Keys: nodes, split,
     cost_pct_per_node (the real cores and the simulator, after formation), null_pct_per_node
-    (the simulator alone), formation_s, minority_inquorate_s (the slowest minority node),
-    majority_inquorate_s (None: never), rejoined_s (heal -> one view), wall_s (the whole run,
-    checker included), violations, load (1-minute load average at the end)."""
+    (the simulator alone), cost_cpu_pct_per_node (the same by this process's CPU time: the
+    machine is shared), formation_s, minority_inquorate_s (the slowest minority node),
+    majority_inquorate_s (None: never), rejoined_s (heal -> one view), wall_s and cpu_s (the
+    whole run, checker included), violations, load (1-minute load average at the end)."""
     rows = []
     for nodes in sizes:
         minority = round(0.4 * nodes)
@@ -148,12 +149,14 @@ def scale_rows(sizes: list[int]) -> list[dict[str, Any]]:
                 "nodes": nodes,
                 "split": f"{nodes - minority}|{minority}",
                 "cost_pct_per_node": run.cost_pct_per_node,
+                "cost_cpu_pct_per_node": run.cost_cpu_pct_per_node,
                 "null_pct_per_node": null_pct_per_node(nodes, steady_s),
                 "formation_s": run.formed_at,
                 "minority_inquorate_s": run.minority_inquorate_s,
                 "majority_inquorate_s": run.majority_inquorate_s,
                 "rejoined_s": run.rejoined_s,
                 "wall_s": run.wall_s,
+                "cpu_s": run.total_cpu,
                 "violations": None if run.verdict is None else len(run.verdict.violations),
                 "load": os.getloadavg()[0],
             }

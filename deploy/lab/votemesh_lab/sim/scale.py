@@ -54,8 +54,13 @@ class SplitRun:
     steady_s: float = 0.0
     """Simulated seconds of the cost window (after formation, before the split)."""
     steady_wall: float = 0.0
+    steady_cpu: float = 0.0
+    """This process's CPU seconds in the cost window (a shared machine inflates wall time)."""
     walls: dict[str, float] = field(default_factory=dict)
-    """Wall seconds of each phase: formation, steady, split, heal, check."""
+    """Wall seconds of each phase: formation, settle, steady, split, heal, check."""
+    total_wall: float = 0.0
+    """Wall seconds of the whole run, from building the cluster to the verdict."""
+    total_cpu: float = 0.0
 
     @property
     def cost_pct_per_node(self) -> float | None:
@@ -63,6 +68,11 @@ class SplitRun:
         if not self.steady_s:
             return None
         return 100 * self.steady_wall / (self.nodes * self.steady_s)
+
+    @property
+    def cost_cpu_pct_per_node(self) -> float | None:
+        """CPU time of the cost window per simulated node-second, in % of a core."""
+        return 100 * self.steady_cpu / (self.nodes * self.steady_s) if self.steady_s else None
 
     @property
     def minority_inquorate_s(self) -> float | None:
@@ -73,7 +83,8 @@ class SplitRun:
 
     @property
     def wall_s(self) -> float:
-        return sum(self.walls.values())
+        """The whole run's wall time (the phases' sum while it runs)."""
+        return self.total_wall or sum(self.walls.values())
 
     def describe(self) -> str:
         """One line of figures."""
@@ -90,7 +101,7 @@ class SplitRun:
             f"inquorate {'never' if majority is None else f'{majority * 1000:.0f} ms'}; "
             f"one view again {'never' if rejoined is None else f'{rejoined:.2f} s'} after the "
             f"heal; core cost {'-' if cost is None else f'{cost:.3f}'} % of a core per node; "
-            f"violations {violations}; wall {self.wall_s:.1f} s "
+            f"violations {violations}; wall {self.wall_s:.1f} s, CPU {self.total_cpu:.1f} s "
             f"({', '.join(f'{k} {v:.1f}' for k, v in self.walls.items())})"
         )
 
@@ -129,6 +140,7 @@ def split_heal(
     factory: NodeFactory = real_core,
 ) -> SplitRun:
     """Form, measure `steady` simulated seconds, split off `minority` nodes, heal, judge."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     timing = Timing.lan()
     settle = settle_time(timing)
     everyone = frozenset(range(1, nodes + 1))
@@ -142,12 +154,15 @@ def split_heal(
     run.formed_at = _until_one_view(net, everyone, FORM_WITHIN)
     run.walls["formation"] = time.perf_counter() - began
     if run.formed_at is None:
-        return _judge(run, check)
+        return _judge(run, check, started, cpu_started)
     if steady:
-        net.run_until(net.now + 0.5)  # the formation's last messages
         began = time.perf_counter()
+        net.run_until(net.now + 0.5)  # the formation's last messages
+        run.walls["settle"] = time.perf_counter() - began
+        began, cpu = time.perf_counter(), time.process_time()
         net.run_until(net.now + steady)
         run.steady_wall = time.perf_counter() - began
+        run.steady_cpu = time.process_time() - cpu
         run.steady_s = steady
         run.walls["steady"] = run.steady_wall
     began = time.perf_counter()
@@ -165,7 +180,7 @@ def split_heal(
     run.rejoined_s = None if back is None else back - run.healed_at
     net.run_until(max(net.now, run.healed_at + settle + CHECK_WINDOW))
     run.walls["heal"] = time.perf_counter() - began
-    return _judge(run, check)
+    return _judge(run, check, started, cpu_started)
 
 
 def _split_figures(run: SplitRun, cut_at: float) -> None:
@@ -192,9 +207,11 @@ def _split_figures(run: SplitRun, cut_at: float) -> None:
     run.majority_inquorate_s = worst
 
 
-def _judge(run: SplitRun, check: bool) -> SplitRun:
+def _judge(run: SplitRun, check: bool, started: float, cpu_started: float) -> SplitRun:
     if check:
         began = time.perf_counter()
         run.verdict = Checker(run.net.timeline()).check()
         run.walls["check"] = time.perf_counter() - began
+    run.total_wall = time.perf_counter() - started
+    run.total_cpu = time.process_time() - cpu_started
     return run
