@@ -9,9 +9,10 @@ Figures only, never a failure on timing. `python -m tests.bench sim`.
 * stability (DESIGN L2): 5 nodes, 5 % loss and +-20 ms jitter on every link, 10 simulated
   minutes: view changes after the first formation (the target is 0), and ticks where a node's
   deadline did not move past `now` (spins).
-* scale (issue 11; sizes from BENCH_SIM_SCALE, default 64,128,256): `scale_rows(sizes)`, which
-  tests/bench/bench_scale.py imports for its table: N real cores form, split 60/40 and heal,
-  with the core cost per node, the null core's share, the split times and the checker's verdict.
+* scale (issue 11): `scale_rows(sizes)`, which tests/bench/bench_scale.py imports for its
+  table (`python -m tests.bench scale`; here only when BENCH_SIM_SCALE names sizes, e.g.
+  64,128,256): N real cores form, split 60/40 and heal, with the core cost per node, the null
+  core's share, the split times and the checker's verdict.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def _figure(value: object) -> str:
 def main() -> None:
     throughput()
     stability()
-    sizes = os.environ.get("BENCH_SIM_SCALE", "64,128,256")
+    sizes = os.environ.get("BENCH_SIM_SCALE", "")  # `bench scale` prints them in its table
     scale([int(n) for n in sizes.split(",") if n.strip()])
 
 
