@@ -826,10 +826,11 @@ class AgentNode:
         self._link_changes(self.links.tick(self._now))
         heard = self._heard()  # O(N): once per step (a heartbeat round, a timeout, a change)
         heard_changed = self.membership.set_heard(heard, self._now)
-        if heard_changed and self._evaluate_at is None:  # peers expire within a few ms of each
-            self._evaluate_at = self._now + EVALUATE_DELAY  # other: one evaluation for them all
         due = self._evaluate_at is not None and self._evaluate_at <= self._now
-        if due or not self._evaluated:
+        # A peer no longer heard is evaluated at once (not after EVALUATE_DELAY): the view that
+        # drops it installs in the same step as the quorum change it causes, so quorum_lost
+        # names the new view's members (events, hooks, MQTT), not the old one's.
+        if heard_changed or due or not self._evaluated:
             # Only when an input changed: see Membership.evaluate, "When to evaluate".
             self._evaluate_at, self._evaluated = None, True
             changes = self.membership.evaluate(self._now)

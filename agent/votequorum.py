@@ -253,13 +253,13 @@ class Votequorum:
         self._tie_ring: tuple[int, int] = (0, 0)
         """L's ring id."""
         self._tie_high: tuple[int, int] = (0, 0)
-        self._proposed_votes: tuple[frozenset[int], dict[int, int], int] | None = None
-        self._node_votes_of: tuple[QuorumInput, dict[int, int], int] | None = None
-        """(input, configured votes, `_node_votes`) of the last count (a cache)."""
-        """(members, the configured votes, their sum) of the last `proposed` (a cache)."""
         """The highest ring id (by sequence, then representative) of a member set holding a
         majority of votes that this node installed or proposed; the tie-breaker counts only
         while it is L's (design §3.8)."""
+        self._proposed_votes: tuple[frozenset[int], dict[int, int], int] | None = None
+        """(members, the configured votes, their sum) of the last `proposed` (a cache)."""
+        self._node_votes_of: tuple[QuorumInput, dict[int, int], int] | None = None
+        """(input, configured votes, `_node_votes`) of the last count (a cache)."""
         self._lms_due: float | None = None
         """When the last_man_standing window ends (None: no window running)."""
         self._cause = ""

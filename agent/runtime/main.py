@@ -336,7 +336,10 @@ class AgentRuntime(ClusterConfigRuntime):
         if not self._accepting:
             return False
         self._config_drop = None
-        self._batching = True
+        if not self._batching:
+            self._batching = True
+            if self._loop is not None:  # ends the batch even for a caller that never says so
+                self._loop.call_soon(self._guarded, self._batch_done)
         self._guarded(self.dispatch, message)
         if message.peer in self._probation:
             self._guarded(self._vouched, message.peer)

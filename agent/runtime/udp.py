@@ -14,8 +14,8 @@ lines): nothing a peer sends can raise out of the receive path.
 
 Sending: a `Broadcast` or `SendTo` is sealed once and the same bytes go to each peer's address
 on that link, except a heartbeat with echoes: each peer gets its own datagram whose `echoes`
-holds only that peer's echo (design §1.3; the rest is packed once per round). `sendto` is called
-on the socket itself; a full send buffer (EAGAIN) drops the datagram and counts it in
+holds only that peer's echo (design §1.3; the rest is packed once per `Broadcast`). `sendto`
+is called on the socket itself; a full send buffer (EAGAIN) drops the datagram and counts it in
 `send_errors` ("send buffer full"). A peer's addresses come from the static config or discovery
 (`discovered_address`).
 
