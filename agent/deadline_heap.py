@@ -57,13 +57,8 @@ class Deadlines:
 
     def earliest(self) -> float | None:
         """The smallest current deadline (None: no key has one)."""
-        heap, current = self._heap, self.at
-        while heap:
-            at, key = heap[0]
-            if current.get(key) == at:
-                return at
-            heapq.heappop(heap)
-        return None
+        first = self.first()
+        return None if first is None else first[0]
 
     def first(self) -> tuple[float, int] | None:
         """The smallest current (deadline, key), after dropping stale entries above it."""
