@@ -195,8 +195,7 @@ class QdeviceRunner:
                 group.create_task(self._timer_loop(), name="qdevice-timer")
         finally:
             self._group = None
-            self._gen += 1
-            self._close_writer()
+            await self.close()
 
     def update(self, ring: tuple[int, int], members: tuple[int, ...], quorate: bool) -> None:
         """The node installed `ring` with `members` and decided `quorate`."""
@@ -220,15 +219,23 @@ class QdeviceRunner:
 
     async def close(self, timeout: float = 0.5) -> None:
         """End the session and wait (at most `timeout` s) until the connection is closed, so
-        qnetd has dropped this node before the agent says Leave (design §3.4, clean stop)."""
+        qnetd has dropped this node before the agent says Leave (design §3.4, clean stop); a TLS
+        shutdown still unanswered then is aborted, so no socket outlives the runner. `run()`
+        ends with it too (cancelled or not)."""
         writer, self._writer = self._writer, None
         self._gen += 1
         if writer is None:
             return
         writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+        try:
             async with asyncio.timeout(timeout):
                 await writer.wait_closed()
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            writer.transport.abort()  # no close_notify back in time: the socket closes now
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        except (OSError, ssl.SSLError):
+            pass
 
     def status(self) -> dict[str, Any]:
         """For the control socket: session state, server, TLS version, last close reason."""

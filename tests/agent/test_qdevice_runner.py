@@ -95,6 +95,33 @@ async def test_runner_votes_and_withdraws_when_qnetd_stops(qnetd: OurQnetd) -> N
             await task
 
 
+@pytest.mark.asyncio
+async def test_cancelled_runner_has_closed_its_tls_socket_when_run_returns(
+    qnetd: OurQnetd,
+) -> None:
+    """Regression (CI, stop 17: an unclosed TLS transport of a cancelled runner was found by the
+    garbage collector during a later test): when `run()` is cancelled over a TLS session, the
+    socket under the TLS transport is closed by the time `run()` has returned, not left to a
+    TLS shutdown the loop may never finish (a stopping agent's loop closes right after)."""
+    reports: list[Report] = []
+    runner = QdeviceRunner(config_for(qnetd), 1, CLUSTER, lambda *args: reports.append(args))
+    runner.set_config((1, 2))
+    runner.update((1, 5), (1,), quorate=False)
+    task = asyncio.create_task(runner.run(), name="qdevice")
+    try:
+        await wait_until(reports, (True, True, "", None))
+        writer = runner._writer
+        assert writer is not None
+        raw = writer.transport.get_extra_info("socket")
+        assert raw.fileno() >= 0
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert raw.fileno() == -1, "the socket under the TLS transport is still open"
+    assert runner.status()["connects"] == 1
+
+
 # ---------------------------------------------------------------- a qnetd without TLS
 async def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     """Poll `condition()` every 20 ms until it holds (TimeoutError after `timeout`)."""
