@@ -55,7 +55,7 @@ from enum import Enum
 from typing import NamedTuple
 
 from agent.config import LinkConfig, Timing
-from agent.deadline_heap import Deadlines
+from agent.deadline_heap import Deadlines, SharedDeadlines
 from agent.link_loss import LossMeter
 from proto.mesh_messages import Echo
 
@@ -210,7 +210,7 @@ class Links:
         # its next heartbeat or probe is due (`due_sends`' work). A peer with neither is
         # `_undated` (tick looks at it every time, as it always did).
         self._expiries = Deadlines()
-        self._sends = Deadlines()
+        self._sends = SharedDeadlines()
         self._undated: set[int] = set()
         self._failure_timeout = timing.failure_timeout  # properties: computed once
         self._link_timeout = timing.link_timeout
@@ -383,6 +383,68 @@ class Links:
             self._refresh(peer, state)
         return changes
 
+    def steady_heartbeat(
+        self,
+        peer: int,
+        link: int,
+        now: float,
+        *,
+        rtt_sample: float | None,
+        interval: float,
+        reached: float | None,
+    ) -> bool:
+        """`received(peer, link, now, rtt_sample=rtt_sample, expected_interval=interval,
+        heartbeat=True, reached=reached)` when that changes nothing but times and estimates
+        (design §3.14, "as built (fast-core)"): True when done so (it returned no change and
+        made exactly `received`'s state updates), False when the heartbeat must go to `received`
+        (then nothing was touched).
+
+        Taken only when: no change is pending; the peer has one link, it is the active one, up
+        and settled, the one the heartbeat came on; the peer is reachable; `interval` is a
+        cadence (`_cadence` keeps it); a finite `reached` is not the peer's first. Then
+        `received` raises no event and recomputes no deadline (`moved` stays False): no link
+        comes up, no active-link choice (one link), no reachability change, the outbound
+        silence was counting already."""
+        state = self._peers.get(peer)
+        if self._pending or state is None:
+            return False
+        links = state.links
+        lk = links.get(link)
+        if reached is not None and not math.isfinite(reached):
+            reached = None  # received ignores it
+        if (
+            lk is None
+            or len(links) != 1
+            or state.active != link
+            or state.reach is not _Reach.REACHABLE
+            or not lk.up
+            or (lk.went_down and lk.streak < FAILBACK_ROUNDS)  # not settled: received re-checks
+            or not (interval > 0 and interval != math.inf)  # a NaN fails too: _cadence's case
+            or (reached is not None and state.reached == -math.inf)  # the first: moved
+        ):
+            return False
+        # received()'s updates, in its order, with max(a, b) spelled (b if b > a else a)
+        self._now = max(self._now, now)
+        state.beat = max(state.beat, now)
+        if reached is not None:
+            bound = now if now < reached else reached
+            state.reached = max(state.reached, bound)
+        # _measure(lk, now, rtt_sample, interval, gap, answers=True): the link is the active one
+        last = lk.last_heard
+        lk.last_heard = now if last is None or now > last else last
+        lk.loss.arrive(now, interval)
+        if rtt_sample is not None and math.isfinite(rtt_sample):
+            sample = rtt_sample if rtt_sample > 0.0 else 0.0
+            rtt = lk.rtt
+            lk.rtt = sample if rtt is None else rtt + RTT_ALPHA * (sample - rtt)
+            answer = lk.last_answer
+            if answer is None or now - answer >= self._heartbeat_interval / 2:
+                lk.answered, lk.streak, lk.last_answer = True, lk.streak + 1, now
+        state.last_heard = max(state.last_heard, now)
+        lease = now + state.failure_timeout
+        lk.lease_until = max(lk.lease_until, lease)
+        return True
+
     def tick(self, now: float) -> list[LinkChange]:
         """Expire leases, suspect silent peers, re-choose active links."""
         self._now = max(self._now, now)
@@ -435,29 +497,83 @@ class Links:
         a peer added between rounds gets one at once and joins the next round."""
         self._now = max(self._now, now)
         out: list[DueSend] = []
-        sends = self._sends
-        for peer in sends.pop_due(now):  # only these have a send due by now
-            state = self._peers[peer]
-            active = state.active if state.active is not None else state.default_link()
+        for peer in self._sends.pop_due(now):  # only these have a send due by now
+            out += self._send_peer(peer, self._peers[peer], now)
+        return out
+
+    def due_round(
+        self, now: float
+    ) -> tuple[dict[int, list[int]], dict[int, list[int]], list[DueSend]]:
+        """`due_sends(now)` as the node sends it: the peers due a heartbeat by link, the peers
+        due a hedge copy by link (each list ascending) and the probes (in `due_sends` order).
+
+        The steady round in one pass (design §3.14, "as built (fast-core)"): a peer with one
+        link whose heartbeat is due is marked as sent and filed for the next round together
+        with the others (one `SharedDeadlines.set_many`), without a `DueSend` or a deadline of
+        its own; every other peer goes through `_send_peer`, as in `due_sends`. The state left
+        behind is `due_sends`' (tests/agent/test_core_fast.py)."""
+        self._now = max(self._now, now)
+        beats: dict[int, list[int]] = {}
+        hedges: dict[int, list[int]] = {}
+        probes: list[DueSend] = []
+        cohort: list[int] = []
+        peers, round_at = self._peers, None
+        for peer in self._sends.pop_due(now):
+            state = peers[peer]
             links = state.links
-            send = math.inf
-            for index in sorted(links) if len(links) > 1 else links:
-                lk = links[index]
-                kind = "heartbeat" if index == active else "probe"
-                if now >= self._due(lk, kind):
-                    self._mark_sent(lk, now)
-                    out.append(DueSend(peer, index, kind))
-                    if kind == "heartbeat" and len(links) > 1:
-                        hedge = self._hedge_link(state, now)
-                        if hedge is not None:
-                            out.append(DueSend(peer, hedge, "hedge"))
-                due = self._due(lk, kind)
-                send = min(send, due)
-            # Sending moves only the sends: what expires (the cached expiry, a lower bound
-            # when the peer has no link up) does not depend on them.
-            sends.set(peer, send)
-            if send == math.inf and peer not in self._expiries.at:
-                self._undated.add(peer)
+            if len(links) == 1:
+                ((index, lk),) = links.items()
+                active = state.active
+                if active is None or active == index:  # its one link is the heartbeat's
+                    last = lk.last_sent  # _heartbeat_due(lk), its cache read here
+                    due = lk.due_at if last is not None and lk.due_after == last else None
+                    if due is None:
+                        due = self._heartbeat_due(lk)
+                    if now >= due:
+                        if last is not None and not lk.answered:  # _mark_sent
+                            lk.streak = 0
+                        lk.answered, lk.last_sent = False, now
+                        if round_at is None:  # the next round, the same for them all
+                            round_at = self._round_after(now + self._heartbeat_interval / 2)
+                        lk.due_after, lk.due_at = now, round_at  # _heartbeat_due's cache
+                        cohort.append(peer)
+                        beats.setdefault(index, []).append(peer)
+                        continue
+            for send in self._send_peer(peer, state, now):
+                if send.kind == "probe":
+                    probes.append(send)
+                else:
+                    (beats if send.kind == "heartbeat" else hedges).setdefault(
+                        send.link, []
+                    ).append(peer)
+        if round_at is not None:
+            self._sends.set_many(cohort, round_at)
+        return beats, hedges, probes
+
+    def _send_peer(self, peer: int, state: _Peer, now: float) -> list[DueSend]:
+        """What is due to `peer` now (its send deadline came due), marked as sent; its next
+        send deadline set."""
+        out: list[DueSend] = []
+        active = state.active if state.active is not None else state.default_link()
+        links = state.links
+        send = math.inf
+        for index in sorted(links) if len(links) > 1 else links:
+            lk = links[index]
+            kind = "heartbeat" if index == active else "probe"
+            if now >= self._due(lk, kind):
+                self._mark_sent(lk, now)
+                out.append(DueSend(peer, index, kind))
+                if kind == "heartbeat" and len(links) > 1:
+                    hedge = self._hedge_link(state, now)
+                    if hedge is not None:
+                        out.append(DueSend(peer, hedge, "hedge"))
+            due = self._due(lk, kind)
+            send = min(send, due)
+        # Sending moves only the sends: what expires (the cached expiry, a lower bound
+        # when the peer has no link up) does not depend on them.
+        self._sends.set(peer, send)
+        if send == math.inf and peer not in self._expiries.at:
+            self._undated.add(peer)
         return out
 
     def _hedge_link(self, state: _Peer, now: float) -> int | None:

@@ -535,11 +535,15 @@ class AgentNode:
         echoes = hb.echoes
         i = bisect_left(echoes, self.node_id, key=_ECHO_NODE)
         echo = echoes[i] if i < len(echoes) and echoes[i].node_id == self.node_id else None
-        if echo is not None and max(self._born_us, peer.echo_floor_us) <= echo.stamp_us <= now_us:
-            rtt = max(0.0, now - echo.stamp_us / 1e6 - echo.held_us / 1e6)
-            if echo.stamp_us & 1:  # it went on the active link (even: a hedge copy)
-                reached = now - echo.held_us / 1e6  # ours last reached it about then
-            echoed = echo.stamp_us
+        if echo is not None:
+            stamp = echo.stamp_us
+            if max(self._born_us, peer.echo_floor_us) <= stamp <= now_us:
+                rtt = now - stamp / 1e6 - echo.held_us / 1e6
+                if not rtt > 0.0:  # max(0.0, rtt)
+                    rtt = 0.0
+                if stamp & 1:  # it went on the active link (even: a hedge copy)
+                    reached = now - echo.held_us / 1e6  # ours last reached it about then
+                echoed = stamp
         if hb.stamp_us <= peer.stamp_us and echoed <= peer.echo_us:
             self.last_drop = "not_newer"
             return  # not newer than one we have: reordered, duplicated or replayed
@@ -549,20 +553,72 @@ class AgentNode:
             if rtt is None:
                 return  # until it echoes one of our stamps: it may be an old recording
             peer.verified = True
-        self._heard_moved(pid, peer)
+        # _heard_moved(pid, peer), inline: a verified peer's expiry, a new bound only if it
+        # had none or it moved earlier
+        expiry = now + peer.timeout
+        bound = self._heard_by.at.get(pid)
+        if bound is None or expiry < bound:
+            self._heard_by.set(pid, expiry)
         self.last_fresh_peer = pid
-        changes = self.links.received(
-            pid,
-            link,
-            now,
-            rtt_sample=rtt,
-            expected_interval=self._heartbeat_interval,
-            heartbeat=True,
-            reached=reached,
-        )
-        if changes:
-            self._link_changes(changes)
-        self._take_report(pid, peer, hb, wall_ms)
+        links = self.links
+        interval = self._heartbeat_interval
+        if not links.steady_heartbeat(
+            pid, link, now, rtt_sample=rtt, interval=interval, reached=reached
+        ):
+            changes = links.received(
+                pid,
+                link,
+                now,
+                rtt_sample=rtt,
+                expected_interval=interval,
+                heartbeat=True,
+                reached=reached,
+            )
+            if changes:
+                self._link_changes(changes)
+        if not self._steady_report(pid, peer, hb, wall_ms):
+            self._take_report(pid, peer, hb, wall_ms)
+
+    def _steady_report(self, pid: int, peer: _Peer, hb: Heartbeat, wall_ms: int) -> bool:
+        """`_take_report` for a heartbeat that reports what the previous one did (design §3.14,
+        "as built (fast-core)"): True when done so, with exactly `_take_report`'s updates (the
+        name, the clock skew, the report's time; an evaluation when the repeated report had
+        gone stale); False when `_take_report` must run (then nothing was touched).
+
+        Taken only when: votes, expected votes, quorate, tie-breaker and configuration version
+        equal the last ones, neither this heartbeat nor the last one carried an expected-votes
+        override, the peer's clock was and is within the skew bound, heard, view and proposal
+        equal the last ones taken and membership still keeps that report."""
+        raw = peer.raw
+        if (
+            raw is None
+            or hb.expected_set is not None
+            or peer.expected_set is not None
+            or peer.skewed
+            or hb.votes != peer.votes
+            or hb.expected_votes != peer.expected
+            or hb.quorate != peer.quorate
+            or hb.tie_breaker != peer.tie_breaker
+            or hb.config_version != peer.config_version
+        ):
+            return False
+        skew = hb.wall_ms - wall_ms
+        if abs(skew) > self.config.clock_skew_bound * 1000:
+            return False
+        heard, view, proposal = raw
+        if not (
+            (hb.heard is heard or hb.heard == heard)
+            and (hb.view is view or hb.view == view)
+            and (hb.proposal is proposal or hb.proposal == proposal)
+        ):
+            return False
+        moved = self.membership.refresh(pid, self._now)
+        if moved is None:
+            return False  # no report kept (nothing refreshed): _take_report makes one
+        peer.name, peer.wall_skew_ms = hb.node_name, skew
+        if moved and self._evaluate_at is None:
+            self._evaluate_at = self._now + EVALUATE_DELAY
+        return True
 
     def _take_report(self, pid: int, peer: _Peer, hb: Heartbeat, wall_ms: int) -> None:
         """What a fresh heartbeat reports: votes, expected votes, its clock, its membership."""
@@ -940,16 +996,10 @@ class AgentNode:
     def _send_due(self, heard: frozenset[int]) -> None:
         """Heartbeats and probes due now. `heard`: `_heard()` of this step (no peer's state
         changed since it was computed)."""
-        by_link: dict[int, list[int]] = {}
-        hedges: dict[int, list[int]] = {}
-        for due in self.links.due_sends(self._now):
-            if due.kind == "heartbeat":
-                by_link.setdefault(due.link, []).append(due.peer)
-            elif due.kind == "hedge":
-                hedges.setdefault(due.link, []).append(due.peer)
-            else:
-                probe = Probe(link=due.link, stamp_us=int(self._now * 1e6))
-                self._out.append(SendTo(due.peer, due.link, probe))
+        by_link, hedges, probes = self.links.due_round(self._now)
+        for due in probes:
+            probe = Probe(link=due.link, stamp_us=int(self._now * 1e6))
+            self._out.append(SendTo(due.peer, due.link, probe))
         for link, peers in sorted(by_link.items()):
             beat = self._heartbeat_for(link, heard)
             self._out.append(Broadcast(link, tuple(sorted(peers)), beat))
@@ -966,11 +1016,13 @@ class AgentNode:
         self.quorum.proposed(ring, proposal.members)  # before the tie-breaker is reported
         now_us = int(self._now * 1e6) | 1
         stamp = now_us - 1 if hedge else now_us
-        echoes = tuple(
-            Echo(pid, p.stamp_us, max(0, now_us - int(p.received_at * 1e6)))
-            for pid, p in sorted(self.peers.items())
-            if p.stamp_us and self._now - p.received_at < self._failure_timeout
-        )
+        echoes = []
+        now, timeout = self._now, self._failure_timeout
+        for pid, p in sorted(self.peers.items()):
+            theirs = p.stamp_us
+            if theirs and now - p.received_at < timeout:
+                held = now_us - int(p.received_at * 1e6)
+                echoes.append(Echo(pid, theirs, held if held > 0 else 0))  # max(0, held)
         return Heartbeat(
             link=link,
             stamp_us=stamp,
@@ -978,7 +1030,7 @@ class AgentNode:
             heard=tuple(sorted(heard)),
             view=self._wire(self.membership.view),
             proposal=self._wire(self.membership.proposal),
-            echoes=echoes,
+            echoes=tuple(echoes),
             votes=self.config.quorum.votes,
             config_version=self.config_version,
             # within the decode bound, or every peer would drop our heartbeats (bad_value)
