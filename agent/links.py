@@ -424,11 +424,11 @@ class Links:
         ):
             return False
         # received()'s updates, in its order, with max(a, b) spelled (b if b > a else a)
-        self._now = max(self._now, now)
-        state.beat = max(state.beat, now)
+        self._now = now if now > self._now else self._now
+        state.beat = now if now > state.beat else state.beat
         if reached is not None:
             bound = now if now < reached else reached
-            state.reached = max(state.reached, bound)
+            state.reached = bound if bound > state.reached else state.reached
         # _measure(lk, now, rtt_sample, interval, gap, answers=True): the link is the active one
         last = lk.last_heard
         lk.last_heard = now if last is None or now > last else last
@@ -440,9 +440,9 @@ class Links:
             answer = lk.last_answer
             if answer is None or now - answer >= self._heartbeat_interval / 2:
                 lk.answered, lk.streak, lk.last_answer = True, lk.streak + 1, now
-        state.last_heard = max(state.last_heard, now)
+        state.last_heard = now if now > state.last_heard else state.last_heard
         lease = now + state.failure_timeout
-        lk.lease_until = max(lk.lease_until, lease)
+        lk.lease_until = lease if lease > lk.lease_until else lk.lease_until
         return True
 
     def tick(self, now: float) -> list[LinkChange]:

@@ -139,7 +139,7 @@ def transition_span(timing: Timing) -> float:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Peer:
     """What we last heard from one peer."""
 
@@ -297,6 +297,8 @@ class AgentNode:
         """Per verified peer, a lower bound of when it stops being heard (`_heard_expiry`)."""
         self._wire_views: dict[MemberView, View] = {}
         """The wire form of the installed view and the proposal (`_wire`)."""
+        self._heard_sent: tuple[frozenset[int], tuple[int, ...]] = (frozenset(), ())
+        """The last heard set sent and its wire form (`_heard_tuple`)."""
 
     def _init_reconfigure(self, config_version: int) -> None:
         """The state of run-time configuration changes (design §3.9)."""
@@ -431,7 +433,10 @@ class AgentNode:
             self._duplicate(ev.peer, peer)
         msg = ev.message
         if isinstance(msg, Heartbeat):
-            if self._plausible_seqs(msg):
+            view, proposal = msg.view, msg.proposal
+            top = 0 if view is None else view.seq
+            top = proposal.seq if proposal is not None and proposal.seq > top else top
+            if top - self.membership.max_seq <= SEQ_STEP or self._leap(top):
                 peer.seen_at = self._now
                 self._heartbeat(ev.peer, peer, ev.link, msg, ev.wall_ms)
             return
@@ -508,17 +513,11 @@ class AgentNode:
             refused=peer.rival,
         )
 
-    def _plausible_seqs(self, hb: Heartbeat) -> bool:
-        """A reported ring sequence more than SEQ_STEP above ours is a leap: taken at most once
-        every SEQ_LEAP_EVERY and never beyond SEQ_LEAP_MAX, else the heartbeat is dropped
-        (design §3.3, "Hostile values"): nobody can use the sequences up."""
-        view, proposal = hb.view, hb.proposal
-        top = 0 if view is None else view.seq
-        if proposal is not None and proposal.seq > top:
-            top = proposal.seq
+    def _leap(self, top: int) -> bool:
+        """A heartbeat reports a ring sequence `top` more than SEQ_STEP above ours: a leap,
+        taken at most once every SEQ_LEAP_EVERY and never beyond SEQ_LEAP_MAX, else the
+        heartbeat is dropped (design §3.3, "Hostile values"): nobody can use the sequences up."""
         jump = top - self.membership.max_seq
-        if jump <= SEQ_STEP:
-            return True
         if jump <= SEQ_LEAP_MAX and self._now - self._leap_at >= SEQ_LEAP_EVERY:
             self._leap_at = self._now
             return True
@@ -548,7 +547,7 @@ class AgentNode:
             self.last_drop = "not_newer"
             return  # not newer than one we have: reordered, duplicated or replayed
         peer.stamp_us, peer.received_at = hb.stamp_us, now  # echoed back either way
-        peer.echo_us = max(peer.echo_us, echoed)
+        peer.echo_us = echoed if echoed > peer.echo_us else peer.echo_us  # max()
         if not peer.verified:
             if rtt is None:
                 return  # until it echoes one of our stamps: it may be an old recording
@@ -1027,7 +1026,7 @@ class AgentNode:
             link=link,
             stamp_us=stamp,
             wall_ms=max(0, self._wall_ms),
-            heard=tuple(sorted(heard)),
+            heard=self._heard_tuple(heard),
             view=self._wire(self.membership.view),
             proposal=self._wire(self.membership.proposal),
             echoes=tuple(echoes),
@@ -1040,6 +1039,14 @@ class AgentNode:
             expected_set=_wire_expected_set(self.quorum.expected_set),
             tie_breaker=self.quorum.tie_breaker,
         )
+
+    def _heard_tuple(self, heard: frozenset[int]) -> tuple[int, ...]:
+        """`heard` as sent (sorted), the same tuple object while the set is unchanged: a
+        receiver that compares it with the last one it took (`_steady_report`, the simulator
+        shares the object) finds it identical at once instead of item by item."""
+        if heard != self._heard_sent[0]:
+            self._heard_sent = (heard, tuple(sorted(heard)))
+        return self._heard_sent[1]
 
     def _wire(self, view: MemberView) -> View:
         """The wire form of the installed view or the proposal, made once per view: the same
