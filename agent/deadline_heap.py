@@ -70,6 +70,18 @@ class Deadlines(_Keyed):
             self._heap = [(t, k) for k, t in self.at.items()]
             heapq.heapify(self._heap)
 
+    def replace_first(self, at: float) -> None:
+        """`set(key, at)` for the key `first()` just returned, whose deadline `at` is not: one
+        heap step (the entry is replaced in place instead of left stale on top)."""
+        heap = self._heap
+        key = heap[0][1]
+        if at == math.inf:
+            del self.at[key]
+            heapq.heappop(heap)
+        else:
+            self.at[key] = at
+            heapq.heapreplace(heap, (at, key))
+
     def earliest(self) -> float | None:
         """The smallest current deadline (None: no key has one)."""
         first = self.first()

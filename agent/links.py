@@ -619,7 +619,12 @@ class Links:
             expiry = self._expiry_of(state, send)
             if expiry == at:
                 return at
-            self._set_deadlines(peer, expiry, send)
+            # _set_deadlines(peer, expiry, send) with the sends unchanged (read from them)
+            expiries.replace_first(expiry)
+            if expiry == send == math.inf:
+                self._undated.add(peer)
+            elif self._undated:
+                self._undated.discard(peer)
         return None
 
     def heard(self, now: float) -> frozenset[int]:

@@ -980,7 +980,7 @@ class AgentNode:
             expiry = p.received_at + p.timeout if p is not None and p.verified else math.inf
             if expiry == at and now < at:
                 return at
-            bounds.set(pid, expiry if now < expiry else math.inf)
+            bounds.replace_first(expiry if now < expiry else math.inf)
         return None
 
     def _heard_moved(self, pid: int, p: _Peer) -> None:

@@ -410,8 +410,9 @@ def test_steady_report_refuses_when_membership_dropped_the_report() -> None:
 # ------------------------------------------------------------------ SharedDeadlines
 @pytest.mark.parametrize("seed", range(8))
 def test_shared_deadlines_answer_as_deadlines(seed: int) -> None:
-    """Random set / set_many / discard / pop_due on few distinct values: the same `at`,
-    `earliest`, `first` and due keys as the heap, and the buckets stay bounded."""
+    """Random set / set_many / discard / pop_due (and the heap's replace_first) on few
+    distinct values: the same `at`, `earliest`, `first` and due keys as the heap, and the
+    buckets stay bounded."""
     rng = random.Random(seed)
     heap, shared = Deadlines(), SharedDeadlines()
     now = 0.0
@@ -430,6 +431,10 @@ def test_shared_deadlines_answer_as_deadlines(seed: int) -> None:
             key = rng.randrange(40)
             heap.discard(key)
             shared.discard(key)
+        elif op < 0.7 and (first := heap.first()) is not None:
+            at = rng.choice([first[0] + 0.05, now + 0.3, math.inf])
+            heap.replace_first(at)  # = set(first key, at)
+            shared.set(first[1], at)
         elif op < 0.85:
             now += rng.choice([0.05, 0.1])
             assert shared.pop_due(now) == heap.pop_due(now)
