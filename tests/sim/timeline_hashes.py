@@ -148,7 +148,7 @@ def _scenarios() -> dict[str, Callable[[Callable[..., Any]], Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="the source tree to run")
-    parser.add_argument("--seeds", default="0-59", help="random schedule seeds, e.g. 0-59")
+    parser.add_argument("--seeds", default="0-59", help="random schedule seeds, e.g. 0-59,1234")
     parser.add_argument("--only", default="", help="comma-separated scenario names (fixed)")
     parser.add_argument("--no-fixed", action="store_true", help="the seeds only")
     args = parser.parse_args()
@@ -159,8 +159,10 @@ def main() -> None:
 
     if not Path(agent.node.__file__).resolve().is_relative_to(args.root.resolve()):
         raise SystemExit(f"agent.node came from {agent.node.__file__}, not from {args.root}")
-    first, _, last = args.seeds.partition("-")
-    seeds = range(int(first), int(last or first) + 1) if first else range(0)
+    seeds: list[int] = []
+    for part in filter(None, args.seeds.split(",")):
+        first, _, last = part.partition("-")
+        seeds += range(int(first), int(last or first) + 1)
     out: dict[str, str] = {}
     for seed in seeds:
         digests: dict[int, Any] = {}
