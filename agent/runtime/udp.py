@@ -258,11 +258,13 @@ class MeshTransport:
 
     def _confirm(self, peer: int, link: int, addr: Any) -> None:
         """An authenticated datagram from `peer` on `link` came from `addr`."""
-        if (peer, link) in self.pinned or not isinstance(addr, tuple) or len(addr) < 2:
+        key = (peer, link)
+        if key in self.pinned or not isinstance(addr, tuple) or len(addr) < 2:
             return
         source: Address = (str(addr[0]), int(addr[1]))
-        self.confirmed[(peer, link)] = (source, time.monotonic())
-        if self.addresses.get(peer, {}).get(link) != source:
+        self.confirmed[key] = (source, time.monotonic())
+        known = self.addresses.get(peer)
+        if known is None or known.get(link) != source:
             self.set_peer_address(peer, link, source)
             self.counters.learned_addresses += 1
             log.info(
@@ -282,32 +284,36 @@ class MeshTransport:
         """One datagram from the network: deliver it, or drop and count it. Never raises."""
         self.counters.received += 1
         try:
-            header, payload = self.opener.open(data, time.monotonic())
+            kind, sender, incarnation, payload = self.opener.open_fields(data, time.monotonic())
         except DecodeError as exc:
             self.note_drop(exc.reason, exc.detail, addr)
             if exc.reason == "unknown_peer":
                 self._stranger(link, data, addr)
             return
-        if header.sender not in self.addresses:
-            self.note_drop("unknown_peer", f"node {header.sender}", addr)
+        if sender not in self.addresses:
+            self.note_drop("unknown_peer", f"node {sender}", addr)
             return
         try:
-            message: MeshMessage = decode(header.kind, payload)
+            message: MeshMessage = decode(kind, payload)
         except DecodeError as exc:
             self.note_drop(exc.reason, exc.detail, addr)
             return
-        self._remember_source(header.sender, header.incarnation, addr)
-        event = MessageIn(header.sender, header.incarnation, link, message, self.wall_ms())
-        if not self.deliver(event):
-            self.note_drop("not_running", f"node {header.sender}", addr)
+        # The source of this sender life: the same tuple again (IPv4) costs one LRU move.
+        key = (sender, incarnation)
+        if type(addr) is tuple and self.sources.get(key) == addr:
+            self.sources.move_to_end(key)
+        else:
+            self._remember_source(sender, incarnation, addr)
+        if not self.deliver(MessageIn(sender, incarnation, link, message, self.wall_ms())):
+            self.note_drop("not_running", f"node {sender}", addr)
             return
         refused = self.core_drop()
         if refused is not None:
-            self.note_drop(refused, f"node {header.sender} incarnation {header.incarnation}", addr)
+            self.note_drop(refused, f"node {sender} incarnation {incarnation}", addr)
             return
         self.counters.accepted += 1
-        if self.fresh(header.sender):
-            self._confirm(header.sender, link, addr)
+        if self.fresh(sender):
+            self._confirm(sender, link, addr)
 
     def _stranger(self, link: int, data: bytes, addr: Any) -> None:
         sender = claimed_sender(data)
