@@ -353,9 +353,11 @@ def _inline_check(var: str, i: int, annotation: Any, meta: Mapping[str, Any]) ->
     return ["    else:", f"        {var} = c{i}({var})"]
 
 
-def _to_map(obj: Any) -> dict[int, Any]:
+def _to_map(obj: Any, skip: int | None = None) -> dict[int, Any]:
     out: dict[int, Any] = {}
     for tag, name, _check, default in _schema(type(obj)):
+        if tag == skip:
+            continue
         value = getattr(obj, name)
         if value is None or value == default:
             continue
@@ -388,12 +390,11 @@ class PackedApart:
     (the one echo of the peer it goes to). Decodes as the object with that field replaced."""
 
     def __init__(self, obj: Any, name: str) -> None:
-        plain = _to_map(obj)
         rows = [row for row in _schema(type(obj)) if row[1] == name]
         if not rows:
             raise LocalProtocolError(f"{type(obj).__name__} has no field {name}")
         self._tag, self._default = rows[0][0], rows[0][3]
-        plain.pop(self._tag, None)
+        plain = _to_map(obj, skip=self._tag)  # that field is not converted only to be dropped
         count = len(plain)
         packed = _pack_plain(plain)
         self._without = packed

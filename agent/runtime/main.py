@@ -339,7 +339,9 @@ class AgentRuntime(ClusterConfigRuntime):
         self._config_drop = None
         if not self._batching:
             self._batching = True
-            if self._loop is not None:  # ends the batch even for a caller that never says so
+            # Ends the batch even for a caller that never says so (a socket's wake-up does:
+            # no second loop turn for it).
+            if self._loop is not None and not self.mesh.reading:
                 self._loop.call_soon(self._guarded, self._batch_done)
         try:  # as `_guarded(self.dispatch, message)`, one call less per datagram
             self.dispatch(message)

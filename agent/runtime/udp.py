@@ -113,6 +113,7 @@ class _LinkSocket:
         """Every datagram waiting (up to BATCH_MAX) to the mesh, then one `batch_done`. A bug
         below costs one datagram, never the socket."""
         mesh, sock, link = self.mesh, self.sock, self.link
+        mesh.reading = True
         try:
             for _ in range(BATCH_MAX):
                 try:
@@ -130,6 +131,7 @@ class _LinkSocket:
                     mesh.counters.dropped["internal_error"] += 1
                     log.exception("datagram handling failed", link=link)
         finally:
+            mesh.reading = False
             mesh.counters.batches += 1
             mesh.batch_done()
 
@@ -182,6 +184,9 @@ class MeshTransport:
                 self.set_peer_address(peer.node_id, link, (host, port))
         self._last_log: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.reading = False
+        """In a socket's wake-up, which ends with `batch_done` (the agent need not ask the
+        loop for another turn to end its batch)."""
 
     # ------------------------------------------------------------ sockets
     async def start(self) -> None:
@@ -370,7 +375,10 @@ class MeshTransport:
         link_socket = self.transports.get(link)
         if link_socket is None:
             return
-        targets = [(p, a) for p in peers if (a := self.addresses.get(p, {}).get(link)) is not None]
+        addresses = self.addresses
+        targets = [
+            (p, a) for p in peers if p in addresses and (a := addresses[p].get(link)) is not None
+        ]
         if not targets:
             return
         sendto = link_socket.sock.sendto
