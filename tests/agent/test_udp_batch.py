@@ -229,11 +229,16 @@ async def test_a_sender_life_moving_to_another_source_is_seen_at_its_first_datag
     (`reading`, so the agent ends it once, in `batch_done`)."""
     port = free_udp_port("127.0.0.1")
     reading: list[bool] = []
+
+    def deliver(_message: MessageIn) -> bool:
+        reading.append(mesh.reading)
+        return True
+
     mesh = MeshTransport(
         config(port, {2: ("127.0.0.2", 9)}),
         Sealer("unit", KEY, 1, 5),
         Opener("unit", [KEY]),
-        lambda _message: reading.append(mesh.reading) or True,
+        deliver,
     )
     await mesh.start()
     first, second = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
