@@ -336,6 +336,7 @@ def heartbeat_per_peer(hb: Heartbeat) -> Callable[[int], bytes]:
     apart = tagged_map.PackedApart(hb, "echoes")
     echoes = {echo.node_id: echo for echo in hb.echoes}
     none = apart.with_value(())
+    pack = msgpack.Packer().pack  # one packer for the round (packb makes one per call)
 
     def payload(peer: int) -> bytes:
         echo = echoes.get(peer)
@@ -343,7 +344,7 @@ def heartbeat_per_peer(hb: Heartbeat) -> Callable[[int], bytes]:
             return none
         # An array of one Echo map, packed here in one call (tags 1-3 of Echo).
         plain = {1: echo.node_id, 2: echo.stamp_us, 3: echo.held_us}
-        return apart.with_packed(b"\x91" + msgpack.packb(plain))
+        return apart.with_packed(b"\x91" + pack(plain))
 
     return payload
 
