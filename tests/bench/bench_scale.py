@@ -767,9 +767,9 @@ def bench(mode: Mode, tmp: Path) -> None:
         print(f"  baseline: agents@{name} is commit {short}, run right before each size")
         codes.insert(i, (f"agents@{name}", tree))
     rows: list[AgentRow] = []
-    for nodes in mode.sizes:
+    for turn, nodes in enumerate(mode.sizes):
         for label, code in codes:
-            workdir = tmp / f"{label.replace('@', '-')}-{nodes}"
+            workdir = tmp / f"{label.replace('@', '-')}-{nodes}-{turn}"  # a size may come twice
             with contextlib.ExitStack() as stack:
                 ns = None if missing else stack.enter_context(Namespace())
                 rows.append(measure(workdir, nodes, mode, ns, label=label, code=code))
