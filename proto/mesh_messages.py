@@ -295,11 +295,19 @@ def decode(kind: int, payload: bytes) -> MeshMessage:
     if cls is None:
         raise DecodeError("unknown_kind", f"mesh kind {kind}")
     msg = tagged_map.unpack(cls, payload)
-    if isinstance(msg, Heartbeat):
-        for view in (msg.view, msg.proposal):
-            if view is not None:
-                _check_view(view)
+    if cls is Heartbeat:
+        view, proposal = msg.view, msg.proposal  # type: ignore[union-attr]
+        if view is not None and view is not _checked_view[0]:
+            _check_view(view)
+            _checked_view[0] = view
+        if proposal is not None:
+            _check_view(proposal)
     return msg
+
+
+_checked_view: list[View | None] = [None]
+"""The view object last checked: the decoder hands out the same (immutable) object for a view
+map equal to the last one decoded, so it passes again with no step (every peer sends it)."""
 
 
 def _check_view(view: View) -> None:
@@ -328,6 +336,7 @@ def heartbeat_per_peer(hb: Heartbeat) -> Callable[[int], bytes]:
     apart = tagged_map.PackedApart(hb, "echoes")
     echoes = {echo.node_id: echo for echo in hb.echoes}
     none = apart.with_value(())
+    pack = msgpack.Packer().pack  # one packer for the round (packb makes one per call)
 
     def payload(peer: int) -> bytes:
         echo = echoes.get(peer)
@@ -335,7 +344,7 @@ def heartbeat_per_peer(hb: Heartbeat) -> Callable[[int], bytes]:
             return none
         # An array of one Echo map, packed here in one call (tags 1-3 of Echo).
         plain = {1: echo.node_id, 2: echo.stamp_us, 3: echo.held_us}
-        return apart.with_packed(b"\x91" + msgpack.packb(plain))
+        return apart.with_packed(b"\x91" + pack(plain))
 
     return payload
 

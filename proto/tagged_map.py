@@ -209,6 +209,40 @@ def _check_object_tuple(what: str, item: type, items: int) -> Check:
     return check
 
 
+def _int_fields_only(cls: type) -> bool:
+    """Every field an int or a tuple of ints (View, ExpectedSetWire)."""
+    hints = typing.get_type_hints(cls)
+    return all(hints[f.name] in (int, tuple[int, ...]) for f in dataclasses.fields(cls))
+
+
+def _ints_only(data: Any) -> bool:
+    """A map whose values are all ints or lists of ints (bool and float are neither)."""
+    for value in data.values():
+        kind = type(value)
+        if kind is list:
+            if not _INT.issuperset(map(type, value)):
+                return False
+        elif kind is not int:
+            return False
+    return True
+
+
+def _last_equal(decode: Check) -> Check:
+    """`decode` for a map of ints and int lists, which gives the object it gave last time for a
+    map equal to that one and of ints only (every node sends the same view): equal ints of the
+    same type decode alike, so the checks that passed then pass again."""
+    last: list[Any] = [_ABSENT, None]  # the last map decoded, and its object
+
+    def check(value: Any) -> Any:
+        if value == last[0] and _ints_only(value):
+            return last[1]
+        obj = decode(value)
+        last[0], last[1] = value, obj
+        return obj
+
+    return check
+
+
 def _optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
@@ -240,7 +274,8 @@ def _checker(annotation: Any, what: str, meta: Mapping[str, Any]) -> Check:
         item = _checker(args[0], f"{what} item", {})
         return lambda value: tuple(map(item, _list_of(what, items, value)))
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-        return _decoder(annotation)
+        decode = _decoder(annotation)
+        return _last_equal(decode) if _int_fields_only(annotation) else decode
     raise LocalProtocolError(f"tagged_map cannot carry {annotation!r}")
 
 
@@ -318,9 +353,11 @@ def _inline_check(var: str, i: int, annotation: Any, meta: Mapping[str, Any]) ->
     return ["    else:", f"        {var} = c{i}({var})"]
 
 
-def _to_map(obj: Any) -> dict[int, Any]:
+def _to_map(obj: Any, skip: int | None = None) -> dict[int, Any]:
     out: dict[int, Any] = {}
     for tag, name, _check, default in _schema(type(obj)):
+        if tag == skip:
+            continue
         value = getattr(obj, name)
         if value is None or value == default:
             continue
@@ -353,12 +390,11 @@ class PackedApart:
     (the one echo of the peer it goes to). Decodes as the object with that field replaced."""
 
     def __init__(self, obj: Any, name: str) -> None:
-        plain = _to_map(obj)
         rows = [row for row in _schema(type(obj)) if row[1] == name]
         if not rows:
             raise LocalProtocolError(f"{type(obj).__name__} has no field {name}")
         self._tag, self._default = rows[0][0], rows[0][3]
-        plain.pop(self._tag, None)
+        plain = _to_map(obj, skip=self._tag)  # that field is not converted only to be dropped
         count = len(plain)
         packed = _pack_plain(plain)
         self._without = packed

@@ -113,6 +113,7 @@ class _LinkSocket:
         """Every datagram waiting (up to BATCH_MAX) to the mesh, then one `batch_done`. A bug
         below costs one datagram, never the socket."""
         mesh, sock, link = self.mesh, self.sock, self.link
+        mesh.reading = True
         try:
             for _ in range(BATCH_MAX):
                 try:
@@ -130,6 +131,7 @@ class _LinkSocket:
                     mesh.counters.dropped["internal_error"] += 1
                     log.exception("datagram handling failed", link=link)
         finally:
+            mesh.reading = False
             mesh.counters.batches += 1
             mesh.batch_done()
 
@@ -182,6 +184,9 @@ class MeshTransport:
                 self.set_peer_address(peer.node_id, link, (host, port))
         self._last_log: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.reading = False
+        """In a socket's wake-up, which ends with `batch_done` (the agent need not ask the
+        loop for another turn to end its batch)."""
 
     # ------------------------------------------------------------ sockets
     async def start(self) -> None:
@@ -258,11 +263,13 @@ class MeshTransport:
 
     def _confirm(self, peer: int, link: int, addr: Any) -> None:
         """An authenticated datagram from `peer` on `link` came from `addr`."""
-        if (peer, link) in self.pinned or not isinstance(addr, tuple) or len(addr) < 2:
+        key = (peer, link)
+        if key in self.pinned or not isinstance(addr, tuple) or len(addr) < 2:
             return
         source: Address = (str(addr[0]), int(addr[1]))
-        self.confirmed[(peer, link)] = (source, time.monotonic())
-        if self.addresses.get(peer, {}).get(link) != source:
+        self.confirmed[key] = (source, time.monotonic())
+        known = self.addresses.get(peer)
+        if known is None or known.get(link) != source:
             self.set_peer_address(peer, link, source)
             self.counters.learned_addresses += 1
             log.info(
@@ -282,32 +289,36 @@ class MeshTransport:
         """One datagram from the network: deliver it, or drop and count it. Never raises."""
         self.counters.received += 1
         try:
-            header, payload = self.opener.open(data, time.monotonic())
+            kind, sender, incarnation, payload = self.opener.open_fields(data, time.monotonic())
         except DecodeError as exc:
             self.note_drop(exc.reason, exc.detail, addr)
             if exc.reason == "unknown_peer":
                 self._stranger(link, data, addr)
             return
-        if header.sender not in self.addresses:
-            self.note_drop("unknown_peer", f"node {header.sender}", addr)
+        if sender not in self.addresses:
+            self.note_drop("unknown_peer", f"node {sender}", addr)
             return
         try:
-            message: MeshMessage = decode(header.kind, payload)
+            message: MeshMessage = decode(kind, payload)
         except DecodeError as exc:
             self.note_drop(exc.reason, exc.detail, addr)
             return
-        self._remember_source(header.sender, header.incarnation, addr)
-        event = MessageIn(header.sender, header.incarnation, link, message, self.wall_ms())
-        if not self.deliver(event):
-            self.note_drop("not_running", f"node {header.sender}", addr)
+        # The source of this sender life: the same tuple again (IPv4) costs one LRU move.
+        key = (sender, incarnation)
+        if type(addr) is tuple and self.sources.get(key) == addr:
+            self.sources.move_to_end(key)
+        else:
+            self._remember_source(sender, incarnation, addr)
+        if not self.deliver(MessageIn(sender, incarnation, link, message, self.wall_ms())):
+            self.note_drop("not_running", f"node {sender}", addr)
             return
         refused = self.core_drop()
         if refused is not None:
-            self.note_drop(refused, f"node {header.sender} incarnation {header.incarnation}", addr)
+            self.note_drop(refused, f"node {sender} incarnation {incarnation}", addr)
             return
         self.counters.accepted += 1
-        if self.fresh(header.sender):
-            self._confirm(header.sender, link, addr)
+        if self.fresh(sender):
+            self._confirm(sender, link, addr)
 
     def _stranger(self, link: int, data: bytes, addr: Any) -> None:
         sender = claimed_sender(data)
@@ -364,7 +375,10 @@ class MeshTransport:
         link_socket = self.transports.get(link)
         if link_socket is None:
             return
-        targets = [(p, a) for p in peers if (a := self.addresses.get(p, {}).get(link)) is not None]
+        addresses = self.addresses
+        targets = [
+            (p, a) for p in peers if p in addresses and (a := addresses[p].get(link)) is not None
+        ]
         if not targets:
             return
         sendto = link_socket.sock.sendto

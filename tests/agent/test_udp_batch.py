@@ -219,3 +219,52 @@ def test_a_real_agent_sends_each_peer_only_its_echo(tmp_path: Path) -> None:
     finally:
         sock.close()
         cluster.close()
+
+
+@pytest.mark.asyncio
+async def test_a_sender_life_moving_to_another_source_is_seen_at_its_first_datagram() -> None:
+    """The source of a sender life is remembered from each datagram: the same address again
+    keeps it (the fast path), a datagram of the same life from another port replaces it at once,
+    and another incarnation gets its own; a batch read from the socket says so while it runs
+    (`reading`, so the agent ends it once, in `batch_done`)."""
+    port = free_udp_port("127.0.0.1")
+    reading: list[bool] = []
+
+    def deliver(_message: MessageIn) -> bool:
+        reading.append(mesh.reading)
+        return True
+
+    mesh = MeshTransport(
+        config(port, {2: ("127.0.0.2", 9)}),
+        Sealer("unit", KEY, 1, 5),
+        Opener("unit", [KEY]),
+        deliver,
+    )
+    await mesh.start()
+    first, second = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    first.bind(("127.0.0.2", 0))
+    second.bind(("127.0.0.2", 0))
+    life, other_life = Sealer("unit", KEY, 2, 7), Sealer("unit", KEY, 2, 8)
+    try:
+
+        def send(out: socket.socket, sealer: Sealer, stamp: int) -> None:
+            datagram = seal_message(sealer, Heartbeat(link=0, stamp_us=stamp, wall_ms=1))
+            out.sendto(datagram, ("127.0.0.1", port))
+
+        for stamp in (1, 2):
+            send(first, life, stamp)
+        await wait_until(lambda: mesh.counters.accepted == 2)
+        assert mesh.source_of(2, 7) == f"127.0.0.2:{first.getsockname()[1]}"
+        send(second, life, 3)
+        await wait_until(lambda: mesh.counters.accepted == 3)
+        assert mesh.source_of(2, 7) == f"127.0.0.2:{second.getsockname()[1]}"
+        send(first, other_life, 1)
+        await wait_until(lambda: mesh.counters.accepted == 4)
+        assert mesh.source_of(2, 8) == f"127.0.0.2:{first.getsockname()[1]}"
+        assert mesh.source_of(2, 7) == f"127.0.0.2:{second.getsockname()[1]}"
+        assert reading == [True] * 4
+        assert not mesh.reading
+    finally:
+        first.close()
+        second.close()
+        mesh.close()

@@ -33,9 +33,10 @@ Default mode: 60 s idle, 10 kills at 32 agents (5 below), 3 splits; long mode
 (BENCH_SCALE_LONG=1): 600 s idle (the issue's "0 view changes in 10 minutes"), 10 kills and 10
 splits at every size. Environment overrides (comma lists of sizes; "" for none):
 BENCH_SCALE_SIZES=5,16,32  BENCH_SCALE_SIM=64,128,256  BENCH_SCALE_IDLE=seconds
-BENCH_SCALE_KILLS=K  BENCH_SCALE_SPLITS=S  BENCH_SCALE_BASELINE=<git revision>: also run every
-agent size on that revision's code (`git archive` + PYTHONPATH) right before the current code,
-so that before and after are measured under the same load.
+BENCH_SCALE_KILLS=K  BENCH_SCALE_SPLITS=S  BENCH_SCALE_BASELINE=<git revision>[,<revision>...]:
+also run every agent size on each revision's code (`git archive` + PYTHONPATH), in that order,
+right before the current code, so that before and after are measured under the same load (a
+size listed twice, e.g. 16,32,16, interleaves them twice).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class Mode:
     idle_s: float
     kills: Callable[[int], int]
     splits: int
-    baseline: str | None
+    baseline: tuple[str, ...]
+    """Git revisions whose agents run right before the current code at each size."""
 
 
 def _sizes(environ: Mapping[str, str], key: str, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -134,7 +136,9 @@ def mode_from_env(environ: Mapping[str, str]) -> Mode:
         idle_s=idle,
         kills=kills,
         splits=int(_number(environ, "BENCH_SCALE_SPLITS", 10 if long else 3, 0, 1000)),
-        baseline=environ.get("BENCH_SCALE_BASELINE") or None,
+        baseline=tuple(
+            r.strip() for r in environ.get("BENCH_SCALE_BASELINE", "").split(",") if r.strip()
+        ),
     )
 
 
@@ -757,15 +761,15 @@ def bench(mode: Mode, tmp: Path) -> None:
         flush=True,
     )
     codes: list[tuple[str, Path | None]] = [("agents", None)]
-    if mode.baseline:
-        short, tree = baseline_tree(mode.baseline, tmp / "baseline")
-        name = short if len(mode.baseline) > len(short) else mode.baseline  # a hash: shortened
+    for i, rev in enumerate(mode.baseline):
+        short, tree = baseline_tree(rev, tmp / f"baseline-{i}")
+        name = short if len(rev) > len(short) else rev  # a hash: shortened
         print(f"  baseline: agents@{name} is commit {short}, run right before each size")
-        codes.insert(0, (f"agents@{name}", tree))
+        codes.insert(i, (f"agents@{name}", tree))
     rows: list[AgentRow] = []
-    for nodes in mode.sizes:
+    for turn, nodes in enumerate(mode.sizes):
         for label, code in codes:
-            workdir = tmp / f"{label.replace('@', '-')}-{nodes}"
+            workdir = tmp / f"{label.replace('@', '-')}-{nodes}-{turn}"  # a size may come twice
             with contextlib.ExitStack() as stack:
                 ns = None if missing else stack.enter_context(Namespace())
                 rows.append(measure(workdir, nodes, mode, ns, label=label, code=code))
