@@ -52,6 +52,7 @@ from proto.mesh_messages import (
     heartbeat_per_peer,
     seal_message,
 )
+from proto.tagged_map import frozen_constructor
 
 log = structlog.get_logger("votemesh.agent.udp")
 
@@ -70,6 +71,7 @@ WARN_REASONS = frozenset(
 configured, a keyed member sending out-of-range values): a warning with the source address,
 at most one per reason every WARN_EVERY seconds. Every other reason stays a debug line."""
 SOURCES_KEPT = 4  # source addresses remembered per sender (one per incarnation, newest)
+_message_in = frozen_constructor(MessageIn)  # MessageIn(...) without the frozen __init__
 
 Address = tuple[str, int]
 
@@ -309,7 +311,7 @@ class MeshTransport:
             self.sources.move_to_end(key)
         else:
             self._remember_source(sender, incarnation, addr)
-        if not self.deliver(MessageIn(sender, incarnation, link, message, self.wall_ms())):
+        if not self.deliver(_message_in(sender, incarnation, link, message, self.wall_ms())):
             self.note_drop("not_running", f"node {sender}", addr)
             return
         refused = self.core_drop()

@@ -228,3 +228,61 @@ def test_an_equal_view_with_other_types_is_refused_after_a_good_one(hostile: Any
     assert good == View(1, 5, (1, 2, 3))
     assert outcome(heartbeat_with_view({1: 1, 2: 5, 3: [1, 2, 3]})) is good
     assert outcome(heartbeat_with_view(hostile)) == "bad_payload"
+
+
+# ------------------------------------------------------ objects without the frozen __init__
+def tagged_classes() -> list[type]:
+    """Every tagged dataclass of the mesh and join protocols, and the agent's MessageIn."""
+    import dataclasses
+
+    from agent.node_events import MessageIn
+    from proto import join, mesh_messages
+
+    found: set[type] = {MessageIn}
+    for module in (mesh_messages, join):
+        for value in vars(module).values():
+            if isinstance(value, type) and dataclasses.is_dataclass(value):
+                found.add(value)
+    return sorted(found, key=lambda c: c.__qualname__)
+
+
+@pytest.mark.parametrize("cls", tagged_classes(), ids=lambda c: c.__qualname__)
+def test_the_frozen_constructor_equals_the_class_call(cls: type) -> None:
+    """`frozen_constructor(cls)(*values)` is what `cls(*values)` is: equal, same hash, same type,
+    every field the same object, still frozen; classes it cannot build (not frozen, not slotted,
+    a `__post_init__`) get the class itself."""
+    import dataclasses
+
+    fields = dataclasses.fields(cls)
+    values = [object() for _ in fields]  # distinct sentinels: a swapped field would show
+    make: Any = tagged_map.frozen_constructor(cls)
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    if not params.frozen or "__slots__" not in cls.__dict__ or hasattr(cls, "__post_init__"):
+        assert make is cls
+        return
+    assert make is not cls
+    built, called = make(*values), cls(*values)
+    assert type(built) is cls
+    assert all(getattr(built, f.name) is v for f, v in zip(fields, values, strict=True))
+    assert built == called
+    assert hash(built) == hash(called)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(built, fields[0].name, 1)
+
+
+def test_a_post_init_class_is_built_by_calling_it() -> None:
+    """A frozen slotted class with `__post_init__` (checks in it) is never built around it."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        value: int = tagged_map.tagged(1)
+
+        def __post_init__(self) -> None:
+            if self.value > 5:
+                raise ValueError("too big")
+
+    assert tagged_map.frozen_constructor(Checked) is Checked
+    assert tagged_map.unpack(Checked, msgpack.packb({1: 3})) == Checked(3)
+    with pytest.raises(ValueError, match="too big"):
+        tagged_map.unpack(Checked, msgpack.packb({1: 9}))
