@@ -88,6 +88,7 @@ from proto.mesh_messages import (
     ProbeReply,
     View,
 )
+from proto.tagged_map import frozen_constructor
 
 __all__ = [
     "AgentNode",
@@ -1021,7 +1022,7 @@ class AgentNode:
             theirs = p.stamp_us
             if theirs and now - p.received_at < timeout:
                 held = now_us - int(p.received_at * 1e6)
-                echoes.append(Echo(pid, theirs, held if held > 0 else 0))  # max(0, held)
+                echoes.append(_echo(pid, theirs, held if held > 0 else 0))  # max(0, held)
         return Heartbeat(
             link=link,
             stamp_us=stamp,
@@ -1408,6 +1409,7 @@ def _device_identity(q: QdeviceConfig | None) -> QdeviceConfig | None:
 
 
 _ECHO_NODE = attrgetter("node_id")
+_echo = frozen_constructor(Echo)  # Echo(...) without the frozen __init__ (one per peer a round)
 
 _TRANSITIONS = frozenset(
     {
