@@ -714,8 +714,14 @@ def curves(rows: Sequence[AgentRow], sims: Sequence[Mapping[str, Any]]) -> list[
     return lines
 
 
-def baseline_tree(rev: str, into: Path) -> tuple[str, Path]:
-    """`git archive rev` unpacked in `into`: (short hash, directory)."""
+def baseline_tree(
+    rev: str,
+    into: Path,
+    paths: Sequence[str] = ("agent", "proto", "qnetd"),
+    setting: str = "BENCH_SCALE_BASELINE",
+) -> tuple[str, Path]:
+    """`git archive rev paths...` (no paths: the whole tree) unpacked in `into`: (short hash,
+    directory); a bad `rev` is a BenchError naming the `setting` it came from."""
     short = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", rev],
         capture_output=True,
@@ -723,12 +729,10 @@ def baseline_tree(rev: str, into: Path) -> tuple[str, Path]:
         check=False,
     )
     if short.returncode != 0:
-        raise BenchError(
-            f"BENCH_SCALE_BASELINE={rev!r}: not a git revision here ({short.stderr.strip()})"
-        )
+        raise BenchError(f"{setting}={rev!r}: not a git revision here ({short.stderr.strip()})")
     into.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev, "agent", "proto", "qnetd"],
+        ["git", "-C", str(REPO), "archive", rev, *paths],
         capture_output=True,
         check=True,
     )
