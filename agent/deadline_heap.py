@@ -176,7 +176,8 @@ class SharedDeadlines(_Keyed):
         return None
 
     def first(self) -> tuple[float, int] | None:
-        """The smallest current (deadline, key), after dropping stale entries above it."""
+        """The smallest current (deadline, key), after dropping stale entries above it (the
+        `Deadlines` interface; the core asks `earliest()`, the tests compare both classes)."""
         times, buckets, current = self._times, self._buckets, self.at
         while times:
             at = times[0]

@@ -59,8 +59,8 @@ class LossMeter:
             self.counted += 1
             return
         gap = now - self.last
-        step = self.interval if self.interval > interval else interval  # max(): a cadence
-        # change never counts the switch as loss
+        # max(self.interval, interval): a cadence change never counts the switch as loss
+        step = self.interval if self.interval > interval else interval
         self.interval = interval
         if gap < step / 2:
             self.marks.append((now, 0, True))

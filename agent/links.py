@@ -274,7 +274,8 @@ class Links:
 
     def _heartbeat_due(self, lk: _Link) -> float:
         """When the next heartbeat on `lk` is due: the first round at least half an interval
-        after the last one (so two heartbeats are 0.5-1.5 intervals apart, 1 once in step)."""
+        after the last one (so two heartbeats are 0.5-1.5 intervals apart, 1 once in step).
+        Mirrored in `due_round` (its cache read inline): change both."""
         if lk.last_sent is None:
             return self._now
         if lk.due_after != lk.last_sent:
@@ -337,7 +338,8 @@ class Links:
         `heartbeat`: it is one of the peer's heartbeats. `reached`: it echoes our newest
         heartbeat stamp the peer has, held for `held` seconds, and that stamp went on the active
         link (not a hedge copy): our heartbeats there last reached the peer at about
-        `now - held` (the outbound half of the failover lease)."""
+        `now - held` (the outbound half of the failover lease). Mirrored, for the steady
+        heartbeat, in `steady_heartbeat` (with `_measure`): change both."""
         self._now = max(self._now, now)
         changes, self._pending = self._pending, []
         state = self._peers.get(peer)
@@ -762,7 +764,8 @@ class Links:
 
     @staticmethod
     def _mark_sent(lk: _Link, now: float) -> None:
-        """Close the current round: an unanswered one breaks the failback streak."""
+        """Close the current round: an unanswered one breaks the failback streak. Mirrored in
+        `due_round`: change both."""
         if lk.last_sent is not None and not lk.answered:
             lk.streak = 0
         lk.answered = False
@@ -853,7 +856,7 @@ def _measure(
 ) -> None:
     """Arrival bookkeeping: last heard, loss; on an echo, the RTT EWMA and (if it `answers`
     a datagram we sent on this link) the answer streak (answers closer than `gap` to the
-    previous one count once: duplicates)."""
+    previous one count once: duplicates). Mirrored in `Links.steady_heartbeat`: change both."""
     lk.last_heard = now if lk.last_heard is None else max(lk.last_heard, now)
     lk.loss.arrive(now, interval)
     if rtt_sample is None or not math.isfinite(rtt_sample):

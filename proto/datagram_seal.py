@@ -220,8 +220,9 @@ class Opener:
         self._ciphers: dict[tuple[bytes, int, int], ChaCha20Poly1305] = {}
         self._slots: dict[bytes, _Slot] = {}
         """Header bytes 4-28 (cluster id, key id, node id, incarnation) of a sender life that
-        authenticated -> what `open_fields` needs to open its next datagram with no parsing:
-        the same entries as `_ciphers` (dropped with them)."""
+        authenticated -> what `open_fields` needs to open its next datagram with no parsing
+        (its `_ciphers` entry among them): dropped with a sender's or incarnation's ciphers
+        (`forget`, eviction) and all at once by `set_keys`."""
 
     def open_fields(self, datagram: bytes, now: float | None = None) -> tuple[int, int, int, bytes]:
         """(kind, sender, incarnation, payload) of an authentic, fresh datagram, as `open`.
@@ -229,13 +230,15 @@ class Opener:
         The fast path, for a sender life that authenticated before (its header bytes name a
         cached slot): the checks `_parse_header` would repeat on those bytes held then and
         still hold (`set_keys` and `forget` drop slots); magic, version, a non-zero counter,
-        `admit`, the replay window and the AEAD are checked again here. Anything else, or any
-        check failing, goes through `open`, which accepts or refuses it with its reason
-        (nothing here changes state before the datagram authenticated)."""
-        slot = self._slots.get(datagram[4:28])
+        `admit`, the replay window and the AEAD are checked again here. A datagram failing the
+        AEAD is `forged` at once (what `open` would say after the same checks); anything else,
+        or any other check failing, goes through `open`, which accepts or refuses it with its
+        reason (nothing here changes state before the datagram authenticated)."""
+        slot = self._slots.get(datagram[_SLOT])
         if slot is not None and len(datagram) >= OVERHEAD and datagram[:3] == _PREFIX:
             sender, incarnation, cipher, window, lives = slot
-            counter = int.from_bytes(datagram[28:36], "big")
+            counter_bytes = datagram[28:36]
+            counter = int.from_bytes(counter_bytes, "big")
             admit = self._admit
             if (
                 counter
@@ -244,10 +247,12 @@ class Opener:
             ):
                 try:
                     payload: bytes = cipher.decrypt(
-                        _NONCE_PAD + datagram[28:36], datagram[HEADER_SIZE:], datagram[:HEADER_SIZE]
+                        _NONCE_PAD + counter_bytes, datagram[HEADER_SIZE:], datagram[:HEADER_SIZE]
                     )
                 except InvalidTag:
-                    pass  # `open` counts it as forged
+                    # `open` would pass the same checks and try the same cipher again: its
+                    # verdict, without a second AEAD (a forged copy of a live header is cheap)
+                    raise DecodeError("forged", f"node {sender}") from None
                 else:
                     lives[incarnation] = lives.pop(incarnation)  # most recently used last
                     window.mark(counter, now)

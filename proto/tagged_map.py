@@ -291,8 +291,13 @@ def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     frozen `__init__` costs a `object.__setattr__` per field: 2.6 us for a Heartbeat). None for
     any other class: it is built by calling it."""
     params = getattr(cls, "__dataclass_params__", None)
-    if params is None or not params.frozen or hasattr(cls, "__post_init__"):
-        return None
+    if params is None or not params.frozen or not params.init or hasattr(cls, "__post_init__"):
+        return None  # not a frozen dataclass built by its generated __init__ alone
+    if len(cls.__dataclass_fields__) != len(dataclasses.fields(cls)):  # type: ignore[attr-defined]
+        return None  # an InitVar or ClassVar pseudo-field: __init__ does more than set fields
+    init = cls.__dict__.get("__init__")
+    if getattr(getattr(init, "__code__", None), "co_filename", None) != "<string>":
+        return None  # an __init__ of its own (dataclass keeps it): it must run
     setters = []
     for f in dataclasses.fields(cls):
         slot = cls.__dict__.get(f.name)
@@ -302,6 +307,21 @@ def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     return setters
 
 
+def _build_lines(cls: type, names: list[str], env: dict[str, Any]) -> list[str]:
+    """Source lines (one indent) returning `cls` built from the variables `names`, in field
+    order: by its slot setters where `_slot_setters` allows (put in `env`), else by calling it
+    (`env["cls"]` is `cls`)."""
+    setters = _slot_setters(cls)
+    if setters is None:
+        return [f"    return cls({', '.join(names)})"]
+    env["new"] = object.__new__
+    lines = ["    o = new(cls)"]
+    for i, (setter, var) in enumerate(zip(setters, names, strict=True)):
+        env[f"s{i}"] = setter
+        lines.append(f"    s{i}(o, {var})")
+    return [*lines, "    return o"]
+
+
 def frozen_constructor(cls: type[T]) -> Callable[..., T]:
     """A function taking `cls`'s fields positionally (all of them) and returning what
     `cls(*values)` returns, without the frozen `__init__`'s `object.__setattr__` per field where
@@ -309,13 +329,9 @@ def frozen_constructor(cls: type[T]) -> Callable[..., T]:
     setters = _slot_setters(cls)
     if setters is None:
         return cls
-    env: dict[str, Any] = {"cls": cls, "new": object.__new__}
+    env: dict[str, Any] = {"cls": cls}
     names = [f"v{i}" for i in range(len(setters))]
-    lines = [f"def make({', '.join(names)}):", "    o = new(cls)"]
-    for i, setter in enumerate(setters):
-        env[f"s{i}"] = setter
-        lines.append(f"    s{i}(o, v{i})")
-    lines.append("    return o")
+    lines = [f"def make({', '.join(names)}):", *_build_lines(cls, names, env)]
     exec("\n".join(lines), env)  # noqa: S102 (source built here from the class's fields)
     make: Callable[..., T] = env["make"]
     return make
@@ -369,16 +385,7 @@ def _decoder(cls: type[T]) -> Callable[[Any], T]:
                 lines.append(f"        {var} = d{i}")
             lines.extend(_inline_check(var, i, hints[name], f.metadata))
             names.append(var)
-        setters = _slot_setters(cls)
-        if setters is None:
-            lines.append(f"    return cls({', '.join(names)})")
-        else:  # as `frozen_constructor`, inline
-            env["new"] = object.__new__
-            lines.append("    o = new(cls)")
-            for i, setter in enumerate(setters):
-                env[f"s{i}"] = setter
-                lines.append(f"    s{i}(o, v{i})")
-            lines.append("    return o")
+        lines.extend(_build_lines(cls, names, env))
         exec("\n".join(lines), env)  # noqa: S102 (source built here from the class's schema)
         decode = _DECODERS[cls] = env["decode"]
     return decode

@@ -386,7 +386,8 @@ class AgentRuntime(ClusterConfigRuntime):
             self._arm()
 
     def _guarded(self, callback: Callable[..., None], *args: Any) -> None:
-        """Run a core callback; a failure (a core bug) stops the agent loudly, like a task's."""
+        """Run a core callback; a failure (a core bug) stops the agent loudly, like a task's.
+        Mirrored inline in `_offer` for `dispatch` (one call less per datagram)."""
         try:
             callback(*args)
         except Exception as exc:  # noqa: BLE001 (re-raised by run() once everything is closed)

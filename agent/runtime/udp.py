@@ -170,10 +170,10 @@ class MeshTransport:
         """After `deliver`: was that datagram from this peer fresh (not a replayed recording)?
         Only then does its source address count (the core knows: `AgentNode.last_fresh_peer`)."""
         self.core_drop = core_drop
+        """After `deliver`: why the core dropped that message (`AgentNode.last_drop`), or None."""
         self.batch_done = batch_done
         """After the datagrams of one wake-up were each handed to `deliver` (design §3.14): the
         agent re-arms its timer and observes the core once per batch, not once per message."""
-        """After `deliver`: why the core dropped that message (`AgentNode.last_drop`), or None."""
         self.sources: OrderedDict[tuple[int, int], Address] = OrderedDict()
         """(sender, incarnation) -> the source of its last authentic datagram (bounded)."""
         self.counters = DatagramCounters()

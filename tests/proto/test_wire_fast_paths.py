@@ -154,6 +154,38 @@ def test_a_cached_sender_life_still_has_every_check() -> None:
     assert fast(opener, sealer.seal(1, b"three"), None) == "unknown_key"
 
 
+class CountingCipher:
+    """A cipher that counts its decrypt calls (and passes them on)."""
+
+    def __init__(self, cipher: Any) -> None:
+        self.cipher, self.calls = cipher, 0
+
+    def decrypt(self, nonce: bytes, data: bytes, aad: bytes) -> bytes:
+        self.calls += 1
+        result: bytes = self.cipher.decrypt(nonce, data, aad)
+        return result
+
+
+def test_a_forged_copy_of_a_live_header_costs_one_aead() -> None:
+    """Regression (review of the second round): a datagram with a cached sender life's header
+    and a bad tag (anyone who saw one live datagram can make it) was tried by the fast path,
+    then again by `open`: two AEADs per forged datagram. Now `forged` after one."""
+    opener = Opener("alpha", [KEY])
+    sealer = Sealer("alpha", KEY, 7, 1000)
+    assert opener.open_fields(sealer.seal(1, b"one")) == (1, 7, 1000, b"one")
+    (key,) = opener._slots
+    sender, incarnation, cipher, window, lives = opener._slots[key]
+    counting = CountingCipher(cipher)
+    opener._slots[key] = (sender, incarnation, counting, window, lives)  # type: ignore[assignment]
+    for slot in opener._ciphers:
+        opener._ciphers[slot] = counting  # type: ignore[assignment]
+    second = sealer.seal(1, b"two")
+    assert fast(opener, mutate(second, 40, second[40] ^ 1), None) == "forged"
+    assert counting.calls == 1
+    assert opener.open_fields(second) == (1, 7, 1000, b"two")  # the window did not move
+    assert counting.calls == 2
+
+
 def heartbeat_with_view(view: Any) -> bytes:
     """A heartbeat payload whose view map is `view` as given (hostile types included)."""
     plain = msgpack.unpackb(encode(Heartbeat(0, 1, 2)), strict_map_key=False)

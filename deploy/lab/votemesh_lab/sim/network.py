@@ -571,7 +571,8 @@ class SimNetwork:
 
     def _call(self, node: int, event: Any, *, batch: bool = False) -> None:
         """Hand `event` to the node's core and carry out its effects; then re-arm its timer,
-        or (`batch`: a delivery) leave that to the end of the batch (`_arm_batches`)."""
+        or (`batch`: a delivery) leave that to the end of the batch (`_arm_batches`).
+        Mirrored, for a delivery, inline in `_deliver`: change both."""
         slot = self.slots[node]
         core = slot.core
         if core is None:
