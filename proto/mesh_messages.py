@@ -296,18 +296,10 @@ def decode(kind: int, payload: bytes) -> MeshMessage:
         raise DecodeError("unknown_kind", f"mesh kind {kind}")
     msg = tagged_map.unpack(cls, payload)
     if cls is Heartbeat:
-        view, proposal = msg.view, msg.proposal  # type: ignore[union-attr]
-        if view is not None and view is not _checked_view[0]:
-            _check_view(view)
-            _checked_view[0] = view
-        if proposal is not None:
-            _check_view(proposal)
+        for view in (msg.view, msg.proposal):  # type: ignore[union-attr]
+            if view is not None:
+                _check_view(view)
     return msg
-
-
-_checked_view: list[View | None] = [None]
-"""The view object last checked: the decoder hands out the same (immutable) object for a view
-map equal to the last one decoded, so it passes again with no step (every peer sends it)."""
 
 
 def _check_view(view: View) -> None:
