@@ -233,10 +233,11 @@ class AgentNode:
         config.validate()
         self.config = config
         self._init_reconfigure(config_version)
-        self.node_id = config.node_id
-        self.incarnation = incarnation
-        self.links = Links(config.node_id, config.links, config.timing)
-        self.membership = Membership(config.node_id, config.timing, max_seq)
+        self.node_id, self.incarnation = config.node_id, incarnation
+        # the timing it runs with: the configured one sized to the cluster (design §3.14)
+        self.timing = config.run_timing
+        self.links = Links(config.node_id, config.links, self.timing)
+        self.membership = Membership(config.node_id, self.timing, max_seq)
         self.membership.durable_seq = max_seq
         self.quorum = Votequorum(
             config.node_id,
@@ -275,8 +276,8 @@ class AgentNode:
         """The peer whose fresh heartbeat the last `handle` accepted (the runtime then trusts
         the datagram's source address), else None."""
         self._failure_timeout, self._heartbeat_interval = (  # properties: computed once
-            config.timing.failure_timeout,
-            config.timing.heartbeat_interval,
+            self.timing.failure_timeout,
+            self.timing.heartbeat_interval,
         )
         self._timeouts_at = 0.0
         self._phase, self._phased = 0.0, False
@@ -445,7 +446,7 @@ class AgentNode:
         if isinstance(msg, Leave):
             self._left(ev.peer, peer, ev.incarnation, msg.reason)
         elif isinstance(msg, Probe):
-            probe = self.config.timing.probe_interval
+            probe = self.timing.probe_interval
             if peer.verified:  # else it may be a recording: answered, but it proves nothing
                 self._link_changes(
                     self.links.received(ev.peer, ev.link, self._now, expected_interval=probe)
@@ -456,7 +457,7 @@ class AgentNode:
             if not self._born_us <= msg.stamp_us <= int(self._now * 1e6):
                 return  # not an answer to a probe of this life
             rtt = max(0.0, self._now - msg.stamp_us / 1e6 - msg.held_us / 1e6)
-            probe = self.config.timing.probe_interval
+            probe = self.timing.probe_interval
             self._link_changes(
                 self.links.received(
                     ev.peer, ev.link, self._now, rtt_sample=rtt, expected_interval=probe
@@ -721,7 +722,7 @@ class AgentNode:
         self._apply_parts(old, new, removed)
         self._reconfigure_qdevice(old.qdevice, new.qdevice, bool(added or removed))
         moved = jump or before != _quorum_inputs(new, self._device_votes())
-        until = self._now + transition_span(new.timing) if moved else None
+        until = self._now + transition_span(self.timing) if moved else None
         self._quorum_events(
             self.quorum.reconfigure(
                 new.configured_votes(),
@@ -775,11 +776,13 @@ class AgentNode:
 
     def _apply_parts(self, old: AgentConfig, new: AgentConfig, removed: tuple[int, ...]) -> None:
         """Hand the new configuration to the link layer and membership."""
-        if new.timing != old.timing:
-            self.links.set_timing(new.timing)
-            self.membership.set_timing(new.timing)
-            self._failure_timeout = new.timing.failure_timeout
-            self._heartbeat_interval = new.timing.heartbeat_interval
+        timing = new.run_timing  # a new size may stretch the interval (design §3.14)
+        if timing != self.timing:
+            self.timing = timing
+            self.links.set_timing(timing)
+            self.membership.set_timing(timing)
+            self._failure_timeout = timing.failure_timeout
+            self._heartbeat_interval = timing.heartbeat_interval
             self._timeouts_at, self._phased = self._now, False  # re-size and re-align now
         if new.links != old.links:
             self.links.set_local(new.links)
@@ -872,7 +875,7 @@ class AgentNode:
         self._align_rounds()
         if self._now >= self._timeouts_at:
             self._timeouts_at = self._now + TIMEOUT_REFRESH
-            timing = self.config.timing
+            timing = self.timing
             for pid, p in self.peers.items():
                 timeout = timing.failure_timeout_at(self.links.receive_loss(pid))
                 if timeout != p.timeout:
@@ -907,7 +910,7 @@ class AgentNode:
     def _align_rounds(self) -> None:
         """Put heartbeat rounds on whole multiples of the interval in wall-clock time (Links
         `set_phase`); re-aligned when the wall clock moved by more than 5 ms (NTP steps)."""
-        interval = self.config.timing.heartbeat_interval
+        interval = self.timing.heartbeat_interval
         phase = (self._now - self._wall_ms / 1000) % interval
         drift = abs(phase - self._phase)
         if min(drift, interval - drift) > PHASE_TOLERANCE or not self._phased:
@@ -1154,7 +1157,7 @@ class AgentNode:
         q = self.config.qdevice
         if q is None:
             return 0.0
-        timing = self.config.timing
+        timing = self.timing
         return (timing.agreement_rounds + 1) * timing.heartbeat_interval + q.sync_timeout
 
     def _hold_deadline(self) -> float | None:
@@ -1363,6 +1366,7 @@ class AgentNode:
                 Transition(round(now - at, 3), kind, reason, ring_id, quorate)
                 for at, kind, reason, ring_id, quorate in self._transitions
             ),
+            heartbeat_interval_s=self._heartbeat_interval,
         )
 
 

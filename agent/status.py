@@ -153,6 +153,9 @@ class NodeStatus:
     transitions: tuple[Transition, ...]
     """Oldest first, at most TRANSITIONS_KEPT."""
     runtime: RuntimeInfo | None = None
+    heartbeat_interval_s: float | None = None
+    """The heartbeat interval this node runs with: the configured one sized to the cluster
+    (design §3.14); None in a document from an agent before it."""
     schema: int = field(default=SCHEMA)
 
     @property

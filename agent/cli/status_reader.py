@@ -104,6 +104,7 @@ FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
         ("peers", "tuple[PeerInfo, ...]"),
         ("transitions", "tuple[Transition, ...]"),
         ("runtime", "RuntimeInfo | None"),
+        ("heartbeat_interval_s", "float | None"),
         ("schema", "int"),
     ),
 }
@@ -121,7 +122,7 @@ DEFAULTS: dict[str, dict[str, object]] = {
         "connects": 0,
         "last_close": None,
     },
-    "NodeStatus": {"runtime": None, "schema": SCHEMA},
+    "NodeStatus": {"runtime": None, "heartbeat_interval_s": None, "schema": SCHEMA},
 }
 """The fields that may be absent, and the value the dataclass gives them then."""
 

@@ -302,7 +302,11 @@ class Checker:
         self.held = frozenset(n for n in self.nodes if timeline.node_info(n).get("held"))
         """Nodes that did not run from the start (added later, or never started)."""
         self.qnetd = isinstance(run.get("qdevice"), Mapping)
-        self.timing = timing_of(run.get("timing"))
+        votes = [r.get("votes") for r in timeline.of_kind("config")]
+        sizes = [len(self.nodes), *(len(v) for v in votes if isinstance(v, Mapping))]
+        self.timing = timing_of(run.get("timing")).sized_for(max(sizes))
+        """The timing of the largest configuration in the run (design §3.14: the interval grows
+        with the cluster, and every bound below only loosens with it)."""
         first = Cluster.of(run, self.nodes, self.qnetd)
         self.options: QuorumOptions = first.options
         self.votes = dict(first.votes)
