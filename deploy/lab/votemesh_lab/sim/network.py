@@ -688,7 +688,7 @@ class SimNetwork:
         """One datagram arriving at each of its destinations (one `MessageIn` shared by all:
         it is immutable); a paused node queues it, a crashed one loses it."""
         dsts, inc, link, msg = data
-        slots = self.slots
+        slots, now, observe, unarmed = self.slots, self.now, self.observe_every, self._unarmed
         event = None
         for dst in dsts:
             slot = slots[dst]
@@ -702,13 +702,13 @@ class SimNetwork:
                 event = iface.MessageIn(src, inc, link, msg, self._wall())
             self.delivered += 1
             # _call(dst, event, batch=True), inline (the simulator's most frequent step)
-            effects = core.handle(event, self.now)
+            effects = core.handle(event, now)
             self.handled += 1
-            if effects or self.observe_every:
+            if effects or observe:
                 self._after(dst, slot, core, event, effects)
                 if slot.core is not core:
                     continue
-            self._unarmed[dst] = None
+            unarmed[dst] = None
 
     def _timer(self, node: int, token: int) -> None:
         slot = self.slots[node]
