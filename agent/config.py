@@ -107,7 +107,8 @@ class Timing:
         is still lost after `missed_heartbeats` missed ones (the same odds of a false suspicion
         per window, fewer windows a second) while a node sends and receives (nodes - 1) /
         interval heartbeats a second: lan, 16 nodes and fewer: 0.1 s (0.65 s failure timeout);
-        20: 0.125 s; 23 and more: 0.14 s (0.89 s)."""
+        20: 0.125 s; 23 and more: 0.14 s (0.89 s). The result is not held to `validate`'s
+        10 s bound (a configured 10 s runs at up to 14 s)."""
         stretch = self.size_stretch(nodes)
         if stretch == 1.0:
             return self

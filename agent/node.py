@@ -719,10 +719,12 @@ class AgentNode:
             **details,
         )
         self._out.append(ConfigApplied(new, ev.version, added, removed, restart))
-        self._apply_parts(old, new, removed)
+        span = transition_span(self.timing)  # the longer of the two timings' (a size change
+        self._apply_parts(old, new, removed)  # re-sizes the interval: nodes still on the old
+        span = max(span, transition_span(self.timing))  # one run at it, design §3.14)
         self._reconfigure_qdevice(old.qdevice, new.qdevice, bool(added or removed))
         moved = jump or before != _quorum_inputs(new, self._device_votes())
-        until = self._now + transition_span(self.timing) if moved else None
+        until = self._now + span if moved else None
         self._quorum_events(
             self.quorum.reconfigure(
                 new.configured_votes(),
@@ -1388,7 +1390,7 @@ def _changed(old: AgentConfig, new: AgentConfig, nodes: bool) -> tuple[str, ...]
         "nodes": nodes,
         "votes": old.configured_votes() != new.configured_votes(),
         "quorum": old.quorum != new.quorum,
-        "timing": old.timing != new.timing,
+        "timing": old.run_timing != new.run_timing,  # a new size may re-size the interval
         "links": old.links != new.links
         or {p.node_id: p.addresses for p in old.peers}
         != {p.node_id: p.addresses for p in new.peers},

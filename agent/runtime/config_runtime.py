@@ -281,7 +281,7 @@ class ClusterConfigRuntime:
         woken = asyncio.Event()
         self.replication.wake = woken.set
         while True:
-            interval = self.replication.tick_interval(self.config.timing.heartbeat_interval)
+            interval = self.replication.tick_interval(self.node.timing.heartbeat_interval)
             # On the wall-clock multiples the heartbeat rounds use: one wake-up serves both.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), interval - time.time() % interval + 0.001)

@@ -10,7 +10,8 @@ from itertools import pairwise
 import pytest
 
 from agent.config import SIZE_FLAT_NODES, SIZE_STRETCH_MAX, Timing
-from agent.node import AgentNode, Broadcast, NodeEffect, Reconfigure, Start
+from agent.events import EventKind
+from agent.node import AgentNode, Broadcast, Emit, NodeEffect, Reconfigure, Start, transition_span
 from tests.agent.test_node import Net, config
 
 
@@ -128,3 +129,36 @@ def test_a_new_configuration_re_sizes_the_interval_both_ways() -> None:
     views = net.views()  # the three kept one view through both changes of cadence
     assert len(views) == 1
     assert next(iter(views))[1] == {1, 2, 3}
+
+
+def test_a_shrink_below_the_sizing_keeps_the_old_timings_transition_span() -> None:
+    """24 -> 16 nodes: the interval shrinks back to 0.1 s, but nodes still at the old version
+    run at 0.14 s (failure timeout up to 1.73 s at loss): the replaced configuration stays a
+    quorum constraint for the longer span, the old timing's (4.02 s, not 2.9 s)."""
+    net = make_net(3, 24)
+    net.run(2.0)
+    node = net.nodes[1]
+    net.apply(1, node.handle(Reconfigure(config(1, 16), 2), net.now))
+    assert node.timing == Timing.lan()
+    spans = [c.until - net.now for c in node.quorum._constraints]
+    assert spans == [pytest.approx(transition_span(Timing.lan().sized_for(24)))]
+    assert transition_span(Timing.lan().sized_for(24)) == pytest.approx(4.02)
+
+
+def _changed(configured: int, to: int) -> list[str]:
+    net = make_net(3, configured)
+    net.run(1.0)
+    effects = net.nodes[1].handle(Reconfigure(config(1, to), 2), net.now)
+    (changed,) = [
+        e.event.details["changed"]
+        for e in effects
+        if isinstance(e, Emit) and e.event.kind is EventKind.CONFIG_CHANGED
+    ]
+    return list(changed)
+
+
+def test_a_size_change_that_re_sizes_the_interval_says_timing_changed() -> None:
+    assert "timing" in _changed(16, 24)
+    assert "timing" in _changed(24, 16)
+    assert "timing" not in _changed(5, 6)
+    assert "timing" not in _changed(24, 32)  # both at the cap: 0.14 s

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from votemesh_lab.checker import Checker
+from votemesh_lab.checker import Checker, settle_time
 from votemesh_lab.sim.network import LinkModel, SimNetwork, cluster_configs
+from votemesh_lab.sim.scale import CHECK_WINDOW, split_heal
+from votemesh_lab.sim.schedules import random_schedule
 
 from agent.config import Timing
 
@@ -60,3 +62,19 @@ def test_nodes_that_disagree_on_the_interval_keep_one_view_under_loss() -> None:
     checker = Checker(net.timeline())
     assert checker.view_changes() == 0, net.trace_tail()
     one_quorate_view(net, 24)
+
+
+def test_the_harnesses_hold_each_phase_for_the_sized_settle_time() -> None:
+    """The checker judges S3 and L1's stable rule only on phases at least its settle time long,
+    and it sizes that time by the cluster (design §3.14): the split-heal run and a random
+    schedule of 24 nodes must hold the split, the heal and the end that long."""
+    run = split_heal(24, 10, steady=0.0)
+    checker = Checker(run.net.timeline())
+    assert checker.settle == settle_time(Timing.lan().sized_for(24))
+    assert run.healed_at is not None
+    assert run.cut_at is not None
+    assert run.healed_at - run.cut_at >= checker.settle + CHECK_WINDOW
+    assert run.verdict is not None
+    assert run.verdict.ok, run.verdict.violations[:5]
+    schedule = random_schedule(5, nodes=24)
+    assert schedule.end - schedule.healed_at >= checker.settle + CHECK_WINDOW

@@ -330,8 +330,9 @@ def reconfig_schedule(seed: int) -> tuple[Schedule, list[float]]:
     times at which a configuration change is asked (during the fault phases)."""
     base = random_schedule(seed)
     steps = tuple(s for s in base.steps if s.action not in {"cut_qnetd", "uncut_qnetd"})
-    span = transition_span(base.timing)
-    end = base.healed_at + span + settle_time(base.timing) + CHECK_WINDOW + EXTRA_END
+    sized = base.timing.sized_for(base.nodes + SPARES)  # the largest shape the run can reach
+    span = transition_span(sized)
+    end = base.healed_at + span + settle_time(sized) + CHECK_WINDOW + EXTRA_END
     schedule = replace(base, qdevice=None, steps=steps, end=end)
     rng = random.Random(seed * 15485863 + 5)
     first = min((s.at for s in steps if s.action != "start"), default=FORMATION)

@@ -142,7 +142,7 @@ def split_heal(
     """Form, measure `steady` simulated seconds, split off `minority` nodes, heal, judge."""
     started, cpu_started = time.perf_counter(), time.process_time()
     timing = Timing.lan()
-    settle = settle_time(timing)
+    settle = settle_time(timing.sized_for(nodes))  # the checker's (design §3.14: sized)
     everyone = frozenset(range(1, nodes + 1))
     small = frozenset(random.Random(seed).sample(sorted(everyone), minority))
     configs = cluster_configs(nodes, timing=timing)

@@ -165,9 +165,10 @@ def random_schedule(seed: int, nodes: int | None = None, algorithm: str | None =
         qdevice = sim_qdevice_config(algorithm or drawn)
     elif random.Random(seed * 1299709 + 11).random() < LMS_SHARE / (1 - QDEVICE_SHARE):
         qdevice = sim_qdevice_config(algorithm or "lms")
+    settle = settle_time(timing.sized_for(count))  # the checker's (design §3.14: sized)
     if extra.random() < SPLIT_SHARE:
-        split_at = 0.5 + settle_time(timing)
-        split_end = split_at + settle_time(timing) + CHECK_WINDOW
+        split_at = 0.5 + settle
+        split_end = split_at + settle + CHECK_WINDOW
         shift = split_end - FORMATION
         starts, faults = steps[:count], steps[count:]
         shuffled = extra.sample(ids, len(ids))
@@ -188,7 +189,7 @@ def random_schedule(seed: int, nodes: int | None = None, algorithm: str | None =
             Step(at, "cut_qnetd", (node,)),
             Step(min(t, at + extra.uniform(0.3, 2.5)), "uncut_qnetd", (node,)),
         ]
-    end = t + settle_time(timing) + CHECK_WINDOW
+    end = t + settle + CHECK_WINDOW
     steps.sort(key=lambda s: s.at)
     return Schedule(
         seed, count, quorum, timing, base, tuple(steps), t, end, nodes is not None, qdevice
