@@ -719,9 +719,11 @@ class AgentNode:
             **details,
         )
         self._out.append(ConfigApplied(new, ev.version, added, removed, restart))
-        span = transition_span(self.timing)  # the longer of the two timings' (a size change
-        self._apply_parts(old, new, removed)  # re-sizes the interval: nodes still on the old
-        span = max(span, transition_span(self.timing))  # one run at it, design §3.14)
+        # The longer transition span of the old and the new timing: a size change re-sizes the
+        # interval, and nodes still at the old version run at the old one (design §3.14).
+        span = transition_span(self.timing)
+        self._apply_parts(old, new, removed)
+        span = max(span, transition_span(self.timing))
         self._reconfigure_qdevice(old.qdevice, new.qdevice, bool(added or removed))
         moved = jump or before != _quorum_inputs(new, self._device_votes())
         until = self._now + span if moved else None
