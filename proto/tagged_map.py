@@ -307,11 +307,11 @@ def _slot_setters(cls: type) -> list[Callable[[Any, Any], None]] | None:
     return setters
 
 
-def _build_lines(cls: type, names: list[str], env: dict[str, Any]) -> list[str]:
-    """Source lines (one indent) returning `cls` built from the variables `names`, in field
-    order: by its slot setters where `_slot_setters` allows (put in `env`), else by calling it
-    (`env["cls"]` is `cls`)."""
-    setters = _slot_setters(cls)
+def _build_lines(
+    setters: list[Callable[[Any, Any], None]] | None, names: list[str], env: dict[str, Any]
+) -> list[str]:
+    """Source lines (one indent) returning `env["cls"]` built from the variables `names`, in
+    field order: by `setters` (`_slot_setters` of it, put in `env`), else (None) by calling it."""
     if setters is None:
         return [f"    return cls({', '.join(names)})"]
     env["new"] = object.__new__
@@ -331,7 +331,7 @@ def frozen_constructor(cls: type[T]) -> Callable[..., T]:
         return cls
     env: dict[str, Any] = {"cls": cls}
     names = [f"v{i}" for i in range(len(setters))]
-    lines = [f"def make({', '.join(names)}):", *_build_lines(cls, names, env)]
+    lines = [f"def make({', '.join(names)}):", *_build_lines(setters, names, env)]
     exec("\n".join(lines), env)  # noqa: S102 (source built here from the class's fields)
     make: Callable[..., T] = env["make"]
     return make
@@ -385,7 +385,7 @@ def _decoder(cls: type[T]) -> Callable[[Any], T]:
                 lines.append(f"        {var} = d{i}")
             lines.extend(_inline_check(var, i, hints[name], f.metadata))
             names.append(var)
-        lines.extend(_build_lines(cls, names, env))
+        lines.extend(_build_lines(_slot_setters(cls), names, env))
         exec("\n".join(lines), env)  # noqa: S102 (source built here from the class's schema)
         decode = _DECODERS[cls] = env["decode"]
     return decode

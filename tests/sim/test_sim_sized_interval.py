@@ -12,6 +12,7 @@ from votemesh_lab.sim.scale import CHECK_WINDOW, split_heal
 from votemesh_lab.sim.schedules import random_schedule
 
 from agent.config import Timing
+from tests.sim.test_sim_cases import one_view
 
 FORM = 3.0
 
@@ -24,9 +25,7 @@ def started(net: SimNetwork, count: int) -> SimNetwork:
 
 
 def one_quorate_view(net: SimNetwork, count: int) -> None:
-    states = [net.state(n) for n in range(1, count + 1)]
-    assert all(s is not None and s.quorate for s in states), net.trace_tail()
-    assert len({(s.ring, s.members) for s in states if s is not None}) == 1, net.trace_tail()
+    one_view(net, set(range(1, count + 1)))
 
 
 def test_24_nodes_deliver_the_heartbeats_of_a_140_ms_interval() -> None:
