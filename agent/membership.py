@@ -19,14 +19,25 @@ Algorithm, per `evaluate(now)`:
    converge to `clique.greedy_partition` of the mutual graph, level by level.
 3. *Ring id*, with r = min(members):
    a. not r, and r's fresh proposal has exactly these members: take r's ring id;
-   b. my current proposal has exactly these members: keep it;
+   b. my current proposal has exactly these members: keep it (as r, only while no member's
+      installed view has a higher ring id: else (d));
    c. the newest installed view (highest seq) among the members' and mine has exactly these
       members and representative r: adopt its ring id (no view change after a flap). §3.1 says
       "some member's"; taking only the newest keeps a returning node's old view from pulling
       the others back to an older ring id;
    d. otherwise a new ring id (r, max_seq + 1).
 4. *Install* when every other member's latest proposal, at most `timing.proposal_ttl` old, equals
-   mine. My proposal is always (best clique, ring id), so an install is always of it.
+   mine, and its ring id is not below my installed view's. My proposal is always (best clique,
+   ring id), so an install is always of it.
+
+Rising ring ids (what the configuration replica needs, design §3.9 rule c): the ring ids a node
+installs rise in the (sequence, representative) order; one below is refused. They may otherwise
+go down: r keeps a proposal (r, s) it minted while some members install a view (q, s') above it
+without r (two views formed at once at start, or a member restarted with a fresh boot view),
+then follow r's (r, s). Such a member's replica would take no part in the view, so its
+representative never converges and no configuration change is possible until the next view
+change. So a member refuses the install (4), r sees the member's higher view in its report and
+mints a new ring id (b), above every seq it has seen, and all install that one.
 
 Safety (S2: two nodes that installed the same ring id have the same member set).
 
@@ -289,13 +300,27 @@ class Membership:
             theirs = fresh[rep].proposal
             if theirs and theirs.members == members and theirs.ring_id.representative == rep:
                 return theirs, f"{_ids(members)}: ring {_ring(theirs)} of representative {rep}"
-        if self._proposal.members == members:
+        if self._proposal.members == members and (
+            rep != self._me or not self._overtaken(self._proposal, members, fresh)
+        ):
             return self._proposal, "unchanged"
         adopted = self._newest_installed(members, fresh)
         if adopted is not None:
             return adopted, f"{_ids(members)}: installed ring {_ring(adopted)} again"
         new = MemberView(RingId(rep, self._max_seq + 1), members)
         return new, f"best clique {_ids(members)}: new ring {_ring(new)}"
+
+    def _overtaken(
+        self, proposal: MemberView, members: frozenset[int], fresh: dict[int, PeerReport]
+    ) -> bool:
+        """A member installed a view with a higher ring id than my proposal (rule b): it would
+        refuse to install my proposal (step 4)."""
+        mine = (proposal.ring_id.seq, proposal.ring_id.representative)
+        for p in members:
+            view = self._view if p == self._me else fresh[p].view
+            if view is not None and (view.ring_id.seq, view.ring_id.representative) > mine:
+                return True
+        return False
 
     def _newest_installed(
         self, members: frozenset[int], fresh: dict[int, PeerReport]
@@ -308,9 +333,14 @@ class Membership:
         return None
 
     def _try_install(self, now: float) -> ViewInstalled | None:
-        mine = self._proposal
-        if mine == self._view:
+        mine, view = self._proposal, self._view
+        if mine == view:
             return None
+        if (mine.ring_id.seq, mine.ring_id.representative) < (
+            view.ring_id.seq,
+            view.ring_id.representative,
+        ):
+            return None  # the representative mints a higher one (rising ring ids)
         own = mine.ring_id.representative == self._me
         if own and self.durable_seq is not None and mine.ring_id.seq > self.durable_seq:
             return None

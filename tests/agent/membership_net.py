@@ -151,6 +151,20 @@ class MembershipNet:
                 bad.append(f"node {node}: {view.ring_id} as {sorted(view.members)}")
         return bad
 
+    def ring_regressions(self) -> list[str]:
+        """A node installed a ring id below the one it had installed before, in the (sequence,
+        representative) order the configuration replica's `promised` rises in (design §3.9,
+        rule c): a view the node's replica takes no part in (the same ring id again, a boot view
+        after a restart that persisted nothing newer, is the same view re-installed)."""
+        last: dict[int, tuple[int, int]] = {}
+        bad = []
+        for node, view in self.installs:
+            ring = (view.ring_id.seq, view.ring_id.representative)
+            if node in last and ring < last[node]:
+                bad.append(f"node {node}: {ring} after {last[node]} ({sorted(view.members)})")
+            last[node] = ring
+        return bad
+
     def representative_reuse(self) -> list[str]:
         """Invariant I: a node proposing under its own ring id (r, s) used two member sets."""
         seen: dict[RingId, frozenset[int]] = {}

@@ -226,6 +226,53 @@ def test_non_representative_follows_the_representative_ring_id() -> None:
     assert installed.previous == mv(2, 1, 2)
 
 
+def test_a_member_refuses_a_view_below_its_installed_one() -> None:
+    """Node 2 installed (2, s) {2,3} while node 1 kept its proposal (1, s) {1,2,3}: node 2
+    follows it but does not install it (its replica would take no part, design §3.9 rule c);
+    it installs the ring id the representative mints above."""
+    m = Membership(2, T)
+    m.set_heard(frozenset({3}), 0.0)
+    m.peer_report(3, PeerReport(frozenset({2}), None, None), 0.0)
+    m.evaluate(0.0)
+    m.peer_report(3, PeerReport(frozenset({2}), None, m.proposal), 0.0)
+    m.evaluate(0.0)
+    high = m.view
+    assert high.members == {2, 3}
+    low = mv(1, high.ring_id.seq, 1, 2, 3)
+    m.set_heard(frozenset({1, 3}), 0.1)
+    m.peer_report(1, PeerReport(frozenset({2, 3}), mv(1, 1, 1), low), 0.1)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), high, low), 0.1)
+    changes = m.evaluate(0.1)
+    assert m.proposal == low
+    assert m.view == high
+    assert not any(isinstance(c, ViewInstalled) for c in changes)
+    top = mv(1, high.ring_id.seq + 1, 1, 2, 3)
+    m.peer_report(1, PeerReport(frozenset({2, 3}), mv(1, 1, 1), top), 0.2)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), high, top), 0.2)
+    m.evaluate(0.2)
+    assert m.view == top
+
+
+def test_the_representative_mints_above_a_members_newer_view() -> None:
+    """Node 1 proposes (1, s) {1,2,3}; nodes 2 and 3 meanwhile installed (2, s) {2,3}, above it
+    in (sequence, representative) order, and now propose node 1's: node 1 mints (1, s + 1)
+    instead of installing (1, s), which they would refuse."""
+    m = Membership(1, T)
+    m.set_heard(frozenset({2, 3}), 0.0)
+    m.peer_report(2, PeerReport(frozenset({1, 3}), None, None), 0.0)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), None, None), 0.0)
+    m.evaluate(0.0)
+    low = m.proposal
+    assert low.members == {1, 2, 3}
+    high = mv(2, low.ring_id.seq, 2, 3)
+    m.peer_report(2, PeerReport(frozenset({1, 3}), high, low), 0.1)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), high, low), 0.1)
+    (changed,) = m.evaluate(0.1)
+    assert isinstance(changed, ProposalChanged)
+    assert changed.proposal == mv(1, low.ring_id.seq + 1, 1, 2, 3)
+    assert m.view == mv(1, 1, 1)
+
+
 def test_install_waits_for_every_member() -> None:
     """A view is installed only when every member's proposal equals mine."""
     m = Membership(1, T)
@@ -354,6 +401,7 @@ def test_s2_holds_under_loss_delay_reordering_and_restarts(
     net = run_chaos(*schedule)
     assert net.representative_reuse() == []
     assert net.s2_violations() == []
+    assert net.ring_regressions() == []
 
 
 @settings(max_examples=150, deadline=None)

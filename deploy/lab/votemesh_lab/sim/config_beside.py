@@ -9,7 +9,11 @@ time (with random delay and loss), and changes are asked on random nodes at rand
 replicas are not inside the node cores yet (design §3.9, status): they read the views the cores
 installed, which is what the runtime will feed them.
 
-Checked: S4 (one digest per version over every node and all time, no `Conflict`).
+Checked: S4 (one digest per version over every node and all time, no `Conflict`), and that
+every view a node installs is one its replica takes part in (its ring id is not below the
+replica's `promised`, design §3.9 rule c): the membership core's ring ids rise per node
+(agent/membership.py, "Rising ring ids"); a view below would leave the configuration stuck until
+the next view change.
 """
 
 from __future__ import annotations
@@ -90,6 +94,11 @@ class BesideReplay:
         rep, seq = state.ring
         self._feed(n, cr.ViewChanged(cr.Ring(seq, rep), state.members))
         replica = self.replicas[n]
+        if replica is not None and not replica.active:
+            self.violations.append(
+                f"rising rings: n{n} installed ring {rep}.{seq} below its promised "
+                f"{replica.promised} (t={self.now:.3f}): its replica takes no part"
+            )
         if replica is not None:
             votes = replica.committed.votes()
             have = sum(v for m, v in votes.items() if m in state.members)
