@@ -20,7 +20,7 @@ Algorithm, per `evaluate(now)`:
 3. *Ring id*, with r = min(members):
    a. not r, and r's fresh proposal has exactly these members: take r's ring id;
    b. my current proposal has exactly these members: keep it (as r, only while no member's
-      installed view has a higher ring id: else (d));
+      installed view has a higher ring id: else (c) or (d));
    c. the newest installed view (highest seq) among the members' and mine has exactly these
       members and representative r: adopt its ring id (no view change after a flap). §3.1 says
       "some member's"; taking only the newest keeps a returning node's old view from pulling
@@ -36,8 +36,9 @@ go down: r keeps a proposal (r, s) it minted while some members install a view (
 without r (two views formed at once at start, or a member restarted with a fresh boot view),
 then follow r's (r, s). Such a member's replica would take no part in the view, so its
 representative never converges and no configuration change is possible until the next view
-change. So a member refuses the install (4), r sees the member's higher view in its report and
-mints a new ring id (b), above every seq it has seen, and all install that one.
+change. So a member refuses the install (4); r sees the member's higher view in its report and
+leaves rule (b) for (c) or (d), whose ring id is at or above every member's installed view, and
+all install that one. r re-mints at most once per higher view a member installs.
 
 Safety (S2: two nodes that installed the same ring id have the same member set).
 
@@ -68,7 +69,8 @@ without carrying its `max_seq` over.
 
 Liveness (S3 after the settle time): on a stable matrix every node's local graph is the true one
 around it. The best clique overall, Q1, is picked by all its members (no clique outranks it, so
-none of them is taken); its representative keeps one ring id, the others follow it (a) and all
+none of them is taken); its representative keeps one ring id (after re-minting at most once
+above a member's newer installed view), the others follow it (a) and all
 install within a few heartbeat rounds. Once Q1's proposals are stable, any clique a node of the
 rest could prefer that touches Q1 contains a Q1 member whose proposal outranks it and excludes
 the node, so that member is taken; the rest converge to Q2, the best clique without Q1, in two
@@ -91,6 +93,12 @@ class RingId:
 
     representative: int
     seq: int
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        """(sequence, representative): the order ring ids rise in (the configuration replica's
+        `Ring` order). Not the dataclass order, which is by representative first."""
+        return (self.seq, self.representative)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,10 +323,10 @@ class Membership:
     ) -> bool:
         """A member installed a view with a higher ring id than my proposal (rule b): it would
         refuse to install my proposal (step 4)."""
-        mine = (proposal.ring_id.seq, proposal.ring_id.representative)
-        for p in members:
-            view = self._view if p == self._me else fresh[p].view
-            if view is not None and (view.ring_id.seq, view.ring_id.representative) > mine:
+        mine = proposal.ring_id.rank
+        for p in members - {self._me}:
+            view = fresh[p].view
+            if view is not None and view.ring_id.rank > mine:
                 return True
         return False
 
@@ -327,7 +335,7 @@ class Membership:
     ) -> MemberView | None:
         """The members' newest installed view, when it has exactly `members`."""
         views = [self._view] + [v for p in members - {self._me} if (v := fresh[p].view)]
-        newest = max(views, key=lambda v: (v.ring_id.seq, v.ring_id.representative))
+        newest = max(views, key=lambda v: v.ring_id.rank)
         if newest.members == members and newest.ring_id.representative == min(members):
             return newest
         return None
@@ -336,10 +344,7 @@ class Membership:
         mine, view = self._proposal, self._view
         if mine == view:
             return None
-        if (mine.ring_id.seq, mine.ring_id.representative) < (
-            view.ring_id.seq,
-            view.ring_id.representative,
-        ):
+        if mine.ring_id.rank < view.ring_id.rank:
             return None  # the representative mints a higher one (rising ring ids)
         own = mine.ring_id.representative == self._me
         if own and self.durable_seq is not None and mine.ring_id.seq > self.durable_seq:

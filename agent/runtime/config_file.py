@@ -438,6 +438,12 @@ class Startup:
     def single_file(self) -> bool:
         return self.bootstrap is not None
 
+    @property
+    def promised_seq(self) -> int:
+        """The sequence of the ring the stored replica last took part in (0: none)."""
+        promised = self.stored.promised if self.stored is not None else None
+        return 0 if promised is None else promised.seq
+
 
 def _read_text(path: Path) -> str:
     try:

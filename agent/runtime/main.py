@@ -173,7 +173,7 @@ class AgentRuntime(ClusterConfigRuntime):
         self.node = AgentNode(
             config,
             self.incarnation,
-            max_seq=self.state.load_max_seq(),
+            max_seq=self.state.boot_max_seq(startup.promised_seq),
             config_version=startup.stored.committed.version if startup.stored else 0,
         )
         sealer = Sealer(config.cluster_name, keys[0], config.node_id, self.incarnation)

@@ -71,6 +71,14 @@ class StateDir:
             )
         return value
 
+    def boot_max_seq(self, promised: int) -> int:
+        """The max_seq a start begins from: the persisted one, raised to the sequence of the
+        ring the configuration replica last took part in (`promised`, stored with the cluster
+        configuration). A max_seq write that failed, or a lost max_seq file, must not give a
+        boot view below that ring: the replica would take no part in views until the rings
+        rose past it (design §3.1, "Ring ids rise per node")."""
+        return max(self.load_max_seq(), min(promised, SEQ_MAX - 1))
+
     def store_max_seq(self, value: int) -> None:
         """Persist a higher ring sequence (lower values are ignored)."""
         if value > self._read(MAX_SEQ_FILE):

@@ -273,6 +273,23 @@ def test_the_representative_mints_above_a_members_newer_view() -> None:
     assert m.view == mv(1, 1, 1)
 
 
+def test_an_overtaken_representative_adopts_a_members_view_of_the_same_set() -> None:
+    """Node 1 keeps (1, s) {1,2,3}, but {1,2,3} is already installed under (1, s + 3) by its
+    members (node 1 missed that install): it adopts that ring id (rule c), nothing new minted."""
+    m = Membership(1, T)
+    m.set_heard(frozenset({2, 3}), 0.0)
+    m.peer_report(2, PeerReport(frozenset({1, 3}), None, None), 0.0)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), None, None), 0.0)
+    m.evaluate(0.0)
+    low = m.proposal
+    installed = mv(1, low.ring_id.seq + 3, 1, 2, 3)
+    m.peer_report(2, PeerReport(frozenset({1, 3}), installed, installed), 0.1)
+    m.peer_report(3, PeerReport(frozenset({1, 2}), installed, installed), 0.1)
+    changes = m.evaluate(0.1)
+    assert m.proposal == m.view == installed
+    assert [type(c) for c in changes] == [ProposalChanged, ViewInstalled]
+
+
 def test_install_waits_for_every_member() -> None:
     """A view is installed only when every member's proposal equals mine."""
     m = Membership(1, T)
@@ -397,7 +414,8 @@ def test_s2_holds_under_loss_delay_reordering_and_restarts(
     schedule: tuple[list[int], list[Phase], int],
 ) -> None:
     """S2: across all nodes and all their lives (boot views included), a ring id is installed
-    with one member set only; and its representative never proposed two sets under it (I)."""
+    with one member set only; its representative never proposed two sets under it (I); and the
+    ring ids each node installs rise (the configuration replica takes part in each view)."""
     net = run_chaos(*schedule)
     assert net.representative_reuse() == []
     assert net.s2_violations() == []

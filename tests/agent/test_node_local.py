@@ -138,6 +138,7 @@ def test_node_toml_runs_on_the_stored_configuration(tmp_path: Path) -> None:
     cluster_store.save(tmp_path / "state", stored)
     start = load_startup(path)
     assert start.stored == stored
+    assert start.promised_seq == 4  # the boot view starts above it (StateDir.boot_max_seq)
     assert not start.single_file
     assert start.agent.node_name == "node2"
 

@@ -11,6 +11,7 @@ import pytest
 from agent.config import ConfigError
 from agent.runtime.keys import KEY_BYTES, keygen, load_key, load_keys
 from agent.runtime.state import StateDir
+from proto.mesh_messages import SEQ_MAX
 
 
 class FakeClock:
@@ -48,6 +49,18 @@ def test_state_files_are_private_and_replaced_atomically(tmp_path: Path) -> None
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["incarnation", "max_seq"]
     assert (tmp_path / "state" / "max_seq").read_text() == "7\n"
+
+
+def test_a_start_begins_above_the_ring_the_replica_took_part_in(tmp_path: Path) -> None:
+    """boot_max_seq: the persisted max_seq, raised to the replica's promised ring's sequence (a
+    lost or failed max_seq write must not make the boot view a ring id below it), bounded so a
+    new ring id still fits."""
+    state = StateDir(tmp_path)
+    assert state.boot_max_seq(0) == 0
+    state.store_max_seq(9)
+    assert state.boot_max_seq(4) == 9
+    assert state.boot_max_seq(50) == 50
+    assert state.boot_max_seq(SEQ_MAX + 5) == SEQ_MAX - 1
 
 
 def test_max_seq_persists_and_never_goes_down(tmp_path: Path) -> None:

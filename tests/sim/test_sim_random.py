@@ -39,7 +39,8 @@ def test_random_fault_schedules_hold_every_property() -> None:
     loss, duplication, reordering, slow and flapping links; a qnetd with ffsplit or lms; settled
     splits) over 3-9 nodes and, for 1 % of the seeds, 12-32 nodes: S1, S2, S3, L1, F1 and no
     silent state change hold in every run; configuration replicas driven by the nodes' views
-    (votemesh_lab/sim/config_beside.py) never make two configurations with one version (S4)."""
+    (votemesh_lab/sim/config_beside.py) never make two configurations with one version (S4) and
+    take part in every view their node installs (its ring ids rise)."""
     chunks = range(0, CI_RUNS, CHUNK)
     # The chunks with a large cluster first, so that no worker is left with one at the end.
     heavy = {s for s in chunks if any(large_size(seed) for seed in range(s, s + CHUNK))}

@@ -49,6 +49,7 @@ class BesideReplay:
     order: int = field(init=False, default=0)
     now: float = field(init=False, default=0.0)
     request_id: int = field(init=False, default=0)
+    _inactive: set[tuple[int, tuple[int, int]]] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed ^ 0x5EED)
@@ -94,12 +95,13 @@ class BesideReplay:
         rep, seq = state.ring
         self._feed(n, cr.ViewChanged(cr.Ring(seq, rep), state.members))
         replica = self.replicas[n]
-        if replica is not None and not replica.active:
-            self.violations.append(
-                f"rising rings: n{n} installed ring {rep}.{seq} below its promised "
-                f"{replica.promised} (t={self.now:.3f}): its replica takes no part"
-            )
         if replica is not None:
+            if not replica.active and (n, state.ring) not in self._inactive:
+                self._inactive.add((n, state.ring))  # one line per view, not per state record
+                self.violations.append(
+                    f"rising rings: n{n} installed ring {rep}.{seq} below its promised "
+                    f"{replica.promised} (t={self.now:.3f}): its replica takes no part"
+                )
             votes = replica.committed.votes()
             have = sum(v for m, v in votes.items() if m in state.members)
             self._feed(n, cr.QuorumInput(state.quorate, have, state.expected))
