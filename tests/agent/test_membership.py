@@ -253,15 +253,22 @@ def test_a_member_refuses_a_view_below_its_installed_one() -> None:
     assert m.view == top
 
 
-def test_the_representative_mints_above_a_members_newer_view() -> None:
-    """Node 1 proposes (1, s) {1,2,3}; nodes 2 and 3 meanwhile installed (2, s) {2,3}, above it
-    in (sequence, representative) order, and now propose node 1's: node 1 mints (1, s + 1)
-    instead of installing (1, s), which they would refuse."""
+def proposing_1_2_3() -> Membership:
+    """Node 1, hearing nodes 2 and 3 (who hear it), proposing {1,2,3} under a ring id of its
+    own; nothing installed yet."""
     m = Membership(1, T)
     m.set_heard(frozenset({2, 3}), 0.0)
     m.peer_report(2, PeerReport(frozenset({1, 3}), None, None), 0.0)
     m.peer_report(3, PeerReport(frozenset({1, 2}), None, None), 0.0)
     m.evaluate(0.0)
+    return m
+
+
+def test_the_representative_mints_above_a_members_newer_view() -> None:
+    """Node 1 proposes (1, s) {1,2,3}; nodes 2 and 3 meanwhile installed (2, s) {2,3}, above it
+    in (sequence, representative) order, and now propose node 1's: node 1 mints (1, s + 1)
+    instead of installing (1, s), which they would refuse."""
+    m = proposing_1_2_3()
     low = m.proposal
     assert low.members == {1, 2, 3}
     high = mv(2, low.ring_id.seq, 2, 3)
@@ -274,13 +281,9 @@ def test_the_representative_mints_above_a_members_newer_view() -> None:
 
 
 def test_an_overtaken_representative_adopts_a_members_view_of_the_same_set() -> None:
-    """Node 1 keeps (1, s) {1,2,3}, but {1,2,3} is already installed under (1, s + 3) by its
-    members (node 1 missed that install): it adopts that ring id (rule c), nothing new minted."""
-    m = Membership(1, T)
-    m.set_heard(frozenset({2, 3}), 0.0)
-    m.peer_report(2, PeerReport(frozenset({1, 3}), None, None), 0.0)
-    m.peer_report(3, PeerReport(frozenset({1, 2}), None, None), 0.0)
-    m.evaluate(0.0)
+    """Node 1 keeps (1, s) {1,2,3} while its members report {1,2,3} installed under the higher
+    (1, s + 3): overtaken, it takes rule (c), that installed ring id, before minting (d)."""
+    m = proposing_1_2_3()
     low = m.proposal
     installed = mv(1, low.ring_id.seq + 3, 1, 2, 3)
     m.peer_report(2, PeerReport(frozenset({1, 3}), installed, installed), 0.1)
